@@ -1,0 +1,1 @@
+//! Integration tests for the proxy binary over loopback (one binary, modules by topic).
