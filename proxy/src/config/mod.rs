@@ -1,0 +1,472 @@
+//! Configuration: TOML → raw serde structs → validated, compiled [`Config`]. Control plane.
+//!
+//! Parse, don't validate: the raw structs (`raw`) mirror the file with `deny_unknown_fields`, and
+//! every value that needs a check keeps its byte span (`toml::Spanned`) so each broken rule yields
+//! one message naming the file, the line and the key (`proxy.toml:7: routes[0].upstream: ...`).
+//! Compilation turns the raw structs into the immutable [`Snapshot`] the data plane reads.
+//! Allocation and string building are fine here: nothing in this module runs per request.
+
+mod raw;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::snapshot::{Balance, HostMatch, Limits, Route, Router, Server, Snapshot, UpstreamGroup};
+
+/// Hard ceiling for `limits.max_headers`: the parser's header array is sized for it.
+pub const MAX_HEADERS_CEILING: usize = 256;
+
+/// A validated configuration: process-level settings plus the first routing snapshot.
+#[derive(Debug)]
+pub struct Config {
+    /// 0 means one worker per CPU.
+    pub workers: usize,
+    pub listeners: Vec<SocketAddr>,
+    pub snapshot: Snapshot,
+}
+
+/// One broken rule in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The key path, e.g. `routes[1].upstream`, when known.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Stable numeric ids for upstream servers, kept across reloads so that per-worker pools and
+/// counters indexed by id survive a reload for servers that stay.
+#[derive(Debug, Default)]
+pub struct ServerIds {
+    ids: HashMap<SocketAddr, usize>,
+}
+
+impl ServerIds {
+    pub fn id(&mut self, addr: SocketAddr) -> usize {
+        let next = self.ids.len();
+        *self.ids.entry(addr).or_insert(next)
+    }
+}
+
+/// Reads, parses and compiles a config file.
+pub fn load(path: &Path, ids: &mut ServerIds) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: None,
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    parse(path, &text, ids)
+}
+
+/// Parses and compiles config text; `path` is only used in messages.
+pub fn parse(path: &Path, text: &str, ids: &mut ServerIds) -> Result<Config, ConfigError> {
+    let raw: raw::Raw = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        let key = e.span().and_then(|s| enclosing_table(text, s.start));
+        ConfigError { file: path.to_path_buf(), line, key, message: e.message().trim().to_owned() }
+    })?;
+    Compiler { path, text, ids }.compile(raw)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The `[table]` header above `offset`, as a hint for where a parse error sits.
+fn enclosing_table(text: &str, offset: usize) -> Option<String> {
+    let end = offset.min(text.len());
+    text[..end]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
+}
+
+struct Compiler<'a> {
+    path: &'a Path,
+    text: &'a str,
+    ids: &'a mut ServerIds,
+}
+
+impl Compiler<'_> {
+    fn err<T>(&self, span: Option<std::ops::Range<usize>>, key: String, message: String) -> Result<T, ConfigError> {
+        Err(ConfigError { file: self.path.to_path_buf(), line: span.map(|s| line_of(self.text, s.start)), key: Some(key), message })
+    }
+
+    fn compile(mut self, raw: raw::Raw) -> Result<Config, ConfigError> {
+        let server = raw.server.unwrap_or_default();
+        let name = server.name.map(Spanned::into_inner).unwrap_or_else(|| "fastproxy".to_owned());
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return self.err(None, "server.name".into(), "must be a non-empty token (letters, digits, -._~)".into());
+        }
+        let workers = server.workers.unwrap_or(0);
+
+        if raw.listeners.is_empty() {
+            return self.err(None, "listeners".into(), "at least one [[listeners]] entry is required".into());
+        }
+        let mut listeners = Vec::with_capacity(raw.listeners.len());
+        for (i, l) in raw.listeners.iter().enumerate() {
+            let addr = self.socket_addr(&l.address, format!("listeners[{i}].address"))?;
+            if listeners.contains(&addr) && addr.port() != 0 {
+                return self.err(Some(l.address.span()), format!("listeners[{i}].address"), format!("{addr} is listed twice"));
+            }
+            listeners.push(addr);
+        }
+
+        let limits = self.limits(raw.limits.unwrap_or_default())?;
+
+        // Upstream groups, in name order so that indices are deterministic.
+        let mut names: Vec<&String> = raw.upstreams.keys().collect();
+        names.sort();
+        let mut groups = Vec::with_capacity(names.len());
+        let mut group_index = HashMap::new();
+        for name in names {
+            let g = &raw.upstreams[name];
+            let group = self.group(name, g)?;
+            group_index.insert(name.clone(), groups.len());
+            groups.push(group);
+        }
+
+        if raw.routes.is_empty() {
+            return self.err(None, "routes".into(), "at least one [[routes]] entry is required".into());
+        }
+        let mut router = Router::default();
+        for (i, r) in raw.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            let Some(&group) = group_index.get(r.upstream.get_ref()) else {
+                let mut known: Vec<&str> = group_index.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                return self.err(
+                    Some(r.upstream.span()),
+                    format!("{key}.upstream"),
+                    format!(
+                        "unknown upstream group \"{}\" (defined: {})",
+                        r.upstream.get_ref(),
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ),
+                );
+            };
+            let prefix = match &r.path_prefix {
+                Some(p) => {
+                    let v = p.get_ref();
+                    if !v.starts_with('/') || v.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#') {
+                        return self.err(
+                            Some(p.span()),
+                            format!("{key}.path_prefix"),
+                            format!("\"{v}\" must start with '/' and hold no spaces, controls, '?' or '#'"),
+                        );
+                    }
+                    v.clone()
+                }
+                None => "/".to_owned(),
+            };
+            let host = match &r.host {
+                None => HostMatch::Any,
+                Some(h) => self.host(h, format!("{key}.host"))?,
+            };
+            let route =
+                Route { id: i, prefix: prefix.into_bytes().into_boxed_slice(), strip_prefix: r.strip_prefix.unwrap_or(false), group };
+            if let Err(dup) = router.insert(host, route) {
+                return self.err(
+                    r.path_prefix.as_ref().map(|p| p.span()).or(Some(r.upstream.span())),
+                    key,
+                    format!("same host and path_prefix as routes[{dup}]"),
+                );
+            }
+        }
+
+        Ok(Config {
+            workers,
+            listeners,
+            snapshot: Snapshot { generation: 1, router, groups, limits, via: format!("1.1 {name}").into_bytes().into_boxed_slice() },
+        })
+    }
+
+    fn limits(&self, l: raw::Limits) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let max_request_line_bytes =
+            self.positive(l.max_request_line_bytes.as_ref(), "limits.max_request_line_bytes", d.max_request_line_bytes as u64, 1 << 20)?
+                as usize;
+        let max_request_head_bytes =
+            self.positive(l.max_request_head_bytes.as_ref(), "limits.max_request_head_bytes", d.max_request_head_bytes as u64, 1 << 20)?
+                as usize;
+        if max_request_line_bytes > max_request_head_bytes {
+            return self.err(
+                l.max_request_line_bytes.as_ref().map(|s| s.span()),
+                "limits.max_request_line_bytes".into(),
+                format!("{max_request_line_bytes} exceeds limits.max_request_head_bytes ({max_request_head_bytes})"),
+            );
+        }
+        Ok(Limits {
+            max_request_line_bytes,
+            max_request_head_bytes,
+            max_headers: self.positive(l.max_headers.as_ref(), "limits.max_headers", d.max_headers as u64, MAX_HEADERS_CEILING as u64)?
+                as usize,
+            header_read_timeout: self.duration(l.header_read_timeout.as_ref(), "limits.header_read_timeout", d.header_read_timeout)?,
+            client_idle_timeout: self.duration(l.client_idle_timeout.as_ref(), "limits.client_idle_timeout", d.client_idle_timeout)?,
+            max_body_bytes: self.positive(l.max_body_bytes.as_ref(), "limits.max_body_bytes", d.max_body_bytes, u64::MAX)?,
+            max_connections: self.positive(l.max_connections.as_ref(), "limits.max_connections", d.max_connections as u64, 10_000_000)?
+                as usize,
+        })
+    }
+
+    fn group(&mut self, name: &str, g: &raw::Upstream) -> Result<UpstreamGroup, ConfigError> {
+        let key = format!("upstreams.{name}");
+        if g.servers.is_empty() {
+            return self.err(None, format!("{key}.servers"), "at least one server is required".into());
+        }
+        let mut servers = Vec::with_capacity(g.servers.len());
+        for (i, s) in g.servers.iter().enumerate() {
+            let addr = self.socket_addr(s, format!("{key}.servers[{i}]"))?;
+            if addr.port() == 0 {
+                return self.err(Some(s.span()), format!("{key}.servers[{i}]"), "port 0 is not a server address".into());
+            }
+            servers.push(Server { addr, id: self.ids.id(addr) });
+        }
+        let balance = match g.balance.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
+            None | Some(("round_robin", _)) => Balance::RoundRobin,
+            Some(("least_in_flight", _)) => Balance::LeastInFlight,
+            Some((other, span)) => {
+                return self.err(
+                    Some(span),
+                    format!("{key}.balance"),
+                    format!("unknown balance \"{other}\" (expected \"round_robin\" or \"least_in_flight\")"),
+                );
+            }
+        };
+        let d = UpstreamGroup::DEFAULTS;
+        Ok(UpstreamGroup {
+            name: name.into(),
+            servers: servers.into_boxed_slice(),
+            balance,
+            connect_timeout: self.duration(g.connect_timeout.as_ref(), &format!("{key}.connect_timeout"), d.connect_timeout)?,
+            response_header_timeout: self.duration(
+                g.response_header_timeout.as_ref(),
+                &format!("{key}.response_header_timeout"),
+                d.response_header_timeout,
+            )?,
+            idle_pool_size: self.positive_or_zero(
+                g.idle_pool_size.as_ref(),
+                &format!("{key}.idle_pool_size"),
+                d.idle_pool_size as u64,
+                1 << 16,
+            )? as usize,
+            idle_timeout: self.duration(g.idle_timeout.as_ref(), &format!("{key}.idle_timeout"), d.idle_timeout)?,
+        })
+    }
+
+    fn socket_addr(&self, s: &Spanned<String>, key: String) -> Result<SocketAddr, ConfigError> {
+        match s.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Ok(a),
+            Err(_) => self.err(
+                Some(s.span()),
+                key,
+                format!("\"{}\" is not an IP:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")", s.get_ref()),
+            ),
+        }
+    }
+
+    fn host(&self, h: &Spanned<String>, key: String) -> Result<HostMatch, ConfigError> {
+        let v = h.get_ref().to_ascii_lowercase();
+        let (wild, name) = match v.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, v.as_str()),
+        };
+        let valid =
+            !name.is_empty() && name.len() <= 253 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid {
+            return self.err(
+                Some(h.span()),
+                key,
+                format!("\"{}\" is not a host name (exact \"api.example.com\" or wildcard \"*.example.com\"; no port)", h.get_ref()),
+            );
+        }
+        Ok(if wild {
+            let mut suffix = Vec::with_capacity(name.len() + 1);
+            suffix.push(b'.');
+            suffix.extend_from_slice(name.as_bytes());
+            HostMatch::Suffix(suffix.into_boxed_slice())
+        } else {
+            HostMatch::Exact(name.as_bytes().into())
+        })
+    }
+
+    fn duration(&self, v: Option<&Spanned<String>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        match parse_duration(v.get_ref()) {
+            Some(d) if !d.is_zero() => Ok(d),
+            _ => self.err(
+                Some(v.span()),
+                key.to_owned(),
+                format!("\"{}\" is not a positive duration (e.g. \"250ms\", \"10s\", \"2m\")", v.get_ref()),
+            ),
+        }
+    }
+
+    fn positive(&self, v: Option<&Spanned<i64>>, key: &str, default: u64, max: u64) -> Result<u64, ConfigError> {
+        match self.positive_or_zero(v, key, default, max)? {
+            0 => self.err(v.map(|s| s.span()), key.to_owned(), "must be greater than 0".into()),
+            n => Ok(n),
+        }
+    }
+
+    fn positive_or_zero(&self, v: Option<&Spanned<i64>>, key: &str, default: u64, max: u64) -> Result<u64, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        match u64::try_from(*v.get_ref()) {
+            Ok(n) if n <= max => Ok(n),
+            _ => self.err(Some(v.span()), key.to_owned(), format!("{} is out of range (0..={max})", v.get_ref())),
+        }
+    }
+}
+
+/// `"250ms"`, `"10s"`, `"2m"`, `"1h"`, `"500us"`; a bare number is refused (say the unit).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit.trim() {
+        "us" | "µs" => Some(Duration::from_micros(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("t.toml"), text, &mut ServerIds::default())
+    }
+
+    const BASE: &str =
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"b\"\n[upstreams.b]\nservers = [\"127.0.0.1:9000\"]\n";
+
+    #[test]
+    fn minimal_config_compiles_with_defaults() {
+        let c = check(BASE).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.snapshot.groups.len(), 1);
+        assert_eq!(c.snapshot.limits.max_headers, 100);
+        assert_eq!(&*c.snapshot.via, b"1.1 fastproxy");
+    }
+
+    #[test]
+    fn unknown_upstream_names_line_and_key() {
+        let text = BASE.replace("upstream = \"b\"", "upstream = \"nope\"");
+        let e = check(&text).unwrap_err();
+        assert_eq!(e.line, Some(4));
+        assert_eq!(e.key.as_deref(), Some("routes[0].upstream"));
+        assert!(e.message.contains("unknown upstream group \"nope\""), "{e}");
+        assert!(e.to_string().starts_with("t.toml:4: routes[0].upstream: "), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_line() {
+        let text = format!("{BASE}[limits]\nmax_hedaers = 3\n");
+        let e = check(&text).unwrap_err();
+        assert_eq!(e.line, Some(8), "{e}");
+        assert!(e.message.contains("max_hedaers"), "{e}");
+        assert_eq!(e.key.as_deref(), Some("limits"));
+    }
+
+    #[test]
+    fn bad_duration_and_address_and_balance() {
+        let e = check(&format!("{BASE}connect_timeout = \"10\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("upstreams.b.connect_timeout"), "{e}");
+        let e = check(&BASE.replace("127.0.0.1:9000", "localhost:9000")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("upstreams.b.servers[0]"), "{e}");
+        assert_eq!(e.line, Some(6));
+        let e = check(&format!("{BASE}balance = \"random\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("upstreams.b.balance"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_range_checked() {
+        let e = check(&format!("{BASE}[limits]\nmax_headers = 1000\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.max_headers"), "{e}");
+        let e = check(&format!("{BASE}[limits]\nmax_connections = 0\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.max_connections"), "{e}");
+        let e = check(&format!("{BASE}[limits]\nmax_request_line_bytes = 9000\nmax_request_head_bytes = 8000\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.max_request_line_bytes"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_route_and_bad_host_and_prefix() {
+        let e = check(&format!("{BASE}[[routes]]\nupstream = \"b\"\n")).unwrap_err();
+        assert!(e.message.contains("routes[0]"), "{e}");
+        let e = check(&BASE.replace("upstream = \"b\"", "host = \"a b\"\nupstream = \"b\"")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("routes[0].host"));
+        let e = check(&BASE.replace("upstream = \"b\"", "path_prefix = \"api\"\nupstream = \"b\"")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("routes[0].path_prefix"));
+    }
+
+    #[test]
+    fn missing_sections_are_named() {
+        let e = check("[[routes]]\nupstream = \"b\"\n[upstreams.b]\nservers = [\"127.0.0.1:1\"]\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("listeners"), "{e}");
+        let e = check("[[listeners]]\naddress = \"127.0.0.1:0\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("routes"), "{e}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("ms"), None);
+        assert_eq!(parse_duration("1d"), None);
+    }
+
+    #[test]
+    fn server_ids_are_stable_across_compiles() {
+        let mut ids = ServerIds::default();
+        let a = parse(Path::new("a"), BASE, &mut ids).unwrap();
+        let text = BASE.replace("[\"127.0.0.1:9000\"]", "[\"127.0.0.1:9001\", \"127.0.0.1:9000\"]");
+        let b = parse(Path::new("b"), &text, &mut ids).unwrap();
+        assert_eq!(a.snapshot.groups[0].servers[0].id, b.snapshot.groups[0].servers[1].id);
+        assert_ne!(b.snapshot.groups[0].servers[0].id, b.snapshot.groups[0].servers[1].id);
+    }
+
+    #[test]
+    fn example_configs_are_valid() {
+        for f in ["examples/basic.toml", "examples/full.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+            load(&path, &mut ServerIds::default()).unwrap();
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The config file as written: serde structs with `deny_unknown_fields`; spans kept for messages.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    pub server: Option<Server>,
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    pub limits: Option<Limits>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub upstreams: HashMap<String, Upstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub name: Option<Spanned<String>>,
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub address: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_request_line_bytes: Option<Spanned<i64>>,
+    pub max_request_head_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub client_idle_timeout: Option<Spanned<String>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub strip_prefix: Option<bool>,
+    pub upstream: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    #[serde(default)]
+    pub servers: Vec<Spanned<String>>,
+    pub balance: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_header_timeout: Option<Spanned<String>>,
+    pub idle_pool_size: Option<Spanned<i64>>,
+    pub idle_timeout: Option<Spanned<String>>,
+}

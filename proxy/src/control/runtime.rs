@@ -1,0 +1,120 @@
+//! Starts the workers: N threads, each with its own `current_thread` tokio runtime and its own
+//! `SO_REUSEPORT` listener per configured address, so the kernel spreads connections and no
+//! request ever crosses a thread.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::data::accept;
+use crate::data::worker::{Shared, Worker};
+
+/// Which HTTP/1.1 machinery serves the connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// The project's own codec over httparse with reused buffers (the contract's engine).
+    #[default]
+    Native,
+    /// hyper server + hyper-util client, written the straightforward way (the baseline).
+    Hyper,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start worker {index}: {source}")]
+    Worker { index: usize, source: std::io::Error },
+}
+
+/// Binds every listener once per worker and reports the bound addresses (port 0 resolved).
+pub fn bind_all(listeners: &[SocketAddr], workers: usize) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), StartError> {
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::with_capacity(listeners.len());
+    for &addr in listeners {
+        let mut at = addr;
+        for (w, slot) in per_worker.iter_mut().enumerate() {
+            let l = bind(at).map_err(|source| StartError::Bind { addr: at, source })?;
+            if w == 0 {
+                at = l.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+            }
+            slot.push(l);
+        }
+        bound.push(at);
+    }
+    Ok((per_worker, bound))
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+/// Runs the proxy until the process is stopped.
+pub fn run(config: Config, workers: usize, engine: Engine) -> Result<(), StartError> {
+    let workers = if workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { workers };
+    let (per_worker, bound) = bind_all(&config.listeners, workers)?;
+    let shared = Shared::new(config.snapshot);
+    {
+        let mut out = std::io::stdout().lock();
+        for a in &bound {
+            let _ = writeln!(out, "listening {a}");
+        }
+        let _ = out.flush();
+    }
+    tracing::info!(workers, ?engine, listeners = ?bound, "proxy started");
+
+    let mut handles = Vec::with_capacity(workers);
+    for (index, listeners) in per_worker.into_iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        let h = std::thread::Builder::new()
+            .name(format!("worker-{index}"))
+            .spawn(move || worker_main(shared, index, listeners, engine))
+            .map_err(|source| StartError::Worker { index, source })?;
+        handles.push(h);
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn worker_main(shared: Arc<Shared>, index: usize, listeners: Vec<std::net::TcpListener>, engine: Engine) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(index, error = %e, "cannot build the worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let worker = Worker::new(shared, index);
+        for l in listeners {
+            let l = match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(index, error = %e, "cannot register a listener");
+                    continue;
+                }
+            };
+            match engine {
+                Engine::Native => tokio::task::spawn_local(accept::accept_loop(Rc::clone(&worker), l)),
+                Engine::Hyper => tokio::task::spawn_local(crate::hyper_engine::accept_loop(Rc::clone(&worker), l)),
+            };
+        }
+        accept::pool_sweeper(worker).await;
+    });
+}

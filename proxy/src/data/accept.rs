@@ -1,0 +1,45 @@
+//! Per-worker accept loop. Hot path (per connection, not per request).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::data::conn;
+use crate::data::worker::{ConnPermit, Worker};
+
+/// Accepts connections on this worker's listener and serves each on this thread.
+pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let max = worker.snapshot().limits.max_connections;
+                // Over the limit the connection is closed at once (the kernel queue stays short).
+                if let Some(permit) = ConnPermit::try_acquire(&worker.shared, max) {
+                    tokio::task::spawn_local(conn::serve(Rc::clone(&worker), stream, peer, permit));
+                }
+            }
+            Err(e) => accept_error(e).await,
+        }
+    }
+}
+
+/// Out of file descriptors or a transient accept failure: back off briefly instead of spinning.
+#[cold]
+async fn accept_error(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed; backing off 10ms");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// Closes idle upstream connections past their group's idle timeout, and those of servers no
+/// longer in the config. Runs once a second; allocates nothing.
+pub async fn pool_sweeper(worker: Rc<Worker>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let snap = worker.snapshot();
+        let max_idle = |id: usize| snap.groups.iter().find_map(|g| g.servers.iter().any(|s| s.id == id).then_some(g.idle_timeout));
+        worker.pool.borrow_mut().sweep(max_idle, Instant::now());
+    }
+}

@@ -1,0 +1,270 @@
+//! Streaming validator for the chunked transfer coding (RFC 9112 §7.1). Hot path.
+//!
+//! The proxy forwards chunked bodies byte for byte, so this is a state machine over the bytes as
+//! they pass: it never copies or buffers, it only says how far the input is valid, where the
+//! chunk data lies (for the rare de-chunking case) and when the body ended. Strict: 1–16 hex
+//! digits, CRLF only, extensions limited in length, trailers validated like header bytes.
+
+/// Why a chunked body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkError {
+    Malformed,
+    TooLarge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading hex digits of the size (`digits` counts them).
+    Size,
+    /// Whitespace after the size: only a `;` (extension) may follow.
+    SizeWs,
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or the final CRLF).
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    FinalLf,
+    Done,
+}
+
+/// Longest chunk-size line (size + extensions) or trailer section accepted.
+const MAX_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Chunked {
+    state: State,
+    size: u64,
+    digits: u8,
+    remaining: u64,
+    line: usize,
+    trailers: usize,
+    total: u64,
+    max_total: u64,
+}
+
+/// Progress of one [`Chunked::feed`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Bytes of the input that belong to the body (all of it unless `done`).
+    pub consumed: usize,
+    pub done: bool,
+}
+
+impl Chunked {
+    pub fn new(max_total: u64) -> Self {
+        Chunked { state: State::Size, size: 0, digits: 0, remaining: 0, line: 0, trailers: 0, total: 0, max_total }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Validates `input`; calls `data(start, end)` for each range of chunk data in it.
+    pub fn feed(&mut self, input: &[u8], mut data: impl FnMut(usize, usize)) -> Result<Step, ChunkError> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                State::Size => match hex(b) {
+                    Some(v) => {
+                        if self.digits == 16 {
+                            return Err(ChunkError::Malformed);
+                        }
+                        self.digits += 1;
+                        self.size = (self.size << 4) | u64::from(v);
+                    }
+                    None if self.digits == 0 => return Err(ChunkError::Malformed),
+                    None => match b {
+                        b'\r' => self.state = State::SizeLf,
+                        b';' => self.state = State::Ext,
+                        b' ' | b'\t' => self.state = State::SizeWs,
+                        _ => return Err(ChunkError::Malformed),
+                    },
+                },
+                State::SizeWs => match b {
+                    b' ' | b'\t' => {}
+                    b';' => self.state = State::Ext,
+                    _ => return Err(ChunkError::Malformed),
+                },
+                State::Ext => match b {
+                    b'\r' => self.state = State::SizeLf,
+                    b'\t' | b' '..=0x7e | 0x80..=0xff => {}
+                    _ => return Err(ChunkError::Malformed),
+                },
+                State::SizeLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError::Malformed);
+                    }
+                    self.line = 0;
+                    if self.size == 0 {
+                        self.state = State::TrailerStart;
+                    } else {
+                        self.total = self.total.checked_add(self.size).ok_or(ChunkError::TooLarge)?;
+                        if self.total > self.max_total {
+                            return Err(ChunkError::TooLarge);
+                        }
+                        self.remaining = self.size;
+                        self.state = State::Data;
+                    }
+                }
+                State::Data => {
+                    let avail = (input.len() - i) as u64;
+                    let take = avail.min(self.remaining) as usize;
+                    data(i, i + take);
+                    self.remaining -= take as u64;
+                    i += take;
+                    if self.remaining == 0 {
+                        self.state = State::DataCr;
+                    }
+                    continue;
+                }
+                State::DataCr => {
+                    if b != b'\r' {
+                        return Err(ChunkError::Malformed);
+                    }
+                    self.state = State::DataLf;
+                }
+                State::DataLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError::Malformed);
+                    }
+                    self.size = 0;
+                    self.digits = 0;
+                    self.state = State::Size;
+                }
+                State::TrailerStart => match b {
+                    b'\r' => self.state = State::FinalLf,
+                    b' ' | b'\t' | b':' => return Err(ChunkError::Malformed), // no obs-fold, no empty name
+                    _ if is_token(b) => self.state = State::TrailerLine,
+                    _ => return Err(ChunkError::Malformed),
+                },
+                State::TrailerLine => match b {
+                    b'\r' => self.state = State::TrailerLf,
+                    b'\t' | b' '..=0x7e | 0x80..=0xff => {}
+                    _ => return Err(ChunkError::Malformed),
+                },
+                State::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError::Malformed);
+                    }
+                    self.state = State::TrailerStart;
+                }
+                State::FinalLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError::Malformed);
+                    }
+                    self.state = State::Done;
+                    return Ok(Step { consumed: i + 1, done: true });
+                }
+                State::Done => return Ok(Step { consumed: i, done: true }),
+            }
+            match self.state {
+                State::TrailerStart | State::TrailerLine | State::TrailerLf | State::FinalLf => {
+                    self.trailers += 1;
+                    if self.trailers > MAX_TRAILERS {
+                        return Err(ChunkError::Malformed);
+                    }
+                }
+                State::Size | State::SizeWs | State::Ext | State::SizeLf => {
+                    self.line += 1;
+                    if self.line > MAX_LINE {
+                        return Err(ChunkError::Malformed);
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        Ok(Step { consumed: i, done: self.state == State::Done })
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn run(input: &[u8]) -> Result<(Step, Vec<u8>), ChunkError> {
+        let mut c = Chunked::new(1 << 20);
+        let mut out = Vec::new();
+        let step = c.feed(input, |s, e| out.extend_from_slice(&input[s..e]))?;
+        Ok((step, out))
+    }
+
+    #[test]
+    fn valid_bodies() {
+        let (s, d) = run(b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\nNEXT").unwrap();
+        assert!(s.done);
+        assert_eq!(s.consumed, 32);
+        assert_eq!(d, b"hello world");
+        let (s, _) = run(b"0\r\nX-T: 1\r\n\r\n").unwrap();
+        assert!(s.done);
+        let (s, d) = run(b"A\r\n0123456789\r\n00\r\n\r\n").unwrap();
+        assert!(s.done);
+        assert_eq!(d.len(), 10);
+        let (s, _) = run(b"1 ;a\r\nx\r\n0\r\n\r\n").unwrap();
+        assert!(s.done);
+    }
+
+    #[test]
+    fn byte_at_a_time_equals_whole() {
+        let body = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: v\r\n\r\n";
+        let mut c = Chunked::new(1 << 20);
+        let mut data = 0;
+        for (i, b) in body.iter().enumerate() {
+            let s = c.feed(std::slice::from_ref(b), |a, e| data += e - a).unwrap();
+            assert_eq!(s.done, i == body.len() - 1);
+        }
+        assert_eq!(data, 19);
+    }
+
+    #[test]
+    fn malformed_sizes_are_refused() {
+        let bad: &[&[u8]] = &[
+            b"Z\r\n",
+            b"0x10\r\n",
+            b"1_0\r\n",
+            b"\r\n",
+            b"-1\r\n",
+            b"11111111111111111\r\n",
+            b"1\nx\r\n",
+            b"1\rx",
+            b"1 \r\n",
+            b"1\r\nxy",
+            b"1\r\nx\n",
+            b"0\r\n\n",
+            b"0\r\n folded\r\n\r\n",
+            b"0\r\nX: \0\r\n\r\n",
+            b"1;\x01\r\n",
+        ];
+        for b in bad {
+            assert_eq!(run(b).err(), Some(ChunkError::Malformed), "accepted {:?}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn size_limit() {
+        let mut c = Chunked::new(4);
+        assert_eq!(c.feed(b"5\r\n", |_, _| {}), Err(ChunkError::TooLarge));
+        let mut c = Chunked::new(u64::MAX);
+        assert!(c.feed(b"ffffffffffffffff\r\n", |_, _| {}).is_ok());
+    }
+}

@@ -1,0 +1,19 @@
+//! The data plane: everything that runs per request. The contract (`contracts/phase1.toml`)
+//! names these files as the hot path: no locks, no string building, no logging on the success
+//! path, no heap allocation per request in steady state.
+//!
+//! - [`accept`]: per-worker accept loop (one `SO_REUSEPORT` listener per worker).
+//! - [`conn`]: the per-connection request loop.
+//! - [`head`], [`chunked`], [`rewrite`]: the HTTP/1.1 codec over `httparse`.
+//! - [`pool`], [`worker`]: per-worker upstream pool, balancer and snapshot cache.
+//! - [`error`]: the one error enum and its canned responses.
+
+pub mod accept;
+pub mod buf;
+pub mod chunked;
+pub mod conn;
+pub mod error;
+pub mod head;
+pub mod pool;
+pub mod rewrite;
+pub mod worker;

@@ -1,0 +1,172 @@
+//! Writing the forwarded heads into the connection's reused output buffer. Hot path.
+//!
+//! Heads are assembled by copying spans of the parsed input (which lives in the read buffer)
+//! into one `Vec<u8>` whose capacity survives across requests, so the rewrite allocates nothing
+//! in steady state and the head (plus the first body bytes) leaves in a single `write`.
+
+use crate::data::head::{Kind, RequestHead, ResponseHead};
+use crate::snapshot::Route;
+
+/// How the client connection continues after a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientConn {
+    /// HTTP/1.1 keep-alive: nothing to say.
+    KeepAlive11,
+    /// HTTP/1.0 keep-alive: must be said explicitly.
+    KeepAlive10,
+    Close,
+}
+
+/// Request line + forwarded fields + X-Forwarded-* + Via (+ upgrade), then the blank line.
+pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, route: &Route, client_ip: &[u8], via: &[u8]) {
+    out.clear();
+    out.extend_from_slice(req.method.of(buf));
+    out.push(b' ');
+    let mut path = req.target.path.of(buf);
+    if route.strip_prefix {
+        path = path.get(route.prefix.len()..).unwrap_or(b"");
+    }
+    if path.first() != Some(&b'/') && path != b"*" {
+        out.push(b'/');
+    }
+    out.extend_from_slice(path);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for f in &req.fields.list {
+        if !f.drop {
+            field(out, f.name.of(buf), f.value.of(buf));
+        }
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for f in &req.fields.list {
+        if f.kind == Kind::XForwardedFor && !f.value.is_empty() {
+            out.extend_from_slice(f.value.of(buf));
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(client_ip);
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    if let Some(host) = req.host {
+        field(out, b"X-Forwarded-Host", host.of(buf));
+    }
+    field(out, b"Via", via);
+    if let Some(up) = req.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        field(out, b"Upgrade", up.of(buf));
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Status line + forwarded fields + Via + the connection decision, then the blank line.
+/// `dechunk`: the body is re-framed as close-delimited (HTTP/1.0 client), so Transfer-Encoding
+/// is not forwarded. `upgrade`: a 101 whose Upgrade field is passed on.
+pub fn response_head(out: &mut Vec<u8>, buf: &[u8], res: &ResponseHead, via: &[u8], conn: ClientConn, dechunk: bool, upgrade: bool) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    status(out, res.status);
+    out.push(b' ');
+    out.extend_from_slice(res.reason.of(buf));
+    out.extend_from_slice(b"\r\n");
+    let mut upgrade_value: &[u8] = b"";
+    for f in &res.fields.list {
+        if f.kind == Kind::Upgrade {
+            upgrade_value = f.value.of(buf);
+        }
+        if f.drop || (dechunk && f.kind == Kind::TransferEncoding) {
+            continue;
+        }
+        field(out, f.name.of(buf), f.value.of(buf));
+    }
+    field(out, b"Via", via);
+    if upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        field(out, b"Upgrade", upgrade_value);
+    } else {
+        match conn {
+            ClientConn::KeepAlive11 => {}
+            ClientConn::KeepAlive10 => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+            ClientConn::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// An interim (1xx) response relayed to the client: status line and fields as received.
+pub fn interim_head(out: &mut Vec<u8>, buf: &[u8], res: &ResponseHead) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    status(out, res.status);
+    out.push(b' ');
+    out.extend_from_slice(res.reason.of(buf));
+    out.extend_from_slice(b"\r\n");
+    for f in &res.fields.list {
+        if !f.drop {
+            field(out, f.name.of(buf), f.value.of(buf));
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[inline]
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[inline]
+fn status(out: &mut Vec<u8>, code: u16) {
+    let c = code.min(999);
+    out.extend_from_slice(&[b'0' + (c / 100) as u8, b'0' + (c / 10 % 10) as u8, b'0' + (c % 10) as u8]);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::data::head::Parsed;
+    use crate::snapshot::Limits;
+
+    fn parse(b: &[u8]) -> RequestHead {
+        let mut h = RequestHead::new(100);
+        assert!(matches!(h.parse(b, &Limits::default()).unwrap(), Parsed::Complete));
+        h
+    }
+
+    fn route(prefix: &str, strip: bool) -> Route {
+        Route { id: 0, prefix: prefix.as_bytes().into(), strip_prefix: strip, group: 0 }
+    }
+
+    #[test]
+    fn request_rewrite_is_exact() {
+        let b = b"GET /api/x?y HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nTE: trailers\r\nKeep-Alive: 5\r\nA:  b \r\n\r\n";
+        let req = parse(b);
+        let mut out = Vec::new();
+        request_head(&mut out, b, &req, &route("/api", true), b"127.0.0.1", b"1.1 fastproxy");
+        let want = "GET /x?y HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nA: b\r\nX-Forwarded-For: 1.2.3.4, 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nVia: 1.1 fastproxy\r\n\r\n";
+        assert_eq!(String::from_utf8_lossy(&out), want);
+    }
+
+    #[test]
+    fn strip_to_root_and_absolute_form() {
+        let b = b"GET /api?q HTTP/1.1\r\nHost: h\r\n\r\n";
+        let mut out = Vec::new();
+        request_head(&mut out, b, &parse(b), &route("/api", true), b"::1", b"1.1 p");
+        assert!(out.starts_with(b"GET /?q HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&out));
+        let b = b"GET http://h HTTP/1.1\r\nHost: h\r\n\r\n";
+        request_head(&mut out, b, &parse(b), &route("/", false), b"::1", b"1.1 p");
+        assert!(out.starts_with(b"GET / HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn response_rewrite() {
+        let b = b"HTTP/1.1 200 Fine\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nX: y\r\n\r\n";
+        let mut res = ResponseHead::new();
+        res.parse(b, false).unwrap();
+        let mut out = Vec::new();
+        response_head(&mut out, b, &res, b"1.1 p", ClientConn::KeepAlive11, false, false);
+        assert_eq!(String::from_utf8_lossy(&out), "HTTP/1.1 200 Fine\r\nTransfer-Encoding: chunked\r\nX: y\r\nVia: 1.1 p\r\n\r\n");
+        response_head(&mut out, b, &res, b"1.1 p", ClientConn::Close, true, false);
+        assert_eq!(String::from_utf8_lossy(&out), "HTTP/1.1 200 Fine\r\nX: y\r\nVia: 1.1 p\r\nConnection: close\r\n\r\n");
+    }
+}

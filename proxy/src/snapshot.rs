@@ -1,0 +1,253 @@
+//! The immutable routing snapshot: what the control plane publishes and the data plane reads.
+//!
+//! Built once per config load (allocation is fine then), published with one `ArcSwap::store`,
+//! and only read afterwards: lookups ([`Router::lookup`]) allocate nothing and take no lock.
+//! This file is on the hot path (the contract lists it): no locks, no string building.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything a request needs to be routed and bounded, frozen.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with every published config.
+    pub generation: u64,
+    pub router: Router,
+    pub groups: Vec<UpstreamGroup>,
+    pub limits: Limits,
+    /// The `Via` value this proxy adds, e.g. `1.1 fastproxy`.
+    pub via: Box<[u8]>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_request_line_bytes: usize,
+    pub max_request_head_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub client_idle_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_line_bytes: 8 * 1024,
+            max_request_head_bytes: 16 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            client_idle_timeout: Duration::from_secs(60),
+            max_body_bytes: 100 * 1024 * 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    /// Power of two choices on the (per-worker) number of in-flight requests.
+    LeastInFlight,
+}
+
+#[derive(Debug)]
+pub struct UpstreamGroup {
+    pub name: Box<str>,
+    pub servers: Box<[Server]>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    /// Idle connections kept per worker per server.
+    pub idle_pool_size: usize,
+    pub idle_timeout: Duration,
+}
+
+/// Defaults for the upstream-group keys a config may leave out.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupDefaults {
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub idle_pool_size: usize,
+    pub idle_timeout: Duration,
+}
+
+impl UpstreamGroup {
+    pub const DEFAULTS: GroupDefaults = GroupDefaults {
+        connect_timeout: Duration::from_secs(1),
+        response_header_timeout: Duration::from_secs(30),
+        idle_pool_size: 64,
+        idle_timeout: Duration::from_secs(60),
+    };
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Server {
+    pub addr: SocketAddr,
+    /// Stable across reloads (see `config::ServerIds`): indexes per-worker pools and counters.
+    pub id: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    Any,
+    /// Lowercase host name without port.
+    Exact(Box<[u8]>),
+    /// Lowercase suffix with its leading dot: `*.example.com` is stored as `.example.com`.
+    Suffix(Box<[u8]>),
+}
+
+#[derive(Debug)]
+pub struct Route {
+    /// Index of the route in the config (for messages and metrics).
+    pub id: usize,
+    pub prefix: Box<[u8]>,
+    pub strip_prefix: bool,
+    /// Index into [`Snapshot::groups`].
+    pub group: usize,
+}
+
+/// Routes of one host match, longest prefix first.
+#[derive(Debug, Default)]
+pub struct RouteSet {
+    routes: Vec<Route>,
+}
+
+impl RouteSet {
+    fn lookup(&self, path: &[u8]) -> Option<&Route> {
+        self.routes.iter().find(|r| path.starts_with(&r.prefix))
+    }
+}
+
+/// Host + longest path prefix → route. Exact hosts are tried first, then wildcard suffixes
+/// (longest first), then the routes without a host; the first set with a matching prefix wins.
+#[derive(Debug, Default)]
+pub struct Router {
+    exact: HashMap<Box<[u8]>, RouteSet>,
+    suffix: Vec<(Box<[u8]>, RouteSet)>,
+    any: RouteSet,
+}
+
+/// Longest host name the router compares (RFC 1035 limit); longer hosts match only `Any`.
+const MAX_HOST: usize = 253;
+
+impl Router {
+    /// Adds a route; on a duplicate (same host, same prefix) returns the id of the earlier route.
+    pub fn insert(&mut self, host: HostMatch, route: Route) -> Result<(), usize> {
+        let set = match host {
+            HostMatch::Any => &mut self.any,
+            HostMatch::Exact(h) => self.exact.entry(h).or_default(),
+            HostMatch::Suffix(s) => match self.suffix.iter().position(|(k, _)| *k == s) {
+                Some(i) => &mut self.suffix[i].1,
+                None => {
+                    // Keep longest suffixes first: insert before the first shorter one.
+                    let i = self.suffix.iter().position(|(k, _)| k.len() < s.len()).unwrap_or(self.suffix.len());
+                    self.suffix.insert(i, (s, RouteSet::default()));
+                    &mut self.suffix[i].1
+                }
+            },
+        };
+        if let Some(dup) = set.routes.iter().find(|r| r.prefix == route.prefix) {
+            return Err(dup.id);
+        }
+        set.routes.push(route);
+        set.routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        Ok(())
+    }
+
+    /// `host` is the Host header value (any case, may carry a port); `path` the request path.
+    pub fn lookup(&self, host: &[u8], path: &[u8]) -> Option<&Route> {
+        let name = strip_port(host);
+        if !name.is_empty() && name.len() <= MAX_HOST && (!self.exact.is_empty() || !self.suffix.is_empty()) {
+            let mut lower = [0u8; MAX_HOST];
+            let lower = &mut lower[..name.len()];
+            for (d, s) in lower.iter_mut().zip(name) {
+                *d = s.to_ascii_lowercase();
+            }
+            let lower: &[u8] = lower;
+            if let Some(r) = self.exact.get(lower).and_then(|set| set.lookup(path)) {
+                return Some(r);
+            }
+            for (suffix, set) in &self.suffix {
+                if lower.len() > suffix.len() && lower.ends_with(suffix) {
+                    if let Some(r) = set.lookup(path) {
+                        return Some(r);
+                    }
+                }
+            }
+        }
+        self.any.lookup(path)
+    }
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`; a trailing dot is dropped.
+fn strip_port(host: &[u8]) -> &[u8] {
+    let mut h = host;
+    if let Some(i) = h.iter().rposition(|&b| b == b':') {
+        let is_v6_inner = h.first() == Some(&b'[') && !h[..i].ends_with(b"]");
+        if !is_v6_inner && h[i + 1..].iter().all(u8::is_ascii_digit) {
+            h = &h[..i];
+        }
+    }
+    h.strip_suffix(b".").unwrap_or(h)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn route(id: usize, prefix: &str, group: usize) -> Route {
+        Route { id, prefix: prefix.as_bytes().into(), strip_prefix: false, group }
+    }
+
+    fn router() -> Router {
+        let mut r = Router::default();
+        r.insert(HostMatch::Any, route(0, "/", 0)).unwrap();
+        r.insert(HostMatch::Any, route(1, "/api/", 1)).unwrap();
+        r.insert(HostMatch::Exact(b"api.example.com".as_slice().into()), route(2, "/", 2)).unwrap();
+        r.insert(HostMatch::Suffix(b".example.com".as_slice().into()), route(3, "/", 3)).unwrap();
+        r.insert(HostMatch::Suffix(b".deep.example.com".as_slice().into()), route(4, "/x", 4)).unwrap();
+        r
+    }
+
+    #[test]
+    fn exact_beats_wildcard_beats_any() {
+        let r = router();
+        assert_eq!(r.lookup(b"API.Example.com:8080", b"/api/x").unwrap().id, 2);
+        assert_eq!(r.lookup(b"www.example.com", b"/api/x").unwrap().id, 3);
+        assert_eq!(r.lookup(b"example.com", b"/api/x").unwrap().id, 1);
+        assert_eq!(r.lookup(b"other", b"/zzz").unwrap().id, 0);
+    }
+
+    #[test]
+    fn longest_suffix_first_and_fallback_when_prefix_misses() {
+        let r = router();
+        assert_eq!(r.lookup(b"a.deep.example.com", b"/x/1").unwrap().id, 4);
+        assert_eq!(r.lookup(b"a.deep.example.com", b"/y").unwrap().id, 3);
+    }
+
+    #[test]
+    fn duplicate_is_reported() {
+        let mut r = router();
+        assert_eq!(r.insert(HostMatch::Any, route(9, "/api/", 0)), Err(1));
+    }
+
+    #[test]
+    fn no_route_without_catch_all() {
+        let mut r = Router::default();
+        r.insert(HostMatch::Exact(b"a".as_slice().into()), route(0, "/", 0)).unwrap();
+        assert!(r.lookup(b"b", b"/").is_none());
+        assert!(r.lookup(b"a", b"/").is_some());
+        assert!(r.lookup(b"a.", b"/").is_some());
+    }
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port(b"a:80"), b"a");
+        assert_eq!(strip_port(b"[::1]:80"), b"[::1]");
+        assert_eq!(strip_port(b"[::1]"), b"[::1]");
+        assert_eq!(strip_port(b"a"), b"a");
+    }
+}
