@@ -62,20 +62,28 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-/// Runs the proxy until the process is stopped.
-pub fn run(config: Config, workers: usize, engine: Engine) -> Result<(), StartError> {
-    let workers = if workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { workers };
-    let (per_worker, bound) = bind_all(&config.listeners, workers)?;
-    let shared = Shared::new(config.snapshot);
-    {
-        let mut out = std::io::stdout().lock();
-        for a in &bound {
-            let _ = writeln!(out, "listening {a}");
-        }
-        let _ = out.flush();
-    }
-    tracing::info!(workers, ?engine, listeners = ?bound, "proxy started");
+/// A started proxy: the bound addresses and the worker threads.
+#[derive(Debug)]
+pub struct Running {
+    pub addrs: Vec<SocketAddr>,
+    pub shared: Arc<Shared>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
 
+impl Running {
+    /// Blocks until every worker has stopped.
+    pub fn join(self) {
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Binds the listeners and starts the workers; returns once every listener is bound.
+pub fn start(config: Config, workers: usize, engine: Engine) -> Result<Running, StartError> {
+    let workers = if workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { workers };
+    let (per_worker, addrs) = bind_all(&config.listeners, workers)?;
+    let shared = Shared::new(config.snapshot);
     let mut handles = Vec::with_capacity(workers);
     for (index, listeners) in per_worker.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
@@ -85,9 +93,21 @@ pub fn run(config: Config, workers: usize, engine: Engine) -> Result<(), StartEr
             .map_err(|source| StartError::Worker { index, source })?;
         handles.push(h);
     }
-    for h in handles {
-        let _ = h.join();
+    tracing::info!(workers, ?engine, listeners = ?addrs, "proxy started");
+    Ok(Running { addrs, shared, handles })
+}
+
+/// Runs the proxy until the process is stopped; prints `listening ADDR` per listener.
+pub fn run(config: Config, workers: usize, engine: Engine) -> Result<(), StartError> {
+    let running = start(config, workers, engine)?;
+    {
+        let mut out = std::io::stdout().lock();
+        for a in &running.addrs {
+            let _ = writeln!(out, "listening {a}");
+        }
+        let _ = out.flush();
     }
+    running.join();
     Ok(())
 }
 

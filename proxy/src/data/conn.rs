@@ -254,6 +254,8 @@ impl Conn {
 
     /// Proxies the request whose head is at the front of `buf`. `Ok(keep_alive)`.
     async fn exchange(&mut self, snap: &Snapshot, progress: &mut Progress) -> Result<bool, ProxyError> {
+        #[cfg(any(feature = "planted-alloc", feature = "planted-lock", feature = "planted-format", feature = "planted-sleep"))]
+        crate::data::planted::per_request(self.req.len).await;
         let limits = &snap.limits;
         let filled = self.buf.filled();
         let Some(route) = snap.router.lookup(self.req.route_host(filled), self.req.route_path(filled)) else {

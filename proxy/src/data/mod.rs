@@ -14,6 +14,8 @@ pub mod chunked;
 pub mod conn;
 pub mod error;
 pub mod head;
+#[cfg(any(feature = "planted-alloc", feature = "planted-lock", feature = "planted-format", feature = "planted-sleep"))]
+pub mod planted;
 pub mod pool;
 pub mod rewrite;
 pub mod worker;
