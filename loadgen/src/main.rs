@@ -1,5 +1,10 @@
-//! Open-loop load generator (skeleton; filled by its own issue).
+//! `loadgen` binary: parses arguments and hands over to the library (see `lib.rs`).
+
 fn main() {
-    eprintln!("loadgen: not implemented yet");
-    std::process::exit(2);
+    let argv: Vec<String> = std::env::args().collect();
+    let code = match loadgen::cli::parse_args() {
+        Ok(cli) => loadgen::cli::main_with(cli, &argv),
+        Err(code) => code,
+    };
+    std::process::exit(code);
 }

@@ -1,0 +1,530 @@
+//! Command-line interface: argument types, validation into configs, dispatch, exit codes.
+//!
+//! Exit codes: 0 success; 1 runtime failure (bind, I/O, writing a report); 2 usage error (one
+//! line on stderr); 3 the run was INVALID (see `run`), or no ladder step passed. `--allow-invalid`
+//! turns 3 into 0 for `run` (the report still says INVALID).
+
+use crate::client::{Request, Target};
+use crate::ladder::{self, LadderConfig, LadderMode};
+use crate::relay::{self, RelayConfig};
+use crate::report;
+use crate::run::{self, BusyPolicy, RunConfig};
+use crate::schedule::Arrival;
+use crate::sys;
+use crate::upstream::{self, UpstreamConfig};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::{self, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Exit code of a usage error.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code of an invalid run (or a ladder where no step passed).
+pub const EXIT_INVALID: i32 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Open-loop HTTP/1.1 load generator (latency from intended send time), benchmark upstream and byte relay"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Send load at a fixed rate (open loop) or as fast as possible (--closed); report latency.
+    Run(RunArgs),
+    /// Find the highest rate whose P99 stays under an SLO with no errors.
+    Ladder(LadderArgs),
+    /// A minimal fast HTTP/1.1 origin answering 200 with a fixed body.
+    Upstream(UpstreamArgs),
+    /// A byte relay (no HTTP parsing): the CPU floor for any proxy on this machine.
+    Relay(RelayArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArrivalArg {
+    Constant,
+    Poisson,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusyArg {
+    /// Wait for a connection; the wait counts in latency.
+    Queue,
+    /// Do not send; count as dropped.
+    Drop,
+}
+
+/// Options shared by `run` and `ladder`.
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Target URL (http://IP-or-localhost[:port]/path).
+    #[arg(long)]
+    pub url: String,
+    /// Connections opened before the run (per run, split over threads).
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Open loop: grow up to this many connections when all are busy (default: --connections).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// What happens to a due request when all connections are busy at --max-connections.
+    #[arg(long, value_enum, default_value_t = BusyArg::Queue)]
+    pub on_busy: BusyArg,
+    /// Inter-arrival distribution (open loop).
+    #[arg(long, value_enum, default_value_t = ArrivalArg::Constant)]
+    pub arrival: ArrivalArg,
+    /// Generator threads, each with its own single-threaded runtime.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Pin generator threads to these CPUs (thread k on the k-th, round robin), e.g. 0 or 0,1.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+    /// Request method.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Extra request header 'Name: value' (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Request body of N bytes ('x').
+    #[arg(long, conflicts_with = "body")]
+    pub body_bytes: Option<usize>,
+    /// Request body as given.
+    #[arg(long)]
+    pub body: Option<String>,
+    /// File of request targets, one per line: '[METHOD] URL-or-/path' (same host as --url).
+    #[arg(long)]
+    pub targets: Option<PathBuf>,
+    /// Per-request timeout (connect + write + response).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Largest tolerated generator send lag (P99) before the run is INVALID.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    pub max_lag: Duration,
+    /// Seed for --arrival poisson.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Target rate in requests per second (open loop; required unless --closed).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Measured window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Load applied before the window, not measured.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Closed loop: each connection sends its next request when the previous response arrived.
+    #[arg(long, conflicts_with = "rate")]
+    pub closed: bool,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an HdrHistogram interval log here.
+    #[arg(long)]
+    pub hlog: Option<PathBuf>,
+    /// Exit 0 even when the run is INVALID (the report still says so).
+    #[arg(long)]
+    pub allow_invalid: bool,
+    /// No progress line, even on a terminal.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LadderArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Rates to try in order, e.g. 1000,2000,4000 (stops at the first failing step).
+    #[arg(long, value_delimiter = ',', conflicts_with = "search", required_unless_present = "search")]
+    pub rates: Vec<f64>,
+    /// Search: double from --start-rate until a step fails, then bisect.
+    #[arg(long)]
+    pub search: bool,
+    /// P99 (corrected) that a step must not exceed.
+    #[arg(long, value_parser = parse_duration)]
+    pub slo_p99: Duration,
+    /// First rate of --search.
+    #[arg(long, default_value_t = 1000.0)]
+    pub start_rate: f64,
+    /// Highest rate --search tries.
+    #[arg(long, default_value_t = 1_000_000.0)]
+    pub max_rate: f64,
+    /// --search stops when the bracket is narrower than this fraction.
+    #[arg(long, default_value_t = 0.05)]
+    pub precision: f64,
+    /// Measured window of each step.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Warmup of each step.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct UpstreamArgs {
+    /// Address to listen on (port 0: any free port; the real one is printed).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// Response body size.
+    #[arg(long, default_value_t = 100)]
+    pub body_bytes: usize,
+    /// Hold each response this long.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub delay: Duration,
+    /// Stall period (with --stall-for).
+    #[arg(long, default_value = "0s", value_parser = parse_duration, requires = "stall_for")]
+    pub stall_every: Duration,
+    /// Hold all responses for this long once per --stall-every.
+    #[arg(long, default_value = "0s", value_parser = parse_duration, requires = "stall_every")]
+    pub stall_for: Duration,
+    /// Server threads (SO_REUSEPORT listeners).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Pin server threads to these CPUs.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct RelayArgs {
+    /// Address to listen on (port 0: any free port; the real one is printed).
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Address to relay every connection to.
+    #[arg(long)]
+    pub upstream: SocketAddr,
+    /// Relay threads (SO_REUSEPORT listeners).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Pin relay threads to these CPUs.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+}
+
+/// A usage error: one line for the user.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+/// Parses `1.5s`, `250ms`, `100us`/`100µs`, `10ns`, `2m`, `1h`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 30s, 250ms, 100us)"))?;
+    let mult = match unit {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "ns" => 1e-9,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use h, m, s, ms, us, ns)")),
+    };
+    let secs = v * mult;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses the process arguments; prints help/version or a one-line usage error itself.
+pub fn parse_args() -> Result<Cli, i32> {
+    match Cli::try_parse() {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            use clap::error::ErrorKind as K;
+            match e.kind() {
+                K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    Err(if e.kind() == K::DisplayHelpOnMissingArgumentOrSubcommand { EXIT_USAGE } else { 0 })
+                }
+                _ => {
+                    let text = e.render().to_string();
+                    let line = text.lines().next().unwrap_or("invalid arguments").trim();
+                    let line = line.strip_prefix("error: ").unwrap_or(line);
+                    eprintln!("loadgen: {line} (see --help)");
+                    Err(EXIT_USAGE)
+                }
+            }
+        }
+    }
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn main_with(cli: Cli, argv: &[String]) -> i32 {
+    let r = match cli.cmd {
+        Cmd::Run(a) => cmd_run(a, argv),
+        Cmd::Ladder(a) => cmd_ladder(a, argv),
+        Cmd::Upstream(a) => cmd_upstream(a),
+        Cmd::Relay(a) => cmd_relay(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(Failure::Usage(m)) => {
+            eprintln!("loadgen: {m}");
+            EXIT_USAGE
+        }
+        Err(Failure::Runtime(m)) => {
+            eprintln!("loadgen: {m}");
+            1
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+fn usage<T>(m: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure::Usage(m.into()))
+}
+
+fn check_cpus(cpus: &[usize]) -> Result<(), Failure> {
+    let n = sys::online_cpus();
+    if let Some(c) = cpus.iter().find(|&&c| c >= n) {
+        return usage(format!("--cpus: cpu {c} does not exist (this machine has {n})"));
+    }
+    Ok(())
+}
+
+/// Builds a [`RunConfig`] from the shared load options (rate/duration/warmup/closed set by caller).
+fn load_config(a: &LoadArgs) -> Result<RunConfig, Failure> {
+    let target = Target::parse(&a.url).map_err(Failure::Usage)?;
+    if a.connections == 0 {
+        return usage("--connections must be at least 1");
+    }
+    if a.threads == 0 {
+        return usage("--threads must be at least 1");
+    }
+    if a.threads > a.connections {
+        return usage("--threads must not exceed --connections (each thread needs a connection)");
+    }
+    let max_connections = a.max_connections.unwrap_or(a.connections);
+    if max_connections < a.connections {
+        return usage("--max-connections must be at least --connections");
+    }
+    check_cpus(&a.cpus)?;
+    if a.method.is_empty() || !a.method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+        return usage(format!("--method '{}' is not an HTTP method token", a.method));
+    }
+    let mut headers = Vec::new();
+    for h in &a.headers {
+        let Some((k, v)) = h.split_once(':') else {
+            return usage(format!("header '{h}' must look like 'Name: value'"));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic() && b != b':') || v.contains(['\r', '\n']) {
+            return usage(format!("header '{h}' has an invalid name or value"));
+        }
+        headers.push((k.to_string(), v.to_string()));
+    }
+    let body: Vec<u8> = match (&a.body, a.body_bytes) {
+        (Some(b), _) => b.clone().into_bytes(),
+        (None, Some(n)) => vec![b'x'; n],
+        (None, None) => Vec::new(),
+    };
+    let requests = match &a.targets {
+        None => vec![target.request(&a.method, &target.path, &headers, &body)],
+        Some(p) => read_targets(p, &target, &a.method, &headers, &body)?,
+    };
+    Ok(RunConfig {
+        target,
+        requests,
+        closed: false,
+        rate: 0.0,
+        arrival: match a.arrival {
+            ArrivalArg::Constant => Arrival::Constant,
+            ArrivalArg::Poisson => Arrival::Poisson,
+        },
+        duration: Duration::from_secs(10),
+        warmup: Duration::ZERO,
+        connections: a.connections,
+        max_connections,
+        threads: a.threads,
+        cpus: a.cpus.clone(),
+        timeout: a.timeout.max(Duration::from_millis(1)),
+        policy: match a.on_busy {
+            BusyArg::Queue => BusyPolicy::Queue,
+            BusyArg::Drop => BusyPolicy::Drop,
+        },
+        max_lag: a.max_lag,
+        seed: a.seed,
+        progress: false,
+    })
+}
+
+/// Reads a targets file: one `[METHOD] URL-or-/path` per line; `#` comments and blanks skipped.
+fn read_targets(
+    path: &Path,
+    target: &Target,
+    default_method: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<Vec<Request>, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| Failure::Usage(format!("--targets {}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = |m: &str| Failure::Usage(format!("--targets {} line {}: {m}", path.display(), i + 1));
+        let mut parts = line.split_whitespace();
+        let (method, what) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(w), None, _) => (default_method, w),
+            (Some(m), Some(w), None) => (m, w),
+            _ => return Err(at("expected '[METHOD] URL-or-/path'")),
+        };
+        if !method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+            return Err(at("bad method"));
+        }
+        let p = if what.starts_with('/') {
+            what.to_string()
+        } else {
+            let t = Target::parse(what).map_err(|e| at(&e))?;
+            if t.addr != target.addr {
+                return Err(at("all targets must use the address of --url"));
+            }
+            t.path
+        };
+        if p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(at("path contains spaces or control characters"));
+        }
+        out.push(target.request(method, &p, headers, body));
+    }
+    if out.is_empty() {
+        return Err(Failure::Usage(format!("--targets {}: no targets", path.display())));
+    }
+    Ok(out)
+}
+
+fn cmd_run(a: RunArgs, argv: &[String]) -> Result<i32, Failure> {
+    let mut cfg = load_config(&a.load)?;
+    cfg.closed = a.closed;
+    match (a.closed, a.rate) {
+        (true, _) => {}
+        (false, None) => return usage("--rate is required (or --closed)"),
+        (false, Some(r)) if !(r.is_finite() && r > 0.0) => return usage("--rate must be a positive number"),
+        (false, Some(r)) => cfg.rate = r,
+    }
+    if a.duration.is_zero() {
+        return usage("--duration must be positive");
+    }
+    cfg.duration = a.duration;
+    cfg.warmup = a.warmup;
+    cfg.progress = !a.quiet && io::stderr().is_terminal();
+    let out = run::run(&cfg).map_err(|e| Failure::Runtime(format!("run failed: {e}")))?;
+    print!("{}", report::human(&cfg, &out));
+    let _ = io::stdout().flush();
+    if let Some(p) = &a.json {
+        let doc = report::run_json(&cfg, &out, argv);
+        write_json(p, &doc)?;
+    }
+    if let Some(p) = &a.hlog {
+        let mut f = std::fs::File::create(p).map_err(|e| Failure::Runtime(format!("--hlog {}: {e}", p.display())))?;
+        report::write_hlog(&mut f, &cfg, &out).map_err(|e| Failure::Runtime(format!("--hlog {}: {e}", p.display())))?;
+    }
+    Ok(if out.validity.valid || a.allow_invalid { 0 } else { EXIT_INVALID })
+}
+
+fn write_json<T: serde::Serialize>(p: &Path, doc: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(doc).map_err(|e| Failure::Runtime(format!("--json: {e}")))?;
+    std::fs::write(p, text + "\n").map_err(|e| Failure::Runtime(format!("--json {}: {e}", p.display())))
+}
+
+fn cmd_ladder(a: LadderArgs, argv: &[String]) -> Result<i32, Failure> {
+    let mut base = load_config(&a.load)?;
+    if a.duration.is_zero() {
+        return usage("--duration must be positive");
+    }
+    base.duration = a.duration;
+    base.warmup = a.warmup;
+    let mode = if a.search {
+        if !(a.start_rate > 0.0 && a.max_rate >= a.start_rate && a.precision > 0.0) {
+            return usage("--search needs 0 < --start-rate <= --max-rate and --precision > 0");
+        }
+        LadderMode::Search { start: a.start_rate, max: a.max_rate, precision: a.precision }
+    } else {
+        if a.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+            return usage("--rates must be positive numbers");
+        }
+        LadderMode::Rates(a.rates.clone())
+    };
+    let lc = LadderConfig { base, slo_p99: a.slo_p99, mode };
+    let res = ladder::ladder(&lc, &mut io::stdout()).map_err(|e| Failure::Runtime(format!("ladder failed: {e}")))?;
+    if let Some(p) = &a.json {
+        write_json(p, &ladder::ladder_json(&lc, &res, argv))?;
+    }
+    Ok(if res.best.is_some() { 0 } else { EXIT_INVALID })
+}
+
+fn cmd_upstream(a: UpstreamArgs) -> Result<i32, Failure> {
+    check_cpus(&a.cpus)?;
+    if a.threads == 0 {
+        return usage("--threads must be at least 1");
+    }
+    if !a.stall_every.is_zero() && a.stall_for >= a.stall_every {
+        return usage("--stall-for must be shorter than --stall-every");
+    }
+    let cfg = UpstreamConfig {
+        listen: a.listen,
+        body_bytes: a.body_bytes,
+        delay: a.delay,
+        stall_every: a.stall_every,
+        stall_for: a.stall_for,
+        threads: a.threads,
+        cpus: a.cpus,
+    };
+    upstream::serve(&cfg, announce).map_err(|e| Failure::Runtime(format!("upstream on {}: {e}", a.listen)))?;
+    Ok(0)
+}
+
+fn cmd_relay(a: RelayArgs) -> Result<i32, Failure> {
+    check_cpus(&a.cpus)?;
+    if a.threads == 0 {
+        return usage("--threads must be at least 1");
+    }
+    let cfg = RelayConfig { listen: a.listen, upstream: a.upstream, threads: a.threads, cpus: a.cpus };
+    relay::serve(&cfg, announce).map_err(|e| Failure::Runtime(format!("relay on {}: {e}", a.listen)))?;
+    Ok(0)
+}
+
+/// Prints `listening ADDR` on stdout (flushed) so scripts and tests can read the real port.
+fn announce(addr: SocketAddr) {
+    let mut out = io::stdout();
+    let _ = writeln!(out, "listening {addr}");
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,482 @@
+//! The HTTP/1.1 client hot path: one keep-alive connection, one request at a time.
+//!
+//! Cheap on purpose, so the generator costs less CPU per request than what it measures:
+//! requests are serialized once before the run ([`Request`]); a [`Conn`] owns one read buffer for
+//! its whole life; response heads are parsed by `httparse` into a stack array of headers; bodies
+//! (Content-Length, chunked or until-close) are skipped in place by [`BodySkipper`] without
+//! copying; the per-request timeout is one pinned `Sleep` per connection, reset per request. No
+//! heap allocation per request in steady state.
+//!
+//! Errors are classified by where they happened ([`ErrorKind`]: connect, read, write, timeout,
+//! status) and why ([`Cause`]: refused, reset, EOF, parse, timeout, other).
+
+use crate::body::{BodySkipper, Framing};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+/// Read buffer per connection; a response head must fit in it.
+const READ_BUF: usize = 32 * 1024;
+/// Response headers parsed per response (stack array).
+const MAX_HEADERS: usize = 64;
+
+/// Where a request failed. `Status` is a response with status >= 400.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    Connect = 0,
+    Read = 1,
+    Write = 2,
+    Timeout = 3,
+    Status = 4,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 5] = [ErrorKind::Connect, ErrorKind::Read, ErrorKind::Write, ErrorKind::Timeout, ErrorKind::Status];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Read => "read",
+            ErrorKind::Write => "write",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Status => "status",
+        }
+    }
+}
+
+/// Why a transport error happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    Refused = 0,
+    Reset = 1,
+    Eof = 2,
+    Parse = 3,
+    Timeout = 4,
+    Other = 5,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 6] = [Cause::Refused, Cause::Reset, Cause::Eof, Cause::Parse, Cause::Timeout, Cause::Other];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::Refused => "refused",
+            Cause::Reset => "reset",
+            Cause::Eof => "eof",
+            Cause::Parse => "parse",
+            Cause::Timeout => "timeout",
+            Cause::Other => "other",
+        }
+    }
+
+    #[cold]
+    fn of(e: &io::Error) -> Cause {
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => Cause::Refused,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => Cause::Reset,
+            io::ErrorKind::UnexpectedEof => Cause::Eof,
+            io::ErrorKind::TimedOut => Cause::Timeout,
+            _ => Cause::Other,
+        }
+    }
+}
+
+/// A failed request: where and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReqError {
+    pub kind: ErrorKind,
+    pub cause: Cause,
+}
+
+impl ReqError {
+    fn new(kind: ErrorKind, cause: Cause) -> Self {
+        Self { kind, cause }
+    }
+}
+
+/// A pre-serialized request.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub bytes: Vec<u8>,
+    /// HEAD: the response has no body whatever its headers say.
+    pub head: bool,
+}
+
+/// Everything needed to build requests: parsed from `--url`, `-H`, `--body…`, `--targets`.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// `host[:port]` as given, for the Host header.
+    pub authority: String,
+    pub path: String,
+}
+
+impl Target {
+    /// Parses `http://host:port/path`. The host must be an IP address or `localhost` (this tool
+    /// only aims at the local machine; no DNS).
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| format!("url '{url}' must start with http:// (https is not supported)"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() {
+            return Err(format!("url '{url}' has no host"));
+        }
+        let has_port = match authority.strip_prefix('[') {
+            Some(v6) => v6.contains("]:"),
+            None => authority.contains(':'),
+        };
+        let with_port = if has_port { authority.to_string() } else { format!("{authority}:80") };
+        let with_port = with_port.replacen("localhost:", "127.0.0.1:", 1);
+        let addr: SocketAddr =
+            with_port.parse().map_err(|_| format!("url '{url}': host must be an IP address or localhost, with an optional port"))?;
+        Ok(Target { addr, authority: authority.to_string(), path: path.to_string() })
+    }
+
+    /// Serializes one request for `method path` with the extra headers and body.
+    pub fn request(&self, method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Request {
+        let mut b = Vec::with_capacity(128 + body.len());
+        b.extend_from_slice(method.as_bytes());
+        b.push(b' ');
+        b.extend_from_slice(path.as_bytes());
+        b.extend_from_slice(b" HTTP/1.1\r\n");
+        let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        if !has("host") {
+            b.extend_from_slice(b"Host: ");
+            b.extend_from_slice(self.authority.as_bytes());
+            b.extend_from_slice(b"\r\n");
+        }
+        for (k, v) in headers {
+            b.extend_from_slice(k.as_bytes());
+            b.extend_from_slice(b": ");
+            b.extend_from_slice(v.as_bytes());
+            b.extend_from_slice(b"\r\n");
+        }
+        if !body.is_empty() && !has("content-length") && !has("transfer-encoding") {
+            b.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+        }
+        b.extend_from_slice(b"\r\n");
+        b.extend_from_slice(body);
+        Request { bytes: b, head: method.eq_ignore_ascii_case("HEAD") }
+    }
+}
+
+/// A parsed response head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub status: u16,
+    /// Bytes of the head, including the final CRLF CRLF.
+    pub len: usize,
+    pub framing: Framing,
+    /// The server will close (or wants us to) after this response.
+    pub close: bool,
+}
+
+/// Parses a response head from the front of `buf`: `Ok(None)` when more bytes are needed.
+/// `head_request` is true when the request was HEAD (no body whatever the headers say).
+pub fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<Head>, Cause> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Cause::Parse),
+    };
+    let status = resp.code.ok_or(Cause::Parse)?;
+    let mut close = resp.version == Some(0);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = parse_u64(h.value).ok_or(Cause::Parse)?;
+            if length.is_some_and(|l| l != v) {
+                return Err(Cause::Parse);
+            }
+            length = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te = true;
+            // The last coding decides: chunked must be final to delimit the body.
+            chunked = last_token_is(h.value, b"chunked");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            if has_token(h.value, b"close") {
+                close = true;
+            } else if has_token(h.value, b"keep-alive") {
+                close = false;
+            }
+        }
+    }
+    let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+        Framing::None
+    } else if te {
+        if chunked { Framing::Chunked } else { Framing::UntilClose }
+    } else if let Some(l) = length {
+        Framing::Length(l)
+    } else {
+        Framing::UntilClose
+    };
+    if framing == Framing::UntilClose {
+        close = true;
+    }
+    Ok(Some(Head { status, len, framing, close }))
+}
+
+/// Strict decimal (no sign, no spaces, at most 18 digits).
+pub fn parse_u64(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |a, &d| a * 10 + (d - b'0') as u64))
+}
+
+/// True if the comma-separated header value contains `token` (case-insensitive).
+pub fn has_token(v: &[u8], token: &[u8]) -> bool {
+    v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// True if the last comma-separated element is `token` (case-insensitive).
+pub fn last_token_is(v: &[u8], token: &[u8]) -> bool {
+    v.rsplit(|&b| b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// One client connection, reconnected on demand after errors or `Connection: close`.
+pub struct Conn {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Conn {
+    /// A connection to `addr` (not yet connected); each request (including connect) is bounded
+    /// by `timeout`.
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+        Self {
+            addr,
+            stream: None,
+            buf: vec![0u8; READ_BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    /// True if a TCP connection is currently open.
+    pub fn is_connected(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Connects now (used to open connections before the measured run).
+    pub async fn connect(&mut self) -> Result<(), ReqError> {
+        if self.stream.is_some() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.sleep.as_mut().reset(deadline);
+        let addr = self.addr;
+        let r = tokio::select! {
+            r = TcpStream::connect(addr) => r,
+            _ = &mut self.sleep => return Err(ReqError::new(ErrorKind::Connect, Cause::Timeout)),
+        };
+        match r {
+            Ok(s) => {
+                // Small requests must not wait for Nagle.
+                let _ = s.set_nodelay(true);
+                self.stream = Some(s);
+                self.start = 0;
+                self.end = 0;
+                Ok(())
+            }
+            Err(e) => Err(ReqError::new(ErrorKind::Connect, Cause::of(&e))),
+        }
+    }
+
+    /// Sends `req` and reads the whole response. Returns the instant the request was actually
+    /// written (after any reconnect) and the status or error. On any error the connection is
+    /// dropped; the next call reconnects.
+    pub async fn send(&mut self, req: &Request) -> (Instant, Result<u16, ReqError>) {
+        if self.stream.is_none()
+            && let Err(e) = self.connect().await
+        {
+            return (Instant::now(), Err(e));
+        }
+        let sent = Instant::now();
+        let deadline = tokio::time::Instant::from_std(sent + self.timeout);
+        self.sleep.as_mut().reset(deadline);
+        let r = {
+            let Conn { stream, buf, start, end, sleep, .. } = self;
+            let Some(stream) = stream.as_mut() else {
+                return (sent, Err(ReqError::new(ErrorKind::Connect, Cause::Other)));
+            };
+            tokio::select! {
+                r = roundtrip(stream, buf, start, end, req) => r,
+                _ = sleep.as_mut() => Err(ReqError::new(ErrorKind::Timeout, Cause::Timeout)),
+            }
+        };
+        match r {
+            Ok((status, close)) => {
+                if close {
+                    self.stream = None;
+                }
+                (sent, Ok(status))
+            }
+            Err(e) => {
+                self.stream = None;
+                (sent, Err(e))
+            }
+        }
+    }
+}
+
+/// Writes `req`, then reads and skips one response. Returns (status, close-after).
+async fn roundtrip(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    start: &mut usize,
+    end: &mut usize,
+    req: &Request,
+) -> Result<(u16, bool), ReqError> {
+    if let Err(e) = stream.write_all(&req.bytes).await {
+        return Err(ReqError::new(ErrorKind::Write, Cause::of(&e)));
+    }
+    // Head(s): 1xx interim responses are skipped.
+    let head = loop {
+        match parse_head(&buf[*start..*end], req.head) {
+            Ok(Some(h)) => {
+                *start += h.len;
+                if (100..200).contains(&h.status) && h.status != 101 {
+                    continue;
+                }
+                break h;
+            }
+            Ok(None) => {}
+            Err(c) => return Err(ReqError::new(ErrorKind::Read, c)),
+        }
+        if *end == buf.len() {
+            if *start == 0 {
+                // Head larger than the buffer.
+                return Err(ReqError::new(ErrorKind::Read, Cause::Parse));
+            }
+            buf.copy_within(*start..*end, 0);
+            *end -= *start;
+            *start = 0;
+        }
+        read_more(stream, buf, start, end).await?;
+    };
+    let mut body = BodySkipper::new(head.framing);
+    loop {
+        let used = body.feed(&buf[*start..*end]).map_err(|_| ReqError::new(ErrorKind::Read, Cause::Parse))?;
+        *start += used;
+        if body.is_done() {
+            break;
+        }
+        // Everything buffered was body: reuse the whole buffer.
+        *start = 0;
+        *end = 0;
+        match read_more(stream, buf, start, end).await {
+            Ok(()) => {}
+            Err(e) if e.cause == Cause::Eof && body.ends_at_close() => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if *start == *end {
+        *start = 0;
+        *end = 0;
+    }
+    Ok((head.status, head.close))
+}
+
+/// Reads at least one byte into `buf[end..]`; EOF is an error.
+async fn read_more(stream: &mut TcpStream, buf: &mut [u8], start: &mut usize, end: &mut usize) -> Result<(), ReqError> {
+    if *start == *end {
+        *start = 0;
+        *end = 0;
+    }
+    match stream.read(&mut buf[*end..]).await {
+        Ok(0) => Err(ReqError::new(ErrorKind::Read, Cause::Eof)),
+        Ok(n) => {
+            *end += n;
+            Ok(())
+        }
+        Err(e) => Err(ReqError::new(ErrorKind::Read, Cause::of(&e))),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_content_length_head() {
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        let h = parse_head(r, false).unwrap().unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(h.len, r.len() - 5);
+        assert_eq!(h.framing, Framing::Length(5));
+        assert!(!h.close);
+    }
+
+    #[test]
+    fn partial_head_needs_more_at_every_split() {
+        let r = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        for cut in 0..r.len() {
+            assert_eq!(parse_head(&r[..cut], false), Ok(None), "cut {cut}");
+        }
+        let h = parse_head(r, false).unwrap().unwrap();
+        assert_eq!((h.status, h.framing, h.close), (404, Framing::Length(0), true));
+    }
+
+    #[test]
+    fn chunked_wins_and_head_or_204_have_no_body() {
+        let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(parse_head(r, false).unwrap().unwrap().framing, Framing::Chunked);
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n";
+        assert_eq!(parse_head(r, true).unwrap().unwrap().framing, Framing::None);
+        let r = b"HTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(parse_head(r, false).unwrap().unwrap().framing, Framing::None);
+        let r = b"HTTP/1.0 200 OK\r\n\r\n";
+        let h = parse_head(r, false).unwrap().unwrap();
+        assert_eq!((h.framing, h.close), (Framing::UntilClose, true));
+    }
+
+    #[test]
+    fn bad_heads_are_parse_errors() {
+        assert_eq!(parse_head(b"HTTX/1.1 200 OK\r\n\r\n", false), Err(Cause::Parse));
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(parse_head(r, false), Err(Cause::Parse));
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n";
+        assert_eq!(parse_head(r, false), Err(Cause::Parse));
+    }
+
+    #[test]
+    fn url_parsing() {
+        let t = Target::parse("http://127.0.0.1:9000/a?b=1").unwrap();
+        assert_eq!(t.addr.to_string(), "127.0.0.1:9000");
+        assert_eq!((t.authority.as_str(), t.path.as_str()), ("127.0.0.1:9000", "/a?b=1"));
+        let t = Target::parse("http://localhost").unwrap();
+        assert_eq!((t.addr.to_string().as_str(), t.path.as_str()), ("127.0.0.1:80", "/"));
+        let t = Target::parse("http://[::1]:8080/").unwrap();
+        assert_eq!(t.addr.to_string(), "[::1]:8080");
+        assert!(Target::parse("https://127.0.0.1/").is_err());
+        assert!(Target::parse("http://example.com/").is_err());
+    }
+
+    #[test]
+    fn request_serialization() {
+        let t = Target::parse("http://127.0.0.1:9000/").unwrap();
+        let r = t.request("POST", "/x", &[("X-A".into(), "1".into())], b"abc");
+        assert_eq!(r.bytes, b"POST /x HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nX-A: 1\r\nContent-Length: 3\r\n\r\nabc");
+        assert!(!r.head);
+        assert!(t.request("HEAD", "/", &[], b"").head);
+    }
+}

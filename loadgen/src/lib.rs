@@ -1,0 +1,30 @@
+//! `loadgen`: an open-loop HTTP/1.1 load generator honest enough to gate a release, plus the
+//! benchmark origin and the byte-relay floor used beside it.
+//!
+//! Latency is measured from each request's *intended* send time (no coordinated omission), the
+//! schedule is absolute (no drift), and a run that did not apply the load it was asked for is
+//! reported INVALID rather than as a lower rate. See `loadgen/README.md`.
+//!
+//! Modules:
+//! - [`schedule`]: intended send times (constant or Poisson), per thread.
+//! - [`client`]: the per-connection HTTP/1.1 client hot path (pre-serialized requests, reused
+//!   buffers, `httparse`), error classification.
+//! - [`body`]: Content-Length / chunked / until-close body framing, shared with the upstream.
+//! - [`run`]: threads, open-loop dispatcher and busy policy, closed loop, validity rules.
+//! - [`stats`]: per-thread HdrHistograms and counters, merged after the run.
+//! - [`report`]: human summary, `--json`, `--hlog`.
+//! - [`ladder`]: highest rate under a P99 SLO.
+//! - [`upstream`]: the bundled benchmark origin; [`relay`]: the byte-relay floor.
+//! - [`sys`]: timerfd and CPU pinning; [`cli`]: arguments and exit codes.
+
+pub mod body;
+pub mod cli;
+pub mod client;
+pub mod ladder;
+pub mod relay;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod stats;
+pub mod sys;
+pub mod upstream;

@@ -1,0 +1,430 @@
+//! Results for people and for machines: the human summary, `--json` and `--hlog`.
+//!
+//! The JSON report (`SCHEMA_VERSION`) keeps the run's command line, tool version, start time and
+//! target next to the numbers, percentiles of each histogram, a per-second series and the whole
+//! histograms (HdrHistogram V2 + deflate, base64: the format the HdrHistogram tools decode), so
+//! runs can be merged and re-analysed later instead of averaging percentiles. `--hlog` writes an
+//! HdrHistogram interval log (one corrected histogram per second; service-time histograms
+//! tagged `service`) readable by `HistogramLogProcessor` and friends.
+
+use crate::client::{Cause, ErrorKind};
+use crate::run::{BusyPolicy, RunConfig, RunOutcome};
+use crate::schedule::Arrival;
+use base64::Engine;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Version of the `--json` layout; bump on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Percentiles reported everywhere.
+pub const QUANTILES: [(&str, f64); 5] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99_9", 0.999), ("p99_99", 0.9999)];
+
+/// A human duration from nanoseconds: `850µs`, `1.23ms`, `2.5s`.
+pub fn fmt_dur(d: Duration) -> String {
+    let ns = d.as_nanos() as f64;
+    if ns < 1_000.0 {
+        format!("{ns:.0}ns")
+    } else if ns < 1_000_000.0 {
+        format!("{:.0}µs", ns / 1e3)
+    } else if ns < 1_000_000_000.0 {
+        format!("{:.2}ms", ns / 1e6)
+    } else {
+        format!("{:.2}s", ns / 1e9)
+    }
+}
+
+/// RFC 3339 UTC timestamp with millisecond precision.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
+}
+
+/// Percentiles of one histogram, in microseconds.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub count: u64,
+    pub min_us: f64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p99_9_us: f64,
+    pub p99_99_us: f64,
+    pub max_us: f64,
+}
+
+impl Summary {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let us = |v: u64| v as f64 / 1e3;
+        let empty = h.is_empty();
+        let q = |q: f64| if empty { 0.0 } else { us(h.value_at_quantile(q)) };
+        Self {
+            count: h.len(),
+            min_us: if empty { 0.0 } else { us(h.min()) },
+            mean_us: if empty { 0.0 } else { h.mean() / 1e3 },
+            p50_us: q(0.5),
+            p90_us: q(0.9),
+            p99_us: q(0.99),
+            p99_9_us: q(0.999),
+            p99_99_us: q(0.9999),
+            max_us: if empty { 0.0 } else { us(h.max()) },
+        }
+    }
+}
+
+/// Run metadata: how the numbers were made.
+#[derive(Debug, Serialize)]
+pub struct Meta {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub command_line: Vec<String>,
+    pub start_time: String,
+    pub url: String,
+    pub address: String,
+    pub mode: &'static str,
+    pub arrival: &'static str,
+    pub target_rate: Option<f64>,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub threads: usize,
+    pub connections: usize,
+    pub max_connections: usize,
+    pub busy_policy: &'static str,
+    pub timeout_s: f64,
+    pub max_lag_us: f64,
+    pub cpus: Vec<usize>,
+    pub targets: usize,
+}
+
+/// Request counts.
+#[derive(Debug, Serialize)]
+pub struct Counts {
+    /// Requests due inside the window (open loop: rate × duration, as dispatched).
+    pub scheduled: u64,
+    /// Of those, attempted before the window ended.
+    pub sent_in_window: u64,
+    /// Responses (any status) to requests due inside the window.
+    pub responses: u64,
+    /// Responses to requests sent inside the window (the achieved rate's numerator).
+    pub achieved: u64,
+    pub queued: u64,
+    pub dropped: u64,
+    pub unsent: u64,
+    pub new_connections: u64,
+}
+
+/// One second of the series (by intended send time, from the start of the window).
+#[derive(Debug, Serialize)]
+pub struct SecondOut {
+    pub second: usize,
+    pub scheduled: u64,
+    pub sent: u64,
+    pub responses: u64,
+    pub errors: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+/// Whole histograms, serialized.
+#[derive(Debug, Serialize)]
+pub struct Histograms {
+    pub encoding: &'static str,
+    pub unit: &'static str,
+    pub corrected: String,
+    pub uncorrected: String,
+    pub send_lag: String,
+}
+
+/// The `--json` document of a run.
+#[derive(Debug, Serialize)]
+pub struct RunJson {
+    pub schema_version: u32,
+    pub meta: Meta,
+    pub valid: bool,
+    pub invalid_reasons: Vec<String>,
+    pub target_rate: Option<f64>,
+    pub sent_rate: f64,
+    pub achieved_rate: f64,
+    pub counts: Counts,
+    pub status_codes: BTreeMap<String, u64>,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub error_causes: BTreeMap<&'static str, u64>,
+    pub latency: BTreeMap<&'static str, Summary>,
+    pub time_series: Vec<SecondOut>,
+    pub histograms: Histograms,
+}
+
+/// Serializes a histogram as base64(V2 + deflate).
+pub fn encode_hist(h: &Histogram<u64>) -> String {
+    let mut buf = Vec::new();
+    let mut s = V2DeflateSerializer::new();
+    match s.serialize(h, &mut buf) {
+        Ok(_) => base64::engine::general_purpose::STANDARD.encode(&buf),
+        Err(_) => String::new(),
+    }
+}
+
+/// Decodes what [`encode_hist`] produced.
+pub fn decode_hist(s: &str) -> Option<Histogram<u64>> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    hdrhistogram::serialization::Deserializer::new().deserialize(&mut io::Cursor::new(bytes)).ok()
+}
+
+/// Builds the JSON document of a run.
+pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> RunJson {
+    let r = &out.rec;
+    let mut status_codes = BTreeMap::new();
+    for (code, &n) in r.status.iter().enumerate() {
+        if n > 0 {
+            status_codes.insert(code.to_string(), n);
+        }
+    }
+    let errors = ErrorKind::ALL.iter().map(|&k| (k.name(), r.error(k))).collect();
+    let error_causes = Cause::ALL.iter().map(|&c| (c.name(), r.cause(c))).collect();
+    let mut latency = BTreeMap::new();
+    latency.insert("corrected", Summary::of(&r.corrected));
+    latency.insert("uncorrected", Summary::of(&r.uncorrected));
+    latency.insert("send_lag", Summary::of(&r.send_lag));
+    let time_series = r
+        .seconds
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let sm = Summary::of(&s.hist);
+            SecondOut {
+                second: i,
+                scheduled: s.scheduled,
+                sent: s.sent,
+                responses: s.responses,
+                errors: s.errors,
+                p50_us: sm.p50_us,
+                p99_us: sm.p99_us,
+                max_us: sm.max_us,
+            }
+        })
+        .collect();
+    let target_rate = (!cfg.closed).then_some(cfg.rate);
+    RunJson {
+        schema_version: SCHEMA_VERSION,
+        meta: Meta {
+            tool: "loadgen",
+            version: env!("CARGO_PKG_VERSION"),
+            command_line: command_line.to_vec(),
+            start_time: rfc3339(out.started),
+            url: format!("http://{}{}", cfg.target.authority, cfg.target.path),
+            address: cfg.target.addr.to_string(),
+            mode: if cfg.closed { "closed" } else { "open" },
+            arrival: match (cfg.closed, cfg.arrival) {
+                (true, _) => "closed",
+                (false, Arrival::Constant) => "constant",
+                (false, Arrival::Poisson) => "poisson",
+            },
+            target_rate,
+            duration_s: cfg.duration.as_secs_f64(),
+            warmup_s: cfg.warmup.as_secs_f64(),
+            threads: cfg.threads,
+            connections: cfg.connections,
+            max_connections: cfg.max_connections,
+            busy_policy: match cfg.policy {
+                BusyPolicy::Queue => "queue",
+                BusyPolicy::Drop => "drop",
+            },
+            timeout_s: cfg.timeout.as_secs_f64(),
+            max_lag_us: cfg.max_lag.as_secs_f64() * 1e6,
+            cpus: cfg.cpus.clone(),
+            targets: cfg.requests.len(),
+        },
+        valid: out.validity.valid,
+        invalid_reasons: out.validity.reasons.clone(),
+        target_rate,
+        sent_rate: out.sent_rate(),
+        achieved_rate: out.achieved_rate(),
+        counts: Counts {
+            scheduled: r.scheduled,
+            sent_in_window: r.sent_in_window,
+            responses: r.responses,
+            achieved: r.achieved,
+            queued: r.queued,
+            dropped: r.dropped,
+            unsent: r.unsent,
+            new_connections: r.new_conns,
+        },
+        status_codes,
+        errors,
+        error_causes,
+        latency,
+        time_series,
+        histograms: Histograms {
+            encoding: "HdrHistogram V2 compressed (deflate), base64",
+            unit: "nanoseconds",
+            corrected: encode_hist(&r.corrected),
+            uncorrected: encode_hist(&r.uncorrected),
+            send_lag: encode_hist(&r.send_lag),
+        },
+    }
+}
+
+fn pct_line(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "no samples".into();
+    }
+    let mut s = String::new();
+    for (name, q) in QUANTILES {
+        let _ = write!(s, "{} {}  ", name.replace('_', "."), fmt_dur(Duration::from_nanos(h.value_at_quantile(q))));
+    }
+    let _ = write!(s, "max {}", fmt_dur(Duration::from_nanos(h.max())));
+    s
+}
+
+/// The human summary of a run.
+pub fn human(cfg: &RunConfig, out: &RunOutcome) -> String {
+    let r = &out.rec;
+    let mut s = String::new();
+    let mode = if cfg.closed {
+        "closed loop".to_string()
+    } else {
+        format!("open loop, {} arrivals at {:.0} req/s", if cfg.arrival == Arrival::Poisson { "poisson" } else { "constant" }, cfg.rate)
+    };
+    let _ = writeln!(
+        s,
+        "loadgen {} http://{}{}: {mode}, {:.1}s (+{:.1}s warmup), {} thread(s), {}..{} connections",
+        env!("CARGO_PKG_VERSION"),
+        cfg.target.authority,
+        cfg.target.path,
+        cfg.duration.as_secs_f64(),
+        cfg.warmup.as_secs_f64(),
+        cfg.threads,
+        cfg.connections,
+        if cfg.closed { cfg.connections } else { cfg.max_connections },
+    );
+    if out.validity.valid {
+        let _ = writeln!(s, "  run         VALID");
+    } else {
+        let _ = writeln!(s, "  run         INVALID");
+        for reason in &out.validity.reasons {
+            let _ = writeln!(s, "              - {reason}");
+        }
+    }
+    if cfg.closed {
+        let _ = writeln!(s, "  rate        achieved {:.1} resp/s (closed loop: no target)", out.achieved_rate());
+    } else {
+        let _ = writeln!(
+            s,
+            "  rate        target {:.1}/s  sent {:.1}/s  achieved {:.1} resp/s",
+            cfg.rate,
+            out.sent_rate(),
+            out.achieved_rate()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  requests    {} scheduled, {} sent in window, {} responses; {} waited for a connection, {} new connections, {} dropped, {} never sent",
+        r.scheduled, r.sent_in_window, r.responses, r.queued, r.new_conns, r.dropped, r.unsent
+    );
+    let _ = writeln!(s, "  latency     {}", pct_line(&r.corrected));
+    let _ = writeln!(s, "              (corrected: response time from the intended send time)");
+    let _ = writeln!(s, "  service     {}", pct_line(&r.uncorrected));
+    let _ = writeln!(s, "              (uncorrected: from the actual write; hides queueing)");
+    if !cfg.closed {
+        let _ = writeln!(s, "  send lag    {}", pct_line(&r.send_lag));
+        let _ = writeln!(s, "              (generator lateness for requests that had a free connection)");
+    }
+    let mut codes = String::new();
+    for (code, &n) in r.status.iter().enumerate() {
+        if n > 0 {
+            let _ = write!(codes, "{code}: {n}  ");
+        }
+    }
+    let _ = writeln!(s, "  status      {}", if codes.is_empty() { "none" } else { codes.trim_end() });
+    let mut errs = String::new();
+    for k in ErrorKind::ALL {
+        let _ = write!(errs, "{} {}  ", k.name(), r.error(k));
+    }
+    let mut causes = String::new();
+    for c in Cause::ALL {
+        if r.cause(c) > 0 {
+            let _ = write!(causes, "{} {}  ", c.name(), r.cause(c));
+        }
+    }
+    let _ = writeln!(s, "  errors      {}", errs.trim_end());
+    if !causes.is_empty() {
+        let _ = writeln!(s, "              (causes: {})", causes.trim_end());
+    }
+    s
+}
+
+/// Writes the HdrHistogram interval log of a run to `w`.
+pub fn write_hlog<W: io::Write>(w: &mut W, cfg: &RunConfig, out: &RunOutcome) -> io::Result<()> {
+    let mut ser = V2DeflateSerializer::new();
+    let base = out.started + cfg.warmup;
+    let mut log = IntervalLogWriterBuilder::new()
+        .add_comment(&format!(
+            "loadgen {}: corrected latency (ns) per second by intended send time; tag=service is the uncorrected time",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .with_start_time(base)
+        .with_base_time(base)
+        .with_max_value_divisor(1e6)
+        .begin_log_with(w, &mut ser)?;
+    let err = |e| io::Error::other(format!("hlog: {e:?}"));
+    for (i, sec) in out.rec.seconds.iter().enumerate() {
+        log.write_histogram(&sec.hist, Duration::from_secs(i as u64), Duration::from_secs(1), None).map_err(err)?;
+    }
+    // Service time is only kept for the whole run: one tagged interval.
+    let tag = Tag::new("service");
+    log.write_histogram(&out.rec.uncorrected, Duration::ZERO, cfg.duration, tag).map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
+    }
+
+    #[test]
+    fn fmt_dur_units() {
+        assert_eq!(fmt_dur(Duration::from_nanos(999)), "999ns");
+        assert_eq!(fmt_dur(Duration::from_micros(850)), "850µs");
+        assert_eq!(fmt_dur(Duration::from_micros(1234)), "1.23ms");
+        assert_eq!(fmt_dur(Duration::from_millis(2500)), "2.50s");
+    }
+
+    #[test]
+    fn histogram_round_trips_through_base64() {
+        let mut h = crate::stats::new_hist(3);
+        for v in [1_000u64, 50_000, 1_000_000, 100_000_000] {
+            h.record(v).unwrap();
+        }
+        let back = decode_hist(&encode_hist(&h)).unwrap();
+        assert_eq!(back.len(), 4);
+        assert_eq!(back.max(), h.max());
+        assert_eq!(back.value_at_quantile(0.5), h.value_at_quantile(0.5));
+    }
+}

@@ -1,0 +1,444 @@
+//! One load run: threads, the open-loop dispatcher, connection tasks, closed loop, validity.
+//!
+//! Each generator thread runs its own `current_thread` tokio runtime (optionally pinned with
+//! `--cpus`) and owns a [`Recorder`]; nothing is shared between threads on the request path.
+//!
+//! Open loop, per thread: a dispatcher task sleeps on a precise timer until the next intended
+//! send time of its [`Schedule`], then releases every request that is due. A due request goes to
+//! an idle connection if there is one; otherwise a new connection is opened if fewer than
+//! `--max-connections` exist; otherwise the busy policy applies:
+//! - `queue` (default): it waits in a FIFO for the next connection that frees up, and its wait
+//!   counts in its latency (latency is always measured from the intended time);
+//! - `drop`: it is not sent and counted as dropped.
+//!
+//! After the window closes no new request is released; queued ones are still sent (their latency
+//! is real) until `--timeout` after the window, then whatever is left is counted as unsent.
+//!
+//! Validity ([`assess`]): an open-loop run is INVALID when the generator did not apply the load
+//! it was asked for: more than 1 % of the scheduled requests were never sent (dropped by policy
+//! or queue overflow, or still unsent after the drain), or the generator's own send lag (P99
+//! over requests that had a free connection, so the target's slowness is excluded) exceeded
+//! `--max-lag`, or the dispatcher fell more than 1 s behind and stopped. Requests that merely
+//! waited for a connection are not a reason: they were sent, and their wait is in the latency.
+
+use crate::client::{Conn, Request, Target};
+use crate::schedule::{Arrival, Schedule};
+use crate::stats::{Dispatch, OVERRUN, Recorder};
+use crate::sys;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, IsTerminal, Write};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::Notify;
+
+/// Longest queue of waiting requests per thread; beyond it requests are dropped (and the run is
+/// invalid anyway, since it is far behind).
+const QUEUE_CAP: usize = 1 << 20;
+
+/// What to do with a due request when every connection is busy at `--max-connections`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusyPolicy {
+    Queue,
+    Drop,
+}
+
+/// Everything a run needs, validated.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub target: Target,
+    /// Requests used in turn (one, or the lines of `--targets`).
+    pub requests: Vec<Request>,
+    pub closed: bool,
+    /// Target rate in requests per second (open loop).
+    pub rate: f64,
+    pub arrival: Arrival,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub connections: usize,
+    pub max_connections: usize,
+    pub threads: usize,
+    pub cpus: Vec<usize>,
+    pub timeout: Duration,
+    pub policy: BusyPolicy,
+    pub max_lag: Duration,
+    pub seed: u64,
+    /// Live progress line on stderr.
+    pub progress: bool,
+}
+
+/// Verdict on a run.
+#[derive(Clone, Debug, Default)]
+pub struct Validity {
+    pub valid: bool,
+    pub reasons: Vec<String>,
+}
+
+/// The merged result of a run.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub rec: Recorder,
+    pub started: SystemTime,
+    pub window: Duration,
+    pub validity: Validity,
+}
+
+impl RunOutcome {
+    /// Requests per second written inside the window.
+    pub fn sent_rate(&self) -> f64 {
+        self.rec.sent_in_window as f64 / self.window.as_secs_f64()
+    }
+
+    /// Responses per second to requests written inside the window.
+    pub fn achieved_rate(&self) -> f64 {
+        self.rec.achieved as f64 / self.window.as_secs_f64()
+    }
+}
+
+/// Live counters read by the progress line.
+#[derive(Debug, Default)]
+struct Live {
+    responses: AtomicU64,
+    errors: AtomicU64,
+    p99_ns: AtomicU64,
+}
+
+/// Runs the load described by `cfg` and returns the merged measurement.
+pub fn run(cfg: &RunConfig) -> io::Result<RunOutcome> {
+    let cfg = Arc::new(cfg.clone());
+    let threads = cfg.threads.max(1);
+    let barrier = Arc::new(Barrier::new(threads));
+    let start = Arc::new(OnceLock::<(Instant, SystemTime)>::new());
+    let live: Arc<Vec<Live>> = Arc::new((0..threads).map(|_| Live::default()).collect());
+    let mut handles = Vec::with_capacity(threads);
+    for k in 0..threads {
+        let (cfg, barrier, start, live) = (cfg.clone(), barrier.clone(), start.clone(), live.clone());
+        let h = std::thread::Builder::new().name(format!("loadgen-{k}")).spawn(move || thread_main(&cfg, k, &barrier, &start, live))?;
+        handles.push(h);
+    }
+    if cfg.progress && io::stderr().is_terminal() {
+        progress_loop(&cfg, &handles, &start, &live);
+    }
+    let mut merged: Option<Recorder> = None;
+    for h in handles {
+        let rec = h.join().map_err(|_| io::Error::other("a generator thread panicked"))??;
+        match merged.as_mut() {
+            None => merged = Some(rec),
+            Some(m) => m.merge(&rec),
+        }
+    }
+    let rec = merged.ok_or_else(|| io::Error::other("no generator thread"))?;
+    let started = start.get().map_or(SystemTime::now(), |s| s.1);
+    let mut out = RunOutcome { rec, started, window: cfg.duration, validity: Validity::default() };
+    out.validity = assess(&cfg, &out);
+    Ok(out)
+}
+
+/// Applies the invalid-run rules (see the module docs).
+pub fn assess(cfg: &RunConfig, out: &RunOutcome) -> Validity {
+    let mut reasons = Vec::new();
+    if !cfg.closed {
+        // Requests that were never attempted: dropped (policy or queue overflow), left unsent
+        // after the drain, or never dispatched because the dispatcher gave up.
+        let expected = cfg.rate * cfg.duration.as_secs_f64();
+        let r = &out.rec;
+        let missing = (expected - r.scheduled as f64).max(0.0) + (r.dropped + r.unsent) as f64;
+        if missing > 0.01 * expected {
+            reasons.push(format!(
+                "requested load not applied: {:.0} of {:.0} scheduled requests were never sent ({} dropped, {} unsent after the drain); sent {:.1} req/s in the window of {:.1} asked",
+                missing,
+                expected,
+                r.dropped,
+                r.unsent,
+                out.sent_rate(),
+                cfg.rate,
+            ));
+        }
+        if !out.rec.send_lag.is_empty() {
+            let p99 = Duration::from_nanos(out.rec.send_lag.value_at_quantile(0.99));
+            if p99 > cfg.max_lag {
+                reasons.push(format!(
+                    "generator fell behind its schedule: send lag p99 {} > --max-lag {}",
+                    crate::report::fmt_dur(p99),
+                    crate::report::fmt_dur(cfg.max_lag)
+                ));
+            }
+        }
+        if out.rec.overrun {
+            reasons.push(format!("generator fell more than {}s behind its schedule and stopped dispatching", OVERRUN.as_secs()));
+        }
+    }
+    Validity { valid: reasons.is_empty(), reasons }
+}
+
+/// Share `total` over `threads`: thread `k`'s part.
+fn share(total: usize, threads: usize, k: usize) -> usize {
+    total / threads + usize::from(k < total % threads)
+}
+
+fn thread_main(
+    cfg: &RunConfig,
+    k: usize,
+    barrier: &Barrier,
+    start: &OnceLock<(Instant, SystemTime)>,
+    live: Arc<Vec<Live>>,
+) -> io::Result<Recorder> {
+    if !cfg.cpus.is_empty() {
+        let cpu = cfg.cpus[k % cfg.cpus.len()];
+        sys::pin_to_cpu(cpu).map_err(|e| io::Error::new(e.kind(), format!("pin to cpu {cpu}: {e}")))?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, thread_async(cfg, k, barrier, start, live))
+}
+
+/// Per-thread state shared by the dispatcher and the connection tasks (single thread: `Rc`).
+struct Shared {
+    queue: RefCell<VecDeque<(Instant, Dispatch)>>,
+    idle: Cell<usize>,
+    done: Cell<bool>,
+    notify: Notify,
+    rec: RefCell<Recorder>,
+    requests: Vec<Request>,
+    next_req: Cell<usize>,
+    measure_end: Instant,
+    drain_deadline: Instant,
+}
+
+impl Shared {
+    #[inline]
+    fn pick(&self) -> &Request {
+        let i = self.next_req.get();
+        self.next_req.set(if i + 1 == self.requests.len() { 0 } else { i + 1 });
+        &self.requests[i]
+    }
+}
+
+async fn thread_async(
+    cfg: &RunConfig,
+    k: usize,
+    barrier: &Barrier,
+    start: &OnceLock<(Instant, SystemTime)>,
+    live: Arc<Vec<Live>>,
+) -> io::Result<Recorder> {
+    let threads = cfg.threads.max(1);
+    let n_conns = share(cfg.connections, threads, k);
+    let max_conns = share(cfg.max_connections, threads, k).max(n_conns);
+    let mut conns: Vec<Conn> = (0..n_conns).map(|_| Conn::new(cfg.target.addr, cfg.timeout)).collect();
+    // Open connections before the clock starts; failures are retried (and counted) per request.
+    for c in conns.iter_mut() {
+        let _ = c.connect().await;
+    }
+    // Blocking here is fine: nothing else runs on this thread yet.
+    barrier.wait();
+    let (t0, _) = *start.get_or_init(|| (Instant::now() + Duration::from_millis(20), SystemTime::now()));
+    let measure_start = t0 + cfg.warmup;
+    let measure_end = measure_start + cfg.duration;
+    let sh = Rc::new(Shared {
+        queue: RefCell::new(VecDeque::with_capacity(1024)),
+        idle: Cell::new(0),
+        done: Cell::new(false),
+        notify: Notify::new(),
+        rec: RefCell::new(Recorder::new(measure_start, measure_end)),
+        requests: cfg.requests.clone(),
+        // Threads start at different targets so a mix is spread evenly.
+        next_req: Cell::new(k % cfg.requests.len().max(1)),
+        measure_end,
+        drain_deadline: measure_end + cfg.timeout,
+    });
+    let ticker = cfg.progress.then(|| tokio::task::spawn_local(ticker(sh.clone(), live.clone(), k)));
+    if cfg.closed {
+        // Wait for the start like the open loop does, so warmup means the same.
+        tokio::time::sleep_until(tokio::time::Instant::from_std(t0)).await;
+        let tasks: Vec<_> = conns.into_iter().map(|c| tokio::task::spawn_local(closed_conn(sh.clone(), c))).collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    } else {
+        let sched = Schedule::new(t0, cfg.arrival, cfg.rate, threads, k, cfg.seed);
+        dispatcher(sh.clone(), sched, conns, max_conns, cfg).await?;
+    }
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    let rec = sh.rec.borrow().clone();
+    Ok(rec)
+}
+
+/// Once a second, publishes this thread's totals and the last full second's P99 for the
+/// progress line (no per-request cost).
+async fn ticker(sh: Rc<Shared>, live: Arc<Vec<Live>>, k: usize) {
+    let mut iv = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        iv.tick().await;
+        let rec = sh.rec.borrow();
+        let l = &live[k];
+        l.responses.store(rec.responses, Ordering::Relaxed);
+        l.errors.store(rec.total_errors(), Ordering::Relaxed);
+        let now = Instant::now();
+        if now > rec.measure_start + Duration::from_secs(1) {
+            let i = ((now - rec.measure_start).as_secs() as usize).saturating_sub(1);
+            if let Some(s) = rec.seconds.get(i)
+                && !s.hist.is_empty()
+            {
+                l.p99_ns.store(s.hist.value_at_quantile(0.99), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+async fn dispatcher(sh: Rc<Shared>, mut sched: Schedule, conns: Vec<Conn>, max_conns: usize, cfg: &RunConfig) -> io::Result<()> {
+    let mut timer = sys::PreciseTimer::new()?;
+    let mut tasks = Vec::with_capacity(max_conns);
+    let mut n_conns = conns.len();
+    for c in conns {
+        tasks.push(tokio::task::spawn_local(open_conn(sh.clone(), c, None)));
+    }
+    // Let the connection tasks register as idle before the first request is due.
+    tokio::task::yield_now().await;
+    'outer: loop {
+        let t = sched.peek();
+        if t >= sh.measure_end {
+            break;
+        }
+        timer.sleep_until(t).await?;
+        let mut batch = 0u32;
+        loop {
+            let t = sched.peek();
+            if t >= sh.measure_end {
+                break 'outer;
+            }
+            let now = Instant::now();
+            if t > now {
+                break;
+            }
+            if now - t > OVERRUN {
+                sh.rec.borrow_mut().overrun = true;
+                break 'outer;
+            }
+            sched.advance();
+            let how = if sh.idle.get() > 0 {
+                sh.idle.set(sh.idle.get() - 1);
+                sh.queue.borrow_mut().push_back((t, Dispatch::Free));
+                sh.notify.notify_one();
+                Some(Dispatch::Free)
+            } else if n_conns < max_conns {
+                n_conns += 1;
+                let c = Conn::new(cfg.target.addr, cfg.timeout);
+                tasks.push(tokio::task::spawn_local(open_conn(sh.clone(), c, Some((t, Dispatch::NewConn)))));
+                Some(Dispatch::NewConn)
+            } else if cfg.policy == BusyPolicy::Queue && sh.queue.borrow().len() < QUEUE_CAP {
+                sh.queue.borrow_mut().push_back((t, Dispatch::Queued));
+                Some(Dispatch::Queued)
+            } else {
+                None
+            };
+            sh.rec.borrow_mut().on_scheduled(t, how);
+            batch += 1;
+            if batch == 256 {
+                // Far behind: let connection tasks run between batches.
+                batch = 0;
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    sh.done.set(true);
+    sh.notify.notify_waiters();
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// Takes the next due request for a connection, or `None` when the run is over.
+async fn next_item(sh: &Shared) -> Option<(Instant, Dispatch)> {
+    loop {
+        let item = sh.queue.borrow_mut().pop_front();
+        if let Some(item) = item {
+            if sh.done.get() && Instant::now() > sh.drain_deadline {
+                let mut q = sh.queue.borrow_mut();
+                let mut rec = sh.rec.borrow_mut();
+                for (t, _) in std::iter::once(item).chain(q.drain(..)) {
+                    if rec.in_window(t) {
+                        rec.unsent += 1;
+                    }
+                }
+                return None;
+            }
+            return Some(item);
+        }
+        if sh.done.get() {
+            return None;
+        }
+        sh.idle.set(sh.idle.get() + 1);
+        sh.notify.notified().await;
+    }
+}
+
+async fn open_conn(sh: Rc<Shared>, mut conn: Conn, mut first: Option<(Instant, Dispatch)>) {
+    loop {
+        let (intended, how) = match first.take() {
+            Some(x) => x,
+            None => match next_item(&sh).await {
+                Some(x) => x,
+                None => return,
+            },
+        };
+        let (sent, res) = conn.send(sh.pick()).await;
+        let done = Instant::now();
+        sh.rec.borrow_mut().on_done(intended, sent, done, how, res);
+    }
+}
+
+async fn closed_conn(sh: Rc<Shared>, mut conn: Conn) {
+    loop {
+        if Instant::now() >= sh.measure_end {
+            return;
+        }
+        let (sent, res) = conn.send(sh.pick()).await;
+        let done = Instant::now();
+        let failed_connect = matches!(res, Err(e) if e.kind == crate::client::ErrorKind::Connect);
+        sh.rec.borrow_mut().on_done(sent, sent, done, Dispatch::Closed, res);
+        if failed_connect {
+            // Do not spin on a refused port: back off a little before reconnecting.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Prints `[elapsed] rate, p99 of the last second, errors` on stderr until the threads end.
+fn progress_loop(
+    cfg: &RunConfig,
+    handles: &[std::thread::JoinHandle<io::Result<Recorder>>],
+    start: &OnceLock<(Instant, SystemTime)>,
+    live: &[Live],
+) {
+    let mut last = (Instant::now(), 0u64);
+    let mut err = io::stderr();
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(100));
+        let Some(&(t0, _)) = start.get() else { continue };
+        let now = Instant::now();
+        if now - last.0 < Duration::from_secs(1) {
+            continue;
+        }
+        let responses: u64 = live.iter().map(|l| l.responses.load(Ordering::Relaxed)).sum();
+        let errors: u64 = live.iter().map(|l| l.errors.load(Ordering::Relaxed)).sum();
+        let p99 = live.iter().map(|l| l.p99_ns.load(Ordering::Relaxed)).max().unwrap_or(0);
+        let rate = (responses - last.1.min(responses)) as f64 / (now - last.0).as_secs_f64();
+        last = (now, responses);
+        let el = now.saturating_duration_since(t0).as_secs_f64();
+        let phase = if el < cfg.warmup.as_secs_f64() { "warmup" } else { "run" };
+        let _ = write!(
+            err,
+            "\r\x1b[K[{phase} {el:5.1}s/{:.0}s] {rate:9.0} resp/s  p99 {}  errors {errors}",
+            (cfg.warmup + cfg.duration).as_secs_f64(),
+            crate::report::fmt_dur(Duration::from_nanos(p99)),
+        );
+        let _ = err.flush();
+    }
+    let _ = write!(err, "\r\x1b[K");
+    let _ = err.flush();
+}

@@ -1,0 +1,276 @@
+//! Per-thread measurement state, merged across threads after the run.
+//!
+//! A [`Recorder`] is owned by one generator thread (no locks, no atomics on the record path) and
+//! holds whole HdrHistograms, never percentiles: `corrected` (response time from the intended
+//! send time), `uncorrected` (service time from the actual write), `send_lag` (actual write minus
+//! intended time, for requests that had a free connection: the generator's own lateness), plus
+//! a per-second series bucketed by intended send second. Histograms are allocated before the
+//! run; recording does not allocate.
+
+use crate::client::{Cause, ErrorKind, ReqError};
+use hdrhistogram::Histogram;
+use std::time::{Duration, Instant};
+
+/// Highest trackable latency: 100 s in nanoseconds (larger values saturate).
+pub const HIGHEST_NS: u64 = 100_000_000_000;
+
+/// A fresh latency histogram in nanoseconds with 3 significant digits.
+pub fn new_hist(sigfig: u8) -> Histogram<u64> {
+    // Bounds are constants known to be valid for the crate; see the unit test below.
+    #[allow(clippy::unwrap_used)]
+    Histogram::new_with_bounds(1, HIGHEST_NS, sigfig).unwrap()
+}
+
+/// One second of the run (by intended send time).
+#[derive(Clone, Debug)]
+pub struct Second {
+    pub scheduled: u64,
+    pub sent: u64,
+    pub responses: u64,
+    pub errors: u64,
+    /// Corrected latency, 2 significant digits (1 %) to keep long runs small.
+    pub hist: Histogram<u64>,
+}
+
+/// Where a request's turn came from, for accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dispatch {
+    /// A connection was free at its intended time.
+    Free,
+    /// All connections were busy at `--max-connections`: it waited in the queue.
+    Queued,
+    /// A new connection was opened for it (connect time counts in its latency).
+    NewConn,
+    /// Closed loop: sent as soon as the previous response arrived.
+    Closed,
+}
+
+/// Measurement state of one generator thread.
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    pub measure_start: Instant,
+    pub measure_end: Instant,
+    pub corrected: Histogram<u64>,
+    pub uncorrected: Histogram<u64>,
+    pub send_lag: Histogram<u64>,
+    pub seconds: Vec<Second>,
+    /// Counts by status code (index = code, 0..=999).
+    pub status: Vec<u64>,
+    pub errors: [u64; 5],
+    pub causes: [u64; 6],
+    /// Requests due inside the window.
+    pub scheduled: u64,
+    /// Of those, written before the window ended.
+    pub sent_in_window: u64,
+    /// Of those, answered (any status).
+    pub achieved: u64,
+    /// Responses received (any status) for requests due in the window, whenever sent.
+    pub responses: u64,
+    pub queued: u64,
+    pub dropped: u64,
+    /// Queued requests never sent because the drain after the window timed out.
+    pub unsent: u64,
+    pub new_conns: u64,
+    /// The dispatcher fell more than [`OVERRUN`] behind its schedule and stopped early.
+    pub overrun: bool,
+}
+
+/// How far behind schedule the dispatcher may fall before the run is abandoned.
+pub const OVERRUN: Duration = Duration::from_secs(1);
+
+impl Recorder {
+    pub fn new(measure_start: Instant, measure_end: Instant) -> Self {
+        let secs = (measure_end - measure_start).as_secs_f64().ceil() as usize;
+        Self {
+            measure_start,
+            measure_end,
+            corrected: new_hist(3),
+            uncorrected: new_hist(3),
+            send_lag: new_hist(3),
+            seconds: (0..secs.max(1)).map(|_| Second { scheduled: 0, sent: 0, responses: 0, errors: 0, hist: new_hist(2) }).collect(),
+            status: vec![0; 1000],
+            errors: [0; 5],
+            causes: [0; 6],
+            scheduled: 0,
+            sent_in_window: 0,
+            achieved: 0,
+            responses: 0,
+            queued: 0,
+            dropped: 0,
+            unsent: 0,
+            new_conns: 0,
+            overrun: false,
+        }
+    }
+
+    /// True if a request intended at `t` is measured (not warmup, not after the window).
+    #[inline]
+    pub fn in_window(&self, t: Instant) -> bool {
+        t >= self.measure_start && t < self.measure_end
+    }
+
+    #[inline]
+    fn second(&mut self, intended: Instant) -> &mut Second {
+        let i = (intended - self.measure_start).as_secs() as usize;
+        let last = self.seconds.len() - 1;
+        &mut self.seconds[i.min(last)]
+    }
+
+    /// The dispatcher made request (due at `intended`) available: count it by policy outcome.
+    #[inline]
+    pub fn on_scheduled(&mut self, intended: Instant, how: Option<Dispatch>) {
+        if !self.in_window(intended) {
+            return;
+        }
+        self.scheduled += 1;
+        self.second(intended).scheduled += 1;
+        match how {
+            Some(Dispatch::Queued) => self.queued += 1,
+            Some(Dispatch::NewConn) => self.new_conns += 1,
+            None => self.dropped += 1,
+            _ => {}
+        }
+    }
+
+    /// A request finished (response or error).
+    #[inline]
+    pub fn on_done(&mut self, intended: Instant, sent: Instant, done: Instant, how: Dispatch, result: Result<u16, ReqError>) {
+        if !self.in_window(intended) {
+            return;
+        }
+        if how == Dispatch::Closed {
+            self.scheduled += 1;
+            self.second(intended).scheduled += 1;
+        }
+        // "Sent" means attempted: a refused connect is the target's answer, not the
+        // generator's failure to keep its schedule.
+        let sent_in_window = sent < self.measure_end;
+        if sent_in_window {
+            self.sent_in_window += 1;
+        }
+        if how == Dispatch::Free {
+            let _ = self.send_lag.record(ns(sent.saturating_duration_since(intended)));
+        }
+        match result {
+            Ok(status) => {
+                let corrected = ns(done - intended);
+                self.corrected.saturating_record(corrected);
+                self.uncorrected.saturating_record(ns(done - sent));
+                self.responses += 1;
+                if sent_in_window {
+                    self.achieved += 1;
+                }
+                self.status[(status as usize).min(999)] += 1;
+                let bad = status >= 400;
+                if bad {
+                    self.errors[ErrorKind::Status as usize] += 1;
+                }
+                let s = self.second(intended);
+                s.sent += 1;
+                s.responses += 1;
+                s.hist.saturating_record(corrected);
+                if bad {
+                    s.errors += 1;
+                }
+            }
+            Err(e) => {
+                self.errors[e.kind as usize] += 1;
+                self.causes[e.cause as usize] += 1;
+                let s = self.second(intended);
+                s.sent += 1;
+                s.errors += 1;
+            }
+        }
+    }
+
+    /// Adds another thread's recorder into this one.
+    pub fn merge(&mut self, o: &Recorder) {
+        let _ = self.corrected.add(&o.corrected);
+        let _ = self.uncorrected.add(&o.uncorrected);
+        let _ = self.send_lag.add(&o.send_lag);
+        for (a, b) in self.seconds.iter_mut().zip(&o.seconds) {
+            a.scheduled += b.scheduled;
+            a.sent += b.sent;
+            a.responses += b.responses;
+            a.errors += b.errors;
+            let _ = a.hist.add(&b.hist);
+        }
+        for (a, b) in self.status.iter_mut().zip(&o.status) {
+            *a += b;
+        }
+        for (a, b) in self.errors.iter_mut().zip(&o.errors) {
+            *a += b;
+        }
+        for (a, b) in self.causes.iter_mut().zip(&o.causes) {
+            *a += b;
+        }
+        self.scheduled += o.scheduled;
+        self.sent_in_window += o.sent_in_window;
+        self.achieved += o.achieved;
+        self.responses += o.responses;
+        self.queued += o.queued;
+        self.dropped += o.dropped;
+        self.unsent += o.unsent;
+        self.new_conns += o.new_conns;
+        self.overrun |= o.overrun;
+    }
+
+    /// Total errors of all kinds (status errors included).
+    pub fn total_errors(&self) -> u64 {
+        self.errors.iter().sum()
+    }
+
+    pub fn error(&self, k: ErrorKind) -> u64 {
+        self.errors[k as usize]
+    }
+
+    pub fn cause(&self, c: Cause) -> u64 {
+        self.causes[c as usize]
+    }
+}
+
+/// Duration in nanoseconds, saturating.
+#[inline]
+pub fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hist_bounds_are_valid() {
+        let mut h = new_hist(3);
+        h.saturating_record(HIGHEST_NS * 2);
+        assert!(h.max() >= HIGHEST_NS);
+        let _ = new_hist(2);
+    }
+
+    #[test]
+    fn records_by_window_and_merges() {
+        let t0 = Instant::now();
+        let s = t0 + Duration::from_secs(1);
+        let e = s + Duration::from_secs(2);
+        let mut a = Recorder::new(s, e);
+        // Warmup: ignored.
+        a.on_done(t0, t0, t0 + Duration::from_millis(1), Dispatch::Free, Ok(200));
+        assert_eq!(a.responses, 0);
+        let i = s + Duration::from_millis(1500);
+        a.on_scheduled(i, Some(Dispatch::Queued));
+        a.on_done(i, i + Duration::from_millis(10), i + Duration::from_millis(11), Dispatch::Queued, Ok(503));
+        assert_eq!((a.scheduled, a.queued, a.responses, a.achieved), (1, 1, 1, 1));
+        assert_eq!(a.error(ErrorKind::Status), 1);
+        assert_eq!(a.seconds[1].responses, 1);
+        // Corrected counts the queue wait, uncorrected does not.
+        assert!(a.corrected.max() >= 11_000_000);
+        assert!(a.uncorrected.max() < 2_000_000);
+        let mut b = Recorder::new(s, e);
+        b.on_done(i, i, i, Dispatch::Free, Err(ReqError { kind: ErrorKind::Read, cause: Cause::Reset }));
+        a.merge(&b);
+        assert_eq!(a.total_errors(), 2);
+        assert_eq!(a.cause(Cause::Reset), 1);
+        assert_eq!(a.seconds[1].errors, 2);
+    }
+}

@@ -1,0 +1,354 @@
+//! The bundled benchmark origin: a minimal, fast, strict-enough HTTP/1.1 server.
+//!
+//! Answers every request with `200 OK` and a fixed body of `--body-bytes` bytes (HEAD: headers
+//! only), pre-serialized once. Keep-alive; pipelined requests are answered in order, batched into
+//! one write per read. Request bodies framed by `Content-Length` or `chunked` are read and
+//! discarded as they stream in ([`BodySkipper`]); `Expect: 100-continue` is honoured. Malformed
+//! requests get `400` and a close: a bad request line or header, both `Content-Length` and
+//! `Transfer-Encoding`, conflicting lengths, a transfer coding other than final `chunked`.
+//! A head larger than the 64 KiB buffer gets `431`. HTTP/1.0 and `Connection: close` close after
+//! the response.
+//!
+//! Test knobs: `--delay` holds each response; `--stall-every E --stall-for F` holds every
+//! response due in the last `F` of each period `E` (counted from start) until the period ends,
+//! like a GC pause in an origin, which is what exposes coordinated omission.
+//!
+//! `--threads N` runs N `current_thread` runtimes with one `SO_REUSEPORT` listener each.
+
+use crate::body::{BodySkipper, Framing};
+use crate::client::{has_token, last_token_is, parse_u64};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BUF: usize = 64 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// Upstream settings.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub listen: SocketAddr,
+    pub body_bytes: usize,
+    pub delay: Duration,
+    pub stall_every: Duration,
+    pub stall_for: Duration,
+    pub threads: usize,
+    pub cpus: Vec<usize>,
+}
+
+/// Pre-serialized responses.
+#[derive(Debug)]
+struct Responses {
+    keep: Vec<u8>,
+    keep_head_len: usize,
+    close: Vec<u8>,
+    close_head_len: usize,
+}
+
+impl Responses {
+    fn new(body_bytes: usize) -> Self {
+        let body = vec![b'x'; body_bytes];
+        let build = |extra: &str| {
+            let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {body_bytes}\r\nContent-Type: text/plain\r\n{extra}\r\n").into_bytes();
+            let head = v.len();
+            v.extend_from_slice(&body);
+            (v, head)
+        };
+        let (keep, keep_head_len) = build("");
+        let (close, close_head_len) = build("Connection: close\r\n");
+        Self { keep, keep_head_len, close, close_head_len }
+    }
+}
+
+/// Binds the listeners (so the caller can print the real address), then serves until killed.
+pub fn serve(cfg: &UpstreamConfig, on_bound: impl FnOnce(SocketAddr)) -> io::Result<()> {
+    let threads = cfg.threads.max(1);
+    let first = bind_listener(cfg.listen, threads > 1)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..threads {
+        listeners.push(bind_listener(addr, true)?);
+    }
+    on_bound(addr);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for (k, l) in listeners.into_iter().enumerate() {
+        let cfg = cfg.clone();
+        handles.push(std::thread::Builder::new().name(format!("upstream-{k}")).spawn(move || -> io::Result<()> {
+            if !cfg.cpus.is_empty() {
+                crate::sys::pin_to_cpu(cfg.cpus[k % cfg.cpus.len()])?;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, accept_loop(l, cfg, start))
+        })?);
+    }
+    for h in handles {
+        h.join().map_err(|_| io::Error::other("upstream thread panicked"))??;
+    }
+    Ok(())
+}
+
+/// A non-blocking listener on `addr`, with `SO_REUSEPORT` when several threads share the port.
+pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+async fn accept_loop(l: std::net::TcpListener, cfg: UpstreamConfig, start: Instant) -> io::Result<()> {
+    let l = TcpListener::from_std(l)?;
+    let resp = Rc::new(Responses::new(cfg.body_bytes));
+    let cfg = Rc::new(cfg);
+    loop {
+        let (s, _) = match l.accept().await {
+            Ok(x) => x,
+            // Out of fds and the like: keep serving the connections we have.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = s.set_nodelay(true);
+        tokio::task::spawn_local(conn(s, resp.clone(), cfg.clone(), start));
+    }
+}
+
+/// What a parsed request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed {
+    Partial,
+    /// A full head of `len` bytes.
+    Head {
+        len: usize,
+        framing: Framing,
+        head_method: bool,
+        close: bool,
+        expect_continue: bool,
+    },
+    /// Malformed: answer with this status and close.
+    Bad(u16),
+}
+
+fn parse_request(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Bad(431),
+        Err(_) => return Parsed::Bad(400),
+    };
+    let mut close = req.version == Some(0);
+    let mut length: Option<u64> = None;
+    let mut te: Option<bool> = None;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let Some(v) = parse_u64(h.value) else {
+                return Parsed::Bad(400);
+            };
+            if length.is_some_and(|l| l != v) {
+                return Parsed::Bad(400);
+            }
+            length = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if te.is_some() {
+                return Parsed::Bad(400);
+            }
+            te = Some(last_token_is(h.value, b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            if has_token(h.value, b"close") {
+                close = true;
+            } else if has_token(h.value, b"keep-alive") {
+                close = false;
+            }
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+    let framing = match (te, length) {
+        (Some(_), Some(_)) | (Some(false), None) => return Parsed::Bad(400),
+        (Some(true), None) => Framing::Chunked,
+        (None, Some(l)) => Framing::Length(l),
+        (None, None) => Framing::None,
+    };
+    Parsed::Head {
+        len,
+        framing,
+        head_method: req.method == Some("HEAD"),
+        close,
+        expect_continue: expect_continue && framing != Framing::None,
+    }
+}
+
+/// Holds the current response if we are inside a stall window.
+async fn stall(cfg: &UpstreamConfig, start: Instant) {
+    if cfg.stall_every.is_zero() || cfg.stall_for.is_zero() {
+        return;
+    }
+    let every = cfg.stall_every.as_nanos();
+    let phase = (Instant::now() - start).as_nanos() % every;
+    let stall_from = every.saturating_sub(cfg.stall_for.as_nanos());
+    if phase >= stall_from {
+        let left = Duration::from_nanos((every - phase) as u64);
+        tokio::time::sleep(left).await;
+    }
+}
+
+fn bad_response(status: u16) -> Vec<u8> {
+    let reason = match status {
+        431 => "Request Header Fields Too Large",
+        _ => "Bad Request",
+    };
+    format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
+async fn conn(mut s: TcpStream, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, start: Instant) {
+    let mut buf = vec![0u8; BUF];
+    let mut out: Vec<u8> = Vec::with_capacity(resp.close.len() * 4);
+    let (mut lo, mut hi) = (0usize, 0usize);
+    // The body being skipped and what to answer once it is complete.
+    let mut body: Option<(BodySkipper, bool, bool)> = None;
+    loop {
+        let mut close_now = false;
+        let mut answered = 0usize;
+        loop {
+            if let Some((sk, head_method, close)) = body.as_mut() {
+                let Ok(used) = sk.feed(&buf[lo..hi]) else {
+                    out.extend_from_slice(&bad_response(400));
+                    close_now = true;
+                    break;
+                };
+                lo += used;
+                if !sk.is_done() {
+                    break;
+                }
+                let (head_method, close) = (*head_method, *close);
+                body = None;
+                push_response(&mut out, &resp, head_method, close);
+                answered += 1;
+                if close {
+                    close_now = true;
+                    break;
+                }
+            }
+            if lo == hi {
+                break;
+            }
+            match parse_request(&buf[lo..hi]) {
+                Parsed::Partial => {
+                    if lo == 0 && hi == buf.len() {
+                        out.extend_from_slice(&bad_response(431));
+                        close_now = true;
+                    }
+                    break;
+                }
+                Parsed::Bad(status) => {
+                    out.extend_from_slice(&bad_response(status));
+                    close_now = true;
+                    break;
+                }
+                Parsed::Head { len, framing, head_method, close, expect_continue } => {
+                    lo += len;
+                    if expect_continue {
+                        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    body = Some((BodySkipper::new(framing), head_method, close));
+                }
+            }
+        }
+        if lo == hi {
+            lo = 0;
+            hi = 0;
+        } else if hi == buf.len() && lo > 0 {
+            buf.copy_within(lo..hi, 0);
+            hi -= lo;
+            lo = 0;
+        }
+        if !out.is_empty() {
+            if answered > 0 {
+                stall(&cfg, start).await;
+                if !cfg.delay.is_zero() {
+                    // One delay per response, as a slow origin would take.
+                    tokio::time::sleep(cfg.delay * answered as u32).await;
+                }
+            }
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if close_now {
+            let _ = s.shutdown().await;
+            return;
+        }
+        match s.read(&mut buf[hi..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => hi += n,
+        }
+    }
+}
+
+fn push_response(out: &mut Vec<u8>, r: &Responses, head_method: bool, close: bool) {
+    let (bytes, head_len) = if close { (&r.close, r.close_head_len) } else { (&r.keep, r.keep_head_len) };
+    out.extend_from_slice(if head_method { &bytes[..head_len] } else { bytes });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    fn head(buf: &[u8]) -> (usize, Framing, bool, bool) {
+        match parse_request(buf) {
+            Parsed::Head { len, framing, head_method, close, .. } => (len, framing, head_method, close),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_framing() {
+        let r = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(head(r), (r.len() - 3, Framing::Length(3), false, false));
+        let r = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(head(r).1, Framing::Chunked);
+        let r = b"HEAD / HTTP/1.0\r\n\r\n";
+        assert_eq!(head(r), (r.len(), Framing::None, true, true));
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n"), Parsed::Partial);
+    }
+
+    #[test]
+    fn smuggling_shapes_are_rejected() {
+        for bad in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        ] {
+            assert_eq!(parse_request(bad), Parsed::Bad(400), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn head_response_has_no_body() {
+        let r = Responses::new(5);
+        let mut out = Vec::new();
+        push_response(&mut out, &r, true, false);
+        assert!(out.ends_with(b"\r\n\r\n"));
+        out.clear();
+        push_response(&mut out, &r, false, true);
+        assert!(out.ends_with(b"Connection: close\r\n\r\nxxxxx"));
+    }
+}

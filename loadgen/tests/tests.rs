@@ -1,0 +1,521 @@
+//! Integration tests of the `loadgen` binary, loopback only, each bounded in time.
+//!
+//! Timing-sensitive tests take [`util::timing_lock`] so they do not run at the same time on the
+//! 2-core machine (the test harness runs tests in parallel threads).
+
+#![allow(clippy::unwrap_used)]
+
+mod util {
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::process::{Child, Command, Output, Stdio};
+    use std::sync::{Mutex, MutexGuard};
+
+    pub const BIN: &str = env!("CARGO_BIN_EXE_loadgen");
+
+    static TIMING: Mutex<()> = Mutex::new(());
+
+    /// Serializes the tests whose numbers depend on having the CPU.
+    pub fn timing_lock() -> MutexGuard<'static, ()> {
+        TIMING.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A child server (`upstream` or `relay`), killed on drop.
+    pub struct Server {
+        child: Child,
+        pub addr: SocketAddr,
+    }
+
+    impl Server {
+        pub fn start(args: &[&str]) -> Server {
+            let mut child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            let addr = line.trim().strip_prefix("listening ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).parse().unwrap();
+            Server { child, addr }
+        }
+
+        pub fn upstream(extra: &[&str]) -> Server {
+            let mut args = vec!["upstream", "--listen", "127.0.0.1:0"];
+            args.extend_from_slice(extra);
+            Server::start(&args)
+        }
+
+        pub fn url(&self) -> String {
+            format!("http://{}/", self.addr)
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Generator lag tolerated by tests whose subject is not the lag: this 2-core machine is
+    /// shared with compilers, and a descheduled generator thread is late by a few ms (which the
+    /// run would rightly flag with the default `--max-lag 1ms`).
+    pub const LENIENT_LAG: [&str; 2] = ["--max-lag", "25ms"];
+
+    /// Runs `loadgen run ARGS --json TMP` and returns (exit code, stdout, parsed JSON).
+    pub fn run_json(args: &[&str]) -> (i32, String, serde_json::Value) {
+        let dir = std::env::temp_dir().join(format!("loadgen-test-{}-{:?}", std::process::id(), std::thread::current().id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = dir.join("out.json");
+        let lenient = !args.contains(&"--max-lag") && !args.contains(&"10000000");
+        let out = Command::new(BIN)
+            .arg("run")
+            .args(args)
+            .args(if lenient { &LENIENT_LAG[..] } else { &[] })
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        let code = out.status.code().unwrap_or(-1);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let text = std::fs::read_to_string(&json)
+            .unwrap_or_else(|_| panic!("no json; stdout {stdout} stderr {}", String::from_utf8_lossy(&out.stderr)));
+        let _ = std::fs::remove_dir_all(&dir);
+        (code, stdout, serde_json::from_str(&text).unwrap())
+    }
+
+    pub fn loadgen(args: &[&str]) -> Output {
+        Command::new(BIN).args(args).output().unwrap()
+    }
+
+    pub fn f(v: &serde_json::Value, path: &str) -> f64 {
+        let mut cur = v;
+        for k in path.split('.') {
+            cur = &cur[k];
+        }
+        cur.as_f64().unwrap_or_else(|| panic!("{path} missing in {v}"))
+    }
+}
+
+mod rate {
+    use super::util::*;
+
+    #[test]
+    fn achieved_rate_is_within_one_percent_of_target() {
+        let _g = timing_lock();
+        let up = Server::upstream(&[]);
+        let url = up.url();
+        let (code, stdout, j) = run_json(&["--url", &url, "--rate", "2000", "--duration", "3s", "--warmup", "1s", "--connections", "8"]);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(j["valid"], true, "{stdout}");
+        for k in ["sent_rate", "achieved_rate"] {
+            let r = f(&j, k);
+            assert!((r - 2000.0).abs() <= 20.0, "{k} {r}\n{stdout}");
+        }
+        assert!(f(&j, "counts.responses") >= 5940.0);
+        assert_eq!(j["status_codes"]["200"].as_u64(), Some(f(&j, "counts.responses") as u64));
+        assert_eq!(f(&j, "errors.read") + f(&j, "errors.connect") + f(&j, "errors.timeout"), 0.0);
+    }
+
+    #[test]
+    fn poisson_arrivals_average_the_target_rate() {
+        let _g = timing_lock();
+        let up = Server::upstream(&[]);
+        let url = up.url();
+        let (code, stdout, j) = run_json(&[
+            "--url",
+            &url,
+            "--rate",
+            "3000",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0s",
+            "--arrival",
+            "poisson",
+            "--connections",
+            "8",
+        ]);
+        assert_eq!(code, 0, "{stdout}");
+        // A Poisson count over 2 s at 3000/s has sd ~ 0.9 %: allow 4 sd.
+        let r = f(&j, "sent_rate");
+        assert!((r - 3000.0).abs() < 110.0, "{r}");
+    }
+}
+
+mod coordinated_omission {
+    use super::util::*;
+
+    /// The origin stops answering for 100 ms once a second. Open loop: every request due during
+    /// a stall waits for its end, and that wait is measured from the intended send time. Closed
+    /// loop (and service time): only the few in-flight requests see it, so P99 hides it.
+    ///
+    /// With a 10 % stall duty cycle the requests due during stalls are 10 % of all, with waits
+    /// spread evenly over 0..100 ms, so the corrected P99 is ~90 ms (the top 1 % = the first
+    /// tenth of each stall), and the max is ~100 ms.
+    #[test]
+    fn stall_shows_in_corrected_p99_but_not_in_closed_loop_or_service_time() {
+        let _g = timing_lock();
+        let up = Server::upstream(&["--stall-every", "1s", "--stall-for", "100ms"]);
+        let url = up.url();
+        let (code, stdout, open) =
+            run_json(&["--url", &url, "--rate", "2000", "--duration", "3s", "--warmup", "500ms", "--connections", "4"]);
+        assert_eq!(code, 0, "{stdout}");
+        let p99 = f(&open, "latency.corrected.p99_us");
+        let max = f(&open, "latency.corrected.max_us");
+        let service_p99 = f(&open, "latency.uncorrected.p99_us");
+        assert!(p99 >= 80_000.0, "corrected p99 {p99}us should show the 100 ms stall\n{stdout}");
+        assert!(max >= 95_000.0, "corrected max {max}us\n{stdout}");
+        assert!(service_p99 < 20_000.0, "service p99 {service_p99}us\n{stdout}");
+        assert!(f(&open, "counts.queued") > 100.0, "requests waited for a connection during stalls");
+
+        let (code, stdout, closed) = run_json(&["--url", &url, "--closed", "--duration", "3s", "--warmup", "500ms", "--connections", "4"]);
+        assert_eq!(code, 0, "{stdout}");
+        let closed_p99 = f(&closed, "latency.corrected.p99_us");
+        assert!(closed_p99 < 20_000.0, "closed p99 {closed_p99}us\n{stdout}");
+        assert!(f(&closed, "latency.corrected.max_us") >= 50_000.0, "closed max still sees a stall");
+        assert!(p99 > 4.0 * closed_p99);
+    }
+}
+
+mod errors {
+    use super::util::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    fn short_run(url: &str, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec![
+            "--url",
+            url,
+            "--rate",
+            "50",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--connections",
+            "1",
+            "--timeout",
+            "200ms",
+            "--allow-invalid",
+        ];
+        args.extend_from_slice(extra);
+        let (code, stdout, j) = run_json(&args);
+        assert_eq!(code, 0, "{stdout}");
+        j
+    }
+
+    #[test]
+    fn connection_refused_is_a_connect_error() {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let j = short_run(&format!("http://127.0.0.1:{port}/"), &[]);
+        assert!(f(&j, "errors.connect") >= 40.0, "{}", j["errors"]);
+        assert_eq!(f(&j, "errors.connect"), f(&j, "error_causes.refused"));
+        assert_eq!(f(&j, "counts.responses"), 0.0);
+    }
+
+    #[test]
+    fn reset_is_a_read_error_with_cause_reset() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        l.set_nonblocking(true).unwrap();
+        let t = std::thread::spawn(move || {
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        c.set_nonblocking(false).unwrap();
+                        let mut b = [0u8; 1024];
+                        let _ = c.read(&mut b);
+                        // SO_LINGER 0: close sends RST instead of FIN.
+                        let s = socket2::SockRef::from(&c);
+                        s.set_linger(Some(Duration::ZERO)).unwrap();
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        let j = short_run(&format!("http://{addr}/"), &[]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        t.join().unwrap();
+        assert!(f(&j, "error_causes.reset") >= 40.0, "{} {}", j["errors"], j["error_causes"]);
+        assert_eq!(f(&j, "errors.read") + f(&j, "errors.write"), f(&j, "error_causes.reset"));
+    }
+
+    #[test]
+    fn silent_server_is_a_timeout() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // Accepted by the kernel backlog, never answered.
+        let j = short_run(&format!("http://{addr}/"), &["--max-connections", "64"]);
+        drop(l);
+        assert!(f(&j, "errors.timeout") >= 10.0, "{}", j["errors"]);
+        assert_eq!(f(&j, "errors.timeout"), f(&j, "error_causes.timeout"));
+        assert_eq!(f(&j, "counts.responses"), 0.0);
+    }
+
+    #[test]
+    fn http_error_status_is_a_status_error() {
+        // The upstream answers 400 to a malformed request: make every request malformed.
+        let up = Server::upstream(&[]);
+        let j = short_run(&up.url(), &["-H", "Content-Length: 1", "-H", "Transfer-Encoding: chunked"]);
+        assert!(f(&j, "errors.status") >= 40.0, "{}", j["errors"]);
+        assert_eq!(j["status_codes"]["400"].as_f64(), Some(f(&j, "errors.status")));
+    }
+}
+
+mod validity {
+    use super::util::*;
+
+    #[test]
+    fn impossible_rate_is_flagged_invalid_with_exit_3() {
+        let _g = timing_lock();
+        let up = Server::upstream(&[]);
+        let url = up.url();
+        let (code, stdout, j) =
+            run_json(&["--url", &url, "--rate", "10000000", "--duration", "1s", "--warmup", "0s", "--connections", "1", "--timeout", "1s"]);
+        assert_eq!(code, 3, "{stdout}");
+        assert_eq!(j["valid"], false);
+        assert!(!j["invalid_reasons"].as_array().unwrap().is_empty());
+        assert!(stdout.contains("INVALID"), "{stdout}");
+        // Never report a rate that was not achieved.
+        assert!(f(&j, "achieved_rate") < 1_000_000.0);
+    }
+}
+
+mod report {
+    use super::util::*;
+
+    #[test]
+    fn json_has_schema_metadata_series_and_decodable_histograms() {
+        let _g = timing_lock();
+        let up = Server::upstream(&[]);
+        let url = up.url();
+        let (code, _, j) = run_json(&["--url", &url, "--rate", "500", "--duration", "2s", "--warmup", "0s", "--connections", "2"]);
+        assert_eq!(code, 0);
+        assert_eq!(j["schema_version"], 1);
+        assert_eq!(j["meta"]["tool"], "loadgen");
+        assert!(j["meta"]["command_line"].as_array().unwrap().len() > 3);
+        assert!(j["meta"]["start_time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(j["meta"]["target_rate"], 500.0);
+        let series = j["time_series"].as_array().unwrap();
+        assert_eq!(series.len(), 2);
+        for s in series {
+            assert!((s["scheduled"].as_f64().unwrap() - 500.0).abs() <= 1.0, "{s}");
+        }
+        for k in ["corrected", "uncorrected", "send_lag"] {
+            let h = loadgen::report::decode_hist(j["histograms"][k].as_str().unwrap()).unwrap();
+            assert_eq!(h.len() as f64, f(&j, &format!("latency.{k}.count")), "{k}");
+        }
+        for k in ["p50_us", "p90_us", "p99_us", "p99_9_us", "p99_99_us", "max_us"] {
+            assert!(f(&j, &format!("latency.corrected.{k}")) > 0.0);
+        }
+    }
+
+    #[test]
+    fn hlog_is_an_interval_log() {
+        let up = Server::upstream(&[]);
+        let dir = std::env::temp_dir().join(format!("loadgen-hlog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.hlog");
+        let out = loadgen(&[
+            "run",
+            "--url",
+            &up.url(),
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0s",
+            "--connections",
+            "1",
+            "--hlog",
+            p.to_str().unwrap(),
+        ]);
+        assert!(out.status.success());
+        let text = std::fs::read(&p).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+        let mut intervals = 0;
+        let mut count = 0;
+        for e in IntervalLogIterator::new(&text) {
+            if let Ok(LogEntry::Interval(h)) = e
+                && h.tag().is_none()
+            {
+                intervals += 1;
+                let b = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, h.encoded_histogram()).unwrap();
+                let hist: hdrhistogram::Histogram<u64> =
+                    hdrhistogram::serialization::Deserializer::new().deserialize(&mut std::io::Cursor::new(b)).unwrap();
+                count += hist.len();
+            }
+        }
+        assert_eq!(intervals, 2);
+        assert!((count as i64 - 400).abs() <= 2, "{count}");
+    }
+}
+
+mod ladder {
+    use super::util::*;
+
+    #[test]
+    fn ladder_reports_the_highest_rate_under_the_slo() {
+        let _g = timing_lock();
+        let up = Server::upstream(&["--delay", "2ms"]);
+        let dir = std::env::temp_dir().join(format!("loadgen-ladder-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("l.json");
+        // With a 2 ms origin delay and 2 connections the ceiling is ~1000 req/s (less with the
+        // tokio timer's rounding), so 200 passes and 4000 cannot.
+        let out = loadgen(&[
+            "ladder",
+            "--url",
+            &up.url(),
+            "--rates",
+            "200,4000",
+            "--slo-p99",
+            "50ms",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--connections",
+            "2",
+            "--timeout",
+            "1s",
+            "--json",
+            p.to_str().unwrap(),
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
+        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(j["max_sustainable_rate"], 200.0, "{stdout}");
+        let steps = j["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[1]["pass"], false);
+    }
+}
+
+mod upstream {
+    use super::util::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// Sends `req` and reads until `want` bytes arrived or the server closed.
+    fn exchange(addr: std::net::SocketAddr, req: &[u8], want: usize) -> Vec<u8> {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(req).unwrap();
+        let mut out = Vec::new();
+        let mut b = [0u8; 4096];
+        while out.len() < want {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&b[..n]),
+            }
+        }
+        out
+    }
+
+    const OK5: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nxxxxx";
+
+    #[test]
+    fn pipelined_requests_with_bodies_are_answered_in_order() {
+        let up = Server::upstream(&["--body-bytes", "5"]);
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc\
+POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+HEAD / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let head_only = &OK5[..OK5.len() - 5];
+        let mut want = OK5.repeat(3);
+        want.extend_from_slice(head_only);
+        let got = exchange(up.addr, req, want.len());
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+    }
+
+    #[test]
+    fn request_split_into_single_bytes_is_parsed() {
+        let up = Server::upstream(&["--body-bytes", "5"]);
+        let mut s = TcpStream::connect(up.addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        for b in b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n" {
+            s.write_all(&[*b]).unwrap();
+        }
+        let mut got = vec![0u8; OK5.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, OK5);
+    }
+
+    #[test]
+    fn smuggling_shape_gets_400_and_close() {
+        let up = Server::upstream(&[]);
+        let got = exchange(up.addr, b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 1 << 20);
+        assert_eq!(got, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    }
+
+    #[test]
+    fn connection_close_and_http10_close_after_response() {
+        let up = Server::upstream(&["--body-bytes", "0"]);
+        for req in
+            [&b"GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\n\r\n"[..], b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n"]
+        {
+            let got = exchange(up.addr, req, 1 << 20);
+            assert_eq!(
+                got, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n",
+                "only one response, then close"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_head_gets_431() {
+        let up = Server::upstream(&[]);
+        let mut req = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        req.extend(std::iter::repeat_n(b'a', 70 * 1024));
+        let got = exchange(up.addr, &req, 1 << 20);
+        assert!(got.starts_with(b"HTTP/1.1 431 "), "{}", String::from_utf8_lossy(&got));
+    }
+}
+
+mod relay {
+    use super::util::*;
+
+    #[test]
+    fn relay_forwards_load_to_the_upstream() {
+        let up = Server::upstream(&[]);
+        let upstream = up.addr.to_string();
+        let relay = Server::start(&["relay", "--listen", "127.0.0.1:0", "--upstream", &upstream]);
+        let (code, stdout, j) =
+            run_json(&["--url", &relay.url(), "--rate", "500", "--duration", "1s", "--warmup", "0s", "--connections", "4"]);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(j["status_codes"]["200"].as_f64(), Some(f(&j, "counts.responses")));
+        assert!(f(&j, "counts.responses") >= 495.0);
+    }
+}
+
+mod cli {
+    use super::util::*;
+
+    #[test]
+    fn usage_errors_are_one_line_and_exit_2() {
+        for args in [
+            &["run", "--url", "http://127.0.0.1:1/", "--rate", "abc"][..],
+            &["run", "--url", "http://127.0.0.1:1/"],
+            &["run", "--url", "ftp://x/", "--rate", "10"],
+            &["run", "--url", "http://127.0.0.1:1/", "--rate", "10", "--duration", "5parsecs"],
+            &["run", "--url", "http://127.0.0.1:1/", "--rate", "10", "-H", "nocolon"],
+            &["upstream", "--stall-every", "1s"],
+            &["nosuchcommand"],
+        ] {
+            let out = loadgen(args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+            assert!(err.starts_with("loadgen: "), "{err}");
+        }
+    }
+}
