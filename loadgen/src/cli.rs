@@ -105,6 +105,9 @@ pub struct LoadArgs {
     /// Largest tolerated generator send lag (P99) before the run is INVALID.
     #[arg(long, default_value = "1ms", value_parser = parse_duration)]
     pub max_lag: Duration,
+    /// Wake this long before each send time and busy-wait the rest: less send lag, more CPU.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub spin: Duration,
     /// Seed for --arrival poisson.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -362,6 +365,7 @@ fn load_config(a: &LoadArgs) -> Result<RunConfig, Failure> {
             BusyArg::Drop => BusyPolicy::Drop,
         },
         max_lag: a.max_lag,
+        spin: a.spin,
         seed: a.seed,
         progress: false,
     })
