@@ -1,1 +1,23 @@
 //! Integration tests for the proxy binary over loopback (one binary, modules by topic).
+//!
+//! Every test starts the real `proxy` binary (`--workers 1`) with a generated config, a recording
+//! upstream on 127.0.0.1:0 and raw `std::net` clients. Sockets have timeouts of a few seconds, so
+//! a hung proxy fails a test instead of hanging the suite; the proxy child is killed on drop.
+//!
+//! - `harness`: the proxy process guard, the recording upstream, raw clients, byte diffs.
+//! - `semantics`: what the upstream and the client see for well-formed traffic, byte for byte.
+//! - `routing`: host and path-prefix routing, strip_prefix, 404, round robin.
+//! - `adversarial`: a table of hostile requests on raw sockets, checked against the upstream.
+//! - `faults`: broken, slow and dying upstreams; slow clients.
+//! - `keepalive`: connection reuse on both sides, pipelining, closing rules.
+//! - `cli`: `proxy check` messages.
+#![allow(clippy::unwrap_used)] // reason: tests fail loudly on unexpected states; that is the point
+
+mod harness;
+
+mod adversarial;
+mod cli;
+mod faults;
+mod keepalive;
+mod routing;
+mod semantics;

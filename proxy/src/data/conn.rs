@@ -122,14 +122,14 @@ enum ResBody {
 }
 
 impl ResBody {
-    /// Moves the body bytes at the front of `avail` to `out` (de-chunked if asked); returns how
-    /// many input bytes were used and whether the body ended.
-    fn take(&mut self, avail: &[u8], out: &mut Vec<u8>) -> Result<(usize, bool), ProxyError> {
+    /// Validates the body bytes at the front of `avail`; returns how many input bytes belong to
+    /// the body and whether it ended. Chunk data is appended to `dechunked` only when
+    /// de-chunking (the one case where body bytes are copied instead of passed through).
+    fn take(&mut self, avail: &[u8], dechunked: &mut Vec<u8>) -> Result<(usize, bool), ProxyError> {
         match self {
             ResBody::Length(left) => {
                 let n = (*left).min(avail.len() as u64) as usize;
                 *left -= n as u64;
-                out.extend_from_slice(&avail[..n]);
                 Ok((n, *left == 0))
             }
             ResBody::Chunked { dec, dechunk } => {
@@ -137,20 +137,18 @@ impl ResBody {
                 let step = dec
                     .feed(avail, |s, e| {
                         if dechunk {
-                            out.extend_from_slice(&avail[s..e]);
+                            dechunked.extend_from_slice(&avail[s..e]);
                         }
                     })
                     .map_err(|_| ProxyError::BadResponse)?;
-                if !dechunk {
-                    out.extend_from_slice(&avail[..step.consumed]);
-                }
                 Ok((step.consumed, step.done))
             }
-            ResBody::UntilClose => {
-                out.extend_from_slice(avail);
-                Ok((avail.len(), false))
-            }
+            ResBody::UntilClose => Ok((avail.len(), false)),
         }
+    }
+
+    fn dechunks(&self) -> bool {
+        matches!(self, ResBody::Chunked { dechunk: true, .. })
     }
 }
 
@@ -451,8 +449,12 @@ impl Conn {
         };
         let mut done = body.is_none();
         if let Some(b) = body.as_mut() {
-            // A malformed body prefix is still a clean 502: nothing reached the client yet.
+            // The body bytes that came with the head leave in the same write (a bounded copy
+            // that saves a syscall). A malformed prefix is still a clean 502: nothing was sent.
             let (n, end) = b.take(up.buf.filled(), &mut self.out)?;
+            if !b.dechunks() {
+                self.out.extend_from_slice(&up.buf.filled()[..n]);
+            }
             up.buf.consume(n);
             done = end;
         }
@@ -469,9 +471,17 @@ impl Conn {
                 }
                 self.out.clear();
                 let (n, end) = b.take(up.buf.filled(), &mut self.out).map_err(|_| ProxyError::UpstreamBroken)?;
-                up.buf.consume(n);
                 done = end;
-                self.write_client_out(idle).await?;
+                if b.dechunks() {
+                    self.write_client_out(idle).await?;
+                } else {
+                    // Zero-copy relay: straight from the upstream buffer to the client socket.
+                    match timeout(idle, self.client.write_all(&up.buf.filled()[..n])).await {
+                        Ok(Ok(())) => {}
+                        _ => return Err(ProxyError::ClientGone),
+                    }
+                }
+                up.buf.consume(n);
             }
         }
 

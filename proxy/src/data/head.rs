@@ -348,12 +348,19 @@ impl RequestHead {
                         return Err(ProxyError::ExpectationFailed);
                     }
                 }
+                // Named by Connection: hop-by-hop, so not even re-emitted (RFC 9110 §7.6.1).
+                Kind::XForwardedFor if f.drop => f.kind = Kind::Other,
                 Kind::XForwardedFor | Kind::XForwardedProto | Kind::XForwardedHost => f.drop = true,
                 _ => {}
             }
         }
         if self.host.is_none() && minor == 1 {
             return Err(ProxyError::BadRequest);
+        }
+        if let Some(authority) = self.target.authority {
+            // RFC 9112 §3.2.2: with an absolute-form target the Host field is replaced by the
+            // target's authority (the rewriter writes it where Host stood, or first).
+            self.host = Some(authority);
         }
         if self.upgrade.is_some() && self.framing != Framing::None {
             self.upgrade = None; // an upgrade with a body is served as a plain request

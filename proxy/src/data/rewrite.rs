@@ -31,9 +31,25 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, route: &Ro
     }
     out.extend_from_slice(path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let absolute = req.target.authority.is_some();
+    let mut host_written = false;
     for f in &req.fields.list {
-        if !f.drop {
-            field(out, f.name.of(buf), f.value.of(buf));
+        if f.drop {
+            continue;
+        }
+        if absolute && f.kind == Kind::Host {
+            // Absolute-form: the authority replaces the received Host (RFC 9112 §3.2.2).
+            if !host_written {
+                field(out, f.name.of(buf), req.host.map_or(b"".as_slice(), |h| h.of(buf)));
+                host_written = true;
+            }
+            continue;
+        }
+        field(out, f.name.of(buf), f.value.of(buf));
+    }
+    if absolute && !host_written {
+        if let Some(h) = req.host {
+            field(out, b"Host", h.of(buf));
         }
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
