@@ -284,6 +284,7 @@ impl Conn {
         self.sleep.as_mut().reset(deadline);
         let addr = self.addr;
         let r = tokio::select! {
+            biased;
             r = TcpStream::connect(addr) => r,
             _ = &mut self.sleep => return Err(ReqError::new(ErrorKind::Connect, Cause::Timeout)),
         };
@@ -317,7 +318,9 @@ impl Conn {
             let Some(stream) = stream.as_mut() else {
                 return (sent, Err(ReqError::new(ErrorKind::Connect, Cause::Other)));
             };
+            // `biased`: poll the I/O first, no random branch order per request.
             tokio::select! {
+                biased;
                 r = roundtrip(stream, buf, start, end, req) => r,
                 _ = sleep.as_mut() => Err(ReqError::new(ErrorKind::Timeout, Cause::Timeout)),
             }

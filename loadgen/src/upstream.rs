@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Largest request head accepted (431 beyond).
 const BUF: usize = 64 * 1024;
+const BUF_INITIAL: usize = 8 * 1024;
 const MAX_HEADERS: usize = 64;
 
 /// Upstream settings.
@@ -215,8 +217,9 @@ fn bad_response(status: u16) -> Vec<u8> {
 }
 
 async fn conn(mut s: TcpStream, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, start: Instant) {
-    let mut buf = vec![0u8; BUF];
-    let mut out: Vec<u8> = Vec::with_capacity(resp.close.len() * 4);
+    // Grows (doubling) up to BUF only for large heads, so idle connections stay small.
+    let mut buf = vec![0u8; BUF_INITIAL];
+    let mut out = Outbox::default();
     let (mut lo, mut hi) = (0usize, 0usize);
     // The body being skipped and what to answer once it is complete.
     let mut body: Option<(BodySkipper, bool, bool)> = None;
@@ -226,7 +229,7 @@ async fn conn(mut s: TcpStream, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, st
         loop {
             if let Some((sk, head_method, close)) = body.as_mut() {
                 let Ok(used) = sk.feed(&buf[lo..hi]) else {
-                    out.extend_from_slice(&bad_response(400));
+                    out.raw(&resp, &bad_response(400));
                     close_now = true;
                     break;
                 };
@@ -236,7 +239,7 @@ async fn conn(mut s: TcpStream, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, st
                 }
                 let (head_method, close) = (*head_method, *close);
                 body = None;
-                push_response(&mut out, &resp, head_method, close);
+                out.response(&resp, head_method, close);
                 answered += 1;
                 if close {
                     close_now = true;
@@ -249,20 +252,24 @@ async fn conn(mut s: TcpStream, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, st
             match parse_request(&buf[lo..hi]) {
                 Parsed::Partial => {
                     if lo == 0 && hi == buf.len() {
-                        out.extend_from_slice(&bad_response(431));
-                        close_now = true;
+                        if buf.len() < BUF {
+                            buf.resize((buf.len() * 2).min(BUF), 0);
+                        } else {
+                            out.raw(&resp, &bad_response(431));
+                            close_now = true;
+                        }
                     }
                     break;
                 }
                 Parsed::Bad(status) => {
-                    out.extend_from_slice(&bad_response(status));
+                    out.raw(&resp, &bad_response(status));
                     close_now = true;
                     break;
                 }
                 Parsed::Head { len, framing, head_method, close, expect_continue } => {
                     lo += len;
                     if expect_continue {
-                        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        out.raw(&resp, b"HTTP/1.1 100 Continue\r\n\r\n");
                     }
                     body = Some((BodySkipper::new(framing), head_method, close));
                 }
@@ -284,7 +291,7 @@ async fn conn(mut s: TcpStream, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, st
                     tokio::time::sleep(cfg.delay * answered as u32).await;
                 }
             }
-            if s.write_all(&out).await.is_err() {
+            if s.write_all(out.bytes(&resp)).await.is_err() {
                 return;
             }
             out.clear();
@@ -300,9 +307,58 @@ async fn conn(mut s: TcpStream, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, st
     }
 }
 
-fn push_response(out: &mut Vec<u8>, r: &Responses, head_method: bool, close: bool) {
+/// The bytes of one pre-serialized response.
+fn response_bytes(r: &Responses, head_method: bool, close: bool) -> &[u8] {
     let (bytes, head_len) = if close { (&r.close, r.close_head_len) } else { (&r.keep, r.keep_head_len) };
-    out.extend_from_slice(if head_method { &bytes[..head_len] } else { bytes });
+    if head_method { &bytes[..head_len] } else { bytes }
+}
+
+/// What to write after a read batch. The common case, a single response, is written straight
+/// from the pre-serialized bytes (no copy, whatever the body size); only pipelined batches and
+/// interim/error responses are assembled in `buf`.
+#[derive(Debug, Default)]
+struct Outbox {
+    buf: Vec<u8>,
+    /// A single response not yet copied into `buf`: (HEAD, close).
+    single: Option<(bool, bool)>,
+}
+
+impl Outbox {
+    fn materialize(&mut self, r: &Responses) {
+        if let Some((h, c)) = self.single.take() {
+            self.buf.extend_from_slice(response_bytes(r, h, c));
+        }
+    }
+
+    fn response(&mut self, r: &Responses, head_method: bool, close: bool) {
+        if self.buf.is_empty() && self.single.is_none() {
+            self.single = Some((head_method, close));
+        } else {
+            self.materialize(r);
+            self.buf.extend_from_slice(response_bytes(r, head_method, close));
+        }
+    }
+
+    fn raw(&mut self, r: &Responses, bytes: &[u8]) {
+        self.materialize(r);
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.single.is_none()
+    }
+
+    fn bytes<'a>(&'a self, r: &'a Responses) -> &'a [u8] {
+        match self.single {
+            Some((h, c)) if self.buf.is_empty() => response_bytes(r, h, c),
+            _ => &self.buf,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.single = None;
+    }
 }
 
 #[cfg(test)]
@@ -344,11 +400,19 @@ mod tests {
     #[test]
     fn head_response_has_no_body() {
         let r = Responses::new(5);
-        let mut out = Vec::new();
-        push_response(&mut out, &r, true, false);
-        assert!(out.ends_with(b"\r\n\r\n"));
-        out.clear();
-        push_response(&mut out, &r, false, true);
-        assert!(out.ends_with(b"Connection: close\r\n\r\nxxxxx"));
+        assert!(response_bytes(&r, true, false).ends_with(b"text/plain\r\n\r\n"));
+        assert!(response_bytes(&r, false, true).ends_with(b"Connection: close\r\n\r\nxxxxx"));
+        // One response is written from the template; a batch is assembled in order.
+        let mut o = Outbox::default();
+        o.response(&r, true, false);
+        assert_eq!(o.bytes(&r), response_bytes(&r, true, false));
+        o.raw(&r, b"X");
+        o.response(&r, false, false);
+        let mut want = response_bytes(&r, true, false).to_vec();
+        want.extend_from_slice(b"X");
+        want.extend_from_slice(response_bytes(&r, false, false));
+        assert_eq!(o.bytes(&r), &want[..]);
+        o.clear();
+        assert!(o.is_empty());
     }
 }

@@ -265,6 +265,68 @@ mod errors {
     }
 }
 
+mod client {
+    use super::util::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// A raw origin that answers each GET with a chunked body (extension + trailer), written in
+    /// pieces with pauses so the client sees split reads everywhere.
+    #[test]
+    fn chunked_responses_in_split_writes_are_parsed() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut c, _)) = l.accept() {
+                c.set_nodelay(true).unwrap();
+                let mut pending = Vec::new();
+                let mut b = [0u8; 4096];
+                let pieces: [&[u8]; 6] = [
+                    b"HTTP/1.1 200 OK\r\nTransfer-",
+                    b"Encoding: chunked\r\n\r\n5;ext=1\r",
+                    b"\nhel",
+                    b"lo\r\n6\r\n world\r\n0\r\nX-Trailer: t\r",
+                    b"\n",
+                    b"\r\n",
+                ];
+                loop {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&b[..n]),
+                    }
+                    while let Some(p) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..p + 4);
+                        for piece in pieces {
+                            if c.write_all(piece).is_err() {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                    }
+                }
+            }
+        });
+        let (code, stdout, j) = run_json(&[
+            "--url",
+            &format!("http://{addr}/"),
+            "--rate",
+            "100",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--connections",
+            "1",
+            "--timeout",
+            "1s",
+        ]);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(j["status_codes"]["200"].as_f64(), Some(100.0), "{stdout}");
+        assert_eq!(f(&j, "counts.responses"), 100.0);
+    }
+}
+
 mod validity {
     use super::util::*;
 
@@ -469,6 +531,40 @@ HEAD / HTTP/1.1\r\nHost: a\r\n\r\n";
                 "only one response, then close"
             );
         }
+    }
+
+    #[test]
+    fn head_larger_than_the_initial_buffer_is_accepted() {
+        let up = Server::upstream(&["--body-bytes", "5"]);
+        let mut req = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        req.extend(std::iter::repeat_n(b'a', 40 * 1024));
+        req.extend_from_slice(b"\r\n\r\n");
+        let got = exchange(up.addr, &req, OK5.len());
+        assert_eq!(got, OK5);
+    }
+
+    #[test]
+    fn large_request_and_response_bodies_under_load() {
+        let up = Server::upstream(&["--body-bytes", "1000000"]);
+        let (code, stdout, j) = run_json(&[
+            "--url",
+            &up.url(),
+            "--rate",
+            "50",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--connections",
+            "2",
+            "--method",
+            "POST",
+            "--body-bytes",
+            "300000",
+        ]);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(j["status_codes"]["200"].as_f64(), Some(50.0), "{stdout}");
+        assert_eq!(f(&j, "counts.responses"), 50.0);
     }
 
     #[test]
