@@ -104,67 +104,12 @@ pub fn ladder(cfg: &LadderConfig, w: &mut dyn Write) -> io::Result<LadderResult>
     )?;
     writeln!(w, "{:>12} {:>12} {:>10} {:>10} {:>10} {:>7} {:>7} verdict", "rate", "achieved", "p50", "p99", "max", "errors", "valid")?;
     let mut steps = Vec::new();
-    let mut best: Option<f64> = None;
-    match &cfg.mode {
-        LadderMode::Rates(rates) => {
-            let mut rates = rates.clone();
-            rates.sort_by(f64::total_cmp);
-            for r in rates {
-                let s = step(cfg, r, w)?;
-                let pass = s.pass;
-                steps.push(s);
-                if !pass {
-                    break;
-                }
-                best = Some(r);
-            }
-        }
-        LadderMode::Search { start, max, precision } => {
-            // Bracket [lo passes, hi fails].
-            let mut lo: Option<f64> = None;
-            let mut hi: Option<f64> = None;
-            let mut r = *start;
-            loop {
-                let s = step(cfg, r, w)?;
-                let pass = s.pass;
-                steps.push(s);
-                if pass {
-                    lo = Some(r);
-                    if hi.is_some() || r >= *max {
-                        break;
-                    }
-                    r = (r * 2.0).min(*max);
-                } else {
-                    hi = Some(r);
-                    if lo.is_some() {
-                        break;
-                    }
-                    if r < 2.0 {
-                        break;
-                    }
-                    r /= 2.0;
-                }
-            }
-            if let (Some(mut l), Some(mut h)) = (lo, hi) {
-                while h / l > 1.0 + precision && steps.len() < 40 {
-                    let mid = (l * h).sqrt().round();
-                    if mid <= l || mid >= h {
-                        break;
-                    }
-                    let s = step(cfg, mid, w)?;
-                    let pass = s.pass;
-                    steps.push(s);
-                    if pass {
-                        l = mid;
-                    } else {
-                        h = mid;
-                    }
-                }
-                lo = Some(l);
-            }
-            best = lo;
-        }
-    }
+    let best = choose(&cfg.mode, |r| {
+        let s = step(cfg, r, w)?;
+        let pass = s.pass;
+        steps.push(s);
+        Ok(pass)
+    })?;
     match best {
         Some(b) => writeln!(w, "max sustainable rate: {b:.0} req/s (P99 <= {}, no errors, valid run)", fmt_dur(cfg.slo_p99))?,
         None => writeln!(w, "max sustainable rate: none (no step passed)")?,
@@ -189,6 +134,66 @@ pub struct LadderJson {
     pub steps: Vec<Step>,
 }
 
+/// Most steps a search runs.
+const MAX_STEPS: usize = 40;
+
+/// Picks the rates to try (see the module docs) and returns the highest passing one.
+/// `try_rate` runs one step and says whether it passed.
+pub fn choose(mode: &LadderMode, mut try_rate: impl FnMut(f64) -> io::Result<bool>) -> io::Result<Option<f64>> {
+    match mode {
+        LadderMode::Rates(rates) => {
+            let mut rates = rates.clone();
+            rates.sort_by(f64::total_cmp);
+            let mut best = None;
+            for r in rates {
+                if !try_rate(r)? {
+                    break;
+                }
+                best = Some(r);
+            }
+            Ok(best)
+        }
+        LadderMode::Search { start, max, precision } => {
+            // Bracket: `lo` passed, `hi` failed.
+            let (mut lo, mut hi): (Option<f64>, Option<f64>) = (None, None);
+            let mut r = start.min(*max);
+            let mut n = 0;
+            while n < MAX_STEPS {
+                n += 1;
+                if try_rate(r)? {
+                    lo = Some(r);
+                    if hi.is_some() || r >= *max {
+                        break;
+                    }
+                    r = (r * 2.0).min(*max);
+                } else {
+                    hi = Some(r);
+                    if lo.is_some() || r < 2.0 {
+                        break;
+                    }
+                    r = (r / 2.0).round();
+                }
+            }
+            if let (Some(mut l), Some(mut h)) = (lo, hi) {
+                while h / l > 1.0 + precision && n < MAX_STEPS {
+                    let mid = (l * h).sqrt().round();
+                    if mid <= l || mid >= h {
+                        break;
+                    }
+                    n += 1;
+                    if try_rate(mid)? {
+                        l = mid;
+                    } else {
+                        h = mid;
+                    }
+                }
+                lo = Some(l);
+            }
+            Ok(lo)
+        }
+    }
+}
+
 pub fn ladder_json(cfg: &LadderConfig, res: &LadderResult, argv: &[String]) -> LadderJson {
     LadderJson {
         schema_version: SCHEMA_VERSION,
@@ -203,5 +208,50 @@ pub fn ladder_json(cfg: &LadderConfig, res: &LadderResult, argv: &[String]) -> L
         warmup_s: cfg.base.warmup.as_secs_f64(),
         max_sustainable_rate: res.best,
         steps: res.steps.clone(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    /// A system that sustains up to `cap` req/s; returns (best, rates tried).
+    fn against(mode: LadderMode, cap: f64) -> (Option<f64>, Vec<f64>) {
+        let mut tried = Vec::new();
+        let best = choose(&mode, |r| {
+            tried.push(r);
+            Ok(r <= cap)
+        })
+        .unwrap();
+        (best, tried)
+    }
+
+    #[test]
+    fn rates_stop_at_the_first_failure() {
+        let (best, tried) = against(LadderMode::Rates(vec![4000.0, 1000.0, 2000.0, 8000.0]), 3000.0);
+        assert_eq!(best, Some(2000.0));
+        assert_eq!(tried, vec![1000.0, 2000.0, 4000.0]);
+    }
+
+    #[test]
+    fn search_doubles_then_bisects_to_the_precision() {
+        let (best, tried) = against(LadderMode::Search { start: 1000.0, max: 1e6, precision: 0.05 }, 5000.0);
+        let best = best.unwrap();
+        assert!((5000.0 / 1.05..=5000.0).contains(&best), "{best} via {tried:?}");
+        assert_eq!(&tried[..4], &[1000.0, 2000.0, 4000.0, 8000.0]);
+        assert!(tried.len() <= 12, "{tried:?}");
+    }
+
+    #[test]
+    fn search_goes_down_when_the_start_fails_and_respects_max() {
+        let (best, _) = against(LadderMode::Search { start: 1000.0, max: 1e6, precision: 0.05 }, 300.0);
+        let best = best.unwrap();
+        assert!((300.0 / 1.05..=300.0).contains(&best), "{best}");
+        let (best, tried) = against(LadderMode::Search { start: 1000.0, max: 3000.0, precision: 0.05 }, 1e9);
+        assert_eq!(best, Some(3000.0));
+        assert_eq!(tried, vec![1000.0, 2000.0, 3000.0]);
+        let (best, _) = against(LadderMode::Search { start: 1000.0, max: 1e6, precision: 0.05 }, 0.5);
+        assert_eq!(best, None);
     }
 }

@@ -401,6 +401,90 @@ pub fn write_hlog<W: io::Write>(w: &mut W, cfg: &RunConfig, out: &RunOutcome) ->
 mod tests {
     use super::*;
 
+    fn synthetic() -> (RunConfig, RunOutcome) {
+        use crate::client::{ReqError, Target};
+        use crate::stats::{Dispatch, Recorder};
+        use std::time::Instant;
+        let target = Target::parse("http://127.0.0.1:9/x").unwrap();
+        let cfg = RunConfig {
+            requests: vec![target.request("GET", "/x", &[], b"")],
+            target,
+            closed: false,
+            rate: 100.0,
+            arrival: Arrival::Constant,
+            duration: Duration::from_secs(2),
+            warmup: Duration::ZERO,
+            connections: 1,
+            max_connections: 1,
+            threads: 1,
+            cpus: vec![],
+            timeout: Duration::from_secs(1),
+            policy: BusyPolicy::Queue,
+            max_lag: Duration::from_millis(1),
+            spin: Duration::ZERO,
+            seed: 1,
+            progress: false,
+        };
+        let t0 = Instant::now();
+        let mut rec = Recorder::new(t0, t0 + cfg.duration);
+        for i in 0..200u64 {
+            let t = t0 + Duration::from_millis(i * 10);
+            rec.on_scheduled(t, Some(Dispatch::Free));
+            let res = if i == 7 { Err(ReqError { kind: ErrorKind::Read, cause: Cause::Reset }) } else { Ok(200) };
+            rec.on_done(t, t, t + Duration::from_micros(100 + i), Dispatch::Free, res);
+        }
+        let mut out = RunOutcome { rec, started: UNIX_EPOCH, window: cfg.duration, validity: Default::default() };
+        out.validity = crate::run::assess(&cfg, &out);
+        (cfg, out)
+    }
+
+    /// The documented `--json` keys, so a rename is a deliberate schema change.
+    #[test]
+    fn json_schema_keys_and_values() {
+        let (cfg, out) = synthetic();
+        let v = serde_json::to_value(run_json(&cfg, &out, &["loadgen".into(), "run".into()])).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        for k in [
+            "schema_version",
+            "meta",
+            "valid",
+            "invalid_reasons",
+            "target_rate",
+            "sent_rate",
+            "achieved_rate",
+            "counts",
+            "status_codes",
+            "errors",
+            "error_causes",
+            "latency",
+            "time_series",
+            "histograms",
+        ] {
+            assert!(keys.contains(&k), "missing {k}");
+        }
+        assert_eq!(v["schema_version"], SCHEMA_VERSION);
+        assert_eq!(v["meta"]["start_time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["meta"]["url"], "http://127.0.0.1:9/x");
+        assert_eq!(v["valid"], true, "{}", v["invalid_reasons"]);
+        assert_eq!(v["counts"]["scheduled"], 200);
+        assert_eq!(v["counts"]["responses"], 199);
+        assert_eq!(v["status_codes"]["200"], 199);
+        assert_eq!(v["errors"]["read"], 1);
+        assert_eq!(v["error_causes"]["reset"], 1);
+        assert_eq!(v["achieved_rate"], 99.5);
+        let series = v["time_series"].as_array().unwrap();
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[0]["scheduled"], 100);
+        for k in ["corrected", "uncorrected", "send_lag"] {
+            let h = decode_hist(v["histograms"][k].as_str().unwrap()).unwrap();
+            assert_eq!(h.len(), v["latency"][k]["count"].as_u64().unwrap(), "{k}");
+        }
+        let p99 = v["latency"]["corrected"]["p99_us"].as_f64().unwrap();
+        assert!((296.0..=300.0).contains(&p99), "{p99}");
+        let text = human(&cfg, &out);
+        assert!(text.contains("VALID") && text.contains("200: 199") && text.contains("reset 1"), "{text}");
+    }
+
     #[test]
     fn rfc3339_known_dates() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");

@@ -446,7 +446,7 @@ fn progress_loop(
             err,
             "\r\x1b[K[{phase} {el:5.1}s/{:.0}s] {rate:9.0} resp/s  p99 {}  errors {errors}",
             (cfg.warmup + cfg.duration).as_secs_f64(),
-            crate::report::fmt_dur(Duration::from_nanos(p99)),
+            if p99 == 0 { "-".to_string() } else { crate::report::fmt_dur(Duration::from_nanos(p99)) },
         );
         let _ = err.flush();
     }
