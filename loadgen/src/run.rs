@@ -308,11 +308,13 @@ async fn dispatcher(sh: Rc<Shared>, mut sched: Schedule, conns: Vec<Conn>, max_c
         if cfg.spin.is_zero() {
             timer.sleep_until(t).await?;
         } else {
-            // Waking an idle vCPU costs tens of µs here; spinning the last stretch trades CPU
-            // for punctuality.
+            // Waking an idle vCPU costs tens of µs here; waking early and polling the last
+            // stretch trades CPU for punctuality. Each poll yields to the runtime (which polls
+            // I/O), so connection tasks keep running even when the interval is shorter than the
+            // spin.
             timer.sleep_until(t.checked_sub(cfg.spin).unwrap_or(t)).await?;
             while Instant::now() < t {
-                std::hint::spin_loop();
+                tokio::task::yield_now().await;
             }
         }
         let mut batch = 0u32;

@@ -51,7 +51,12 @@ impl PreciseTimer {
         loop {
             let mut guard = self.fd.readable().await?;
             match guard.get_inner().0.wait() {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // The expiry was consumed: forget the readiness so the next sleep does not
+                    // start with a read that can only fail with EAGAIN.
+                    guard.clear_ready();
+                    return Ok(());
+                }
                 Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
                 Err(e) => return Err(e.into()),
             }
