@@ -395,8 +395,10 @@ mod report {
             "1",
             "--hlog",
             p.to_str().unwrap(),
+            LENIENT_LAG[0],
+            LENIENT_LAG[1],
         ]);
-        assert!(out.status.success());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
         let text = std::fs::read(&p).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
@@ -448,6 +450,8 @@ mod ladder {
             "1s",
             "--json",
             p.to_str().unwrap(),
+            LENIENT_LAG[0],
+            LENIENT_LAG[1],
         ]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{stdout}");
