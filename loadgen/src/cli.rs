@@ -296,6 +296,21 @@ fn usage<T>(m: impl Into<String>) -> Result<T, Failure> {
     Err(Failure::Usage(m.into()))
 }
 
+/// Lowest accepted rate (req/s).
+const MIN_RATE: f64 = 0.01;
+/// Longest measured window: the per-second series keeps a histogram per second.
+const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+fn check_window(duration: Duration, warmup: Duration) -> Result<(), Failure> {
+    if duration.is_zero() || duration > MAX_DURATION {
+        return usage("--duration must be positive and at most 1h (run several for a longer soak)");
+    }
+    if warmup > MAX_DURATION {
+        return usage("--warmup must be at most 1h");
+    }
+    Ok(())
+}
+
 fn check_cpus(cpus: &[usize]) -> Result<(), Failure> {
     let n = sys::online_cpus();
     if let Some(c) = cpus.iter().find(|&&c| c >= n) {
@@ -422,12 +437,10 @@ fn cmd_run(a: RunArgs, argv: &[String]) -> Result<i32, Failure> {
     match (a.closed, a.rate) {
         (true, _) => {}
         (false, None) => return usage("--rate is required (or --closed)"),
-        (false, Some(r)) if !(r.is_finite() && r > 0.0) => return usage("--rate must be a positive number"),
+        (false, Some(r)) if !(r.is_finite() && r >= MIN_RATE) => return usage("--rate must be a number >= 0.01"),
         (false, Some(r)) => cfg.rate = r,
     }
-    if a.duration.is_zero() {
-        return usage("--duration must be positive");
-    }
+    check_window(a.duration, a.warmup)?;
     cfg.duration = a.duration;
     cfg.warmup = a.warmup;
     cfg.progress = !a.quiet && io::stderr().is_terminal();
@@ -452,19 +465,17 @@ fn write_json<T: serde::Serialize>(p: &Path, doc: &T) -> Result<(), Failure> {
 
 fn cmd_ladder(a: LadderArgs, argv: &[String]) -> Result<i32, Failure> {
     let mut base = load_config(&a.load)?;
-    if a.duration.is_zero() {
-        return usage("--duration must be positive");
-    }
+    check_window(a.duration, a.warmup)?;
     base.duration = a.duration;
     base.warmup = a.warmup;
     let mode = if a.search {
-        if !(a.start_rate > 0.0 && a.max_rate >= a.start_rate && a.precision > 0.0) {
+        if !(a.start_rate >= MIN_RATE && a.max_rate >= a.start_rate && a.max_rate.is_finite() && a.precision > 0.0) {
             return usage("--search needs 0 < --start-rate <= --max-rate and --precision > 0");
         }
         LadderMode::Search { start: a.start_rate, max: a.max_rate, precision: a.precision }
     } else {
-        if a.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
-            return usage("--rates must be positive numbers");
+        if a.rates.is_empty() || a.rates.iter().any(|r| !(r.is_finite() && *r >= MIN_RATE)) {
+            return usage("--rates must be numbers >= 0.01");
         }
         LadderMode::Rates(a.rates.clone())
     };

@@ -206,7 +206,7 @@ pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> R
     latency.insert("uncorrected", Summary::of(&r.uncorrected));
     latency.insert("send_lag", Summary::of(&r.send_lag));
     let time_series = r
-        .seconds
+        .series()
         .iter()
         .enumerate()
         .map(|(i, s)| {
@@ -387,7 +387,7 @@ pub fn write_hlog<W: io::Write>(w: &mut W, cfg: &RunConfig, out: &RunOutcome) ->
         .with_max_value_divisor(1e6)
         .begin_log_with(w, &mut ser)?;
     let err = |e| io::Error::other(format!("hlog: {e:?}"));
-    for (i, sec) in out.rec.seconds.iter().enumerate() {
+    for (i, sec) in out.rec.series().iter().enumerate() {
         log.write_histogram(&sec.hist, Duration::from_secs(i as u64), Duration::from_secs(1), None).map_err(err)?;
     }
     // Service time is only kept for the whole run: one tagged interval.

@@ -10,6 +10,9 @@
 
 use std::time::{Duration, Instant};
 
+/// Largest offset from the start a schedule produces (1e18 ns, ~31 years).
+const MAX_OFFSET_NS: u64 = 1_000_000_000_000_000_000;
+
 /// Inter-arrival distribution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arrival {
@@ -54,9 +57,10 @@ impl Schedule {
         s
     }
 
-    /// Offset from `start` of global request number `j` at a constant rate.
+    /// Offset from `start` of global request number `j` at a constant rate (capped at ~31
+    /// years, far past any run, so adding it to an `Instant` cannot overflow).
     pub fn constant_offset(rate: f64, j: u64) -> Duration {
-        Duration::from_nanos((j as f64 * 1e9 / rate) as u64)
+        Duration::from_nanos(((j as f64 * 1e9 / rate) as u64).min(MAX_OFFSET_NS))
     }
 
     /// Intended send time of this thread's next request.
@@ -66,7 +70,7 @@ impl Schedule {
                 let j = self.thread + self.i * self.threads;
                 self.start + Self::constant_offset(self.rate, j)
             }
-            Arrival::Poisson => self.start + Duration::from_nanos(self.poisson_ns as u64),
+            Arrival::Poisson => self.start + Duration::from_nanos((self.poisson_ns as u64).min(MAX_OFFSET_NS)),
         }
     }
 

@@ -32,6 +32,19 @@ pub struct Second {
     pub hist: Histogram<u64>,
 }
 
+impl Second {
+    /// An empty second.
+    pub fn new() -> Self {
+        Self { scheduled: 0, sent: 0, responses: 0, errors: 0, hist: new_hist(2) }
+    }
+}
+
+impl Default for Second {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Where a request's turn came from, for accounting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dispatch {
@@ -53,7 +66,11 @@ pub struct Recorder {
     pub corrected: Histogram<u64>,
     pub uncorrected: Histogram<u64>,
     pub send_lag: Histogram<u64>,
+    /// Per-second series; may be shorter than `n_secs` (seconds not reached yet), see
+    /// [`Recorder::series`].
     pub seconds: Vec<Second>,
+    /// Seconds in the window (rounded up).
+    pub n_secs: usize,
     /// Counts by status code (index = code, 0..=999).
     pub status: Vec<u64>,
     pub errors: [u64; 5],
@@ -87,7 +104,10 @@ impl Recorder {
             corrected: new_hist(3),
             uncorrected: new_hist(3),
             send_lag: new_hist(3),
-            seconds: (0..secs.max(1)).map(|_| Second { scheduled: 0, sent: 0, responses: 0, errors: 0, hist: new_hist(2) }).collect(),
+            // Grown as the run reaches each second (one allocation per second, not per request),
+            // so memory follows elapsed time, not the requested duration.
+            seconds: Vec::with_capacity(secs.max(1)),
+            n_secs: secs.max(1),
             status: vec![0; 1000],
             errors: [0; 5],
             causes: [0; 6],
@@ -112,8 +132,11 @@ impl Recorder {
     #[inline]
     fn second(&mut self, intended: Instant) -> &mut Second {
         let i = (intended - self.measure_start).as_secs() as usize;
-        let last = self.seconds.len() - 1;
-        &mut self.seconds[i.min(last)]
+        let i = i.min(self.n_secs - 1);
+        while self.seconds.len() <= i {
+            self.seconds.push(Second::new());
+        }
+        &mut self.seconds[i]
     }
 
     /// The dispatcher made request (due at `intended`) available: count it by policy outcome.
@@ -188,6 +211,9 @@ impl Recorder {
         let _ = self.corrected.add(&o.corrected);
         let _ = self.uncorrected.add(&o.uncorrected);
         let _ = self.send_lag.add(&o.send_lag);
+        while self.seconds.len() < o.seconds.len() {
+            self.seconds.push(Second::new());
+        }
         for (a, b) in self.seconds.iter_mut().zip(&o.seconds) {
             a.scheduled += b.scheduled;
             a.sent += b.sent;
@@ -213,6 +239,11 @@ impl Recorder {
         self.unsent += o.unsent;
         self.new_conns += o.new_conns;
         self.overrun |= o.overrun;
+    }
+
+    /// The whole per-second series of the window, empty seconds included.
+    pub fn series(&self) -> Vec<Second> {
+        (0..self.n_secs).map(|i| self.seconds.get(i).cloned().unwrap_or_default()).collect()
     }
 
     /// Total errors of all kinds (status errors included).
