@@ -1,13 +1,16 @@
-//! Command line: `proxy --config F [--workers N] [--engine native|hyper]` serves,
-//! `proxy check --config F` validates. Exit codes: 0 ok, 1 runtime failure, 2 bad config/usage.
+//! Command line: `proxy --config F [--workers N] [--engine native|hyper] [--admin ADDR]` serves
+//! (see `control::serve`), `proxy check --config F` validates. Exit codes: 0 ok (or a clean
+//! drain), 1 runtime failure (or a drain that hit its deadline), 2 bad config/usage.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, ServerIds};
-use crate::control::runtime::{self, Engine};
+use crate::control::runtime::Engine;
+use crate::control::serve;
 
 #[derive(Debug, Parser)]
 #[command(name = "proxy", version, about = "Reference HTTP/1.1 reverse proxy (lock-free data plane, reused buffers, per-worker pools)")]
@@ -21,6 +24,9 @@ pub struct Cli {
     /// HTTP/1.1 machinery: the contract's own codec, or the hyper baseline.
     #[arg(long, value_enum, default_value_t = EngineArg::Native)]
     engine: EngineArg,
+    /// Serve the admin API (metrics, health, reload) on this address; overrides `[admin]`.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -43,33 +49,26 @@ pub fn main() -> ExitCode {
         eprintln!("proxy: --config FILE is required (try proxy/examples/basic.toml)");
         return ExitCode::from(2);
     };
-    let config = match config::load(&path, &mut ServerIds::default()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("proxy: invalid config: {e}");
-            return ExitCode::from(2);
-        }
-    };
     if let Some(Command::Check) = cli.command {
-        println!("{}: ok ({} listener(s), {} route group(s))", path.display(), config.listeners.len(), config.snapshot.groups.len());
-        return ExitCode::SUCCESS;
+        return match config::load(&path, &mut ServerIds::default()) {
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} listener(s), {} route group(s))",
+                    path.display(),
+                    config.listeners.len(),
+                    config.snapshot.groups.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("proxy: invalid config: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
-    init_logging();
-    let workers = cli.workers.unwrap_or(config.workers);
     let engine = match cli.engine {
         EngineArg::Native => Engine::Native,
         EngineArg::Hyper => Engine::Hyper,
     };
-    match runtime::run(config, workers, engine) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("proxy: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PROXY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    serve::serve(serve::Args { config: path, workers: cli.workers, engine, admin: cli.admin })
 }

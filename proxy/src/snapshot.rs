@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub limits: Limits,
     /// The `Via` value this proxy adds, e.g. `1.1 fastproxy`.
     pub via: Box<[u8]>,
+    /// Tracing sampling: one request in this many gets a span; 0 (the default) = none.
+    pub trace_sample_every: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -28,6 +28,54 @@ pub struct Config {
     pub workers: usize,
     pub listeners: Vec<SocketAddr>,
     pub snapshot: Snapshot,
+    /// How long a drain (SIGTERM/SIGINT) waits for in-flight requests before force-closing.
+    pub drain_timeout: Duration,
+    /// Reload when the config file's contents change (checked once a second).
+    pub watch_config: bool,
+    /// The admin API's listener (`[admin]`); `None` when the section is absent.
+    pub admin: Option<SocketAddr>,
+    pub log: LogConfig,
+    /// What each route is, by route index (labels for `proxy_route_info`).
+    pub routes: Vec<RouteInfo>,
+}
+
+/// `[log]`: the tracing filter, the output format and the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive string, e.g. `warn` or `info,proxy::trace=info`.
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: AccessLogTarget,
+    /// Records queued for the access-log writer before new ones are dropped (and counted).
+    pub access_log_buffer: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "warn".into(), format: LogFormat::Text, access_log: AccessLogTarget::Off, access_log_buffer: 65_536 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Off,
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+/// A route as written, for metric labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub host: String,
+    pub path_prefix: String,
+    pub upstream: String,
 }
 
 /// One broken rule in a config file.
@@ -125,6 +173,30 @@ impl Compiler<'_> {
             return self.err(None, "server.name".into(), "must be a non-empty token (letters, digits, -._~)".into());
         }
         let workers = server.workers.unwrap_or(0);
+        let drain_timeout = self.duration(server.drain_timeout.as_ref(), "server.drain_timeout", Duration::from_secs(30))?;
+        let watch_config = server.watch_config.unwrap_or(true);
+        let admin = match raw.admin {
+            None => None,
+            Some(a) => Some(match &a.address {
+                Some(addr) => self.socket_addr(addr, "admin.address".into())?,
+                None => SocketAddr::from(([127, 0, 0, 1], 9901)),
+            }),
+        };
+        let log = self.log(raw.log.unwrap_or_default())?;
+        let trace_sample_every = match raw.observability.and_then(|o| o.trace_sample_rate) {
+            None => 0,
+            Some(r) => {
+                let rate = *r.get_ref();
+                if !(0.0..=1.0).contains(&rate) {
+                    return self.err(
+                        Some(r.span()),
+                        "observability.trace_sample_rate".into(),
+                        format!("{rate} is not a fraction between 0.0 and 1.0"),
+                    );
+                }
+                if rate == 0.0 { 0 } else { (1.0 / rate).round().max(1.0) as u64 }
+            }
+        };
 
         if raw.listeners.is_empty() {
             return self.err(None, "listeners".into(), "at least one [[listeners]] entry is required".into());
@@ -156,6 +228,7 @@ impl Compiler<'_> {
             return self.err(None, "routes".into(), "at least one [[routes]] entry is required".into());
         }
         let mut router = Router::default();
+        let mut routes = Vec::with_capacity(raw.routes.len());
         for (i, r) in raw.routes.iter().enumerate() {
             let key = format!("routes[{i}]");
             let Some(&group) = group_index.get(r.upstream.get_ref()) else {
@@ -189,6 +262,11 @@ impl Compiler<'_> {
                 None => HostMatch::Any,
                 Some(h) => self.host(h, format!("{key}.host"))?,
             };
+            routes.push(RouteInfo {
+                host: r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()).unwrap_or_default(),
+                path_prefix: prefix.clone(),
+                upstream: r.upstream.get_ref().clone(),
+            });
             let route =
                 Route { id: i, prefix: prefix.into_bytes().into_boxed_slice(), strip_prefix: r.strip_prefix.unwrap_or(false), group };
             if let Err(dup) = router.insert(host, route) {
@@ -203,8 +281,56 @@ impl Compiler<'_> {
         Ok(Config {
             workers,
             listeners,
-            snapshot: Snapshot { generation: 1, router, groups, limits, via: format!("1.1 {name}").into_bytes().into_boxed_slice() },
+            snapshot: Snapshot {
+                generation: 1,
+                router,
+                groups,
+                limits,
+                via: format!("1.1 {name}").into_bytes().into_boxed_slice(),
+                trace_sample_every,
+            },
+            drain_timeout,
+            watch_config,
+            admin,
+            log,
+            routes,
         })
+    }
+
+    fn log(&self, l: raw::Log) -> Result<LogConfig, ConfigError> {
+        let d = LogConfig::default();
+        let level = match l.level {
+            None => d.level,
+            Some(v) => {
+                if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(v.get_ref()) {
+                    return self.err(
+                        Some(v.span()),
+                        "log.level".into(),
+                        format!("\"{}\" is not a log filter ({e}); e.g. \"warn\" or \"info,proxy::trace=info\"", v.get_ref()),
+                    );
+                }
+                v.into_inner()
+            }
+        };
+        let format = match l.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+            None | Some(("text", _)) => LogFormat::Text,
+            Some(("json", _)) => LogFormat::Json,
+            Some((other, span)) => {
+                return self.err(Some(span), "log.format".into(), format!("unknown format \"{other}\" (expected \"text\" or \"json\")"));
+            }
+        };
+        let access_log = match l.access_log.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
+            None | Some(("off", _)) => AccessLogTarget::Off,
+            Some(("stdout", _)) => AccessLogTarget::Stdout,
+            Some(("stderr", _)) => AccessLogTarget::Stderr,
+            Some(("", span)) => {
+                return self.err(Some(span), "log.access_log".into(), "expected \"off\", \"stdout\", \"stderr\" or a file path".into());
+            }
+            Some((path, _)) => AccessLogTarget::File(PathBuf::from(path)),
+        };
+        let access_log_buffer =
+            self.positive(l.access_log_buffer.as_ref(), "log.access_log_buffer", d.access_log_buffer as u64, 1 << 24)? as usize;
+        Ok(LogConfig { level, format, access_log, access_log_buffer })
     }
 
     fn limits(&self, l: raw::Limits) -> Result<Limits, ConfigError> {

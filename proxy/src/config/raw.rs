@@ -16,6 +16,9 @@ pub struct Raw {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub upstreams: HashMap<String, Upstream>,
+    pub admin: Option<Admin>,
+    pub log: Option<Log>,
+    pub observability: Option<Observability>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -23,6 +26,8 @@ pub struct Raw {
 pub struct Server {
     pub name: Option<Spanned<String>>,
     pub workers: Option<usize>,
+    pub drain_timeout: Option<Spanned<String>>,
+    pub watch_config: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,4 +67,25 @@ pub struct Upstream {
     pub response_header_timeout: Option<Spanned<String>>,
     pub idle_pool_size: Option<Spanned<i64>>,
     pub idle_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub address: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    pub level: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub access_log: Option<Spanned<String>>,
+    pub access_log_buffer: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observability {
+    pub trace_sample_rate: Option<Spanned<f64>>,
 }

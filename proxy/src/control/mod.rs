@@ -1,4 +1,19 @@
-//! The control plane: process start-up, worker threads, and (later) reload, drain, admin and
-//! metrics export. Nothing here runs per request; allocation and logging are fine.
+//! The control plane: process start-up, worker threads, hot reload, drain, the admin API, the
+//! metrics exporter and logging. Nothing here runs per request; allocation, locks, `anyhow` and
+//! logging are fine.
+//!
+//! - [`serve`]: `proxy --config F`: the control loop (signals, config watcher, drain).
+//! - [`runtime`]: worker threads, listeners, the drain phases.
+//! - [`state`]: the active config, hot reload and `/config`.
+//! - [`admin`]: the admin API (hyper, its own listener).
+//! - [`metrics`]: sums the per-worker counters and renders Prometheus text.
+//! - [`logging`]: non-blocking tracing output, filter changeable at run time.
+//! - [`access_log`]: the access log's writer thread.
 
+pub mod access_log;
+pub mod admin;
+pub mod logging;
+pub mod metrics;
 pub mod runtime;
+pub mod serve;
+pub mod state;

@@ -1,17 +1,26 @@
 //! Starts the workers: N threads, each with its own `current_thread` tokio runtime and its own
 //! `SO_REUSEPORT` listener per configured address, so the kernel spreads connections and no
 //! request ever crosses a thread.
+//!
+//! Drain: [`Running::drain`] sets [`Phase::Draining`]; each worker's control task (one per
+//! worker, not per connection) aborts its accept tasks (closing its listeners) and raises the
+//! worker's drain flag, which wakes the connections idle between requests so they close; in-flight
+//! requests finish and answer with `Connection: close`. When every client connection is gone, or
+//! at the deadline, [`Phase::Stopped`] ends the worker runtimes (dropping what is left).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::data::accept;
-use crate::data::worker::{Shared, Worker};
+use crate::data::access::AccessLog;
+use crate::data::worker::{Phase, Shared, Worker};
 
 /// Which HTTP/1.1 machinery serves the connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,6 +79,15 @@ pub struct Running {
     handles: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// Every client connection closed before the deadline.
+    Clean,
+    /// The deadline passed; this many connections were force-closed.
+    Forced(usize),
+}
+
 impl Running {
     /// Blocks until every worker has stopped.
     pub fn join(self) {
@@ -77,13 +95,47 @@ impl Running {
             let _ = h.join();
         }
     }
+
+    /// Starts a drain: listeners close, idle connections close, in-flight requests finish.
+    pub fn begin_drain(&self) {
+        self.shared.phase.send_replace(Phase::Draining);
+    }
+
+    /// Open client connections across all workers.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Stops the workers now (what is still open is dropped) and waits for them.
+    pub fn stop(self) {
+        self.shared.phase.send_replace(Phase::Stopped);
+        self.join();
+    }
+
+    /// Drains (blocking): waits until no client connection is left or `deadline` passed, then
+    /// stops the workers.
+    pub fn drain(self, deadline: Duration) -> DrainOutcome {
+        self.begin_drain();
+        let until = Instant::now() + deadline;
+        while self.connections() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = self.connections();
+        self.stop();
+        if left == 0 { DrainOutcome::Clean } else { DrainOutcome::Forced(left) }
+    }
 }
 
 /// Binds the listeners and starts the workers; returns once every listener is bound.
 pub fn start(config: Config, workers: usize, engine: Engine) -> Result<Running, StartError> {
+    start_with(config, workers, engine, None)
+}
+
+/// [`start`], with the access log's channel when it is on.
+pub fn start_with(config: Config, workers: usize, engine: Engine, access_log: Option<AccessLog>) -> Result<Running, StartError> {
     let workers = if workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { workers };
     let (per_worker, addrs) = bind_all(&config.listeners, workers)?;
-    let shared = Shared::new(config.snapshot);
+    let shared = Shared::with_workers(config.snapshot, workers, access_log);
     let mut handles = Vec::with_capacity(workers);
     for (index, listeners) in per_worker.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
@@ -120,8 +172,10 @@ fn worker_main(shared: Arc<Shared>, index: usize, listeners: Vec<std::net::TcpLi
         }
     };
     let local = tokio::task::LocalSet::new();
+    let mut phase = shared.phase.subscribe();
     local.block_on(&rt, async move {
         let worker = Worker::new(shared, index);
+        let mut accepts = Vec::with_capacity(listeners.len());
         for l in listeners {
             let l = match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => l,
@@ -130,11 +184,21 @@ fn worker_main(shared: Arc<Shared>, index: usize, listeners: Vec<std::net::TcpLi
                     continue;
                 }
             };
-            match engine {
+            accepts.push(match engine {
                 Engine::Native => tokio::task::spawn_local(accept::accept_loop(Rc::clone(&worker), l)),
                 Engine::Hyper => tokio::task::spawn_local(crate::hyper_engine::accept_loop(Rc::clone(&worker), l)),
-            };
+            });
         }
-        accept::pool_sweeper(worker).await;
+        let sweeper = tokio::task::spawn_local(accept::pool_sweeper(Rc::clone(&worker)));
+        // The worker's control task: the only place that watches the process phase.
+        let _ = phase.wait_for(|p| *p != Phase::Serving).await;
+        for a in &accepts {
+            a.abort(); // drops the listener: new connections are refused
+        }
+        worker.drain.start();
+        tracing::debug!(index, "worker draining");
+        let _ = phase.wait_for(|p| *p == Phase::Stopped).await;
+        sweeper.abort();
     });
+    // Dropping the LocalSet and the runtime drops every connection still open (forced close).
 }

@@ -18,10 +18,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 
+use crate::data::access::AccessRecord;
 use crate::data::buf::Buf;
 use crate::data::chunked::{ChunkError, Chunked};
 use crate::data::error::ProxyError;
 use crate::data::head::{Framing, Parsed, RequestHead, ResponseHead};
+use crate::data::metrics::ROUTE_NONE;
 use crate::data::pool::UpstreamConn;
 use crate::data::rewrite::{self, ClientConn};
 use crate::data::worker::{ConnPermit, Worker};
@@ -38,6 +40,7 @@ const LINGER_BYTES: usize = 64 * 1024;
 pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, permit: ConnPermit) {
     let _permit = permit;
     let _ = client.set_nodelay(true);
+    worker.metrics().connection();
     let head_limit = worker.snapshot().limits.max_request_head_bytes;
     let mut conn = Conn::new(worker, client, peer, head_limit);
     conn.run().await;
@@ -52,6 +55,8 @@ struct Conn {
     res: ResponseHead,
     ip: [u8; 48],
     ip_len: usize,
+    /// The route of the request in progress (`ROUTE_NONE` until routed), for metrics.
+    route: usize,
 }
 
 /// What is known about the exchange in progress, for the error path.
@@ -190,6 +195,7 @@ impl Conn {
             res: ResponseHead::new(),
             ip,
             ip_len,
+            route: ROUTE_NONE,
         }
     }
 
@@ -199,13 +205,42 @@ impl Conn {
             match self.read_head(&snap.limits).await {
                 Ok(true) => {}
                 Ok(false) => return,
-                Err(e) => return self.fail(e, &Progress::default()).await,
+                Err(e) => {
+                    self.head_error(e);
+                    return self.fail(e, &Progress::default()).await;
+                }
+            }
+            let started = Instant::now();
+            self.worker.metrics().start();
+            self.route = ROUTE_NONE;
+            let sampled = self.worker.sampled(snap.trace_sample_every);
+            let mut span = None;
+            if sampled {
+                span = Some(self.trace_start());
+            }
+            let mut access = None;
+            if self.worker.shared.access_log.is_some() {
+                access = Some(self.access_start());
             }
             let mut progress = Progress::default();
-            match self.exchange(&snap, &mut progress).await {
+            let result = self.exchange(&snap, &mut progress).await;
+            let status = match result {
+                Ok(_) => self.res.status,
+                Err(e) => e.status(),
+            };
+            let elapsed = started.elapsed();
+            self.worker.metrics().finish(self.route, status, elapsed);
+            if sampled {
+                trace_end(span, self.route, status, elapsed, result.err());
+            }
+            if let Some(record) = access {
+                self.access_end(record, status, elapsed);
+            }
+            match result {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
+                    self.worker.metrics().error(e);
                     let keep = e.keeps_client() && self.req.keep_alive && progress.request_done && !progress.responded;
                     if keep {
                         if let Some(bytes) = e.response() {
@@ -221,8 +256,58 @@ impl Conn {
         }
     }
 
+    /// A request that failed before it could be routed: counted with route `none`.
+    #[cold]
+    fn head_error(&self, e: ProxyError) {
+        let m = self.worker.metrics();
+        m.count(ROUTE_NONE, e.status(), Duration::ZERO);
+        m.error(e);
+    }
+
+    /// Opens the span of a sampled request (tracing sampling; never reached at rate 0).
+    #[cold]
+    fn trace_start(&self) -> tracing::Span {
+        let b = self.buf.filled();
+        let text = |v: &[u8]| std::str::from_utf8(v).unwrap_or("<non-utf8>");
+        tracing::info_span!(
+            target: "proxy::trace",
+            "request",
+            worker = self.worker.index,
+            method = text(self.req.method.of(b)),
+            host = text(self.req.route_host(b)),
+            path = text(self.req.route_path(b)),
+            peer = text(&self.ip[..self.ip_len]),
+        )
+    }
+
+    /// Copies the request line into a fixed-size access-log record (no allocation).
+    fn access_start(&self) -> AccessRecord {
+        let b = self.buf.filled();
+        let mut r = AccessRecord::new(
+            self.req.method.of(b),
+            self.req.route_host(b),
+            self.req.target.path.of(b),
+            &self.ip[..self.ip_len],
+            self.worker.index,
+        );
+        r.time = std::time::SystemTime::now();
+        r
+    }
+
+    fn access_end(&self, mut r: AccessRecord, status: u16, elapsed: Duration) {
+        r.status = status;
+        r.latency = elapsed;
+        r.route = if self.route == ROUTE_NONE { u16::MAX } else { self.route.min(u16::MAX as usize - 1) as u16 };
+        if let Some(log) = &self.worker.shared.access_log {
+            if !log.send(r) {
+                self.worker.metrics().access_log_dropped();
+            }
+        }
+    }
+
     /// Reads until a complete request head is at the front of `buf`. `Ok(false)`: the client
-    /// closed (or idled out) cleanly between requests.
+    /// closed (or idled out) cleanly between requests, or the proxy is draining and the
+    /// connection was idle.
     async fn read_head(&mut self, limits: &Limits) -> Result<bool, ProxyError> {
         let mut deadline = None;
         loop {
@@ -241,12 +326,44 @@ impl Conn {
                 (true, None) => *deadline.insert(Instant::now() + limits.header_read_timeout),
                 (false, _) => Instant::now() + limits.client_idle_timeout,
             };
-            match timeout_at(until, self.client.read(self.buf.spare())).await {
+            let read = if started {
+                timeout_at(until, self.client.read(self.buf.spare())).await
+            } else {
+                // Idle between requests: the one place a connection waits on the drain signal.
+                // (Flag check and waiter creation run with no await between them, on one
+                // thread: a drain cannot slip in unseen.)
+                if self.worker.drain.is_draining() {
+                    if self.drain_read() {
+                        continue;
+                    }
+                    return Ok(false);
+                }
+                let drained = self.worker.drain.notify.notified();
+                tokio::select! {
+                    biased;
+                    r = timeout_at(until, self.client.read(self.buf.spare())) => r,
+                    () = drained => continue,
+                }
+            };
+            match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return Ok(false),
                 Ok(Ok(n)) => self.buf.advance(n),
                 Err(_) if started => return Err(ProxyError::RequestTimeout),
                 Err(_) => return Ok(false),
             }
+        }
+    }
+
+    /// Draining and idle: bytes that already arrived (a request that raced the drain) are
+    /// served, with `Connection: close`; otherwise the connection closes. `true`: bytes read.
+    #[cold]
+    fn drain_read(&mut self) -> bool {
+        match self.client.try_read(self.buf.spare()) {
+            Ok(n) if n > 0 => {
+                self.buf.advance(n);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -264,6 +381,7 @@ impl Conn {
             return Err(ProxyError::NoRoute);
         };
         let group = &snap.groups[route.group];
+        self.route = route.id;
         rewrite::request_head(&mut self.out, filled, &self.req, route, &self.ip[..self.ip_len], &snap.via);
 
         // Body bytes that arrived with the head go out in the same write.
@@ -287,13 +405,17 @@ impl Conn {
         let _in_flight = InFlight::new(&worker, server.id);
         let pooled = self.worker.pool.borrow_mut().checkout(server.id, group.idle_timeout, Instant::now());
         let (mut up, mut reused) = match pooled {
-            Some(c) => (c, true),
+            Some(c) => {
+                self.worker.metrics().upstream_reused();
+                (c, true)
+            }
             None => (self.connect(server, group).await?, false),
         };
         loop {
             match self.send(&mut up, group, limits, body.as_mut(), progress).await {
                 Ok(()) => break,
                 Err(SendError::Stale) if reused && replayable => {
+                    self.worker.metrics().retry();
                     up = self.connect(server, group).await?;
                     reused = false;
                 }
@@ -312,6 +434,7 @@ impl Conn {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 self.worker.pool.borrow_mut().opened += 1;
+                self.worker.metrics().upstream_opened();
                 Ok(UpstreamConn::new(s, server.id, server.addr))
             }
         }
@@ -432,7 +555,12 @@ impl Conn {
             return self.tunnel(up, snap, progress).await;
         }
         let dechunk = self.req.minor == 0 && self.res.framing == Framing::Chunked;
-        let keep = self.req.keep_alive && progress.request_done && self.res.framing != Framing::UntilClose && !dechunk;
+        // While draining, the response in flight is the connection's last: `Connection: close`.
+        let keep = self.req.keep_alive
+            && progress.request_done
+            && self.res.framing != Framing::UntilClose
+            && !dechunk
+            && !self.worker.drain.is_draining();
         let conn = match (keep, self.req.minor) {
             (false, _) => ClientConn::Close,
             (true, 0) => ClientConn::KeepAlive10,
@@ -548,6 +676,21 @@ impl Conn {
                 Ok(Ok(n)) if n > 0 => drained += n,
                 _ => break,
             }
+        }
+    }
+}
+
+/// Closes the span of a sampled request with its outcome (tracing sampling only).
+#[cold]
+fn trace_end(span: Option<tracing::Span>, route: usize, status: u16, elapsed: Duration, error: Option<ProxyError>) {
+    let Some(span) = span else { return };
+    let route = if route == ROUTE_NONE { -1 } else { route as i64 };
+    match error {
+        None => {
+            tracing::info!(target: "proxy::trace", parent: &span, route, status, latency_us = elapsed.as_micros() as u64, "request done")
+        }
+        Some(e) => {
+            tracing::info!(target: "proxy::trace", parent: &span, route, status, latency_us = elapsed.as_micros() as u64, error = %e, "request failed")
         }
     }
 }

@@ -7,13 +7,17 @@
 //! - [`head`], [`chunked`], [`rewrite`]: the HTTP/1.1 codec over `httparse`.
 //! - [`pool`], [`worker`]: per-worker upstream pool, balancer and snapshot cache.
 //! - [`error`]: the one error enum and its canned responses.
+//! - [`metrics`]: per-worker counters (single writer, summed by the admin exporter).
+//! - [`access`]: the access-log record handed to a background writer (off by default).
 
 pub mod accept;
+pub mod access;
 pub mod buf;
 pub mod chunked;
 pub mod conn;
 pub mod error;
 pub mod head;
+pub mod metrics;
 #[cfg(any(feature = "planted-alloc", feature = "planted-lock", feature = "planted-format", feature = "planted-sleep"))]
 pub mod planted;
 pub mod pool;

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::{ArcSwap, Cache};
+use tokio::sync::{Notify, watch};
 
+use crate::data::access::AccessLog;
+use crate::data::metrics::WorkerMetrics;
 use crate::data::pool::Pool;
 use crate::snapshot::{Balance, Server, Snapshot, UpstreamGroup};
 
@@ -21,17 +24,70 @@ pub struct Shared {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Open client connections across all workers (for `limits.max_connections`).
     pub connections: AtomicUsize,
+    /// One counter block per worker, indexed by worker index; each written only by its worker.
+    pub metrics: Box<[WorkerMetrics]>,
+    /// The process phase, set by the control plane. Workers watch it from one task each (not
+    /// per connection, not per request) and relay a drain to their connections (see [`Drain`]).
+    pub phase: watch::Sender<Phase>,
+    /// The access log's channel, when `[log] access_log` is on (fixed at start).
+    pub access_log: Option<AccessLog>,
+}
+
+/// Where the process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// Listeners closed; in-flight requests finish, keep-alive connections close.
+    Draining,
+    /// The drain deadline passed (or every connection closed): workers stop now.
+    Stopped,
 }
 
 impl Shared {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
-        Arc::new(Shared { snapshot: Arc::new(ArcSwap::from_pointee(snapshot)), connections: AtomicUsize::new(0) })
+        Self::with_workers(snapshot, 1, None)
+    }
+
+    /// `workers` counter blocks (at least one).
+    pub fn with_workers(snapshot: Snapshot, workers: usize, access_log: Option<AccessLog>) -> Arc<Self> {
+        Arc::new(Shared {
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            connections: AtomicUsize::new(0),
+            metrics: (0..workers.max(1)).map(|_| WorkerMetrics::default()).collect(),
+            phase: watch::channel(Phase::Serving).0,
+            access_log,
+        })
+    }
+}
+
+/// A worker's drain signal, relayed from [`Shared::phase`] by the worker's control task.
+/// Connections look at it only while idle between requests (`notify` is awaited beside the read
+/// of the next request head) and when choosing `Connection: close` for a response (a `Cell`
+/// read on worker-local memory). Waiting on `notify` allocates nothing.
+#[derive(Debug, Default)]
+pub struct Drain {
+    draining: Cell<bool>,
+    pub notify: Notify,
+}
+
+impl Drain {
+    #[inline]
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Marks the worker as draining and wakes every connection waiting for its next request.
+    pub fn start(&self) {
+        self.draining.set(true);
+        self.notify.notify_waiters();
     }
 }
 
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub index: usize,
+    pub drain: Drain,
+    metrics_slot: usize,
     cache: RefCell<Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>>,
     current: RefCell<Rc<Arc<Snapshot>>>,
     pub pool: RefCell<Pool>,
@@ -40,6 +96,8 @@ pub struct Worker {
     /// In-flight requests per server id (this worker's view; for least-in-flight).
     in_flight: RefCell<Vec<u32>>,
     rng: Cell<u64>,
+    /// Requests left until the next sampled one (tracing).
+    sample_countdown: Cell<u64>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -52,15 +110,19 @@ impl Worker {
     pub fn new(shared: Arc<Shared>, index: usize) -> Rc<Self> {
         let mut cache = Cache::new(Arc::clone(&shared.snapshot));
         let current = Rc::new(Arc::clone(cache.load()));
+        let metrics_slot = index.min(shared.metrics.len().saturating_sub(1));
         Rc::new(Worker {
             shared,
             index,
+            drain: Drain::default(),
+            metrics_slot,
             cache: RefCell::new(cache),
             current: RefCell::new(current),
             pool: RefCell::new(Pool::default()),
             rr: RefCell::new(Vec::new()),
             in_flight: RefCell::new(Vec::new()),
             rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1)),
+            sample_countdown: Cell::new(0),
         })
     }
 
@@ -75,6 +137,12 @@ impl Worker {
             *current = Rc::new(Arc::clone(latest));
         }
         Rc::clone(&current)
+    }
+
+    /// This worker's counters.
+    #[inline]
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.shared.metrics[self.metrics_slot]
     }
 
     /// Picks a server of `group` (index `gi` in its snapshot).
@@ -116,6 +184,25 @@ impl Worker {
     pub fn end(&self, server_id: usize) {
         if let Some(n) = self.in_flight.borrow_mut().get_mut(server_id) {
             *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Whether this request gets a tracing span: one in `every` (0 = never, the default). With
+    /// sampling off this is one compare and branch.
+    #[inline]
+    pub fn sampled(&self, every: u64) -> bool {
+        every != 0 && self.sample_tick(every)
+    }
+
+    #[inline(never)]
+    fn sample_tick(&self, every: u64) -> bool {
+        let left = self.sample_countdown.get();
+        if left == 0 {
+            self.sample_countdown.set(every - 1);
+            true
+        } else {
+            self.sample_countdown.set(left - 1);
+            false
         }
     }
 

@@ -1,0 +1,78 @@
+//! Process logging: `tracing` through a non-blocking writer (tracing-appender), text or JSON,
+//! with a filter that can be replaced at run time (`PUT /log-level`, or a reload that changes
+//! `[log] level`). Control plane.
+//!
+//! The writer thread owns stderr: a worker that logs (error paths, sampled traces) only pushes a
+//! line into a bounded queue; lines are dropped, and counted, when the queue is full
+//! (`proxy_log_dropped_lines_total`), so logging never blocks a worker on I/O.
+
+use std::sync::Mutex;
+
+use anyhow::{Context as _, anyhow};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
+
+use crate::config::LogFormat;
+
+/// The live logging setup: the filter handle and what the writer dropped.
+pub struct Logging {
+    filter: reload::Handle<EnvFilter, Registry>,
+    current: Mutex<String>,
+    dropped: ErrorCounter,
+    /// Flushes the queued lines when dropped (at exit).
+    _guard: WorkerGuard,
+}
+
+impl std::fmt::Debug for Logging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logging").field("level", &self.level()).finish_non_exhaustive()
+    }
+}
+
+impl Logging {
+    /// Installs the global subscriber. `PROXY_LOG`, when set, wins over `level` at start.
+    pub fn init(level: &str, format: LogFormat) -> anyhow::Result<Logging> {
+        let level = std::env::var("PROXY_LOG").ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| level.to_owned());
+        let filter = parse_filter(&level)?;
+        let (filter, handle) = reload::Layer::new(filter);
+        let (writer, guard): (NonBlocking, WorkerGuard) =
+            tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(true).finish(std::io::stderr());
+        let dropped = writer.error_counter();
+        let fmt = match format {
+            LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(false).boxed(),
+            LogFormat::Json => tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(writer).boxed(),
+        };
+        tracing_subscriber::registry().with(filter).with(fmt).try_init().context("cannot install the logger")?;
+        Ok(Logging { filter: handle, current: Mutex::new(level), dropped, _guard: guard })
+    }
+
+    /// The filter in force, as text.
+    pub fn level(&self) -> String {
+        self.current.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the filter; an invalid directive leaves the old one in force.
+    pub fn set_level(&self, level: &str) -> anyhow::Result<()> {
+        let level = level.trim();
+        let filter = parse_filter(level)?;
+        self.filter.reload(filter).context("cannot replace the log filter")?;
+        if let Ok(mut cur) = self.current.lock() {
+            *cur = level.to_owned();
+        }
+        Ok(())
+    }
+
+    /// Lines the writer dropped because its queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.dropped_lines() as u64
+    }
+}
+
+fn parse_filter(level: &str) -> anyhow::Result<EnvFilter> {
+    if level.is_empty() {
+        return Err(anyhow!("empty log filter; e.g. \"warn\" or \"info,proxy::trace=info\""));
+    }
+    EnvFilter::builder().parse(level).map_err(|e| anyhow!("\"{level}\" is not a log filter: {e}"))
+}

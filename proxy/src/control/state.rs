@@ -1,0 +1,282 @@
+//! The control plane's state: the active config's text and generation, and hot reload.
+//!
+//! A reload reads the file, parses, validates and compiles it here, off the data plane, then
+//! publishes the new [`Snapshot`](crate::snapshot::Snapshot) with one `ArcSwap::store`. Requests
+//! in flight keep the snapshot they started with (workers hold an `Arc` to it for the whole
+//! exchange); the next request of every worker sees the new one. An invalid file changes
+//! nothing: the error (file:line: key: message) is logged and returned to the caller. Idle
+//! pooled connections to servers that left the config are closed by each worker's pool sweeper
+//! within a second; connections in use finish their exchange first.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::{self, Config, LogConfig, RouteInfo, ServerIds};
+use crate::control::logging::Logging;
+use crate::control::metrics::ProcessValues;
+use crate::data::worker::Shared;
+
+/// Shared by the admin API, the signal loop and the file watcher.
+#[derive(Debug)]
+pub struct State {
+    pub shared: Arc<Shared>,
+    pub logging: Option<Arc<Logging>>,
+    draining: AtomicBool,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    ids: ServerIds,
+    /// The text of the active config.
+    text: String,
+    /// The file contents last loaded or tried (the watcher reloads when the file differs).
+    last_seen: Vec<u8>,
+    generation: u64,
+    loaded_at: SystemTime,
+    listeners: Vec<SocketAddr>,
+    workers: usize,
+    admin: Option<SocketAddr>,
+    log: LogConfig,
+    drain_timeout: Duration,
+    watch_config: bool,
+    routes: Vec<RouteInfo>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+}
+
+/// What [`State::new`] needs from the start-up config (its snapshot went to the workers).
+#[derive(Debug)]
+pub struct Initial {
+    pub path: PathBuf,
+    pub text: String,
+    pub ids: ServerIds,
+    pub listeners: Vec<SocketAddr>,
+    pub workers: usize,
+    pub admin: Option<SocketAddr>,
+    pub log: LogConfig,
+    pub drain_timeout: Duration,
+    pub watch_config: bool,
+    pub routes: Vec<RouteInfo>,
+}
+
+impl Initial {
+    /// Copies what the control plane keeps out of `config` (whose snapshot goes to the workers).
+    pub fn new(path: &Path, text: String, ids: ServerIds, config: &Config) -> Initial {
+        Initial {
+            path: path.to_path_buf(),
+            text,
+            ids,
+            listeners: config.listeners.clone(),
+            workers: config.workers,
+            admin: config.admin,
+            log: config.log.clone(),
+            drain_timeout: config.drain_timeout,
+            watch_config: config.watch_config,
+            routes: config.routes.clone(),
+        }
+    }
+}
+
+impl State {
+    pub fn new(shared: Arc<Shared>, logging: Option<Arc<Logging>>, init: Initial) -> Arc<State> {
+        let generation = shared.snapshot.load().generation;
+        Arc::new(State {
+            shared,
+            logging,
+            draining: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                path: init.path,
+                ids: init.ids,
+                last_seen: init.text.clone().into_bytes(),
+                text: init.text,
+                generation,
+                loaded_at: SystemTime::now(),
+                listeners: init.listeners,
+                workers: init.workers,
+                admin: init.admin,
+                log: init.log,
+                drain_timeout: init.drain_timeout,
+                watch_config: init.watch_config,
+                routes: init.routes,
+                reloads_ok: 0,
+                reloads_failed: 0,
+            }),
+        })
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving with it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        self.inner().drain_timeout
+    }
+
+    pub fn watch_config(&self) -> bool {
+        self.inner().watch_config
+    }
+
+    /// Loads the config file again and publishes it. `Ok(generation)` of the new snapshot.
+    pub fn reload(&self, why: &str) -> Result<u64, String> {
+        let mut inner = self.inner();
+        let path = inner.path.clone();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                inner.reloads_failed += 1;
+                let msg = format!("{}: cannot read the config file: {e}", path.display());
+                tracing::error!(trigger = why, "config reload rejected: {msg}; the previous config keeps serving");
+                return Err(msg);
+            }
+        };
+        inner.last_seen = bytes.clone();
+        self.apply(&mut inner, why, &path, bytes)
+    }
+
+    /// The watcher's tick: reloads when the file's contents differ from the last ones seen.
+    pub fn reload_if_changed(&self) -> Option<Result<u64, String>> {
+        let mut inner = self.inner();
+        let path = inner.path.clone();
+        // Unreadable for a moment (being replaced): look again at the next tick.
+        let bytes = std::fs::read(&path).ok()?;
+        if bytes == inner.last_seen {
+            return None;
+        }
+        inner.last_seen = bytes.clone();
+        Some(self.apply(&mut inner, "file change", &path, bytes))
+    }
+
+    fn apply(&self, inner: &mut Inner, why: &str, path: &Path, bytes: Vec<u8>) -> Result<u64, String> {
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(_) => {
+                inner.reloads_failed += 1;
+                let msg = format!("{}: the config file is not UTF-8", path.display());
+                tracing::error!(trigger = why, "config reload rejected: {msg}; the previous config keeps serving");
+                return Err(msg);
+            }
+        };
+        let config = match config::parse(path, &text, &mut inner.ids) {
+            Ok(c) => c,
+            Err(e) => {
+                inner.reloads_failed += 1;
+                tracing::error!(
+                    trigger = why,
+                    file = %e.file.display(),
+                    line = e.line,
+                    key = e.key.as_deref().unwrap_or(""),
+                    "config reload rejected: {e}; the previous config keeps serving"
+                );
+                return Err(e.to_string());
+            }
+        };
+        if config.listeners != inner.listeners {
+            tracing::warn!("listeners changed in the config; they take effect at the next restart");
+        }
+        if config.workers != inner.workers {
+            tracing::warn!("server.workers changed in the config; it takes effect at the next restart");
+        }
+        if config.admin != inner.admin {
+            tracing::warn!("[admin] changed in the config; it takes effect at the next restart");
+        }
+        if config.log.format != inner.log.format || config.log.access_log != inner.log.access_log {
+            tracing::warn!("log.format / log.access_log changed in the config; they take effect at the next restart");
+        }
+        if config.log.level != inner.log.level {
+            if let Some(l) = &self.logging {
+                if let Err(e) = l.set_level(&config.log.level) {
+                    tracing::warn!("log.level not applied: {e:#}");
+                }
+            }
+        }
+        let generation = inner.generation + 1;
+        let mut snapshot = config.snapshot;
+        snapshot.generation = generation;
+        self.shared.snapshot.store(Arc::new(snapshot));
+        inner.generation = generation;
+        inner.loaded_at = SystemTime::now();
+        inner.text = text;
+        inner.log = config.log;
+        inner.drain_timeout = config.drain_timeout;
+        inner.watch_config = config.watch_config;
+        inner.routes = config.routes;
+        inner.reloads_ok += 1;
+        tracing::info!(trigger = why, generation, "config reloaded");
+        Ok(generation)
+    }
+
+    /// `/config`: the active config as JSON, with its generation and load time.
+    pub fn config_json(&self) -> String {
+        let inner = self.inner();
+        let config = match toml::from_str::<toml::Table>(&inner.text) {
+            Ok(t) => serde_json::to_value(t).unwrap_or(serde_json::Value::Null),
+            Err(_) => serde_json::Value::Null,
+        };
+        let v = serde_json::json!({
+            "generation": inner.generation,
+            "loaded_at": rfc3339(inner.loaded_at),
+            "file": inner.path.display().to_string(),
+            "draining": self.is_draining(),
+            "config": config,
+        });
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    }
+
+    /// The values `/metrics` adds beside the worker counters.
+    pub fn process_values(&self) -> ProcessValues {
+        let inner = self.inner();
+        ProcessValues {
+            generation: inner.generation,
+            loaded_at_unix: inner.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            reloads_ok: inner.reloads_ok,
+            reloads_failed: inner.reloads_failed,
+            draining: self.is_draining(),
+            log_dropped: self.logging.as_ref().map(|l| l.dropped()).unwrap_or(0),
+            routes: inner.routes.clone(),
+        }
+    }
+}
+
+/// `2026-11-25T18:20:00.123Z` (UTC), without a date-time dependency.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(1_764_094_800_250)), "2025-11-25T18:20:00.250Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+    }
+}
