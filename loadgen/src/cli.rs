@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 runtime failure (bind, I/O, writing a report); 2 usage error (one
 //! line on stderr); 3 the run was INVALID (see `run`), or no ladder step passed. `--allow-invalid`
-//! turns 3 into 0 for `run` (the report still says INVALID).
+//! turns 3 into 0 for `run` (the report still says INVALID). 130 after Ctrl-C: the window ends
+//! at the interrupt and the partial report (and `--json`/`--hlog`) is still written.
 
 use crate::client::{Request, Target};
 use crate::ladder::{self, LadderConfig, LadderMode};
@@ -22,6 +23,8 @@ use std::time::Duration;
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code of an invalid run (or a ladder where no step passed).
 pub const EXIT_INVALID: i32 = 3;
+/// Exit code after Ctrl-C (128 + SIGINT); the partial report is still written.
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -455,7 +458,13 @@ fn cmd_run(a: RunArgs, argv: &[String]) -> Result<i32, Failure> {
         let mut f = std::fs::File::create(p).map_err(|e| Failure::Runtime(format!("--hlog {}: {e}", p.display())))?;
         report::write_hlog(&mut f, &cfg, &out).map_err(|e| Failure::Runtime(format!("--hlog {}: {e}", p.display())))?;
     }
-    Ok(if out.validity.valid || a.allow_invalid { 0 } else { EXIT_INVALID })
+    Ok(if out.rec.stopped {
+        EXIT_INTERRUPTED
+    } else if out.validity.valid || a.allow_invalid {
+        0
+    } else {
+        EXIT_INVALID
+    })
 }
 
 fn write_json<T: serde::Serialize>(p: &Path, doc: &T) -> Result<(), Failure> {

@@ -105,6 +105,9 @@ pub fn ladder(cfg: &LadderConfig, w: &mut dyn Write) -> io::Result<LadderResult>
     writeln!(w, "{:>12} {:>12} {:>10} {:>10} {:>10} {:>7} {:>7} verdict", "rate", "achieved", "p50", "p99", "max", "errors", "valid")?;
     let mut steps = Vec::new();
     let best = choose(&cfg.mode, |r| {
+        if crate::run::stop_requested() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+        }
         let s = step(cfg, r, w)?;
         let pass = s.pass;
         steps.push(s);

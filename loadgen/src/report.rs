@@ -104,6 +104,9 @@ pub struct Meta {
     pub arrival: &'static str,
     pub target_rate: Option<f64>,
     pub duration_s: f64,
+    /// The measured window: `duration_s` unless the run was stopped early.
+    pub window_s: f64,
+    pub stopped_early: bool,
     pub warmup_s: f64,
     pub threads: usize,
     pub connections: usize,
@@ -241,6 +244,8 @@ pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> R
             },
             target_rate,
             duration_s: cfg.duration.as_secs_f64(),
+            window_s: out.window.as_secs_f64(),
+            stopped_early: out.rec.stopped,
             warmup_s: cfg.warmup.as_secs_f64(),
             threads: cfg.threads,
             connections: cfg.connections,
@@ -317,6 +322,9 @@ pub fn human(cfg: &RunConfig, out: &RunOutcome) -> String {
         cfg.connections,
         if cfg.closed { cfg.connections } else { cfg.max_connections },
     );
+    if out.rec.stopped {
+        let _ = writeln!(s, "  stopped     early (SIGINT): {:.1}s of the window measured", out.window.as_secs_f64());
+    }
     if out.validity.valid {
         let _ = writeln!(s, "  run         VALID");
     } else {

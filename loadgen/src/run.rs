@@ -29,7 +29,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, IsTerminal, Write};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
@@ -37,6 +37,14 @@ use tokio::sync::Notify;
 /// Longest queue of waiting requests per thread; beyond it requests are dropped (and the run is
 /// invalid anyway, since it is far behind).
 const QUEUE_CAP: usize = 1 << 20;
+
+/// Set by SIGINT (Ctrl-C): runs end their window now and report what they measured.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// True once a stop was requested (SIGINT).
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
 
 /// What to do with a due request when every connection is busy at `--max-connections`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,13 +98,18 @@ pub struct RunOutcome {
 impl RunOutcome {
     /// Requests per second written inside the window.
     pub fn sent_rate(&self) -> f64 {
-        self.rec.sent_in_window as f64 / self.window.as_secs_f64()
+        per_sec(self.rec.sent_in_window, self.window)
     }
 
     /// Responses per second to requests written inside the window.
     pub fn achieved_rate(&self) -> f64 {
-        self.rec.achieved as f64 / self.window.as_secs_f64()
+        per_sec(self.rec.achieved, self.window)
     }
+}
+
+/// `n` per second over `window` (0 for an empty window).
+fn per_sec(n: u64, window: Duration) -> f64 {
+    if window.is_zero() { 0.0 } else { n as f64 / window.as_secs_f64() }
 }
 
 /// Live counters read by the progress line.
@@ -133,7 +146,8 @@ pub fn run(cfg: &RunConfig) -> io::Result<RunOutcome> {
     }
     let rec = merged.ok_or_else(|| io::Error::other("no generator thread"))?;
     let started = start.get().map_or(SystemTime::now(), |s| s.1);
-    let mut out = RunOutcome { rec, started, window: cfg.duration, validity: Validity::default() };
+    let window = rec.window();
+    let mut out = RunOutcome { rec, started, window, validity: Validity::default() };
     out.validity = assess(&cfg, &out);
     Ok(out)
 }
@@ -144,7 +158,7 @@ pub fn assess(cfg: &RunConfig, out: &RunOutcome) -> Validity {
     if !cfg.closed {
         // Requests that were never attempted: dropped (policy or queue overflow), left unsent
         // after the drain, or never dispatched because the dispatcher gave up.
-        let expected = cfg.rate * cfg.duration.as_secs_f64();
+        let expected = cfg.rate * out.window.as_secs_f64();
         let r = &out.rec;
         let missing = (expected - r.scheduled as f64).max(0.0) + (r.dropped + r.unsent) as f64;
         if missing > 0.01 * expected {
@@ -205,11 +219,23 @@ struct Shared {
     rec: RefCell<Recorder>,
     requests: Vec<Request>,
     next_req: Cell<usize>,
-    measure_end: Instant,
-    drain_deadline: Instant,
+    measure_end: Cell<Instant>,
+    drain_deadline: Cell<Instant>,
 }
 
 impl Shared {
+    /// Ends this thread's window now (early stop).
+    fn stop_now(&self) {
+        let now = Instant::now();
+        if now < self.measure_end.get() {
+            self.rec.borrow_mut().stop_at(now);
+            let end = self.rec.borrow().measure_end;
+            self.measure_end.set(end);
+            // Queued requests get a short drain, not the whole timeout.
+            self.drain_deadline.set(end + Duration::from_millis(200));
+        }
+    }
+
     #[inline]
     fn pick(&self) -> &Request {
         let i = self.next_req.get();
@@ -247,10 +273,19 @@ async fn thread_async(
         requests: cfg.requests.clone(),
         // Threads start at different targets so a mix is spread evenly.
         next_req: Cell::new(k % cfg.requests.len().max(1)),
-        measure_end,
-        drain_deadline: measure_end + cfg.timeout,
+        measure_end: Cell::new(measure_end),
+        drain_deadline: Cell::new(measure_end + cfg.timeout),
     });
     let ticker = cfg.progress.then(|| tokio::task::spawn_local(ticker(sh.clone(), live.clone(), k)));
+    // One listener per process is enough; it replaces the default SIGINT action, so a Ctrl-C
+    // ends the window early and the run still reports what it measured.
+    let sigint = (k == 0).then(|| {
+        tokio::task::spawn_local(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                STOP.store(true, Ordering::Relaxed);
+            }
+        })
+    });
     if cfg.closed {
         // Wait for the start like the open loop does, so warmup means the same.
         tokio::time::sleep_until(tokio::time::Instant::from_std(t0)).await;
@@ -262,7 +297,7 @@ async fn thread_async(
         let sched = Schedule::new(t0, cfg.arrival, cfg.rate, threads, k, cfg.seed);
         dispatcher(sh.clone(), sched, conns, max_conns, cfg).await?;
     }
-    if let Some(t) = ticker {
+    for t in [ticker, sigint].into_iter().flatten() {
         t.abort();
     }
     let rec = sh.rec.borrow().clone();
@@ -302,7 +337,11 @@ async fn dispatcher(sh: Rc<Shared>, mut sched: Schedule, conns: Vec<Conn>, max_c
     tokio::task::yield_now().await;
     'outer: loop {
         let t = sched.peek();
-        if t >= sh.measure_end {
+        if STOP.load(Ordering::Relaxed) {
+            sh.stop_now();
+            break;
+        }
+        if t >= sh.measure_end.get() {
             break;
         }
         if cfg.spin.is_zero() {
@@ -320,7 +359,7 @@ async fn dispatcher(sh: Rc<Shared>, mut sched: Schedule, conns: Vec<Conn>, max_c
         let mut batch = 0u32;
         loop {
             let t = sched.peek();
-            if t >= sh.measure_end {
+            if t >= sh.measure_end.get() {
                 break 'outer;
             }
             let now = Instant::now();
@@ -370,7 +409,7 @@ async fn next_item(sh: &Shared) -> Option<(Instant, Dispatch)> {
     loop {
         let item = sh.queue.borrow_mut().pop_front();
         if let Some(item) = item {
-            if sh.done.get() && Instant::now() > sh.drain_deadline {
+            if sh.done.get() && Instant::now() > sh.drain_deadline.get() {
                 let mut q = sh.queue.borrow_mut();
                 let mut rec = sh.rec.borrow_mut();
                 for (t, _) in std::iter::once(item).chain(q.drain(..)) {
@@ -407,7 +446,10 @@ async fn open_conn(sh: Rc<Shared>, mut conn: Conn, mut first: Option<(Instant, D
 
 async fn closed_conn(sh: Rc<Shared>, mut conn: Conn) {
     loop {
-        if Instant::now() >= sh.measure_end {
+        if STOP.load(Ordering::Relaxed) {
+            sh.stop_now();
+        }
+        if Instant::now() >= sh.measure_end.get() {
             return;
         }
         let (sent, res) = conn.send(sh.pick()).await;

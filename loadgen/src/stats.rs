@@ -90,6 +90,8 @@ pub struct Recorder {
     pub new_conns: u64,
     /// The dispatcher fell more than [`OVERRUN`] behind its schedule and stopped early.
     pub overrun: bool,
+    /// The run was stopped early (SIGINT); `measure_end` is when.
+    pub stopped: bool,
 }
 
 /// How far behind schedule the dispatcher may fall before the run is abandoned.
@@ -120,6 +122,7 @@ impl Recorder {
             unsent: 0,
             new_conns: 0,
             overrun: false,
+            stopped: false,
         }
     }
 
@@ -239,6 +242,23 @@ impl Recorder {
         self.unsent += o.unsent;
         self.new_conns += o.new_conns;
         self.overrun |= o.overrun;
+        self.stopped |= o.stopped;
+        self.measure_end = self.measure_end.max(o.measure_end);
+        self.n_secs = self.n_secs.max(o.n_secs);
+    }
+
+    /// Ends the window at `now` (early stop): later requests are not measured.
+    pub fn stop_at(&mut self, now: Instant) {
+        if now < self.measure_end {
+            self.measure_end = now.max(self.measure_start);
+            self.n_secs = ((self.measure_end - self.measure_start).as_secs_f64().ceil() as usize).max(1);
+            self.stopped = true;
+        }
+    }
+
+    /// The measured window (shorter than asked if the run was stopped early).
+    pub fn window(&self) -> Duration {
+        self.measure_end - self.measure_start
     }
 
     /// The whole per-second series of the window, empty seconds included.

@@ -601,6 +601,34 @@ mod cli {
     use super::util::*;
 
     #[test]
+    fn ctrl_c_ends_the_window_and_still_writes_the_report() {
+        let up = Server::upstream(&[]);
+        let dir = std::env::temp_dir().join(format!("loadgen-int-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("i.json");
+        let child = std::process::Command::new(BIN)
+            .args(["run", "--url", &up.url(), "--rate", "200", "--duration", "20s", "--warmup", "0s"])
+            .args(["--connections", "2", "--json", p.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let st = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+        assert!(st.success());
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(130), "{stdout}");
+        assert!(stdout.contains("stopped     early"), "{stdout}");
+        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(j["meta"]["stopped_early"], true);
+        let w = f(&j, "meta.window_s");
+        assert!((0.5..3.0).contains(&w), "{w}");
+        // Rates are over the measured window, not the 20 s asked for.
+        assert!((f(&j, "sent_rate") - 200.0).abs() < 10.0, "{}", j["sent_rate"]);
+    }
+
+    #[test]
     fn usage_errors_are_one_line_and_exit_2() {
         for args in [
             &["run", "--url", "http://127.0.0.1:1/", "--rate", "abc"][..],
