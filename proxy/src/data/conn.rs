@@ -268,7 +268,9 @@ impl Conn {
     #[cold]
     fn trace_start(&self) -> tracing::Span {
         let b = self.buf.filled();
-        let text = |v: &[u8]| std::str::from_utf8(v).unwrap_or("<non-utf8>");
+        fn text(v: &[u8]) -> &str {
+            std::str::from_utf8(v).unwrap_or("<non-utf8>")
+        }
         tracing::info_span!(
             target: "proxy::trace",
             "request",
