@@ -14,7 +14,8 @@
 //! - [`stats`]: per-thread HdrHistograms and counters, merged after the run.
 //! - [`report`]: human summary, `--json`, `--hlog`.
 //! - [`ladder`]: highest rate under a P99 SLO.
-//! - [`upstream`]: the bundled benchmark origin; [`relay`]: the byte-relay floor.
+//! - [`upstream`]: the bundled benchmark origin; [`relay`]: the byte-relay floor; [`server`]:
+//!   their listener threads.
 //! - [`sys`]: timerfd and CPU pinning; [`cli`]: arguments and exit codes.
 
 pub mod body;
@@ -25,6 +26,7 @@ pub mod relay;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod server;
 pub mod stats;
 pub mod sys;
 pub mod upstream;

@@ -22,39 +22,18 @@ const BUF: usize = 16 * 1024;
 
 /// Binds (calling `on_bound` with the real address), then relays until killed.
 pub fn serve(cfg: &RelayConfig, on_bound: impl FnOnce(SocketAddr)) -> io::Result<()> {
-    let threads = cfg.threads.max(1);
-    let first = crate::upstream::bind_listener(cfg.listen, threads > 1)?;
-    let addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..threads {
-        listeners.push(crate::upstream::bind_listener(addr, true)?);
-    }
-    on_bound(addr);
-    let mut handles = Vec::new();
-    for (k, l) in listeners.into_iter().enumerate() {
-        let cfg = cfg.clone();
-        handles.push(std::thread::Builder::new().name(format!("relay-{k}")).spawn(move || -> io::Result<()> {
-            if !cfg.cpus.is_empty() {
-                crate::sys::pin_to_cpu(cfg.cpus[k % cfg.cpus.len()])?;
-            }
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, async move {
-                let l = TcpListener::from_std(l)?;
-                loop {
-                    let Ok((c, _)) = l.accept().await else {
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    tokio::task::spawn_local(relay(c, cfg.upstream));
-                }
-            })
-        })?);
-    }
-    for h in handles {
-        h.join().map_err(|_| io::Error::other("relay thread panicked"))??;
-    }
-    Ok(())
+    let upstream = cfg.upstream;
+    crate::server::serve_threads(cfg.listen, cfg.threads, &cfg.cpus, "relay", on_bound, move |l| async move {
+        let l = TcpListener::from_std(l)?;
+        loop {
+            let Ok((c, _)) = l.accept().await else {
+                // Out of fds and the like: keep relaying the connections we have.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            };
+            tokio::task::spawn_local(relay(c, upstream));
+        }
+    })
 }
 
 async fn relay(mut client: TcpStream, upstream: SocketAddr) {

@@ -124,7 +124,7 @@ struct Live {
 pub fn run(cfg: &RunConfig) -> io::Result<RunOutcome> {
     let cfg = Arc::new(cfg.clone());
     let threads = cfg.threads.max(1);
-    let barrier = Arc::new(Barrier::new(threads));
+    let barrier = Arc::new(Gate { barrier: Barrier::new(threads), failed: AtomicBool::new(false) });
     let start = Arc::new(OnceLock::<(Instant, SystemTime)>::new());
     let live: Arc<Vec<Live>> = Arc::new((0..threads).map(|_| Live::default()).collect());
     let mut handles = Vec::with_capacity(threads);
@@ -194,18 +194,35 @@ fn share(total: usize, threads: usize, k: usize) -> usize {
     total / threads + usize::from(k < total % threads)
 }
 
+/// The threads' start line: all connect, then start together; if one fails to set up, the
+/// others see `failed` after the barrier and stop (instead of waiting for it forever).
+struct Gate {
+    barrier: Barrier,
+    failed: AtomicBool,
+}
+
 fn thread_main(
     cfg: &RunConfig,
     k: usize,
-    barrier: &Barrier,
+    barrier: &Gate,
     start: &OnceLock<(Instant, SystemTime)>,
     live: Arc<Vec<Live>>,
 ) -> io::Result<Recorder> {
-    if !cfg.cpus.is_empty() {
-        let cpu = cfg.cpus[k % cfg.cpus.len()];
-        sys::pin_to_cpu(cpu).map_err(|e| io::Error::new(e.kind(), format!("pin to cpu {cpu}: {e}")))?;
-    }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let setup = (|| -> io::Result<_> {
+        if !cfg.cpus.is_empty() {
+            let cpu = cfg.cpus[k % cfg.cpus.len()];
+            sys::pin_to_cpu(cpu).map_err(|e| io::Error::new(e.kind(), format!("pin to cpu {cpu}: {e}")))?;
+        }
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    })();
+    let rt = match setup {
+        Ok(rt) => rt,
+        Err(e) => {
+            barrier.failed.store(true, Ordering::Relaxed);
+            barrier.barrier.wait();
+            return Err(e);
+        }
+    };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, thread_async(cfg, k, barrier, start, live))
 }
@@ -247,7 +264,7 @@ impl Shared {
 async fn thread_async(
     cfg: &RunConfig,
     k: usize,
-    barrier: &Barrier,
+    barrier: &Gate,
     start: &OnceLock<(Instant, SystemTime)>,
     live: Arc<Vec<Live>>,
 ) -> io::Result<Recorder> {
@@ -260,7 +277,11 @@ async fn thread_async(
         let _ = c.connect().await;
     }
     // Blocking here is fine: nothing else runs on this thread yet.
-    barrier.wait();
+    barrier.barrier.wait();
+    if barrier.failed.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        return Ok(Recorder::new(now, now));
+    }
     let (t0, _) = *start.get_or_init(|| (Instant::now() + Duration::from_millis(20), SystemTime::now()));
     let measure_start = t0 + cfg.warmup;
     let measure_end = measure_start + cfg.duration;

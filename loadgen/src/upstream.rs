@@ -17,7 +17,6 @@
 
 use crate::body::{BodySkipper, Framing};
 use crate::client::{has_token, last_token_is, parse_u64};
-use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -68,44 +67,9 @@ impl Responses {
 
 /// Binds the listeners (so the caller can print the real address), then serves until killed.
 pub fn serve(cfg: &UpstreamConfig, on_bound: impl FnOnce(SocketAddr)) -> io::Result<()> {
-    let threads = cfg.threads.max(1);
-    let first = bind_listener(cfg.listen, threads > 1)?;
-    let addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..threads {
-        listeners.push(bind_listener(addr, true)?);
-    }
-    on_bound(addr);
     let start = Instant::now();
-    let mut handles = Vec::new();
-    for (k, l) in listeners.into_iter().enumerate() {
-        let cfg = cfg.clone();
-        handles.push(std::thread::Builder::new().name(format!("upstream-{k}")).spawn(move || -> io::Result<()> {
-            if !cfg.cpus.is_empty() {
-                crate::sys::pin_to_cpu(cfg.cpus[k % cfg.cpus.len()])?;
-            }
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, accept_loop(l, cfg, start))
-        })?);
-    }
-    for h in handles {
-        h.join().map_err(|_| io::Error::other("upstream thread panicked"))??;
-    }
-    Ok(())
-}
-
-/// A non-blocking listener on `addr`, with `SO_REUSEPORT` when several threads share the port.
-pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    if reuse_port {
-        s.set_reuse_port(true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
-    Ok(s.into())
+    let c = cfg.clone();
+    crate::server::serve_threads(cfg.listen, cfg.threads, &cfg.cpus, "upstream", on_bound, move |l| accept_loop(l, c.clone(), start))
 }
 
 async fn accept_loop(l: std::net::TcpListener, cfg: UpstreamConfig, start: Instant) -> io::Result<()> {
