@@ -493,7 +493,13 @@ fn cmd_ladder(a: LadderArgs, argv: &[String]) -> Result<i32, Failure> {
     if let Some(p) = &a.json {
         write_json(p, &ladder::ladder_json(&lc, &res, argv))?;
     }
-    Ok(if res.best.is_some() { 0 } else { EXIT_INVALID })
+    Ok(if run::stop_requested() {
+        EXIT_INTERRUPTED
+    } else if res.best.is_some() {
+        0
+    } else {
+        EXIT_INVALID
+    })
 }
 
 fn cmd_upstream(a: UpstreamArgs) -> Result<i32, Failure> {

@@ -41,6 +41,8 @@ pub struct Step {
     pub p99_us: f64,
     pub max_us: f64,
     pub errors: u64,
+    /// Stopped early by Ctrl-C (never a pass).
+    pub interrupted: bool,
 }
 
 /// The ladder's result.
@@ -54,7 +56,11 @@ pub struct LadderResult {
 /// Does a step pass: valid, no errors, at least one response, P99 within the SLO.
 pub fn passes(out: &RunOutcome, slo: Duration) -> bool {
     let c = &out.rec.corrected;
-    out.validity.valid && out.rec.total_errors() == 0 && !c.is_empty() && c.value_at_quantile(0.99) <= crate::stats::ns(slo)
+    !out.rec.stopped
+        && out.validity.valid
+        && out.rec.total_errors() == 0
+        && !c.is_empty()
+        && c.value_at_quantile(0.99) <= crate::stats::ns(slo)
 }
 
 fn step(cfg: &LadderConfig, rate: f64, w: &mut dyn Write) -> io::Result<Step> {
@@ -75,6 +81,7 @@ fn step(cfg: &LadderConfig, rate: f64, w: &mut dyn Write) -> io::Result<Step> {
         p99_us: q(0.99),
         max_us: if c.is_empty() { 0.0 } else { c.max() as f64 / 1e3 },
         errors: out.rec.total_errors(),
+        interrupted: out.rec.stopped,
     };
     writeln!(
         w,
@@ -86,7 +93,13 @@ fn step(cfg: &LadderConfig, rate: f64, w: &mut dyn Write) -> io::Result<Step> {
         fmt_dur(Duration::from_nanos((s.max_us * 1e3) as u64)),
         s.errors,
         if s.valid { "yes" } else { "NO" },
-        if s.pass { "pass" } else { "FAIL" },
+        if s.interrupted {
+            "interrupted"
+        } else if s.pass {
+            "pass"
+        } else {
+            "FAIL"
+        },
     )?;
     w.flush()?;
     Ok(s)
@@ -106,7 +119,9 @@ pub fn ladder(cfg: &LadderConfig, w: &mut dyn Write) -> io::Result<LadderResult>
     let mut steps = Vec::new();
     let best = choose(&cfg.mode, |r| {
         if crate::run::stop_requested() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+            // Ctrl-C: no more steps; what passed so far stands (an interrupted step does not
+            // count, see `passes`: its run is stopped early and its window is short).
+            return Ok(false);
         }
         let s = step(cfg, r, w)?;
         let pass = s.pass;

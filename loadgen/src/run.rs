@@ -282,7 +282,9 @@ async fn thread_async(
         let now = Instant::now();
         return Ok(Recorder::new(now, now));
     }
-    let (t0, _) = *start.get_or_init(|| (Instant::now() + Duration::from_millis(20), SystemTime::now()));
+    // The schedule starts 20 ms from now, so every thread is past this line in time.
+    let lead = Duration::from_millis(20);
+    let (t0, _) = *start.get_or_init(|| (Instant::now() + lead, SystemTime::now() + lead));
     let measure_start = t0 + cfg.warmup;
     let measure_end = measure_start + cfg.duration;
     let sh = Rc::new(Shared {
