@@ -210,6 +210,9 @@ impl Conn {
                     return self.fail(e, &Progress::default()).await;
                 }
             }
+            // The request runs on the snapshot current when its head arrived, not the one that
+            // was current when the connection went idle (a reload may have happened since).
+            let snap = self.worker.snapshot();
             let started = Instant::now();
             self.worker.metrics().start();
             self.route = ROUTE_NONE;
