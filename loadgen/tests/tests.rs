@@ -327,6 +327,63 @@ mod client {
     }
 }
 
+mod busy_policy {
+    use super::util::*;
+
+    /// Origin takes ~10 ms per response: 200 req/s needs ~2-3 connections in flight.
+    #[test]
+    fn pool_grows_up_to_max_connections_when_all_are_busy() {
+        let _g = timing_lock();
+        let up = Server::upstream(&["--delay", "10ms"]);
+        let (code, stdout, j) = run_json(&[
+            "--url",
+            &up.url(),
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--connections",
+            "1",
+            "--max-connections",
+            "8",
+        ]);
+        assert_eq!(code, 0, "{stdout}");
+        let grown = f(&j, "counts.new_connections");
+        assert!((1.0..=7.0).contains(&grown), "{grown}\n{stdout}");
+        assert_eq!(f(&j, "counts.responses"), 200.0);
+    }
+
+    #[test]
+    fn drop_policy_counts_drops_and_invalidates_the_run() {
+        let _g = timing_lock();
+        let up = Server::upstream(&["--delay", "10ms"]);
+        let (code, stdout, j) = run_json(&[
+            "--url",
+            &up.url(),
+            "--rate",
+            "500",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--connections",
+            "1",
+            "--on-busy",
+            "drop",
+        ]);
+        assert_eq!(code, 3, "{stdout}");
+        let dropped = f(&j, "counts.dropped");
+        assert!(dropped > 300.0, "{dropped}\n{stdout}");
+        assert_eq!(f(&j, "counts.queued"), 0.0);
+        assert_eq!(f(&j, "counts.scheduled"), 500.0);
+        // Every scheduled request was either sent or dropped (a late send at the very end aside).
+        assert!((f(&j, "counts.sent_in_window") + dropped - 500.0).abs() <= 2.0, "{stdout}");
+        assert!(j["invalid_reasons"][0].as_str().unwrap().contains("dropped"), "{}", j["invalid_reasons"]);
+    }
+}
+
 mod validity {
     use super::util::*;
 
