@@ -589,6 +589,31 @@ mod tests {
     }
 
     #[test]
+    fn control_plane_keys_have_defaults_and_line_numbered_errors() {
+        let c = check(BASE).unwrap();
+        assert_eq!(c.admin, None);
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert!(c.watch_config);
+        assert_eq!(c.log, LogConfig::default());
+        assert_eq!(c.snapshot.trace_sample_every, 0);
+        let c = check(&format!("{BASE}[admin]\n[observability]\ntrace_sample_rate = 0.01\n")).unwrap();
+        assert_eq!(c.admin, Some("127.0.0.1:9901".parse().unwrap()));
+        assert_eq!(c.snapshot.trace_sample_every, 100);
+        let e = check(&format!("{BASE}[log]\nlevel = \"info,[\"\n")).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(8), Some("log.level")), "{e}");
+        let e = check(&format!("{BASE}[log]\nformat = \"xml\"\n")).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(8), Some("log.format")), "{e}");
+        let e = check(&format!("{BASE}[observability]\ntrace_sample_rate = 2.0\n")).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(8), Some("observability.trace_sample_rate")), "{e}");
+        let e = check(&format!("{BASE}[admin]\naddress = \"localhost\"\n")).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(8), Some("admin.address")), "{e}");
+        let e = check(&format!("{BASE}[admin]\nport = 1\n")).unwrap_err();
+        assert!(e.message.contains("port"), "{e}");
+        let e = check(&format!("[server]\ndrain_timeout = \"soon\"\n{BASE}")).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("server.drain_timeout")), "{e}");
+    }
+
+    #[test]
     fn example_configs_are_valid() {
         for f in ["examples/basic.toml", "examples/full.toml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
