@@ -217,6 +217,9 @@ fn rejected_cases() -> Vec<Case> {
 #[rustfmt::skip]
 fn relayed_cases() -> Vec<Case> {
     let body_at_limit = "x".repeat(1000);
+    let fields: String = (1..20).map(|i| format!("X-H{i}: {i}\r\n")).collect();
+    let at_limit_headers = format!("GET / HTTP/1.1\r\nHost: a.test\r\n{fields}\r\n");
+    let at_limit_forwarded = format!("GET / HTTP/1.1\r\nHost: a.test\r\n{fields}{}", fwd_tail!());
     vec![
         relayed("te_chunked_uppercase_accepted",
             b"POST /up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: CHUNKED\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -235,6 +238,13 @@ fn relayed_cases() -> Vec<Case> {
             &cat(&[b"POST /l HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000\r\n\r\n", body_at_limit.as_bytes()]),
             &cat(&[concat!("POST /l HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000\r\n", fwd_tail!()).as_bytes(), body_at_limit.as_bytes()]),
             "limits.max_body_bytes = 1000 is inclusive: only larger bodies are 413"),
+        relayed("chunk_size_uppercase_hex_and_leading_zeros",
+            b"POST /c HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0005\r\nabcde\r\n0000\r\n\r\n",
+            concat!("POST /c HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n", fwd_tail!(),
+                "A\r\n0123456789\r\n0005\r\nabcde\r\n0000\r\n\r\n").as_bytes(),
+            "RFC 9112 §7.1: HEXDIG is case-insensitive and leading zeros are digits (within the 16-digit bound)"),
+        relayed("headers_at_max_headers_limit", at_limit_headers.as_bytes(), at_limit_forwarded.as_bytes(),
+            "limits.max_headers = 20: exactly 20 fields is allowed, only more is 431"),
         relayed("content_length_zero",
             b"POST /z HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0\r\n\r\n",
             concat!("POST /z HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0\r\n", fwd_tail!()).as_bytes(),
@@ -259,6 +269,10 @@ fn relayed_cases() -> Vec<Case> {
             b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: authorization\r\nAuthorization: Bearer x\r\nX-End: 1\r\n\r\n",
             concat!("GET / HTTP/1.1\r\nHost: a.test\r\nX-End: 1\r\n", fwd_tail!()).as_bytes(),
             "RFC 9110 §7.6.1: a proxy MUST remove every field the Connection header names (case-insensitive)"),
+        relayed("connection_list_with_empty_elements",
+            b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: , ,X-Hop ,\r\nX-Hop: 1\r\n\r\n",
+            concat!("GET / HTTP/1.1\r\nHost: a.test\r\n", fwd_tail!()).as_bytes(),
+            "RFC 9110 §5.6.1.2: a recipient MUST accept empty list elements; X-Hop is still named"),
         relayed("upgrade_h2c_not_tunnelled",
             b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
             concat!("GET / HTTP/1.1\r\nHost: a.test\r\n", fwd_tail!()).as_bytes(),
@@ -323,6 +337,12 @@ fn bad_body_cases() -> Vec<Case> {
             "RFC 9112 §7.1: chunk = chunk-size CRLF chunk-data CRLF"),
         bad_body("chunk_data_followed_by_bare_lf", b"5\r\nhello\n0\r\n\r\n", 400,
             "RFC 9112 §7.1: CRLF after chunk-data"),
+        bad_body("chunk_extension_ending_in_bare_lf", b"5;e=1\nhello\r\n0\r\n\r\n", 400,
+            "RFC 9112 §7.1: the chunk-size line, extensions included, ends in CRLF"),
+        bad_body("trailer_line_without_colon", b"5\r\nhello\r\n0\r\nX-No-Colon\r\n\r\n", 400,
+            "RFC 9112 §7.1.2: trailer-section = *( field-line CRLF ); a field-line has a colon"),
+        bad_body("trailer_obs_fold", b"5\r\nhello\r\n0\r\nX-T: 1\r\n 2\r\n\r\n", 400,
+            "RFC 9112 §5.2: obs-fold is invalid in any field section, trailers included"),
         bad_body("trailer_bare_lf", b"5\r\nhello\r\n0\r\nX-T: 1\n\r\n", 400,
             "RFC 9112 §7.1.2: trailer-section lines end in CRLF"),
         bad_body("chunked_body_above_max_body_bytes", too_big.as_bytes(), 413,
@@ -616,4 +636,67 @@ fn malformed_request_pipelined_after_a_valid_one() {
     std::thread::sleep(SETTLE);
     assert_bytes("upstream received", concat!("GET /1 HTTP/1.1\r\nHost: a.test\r\n", fwd_tail!()).as_bytes(), &up.received(0));
     assert_eq!(up.accepted(), 1);
+}
+
+/// The upstream answers (here 413) before it has read the body. The rest of the body keeps
+/// arriving from the client; it is body, and must never be taken as a request by the proxy or
+/// reach the upstream as one.
+#[test]
+fn upstream_answering_before_the_body_ends_does_not_turn_the_body_into_requests() {
+    let up = Upstream::start_opts(crate::harness::Opts { answer_before_body: true, ..Default::default() }, |req| {
+        if req.target == "/upload" {
+            Reply::Send(crate::harness::response("413 Content Too Large", &[], b""))
+        } else {
+            Reply::Send(ok(req.target.as_bytes()))
+        }
+    });
+    let proxy = Proxy::start(&config(&[up.addr], "", ""));
+    let mut c = proxy.connect();
+    let body: Vec<u8> = SMUGGLE.repeat(200);
+    c.send(format!("POST /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+    c.send(&body[..SMUGGLE.len() * 10]);
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 413, "{}", show(&r.raw));
+    // The client keeps sending the rest of its body, as clients do.
+    let _ = c.try_send(&body[SMUGGLE.len() * 10..]);
+    if !r.says_close() {
+        let _ = c.try_send(b"GET /after HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        let r2 = c.read_response();
+        if let Ok(r2) = &r2 {
+            assert_eq!((r2.status, r2.body.as_slice()), (200, b"/after".as_slice()), "{}", show(&r2.raw));
+        }
+    }
+    std::thread::sleep(SETTLE);
+    let smuggled = up.requests().iter().filter(|r| r.target == "/smuggled").count();
+    assert_eq!(smuggled, 0, "body bytes became requests upstream:\n{}", up.dump());
+    assert!(!c.pending().windows(9).any(|w| w == b"/smuggled"), "{}", show(c.pending()));
+}
+
+/// `Expect: 100-continue` answered with a final status (no 100): the client may still send the
+/// body (RFC 9110 §10.1.1). Those bytes are body; they must never be parsed as the next request.
+#[test]
+fn body_sent_after_a_final_answer_to_expect_100_continue_is_never_a_request() {
+    let up = Upstream::start_opts(crate::harness::Opts { answer_before_body: true, ..Default::default() }, |req| {
+        if req.target == "/guarded" {
+            Reply::Send(crate::harness::response("401 Unauthorized", &[], b""))
+        } else {
+            Reply::Send(ok(req.target.as_bytes()))
+        }
+    });
+    let proxy = Proxy::start(&config(&[up.addr], "", ""));
+    let mut c = proxy.connect();
+    c.send(
+        format!("POST /guarded HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", SMUGGLE.len()).as_bytes(),
+    );
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 401, "{}", show(&r.raw));
+    let _ = c.try_send(SMUGGLE);
+    if !r.says_close()
+        && let Ok(r2) = c.read_response()
+    {
+        panic!("a response to the body bytes: {}", show(&r2.raw));
+    }
+    std::thread::sleep(SETTLE);
+    let targets: Vec<String> = up.requests().into_iter().map(|r| r.target).collect();
+    assert!(!targets.iter().any(|t| t == "/smuggled"), "body became a request upstream: {targets:?}");
 }

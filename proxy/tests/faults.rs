@@ -142,6 +142,11 @@ fn upstream_response_with_two_content_lengths_is_502_and_not_reused() {
 }
 
 #[test]
+fn upstream_response_with_a_malformed_status_line_is_502_and_not_reused() {
+    bad_upstream_response("status 2000", b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok", false);
+}
+
+#[test]
 fn upstream_response_with_a_bad_chunk_is_502_or_cut_and_not_reused() {
     bad_upstream_response("bad chunk", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZ\r\nhello\r\n0\r\n\r\n", true);
 }
@@ -399,4 +404,56 @@ fn bytes_an_upstream_sends_after_a_head_response_never_reach_a_client() {
     let r = c.read_response().unwrap();
     assert!((r.status == 200 && r.body == b"real") || r.status == 502, "the stray body bytes leaked: {}", show(&r.raw));
     assert!(!c.pending().windows(5).any(|w| w == b"hello"), "leaked: {}", show(c.pending()));
+}
+
+#[test]
+fn connect_timeout_is_504() {
+    // A listener whose accept queue is full: SYNs are dropped, connect() hangs (loopback only).
+    let (_guard, fill, addr) = crate::harness::blackhole_addr();
+    assert!(!fill.is_empty(), "could not fill the accept queue");
+    let proxy = Proxy::start(&config(&[addr], "", "connect_timeout = \"300ms\""));
+    let mut c = proxy.connect();
+    let t = Instant::now();
+    let r = c.roundtrip(GET);
+    let took = t.elapsed();
+    assert_proxy_error(&r, 504);
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(2500), "504 after {took:?}, configured 300ms");
+}
+
+#[test]
+fn response_header_timeout_covers_the_whole_head_not_the_first_byte() {
+    // The head trickles in one byte every 100ms: the first byte is quick, the head is not.
+    let up = Upstream::start(|_| Reply::Trickle(ok(b"late"), Duration::from_millis(100)));
+    let proxy = Proxy::start(&config(&[up.addr], "", "response_header_timeout = \"500ms\""));
+    let mut c = proxy.connect();
+    let t = Instant::now();
+    let r = c.roundtrip(GET);
+    let took = t.elapsed();
+    assert_proxy_error(&r, 504);
+    assert!(took < Duration::from_millis(2000), "504 after {took:?}, configured 500ms");
+}
+
+#[test]
+fn in_flight_request_is_not_cut_by_client_idle_timeout() {
+    // The client is idle while it waits, but a request is in flight: that is not an idle
+    // keep-alive connection.
+    let up = Upstream::start(|_| Reply::Delay(Duration::from_millis(800), ok(b"slow but fine")));
+    let proxy = Proxy::start(&config(&[up.addr], "client_idle_timeout = \"300ms\"", ""));
+    let mut c = proxy.connect();
+    let r = c.roundtrip(GET);
+    assert_eq!((r.status, r.body.as_slice()), (200, b"slow but fine".as_slice()));
+}
+
+#[test]
+fn slow_request_body_after_a_timely_head_is_not_cut_by_header_read_timeout() {
+    let up = Upstream::start(|req| Reply::Send(ok(&req.body)));
+    let proxy = Proxy::start(&config(&[up.addr], "header_read_timeout = \"400ms\"", ""));
+    let mut c = proxy.connect();
+    c.send(b"POST /slow-body HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\n");
+    for part in [b"01".as_slice(), b"23", b"45", b"67", b"89"] {
+        thread::sleep(Duration::from_millis(200));
+        c.send(part);
+    }
+    let r = c.read_response().expect("the body took 1s, the head was on time");
+    assert_eq!((r.status, r.body.as_slice()), (200, b"0123456789".as_slice()), "{}", show(&r.raw));
 }

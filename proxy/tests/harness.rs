@@ -90,6 +90,11 @@ pub fn assert_bytes(what: &str, expected: &[u8], actual: &[u8]) {
     }
 }
 
+/// RFC 9110 §5.6.2 tchar.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -129,6 +134,12 @@ pub fn config(servers: &[SocketAddr], limits: &str, upstream_extra: &str) -> Str
     c
 }
 
+/// The binary under test: `PROXY_BIN` if set (to run the suite against another build, or against
+/// a deliberately naive relay to prove the tests can fail), else this crate's `proxy`.
+pub fn proxy_bin() -> PathBuf {
+    std::env::var_os("PROXY_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_proxy")))
+}
+
 /// The proxy child process. Dropping it kills and reaps the process and removes its config.
 pub struct Proxy {
     child: Child,
@@ -146,7 +157,7 @@ impl Proxy {
     pub fn start(config: &str) -> Proxy {
         let expected = config.matches("[[listeners]]").count().max(1);
         let path = write_temp("proxy.toml", config);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+        let mut child = Command::new(proxy_bin())
             .arg("--config")
             .arg(&path)
             .arg("--workers")
@@ -244,7 +255,7 @@ impl Drop for Proxy {
 /// Runs `proxy ARGS...` to completion (bounded: killed after 10 s) and returns (exit code, stdout,
 /// stderr).
 pub fn run_proxy_cmd(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+    let mut child = Command::new(proxy_bin())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -298,6 +309,8 @@ pub struct Req {
     pub body: Vec<u8>,
     /// The exact bytes of this request on the wire, head and body framing included.
     pub raw: Vec<u8>,
+    /// The handler already answered it after the head (`Opts::answer_before_body`).
+    pub answered: bool,
 }
 
 impl Req {
@@ -343,8 +356,20 @@ struct Shared {
     stop: AtomicBool,
     streams: Mutex<Vec<TcpStream>>,
     handler: Box<Handler>,
+    opts: Opts,
+}
+
+/// How the upstream behaves besides its handler.
+#[derive(Clone, Copy, Default)]
+pub struct Opts {
     /// Answer `Expect: 100-continue` with an interim 100 before reading the body.
-    send_continue: bool,
+    pub send_continue: bool,
+    /// Call the handler as soon as the head is read (with an empty body) and write a `Send`
+    /// reply before reading the body, like an origin that refuses an upload early. The body is
+    /// still read and recorded afterwards.
+    pub answer_before_body: bool,
+    /// Sleep this long before every read, in reads of at most 4 KiB: a slow reader.
+    pub read_pause: Option<Duration>,
 }
 
 /// A scripted upstream on 127.0.0.1:0 recording every byte per connection. Dropping it stops it.
@@ -383,6 +408,10 @@ impl Upstream {
     }
 
     pub fn start_with(send_continue: bool, handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> Upstream {
+        Self::start_opts(Opts { send_continue, ..Opts::default() }, handler)
+    }
+
+    pub fn start_opts(opts: Opts, handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
@@ -392,7 +421,7 @@ impl Upstream {
             stop: AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
             handler: Box::new(handler),
-            send_continue,
+            opts,
         });
         let sh = Arc::clone(&shared);
         let accept = thread::spawn(move || {
@@ -538,11 +567,18 @@ struct ConnReader {
 impl ConnReader {
     fn more(&mut self) -> Result<(), End> {
         let mut tmp = [0u8; 16 * 1024];
+        let max = match self.shared.opts.read_pause {
+            Some(pause) => {
+                thread::sleep(pause);
+                4096
+            }
+            None => tmp.len(),
+        };
         loop {
             if self.shared.stop.load(Ordering::SeqCst) {
                 return Err(End::Gone);
             }
-            match self.stream.read(&mut tmp) {
+            match self.stream.read(&mut tmp[..max]) {
                 Ok(0) => return Err(End::Closed),
                 Ok(n) => {
                     self.shared.conns.lock().unwrap()[self.idx].received.extend_from_slice(&tmp[..n]);
@@ -631,8 +667,25 @@ impl ConnReader {
         let cl: Vec<&str> = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.as_str()).collect();
         let te: Vec<&str> = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding")).map(|(_, v)| v.as_str()).collect();
         let expects_continue = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("expect") && v.eq_ignore_ascii_case("100-continue"));
-        if expects_continue && self.shared.send_continue {
+        if expects_continue && self.shared.opts.send_continue {
             let _ = self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        let mut answered = false;
+        if self.shared.opts.answer_before_body {
+            let early = Req {
+                conn: self.idx,
+                index,
+                method: method.clone(),
+                target: target.clone(),
+                headers: headers.clone(),
+                body: Vec::new(),
+                raw: self.buf[..self.pos].to_vec(),
+                answered: true,
+            };
+            if let Reply::Send(bytes) = (self.shared.handler)(&early) {
+                let _ = self.stream.write_all(&bytes);
+            }
+            answered = true;
         }
 
         let mut body = Vec::new();
@@ -653,8 +706,17 @@ impl ConnReader {
                 let size =
                     u64::from_str_radix(std::str::from_utf8(size_part).unwrap(), 16).map_err(|e| End::Bad(format!("chunk size: {e}")))?;
                 if size == 0 {
-                    // Trailers until the empty line.
-                    while !self.line()?.is_empty() {}
+                    // Trailer field lines until the empty line, each `token ":" value`.
+                    loop {
+                        let t = self.line()?;
+                        if t.is_empty() {
+                            break;
+                        }
+                        let colon = t.iter().position(|&b| b == b':').unwrap_or(0);
+                        if colon == 0 || !t[..colon].iter().all(|&b| is_tchar(b)) {
+                            return Err(End::Bad(format!("bad trailer line {:?}", show(&t))));
+                        }
+                    }
                     break;
                 }
                 if size > 64 * 1024 * 1024 {
@@ -672,7 +734,7 @@ impl ConnReader {
             let n: usize = cl[0].parse().map_err(|e| End::Bad(format!("Content-Length: {e}")))?;
             body = self.take(n)?;
         }
-        Ok(Some(Req { conn: self.idx, index, method, target, headers, body, raw: self.buf[..self.pos].to_vec() }))
+        Ok(Some(Req { conn: self.idx, index, method, target, headers, body, raw: self.buf[..self.pos].to_vec(), answered }))
     }
 
     /// Keeps the connection open and records until it closes, times out, or the upstream stops.
@@ -705,6 +767,9 @@ fn serve_conn(shared: Arc<Shared>, idx: usize, stream: TcpStream) {
         };
         index += 1;
         shared.requests.lock().unwrap().push(req.clone());
+        if req.answered {
+            continue;
+        }
         match (shared.handler)(&req) {
             Reply::Send(bytes) => {
                 if r.stream.write_all(&bytes).is_err() {
@@ -1037,4 +1102,22 @@ pub fn refused_addr() -> SocketAddr {
     let a = l.local_addr().unwrap();
     drop(l);
     a
+}
+
+/// A loopback address where connect() hangs: a listener with a full accept queue that never
+/// accepts (new SYNs are dropped). Keep the returned guard alive for as long as it is needed.
+pub fn blackhole_addr() -> (socket2::Socket, Vec<TcpStream>, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..8 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(s) => fill.push(s),
+            Err(_) => break,
+        }
+    }
+    (sock, fill, addr)
 }

@@ -238,3 +238,27 @@ fn a_hundred_pipelined_requests_with_bodies_crossing_buffer_boundaries() {
     assert_eq!(up.accepted(), 1);
     assert_bytes("upstream connection 0", &expected_upstream, &up.received(0));
 }
+
+#[test]
+fn idle_pool_size_caps_the_connections_kept_per_server() {
+    let up = Upstream::start(|_| Reply::Delay(Duration::from_millis(300), ok(b"ok")));
+    let proxy = Proxy::start(&config(&[up.addr], "", "idle_pool_size = 1"));
+    let addr = proxy.addr;
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.roundtrip(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").status
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), 200);
+    }
+    assert_eq!(up.accepted(), 3, "three concurrent requests need three upstream connections");
+    let two_closed = crate::harness::wait_until(Duration::from_secs(1), || (0..3).filter(|&i| up.is_closed(i)).count() == 2);
+    let closed: Vec<usize> = (0..3).filter(|&i| up.is_closed(i)).collect();
+    assert!(two_closed, "idle_pool_size = 1 keeps one connection; closed by the proxy: {closed:?}");
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!((0..3).filter(|&i| up.is_closed(i)).count(), 2, "the one kept connection was closed too");
+}

@@ -195,3 +195,36 @@ fn absolute_form_authority_wins_over_a_disagreeing_host_header() {
     assert_eq!(req.target, "/x");
     assert_eq!(req.header("host"), Some("api.example.com"), "upstream saw {}", show(&req.raw));
 }
+
+#[test]
+fn least_in_flight_sends_new_requests_away_from_the_busy_server() {
+    let slow_then_fast = |name: &'static str| {
+        Upstream::start(move |req| {
+            if req.target == "/slow" {
+                Reply::Delay(std::time::Duration::from_millis(1200), ok(name.as_bytes()))
+            } else {
+                Reply::Send(ok(name.as_bytes()))
+            }
+        })
+    };
+    let a = slow_then_fast("a");
+    let b = slow_then_fast("b");
+    let cfg = crate::harness::config(&[a.addr, b.addr], "", "balance = \"least_in_flight\"");
+    let proxy = Proxy::start(&cfg);
+    let addr = proxy.addr;
+    let slow = std::thread::spawn(move || {
+        let mut c = crate::harness::Client::connect(addr);
+        c.roundtrip(b"GET /slow HTTP/1.1\r\nHost: a.test\r\n\r\n").body
+    });
+    assert!(
+        crate::harness::wait_until(std::time::Duration::from_secs(2), || a.requests().len() + b.requests().len() == 1),
+        "the slow request did not arrive"
+    );
+    let busy = if a.requests().is_empty() { "b" } else { "a" };
+    let mut c = proxy.connect();
+    for i in 0..6 {
+        let r = c.roundtrip(b"GET /fast HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        assert_ne!(r.body, busy.as_bytes(), "request {i} went to the server with a request in flight");
+    }
+    assert_eq!(slow.join().unwrap(), busy.as_bytes());
+}

@@ -354,3 +354,61 @@ fn response_sent_one_byte_per_segment_is_relayed_exactly() {
     assert_bytes("content-length response", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nVia: 1.1 fastproxy\r\n\r\n0123456789", &r.raw);
     assert_eq!(up.accepted(), 1);
 }
+
+#[test]
+fn slow_reading_client_gets_a_large_response_exactly() {
+    let body = pattern(3 << 20);
+    let b = body.clone();
+    let up = Upstream::start(move |_| Reply::Send(ok(&b)));
+    let proxy = Proxy::start(&config(&[up.addr], "", ""));
+    let mut c = proxy.connect();
+    c.send(b"GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    // Read in small pieces with pauses: the proxy's writes hit a full socket buffer many times.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 32 * 1024];
+    let head_len = "HTTP/1.1 200 OK\r\nContent-Length: 3145728\r\nVia: 1.1 fastproxy\r\n\r\n".len();
+    while got.len() < head_len + body.len() {
+        let n = c.stream.read(&mut buf).expect("read");
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+        if got.len() % (512 * 1024) < n {
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+    let mut expected = b"HTTP/1.1 200 OK\r\nContent-Length: 3145728\r\nVia: 1.1 fastproxy\r\n\r\n".to_vec();
+    expected.extend_from_slice(&body);
+    assert_bytes("client received", &expected, &got);
+}
+
+#[test]
+fn slow_reading_upstream_gets_a_large_request_body_exactly() {
+    let body = pattern(1 << 20);
+    let up = crate::harness::Upstream::start_opts(
+        crate::harness::Opts { read_pause: Some(Duration::from_micros(500)), ..Default::default() },
+        |req| Reply::Send(ok(format!("{}", req.body.len()).as_bytes())),
+    );
+    let proxy = Proxy::start(&config(&[up.addr], "", ""));
+    let mut c = proxy.connect();
+    let head = format!("POST /up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n", body.len());
+    let r = c.roundtrip(&[head.as_bytes(), &body, b"\r\n0\r\n\r\n"].concat());
+    assert_eq!((r.status, r.body.as_slice()), (200, b"1048576".as_slice()));
+    let req = up.requests().pop().unwrap();
+    assert!(req.body == body, "the body differs");
+}
+
+#[test]
+fn http10_client_never_gets_a_1xx() {
+    // RFC 9110 §15.2: a server MUST NOT send a 1xx response to an HTTP/1.0 client.
+    let up = Upstream::start(|_| {
+        let mut r = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n".to_vec();
+        r.extend_from_slice(&ok(b"final"));
+        Reply::Send(r)
+    });
+    let proxy = Proxy::start(&config(&[up.addr], "", ""));
+    let mut c = proxy.connect();
+    c.send(b"GET / HTTP/1.0\r\nHost: a.test\r\n\r\n");
+    let (got, closed) = c.read_to_close();
+    assert!(closed);
+    assert!(got.starts_with(b"HTTP/1.1 200 "), "got {}", show(&got));
+    assert!(got.ends_with(b"\r\n\r\nfinal"), "got {}", show(&got));
+}

@@ -25,6 +25,9 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or the final CRLF).
     TrailerStart,
+    /// In a trailer field name (token characters up to the colon).
+    TrailerName,
+    /// After the colon: the field value up to CR.
     TrailerLine,
     TrailerLf,
     FinalLf,
@@ -140,7 +143,13 @@ impl Chunked {
                 State::TrailerStart => match b {
                     b'\r' => self.state = State::FinalLf,
                     b' ' | b'\t' | b':' => return Err(ChunkError::Malformed), // no obs-fold, no empty name
-                    _ if is_token(b) => self.state = State::TrailerLine,
+                    _ if is_token(b) => self.state = State::TrailerName,
+                    _ => return Err(ChunkError::Malformed),
+                },
+                // RFC 9112 §7.1.2: a trailer is a field line, `name ":" value`.
+                State::TrailerName => match b {
+                    b':' => self.state = State::TrailerLine,
+                    _ if is_token(b) => {}
                     _ => return Err(ChunkError::Malformed),
                 },
                 State::TrailerLine => match b {
@@ -164,7 +173,7 @@ impl Chunked {
                 State::Done => return Ok(Step { consumed: i, done: true }),
             }
             match self.state {
-                State::TrailerStart | State::TrailerLine | State::TrailerLf | State::FinalLf => {
+                State::TrailerStart | State::TrailerName | State::TrailerLine | State::TrailerLf | State::FinalLf => {
                     self.trailers += 1;
                     if self.trailers > MAX_TRAILERS {
                         return Err(ChunkError::Malformed);
@@ -254,6 +263,8 @@ mod tests {
             b"0\r\n folded\r\n\r\n",
             b"0\r\nX: \0\r\n\r\n",
             b"1;\x01\r\n",
+            b"0\r\nX-No-Colon\r\n\r\n",
+            b"0\r\nBad Name: v\r\n\r\n",
         ];
         for b in bad {
             assert_eq!(run(b).err(), Some(ChunkError::Malformed), "accepted {:?}", String::from_utf8_lossy(b));
