@@ -196,12 +196,11 @@ impl State {
         if config.log.format != inner.log.format || config.log.access_log != inner.log.access_log {
             tracing::warn!("log.format / log.access_log changed in the config; they take effect at the next restart");
         }
-        if config.log.level != inner.log.level {
-            if let Some(l) = &self.logging {
-                if let Err(e) = l.set_level(&config.log.level) {
-                    tracing::warn!("log.level not applied: {e:#}");
-                }
-            }
+        if config.log.level != inner.log.level
+            && let Some(l) = &self.logging
+            && let Err(e) = l.set_level(&config.log.level)
+        {
+            tracing::warn!("log.level not applied: {e:#}");
         }
         let generation = inner.generation + 1;
         let mut snapshot = config.snapshot;

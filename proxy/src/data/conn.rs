@@ -303,10 +303,10 @@ impl Conn {
         r.status = status;
         r.latency = elapsed;
         r.route = if self.route == ROUTE_NONE { u16::MAX } else { self.route.min(u16::MAX as usize - 1) as u16 };
-        if let Some(log) = &self.worker.shared.access_log {
-            if !log.send(r) {
-                self.worker.metrics().access_log_dropped();
-            }
+        if let Some(log) = &self.worker.shared.access_log
+            && !log.send(r)
+        {
+            self.worker.metrics().access_log_dropped();
         }
     }
 

@@ -53,7 +53,7 @@ fn metrics_match_a_known_number_of_requests() {
     let opened = metric(&m, "proxy_upstream_connections_opened_total");
     let reused = metric(&m, "proxy_upstream_connections_reused_total");
     assert_eq!(opened + reused, 33.0, "{m}");
-    assert!(opened >= 1.0 && opened <= 2.0, "{m}");
+    assert!((1.0..=2.0).contains(&opened), "{m}");
     assert_eq!(metric(&m, "proxy_workers"), 2.0, "{m}");
     assert!(m.contains("proxy_route_info{route=\"1\",host=\"b.test\",path_prefix=\"/api/\",upstream=\"up\"} 1"), "{m}");
     assert!(m.contains("# TYPE proxy_request_duration_seconds histogram"), "{m}");
@@ -135,4 +135,17 @@ fn sampled_tracing_and_access_log_write_one_line_per_request() {
     assert_eq!(lines, 10, "{text}");
     assert!(text.contains("\"GET a.test/req3\" 200"), "{text}");
     assert_eq!(proxy.metric("proxy_access_log_dropped_total"), 0.0);
+}
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line() {
+    let up = Upstream::start("ok", Duration::ZERO);
+    let dir = temp_dir();
+    let proxy = Proxy::start(&dir, &two_routes(up.addr, "[log]\nlevel = \"info\"\nformat = \"json\"\n"), 1);
+    assert_eq!(proxy.admin("POST", "/reload", "").0, 200);
+    assert!(proxy.wait_stderr("config reloaded", Duration::from_secs(3)), "{}", proxy.stderr());
+    let line = proxy.stderr().lines().find(|l| l.contains("config reloaded")).unwrap().to_owned();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["level"], "INFO", "{line}");
+    assert_eq!(v["fields"]["generation"], 2, "{line}");
 }
