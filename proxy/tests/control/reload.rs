@@ -173,3 +173,25 @@ fn pools_of_removed_servers_are_closed_and_kept_servers_reused() {
     assert_eq!(a.open.load(Ordering::Relaxed), 0, "the removed server's pooled connection is still open");
     assert_eq!(b.accepted.load(Ordering::Relaxed), 1, "the kept server's pool was not reused");
 }
+
+#[test]
+fn a_request_in_flight_finishes_on_the_config_it_started_with() {
+    let a = Upstream::start("a", Duration::ZERO);
+    let b = Upstream::start("b", Duration::ZERO);
+    let dir = temp_dir();
+    let extra = "[server]\nwatch_config = false\n";
+    let proxy = Proxy::start(&dir, &config(&[a.addr], extra), 1);
+    let addr = proxy.addr;
+    // A 2 s request to a, in flight across the reload that removes a.
+    let slow = thread::spawn(move || Client::connect(addr).unwrap().get("/slow").map(|r| r.body));
+    let until = Instant::now() + Duration::from_secs(5);
+    while proxy.metric("proxy_requests_in_flight") < 1.0 && Instant::now() < until {
+        thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(&proxy.config, config(&[b.addr], extra)).unwrap();
+    assert_eq!(proxy.admin("POST", "/reload", "").0, 200);
+    // New requests see the new config at once...
+    assert_eq!(Client::connect(proxy.addr).unwrap().get("/").unwrap().body, b"b");
+    // ...and the one in flight completes from the server it started on.
+    assert_eq!(slow.join().unwrap().expect("the in-flight request failed across the reload"), b"a");
+}
