@@ -77,7 +77,7 @@ fn drain_under_load_fails_no_in_flight_request_and_exits_zero_in_time() {
     let by_drain: u64 = seen.iter().map(|s| s.closed_by_drain).sum();
     assert!(by_drain >= 1, "no response carried Connection: close: {seen:?}");
     assert_eq!(status.code(), Some(0), "not a clean drain; stderr:\n{}", proxy.stderr());
-    assert!(took < Duration::from_secs(3), "the drain took {took:?}");
+    assert!(took < Duration::from_secs(5), "the drain took {took:?}");
     // The listeners are closed.
     assert!(TcpStream::connect(proxy.addr).is_err());
 }
@@ -113,7 +113,8 @@ fn long_request_completes_across_sigterm_and_idle_connections_close_at_once() {
     let mut b = [0u8; 16];
     let n = idle.stream.read(&mut b).unwrap_or(0);
     assert_eq!(n, 0, "the idle connection got bytes instead of a close");
-    assert!(t0.elapsed() < Duration::from_millis(800), "idle connection closed only after {:?}", t0.elapsed());
+    // Well before the long request (2 s) ends, even on a loaded machine.
+    assert!(t0.elapsed() < Duration::from_millis(1500), "idle connection closed only after {:?}", t0.elapsed());
 
     // While draining: health says 503, and no new connection is accepted.
     let (code, body) = proxy.admin("GET", "/healthz", "");
@@ -143,7 +144,7 @@ fn drain_deadline_force_closes_and_exits_nonzero() {
     let t0 = Instant::now();
     proxy.signal(Signal::SIGTERM);
     let status = proxy.wait_exit(Duration::from_secs(5)).expect("no exit after the drain deadline");
-    assert!(t0.elapsed() < Duration::from_millis(1500), "took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_millis(1800), "took {:?}", t0.elapsed());
     assert_eq!(status.code(), Some(1));
     assert!(long.join().unwrap().is_err(), "the request cut by the deadline must not look complete");
 }
