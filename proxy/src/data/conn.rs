@@ -57,6 +57,14 @@ struct Conn {
     ip_len: usize,
     /// The route of the request in progress (`ROUTE_NONE` until routed), for metrics.
     route: usize,
+    /// This connection's slot in the worker's drain signal.
+    drain_slot: usize,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.worker.drain.release(self.drain_slot);
+    }
 }
 
 /// What is known about the exchange in progress, for the error path.
@@ -186,7 +194,9 @@ impl Conn {
             let _ = write!(w, "{}", peer.ip().to_canonical());
             before - w.len()
         };
+        let drain_slot = worker.drain.register();
         Conn {
+            drain_slot,
             worker,
             client,
             buf: Buf::new(CLIENT_BUF.max(head_limit + 1)),
@@ -343,11 +353,11 @@ impl Conn {
                     }
                     return Ok(false);
                 }
-                let drained = self.worker.drain.notify.notified();
+                let (drain, slot) = (&self.worker.drain, self.drain_slot);
                 tokio::select! {
                     biased;
                     r = timeout_at(until, self.client.read(self.buf.spare())) => r,
-                    () = drained => continue,
+                    () = std::future::poll_fn(|cx| drain.poll_drained(slot, cx)) => continue,
                 }
             };
             match read {

@@ -8,9 +8,10 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use arc_swap::{ArcSwap, Cache};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::data::access::AccessLog;
 use crate::data::metrics::WorkerMetrics;
@@ -61,13 +62,18 @@ impl Shared {
 }
 
 /// A worker's drain signal, relayed from [`Shared::phase`] by the worker's control task.
-/// Connections look at it only while idle between requests (`notify` is awaited beside the read
-/// of the next request head) and when choosing `Connection: close` for a response (a `Cell`
-/// read on worker-local memory). Waiting on `notify` allocates nothing.
+///
+/// Connections look at it only while idle between requests (beside the read of the next request
+/// head) and when choosing `Connection: close` for a response (a `Cell` read on worker-local
+/// memory). Each open connection owns a slot holding the waker of its task; waiting costs a
+/// `will_wake` pointer compare once the slot holds the task's waker (no lock, no atomic, no
+/// waker clone per request), and a drain wakes every slot. Slots are reused: after start-up,
+/// the slot table grows only past the worker's highest number of open connections so far.
 #[derive(Debug, Default)]
 pub struct Drain {
     draining: Cell<bool>,
-    pub notify: Notify,
+    slots: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
 }
 
 impl Drain {
@@ -76,10 +82,48 @@ impl Drain {
         self.draining.get()
     }
 
-    /// Marks the worker as draining and wakes every connection waiting for its next request.
+    /// Marks the worker as draining and wakes every connection (those idle close, the others
+    /// notice at the end of their exchange).
     pub fn start(&self) {
         self.draining.set(true);
-        self.notify.notify_waiters();
+        for w in self.slots.borrow_mut().iter_mut() {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// A slot for a new connection (per connection, never per request).
+    pub fn register(&self) -> usize {
+        if let Some(i) = self.free.borrow_mut().pop() {
+            return i;
+        }
+        let mut slots = self.slots.borrow_mut();
+        slots.push(None);
+        slots.len() - 1
+    }
+
+    /// Frees a closed connection's slot.
+    pub fn release(&self, slot: usize) {
+        if let Some(w) = self.slots.borrow_mut().get_mut(slot) {
+            *w = None;
+        }
+        self.free.borrow_mut().push(slot);
+    }
+
+    /// Ready once the worker drains; otherwise keeps the task's waker in `slot`.
+    #[inline]
+    pub fn poll_drained(&self, slot: usize, cx: &mut Context<'_>) -> Poll<()> {
+        if self.draining.get() {
+            return Poll::Ready(());
+        }
+        if let Some(w) = self.slots.borrow_mut().get_mut(slot) {
+            match w {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *w = Some(cx.waker().clone()),
+            }
+        }
+        Poll::Pending
     }
 }
 
