@@ -1,3 +1,16 @@
-//! The gate runner's library: the in-process harness shared by the measuring binaries.
+//! The gate runner: checks the proxy against `contracts/*.toml`.
+//!
+//! - [`contract`]: the contract format (prohibitions, irreversible decisions, gates).
+//! - [`scan`]: the static gate (syn) over the hot-path modules.
+//! - [`runner`]: builds and runs the measuring processes (alloc probe, latency rounds).
+//! - [`instructions`]: the callgrind instruction gate.
+//! - [`baseline`], [`report`]: soft limits against a stored baseline; table, markdown, JSON.
+//! - [`harness`]: the allocation-free in-process client and origin the probes use.
 
+pub mod baseline;
+pub mod contract;
 pub mod harness;
+pub mod instructions;
+pub mod report;
+pub mod runner;
+pub mod scan;

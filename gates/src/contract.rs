@@ -1,0 +1,267 @@
+//! `contracts/*.toml`: the contract as data. Every key is documented in `contracts/README.md`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The contract format this runner understands.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contract {
+    pub schema_version: u32,
+    pub phase: u32,
+    pub name: String,
+    #[serde(default)]
+    pub decisions: Vec<Decision>,
+    pub hot_path: HotPath,
+    #[serde(default)]
+    pub prohibitions: Vec<Prohibition>,
+    pub gates: Gates,
+    /// File the contract was read from (set after parsing).
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    pub id: String,
+    pub text: String,
+    pub protected_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotPath {
+    /// Globs relative to the workspace root (`**` any depth, `*` within a name).
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<Exclude>,
+    pub sampled_branch_marker: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exclude {
+    pub path: String,
+    pub reason: String,
+    /// The exclusion lapses when the run builds with any of these features.
+    #[serde(default)]
+    pub unless_features: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BanKind {
+    /// A path (in a type, expression, pattern, `use` or macro name) containing these segments.
+    Path,
+    /// A macro invocation whose last path segment is one of these.
+    Macro,
+    /// Like `macro`, but allowed in `#[cold]` functions and inside the sampled branch.
+    MacroUnsampled,
+    /// A method call with one of these names.
+    Method,
+    /// `Box<dyn ...>` where the trait's last segment is one of these.
+    DynError,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prohibition {
+    pub id: String,
+    pub kind: BanKind,
+    pub matches: Vec<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    #[serde(rename = "static")]
+    pub static_: Option<StaticGate>,
+    pub alloc: Option<AllocGate>,
+    pub instructions: Option<InstructionsGate>,
+    pub latency: Option<LatencyGate>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticGate {
+    pub metric: String,
+    pub unit: String,
+    pub hard_limit: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocGate {
+    pub metric: String,
+    pub unit: String,
+    pub workload: String,
+    pub requests: u64,
+    pub warmup: u64,
+    pub body_bytes: usize,
+    pub hard_limit: f64,
+    pub soft_limit_pct: Option<f64>,
+    #[serde(default)]
+    pub report_engines: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstructionsGate {
+    pub metric: String,
+    pub unit: String,
+    pub workload: String,
+    pub requests: u64,
+    pub body_bytes: usize,
+    pub hard_limit: f64,
+    pub soft_limit_pct: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyGate {
+    pub metric: String,
+    pub unit: String,
+    pub workload: String,
+    pub rate: u64,
+    pub connections: u32,
+    pub duration: String,
+    pub warmup: String,
+    pub rounds: u32,
+    pub body_bytes: usize,
+    /// Largest generator send lag (P99) before a round is discarded as invalid (loadgen --max-lag).
+    pub max_lag: String,
+    pub hard_limit: f64,
+    pub soft_limit_pct: Option<f64>,
+    pub errors_limit: u64,
+}
+
+#[derive(Debug)]
+pub struct ContractError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl fmt::Display for ContractError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.message)
+    }
+}
+
+impl std::error::Error for ContractError {}
+
+/// Reads and checks one contract file.
+pub fn load(file: &Path) -> Result<Contract, ContractError> {
+    let err = |message: String| ContractError { file: file.to_path_buf(), message };
+    let text = std::fs::read_to_string(file).map_err(|e| err(format!("cannot read: {e}")))?;
+    let mut c: Contract = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        err(match line {
+            Some(l) => format!("line {l}: {}", e.message().trim()),
+            None => e.message().trim().to_owned(),
+        })
+    })?;
+    if c.schema_version != SCHEMA_VERSION {
+        return Err(err(format!("schema_version {} is not supported (this runner reads {SCHEMA_VERSION})", c.schema_version)));
+    }
+    let gate_ids = ["static", "alloc", "instructions", "latency"];
+    for d in &c.decisions {
+        for g in &d.protected_by {
+            if !gate_ids.contains(&g.as_str()) {
+                return Err(err(format!("decision {:?} names unknown gate {g:?} (known: {})", d.id, gate_ids.join(", "))));
+            }
+        }
+    }
+    for p in &c.prohibitions {
+        if p.matches.is_empty() || p.reason.trim().is_empty() {
+            return Err(err(format!("prohibition {:?} needs at least one match and a reason", p.id)));
+        }
+    }
+    c.file = file.to_path_buf();
+    Ok(c)
+}
+
+/// All `contracts/phase*.toml` under `root`, sorted by phase.
+pub fn load_all(root: &Path) -> Result<Vec<Contract>, ContractError> {
+    let dir = root.join("contracts");
+    let entries = std::fs::read_dir(&dir).map_err(|e| ContractError { file: dir.clone(), message: format!("cannot list: {e}") })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("phase")))
+        .collect();
+    files.sort();
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        out.push(load(&f)?);
+    }
+    out.sort_by_key(|c| c.phase);
+    Ok(out)
+}
+
+/// `**` matches any number of path components, `*` any run of characters within one.
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    fn seg(p: &str, s: &str) -> bool {
+        match p.split_once('*') {
+            None => p == s,
+            Some((head, tail)) => s.starts_with(head) && (head.len()..=s.len()).any(|i| s.is_char_boundary(i) && seg(tail, &s[i..])),
+        }
+    }
+    fn rec(p: &[&str], s: &[&str]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(&"**"), _) => rec(&p[1..], s) || (!s.is_empty() && rec(p, &s[1..])),
+            (Some(a), Some(b)) => seg(a, b) && rec(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('/').collect();
+    let s: Vec<&str> = path.split('/').collect();
+    rec(&p, &s)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("proxy/src/data/**/*.rs", "proxy/src/data/conn.rs"));
+        assert!(glob_match("proxy/src/data/**/*.rs", "proxy/src/data/x/y.rs"));
+        assert!(!glob_match("proxy/src/data/**/*.rs", "proxy/src/config/mod.rs"));
+        assert!(glob_match("proxy/src/snapshot.rs", "proxy/src/snapshot.rs"));
+        assert!(!glob_match("proxy/src/*.rs", "proxy/src/data/conn.rs"));
+    }
+
+    #[test]
+    fn the_committed_contracts_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let all = load_all(root).unwrap();
+        assert!(all.iter().any(|c| c.phase == 1));
+        let c = &all[0];
+        assert!(c.gates.alloc.is_some() && c.gates.static_.is_some() && c.gates.latency.is_some());
+        assert!(c.decisions.iter().all(|d| !d.protected_by.is_empty()));
+    }
+
+    #[test]
+    fn unknown_keys_and_gates_are_refused() {
+        let dir = std::env::temp_dir().join(format!("gates-contract-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("phase9.toml");
+        std::fs::write(
+            &f,
+            "schema_version = 1\nphase = 9\nname = \"x\"\nbogus = 1\n[hot_path]\npaths = []\nsampled_branch_marker = \"s\"\n[gates]\n",
+        )
+        .unwrap();
+        let e = load(&f).unwrap_err();
+        assert!(e.message.contains("bogus"), "{e}");
+        std::fs::write(&f, "schema_version = 1\nphase = 9\nname = \"x\"\n[[decisions]]\nid = \"d\"\ntext = \"t\"\nprotected_by = [\"speed\"]\n[hot_path]\npaths = []\nsampled_branch_marker = \"s\"\n[gates]\n").unwrap();
+        assert!(load(&f).unwrap_err().message.contains("unknown gate"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
