@@ -332,6 +332,40 @@ mod tests {
     }
 
     #[test]
+    fn drain_wakes_registered_connections_and_reuses_slots() {
+        use std::sync::atomic::AtomicUsize;
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let d = Drain::default();
+        let (a, b) = (d.register(), d.register());
+        assert_ne!(a, b);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        assert!(d.poll_drained(a, &mut cx).is_pending());
+        assert!(d.poll_drained(a, &mut cx).is_pending()); // same task: the stored waker is kept
+        d.release(b);
+        assert_eq!(d.register(), b);
+        d.start();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(d.is_draining());
+        assert!(d.poll_drained(a, &mut cx).is_ready());
+    }
+
+    #[test]
+    fn sampling_picks_one_in_every() {
+        let w = worker("round_robin");
+        assert!((0..1000).all(|_| !w.sampled(0)));
+        assert_eq!((0..1000).filter(|_| w.sampled(10)).count(), 100);
+        assert_eq!((0..1000).filter(|_| w.sampled(1)).count(), 1000);
+    }
+
+    #[test]
     fn permits_respect_the_limit() {
         let w = worker("round_robin");
         let p1 = ConnPermit::try_acquire(&w.shared, 2).unwrap();
