@@ -152,6 +152,10 @@ impl Drop for Proxy {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // The test's directory (config, access log) goes with it.
+        if let Some(dir) = self.config.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
