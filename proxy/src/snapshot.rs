@@ -154,7 +154,7 @@ impl Router {
             return Err(dup.id);
         }
         set.routes.push(route);
-        set.routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        set.routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(())
     }
 
@@ -172,11 +172,10 @@ impl Router {
                 return Some(r);
             }
             for (suffix, set) in &self.suffix {
-                if lower.len() > suffix.len() && lower.ends_with(suffix) {
-                    if let Some(r) = set.lookup(path) {
+                if lower.len() > suffix.len() && lower.ends_with(suffix)
+                    && let Some(r) = set.lookup(path) {
                         return Some(r);
                     }
-                }
             }
         }
         self.any.lookup(path)

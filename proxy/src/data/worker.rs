@@ -133,6 +133,10 @@ pub struct Worker {
     pub drain: Drain,
     metrics_slot: usize,
     cache: RefCell<Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>>,
+    /// The snapshot requests on this worker use. `Rc` around the `Arc` on purpose: handing it to
+    /// a request is a non-atomic increment, so requests never touch the shared refcount's cache
+    /// line; the `Arc` is cloned only when a new snapshot is published.
+    #[allow(clippy::redundant_allocation)] // reason: see above; one allocation per reload, not per request
     current: RefCell<Rc<Arc<Snapshot>>>,
     pub pool: RefCell<Pool>,
     /// Round-robin position per upstream group index.
