@@ -42,10 +42,12 @@ impl Baseline {
             let delta = (m - base) / base * 100.0;
             row.delta_pct = Some(delta);
             if let Some(soft) = row.soft_limit_pct
-                && delta > soft && row.status == Status::Pass {
-                    row.status = Status::Fail;
-                    row.note = format!("soft limit: +{delta:.2}% over the baseline (allowed +{soft}%); {}", row.note);
-                }
+                && delta > soft
+                && row.status == Status::Pass
+            {
+                row.status = Status::Fail;
+                row.note = format!("soft limit: +{delta:.2}% over the baseline (allowed +{soft}%); {}", row.note);
+            }
         }
     }
 

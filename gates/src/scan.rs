@@ -60,9 +60,10 @@ fn collect_rs(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Str
         if p.is_dir() {
             collect_rs(root, &p, out)?;
         } else if p.extension().is_some_and(|x| x == "rs")
-            && let Ok(rel) = p.strip_prefix(root) {
-                out.push(rel.to_path_buf());
-            }
+            && let Ok(rel) = p.strip_prefix(root)
+        {
+            out.push(rel.to_path_buf());
+        }
     }
     Ok(())
 }
@@ -342,23 +343,25 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
     fn visit_type_path(&mut self, t: &'ast syn::TypePath) {
         if let Some(last) = t.path.segments.last()
             && last.ident == "Box"
-                && let syn::PathArguments::AngleBracketed(args) = &last.arguments {
-                    for a in &args.args {
-                        if let syn::GenericArgument::Type(syn::Type::TraitObject(obj)) = a {
-                            for b in &obj.bounds {
-                                if let syn::TypeParamBound::Trait(tb) = b
-                                    && let Some(tr) = tb.path.segments.last() {
-                                        let name = tr.ident.to_string();
-                                        for rule in self.rules.iter().filter(|r| r.kind == BanKind::DynError) {
-                                            if rule.matches.contains(&name) {
-                                                self.report(rule, format!("Box<dyn {name}>"), last.ident.span());
-                                            }
-                                        }
-                                    }
+            && let syn::PathArguments::AngleBracketed(args) = &last.arguments
+        {
+            for a in &args.args {
+                if let syn::GenericArgument::Type(syn::Type::TraitObject(obj)) = a {
+                    for b in &obj.bounds {
+                        if let syn::TypeParamBound::Trait(tb) = b
+                            && let Some(tr) = tb.path.segments.last()
+                        {
+                            let name = tr.ident.to_string();
+                            for rule in self.rules.iter().filter(|r| r.kind == BanKind::DynError) {
+                                if rule.matches.contains(&name) {
+                                    self.report(rule, format!("Box<dyn {name}>"), last.ident.span());
+                                }
                             }
                         }
                     }
                 }
+            }
+        }
         visit::visit_type_path(self, t);
     }
 }

@@ -172,10 +172,12 @@ impl Router {
                 return Some(r);
             }
             for (suffix, set) in &self.suffix {
-                if lower.len() > suffix.len() && lower.ends_with(suffix)
-                    && let Some(r) = set.lookup(path) {
-                        return Some(r);
-                    }
+                if lower.len() > suffix.len()
+                    && lower.ends_with(suffix)
+                    && let Some(r) = set.lookup(path)
+                {
+                    return Some(r);
+                }
             }
         }
         self.any.lookup(path)

@@ -257,9 +257,10 @@ impl Conn {
                     let keep = e.keeps_client() && self.req.keep_alive && progress.request_done && !progress.responded;
                     if keep {
                         if let Some(bytes) = e.response()
-                            && self.write_client(bytes, snap.limits.client_idle_timeout).await.is_err() {
-                                return;
-                            }
+                            && self.write_client(bytes, snap.limits.client_idle_timeout).await.is_err()
+                        {
+                            return;
+                        }
                     } else {
                         return self.fail(e, &progress).await;
                     }
@@ -472,9 +473,10 @@ impl Conn {
         }
         loop {
             if !progress.request_done
-                && let Some(b) = body.as_deref_mut() {
-                    self.stream_request_body(up, b, limits, progress).await?;
-                }
+                && let Some(b) = body.as_deref_mut()
+            {
+                self.stream_request_body(up, b, limits, progress).await?;
+            }
             self.read_response_head(up, deadline, progress).await?;
             if self.res.status >= 200 || self.res.status == 101 {
                 return Ok(());

@@ -170,10 +170,9 @@ impl Fields {
                     }
                 }
                 Kind::KeepAlive | Kind::ProxyConnection | Kind::Upgrade => self.list[i].drop = true,
-                Kind::Te
-                    if !f.value.of(buf).eq_ignore_ascii_case(b"trailers") => {
-                        self.list[i].drop = true;
-                    }
+                Kind::Te if !f.value.of(buf).eq_ignore_ascii_case(b"trailers") => {
+                    self.list[i].drop = true;
+                }
                 _ => {}
             }
         }
@@ -314,9 +313,10 @@ impl RequestHead {
             return Err(ProxyError::BadRequest); // RFC 9112 §6.1: TE is not HTTP/1.0
         }
         if let Framing::Length(n) = self.framing
-            && n > limits.max_body_bytes {
-                return Err(ProxyError::BodyTooLarge);
-            }
+            && n > limits.max_body_bytes
+        {
+            return Err(ProxyError::BodyTooLarge);
+        }
         self.keep_alive = if minor == 0 { opts.keep_alive && !opts.close } else { !opts.close };
 
         self.host = None;

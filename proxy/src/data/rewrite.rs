@@ -47,10 +47,12 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, route: &Ro
         }
         field(out, f.name.of(buf), f.value.of(buf));
     }
-    if absolute && !host_written
-        && let Some(h) = req.host {
-            field(out, b"Host", h.of(buf));
-        }
+    if absolute
+        && !host_written
+        && let Some(h) = req.host
+    {
+        field(out, b"Host", h.of(buf));
+    }
     out.extend_from_slice(b"X-Forwarded-For: ");
     for f in &req.fields.list {
         if f.kind == Kind::XForwardedFor && !f.value.is_empty() {
