@@ -53,16 +53,16 @@ MODES = {
     # durations in seconds
     "quick": dict(rounds=1, calib_runs=1, calib_s=1.5, prewarm_s=0.3, closed_s=1.5, fixed_s=2.0,
                   step_s=0.7, ladder=[0.1, 0.5, 0.9, 2.0, 4.0],
-                  strace_rate=1000, strace_s=1.5, cg_rate=500, cg_s=2.0,
+                  strace_rate=2000, strace_s=1.5, cg_rate=500, cg_s=2.0,
                   search_step_s=0.7, search_warmup_s=0.2, search_precision=0.2, budget_s=300),
     "full": dict(rounds=5, calib_runs=3, calib_s=2.0, prewarm_s=0.5, closed_s=3.0, fixed_s=4.0,
                  step_s=1.0, ladder=[0.1, 0.3, 0.5, 0.7, 0.9, 1.25, 1.75, 2.5, 3.5, 5.0],
-                 strace_rate=1000, strace_s=3.0, cg_rate=500, cg_s=6.0,
+                 strace_rate=2000, strace_s=4.0, cg_rate=500, cg_s=6.0,
                  search_step_s=1.0, search_warmup_s=0.3, search_precision=0.1, budget_s=1200),
 }
 
 CONNECTIONS = 50          # loadgen connections for every timed run (wrk -c50 in PEERS.md)
-CG_CONNECTIONS = 8        # callgrind runs: low rate, few connections
+CG_CONNECTIONS = 8        # callgrind and strace runs: moderate rate, few connections
 REQ_TIMEOUT = "2s"        # per-request timeout: bounds the drain of an overloaded open-loop run
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -649,14 +649,16 @@ def strace_phase(ctx, record, targets):
             time.sleep(1.0)  # attach to every thread
             if not st.alive():
                 raise Fail(f"strace on {name}: exited early: {st.log_tail()}")
-            run = loadgen_run(ctx, t, "strace", rate=p["strace_rate"], duration=p["strace_s"])
+            run = loadgen_run(ctx, t, "strace", rate=p["strace_rate"], duration=p["strace_s"],
+                              connections=CG_CONNECTIONS)
             st.stop(sig=signal.SIGINT, grace=10.0)
             calls = parse_strace(opath)
         finally:
             t.stop()
         n = run["requests_handled"]
         total = calls.pop("total", sum(calls.values()))
-        out[name] = {"requests": n, "rate": p["strace_rate"], "total_calls": total,
+        out[name] = {"requests": n, "rate": p["strace_rate"], "connections": CG_CONNECTIONS,
+                     "total_calls": total,
                      "per_request": total / max(n, 1),
                      "by_syscall_per_request": {k: v / max(n, 1) for k, v in
                                                 sorted(calls.items(), key=lambda kv: -kv[1])},

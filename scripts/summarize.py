@@ -281,9 +281,19 @@ def goal_lines(d, targets, S):
     fr = d["grid"]["fixed_rate"]
     m = n["closed_us_per_req"]
     f = n["fixed_us_per_req"]
-    line("CPU/request at max ≤ 20 µs", fmt(m, 1, " µs"), m and m["median"] <= 20)
+    floor = S.get("relay", {})
+
+    def floor_note(key, goal):
+        fs = floor.get(key)
+        if fs and fs["median"] > goal:
+            return (f"the byte-relay floor itself costs {fs['median']:.1f} µs here: the absolute goal is below "
+                    f"what any proxy can do on this machine; the floor-relative goal (issue 8) applies")
+        return ""
+
+    line("CPU/request at max ≤ 20 µs", fmt(m, 1, " µs"), m and m["median"] <= 20,
+         floor_note("closed_us_per_req", 20))
     line(f"CPU/request at 50 % of Traefik's max ({fr:.0f} req/s) ≤ 30 µs", fmt(f, 1, " µs"),
-         f and f["median"] <= 30)
+         f and f["median"] <= 30, floor_note("fixed_us_per_req", 30))
     for peer in ("nginx", "haproxy"):
         if peer in S:
             for where, key in (("max", "closed"), ("fixed rate", "fixed")):
@@ -310,7 +320,9 @@ def goal_lines(d, targets, S):
              st and st["median"] <= 1.1)
     v = n.get("syscalls_per_req")
     line("(issue 8) ≤ 5.3 syscalls/request", f"{v:.2f}" if v else "—", (v <= 5.3) if v else None,
-         f"strace -c at {d.get('syscalls', {}).get('native', {}).get('rate', '?')} req/s")
+         f"strace -c -f, {d.get('syscalls', {}).get('native', {}).get('requests', '?')} requests at "
+         f"{d.get('syscalls', {}).get('native', {}).get('rate', '?')} req/s; the floor: "
+         f"{(S.get('relay', {}).get('syscalls_per_req') or 0):.2f}")
     v = n.get("ir_per_req")
     line("(issue 8) ≤ 5,000 user-space instructions/request", f"{v:,.0f}" if v else "—",
          (v <= 5000) if v else None)
@@ -605,7 +617,7 @@ def plot_latency(d, targets, ladder, out):
     svg = Svg(W, H)
     fr = d["grid"]["fixed_rate"]
     svg.text(W / 2, 24, f"Latency vs offered rate (open loop, corrected from intended send time; "
-             f"{len(d['rounds'])} rounds merged)", size=16, anchor="middle", weight="bold")
+             f"{len(d['rounds'])} round{'s' if len(d['rounds']) != 1 else ''} merged)", size=16, anchor="middle", weight="bold")
     legend(svg, 60, 50, targets)
     xmax = max(g["rate"] for g in d["grid"]["steps"]) * 1.05
     pw, ph = 440, 250
