@@ -135,7 +135,7 @@ def fmt_k(s):
     if s is None:
         return "—"
     k = lambda v: f"{v / 1000:.1f}k"
-    if s["n"] == 1:
+    if s["n"] == 1 or s["min"] == s["max"]:
         return k(s["median"])
     return f"{k(s['median'])} [{k(s['min'])}–{k(s['max'])}]"
 
