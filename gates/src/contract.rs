@@ -85,6 +85,8 @@ pub struct Gates {
     pub alloc: Option<AllocGate>,
     pub instructions: Option<InstructionsGate>,
     pub latency: Option<LatencyGate>,
+    pub syscalls: Option<FloorGate>,
+    pub floor: Option<FloorGate>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,6 +143,32 @@ pub struct LatencyGate {
     pub errors_limit: u64,
 }
 
+/// The distance-to-the-floor rows (`syscalls`, `floor`): the proxy against the byte relay
+/// (`loadgen relay`) in the same run. Without `hard_limit` a row is reported, not gated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloorGate {
+    pub metric: String,
+    pub unit: String,
+    pub workload: String,
+    pub rate: u64,
+    pub connections: u32,
+    pub duration: String,
+    pub warmup: String,
+    /// Interleaved rounds (`floor` only; `syscalls` is one traced run per target).
+    #[serde(default = "one")]
+    pub rounds: u32,
+    pub body_bytes: usize,
+    pub hard_limit: Option<f64>,
+    pub soft_limit_pct: Option<f64>,
+    /// The goal the row is reported against (issue 8), shown in the note; not a limit.
+    pub goal: Option<f64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
 #[derive(Debug)]
 pub struct ContractError {
     pub file: PathBuf,
@@ -169,7 +197,7 @@ pub fn load(file: &Path) -> Result<Contract, ContractError> {
     if c.schema_version != SCHEMA_VERSION {
         return Err(err(format!("schema_version {} is not supported (this runner reads {SCHEMA_VERSION})", c.schema_version)));
     }
-    let gate_ids = ["static", "alloc", "instructions", "latency"];
+    let gate_ids = ["static", "alloc", "instructions", "latency", "syscalls", "floor"];
     for d in &c.decisions {
         for g in &d.protected_by {
             if !gate_ids.contains(&g.as_str()) {

@@ -4,11 +4,13 @@
 //! - [`scan`]: the static gate (syn) over the hot-path modules.
 //! - [`runner`]: builds and runs the measuring processes (alloc probe, latency rounds).
 //! - [`instructions`]: the callgrind instruction gate.
+//! - [`floor`]: syscalls per request and CPU per request relative to the byte-relay floor.
 //! - [`baseline`], [`report`]: soft limits against a stored baseline; table, markdown, JSON.
 //! - [`harness`]: the allocation-free in-process client and origin the probes use.
 
 pub mod baseline;
 pub mod contract;
+pub mod floor;
 pub mod harness;
 pub mod instructions;
 pub mod report;

@@ -10,7 +10,7 @@ use gates::baseline::Baseline;
 use gates::runner::{self, Options};
 use gates::{contract, report};
 
-const USAGE: &str = "usage: gates [--phase N[,N]] [--only static,alloc,instructions,latency] [--features planted-x,...] \
+const USAGE: &str = "usage: gates [--phase N[,N]] [--only static,alloc,instructions,latency,syscalls,floor] [--features planted-x,...] \
 [--save-baseline] [--baseline FILE] [--out DIR] [--root DIR] [--verbose]";
 
 struct Args {
@@ -38,8 +38,10 @@ fn parse(argv: &[String]) -> Result<Args, String> {
             "--only" => {
                 let v = val()?;
                 let gates: Vec<String> = v.split(',').map(|s| s.trim().to_owned()).collect();
-                if let Some(bad) = gates.iter().find(|g| !["static", "alloc", "instructions", "latency"].contains(&g.as_str())) {
-                    return Err(format!("unknown gate {bad:?} (static, alloc, instructions, latency)"));
+                if let Some(bad) =
+                    gates.iter().find(|g| !["static", "alloc", "instructions", "latency", "syscalls", "floor"].contains(&g.as_str()))
+                {
+                    return Err(format!("unknown gate {bad:?} (static, alloc, instructions, latency, syscalls, floor)"));
                 }
                 opts.only = Some(gates);
             }

@@ -90,6 +90,12 @@ pub fn run(opts: &Options, contracts: &[Contract], baseline: &Baseline) -> Vec<R
         if let (Some(g), true) = (&c.gates.latency, opts.wants("latency")) {
             rows.push(latency_gate(opts, g, &prefix));
         }
+        if let (Some(g), true) = (&c.gates.syscalls, opts.wants("syscalls")) {
+            rows.extend(crate::floor::syscalls_gate(opts, g, &prefix));
+        }
+        if let (Some(g), true) = (&c.gates.floor, opts.wants("floor")) {
+            rows.extend(crate::floor::floor_gate(opts, g, &prefix));
+        }
     }
     for r in &mut rows {
         baseline.apply(r);
@@ -325,7 +331,7 @@ fn measure_latency(opts: &Options, g: &LatencyGate) -> Result<Row, String> {
     Ok(row)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
         return f64::NAN;
@@ -381,7 +387,7 @@ pub fn spawn_listening(mut cmd: Command, what: &str) -> Result<(ChildGuard, Stri
     }
 }
 
-fn pinned(pin: bool, cpu: &str, exe: &Path) -> Command {
+pub fn pinned(pin: bool, cpu: &str, exe: &Path) -> Command {
     if pin {
         let mut c = Command::new("taskset");
         c.args(["-c", cpu]).arg(exe);

@@ -119,6 +119,17 @@ fn latency_gate_fails_with_a_planted_sleep() {
 }
 
 #[test]
+fn syscall_gate_fails_with_one_planted_syscall_per_request() {
+    let out = out_dir("syscall");
+    let (code, report) = gates(&["--only", "syscalls", "--features", "planted-syscall"], &out, &root());
+    let r = row(&report, "phase1:syscalls");
+    assert_eq!(code, 1);
+    assert_eq!(r["status"], "FAIL", "one getpid per request must breach 6.5: {r:#}");
+    let getpid = r["details"]["by_syscall_per_request"]["getpid"].as_f64();
+    assert!(getpid.is_some_and(|n| (n - 1.0).abs() < 0.01), "exactly the planted syscall: {r:#}");
+}
+
+#[test]
 fn instruction_gate_fails_on_a_planted_format_against_a_clean_baseline() {
     let out = out_dir("instr");
     let baseline = out.join("baseline.json");

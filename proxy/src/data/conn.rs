@@ -384,7 +384,7 @@ impl Conn {
 
     /// Proxies the request whose head is at the front of `buf`. `Ok(keep_alive)`.
     async fn exchange(&mut self, snap: &Snapshot, progress: &mut Progress) -> Result<bool, ProxyError> {
-        #[cfg(any(feature = "planted-alloc", feature = "planted-lock", feature = "planted-format", feature = "planted-sleep"))]
+        #[cfg(feature = "planted")]
         crate::data::planted::per_request(self.req.len).await;
         let limits = &snap.limits;
         let filled = self.buf.filled();

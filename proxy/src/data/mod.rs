@@ -18,7 +18,7 @@ pub mod conn;
 pub mod error;
 pub mod head;
 pub mod metrics;
-#[cfg(any(feature = "planted-alloc", feature = "planted-lock", feature = "planted-format", feature = "planted-sleep"))]
+#[cfg(feature = "planted")]
 pub mod planted;
 pub mod pool;
 pub mod rewrite;

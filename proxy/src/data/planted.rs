@@ -18,5 +18,8 @@ pub async fn per_request(len: usize) {
     std::hint::black_box(format!("request head of {len} bytes"));
     #[cfg(feature = "planted-sleep")]
     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    // One extra system call per request (getpid: glibc does not cache it).
+    #[cfg(feature = "planted-syscall")]
+    std::hint::black_box(std::process::id());
     let _ = len;
 }

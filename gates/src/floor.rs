@@ -1,0 +1,307 @@
+//! Distance to the physical floor (issue 8): syscalls per request under `strace -c -f`, and CPU per
+//! request relative to the byte-relay floor (`loadgen relay`) measured in the same run.
+//!
+//! Both start the bundled upstream (CPU 0), the release proxy and the relay (CPU 1), and drive
+//! them with loadgen's open loop (CPU 0) at the contract's rate. The relay parses nothing: it
+//! copies bytes between one client connection and one upstream connection, so its cost is what
+//! any proxy pays in the kernel on this machine.
+//!
+//! - syscalls: after a warm-up run, `strace -c -f -p PID` is attached, one run of the contract's
+//!   length is sent, strace is detached with SIGINT and its summary parsed; calls / responses.
+//! - floor: interleaved rounds (the order alternates); in each, a warm-up run, then the CPU the
+//!   target's threads spent (the first field of `/proc/PID/task/*/schedstat`, nanoseconds) around
+//!   one measured run, divided by the responses it served; the row is the median over rounds of
+//!   the within-round ratio proxy ÷ relay.
+//!
+//! Rows without a `hard_limit` in the contract are reported (`INFO`), not gated.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::contract::FloorGate;
+use crate::runner::{
+    ChildGuard, Options, Row, Status, cargo_build, cargo_build_plain, error_row, median, pinned, scratch_dir, spawn_listening, which,
+};
+
+/// The processes every floor measurement needs: upstream, proxy and relay, and where they listen.
+struct Setup {
+    _upstream: ChildGuard,
+    proxy: ChildGuard,
+    proxy_addr: String,
+    relay: ChildGuard,
+    relay_addr: String,
+    loadgen: PathBuf,
+    pin: bool,
+    tmp: PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+fn setup(opts: &Options, g: &FloorGate, what: &str) -> Result<Setup, String> {
+    let proxy = cargo_build(opts, "proxy", "proxy")?;
+    let loadgen = cargo_build_plain(opts, "loadgen", "loadgen")?;
+    let pin = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 && which("taskset");
+    let tmp = scratch_dir(what)?;
+
+    let mut up = pinned(pin, "0", &loadgen);
+    up.args(["upstream", "--listen", "127.0.0.1:0", "--body-bytes", &g.body_bytes.to_string()]);
+    let (upstream, up_addr) = spawn_listening(up, "loadgen upstream")?;
+
+    let cfg = tmp.join("proxy.toml");
+    let text = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"o\"\n[upstreams.o]\nservers = [\"{up_addr}\"]\nidle_pool_size = 256\n"
+    );
+    std::fs::write(&cfg, text).map_err(|e| format!("{}: {e}", cfg.display()))?;
+    let mut px = pinned(pin, "1", &proxy);
+    px.arg("--config").arg(&cfg).args(["--workers", "1"]);
+    let (proxy, proxy_addr) = spawn_listening(px, "proxy")?;
+
+    let mut rl = pinned(pin, "1", &loadgen);
+    rl.args(["relay", "--listen", "127.0.0.1:0", "--upstream", &up_addr]);
+    let (relay, relay_addr) = spawn_listening(rl, "loadgen relay")?;
+    Ok(Setup { _upstream: upstream, proxy, proxy_addr, relay, relay_addr, loadgen, pin, tmp })
+}
+
+/// One open-loop run at the contract's rate; returns (responses, errors, valid).
+fn load(s: &Setup, g: &FloorGate, addr: &str, duration: &str, name: &str) -> Result<(u64, u64, bool), String> {
+    let json = s.tmp.join(format!("{name}.json"));
+    let mut cmd = Command::new(&s.loadgen);
+    cmd.args(["run", "--url", &format!("http://{addr}/"), "--rate", &g.rate.to_string()])
+        .args(["--duration", duration, "--warmup", "0s", "--connections", &g.connections.to_string()])
+        .arg("--json")
+        .arg(&json)
+        .args(["--quiet", "--allow-invalid"]);
+    if s.pin {
+        cmd.args(["--cpus", "0"]);
+    }
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| format!("loadgen: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("loadgen run failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("loadgen JSON: {e}"))?;
+    let responses = v["counts"]["responses"].as_u64().unwrap_or(0);
+    let errors = v["errors"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    Ok((responses, errors, v["valid"].as_bool() == Some(true)))
+}
+
+/// Nanoseconds on CPU of every thread of `pid` (schedstat), or an error naming the file.
+fn cpu_ns(pid: u32) -> Result<u64, String> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for entry in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
+        let path = entry.map_err(|e| format!("{dir}: {e}"))?.path().join("schedstat");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        total += text.split_whitespace().next().and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// Per-syscall counts from an `strace -c` summary file (`total` excluded).
+pub fn parse_strace_summary(text: &str) -> Vec<(String, u64)> {
+    let mut calls = Vec::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        // % time, seconds, usecs/call, calls, [errors], syscall
+        if parts.len() < 5 || parts[0].starts_with('%') || parts[0].starts_with('-') {
+            continue;
+        }
+        let Some(name) = parts.last() else { continue };
+        if *name == "total" || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        if let Ok(n) = parts[3].parse::<u64>() {
+            calls.push(((*name).to_owned(), n));
+        }
+    }
+    calls
+}
+
+/// Syscalls per request of `pid` over one run; (per request, by syscall per request, responses).
+fn strace_run(s: &Setup, g: &FloorGate, pid: u32, addr: &str, name: &str) -> Result<(f64, Value, u64), String> {
+    load(s, g, addr, &g.warmup, &format!("{name}-strace-warmup"))?;
+    let file = s.tmp.join(format!("{name}.strace"));
+    let child = Command::new("strace")
+        .args(["-c", "-f", "-o"])
+        .arg(&file)
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start strace: {e}"))?;
+    let mut st = ChildGuard(child);
+    // strace attaches to every thread before the run starts.
+    std::thread::sleep(Duration::from_millis(1000));
+    if let Ok(Some(status)) = st.0.try_wait() {
+        return Err(format!("strace exited at once ({status}): is ptrace allowed (kernel.yama.ptrace_scope)?"));
+    }
+    let (responses, errors, _) = load(s, g, addr, &g.duration, &format!("{name}-strace"))?;
+    // SIGINT makes strace detach and write its summary.
+    let _ = Command::new("kill").args(["-INT", &st.0.id().to_string()]).status();
+    for _ in 0..100 {
+        if let Ok(Some(_)) = st.0.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(st);
+    if errors > 0 {
+        return Err(format!("{name}: {errors} errors during the strace run"));
+    }
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let calls = parse_strace_summary(&text);
+    let total: u64 = calls.iter().map(|(_, n)| n).sum();
+    if responses == 0 || total == 0 {
+        return Err(format!("{name}: strace counted {total} calls for {responses} responses"));
+    }
+    let per = |n: u64| (n as f64 / responses as f64 * 1000.0).round() / 1000.0;
+    let by: serde_json::Map<String, Value> = calls.iter().map(|(k, n)| (k.clone(), json!(per(*n)))).collect();
+    Ok((total as f64 / responses as f64, Value::Object(by), responses))
+}
+
+fn status_for(measured: f64, limit: Option<f64>) -> Status {
+    match limit {
+        None => Status::Info,
+        Some(l) if measured <= l => Status::Pass,
+        Some(_) => Status::Fail,
+    }
+}
+
+fn goal_note(goal: Option<f64>, measured: f64) -> String {
+    match goal {
+        Some(g) if measured <= g => format!("goal ≤ {g}: met"),
+        Some(g) => format!("goal ≤ {g}: not met"),
+        None => String::new(),
+    }
+}
+
+/// The `syscalls` rows: the proxy's (gated when the contract sets a limit) and the relay's (info).
+pub fn syscalls_gate(opts: &Options, g: &FloorGate, prefix: &str) -> Vec<Row> {
+    let key = format!("{prefix}:syscalls");
+    if !which("strace") {
+        return vec![error_row(key, &g.metric, &g.unit, g.hard_limit, "strace is not installed: apt-get install -y strace".to_owned())];
+    }
+    let run = || -> Result<Vec<Row>, String> {
+        let s = setup(opts, g, "syscalls")?;
+        let (px, px_by, px_n) = strace_run(&s, g, s.proxy.0.id(), &s.proxy_addr, "proxy")?;
+        let (rl, rl_by, rl_n) = strace_run(&s, g, s.relay.0.id(), &s.relay_addr, "relay")?;
+        let mut proxy = base_row(&key, g);
+        proxy.measured = Some(px);
+        proxy.status = status_for(px, g.hard_limit);
+        proxy.note = format!("{px:.2} vs floor {rl:.2} ({:.2}× floor); {}", px / rl, goal_note(g.goal, px));
+        proxy.details = json!({ "responses": px_n, "by_syscall_per_request": px_by, "floor": rl, "floor_ratio": px / rl });
+        let mut relay = base_row(&format!("{key}[relay]"), g);
+        relay.measured = Some(rl);
+        relay.status = Status::Info;
+        relay.note = "the byte-relay floor, same run".to_owned();
+        relay.details = json!({ "responses": rl_n, "by_syscall_per_request": rl_by });
+        Ok(vec![proxy, relay])
+    };
+    run().unwrap_or_else(|e| vec![error_row(key, &g.metric, &g.unit, g.hard_limit, e)])
+}
+
+/// The `floor` row: proxy CPU per request ÷ relay CPU per request, median of within-round ratios.
+pub fn floor_gate(opts: &Options, g: &FloorGate, prefix: &str) -> Vec<Row> {
+    let key = format!("{prefix}:floor");
+    let run = || -> Result<Vec<Row>, String> {
+        let s = setup(opts, g, "floor")?;
+        let targets = [("proxy", s.proxy.0.id(), s.proxy_addr.clone()), ("relay", s.relay.0.id(), s.relay_addr.clone())];
+        let mut rounds = Vec::new();
+        for r in 0..g.rounds.max(1) {
+            let mut cpu = [f64::NAN; 2];
+            let mut valid = true;
+            for i in 0..2 {
+                // Alternate which target goes first.
+                let t = if r % 2 == 0 { i } else { 1 - i };
+                let (name, pid, addr) = &targets[t];
+                load(&s, g, addr, &g.warmup, &format!("{name}-{r}-warmup"))?;
+                let before = cpu_ns(*pid)?;
+                let (responses, errors, ok) = load(&s, g, addr, &g.duration, &format!("{name}-{r}"))?;
+                let after = cpu_ns(*pid)?;
+                if errors > 0 {
+                    return Err(format!("{name}: {errors} errors in round {r}"));
+                }
+                valid &= ok && responses > 0;
+                cpu[t] = (after.saturating_sub(before)) as f64 / 1000.0 / responses.max(1) as f64;
+            }
+            rounds.push((cpu[0], cpu[1], valid));
+        }
+        let valid: Vec<&(f64, f64, bool)> = rounds.iter().filter(|r| r.2).collect();
+        let details = json!({
+            "rate": g.rate,
+            "rounds": rounds.iter().map(|(p, f, v)| json!({"proxy_cpu_us": p, "relay_cpu_us": f, "ratio": p / f, "valid": v})).collect::<Vec<_>>(),
+        });
+        let mut row = base_row(&key, g);
+        row.details = details;
+        if valid.len() * 2 < rounds.len() || valid.is_empty() {
+            row.status = Status::Error;
+            row.note =
+                format!("the load generator fell behind in {} of {} rounds: machine too loaded", rounds.len() - valid.len(), rounds.len());
+            return Ok(vec![row]);
+        }
+        let ratios: Vec<f64> = valid.iter().map(|r| r.0 / r.1).collect();
+        let ratio = median(ratios.clone());
+        let (lo, hi) = ratios.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        row.measured = Some((ratio * 1000.0).round() / 1000.0);
+        row.status = status_for(ratio, g.hard_limit);
+        row.note = format!(
+            "CPU/request at {} req/s: proxy {:.1} µs, floor {:.1} µs (median of {} rounds; ratio {lo:.2}–{hi:.2}); {}",
+            g.rate,
+            median(valid.iter().map(|r| r.0).collect()),
+            median(valid.iter().map(|r| r.1).collect()),
+            valid.len(),
+            goal_note(g.goal, ratio)
+        );
+        Ok(vec![row])
+    };
+    run().unwrap_or_else(|e| vec![error_row(key, &g.metric, &g.unit, g.hard_limit, e)])
+}
+
+fn base_row(key: &str, g: &FloorGate) -> Row {
+    Row {
+        key: key.to_owned(),
+        metric: g.metric.clone(),
+        unit: g.unit.clone(),
+        measured: None,
+        limit: g.hard_limit,
+        soft_limit_pct: g.soft_limit_pct,
+        baseline: None,
+        delta_pct: None,
+        status: Status::Error,
+        note: String::new(),
+        details: Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strace_summary_is_parsed_with_and_without_error_column() {
+        let text = "% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 55.00    0.100000           5     16000           sendto
+ 40.00    0.080000           4     16000      8000 recvfrom
+  5.00    0.010000           1       320           epoll_wait
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.190000           5     32320      8000 total
+";
+        let calls = parse_strace_summary(text);
+        assert_eq!(calls, vec![("sendto".to_owned(), 16000), ("recvfrom".to_owned(), 16000), ("epoll_wait".to_owned(), 320)]);
+    }
+
+    #[test]
+    fn report_only_rows_are_info_and_limits_gate() {
+        assert_eq!(status_for(6.0, None), Status::Info);
+        assert_eq!(status_for(6.0, Some(6.5)), Status::Pass);
+        assert_eq!(status_for(7.0, Some(6.5)), Status::Fail);
+    }
+}
