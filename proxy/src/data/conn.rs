@@ -236,7 +236,7 @@ impl Conn {
                 access = Some(self.access_start());
             }
             let mut progress = Progress::default();
-            let result = self.exchange(&snap, &mut progress).await;
+            let result = self.exchange(&snap, &mut progress, started).await;
             let status = match result {
                 Ok(_) => self.res.status,
                 Err(e) => e.status(),
@@ -334,8 +334,26 @@ impl Conn {
                     return Err(ProxyError::HeadersTooLarge);
                 }
             }
-            // The idle timeout runs until the first byte, the header timeout from there.
             let started = !self.buf.is_empty();
+            if !started && self.worker.drain.is_draining() {
+                if self.drain_read() {
+                    continue;
+                }
+                return Ok(false);
+            }
+            // Bytes already waiting need no timer (and no extra syscall: a WouldBlock here
+            // clears the readiness the timed read below would otherwise try first).
+            match self.client.try_read(self.buf.spare()) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.buf.advance(n);
+                    continue;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Ok(false),
+            }
+            // The idle timeout runs until the first byte, the header timeout from there.
             let until = match (started, deadline) {
                 (true, Some(d)) => d,
                 (true, None) => *deadline.insert(Instant::now() + limits.header_read_timeout),
@@ -345,14 +363,8 @@ impl Conn {
                 timeout_at(until, self.client.read(self.buf.spare())).await
             } else {
                 // Idle between requests: the one place a connection waits on the drain signal.
-                // (Flag check and waiter creation run with no await between them, on one
-                // thread: a drain cannot slip in unseen.)
-                if self.worker.drain.is_draining() {
-                    if self.drain_read() {
-                        continue;
-                    }
-                    return Ok(false);
-                }
+                // (The flag check above and the waiter creation here run with no await between
+                // them, on one thread: a drain cannot slip in unseen.)
                 let (drain, slot) = (&self.worker.drain, self.drain_slot);
                 tokio::select! {
                     biased;
@@ -383,7 +395,7 @@ impl Conn {
     }
 
     /// Proxies the request whose head is at the front of `buf`. `Ok(keep_alive)`.
-    async fn exchange(&mut self, snap: &Snapshot, progress: &mut Progress) -> Result<bool, ProxyError> {
+    async fn exchange(&mut self, snap: &Snapshot, progress: &mut Progress, started: Instant) -> Result<bool, ProxyError> {
         #[cfg(feature = "planted")]
         crate::data::planted::per_request(self.req.len).await;
         let limits = &snap.limits;
@@ -418,7 +430,7 @@ impl Conn {
         let server = self.worker.pick(route.group, group);
         let worker = Rc::clone(&self.worker);
         let _in_flight = InFlight::new(&worker, server.id);
-        let pooled = self.worker.pool.borrow_mut().checkout(server.id, group.idle_timeout, Instant::now());
+        let pooled = self.worker.pool.borrow_mut().checkout(server.id, group.idle_timeout, started);
         let (mut up, mut reused) = match pooled {
             Some(c) => {
                 self.worker.metrics().upstream_reused();
@@ -426,13 +438,16 @@ impl Conn {
             }
             None => (self.connect(server, group).await?, false),
         };
+        // The request's start stands in for "now" until the response: one clock read per request.
+        let mut sent_at = started;
         loop {
-            match self.send(&mut up, group, limits, body.as_mut(), progress).await {
+            match self.send(&mut up, group, limits, body.as_mut(), progress, sent_at).await {
                 Ok(()) => break,
                 Err(SendError::Stale) if reused && replayable => {
                     self.worker.metrics().retry();
                     up = self.connect(server, group).await?;
                     reused = false;
+                    sent_at = Instant::now();
                 }
                 Err(SendError::Stale) => return Err(ProxyError::UpstreamClosed),
                 Err(SendError::Proxy(e)) => return Err(e),
@@ -464,12 +479,17 @@ impl Conn {
         limits: &Limits,
         mut body: Option<&mut ReqBody>,
         progress: &mut Progress,
+        sent_at: Instant,
     ) -> Result<(), SendError> {
-        let deadline = Instant::now() + group.response_header_timeout;
-        match timeout_at(deadline, up.stream.write_all(&self.out)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(SendError::Stale),
-            Err(_) => return Err(ProxyError::ResponseTimeout.into()),
+        let deadline = sent_at + group.response_header_timeout;
+        match write_now(&up.stream, &self.out) {
+            Ok(n) if n == self.out.len() => {}
+            Ok(n) => match timeout_at(deadline, up.stream.write_all(&self.out[n..])).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(SendError::Stale),
+                Err(_) => return Err(ProxyError::ResponseTimeout.into()),
+            },
+            Err(()) => return Err(SendError::Stale),
         }
         loop {
             if !progress.request_done
@@ -548,7 +568,11 @@ impl Conn {
                     return Err(ProxyError::BadResponse.into());
                 }
             }
-            match timeout_at(deadline, up.stream.read(up.buf.spare())).await {
+            let read = match up.stream.try_read(up.buf.spare()) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => timeout_at(deadline, up.stream.read(up.buf.spare())).await,
+                r => Ok(r),
+            };
+            match read {
                 Ok(Ok(n)) if n > 0 => up.buf.advance(n),
                 Ok(_) if !progress.upstream_answered => return Err(SendError::Stale),
                 Ok(_) => return Err(ProxyError::UpstreamClosed.into()),
@@ -606,7 +630,13 @@ impl Conn {
 
         if let Some(b) = body.as_mut() {
             while !done {
-                match timeout(group.response_header_timeout, up.stream.read(up.buf.spare())).await {
+                let read = match up.stream.try_read(up.buf.spare()) {
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        timeout(group.response_header_timeout, up.stream.read(up.buf.spare())).await
+                    }
+                    r => Ok(r),
+                };
+                match read {
                     Ok(Ok(0)) if matches!(b, ResBody::UntilClose) => break,
                     Ok(Ok(n)) if n > 0 => up.buf.advance(n),
                     // EOF, reset or stall mid-body: close the client rather than end cleanly.
@@ -619,10 +649,7 @@ impl Conn {
                     self.write_client_out(idle).await?;
                 } else {
                     // Zero-copy relay: straight from the upstream buffer to the client socket.
-                    match timeout(idle, self.client.write_all(&up.buf.filled()[..n])).await {
-                        Ok(Ok(())) => {}
-                        _ => return Err(ProxyError::ClientGone),
-                    }
+                    write_within(&mut self.client, &up.buf.filled()[..n], idle).await.map_err(|()| ProxyError::ClientGone)?;
                 }
                 up.buf.consume(n);
             }
@@ -657,17 +684,11 @@ impl Conn {
     }
 
     async fn write_client_out(&mut self, idle: Duration) -> Result<(), ProxyError> {
-        match timeout(idle, self.client.write_all(&self.out)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(ProxyError::ClientGone),
-        }
+        write_within(&mut self.client, &self.out, idle).await.map_err(|()| ProxyError::ClientGone)
     }
 
     async fn write_client(&mut self, bytes: &[u8], idle: Duration) -> Result<(), ProxyError> {
-        match timeout(idle, self.client.write_all(bytes)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(ProxyError::ClientGone),
-        }
+        write_within(&mut self.client, bytes, idle).await.map_err(|()| ProxyError::ClientGone)
     }
 
     /// Answers an error (when a response can still be sent) and closes with a short linger.
@@ -692,6 +713,37 @@ impl Conn {
                 _ => break,
             }
         }
+    }
+}
+
+/// Writes what the socket takes at once, without waiting: `Ok(bytes written)` (possibly fewer than
+/// asked, possibly 0 when the socket is full), `Err(())` when the connection is broken. The common
+/// case — the whole buffer fits in the socket — then costs no timer at all.
+#[inline]
+fn write_now(stream: &TcpStream, mut bytes: &[u8]) -> Result<usize, ()> {
+    let total = bytes.len();
+    while !bytes.is_empty() {
+        match stream.try_write(bytes) {
+            Ok(0) => return Err(()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(total - bytes.len())
+}
+
+/// Writes all of `bytes` within `limit`; the timer exists only when the socket cannot take
+/// everything at once.
+async fn write_within(stream: &mut TcpStream, bytes: &[u8], limit: Duration) -> Result<(), ()> {
+    let n = write_now(stream, bytes)?;
+    if n == bytes.len() {
+        return Ok(());
+    }
+    match timeout(limit, stream.write_all(&bytes[n..])).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
     }
 }
 

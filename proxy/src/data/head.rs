@@ -473,15 +473,48 @@ fn parse_content_length(v: &[u8]) -> Option<u64> {
 }
 
 /// Every LF must follow a CR and every CR must precede an LF (RFC 9112 §2.2: no bare CR/LF).
+///
+/// Equivalently: the positions of the LFs are exactly the positions of the CRs plus one. Checked
+/// eight bytes at a time (SWAR): a byte-equality mask for CR and for LF per word, the CR mask
+/// shifted by one byte (carrying into the next word) must equal the LF mask. A head is scanned
+/// once per request, so this runs at ~2 instructions per byte instead of ~9 for a byte loop.
 fn check_line_endings(head: &[u8]) -> Result<(), ProxyError> {
-    let mut prev = 0u8;
-    for (i, &b) in head.iter().enumerate() {
-        if (b == b'\n' && prev != b'\r') || (b == b'\r' && head.get(i + 1) != Some(&b'\n')) {
-            return Err(ProxyError::BadRequest);
-        }
-        prev = b;
+    let mut carry = 0u64;
+    let mut words = head.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        carry = line_endings_word(u64::from_le_bytes(a), carry)?;
     }
-    Ok(())
+    let rest = words.remainder();
+    let mut a = [0u8; 8];
+    a[..rest.len()].copy_from_slice(rest);
+    // Zero padding is neither CR nor LF; a CR in the last byte leaves a carry: bare CR.
+    match line_endings_word(u64::from_le_bytes(a), carry)? {
+        0 => Ok(()),
+        _ => Err(ProxyError::BadRequest),
+    }
+}
+
+/// One little-endian word: checks its LFs against its CRs (and the previous word's carry);
+/// returns the carry for the next word (bit 7 set when this word's last byte is a CR).
+#[inline(always)]
+fn line_endings_word(w: u64, carry: u64) -> Result<u64, ProxyError> {
+    let cr = eq_bytes(w, b'\r');
+    let lf = eq_bytes(w, b'\n');
+    if lf != ((cr << 8) | carry) {
+        return Err(ProxyError::BadRequest);
+    }
+    Ok(cr >> 56)
+}
+
+/// Bit 7 of each byte of the result is set exactly when that byte of `w` equals `b` (no false
+/// positives: the low seven bits are added without carries between bytes).
+#[inline(always)]
+fn eq_bytes(w: u64, b: u8) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let x = w ^ (0x0101_0101_0101_0101 * u64::from(b));
+    !(((x & LOW7) + LOW7) | x) & !LOW7
 }
 
 /// While the head is incomplete: stop reading once a limit can no longer be met.
@@ -583,6 +616,43 @@ mod tests {
             Parsed::Complete => Ok(h),
             Parsed::Partial => panic!("partial"),
         }
+    }
+
+    /// The SWAR check agrees with a byte-by-byte definition on every placement of CR and LF.
+    #[test]
+    fn line_endings_match_the_byte_definition() {
+        fn slow(h: &[u8]) -> bool {
+            h.iter().enumerate().all(|(i, &b)| (b != b'\n' || (i > 0 && h[i - 1] == b'\r')) && (b != b'\r' || h.get(i + 1) == Some(&b'\n')))
+        }
+        let alphabet = [b'a', b'\r', b'\n', 0x8d, 0x8a, 0x0c, 0x0e, 0xff, 0];
+        // Every string of length 0..=5 over the alphabet, then placed at offsets 0..=11 in
+        // padding so CR/LF pairs straddle word boundaries.
+        let mut cases = vec![Vec::new()];
+        for _ in 0..5 {
+            let mut next = Vec::new();
+            for c in &cases {
+                for &b in &alphabet {
+                    let mut v = c.clone();
+                    v.push(b);
+                    next.push(v);
+                }
+            }
+            cases.extend(next.iter().cloned());
+            cases = next.into_iter().chain(cases.into_iter().filter(|c| c.len() < 5)).collect();
+        }
+        cases.sort();
+        cases.dedup();
+        for c in &cases {
+            for off in [0usize, 3, 6, 7, 8, 11] {
+                let mut h = vec![b'x'; off];
+                h.extend_from_slice(c);
+                h.extend_from_slice(b"yz");
+                assert_eq!(check_line_endings(&h).is_ok(), slow(&h), "{h:?}");
+            }
+        }
+        assert!(check_line_endings(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
+        assert!(check_line_endings(b"GET / HTTP/1.1\r\nHost: a\r\n\r").is_err());
+        assert!(check_line_endings(b"GET / HTTP/1.1\nHost: a\r\n\r\n").is_err());
     }
 
     #[test]
