@@ -11,6 +11,7 @@ use crate::data::worker::{ConnPermit, Worker};
 
 /// Accepts connections on this worker's listener and serves each on this thread.
 pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    worker.timers.start();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

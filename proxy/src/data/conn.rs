@@ -18,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 
+use crate::data::timer::Timers;
+
 use crate::data::access::AccessRecord;
 use crate::data::buf::Buf;
 use crate::data::chunked::{ChunkError, Chunked};
@@ -59,11 +61,14 @@ struct Conn {
     route: usize,
     /// This connection's slot in the worker's drain signal.
     drain_slot: usize,
+    /// This connection's slot in the worker's timer table.
+    timer_slot: usize,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         self.worker.drain.release(self.drain_slot);
+        self.worker.timers.release(self.timer_slot);
     }
 }
 
@@ -195,8 +200,10 @@ impl Conn {
             before - w.len()
         };
         let drain_slot = worker.drain.register();
+        let timer_slot = worker.timers.register();
         Conn {
             drain_slot,
+            timer_slot,
             worker,
             client,
             buf: Buf::new(CLIENT_BUF.max(head_limit + 1)),
@@ -224,6 +231,7 @@ impl Conn {
             // was current when the connection went idle (a reload may have happened since).
             let snap = self.worker.snapshot();
             let started = Instant::now();
+            self.worker.timers.observe(started);
             self.worker.metrics().start();
             self.route = ROUTE_NONE;
             let sampled = self.worker.sampled(snap.trace_sample_every);
@@ -354,13 +362,14 @@ impl Conn {
                 Err(_) => return Ok(false),
             }
             // The idle timeout runs until the first byte, the header timeout from there.
+            let timers = &self.worker.timers;
             let until = match (started, deadline) {
                 (true, Some(d)) => d,
-                (true, None) => *deadline.insert(Instant::now() + limits.header_read_timeout),
-                (false, _) => Instant::now() + limits.client_idle_timeout,
+                (true, None) => *deadline.insert(timers.deadline(limits.header_read_timeout)),
+                (false, _) => timers.deadline(limits.client_idle_timeout),
             };
             let read = if started {
-                timeout_at(until, self.client.read(self.buf.spare())).await
+                timers.within(self.timer_slot, until, self.client.read(self.buf.spare())).await
             } else {
                 // Idle between requests: the one place a connection waits on the drain signal.
                 // (The flag check above and the waiter creation here run with no await between
@@ -368,7 +377,7 @@ impl Conn {
                 let (drain, slot) = (&self.worker.drain, self.drain_slot);
                 tokio::select! {
                     biased;
-                    r = timeout_at(until, self.client.read(self.buf.spare())) => r,
+                    r = timers.within(self.timer_slot, until, self.client.read(self.buf.spare())) => r,
                     () = std::future::poll_fn(|cx| drain.poll_drained(slot, cx)) => continue,
                 }
             };
@@ -438,16 +447,16 @@ impl Conn {
             }
             None => (self.connect(server, group).await?, false),
         };
-        // The request's start stands in for "now" until the response: one clock read per request.
-        let mut sent_at = started;
+        let mut deadline = self.worker.timers.deadline(group.response_header_timeout);
         loop {
-            match self.send(&mut up, group, limits, body.as_mut(), progress, sent_at).await {
+            match self.send(&mut up, limits, body.as_mut(), progress, deadline).await {
                 Ok(()) => break,
                 Err(SendError::Stale) if reused && replayable => {
                     self.worker.metrics().retry();
                     up = self.connect(server, group).await?;
                     reused = false;
-                    sent_at = Instant::now();
+                    self.worker.timers.observe(Instant::now());
+                    deadline = self.worker.timers.deadline(group.response_header_timeout);
                 }
                 Err(SendError::Stale) => return Err(ProxyError::UpstreamClosed),
                 Err(SendError::Proxy(e)) => return Err(e),
@@ -475,16 +484,14 @@ impl Conn {
     async fn send(
         &mut self,
         up: &mut UpstreamConn,
-        group: &UpstreamGroup,
         limits: &Limits,
         mut body: Option<&mut ReqBody>,
         progress: &mut Progress,
-        sent_at: Instant,
+        deadline: u64,
     ) -> Result<(), SendError> {
-        let deadline = sent_at + group.response_header_timeout;
         match write_now(&up.stream, &self.out) {
             Ok(n) if n == self.out.len() => {}
-            Ok(n) => match timeout_at(deadline, up.stream.write_all(&self.out[n..])).await {
+            Ok(n) => match self.worker.timers.within(self.timer_slot, deadline, up.stream.write_all(&self.out[n..])).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(SendError::Stale),
                 Err(_) => return Err(ProxyError::ResponseTimeout.into()),
@@ -521,10 +528,11 @@ impl Conn {
     ) -> Result<(), SendError> {
         while !progress.request_done {
             if self.buf.is_empty() {
-                let until = Instant::now() + limits.client_idle_timeout;
+                let timers = &self.worker.timers;
+                let until = timers.deadline(limits.client_idle_timeout);
                 tokio::select! {
                     biased;
-                    r = timeout_at(until, self.client.read(self.buf.spare())) => match r {
+                    r = timers.within(self.timer_slot, until, self.client.read(self.buf.spare())) => match r {
                         Ok(Ok(0)) | Ok(Err(_)) => return Err(ProxyError::ClientGone.into()),
                         Ok(Ok(n)) => self.buf.advance(n),
                         Err(_) => return Err(ProxyError::RequestTimeout.into()),
@@ -557,7 +565,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn read_response_head(&mut self, up: &mut UpstreamConn, deadline: Instant, progress: &mut Progress) -> Result<(), SendError> {
+    async fn read_response_head(&mut self, up: &mut UpstreamConn, deadline: u64, progress: &mut Progress) -> Result<(), SendError> {
         loop {
             if !up.buf.is_empty() {
                 progress.upstream_answered = true;
@@ -569,7 +577,9 @@ impl Conn {
                 }
             }
             let read = match up.stream.try_read(up.buf.spare()) {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => timeout_at(deadline, up.stream.read(up.buf.spare())).await,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.worker.timers.within(self.timer_slot, deadline, up.stream.read(up.buf.spare())).await
+                }
                 r => Ok(r),
             };
             match read {
@@ -632,7 +642,8 @@ impl Conn {
             while !done {
                 let read = match up.stream.try_read(up.buf.spare()) {
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        timeout(group.response_header_timeout, up.stream.read(up.buf.spare())).await
+                        let timers = &self.worker.timers;
+                        timers.within(self.timer_slot, timers.deadline(group.response_header_timeout), up.stream.read(up.buf.spare())).await
                     }
                     r => Ok(r),
                 };
@@ -649,7 +660,9 @@ impl Conn {
                     self.write_client_out(idle).await?;
                 } else {
                     // Zero-copy relay: straight from the upstream buffer to the client socket.
-                    write_within(&mut self.client, &up.buf.filled()[..n], idle).await.map_err(|()| ProxyError::ClientGone)?;
+                    write_within(&self.worker.timers, self.timer_slot, &mut self.client, &up.buf.filled()[..n], idle)
+                        .await
+                        .map_err(|()| ProxyError::ClientGone)?;
                 }
                 up.buf.consume(n);
             }
@@ -684,11 +697,11 @@ impl Conn {
     }
 
     async fn write_client_out(&mut self, idle: Duration) -> Result<(), ProxyError> {
-        write_within(&mut self.client, &self.out, idle).await.map_err(|()| ProxyError::ClientGone)
+        write_within(&self.worker.timers, self.timer_slot, &mut self.client, &self.out, idle).await.map_err(|()| ProxyError::ClientGone)
     }
 
     async fn write_client(&mut self, bytes: &[u8], idle: Duration) -> Result<(), ProxyError> {
-        write_within(&mut self.client, bytes, idle).await.map_err(|()| ProxyError::ClientGone)
+        write_within(&self.worker.timers, self.timer_slot, &mut self.client, bytes, idle).await.map_err(|()| ProxyError::ClientGone)
     }
 
     /// Answers an error (when a response can still be sent) and closes with a short linger.
@@ -736,12 +749,12 @@ fn write_now(stream: &TcpStream, mut bytes: &[u8]) -> Result<usize, ()> {
 
 /// Writes all of `bytes` within `limit`; the timer exists only when the socket cannot take
 /// everything at once.
-async fn write_within(stream: &mut TcpStream, bytes: &[u8], limit: Duration) -> Result<(), ()> {
+async fn write_within(timers: &Timers, slot: usize, stream: &mut TcpStream, bytes: &[u8], limit: Duration) -> Result<(), ()> {
     let n = write_now(stream, bytes)?;
     if n == bytes.len() {
         return Ok(());
     }
-    match timeout(limit, stream.write_all(&bytes[n..])).await {
+    match timers.within(slot, timers.deadline(limit), stream.write_all(&bytes[n..])).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }

@@ -9,6 +9,7 @@
 //! - [`error`]: the one error enum and its canned responses.
 //! - [`metrics`]: per-worker counters (single writer, summed by the admin exporter).
 //! - [`access`]: the access-log record handed to a background writer (off by default).
+//! - [`timer`]: per-worker coarse timers for the connections' timeouts.
 
 pub mod accept;
 pub mod access;
@@ -22,4 +23,5 @@ pub mod metrics;
 pub mod planted;
 pub mod pool;
 pub mod rewrite;
+pub mod timer;
 pub mod worker;

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::data::access::AccessLog;
 use crate::data::metrics::WorkerMetrics;
 use crate::data::pool::Pool;
+use crate::data::timer::Timers;
 use crate::snapshot::{Balance, Server, Snapshot, UpstreamGroup};
 
 /// What all workers share: the published snapshot and process-wide counters touched only per
@@ -131,6 +132,8 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     pub index: usize,
     pub drain: Drain,
+    /// The connections' timeouts (see [`crate::data::timer`]).
+    pub timers: Rc<Timers>,
     metrics_slot: usize,
     cache: RefCell<Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>>,
     /// The snapshot requests on this worker use. `Rc` around the `Arc` on purpose: handing it to
@@ -163,6 +166,7 @@ impl Worker {
             shared,
             index,
             drain: Drain::default(),
+            timers: Rc::new(Timers::default()),
             metrics_slot,
             cache: RefCell::new(cache),
             current: RefCell::new(current),
