@@ -47,11 +47,12 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, route: &Ro
         }
         field(out, f.name.of(buf), f.value.of(buf));
     }
-    if absolute
-        && !host_written
-        && let Some(h) = req.host
-    {
-        field(out, b"Host", h.of(buf));
+    match req.host {
+        Some(h) if absolute && !host_written => field(out, b"Host", h.of(buf)),
+        // HTTP/1.0 without Host, forwarded as HTTP/1.1: RFC 9112 §3.2 wants a Host field, empty
+        // when the target has no authority.
+        None => out.extend_from_slice(b"Host: \r\n"),
+        Some(_) => {}
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
     for f in &req.fields.list {
