@@ -22,19 +22,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::contract::FloorGate;
-use crate::runner::{
-    ChildGuard, Options, Row, Status, cargo_build, cargo_build_plain, error_row, median, pinned, scratch_dir, spawn_listening, which,
-};
+use crate::runner::{ChildGuard, Options, Row, Stage, Status, error_row, median, pinned, scratch_dir, spawn_listening, start_stage, which};
 
-/// The processes every floor measurement needs: upstream, proxy and relay, and where they listen.
+/// The processes every floor measurement needs: the upstream and the proxy ([`Stage`]) plus the
+/// relay on the proxy's CPU.
 struct Setup {
-    _upstream: ChildGuard,
-    proxy: ChildGuard,
-    proxy_addr: String,
+    stage: Stage,
     relay: ChildGuard,
     relay_addr: String,
-    loadgen: PathBuf,
-    pin: bool,
     tmp: PathBuf,
 }
 
@@ -45,40 +40,24 @@ impl Drop for Setup {
 }
 
 fn setup(opts: &Options, g: &FloorGate, what: &str) -> Result<Setup, String> {
-    let proxy = cargo_build(opts, "proxy", "proxy")?;
-    let loadgen = cargo_build_plain(opts, "loadgen", "loadgen")?;
-    let pin = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 && which("taskset");
     let tmp = scratch_dir(what)?;
-
-    let mut up = pinned(pin, "0", &loadgen);
-    up.args(["upstream", "--listen", "127.0.0.1:0", "--body-bytes", &g.body_bytes.to_string()]);
-    let (upstream, up_addr) = spawn_listening(up, "loadgen upstream")?;
-
-    let cfg = tmp.join("proxy.toml");
-    let text = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"o\"\n[upstreams.o]\nservers = [\"{up_addr}\"]\nidle_pool_size = 256\n"
-    );
-    std::fs::write(&cfg, text).map_err(|e| format!("{}: {e}", cfg.display()))?;
-    let mut px = pinned(pin, "1", &proxy);
-    px.arg("--config").arg(&cfg).args(["--workers", "1"]);
-    let (proxy, proxy_addr) = spawn_listening(px, "proxy")?;
-
-    let mut rl = pinned(pin, "1", &loadgen);
-    rl.args(["relay", "--listen", "127.0.0.1:0", "--upstream", &up_addr]);
+    let stage = start_stage(opts, g.body_bytes, &tmp)?;
+    let mut rl = pinned(stage.pin, "1", &stage.loadgen);
+    rl.args(["relay", "--listen", "127.0.0.1:0", "--upstream", &stage.upstream_addr]);
     let (relay, relay_addr) = spawn_listening(rl, "loadgen relay")?;
-    Ok(Setup { _upstream: upstream, proxy, proxy_addr, relay, relay_addr, loadgen, pin, tmp })
+    Ok(Setup { stage, relay, relay_addr, tmp })
 }
 
 /// One open-loop run at the contract's rate; returns (responses, errors, valid).
 fn load(s: &Setup, g: &FloorGate, addr: &str, duration: &str, name: &str) -> Result<(u64, u64, bool), String> {
     let json = s.tmp.join(format!("{name}.json"));
-    let mut cmd = Command::new(&s.loadgen);
+    let mut cmd = Command::new(&s.stage.loadgen);
     cmd.args(["run", "--url", &format!("http://{addr}/"), "--rate", &g.rate.to_string()])
         .args(["--duration", duration, "--warmup", "0s", "--connections", &g.connections.to_string()])
         .arg("--json")
         .arg(&json)
         .args(["--quiet", "--allow-invalid"]);
-    if s.pin {
+    if s.stage.pin {
         cmd.args(["--cpus", "0"]);
     }
     let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| format!("loadgen: {e}"))?;
@@ -190,7 +169,7 @@ pub fn syscalls_gate(opts: &Options, g: &FloorGate, prefix: &str) -> Vec<Row> {
     }
     let run = || -> Result<Vec<Row>, String> {
         let s = setup(opts, g, "syscalls")?;
-        let (px, px_by, px_n) = strace_run(&s, g, s.proxy.0.id(), &s.proxy_addr, "proxy")?;
+        let (px, px_by, px_n) = strace_run(&s, g, s.stage.proxy.0.id(), &s.stage.proxy_addr, "proxy")?;
         let (rl, rl_by, rl_n) = strace_run(&s, g, s.relay.0.id(), &s.relay_addr, "relay")?;
         let mut proxy = base_row(&key, g);
         proxy.measured = Some(px);
@@ -200,6 +179,7 @@ pub fn syscalls_gate(opts: &Options, g: &FloorGate, prefix: &str) -> Vec<Row> {
         let mut relay = base_row(&format!("{key}[relay]"), g);
         relay.measured = Some(rl);
         relay.status = Status::Info;
+        relay.limit = None;
         relay.note = "the byte-relay floor, same run".to_owned();
         relay.details = json!({ "responses": rl_n, "by_syscall_per_request": rl_by });
         Ok(vec![proxy, relay])
@@ -212,7 +192,7 @@ pub fn floor_gate(opts: &Options, g: &FloorGate, prefix: &str) -> Vec<Row> {
     let key = format!("{prefix}:floor");
     let run = || -> Result<Vec<Row>, String> {
         let s = setup(opts, g, "floor")?;
-        let targets = [("proxy", s.proxy.0.id(), s.proxy_addr.clone()), ("relay", s.relay.0.id(), s.relay_addr.clone())];
+        let targets = [("proxy", s.stage.proxy.0.id(), s.stage.proxy_addr.clone()), ("relay", s.relay.0.id(), s.relay_addr.clone())];
         let mut rounds = Vec::new();
         for r in 0..g.rounds.max(1) {
             let mut cpu = [f64::NAN; 2];

@@ -227,29 +227,47 @@ struct Round {
     proxied_errors: u64,
 }
 
-fn measure_latency(opts: &Options, g: &LatencyGate) -> Result<Row, String> {
+/// The processes a measured gate runs: the bundled upstream (CPU 0) and the release proxy with
+/// one worker in front of it (CPU 1), pinned when the machine has two CPUs and `taskset`.
+pub struct Stage {
+    pub upstream: ChildGuard,
+    pub upstream_addr: String,
+    pub proxy: ChildGuard,
+    pub proxy_addr: String,
+    pub loadgen: PathBuf,
+    pub pin: bool,
+}
+
+/// Builds and starts the [`Stage`]; the proxy's config is written into `tmp`.
+pub fn start_stage(opts: &Options, body_bytes: usize, tmp: &Path) -> Result<Stage, String> {
     let proxy = cargo_build(opts, "proxy", "proxy")?;
     let loadgen = cargo_build_plain(opts, "loadgen", "loadgen")?;
     let pin = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 && which("taskset");
-    let tmp = scratch_dir("latency")?;
 
     let mut up_cmd = pinned(pin, "0", &loadgen);
-    up_cmd.args(["upstream", "--listen", "127.0.0.1:0", "--body-bytes", &g.body_bytes.to_string()]);
-    let (_up, up_addr) = spawn_listening(up_cmd, "loadgen upstream")?;
+    up_cmd.args(["upstream", "--listen", "127.0.0.1:0", "--body-bytes", &body_bytes.to_string()]);
+    let (upstream, upstream_addr) = spawn_listening(up_cmd, "loadgen upstream")?;
 
     let cfg = tmp.join("proxy.toml");
     let text = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"o\"\n[upstreams.o]\nservers = [\"{up_addr}\"]\nidle_pool_size = 256\n"
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"o\"\n[upstreams.o]\nservers = [\"{upstream_addr}\"]\nidle_pool_size = 256\n"
     );
     std::fs::write(&cfg, text).map_err(|e| format!("{}: {e}", cfg.display()))?;
     let mut px_cmd = pinned(pin, "1", &proxy);
     px_cmd.arg("--config").arg(&cfg).args(["--workers", "1"]);
-    let (_px, px_addr) = spawn_listening(px_cmd, "proxy")?;
+    let (proxy, proxy_addr) = spawn_listening(px_cmd, "proxy")?;
+    Ok(Stage { upstream, upstream_addr, proxy, proxy_addr, loadgen, pin })
+}
+
+fn measure_latency(opts: &Options, g: &LatencyGate) -> Result<Row, String> {
+    let tmp = scratch_dir("latency")?;
+    let stage = start_stage(opts, g.body_bytes, &tmp)?;
+    let (loadgen, pin, up_addr, px_addr) = (&stage.loadgen, stage.pin, &stage.upstream_addr, &stage.proxy_addr);
 
     let mut rounds = Vec::new();
     for r in 0..g.rounds {
         let order: [(&str, &str); 2] =
-            if r % 2 == 0 { [("direct", &up_addr), ("proxied", &px_addr)] } else { [("proxied", &px_addr), ("direct", &up_addr)] };
+            if r % 2 == 0 { [("direct", up_addr), ("proxied", px_addr)] } else { [("proxied", px_addr), ("direct", up_addr)] };
         let mut res = [None, None];
         for (i, (what, addr)) in order.iter().enumerate() {
             let json = tmp.join(format!("round{r}-{what}.json"));
