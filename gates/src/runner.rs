@@ -271,7 +271,7 @@ fn measure_latency(opts: &Options, g: &LatencyGate) -> Result<Row, String> {
         let mut res = [None, None];
         for (i, (what, addr)) in order.iter().enumerate() {
             let json = tmp.join(format!("round{r}-{what}.json"));
-            let mut cmd = Command::new(&loadgen);
+            let mut cmd = Command::new(loadgen);
             cmd.args(["run", "--url", &format!("http://{addr}/"), "--rate", &g.rate.to_string()])
                 .args(["--duration", &g.duration, "--warmup", &g.warmup, "--connections", &g.connections.to_string()])
                 .args(["--max-lag", &g.max_lag])
