@@ -470,6 +470,7 @@ impl Upstream {
     }
 
     /// Framing errors the upstream saw, per connection.
+    #[allow(dead_code)] // reason: used by examples/adversarial_peers.rs, which includes this file
     pub fn errors(&self) -> Vec<(usize, String)> {
         let conns = self.shared.conns.lock().unwrap();
         conns.iter().enumerate().filter_map(|(i, c)| c.error.clone().map(|e| (i, e))).collect()
