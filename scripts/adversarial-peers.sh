@@ -143,10 +143,11 @@ EOF
       cat >"$d/haproxy.cfg" <<EOF
 global
     nbthread 1
-    # head <= bufsize - maxrewrite = 4096 B (no separate request-line limit); at most 20 fields
+    # head <= bufsize - maxrewrite = 4096 B (no separate request-line limit); at most 20 fields:
+    # maxhdr counts one more than the fields (maxhdr 20 refused a request with 20 fields here)
     tune.bufsize 5120
     tune.maxrewrite 1024
-    tune.http.maxhdr 20
+    tune.http.maxhdr 21
 
 defaults
     mode http

@@ -101,7 +101,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A request split loosely (it may be malformed): request line, field lines, the rest.
+/// A request split loosely (it may be malformed): request line, field lines, the rest. Lines are
+/// split on CRLF only, so a bare LF or CR stays visible inside a line and a proxy that normalised
+/// it shows up as a rewrite.
 fn split_request(raw: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>, Vec<u8>) {
     let (head, rest) = match find(raw, b"\r\n\r\n") {
         Some(i) => (&raw[..i], &raw[i + 4..]),
@@ -110,9 +112,15 @@ fn split_request(raw: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>, Vec<u8>) {
             None => (raw, &[][..]),
         },
     };
-    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l).to_vec());
-    let first = lines.next().unwrap_or_default();
-    (first, lines.collect(), rest.to_vec())
+    let mut lines = Vec::new();
+    let mut from = 0;
+    while let Some(i) = find(&head[from..], b"\r\n") {
+        lines.push(head[from..from + i].to_vec());
+        from += i + 2;
+    }
+    lines.push(head[from..].to_vec());
+    let first = lines.remove(0);
+    (first, lines, rest.to_vec())
 }
 
 /// A field line compared with its name lowercased (HAProxy lowercases every name; that is not a
@@ -173,12 +181,16 @@ struct ClientSide {
     closed: bool,
     timed_out: bool,
     error: Option<String>,
+    /// Bytes that did not parse as a response (e.g. nginx answers an HTTP/0.9 request line with
+    /// the bare body).
+    unparsed: Vec<u8>,
 }
 
 fn client_exchange(proxy: SocketAddr, bytes: &[u8], method: &str) -> ClientSide {
     let mut c = Client::connect(proxy);
     let _ = c.try_send(bytes); // the proxy may close before reading everything
-    let mut side = ClientSide { statuses: Vec::new(), bodies: Vec::new(), closed: false, timed_out: false, error: None };
+    let mut side =
+        ClientSide { statuses: Vec::new(), bodies: Vec::new(), closed: false, timed_out: false, error: None, unparsed: Vec::new() };
     c.set_read_timeout(FIRST_RESPONSE);
     loop {
         match c.read_response_to(method) {
@@ -194,10 +206,12 @@ fn client_exchange(proxy: SocketAddr, bytes: &[u8], method: &str) -> ClientSide 
                     side.closed = true;
                     if !e.ends_with("got:\n    ") {
                         side.error = Some(e); // closed mid-response
+                        side.unparsed = c.pending().to_vec();
                     }
                 } else {
                     side.error = Some(e);
-                    let (_, closed) = c.read_to_close();
+                    let (rest, closed) = c.read_to_close();
+                    side.unparsed = rest;
                     side.closed = closed;
                 }
                 return side;
@@ -240,8 +254,9 @@ fn since(up: &Upstream, m: &Mark) -> UpSide {
 
 fn client_summary(c: &ClientSide) -> String {
     let mut parts: Vec<String> = c.statuses.iter().map(u16::to_string).collect();
-    if c.statuses.is_empty() && c.error.is_some() {
-        parts.push("garbled".into());
+    if c.error.is_some() {
+        let first = c.unparsed.split(|&b| b == b'\n').next().unwrap_or_default();
+        parts.push(format!("unparsable `{}`", esc(&first[..first.len().min(40)])));
     }
     if c.closed {
         parts.push("close".into());
@@ -253,8 +268,10 @@ fn client_summary(c: &ClientSide) -> String {
 
 /// Classifies one request row. Returns (rank, upstream summary, rewrite notes).
 fn classify(case: &Case, sent: &[u8], c: &ClientSide, u: &UpSide, up: &Upstream, base: &Baseline) -> (u8, String, Vec<String>) {
-    let answered: Vec<&[u8]> = c.bodies.iter().map(Vec::as_slice).collect();
-    let unanswered: Vec<&harness::Req> = u.requests.iter().filter(|r| !answered.contains(&r.target.as_bytes())).collect();
+    // The upstream answers with the target as the body: a request is answered when the client
+    // got that body (or bytes containing it, if they did not parse as a response).
+    let answered = |t: &[u8]| c.bodies.iter().any(|b| b == t) || (!c.unparsed.is_empty() && find(&c.unparsed, t).is_some());
+    let unanswered: Vec<&harness::Req> = u.requests.iter().filter(|r| !answered(r.target.as_bytes())).collect();
     let smuggled_up = u.requests.iter().any(|r| r.target == "/smuggled");
     let first_is_error = c.statuses.first().is_none_or(|s| *s >= 400);
     // Rewrites of the row's own request (not of the pipelined one), found by its target.
@@ -367,16 +384,14 @@ fn run_response_case(case: &adversarial_cases::ResponseCase, proxy: SocketAddr, 
         (3, "the request never reached the upstream".to_string())
     } else if !next_clean {
         (0, format!("{conn_fate}; the NEXT client's response was wrong ({})", client_summary(&c2)))
+    } else if c.statuses.is_empty() && c.timed_out {
+        (2, format!("{conn_fate}; the client got no answer (left waiting)"))
     } else if relayed || reused {
         (1, format!("{conn_fate}; next request fine"))
     } else {
         (3, conn_fate.to_string())
     };
-    let mut client = client_summary(&c);
-    if let Some(e) = &c.error {
-        let first = e.lines().nth(1).unwrap_or("").trim();
-        client = if c.statuses.is_empty() { format!("relayed unparsable `{first}`") } else { format!("{client} (body cut)") };
-    }
+    let client = client_summary(&c);
     json!({
         "group": "bad_response",
         "name": case.name,
