@@ -251,7 +251,7 @@ JSONS=()
 for name in "${LIST[@]}"; do JSONS+=("$OUT/$name.json"); done
 python3 "$ROOT/scripts/adversarial_table.py" --command-line "$CMDLINE" --versions "$OUT/versions.txt" \
   "${JSONS[@]}" >"$OUT/README.md" || die "rendering the table failed"
-# The configs hold this run's absolute paths and ports; keep them readable, relative.
-sed -i "s#$OUT/##g; s#$ROOT/##g" "$OUT"/configs/*/* 2>/dev/null || true
+# The configs hold this run's absolute paths; keep them relative (files only: sed stops at a dir).
 rm -rf "$OUT"/configs/*/tmp "$OUT"/configs/*/*.pid
+find "$OUT/configs" -type f -exec sed -i "s#$OUT/##g; s#$ROOT/##g" {} +
 echo "adversarial-peers: wrote $OUT/README.md" >&2
