@@ -137,7 +137,8 @@ pub fn config(servers: &[SocketAddr], limits: &str, upstream_extra: &str) -> Str
 /// The binary under test: `PROXY_BIN` if set (to run the suite against another build, or against
 /// a deliberately naive relay to prove the tests can fail), else this crate's `proxy`.
 pub fn proxy_bin() -> PathBuf {
-    std::env::var_os("PROXY_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_proxy")))
+    // option_env!: the peer runner (an example) includes this file and has no such variable.
+    std::env::var_os("PROXY_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(option_env!("CARGO_BIN_EXE_proxy").unwrap_or("proxy")))
 }
 
 /// The proxy child process. Dropping it kills and reaps the process and removes its config.
@@ -370,6 +371,13 @@ pub struct Opts {
     pub answer_before_body: bool,
     /// Sleep this long before every read, in reads of at most 4 KiB: a slow reader.
     pub read_pause: Option<Duration>,
+    /// On a framing error, answer `400` with body `upstream-rejected` and close, as a strict origin
+    /// would (default: record and keep draining). The peer runner uses it so a connection a proxy
+    /// left with broken framing cannot stall later cases.
+    pub reject_malformed: bool,
+    /// How long a connection waits for the next request (default `UPSTREAM_IDLE`). On expiry the
+    /// connection stops being served but stays open: a long-lived peer run needs it longer.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A scripted upstream on 127.0.0.1:0 recording every byte per connection. Dropping it stops it.
@@ -412,7 +420,12 @@ impl Upstream {
     }
 
     pub fn start_opts(opts: Opts, handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        Self::start_on("127.0.0.1:0".parse().unwrap(), opts, handler).expect("bind upstream")
+    }
+
+    /// Like `start_opts` on a given address (the peer runner: peers are configured with it).
+    pub fn start_on(addr: SocketAddr, opts: Opts, handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> io::Result<Upstream> {
+        let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             conns: Mutex::new(Vec::new()),
@@ -443,7 +456,7 @@ impl Upstream {
                 thread::spawn(move || serve_conn(sh2, idx, stream));
             }
         });
-        Upstream { addr, shared, accept: Some(accept) }
+        Ok(Upstream { addr, shared, accept: Some(accept) })
     }
 
     /// Connections accepted so far.
@@ -470,6 +483,7 @@ impl Upstream {
     }
 
     /// Framing errors the upstream saw, per connection.
+    #[allow(dead_code)] // reason: used by examples/adversarial_peers.rs, which includes this file
     pub fn errors(&self) -> Vec<(usize, String)> {
         let conns = self.shared.conns.lock().unwrap();
         conns.iter().enumerate().filter_map(|(i, c)| c.error.clone().map(|e| (i, e))).collect()
@@ -748,8 +762,9 @@ impl ConnReader {
 }
 
 fn serve_conn(shared: Arc<Shared>, idx: usize, stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(UPSTREAM_IDLE));
-    let _ = stream.set_write_timeout(Some(UPSTREAM_IDLE));
+    let idle = shared.opts.idle_timeout.unwrap_or(UPSTREAM_IDLE);
+    let _ = stream.set_read_timeout(Some(idle));
+    let _ = stream.set_write_timeout(Some(idle));
     let mut r = ConnReader { stream, buf: Vec::new(), pos: 0, shared: Arc::clone(&shared), idx };
     let mut index = 0;
     let end = loop {
@@ -760,6 +775,10 @@ fn serve_conn(shared: Arc<Shared>, idx: usize, stream: TcpStream) {
                 // A framing error: record it and keep draining, so later bytes are recorded too.
                 if let End::Bad(msg) = &e {
                     shared.conns.lock().unwrap()[idx].error = Some(msg.clone());
+                    if shared.opts.reject_malformed {
+                        let _ = r.stream.write_all(&response("400 Bad Request", &["Connection: close"], b"upstream-rejected"));
+                        let _ = r.stream.shutdown(Shutdown::Write);
+                    }
                     break r.drain();
                 }
                 break e;

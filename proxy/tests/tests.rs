@@ -8,6 +8,8 @@
 //! - `semantics`: what the upstream and the client see for well-formed traffic, byte for byte.
 //! - `routing`: host and path-prefix routing, strip_prefix, 404, round robin.
 //! - `adversarial`: a table of hostile requests on raw sockets, checked against the upstream.
+//! - `adversarial_cases`: that table's rows (data only; also run against peers by
+//!   `examples/adversarial_peers.rs`).
 //! - `faults`: broken, slow and dying upstreams; slow clients.
 //! - `keepalive`: connection reuse on both sides, pipelining, closing rules.
 //! - `cli`: `proxy check` messages.
@@ -16,6 +18,7 @@
 mod harness;
 
 mod adversarial;
+mod adversarial_cases;
 mod cli;
 mod faults;
 mod keepalive;
