@@ -214,6 +214,8 @@ fn service_connections() {
     );
     // The worker still serves a plain request after everything above.
     let after = h.check(b"GET /after HTTP/1.1\r\nHost: a.test\r\n\r\n", &[]);
+    let (requests, interim) = h.counts();
+    eprintln!("fuzz service_connections: the upstream answered {requests} requests; clients got {interim} interim responses");
     s.report(budget.seed);
     assert_eq!(after, Ok(true), "the worker no longer serves after the fuzz run");
     assert!(s.accepted > 0 || budget.only.is_some(), "no request ever reached the upstream");

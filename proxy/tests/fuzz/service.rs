@@ -100,7 +100,11 @@ async fn upstream_conn(up: Rc<Upstream>, mut s: TcpStream) {
                     }
                     let seq = up.seq.get() + 1;
                     up.seq.set(seq);
-                    let (bytes, close) = response(seq, m.method == b"HEAD");
+                    let (mut bytes, close) = response(seq, m.method == b"HEAD");
+                    if m.one("expect").is_some() && seq.is_multiple_of(2) {
+                        // An interim answer first (relayed to HTTP/1.1 clients only).
+                        bytes.splice(0..0, b"HTTP/1.1 100 Continue\r\n\r\n".iter().copied());
+                    }
                     buf.drain(..m.len);
                     up.seen.borrow_mut().push(Seen { case: up.case.get(), seq, msg: m });
                     if s.write_all(&bytes).await.is_err() || close {
@@ -136,6 +140,8 @@ pub struct Harness {
     up: Rc<Upstream>,
     accept: tokio::task::JoinHandle<()>,
     next_case: u64,
+    /// Interim responses the clients received (evidence that the path is exercised).
+    interim: u64,
 }
 
 impl std::fmt::Debug for Harness {
@@ -168,7 +174,7 @@ impl Harness {
             let proxy = pl.local_addr().unwrap();
             (proxy, up_addr, tokio::task::spawn_local(accept::accept_loop(worker, pl)))
         });
-        Harness { rt, local, proxy, upstream, up, accept, next_case: 0 }
+        Harness { rt, local, proxy, upstream, up, accept, next_case: 0, interim: 0 }
     }
 
     /// One client connection: writes `input` cut at `cuts` (yielding between pieces, so the
@@ -216,6 +222,11 @@ impl Harness {
     /// Runs one case and checks it; `Ok(true)` when at least one request reached the upstream.
     pub fn check(&mut self, input: &[u8], cuts: &[usize]) -> Result<bool, String> {
         self.check_through(self.proxy, input, cuts)
+    }
+
+    /// Requests the upstream answered, and interim responses the clients got, so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.up.seq.get(), self.interim)
     }
 
     /// [`Harness::check`] with the client talking straight to the upstream: a "proxy" that
@@ -284,6 +295,14 @@ impl Harness {
                 }
             };
             rest = &rest[r.len..];
+            if r.status < 200 {
+                let http11 = client.get(k).is_some_and(|m| m.minor == 1);
+                if r.status != 100 || !http11 {
+                    problems.push(format!("interim response {} to client request {k} (HTTP/1.1: {http11})", r.status));
+                }
+                self.interim += 1;
+                continue; // an interim response: request k's final response follows
+            }
             match r.one("x-seq").and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok()) {
                 Some(seq) => match (seen.iter().find(|s| s.seq == seq), client.get(k)) {
                     (Some(s), Some(c)) => {
