@@ -323,3 +323,33 @@ fn body_sent_after_a_final_answer_to_expect_100_continue_is_never_a_request() {
     let targets: Vec<String> = up.requests().into_iter().map(|r| r.target).collect();
     assert!(!targets.iter().any(|t| t == "/smuggled"), "body became a request upstream: {targets:?}");
 }
+
+/// Found by the fuzzer (tests/fuzz): a status line without a reason phrase, or with a non-ASCII
+/// one, made the response rewrite panic; the client got a closed connection instead of the
+/// response. Both are relayed (the reason as the upstream sent it, or empty).
+#[test]
+fn status_line_without_reason_or_with_non_ascii_reason_is_relayed() {
+    for line in ["HTTP/1.1 200", "HTTP/1.1 200 Caf\u{e9}"] {
+        let up = Upstream::start(move |_| Reply::Send(format!("{line}\r\nContent-Length: 2\r\n\r\nok").into_bytes()));
+        let proxy = Proxy::start(&config(&[up.addr], LIMITS, ""));
+        let mut c = proxy.connect();
+        let r = c.roundtrip(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        assert_eq!((r.status, r.body.as_slice()), (200, b"ok".as_slice()), "{line:?}: {}", show(&r.raw));
+    }
+}
+
+/// Found by the fuzzer (tests/fuzz): an HTTP/1.0 request without Host went upstream as an
+/// HTTP/1.1 request without Host, which an HTTP/1.1 origin must refuse (RFC 9112 §3.2). It goes
+/// with an empty Host, the value for a target without authority.
+#[test]
+fn http10_request_without_host_goes_upstream_with_an_empty_host() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(&[up.addr], LIMITS, ""));
+    let mut c = proxy.connect();
+    c.send(b"GET /old HTTP/1.0\r\n\r\n");
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    std::thread::sleep(SETTLE);
+    let want = "GET /old HTTP/1.1\r\nHost: \r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\nVia: 1.1 fastproxy\r\n\r\n";
+    assert_bytes("upstream received", want.as_bytes(), &up.received(0));
+}

@@ -127,23 +127,6 @@ fn http10_client_gets_a_chunked_response_dechunked_and_close_delimited() {
 }
 
 #[test]
-fn http10_request_without_host_is_forwarded_with_an_empty_host() {
-    // RFC 9112 §3.2: forwarded as HTTP/1.1, so it needs a Host field; the target has no
-    // authority, so the value is empty.
-    let up = Upstream::start(|req| Reply::Send(ok(&req.body)));
-    let proxy = Proxy::start(&config(&[up.addr], "", ""));
-    let mut c = proxy.connect();
-    c.send(b"GET /old HTTP/1.0\r\nAccept: */*\r\n\r\n");
-    let (got, closed) = c.read_to_close();
-    assert!(closed && got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{}", show(&got));
-    assert_bytes(
-        "upstream received",
-        b"GET /old HTTP/1.1\r\nAccept: */*\r\nHost: \r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\nVia: 1.1 fastproxy\r\n\r\n",
-        &up.received(0),
-    );
-}
-
-#[test]
 fn head_response_has_no_body_and_the_connection_stays_usable() {
     let up = Upstream::start(|req| {
         if req.method == "HEAD" {

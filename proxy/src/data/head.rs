@@ -430,7 +430,12 @@ impl ResponseHead {
         self.len = len;
         self.minor = minor;
         self.status = status;
-        self.reason = Span::within(buf, res.reason.unwrap_or("").as_bytes());
+        // httparse gives a static "" (not a slice of `buf`) for a missing reason phrase or one
+        // with obs-text: a span computed from it would point anywhere.
+        self.reason = match res.reason {
+            Some(r) if !r.is_empty() => Span::within(buf, r.as_bytes()),
+            _ => Span::default(),
+        };
         self.fields.load(buf, res.headers);
         let opts = self.fields.hop_by_hop(buf);
         self.keep_alive = if minor == 0 { opts.keep_alive && !opts.close } else { !opts.close };
@@ -775,5 +780,17 @@ mod tests {
         r.parse(b, false).unwrap();
         assert!(!r.keep_alive);
         assert!(matches!(r.parse(b"HTTP/1.1 200 OK\r\nA: b\r\n", false), Ok(Parsed::Partial)));
+    }
+
+    /// Found by the fuzzer (tests/fuzz): a status line without a reason phrase, or with a
+    /// non-ASCII one, left a span pointing outside the buffer and the rewrite panicked.
+    #[test]
+    fn missing_or_obs_text_reason_is_an_empty_span() {
+        for b in [&b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n"[..], b"HTTP/1.1 200 Caf\xc3\xa9\r\n\r\n", b"HTTP/1.0 404 \r\n\r\n"] {
+            let mut r = ResponseHead::new();
+            assert!(matches!(r.parse(b, false), Ok(Parsed::Complete)));
+            assert!(r.reason.is_empty(), "{:?}", String::from_utf8_lossy(b));
+            assert_eq!(r.reason.of(b), b"");
+        }
     }
 }

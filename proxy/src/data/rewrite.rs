@@ -49,10 +49,10 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, route: &Ro
     }
     match req.host {
         Some(h) if absolute && !host_written => field(out, b"Host", h.of(buf)),
-        // HTTP/1.0 without Host, forwarded as HTTP/1.1: RFC 9112 §3.2 wants a Host field, empty
-        // when the target has no authority.
-        None => out.extend_from_slice(b"Host: \r\n"),
         Some(_) => {}
+        // HTTP/1.0 without Host, forwarded as HTTP/1.1: RFC 9112 §3.2 requires a Host field,
+        // empty when the target has no authority (an HTTP/1.1 origin MUST 400 a request without).
+        None => out.extend_from_slice(b"Host: \r\n"),
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
     for f in &req.fields.list {
@@ -174,6 +174,17 @@ mod tests {
         let b = b"GET http://h HTTP/1.1\r\nHost: h\r\n\r\n";
         request_head(&mut out, b, &parse(b), &route("/", false), b"::1", b"1.1 p");
         assert!(out.starts_with(b"GET / HTTP/1.1\r\n"));
+    }
+
+    /// Found by the fuzzer (tests/fuzz): an HTTP/1.0 request without Host went upstream as an
+    /// HTTP/1.1 request without Host, which an HTTP/1.1 origin must refuse.
+    #[test]
+    fn http10_without_host_gets_an_empty_host() {
+        let b = b"GET /old HTTP/1.0\r\nX-A: 1\r\n\r\n";
+        let mut out = Vec::new();
+        request_head(&mut out, b, &parse(b), &route("/", false), b"::1", b"1.1 p");
+        let want = "GET /old HTTP/1.1\r\nX-A: 1\r\nHost: \r\nX-Forwarded-For: ::1\r\nX-Forwarded-Proto: http\r\nVia: 1.1 p\r\n\r\n";
+        assert_eq!(String::from_utf8_lossy(&out), want);
     }
 
     #[test]
