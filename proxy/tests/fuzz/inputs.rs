@@ -1,6 +1,6 @@
-//! Inputs: a seeded RNG, the seed corpus (harvested from `adversarial.rs` plus valid requests), a
-//! grammar-ish request generator, a byte mutator, a minimizer, and the run budget from the
-//! environment. Nothing here knows about the proxy.
+//! Inputs: a seeded RNG, the seed corpus (harvested from `adversarial_cases.rs` and
+//! `adversarial.rs`, plus valid requests), a grammar-ish request generator, a byte mutator, a
+//! minimizer, and the run budget from the environment. Nothing here knows about the proxy.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -137,9 +137,10 @@ impl Iterator for Cases {
 // Seed corpus
 // ---------------------------------------------------------------------------------------------
 
-/// The adversarial table's source, read at compile time: its request literals are the seeds, so
-/// a case added there is fuzzed here without being listed twice.
-const ADVERSARIAL_SRC: &str = include_str!("../adversarial.rs");
+/// The adversarial table's sources (the case rows and the tests around them), read at compile
+/// time: their request literals are the seeds, so a case added there is fuzzed here without being
+/// listed twice.
+const ADVERSARIAL_SRCS: [&str; 2] = [include_str!("../adversarial_cases.rs"), include_str!("../adversarial.rs")];
 
 /// Valid requests of every framing and shape the proxy accepts.
 pub const VALID: &[&[u8]] = &[
@@ -230,8 +231,14 @@ fn literals(src: &str) -> Vec<Vec<u8>> {
 /// Request bytes of the adversarial cases: every literal that starts with a request line, the
 /// `post(framing, body)` cases rebuilt, and each broken chunked body behind a chunked head.
 pub fn adversarial_seeds() -> Vec<Vec<u8>> {
-    let src = ADVERSARIAL_SRC;
     let mut seeds = Vec::new();
+    for src in ADVERSARIAL_SRCS {
+        harvest(src, &mut seeds);
+    }
+    seeds
+}
+
+fn harvest(src: &str, seeds: &mut Vec<Vec<u8>>) {
     let methods: [&[u8]; 7] = [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"G(T ", b"CONNECT ", b"OPTIONS "];
     for lit in literals(src) {
         if methods.iter().any(|m| lit.starts_with(m)) && lit.windows(2).any(|w| w == b"\r\n" || w == b"\n\n") {
@@ -252,7 +259,6 @@ pub fn adversarial_seeds() -> Vec<Vec<u8>> {
             seeds.push([b"POST /c HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(), body].concat());
         }
     }
-    seeds
 }
 
 /// The whole seed corpus: valid requests, the adversarial cases, and a few pipelines of both.
