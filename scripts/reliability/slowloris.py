@@ -20,6 +20,7 @@ Criteria (exit 1 when one fails; exit 2 when the run itself could not be made):
 """
 
 import argparse
+import gzip
 import json
 import os
 import signal
@@ -203,6 +204,10 @@ def main():
         sc.stop()
         with open(sc_json) as f:
             crowd = json.load(f)
+        with open(sc_json, "rb") as f, gzip.open(sc_json + ".gz", "wb") as g:
+            g.write(f.read())  # one record per connection: kept, compressed
+        os.unlink(sc_json)
+        sc_json += ".gz"
         samp.phase = f"after{r}"
         m1 = C.metrics(admin)
         allowance = int(C.metric(m1, "proxy_upstream_connections_opened_total")
