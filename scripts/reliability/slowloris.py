@@ -23,12 +23,12 @@ import argparse
 import gzip
 import json
 import os
-import signal
 import statistics
 import sys
 import threading
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rel_common as C  # noqa: E402
 
@@ -376,6 +376,9 @@ if __name__ == "__main__":
         rc = main()
     except C.Fail as e:
         C.log(f"slowloris: error: {e}")
+        rc = 2
+    except (OSError, ValueError, KeyError) as e:  # e.g. the admin API stopped answering
+        C.log(f"slowloris: error: {type(e).__name__}: {e}")
         rc = 2
     finally:
         C.kill_all()
