@@ -352,6 +352,104 @@ fn slowloris_crowd_is_cut_while_normal_requests_flow_and_fds_return_to_baseline(
     assert!(back, "fds: baseline {baseline}, now {}", proxy.fd_count());
 }
 
+/// The scaled-down form of `scripts/reliability/slowloris.sh`: a crowd that keeps trickling (a
+/// byte every 100 ms on each of 100 connections, so a read arrives long before any per-read timer
+/// could fire) is cut with 408 at the deadline for the whole head, while a keep-alive client
+/// beside it gets its 200s without waiting for the crowd; afterwards the fds are back.
+#[test]
+fn slowloris_trickling_crowd_is_cut_at_the_head_deadline_while_a_client_keeps_getting_200s() {
+    use std::io::{ErrorKind, Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const CROWD: usize = 100;
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(&[up.addr], "header_read_timeout = \"1s\"", ""));
+    assert_eq!(proxy.connect().roundtrip(GET).status, 200);
+    thread::sleep(Duration::from_millis(50));
+    let baseline = proxy.fd_count();
+    assert!(baseline > 0, "cannot read /proc/<pid>/fd");
+
+    struct Slow {
+        stream: std::net::TcpStream,
+        first_byte: Instant,
+        got: Vec<u8>,
+        cut_after: Option<Duration>,
+    }
+    let mut crowd: Vec<Slow> = (0..CROWD)
+        .map(|_| {
+            let mut stream = proxy.connect().stream;
+            stream.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Slow: ").unwrap();
+            let first_byte = Instant::now();
+            stream.set_nonblocking(true).unwrap();
+            Slow { stream, first_byte, got: Vec::new(), cut_after: None }
+        })
+        .collect();
+
+    // The client beside the crowd: keep-alive GETs until the crowd is gone.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flowing = {
+        let (stop, addr) = (Arc::clone(&stop), proxy.addr);
+        thread::spawn(move || {
+            let mut c = Client::connect(addr);
+            let (mut n, mut slowest) = (0u32, Duration::ZERO);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = c.roundtrip(GET);
+                assert_eq!(r.status, 200, "request {n} beside the trickling crowd: {}", show(&r.raw));
+                slowest = slowest.max(t.elapsed());
+                n += 1;
+                thread::sleep(Duration::from_millis(10));
+            }
+            (n, slowest)
+        })
+    };
+
+    // Trickle: read first (a 408 and EOF, or a reset, is the cut), then one more byte.
+    let give_up = Instant::now() + TIMEOUT * 5;
+    let mut buf = [0u8; 512];
+    while crowd.iter().any(|s| s.cut_after.is_none()) && Instant::now() < give_up {
+        for s in crowd.iter_mut().filter(|s| s.cut_after.is_none()) {
+            loop {
+                match s.stream.read(&mut buf) {
+                    Ok(0) => s.cut_after = Some(s.first_byte.elapsed()),
+                    Ok(n) => {
+                        s.got.extend_from_slice(&buf[..n]);
+                        continue;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        // A write racing the cut may fail; the next read sees the close.
+                        let _ = s.stream.write(b"a");
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => s.cut_after = Some(s.first_byte.elapsed()),
+                }
+                break;
+            }
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (served, slowest) = flowing.join().expect("the client beside the crowd failed");
+
+    let not_cut = crowd.iter().filter(|s| s.cut_after.is_none()).count();
+    assert_eq!(not_cut, 0, "{not_cut} of {CROWD} trickling connections still open after {:?}", TIMEOUT * 5);
+    for (i, s) in crowd.iter().enumerate() {
+        let after = s.cut_after.unwrap_or_default();
+        assert!(
+            after >= TIMEOUT - Duration::from_millis(50) && after < TIMEOUT * 3,
+            "slow connection {i} cut {after:?} after its first byte (header_read_timeout {TIMEOUT:?})"
+        );
+        assert!(s.got.starts_with(b"HTTP/1.1 408 "), "slow connection {i} got {}", show(&s.got));
+    }
+    assert!(served >= 5, "only {served} requests beside the crowd");
+    assert!(slowest < TIMEOUT, "a request beside the crowd took {slowest:?}: it waited for the crowd");
+    drop(crowd);
+    let back = crate::harness::wait_until(Duration::from_secs(2), || proxy.fd_count() <= baseline);
+    assert!(back, "fds: baseline {baseline}, now {}", proxy.fd_count());
+    assert_eq!(up.requests().len(), 1 + served as usize, "only the warm-up and the flowing client reach the upstream");
+}
+
 /// A client that dies mid-body leaves a half-sent request on the upstream connection: it must be
 /// closed, never reused (the next request's bytes would complete the body: a desync).
 #[test]
