@@ -237,6 +237,27 @@ fn slowloris_partial_head_is_cut_with_408_at_header_read_timeout() {
 }
 
 #[test]
+fn a_new_connection_that_sends_nothing_is_closed_at_header_read_timeout_not_the_idle_timeout() {
+    // The header timeout runs from the accept for a new connection (nginx's client_header_timeout
+    // does the same); the idle timeout only applies between keep-alive requests.
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&config(&[up.addr], "header_read_timeout = \"500ms\"\nclient_idle_timeout = \"30s\"", ""));
+    let mut c = proxy.connect();
+    let t = Instant::now();
+    let got = c.expect_eof();
+    let took = t.elapsed();
+    assert!(got.is_ok(), "closed without a response: {got:?}");
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_millis(2500), "closed after {took:?}, configured 500ms");
+    // A served keep-alive connection waits for the idle timeout, not the header timeout.
+    let mut c = proxy.connect();
+    c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert_eq!(c.read_response().map(|r| r.status), Ok(200));
+    std::thread::sleep(Duration::from_millis(1200));
+    c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert_eq!(c.read_response().map(|r| r.status), Ok(200), "an idle keep-alive connection must outlive the header timeout");
+}
+
+#[test]
 fn slowloris_trickling_one_byte_at_a_time_is_cut_at_the_head_deadline_not_per_read() {
     let up = Upstream::ok();
     let proxy = Proxy::start(&config(&[up.addr], "header_read_timeout = \"500ms\"", ""));

@@ -217,10 +217,11 @@ impl Conn {
     }
 
     async fn run(&mut self) {
+        let mut first = true;
         loop {
             let snap = self.worker.snapshot();
-            match self.read_head(&snap.limits).await {
-                Ok(true) => {}
+            match self.read_head(&snap.limits, first).await {
+                Ok(true) => first = false,
                 Ok(false) => return,
                 Err(e) => {
                     self.head_error(e);
@@ -331,8 +332,10 @@ impl Conn {
     /// Reads until a complete request head is at the front of `buf`. `Ok(false)`: the client
     /// closed (or idled out) cleanly between requests, or the proxy is draining and the
     /// connection was idle.
-    async fn read_head(&mut self, limits: &Limits) -> Result<bool, ProxyError> {
-        let mut deadline = None;
+    async fn read_head(&mut self, limits: &Limits, first: bool) -> Result<bool, ProxyError> {
+        // A new connection owes its first head within the header timeout from the accept, so a
+        // client that connects and sends nothing cannot hold a slot for the idle timeout.
+        let mut deadline = first.then(|| self.worker.timers.deadline(limits.header_read_timeout));
         loop {
             if !self.buf.is_empty() {
                 if let Parsed::Complete = self.req.parse(self.buf.filled(), limits)? {
@@ -361,12 +364,13 @@ impl Conn {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return Ok(false),
             }
-            // The idle timeout runs until the first byte, the header timeout from there.
+            // Between keep-alive requests the idle timeout runs until the first byte, the header
+            // timeout from there.
             let timers = &self.worker.timers;
-            let until = match (started, deadline) {
-                (true, Some(d)) => d,
-                (true, None) => *deadline.insert(timers.deadline(limits.header_read_timeout)),
-                (false, _) => timers.deadline(limits.client_idle_timeout),
+            let until = match deadline {
+                Some(d) => d,
+                None if started => *deadline.insert(timers.deadline(limits.header_read_timeout)),
+                None => timers.deadline(limits.client_idle_timeout),
             };
             let read = if started {
                 timers.within(self.timer_slot, until, self.client.read(self.buf.spare())).await
