@@ -201,6 +201,8 @@ impl Conn {
         };
         let drain_slot = worker.drain.register();
         let timer_slot = worker.timers.register();
+        // The first head's deadline counts from here (the coarse clock may be a tick old).
+        worker.timers.observe(Instant::now());
         Conn {
             drain_slot,
             timer_slot,

@@ -21,8 +21,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Tick period of the coarse clock (the timeouts' resolution).
-pub const TICK_MS: u64 = 10;
+/// Tick period of the coarse clock (the timeouts' resolution). Each tick that finds the worker
+/// idle costs a wake-up (an `epoll_wait`): at 10 ms that showed as +0.1 syscalls per request at
+/// 2,000 req/s; at 50 ms it is 20 wake-ups a second, and timeouts (seconds long) fire at most
+/// ~0.1 s late.
+pub const TICK_MS: u64 = 50;
 
 /// Slot deadline: not waiting.
 const DISARMED: u64 = 0;
