@@ -364,3 +364,18 @@ def loadavg():
 
 def ms(us):
     return "—" if us is None else f"{us / 1000.0:.2f} ms"
+
+
+def run_main(main, name):
+    """Runs a script's main(): exit with its code; 2 (with a message, not a traceback) when the
+    run could not be made; every child process is killed on the way out."""
+    rc = 2
+    try:
+        rc = main()
+    except Fail as e:
+        log(f"{name}: error: {e}")
+    except (OSError, ValueError, KeyError) as e:  # e.g. the admin API stopped answering
+        log(f"{name}: error: {type(e).__name__}: {e}")
+    finally:
+        kill_all()
+    sys.exit(rc)

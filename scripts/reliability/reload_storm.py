@@ -60,11 +60,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        rc = main()
-    except (C.Fail, OSError, ValueError) as e:
-        C.log(f"reload_storm: error: {e}")
-        rc = 2
-    finally:
-        C.kill_all()
-    sys.exit(rc)
+    C.run_main(main, "reload_storm")

@@ -372,14 +372,4 @@ def kb(v):
 
 
 if __name__ == "__main__":
-    try:
-        rc = main()
-    except C.Fail as e:
-        C.log(f"slowloris: error: {e}")
-        rc = 2
-    except (OSError, ValueError, KeyError) as e:  # e.g. the admin API stopped answering
-        C.log(f"slowloris: error: {type(e).__name__}: {e}")
-        rc = 2
-    finally:
-        C.kill_all()
-    sys.exit(rc)
+    C.run_main(main, "slowloris")

@@ -361,14 +361,4 @@ def render(rec):
 
 
 if __name__ == "__main__":
-    try:
-        rc = main()
-    except C.Fail as e:
-        C.log(f"soak: error: {e}")
-        rc = 2
-    except (OSError, ValueError, KeyError) as e:  # e.g. the admin API stopped answering
-        C.log(f"soak: error: {type(e).__name__}: {e}")
-        rc = 2
-    finally:
-        C.kill_all()
-    sys.exit(rc)
+    C.run_main(main, "soak")
