@@ -22,7 +22,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::contract::FloorGate;
-use crate::runner::{ChildGuard, Options, Row, Stage, Status, error_row, median, pinned, scratch_dir, spawn_listening, start_stage, which};
+use crate::runner::{
+    ChildGuard, LoadRun, Options, Row, Stage, Status, error_row, median, pinned, scratch_dir, spawn_listening, start_stage, which,
+};
 
 /// The processes every floor measurement needs: the upstream and the proxy ([`Stage`]) plus the
 /// relay on the proxy's CPU.
@@ -51,21 +53,8 @@ fn setup(opts: &Options, g: &FloorGate, what: &str) -> Result<Setup, String> {
 /// One open-loop run at the contract's rate; returns (responses, errors, valid).
 fn load(s: &Setup, g: &FloorGate, addr: &str, duration: &str, name: &str) -> Result<(u64, u64, bool), String> {
     let json = s.tmp.join(format!("{name}.json"));
-    let mut cmd = Command::new(&s.stage.loadgen);
-    cmd.args(["run", "--url", &format!("http://{addr}/"), "--rate", &g.rate.to_string()])
-        .args(["--duration", duration, "--warmup", "0s", "--connections", &g.connections.to_string()])
-        .arg("--json")
-        .arg(&json)
-        .args(["--quiet", "--allow-invalid"]);
-    if s.stage.pin {
-        cmd.args(["--cpus", "0"]);
-    }
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| format!("loadgen: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("loadgen run failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("loadgen JSON: {e}"))?;
+    let run = LoadRun { addr, rate: g.rate, connections: g.connections, duration, warmup: "0s" };
+    let v = s.stage.load(&run, &[], &json)?;
     let responses = v["counts"]["responses"].as_u64().unwrap_or(0);
     let errors = v["errors"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
     Ok((responses, errors, v["valid"].as_bool() == Some(true)))

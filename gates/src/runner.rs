@@ -238,6 +238,38 @@ pub struct Stage {
     pub pin: bool,
 }
 
+/// One open-loop loadgen run against `addr`.
+pub struct LoadRun<'a> {
+    pub addr: &'a str,
+    pub rate: u64,
+    pub connections: u32,
+    pub duration: &'a str,
+    pub warmup: &'a str,
+}
+
+impl Stage {
+    /// Runs loadgen (pinned beside the upstream) with `extra` arguments, writing its JSON report
+    /// to `json`, and returns that report. Invalid runs are reported, not refused.
+    pub fn load(&self, run: &LoadRun<'_>, extra: &[&str], json: &Path) -> Result<Value, String> {
+        let mut cmd = Command::new(&self.loadgen);
+        cmd.args(["run", "--url", &format!("http://{}/", run.addr), "--rate", &run.rate.to_string()])
+            .args(["--duration", run.duration, "--warmup", run.warmup, "--connections", &run.connections.to_string()])
+            .args(extra)
+            .arg("--json")
+            .arg(json)
+            .args(["--quiet", "--allow-invalid"]);
+        if self.pin {
+            cmd.args(["--cpus", "0"]);
+        }
+        let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| format!("loadgen: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("loadgen run failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("loadgen JSON: {e}"))
+    }
+}
+
 /// Builds and starts the [`Stage`]; the proxy's config is written into `tmp`.
 pub fn start_stage(opts: &Options, body_bytes: usize, tmp: &Path) -> Result<Stage, String> {
     let proxy = cargo_build(opts, "proxy", "proxy")?;
@@ -262,7 +294,7 @@ pub fn start_stage(opts: &Options, body_bytes: usize, tmp: &Path) -> Result<Stag
 fn measure_latency(opts: &Options, g: &LatencyGate) -> Result<Row, String> {
     let tmp = scratch_dir("latency")?;
     let stage = start_stage(opts, g.body_bytes, &tmp)?;
-    let (loadgen, pin, up_addr, px_addr) = (&stage.loadgen, stage.pin, &stage.upstream_addr, &stage.proxy_addr);
+    let (up_addr, px_addr) = (&stage.upstream_addr, &stage.proxy_addr);
 
     let mut rounds = Vec::new();
     for r in 0..g.rounds {
@@ -271,22 +303,8 @@ fn measure_latency(opts: &Options, g: &LatencyGate) -> Result<Row, String> {
         let mut res = [None, None];
         for (i, (what, addr)) in order.iter().enumerate() {
             let json = tmp.join(format!("round{r}-{what}.json"));
-            let mut cmd = Command::new(loadgen);
-            cmd.args(["run", "--url", &format!("http://{addr}/"), "--rate", &g.rate.to_string()])
-                .args(["--duration", &g.duration, "--warmup", &g.warmup, "--connections", &g.connections.to_string()])
-                .args(["--max-lag", &g.max_lag])
-                .arg("--json")
-                .arg(&json)
-                .args(["--quiet", "--allow-invalid"]);
-            if pin {
-                cmd.args(["--cpus", "0"]);
-            }
-            let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| format!("loadgen: {e}"))?;
-            if !out.status.success() {
-                return Err(format!("loadgen run failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
-            }
-            let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| format!("loadgen JSON: {e}"))?;
+            let run = LoadRun { addr, rate: g.rate, connections: g.connections, duration: &g.duration, warmup: &g.warmup };
+            let v = stage.load(&run, &["--max-lag", &g.max_lag], &json)?;
             res[i] = Some((*what, v));
         }
         let get = |w: &str| res.iter().flatten().find(|(n, _)| *n == w).map(|(_, v)| v.clone()).unwrap_or(Value::Null);
@@ -305,7 +323,7 @@ fn measure_latency(opts: &Options, g: &LatencyGate) -> Result<Row, String> {
 
     let valid: Vec<&Round> = rounds.iter().filter(|r| r.valid).collect();
     let details = json!({
-        "pinned": pin,
+        "pinned": stage.pin,
         "rounds": rounds.iter().map(|r| json!({
             "direct_p99_us": r.direct_p99, "proxied_p99_us": r.proxied_p99,
             "direct_p99_9_us": r.direct_p999, "proxied_p99_9_us": r.proxied_p999,
