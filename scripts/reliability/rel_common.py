@@ -379,3 +379,21 @@ def run_main(main, name):
     finally:
         kill_all()
     sys.exit(rc)
+
+
+def config_head(written_by):
+    """The start every reliability script's proxy config shares: no file watcher, an admin API on
+    a free port, no access log, one listener on a free port."""
+    return f"""# written by {written_by}
+[server]
+watch_config = false
+
+[admin]
+address = "127.0.0.1:0"
+
+[log]
+access_log = "off"
+
+[[listeners]]
+address = "127.0.0.1:0"
+"""

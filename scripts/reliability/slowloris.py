@@ -34,19 +34,7 @@ import rel_common as C  # noqa: E402
 
 
 def proxy_config(up, timeout_s, max_conn):
-    return f"""# written by scripts/reliability/slowloris.py
-[server]
-watch_config = false
-
-[admin]
-address = "127.0.0.1:0"
-
-[log]
-access_log = "off"
-
-[[listeners]]
-address = "127.0.0.1:0"
-
+    return C.config_head("scripts/reliability/slowloris.py") + f"""
 [limits]
 header_read_timeout = "{int(round(timeout_s * 1000))}ms"
 max_connections = {max_conn}

@@ -36,23 +36,13 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rel_common as C  # noqa: E402
 
-HEADER = """# written by scripts/reliability/soak.py ({which})
-[server]
-watch_config = false
 
-[admin]
-address = "127.0.0.1:0"
-
-[log]
-access_log = "off"
-
-[[listeners]]
-address = "127.0.0.1:0"
-"""
+def header(which):
+    return C.config_head(f"scripts/reliability/soak.py ({which})")
 
 
 def config_a(up1, up2):
-    return HEADER.format(which="config A: one route") + f"""
+    return header("config A: one route") + f"""
 [limits]
 header_read_timeout = "10s"
 
@@ -66,7 +56,7 @@ servers = ["{up1}"]
 
 
 def config_b(up1, up2):
-    return HEADER.format(which="config B: a second route to a second upstream") + f"""
+    return header("config B: a second route to a second upstream") + f"""
 [limits]
 header_read_timeout = "9s"
 
