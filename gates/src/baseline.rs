@@ -20,23 +20,40 @@ pub struct Baseline {
 }
 
 impl Baseline {
+    /// Reads the baseline; a missing file is an error (soft limits would silently vanish).
     pub fn load(path: &Path) -> Result<Baseline, String> {
-        match std::fs::read_to_string(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Baseline::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-            Ok(text) => {
-                let b: Baseline = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-                if b.schema_version != SCHEMA_VERSION {
-                    return Err(format!("{}: schema_version {} (expected {SCHEMA_VERSION})", path.display(), b.schema_version));
-                }
-                Ok(b)
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "{}: no baseline, so the soft limits cannot be checked; record one on a clean tree with --save-baseline (and commit it), or name another with --baseline FILE",
+                    path.display()
+                )
+            } else {
+                format!("{}: {e}", path.display())
             }
+        })?;
+        let b: Baseline = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if b.schema_version != SCHEMA_VERSION {
+            return Err(format!("{}: schema_version {} (expected {SCHEMA_VERSION})", path.display(), b.schema_version));
         }
+        Ok(b)
     }
 
-    /// Fills the row's baseline and delta, and fails it when it rose past its soft limit.
+    /// Fills the row's baseline and delta, and fails it when it rose past its soft limit. A row
+    /// with a soft limit and a measurement but no baseline value is an ERROR: its soft limit
+    /// cannot be checked.
     pub fn apply(&self, row: &mut Row) {
-        let (Some(base), Some(m)) = (self.values.get(&row.key).copied(), row.measured) else { return };
+        let Some(m) = row.measured else { return };
+        let Some(base) = self.values.get(&row.key).copied() else {
+            if row.soft_limit_pct.is_some() && matches!(row.status, Status::Pass | Status::Fail) {
+                row.status = Status::Error;
+                row.note = format!(
+                    "no baseline value for {}: the soft limit cannot be checked (record one with --save-baseline on a clean tree); {}",
+                    row.key, row.note
+                );
+            }
+            return;
+        };
         row.baseline = Some(base);
         if base.abs() > f64::EPSILON {
             let delta = (m - base) / base * 100.0;
@@ -51,13 +68,30 @@ impl Baseline {
         }
     }
 
-    pub fn from_rows(rows: &[Row], commit: &str, created: &str) -> Baseline {
-        let values = rows
+    /// A new baseline from a run's rows, merged over `previous` (values of rows not run are
+    /// kept). Refused unless every gated row of the run passed: a baseline taken from a failing,
+    /// broken or noisy run would move the soft limits to where the regression is.
+    pub fn from_rows(previous: Option<&Baseline>, rows: &[Row], commit: &str, created: &str) -> Result<Baseline, String> {
+        let bad: Vec<String> = rows
             .iter()
-            .filter(|r| matches!(r.status, Status::Pass | Status::Fail))
-            .filter_map(|r| r.measured.map(|m| (r.key.clone(), m)))
+            .filter(|r| !matches!(r.status, Status::Pass | Status::Control | Status::Info))
+            .map(|r| format!("{} is {:?}", r.key, r.status))
             .collect();
-        Baseline { schema_version: SCHEMA_VERSION, commit: commit.to_owned(), created: created.to_owned(), values }
+        if !bad.is_empty() {
+            return Err(format!("baseline not saved: every gate must pass first ({})", bad.join(", ")));
+        }
+        let mut values = previous.map(|p| p.values.clone()).unwrap_or_default();
+        let mut saved = 0;
+        for r in rows.iter().filter(|r| r.soft_limit_pct.is_some() && r.status == Status::Pass) {
+            if let Some(m) = r.measured {
+                values.insert(r.key.clone(), m);
+                saved += 1;
+            }
+        }
+        if saved == 0 {
+            return Err("baseline not saved: no gate with a soft limit was run (e.g. --only instructions)".to_owned());
+        }
+        Ok(Baseline { schema_version: SCHEMA_VERSION, commit: commit.to_owned(), created: created.to_owned(), values })
     }
 }
 
@@ -80,5 +114,45 @@ mod tests {
         row.measured = Some(1030.0);
         b.apply(&mut row);
         assert_eq!(row.status, Status::Fail);
+    }
+
+    fn row(key: &str, status: Status, soft: Option<f64>) -> Row {
+        let mut r = error_row(key.into(), "m", "u", Some(5000.0), String::new());
+        r.status = status;
+        r.soft_limit_pct = soft;
+        r.measured = Some(1000.0);
+        r
+    }
+
+    /// The old runner read a missing baseline as an empty one: soft limits silently off.
+    #[test]
+    fn a_missing_baseline_is_refused_and_a_missing_value_is_an_error() {
+        let e = Baseline::load(Path::new("/nonexistent/baseline.json")).expect_err("missing file accepted");
+        assert!(e.contains("--save-baseline"), "{e}");
+        let mut r = row("p:i", Status::Pass, Some(2.0));
+        Baseline::default().apply(&mut r);
+        assert_eq!(r.status, Status::Error, "{}", r.note);
+        // Rows without a soft limit do not need a baseline.
+        let mut r = row("p:a", Status::Pass, None);
+        Baseline::default().apply(&mut r);
+        assert_eq!(r.status, Status::Pass);
+    }
+
+    /// The old runner stored FAIL rows as the new baseline.
+    #[test]
+    fn a_baseline_is_saved_only_from_a_passing_run() {
+        for bad in [Status::Fail, Status::Error, Status::Inconclusive] {
+            let rows = [row("p:i", Status::Pass, Some(2.0)), row("p:l", bad, None)];
+            assert!(Baseline::from_rows(None, &rows, "c", "t").is_err(), "{bad:?}");
+        }
+        assert!(Baseline::from_rows(None, &[row("p:i", Status::Fail, Some(2.0))], "c", "t").is_err());
+        assert!(Baseline::from_rows(None, &[row("p:s", Status::Pass, None)], "c", "t").is_err(), "nothing to save");
+        let mut prev = Baseline::default();
+        prev.values.insert("p:other".into(), 7.0);
+        let b = Baseline::from_rows(Some(&prev), &[row("p:i", Status::Pass, Some(2.0)), row("p:c", Status::Control, None)], "c", "t")
+            .expect("saved");
+        assert_eq!(b.values.get("p:i"), Some(&1000.0));
+        assert_eq!(b.values.get("p:other"), Some(&7.0), "values of gates not run are kept");
+        assert!(!b.values.contains_key("p:c"));
     }
 }

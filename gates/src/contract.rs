@@ -41,6 +41,37 @@ pub struct HotPath {
     #[serde(default)]
     pub exclude: Vec<Exclude>,
     pub sampled_branch_marker: String,
+    /// What the hot path may name: path prefixes, matched after resolution (use aliases,
+    /// renamed crates, relative paths). Anything else is a violation until the contract allows it.
+    #[serde(default)]
+    pub allow: Vec<Allowed>,
+    /// Attributes the hot path may carry, by name (`inline`) or full path.
+    #[serde(default)]
+    pub allow_attributes: Vec<Allowed>,
+}
+
+/// One allowlist entry: a bare path, or a table with the reason it is allowed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Allowed {
+    Plain(String),
+    Reasoned(AllowEntry),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowEntry {
+    pub path: String,
+    pub reason: String,
+}
+
+impl Allowed {
+    pub fn path(&self) -> &str {
+        match self {
+            Allowed::Plain(p) => p,
+            Allowed::Reasoned(e) => &e.path,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +141,25 @@ pub struct AllocGate {
     pub soft_limit_pct: Option<f64>,
     #[serde(default)]
     pub report_engines: Vec<String>,
+    /// Further request shapes (`[[gates.alloc.shapes]]`), each its own row `alloc[<name>]`;
+    /// the keys above are the default shape's (`get`).
+    #[serde(default)]
+    pub shapes: Vec<AllocShape>,
+}
+
+/// One request shape of the alloc gate, measured by `alloc-probe --shape <name>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocShape {
+    /// The probe's name for the shape (`alloc-probe --list`).
+    pub name: String,
+    /// Allocations per exchange; above it the row fails.
+    pub hard_limit: f64,
+    /// Why the limit is not 0 (the gate refuses a limit above 0 without one).
+    pub reason: Option<String>,
+    /// Measured exchanges and warm-up exchanges (default: the gate's `requests` and `warmup`).
+    pub requests: Option<u64>,
+    pub warmup: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +188,9 @@ pub struct LatencyGate {
     pub body_bytes: usize,
     /// Largest generator send lag (P99) before a round is discarded as invalid (loadgen --max-lag).
     pub max_lag: String,
+    /// µs: a round in which the byte-relay floor's own P99 exceeds this is too noisy to judge the
+    /// proxy by (the machine, not the proxy, is slow: the floor sits where the proxy sits).
+    pub floor_p99_limit: f64,
     pub hard_limit: f64,
     pub soft_limit_pct: Option<f64>,
     pub errors_limit: u64,
@@ -163,6 +216,11 @@ pub struct FloorGate {
     pub soft_limit_pct: Option<f64>,
     /// The goal the row is reported against (issue 8), shown in the note; not a limit.
     pub goal: Option<f64>,
+    /// `syscalls` only: the largest rise, per request, of the proxy's non-waiting system calls
+    /// (every call but the event-loop waits, whose count moves with load) over the relay's in the
+    /// same run. Reads and writes per request are exact, so this catches an extra call on a
+    /// fraction of the requests that the total's `hard_limit` cannot.
+    pub io_delta_limit: Option<f64>,
 }
 
 fn one() -> u32 {
@@ -209,9 +267,58 @@ pub fn load(file: &Path) -> Result<Contract, ContractError> {
         if p.matches.is_empty() || p.reason.trim().is_empty() {
             return Err(err(format!("prohibition {:?} needs at least one match and a reason", p.id)));
         }
+        if p.kind == BanKind::Path
+            && let Some(m) = p.matches.iter().find(|m| !is_path(m))
+        {
+            return Err(err(format!("prohibition {:?}: {m:?} is not a path (segments separated by ::)", p.id)));
+        }
     }
+    check_hot_path(&c.hot_path).map_err(err)?;
     c.file = file.to_path_buf();
     Ok(c)
+}
+
+/// `a::b::c`: identifiers separated by `::`.
+fn is_path(s: &str) -> bool {
+    s.split("::").all(|seg| {
+        seg.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_') && seg.chars().all(|c| c.is_alphanumeric() || c == '_')
+    })
+}
+
+fn check_hot_path(h: &HotPath) -> Result<(), String> {
+    let marker = &h.sampled_branch_marker;
+    if marker.is_empty() || !marker.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        return Err(format!(
+            "hot_path.sampled_branch_marker {marker:?} must be a non-empty identifier part (every name contains the empty string)"
+        ));
+    }
+    for e in &h.exclude {
+        if e.reason.trim().is_empty() {
+            return Err(format!("hot_path.exclude {:?} needs a reason", e.path));
+        }
+    }
+    for (key, list) in [("allow", &h.allow), ("allow_attributes", &h.allow_attributes)] {
+        let mut seen = std::collections::BTreeSet::new();
+        for a in list {
+            if !is_path(a.path()) {
+                return Err(format!("hot_path.{key}: {:?} is not a path (segments separated by ::)", a.path()));
+            }
+            if let Allowed::Reasoned(e) = a
+                && e.reason.trim().is_empty()
+            {
+                return Err(format!("hot_path.{key}: {:?} has an empty reason", e.path));
+            }
+            if !seen.insert(a.path()) {
+                return Err(format!("hot_path.{key}: {:?} is listed twice", a.path()));
+            }
+        }
+    }
+    if h.allow_attributes.iter().any(|a| a.path() == "path") {
+        return Err(
+            "hot_path.allow_attributes may not name `path`: #[path] pulls a file the scan does not see into the hot path".to_owned()
+        );
+    }
+    Ok(())
 }
 
 /// All `contracts/phase*.toml` under `root`, sorted by phase.

@@ -134,6 +134,16 @@ fn strace_run(s: &Setup, g: &FloorGate, pid: u32, addr: &str, name: &str) -> Res
     Ok((total as f64 / responses as f64, Value::Object(by), responses))
 }
 
+/// System calls that wait for events or time: their count per request moves with load (how many
+/// events one wake-up finds), so the exact comparison leaves them out.
+const WAITING: [&str; 8] =
+    ["epoll_wait", "epoll_pwait", "epoll_pwait2", "futex", "nanosleep", "clock_nanosleep", "sched_yield", "restart_syscall"];
+
+/// Per-request calls of every system call but the waiting ones.
+fn non_waiting(by: &Value) -> f64 {
+    by.as_object().map_or(0.0, |m| m.iter().filter(|(k, _)| !WAITING.contains(&k.as_str())).filter_map(|(_, v)| v.as_f64()).sum())
+}
+
 fn status_for(measured: f64, limit: Option<f64>) -> Status {
     match limit {
         None => Status::Info,
@@ -163,8 +173,24 @@ pub fn syscalls_gate(opts: &Options, g: &FloorGate, prefix: &str) -> Vec<Row> {
         let mut proxy = base_row(&key, g);
         proxy.measured = Some(px);
         proxy.status = status_for(px, g.hard_limit);
-        proxy.note = format!("{px:.2} vs floor {rl:.2} ({:.2}× floor); {}", px / rl, goal_note(g.goal, px));
-        proxy.details = json!({ "responses": px_n, "by_syscall_per_request": px_by, "floor": rl, "floor_ratio": px / rl });
+        let io_delta = non_waiting(&px_by) - non_waiting(&rl_by);
+        proxy.note = format!(
+            "{px:.2} vs floor {rl:.2} ({:.2}× floor); non-waiting calls {:+.3}/request over the floor's; {}",
+            px / rl,
+            io_delta,
+            goal_note(g.goal, px)
+        );
+        if let Some(limit) = g.io_delta_limit
+            && io_delta > limit
+        {
+            proxy.status = Status::Fail;
+            proxy.note = format!("non-waiting system calls {io_delta:+.3}/request over the floor's (limit +{limit}); {}", proxy.note);
+        }
+        proxy.details = json!({
+            "responses": px_n, "by_syscall_per_request": px_by, "floor": rl, "floor_ratio": px / rl,
+            "non_waiting_per_request": non_waiting(&px_by), "floor_non_waiting_per_request": non_waiting(&rl_by),
+            "io_delta_per_request": io_delta, "io_delta_limit": g.io_delta_limit,
+        });
         let mut relay = base_row(&format!("{key}[relay]"), g);
         relay.measured = Some(rl);
         relay.status = Status::Info;
@@ -265,6 +291,12 @@ mod tests {
 ";
         let calls = parse_strace_summary(text);
         assert_eq!(calls, vec![("sendto".to_owned(), 16000), ("recvfrom".to_owned(), 16000), ("epoll_wait".to_owned(), 320)]);
+    }
+
+    #[test]
+    fn waiting_calls_are_left_out_of_the_exact_count() {
+        let by = json!({"recvfrom": 2.0, "sendto": 2.0, "epoll_wait": 2.1, "futex": 0.01, "getpid": 0.25});
+        assert!((non_waiting(&by) - 4.25).abs() < 1e-9);
     }
 
     #[test]

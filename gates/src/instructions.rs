@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use serde_json::{Value, json};
 
 use crate::contract::InstructionsGate;
+use crate::exchange::Outcome;
 use crate::runner::{Options, Row, Status, error_row, which};
 
 /// The gungraun version the bench is built with (see the workspace `Cargo.toml`).
@@ -70,44 +71,85 @@ fn measure(opts: &Options, g: &InstructionsGate) -> Result<Row, String> {
     }
     let bin_dir = ensure_runner(&opts.root, opts.verbose)?;
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let outcomes = crate::runner::scratch_dir("instructions")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&opts.root).args(["bench", "-p", "gates", "--bench", "instructions"]);
-    if !opts.features.is_empty() {
-        let mut f = opts.features.clone();
-        f.sort();
-        cmd.args(["--features", &f.join(",")]);
-        cmd.arg("--target-dir").arg(opts.root.join("target").join(format!("gates-{}", f.join("+"))));
-    }
+    opts.cargo_features(&mut cmd);
+    opts.plant_env(&mut cmd);
     cmd.args(["--", "--output-format=json"])
         .env("PATH", path)
         .env("GATES_INSTR_REQUESTS", g.requests.to_string())
         .env("GATES_INSTR_BODY_BYTES", g.body_bytes.to_string())
+        .env("GATES_INSTR_OUT", &outcomes)
         .stdout(Stdio::piped())
         .stderr(if opts.verbose { Stdio::inherit() } else { Stdio::piped() });
     let out = cmd.output().map_err(|e| format!("cannot run cargo bench: {e}"))?;
+    let read = read_outcomes(&outcomes);
+    let _ = std::fs::remove_dir_all(&outcomes);
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(5).collect();
+        // A failed verification names itself in a panic line; show it first.
+        let why = err.lines().find(|l| l.contains("panicked") || l.contains(": status") || l.contains("verified")).unwrap_or("");
+        let tail: Vec<&str> = err.lines().rev().take(4).collect();
         return Err(format!(
-            "cargo bench --bench instructions failed ({}): {}",
+            "cargo bench --bench instructions failed ({}): {why} / {}",
             out.status,
             tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
         ));
     }
     let counts = parse_counts(&String::from_utf8_lossy(&out.stdout))?;
+    judge(g, &counts, &read?)
+}
+
+/// The four outcome records the bench's teardowns wrote.
+fn read_outcomes(dir: &Path) -> Result<Vec<(String, Outcome)>, String> {
+    BENCHES
+        .iter()
+        .map(|name| {
+            let p = dir.join(format!("{name}.json"));
+            let text = std::fs::read_to_string(&p).map_err(|e| format!("the bench wrote no outcome for {name} ({}: {e})", p.display()))?;
+            let o: Outcome = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+            Ok(((*name).to_owned(), o))
+        })
+        .collect()
+}
+
+const BENCHES: [&str; 4] = ["direct_n", "direct_2n", "proxied_n", "proxied_2n"];
+
+/// The row from the bench's counts and outcomes. A count is accepted only when its run was
+/// verified and used exactly the request count divided by; a proxy figure at or below the direct
+/// path's is an ERROR (it did less than forward the requests).
+pub fn judge(g: &InstructionsGate, counts: &[(String, f64)], outcomes: &[(String, Outcome)]) -> Result<Row, String> {
     let get = |name: &str| {
         counts
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| *v)
+            .filter(|v| v.is_finite() && *v > 0.0)
             .ok_or_else(|| format!("no instruction count for {name} in the bench output"))
     };
+    for (i, name) in BENCHES.iter().enumerate() {
+        let o = outcomes.iter().find(|(n, _)| n == name).map(|(_, o)| o).ok_or_else(|| format!("no outcome for {name}"))?;
+        let want = if i % 2 == 0 { g.requests } else { 2 * g.requests };
+        if o.requests != want || o.body_bytes != g.body_bytes || o.proxied != name.starts_with("proxied") {
+            return Err(format!(
+                "{name} ran {} requests of {} bytes (proxied: {}), the gate divides by {want} of {} bytes",
+                o.requests, o.body_bytes, o.proxied, g.body_bytes
+            ));
+        }
+        o.verify().map_err(|e| format!("{name}: {e}"))?;
+    }
     let (d1, d2, p1, p2) = (get("direct_n")?, get("direct_2n")?, get("proxied_n")?, get("proxied_2n")?);
     let n = g.requests as f64;
     let direct = (d2 - d1) / n;
     let proxied = (p2 - p1) / n;
     let own = proxied - direct;
+    if direct <= 0.0 || own <= 0.0 {
+        return Err(format!(
+            "proxied {proxied:.0}/request vs direct {direct:.0}/request: a proxy cannot cost less than the direct path; the measurement is broken"
+        ));
+    }
     Ok(Row {
         key: String::new(),
         metric: g.metric.clone(),
@@ -118,12 +160,15 @@ fn measure(opts: &Options, g: &InstructionsGate) -> Result<Row, String> {
         baseline: None,
         delta_pct: None,
         status: if own <= g.hard_limit { Status::Pass } else { Status::Fail },
-        note: format!("proxied {proxied:.0}/request − direct {direct:.0}/request (client, origin and proxy on one thread)"),
+        note: format!(
+            "proxied {proxied:.0}/request − direct {direct:.0}/request (client, origin and proxy on one thread; every exchange verified)"
+        ),
         details: json!({
             "requests": g.requests,
             "direct_per_request": direct,
             "proxied_per_request": proxied,
             "raw": { "direct_n": d1, "direct_2n": d2, "proxied_n": p1, "proxied_2n": p2 },
+            "outcomes": outcomes.iter().map(|(n, o)| (n.clone(), json!(o))).collect::<serde_json::Map<_, _>>(),
             "gungraun": GUNGRAUN_VERSION,
         }),
     })
@@ -153,6 +198,70 @@ fn find_ir(v: &Value) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gate() -> InstructionsGate {
+        InstructionsGate {
+            metric: "m".into(),
+            unit: "u".into(),
+            workload: "w".into(),
+            requests: 100,
+            body_bytes: 1024,
+            hard_limit: 13_500.0,
+            soft_limit_pct: Some(2.0),
+        }
+    }
+
+    fn outcome(name: &str, requests: u64) -> (String, Outcome) {
+        let total = crate::exchange::WARMUP + requests;
+        let o = Outcome {
+            proxied: name.starts_with("proxied"),
+            requests,
+            warmup: crate::exchange::WARMUP,
+            body_bytes: 1024,
+            ok: total,
+            origin_served: total,
+            error: None,
+        };
+        (name.to_owned(), o)
+    }
+
+    fn counts(d1: f64, d2: f64, p1: f64, p2: f64) -> Vec<(String, f64)> {
+        BENCHES.iter().map(|n| (*n).to_owned()).zip([d1, d2, p1, p2]).collect()
+    }
+
+    fn outcomes() -> Vec<(String, Outcome)> {
+        vec![outcome("direct_n", 100), outcome("direct_2n", 200), outcome("proxied_n", 100), outcome("proxied_2n", 200)]
+    }
+
+    #[test]
+    fn verified_counts_give_the_proxys_own_cost() {
+        let r = judge(&gate(), &counts(1e6, 1.5e6, 2e6, 4e6), &outcomes()).expect("row");
+        // direct 5,000/request, proxied 20,000/request: own 15,000 > 13,500.
+        assert_eq!(r.measured, Some(15_000.0));
+        assert_eq!(r.status, Status::Fail);
+        let r = judge(&gate(), &counts(1e6, 1.5e6, 2e6, 3.2e6), &outcomes()).expect("row");
+        assert_eq!((r.measured, r.status), (Some(7_000.0), Status::Pass));
+    }
+
+    /// The old gate divided by the contract's N whatever the bench ran, and accepted any count.
+    #[test]
+    fn unverified_or_miscounted_runs_and_impossible_figures_are_errors() {
+        let c = counts(1e6, 1.5e6, 2e6, 3.2e6);
+        // The bench used another N than the gate divides by.
+        let mut o = outcomes();
+        o[3] = outcome("proxied_2n", 1000);
+        assert!(judge(&gate(), &c, &o).is_err_and(|e| e.contains("divides by 200")));
+        // A run whose exchanges failed (a 404 proxy).
+        let mut o = outcomes();
+        o[2].1.error = Some("status 404, expected 200".into());
+        assert!(judge(&gate(), &c, &o).is_err_and(|e| e.contains("404")));
+        // An outcome missing.
+        assert!(judge(&gate(), &c, &outcomes()[..3]).is_err());
+        // A proxy cheaper than the direct path.
+        assert!(judge(&gate(), &counts(1e6, 1.5e6, 2e6, 2.4e6), &outcomes()).is_err_and(|e| e.contains("broken")));
+        // A count missing or zero.
+        assert!(judge(&gate(), &counts(1e6, 1.5e6, 0.0, 3.2e6), &outcomes()).is_err());
+    }
 
     #[test]
     fn reads_ir_from_the_schema_7_summary() {

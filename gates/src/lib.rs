@@ -3,16 +3,21 @@
 //! - [`contract`]: the contract format (prohibitions, irreversible decisions, gates).
 //! - [`scan`]: the static gate (syn) over the hot-path modules.
 //! - [`runner`]: builds and runs the measuring processes (alloc probe, latency rounds).
+//! - [`alloc`]: the dhat allocation gate.
 //! - [`instructions`]: the callgrind instruction gate.
 //! - [`floor`]: syscalls per request and CPU per request relative to the byte-relay floor.
 //! - [`baseline`], [`report`]: soft limits against a stored baseline; table, markdown, JSON.
+//! - [`exchange`]: the instruction gate's verified workload.
 //! - [`harness`]: the allocation-free in-process client and origin the probes use.
 
+pub mod alloc;
 pub mod baseline;
 pub mod contract;
+pub mod exchange;
 pub mod floor;
 pub mod harness;
 pub mod instructions;
 pub mod report;
+pub mod resolve;
 pub mod runner;
 pub mod scan;

@@ -1,77 +1,81 @@
 //! `cargo run --release -p gates [-- --phase 1 --only alloc,static --save-baseline]`
 //!
 //! Runs every gate of every contract, prints one table, writes `results/gates/latest.json` and
-//! `latest.md`, and exits 1 on any FAIL or ERROR (2 on bad usage or a broken contract).
+//! `latest.md`, and exits 0 when every gate passed, 1 on any FAIL or ERROR, 3 when nothing failed
+//! but a gate was INCONCLUSIVE (the machine too noisy to judge), 2 on bad usage or a broken
+//! contract.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::Parser;
 use gates::baseline::Baseline;
-use gates::runner::{self, Options};
+use gates::runner::{self, Options, Status};
 use gates::{contract, report};
 
-const USAGE: &str = "usage: gates [--phase N[,N]] [--only static,alloc,instructions,latency,syscalls,floor] [--features planted-x,...] \
-[--save-baseline] [--baseline FILE] [--out DIR] [--root DIR] [--verbose]";
+const GATES: [&str; 6] = ["static", "alloc", "instructions", "latency", "syscalls", "floor"];
 
-struct Args {
-    opts: Options,
+/// Checks the proxy against contracts/*.toml and reports one row per measured figure.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gates",
+    version,
+    after_help = "Exit codes: 0 all passed; 1 a FAIL or an ERROR; 2 bad usage or contract; 3 nothing failed but something was INCONCLUSIVE."
+)]
+struct Cli {
+    /// Only these phases (numbers, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    phase: Option<Vec<u32>>,
+    /// Only these gates (comma-separated): static, alloc, instructions, latency, syscalls, floor.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(GATES))]
+    only: Option<Vec<String>>,
+    /// Build the proxy with planted regressions and select them (PROXY_PLANTED syntax, see
+    /// proxy/src/data/planted.rs), e.g. `alloc`, `instr:300`, `syscall/4`, `sleep:2000`.
+    #[arg(long, value_name = "SPEC")]
+    plant: Option<String>,
+    /// Record the measured figures as the baseline soft limits compare against (refused unless
+    /// every gate run passed, and with anything planted).
+    #[arg(long)]
     save_baseline: bool,
+    /// The baseline file [default: ROOT/results/gates/baseline.json].
+    #[arg(long, value_name = "FILE")]
     baseline: Option<PathBuf>,
-    out: PathBuf,
-}
-
-fn parse(argv: &[String]) -> Result<Args, String> {
-    let default_root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let mut opts = Options { root: default_root, phases: None, only: None, features: Vec::new(), verbose: false };
-    let mut save_baseline = false;
-    let mut out = None;
-    let mut baseline = None;
-    let mut it = argv.iter().skip(1);
-    while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().ok_or_else(|| format!("{a} needs a value\n{USAGE}"));
-        match a.as_str() {
-            "--phase" => {
-                let v = val()?;
-                let p: Result<Vec<u32>, _> = v.split(',').map(|x| x.trim().trim_start_matches("phase").parse()).collect();
-                opts.phases = Some(p.map_err(|_| format!("--phase takes numbers, got {v:?}"))?);
-            }
-            "--only" => {
-                let v = val()?;
-                let gates: Vec<String> = v.split(',').map(|s| s.trim().to_owned()).collect();
-                if let Some(bad) =
-                    gates.iter().find(|g| !["static", "alloc", "instructions", "latency", "syscalls", "floor"].contains(&g.as_str()))
-                {
-                    return Err(format!("unknown gate {bad:?} (static, alloc, instructions, latency, syscalls, floor)"));
-                }
-                opts.only = Some(gates);
-            }
-            "--features" => opts.features = val()?.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
-            "--save-baseline" => save_baseline = true,
-            "--out" => out = Some(PathBuf::from(val()?)),
-            "--baseline" => baseline = Some(PathBuf::from(val()?)),
-            "--root" => opts.root = PathBuf::from(val()?),
-            "--verbose" | "-v" => opts.verbose = true,
-            "--help" | "-h" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
-    }
-    let out = out.unwrap_or_else(|| opts.root.join("results").join("gates"));
-    Ok(Args { opts, save_baseline, baseline, out })
+    /// Where to write latest.json and latest.md [default: ROOT/results/gates].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// The workspace root [default: the one this runner was built from].
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Show build output and timings.
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
-    let args = match parse(&argv) {
-        Ok(a) => a,
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("gates: {e}");
-            return ExitCode::from(2);
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let contracts = match contract::load_all(&args.opts.root) {
+    let root = cli
+        .root
+        .clone()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf));
+    // `--plant none` (the planted build with nothing live) may record a baseline: the reference the
+    // gates' own sensitivity tests measure a plant against, in a file of their own.
+    if cli.save_baseline && cli.plant.as_deref().is_some_and(|p| p.trim() != "none") {
+        eprintln!("gates: --save-baseline with --plant: a baseline of a planted regression would hide it");
+        return ExitCode::from(2);
+    }
+    let opts = Options { root, phases: cli.phase.clone(), only: cli.only.clone(), plant: cli.plant.clone(), verbose: cli.verbose };
+    let out = cli.out.clone().unwrap_or_else(|| opts.root.join("results").join("gates"));
+    let contracts = match contract::load_all(&opts.root) {
         Ok(c) if !c.is_empty() => c,
         Ok(_) => {
-            eprintln!("gates: no contracts/phase*.toml under {}", args.opts.root.display());
+            eprintln!("gates: no contracts/phase*.toml under {}", opts.root.display());
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -79,27 +83,43 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let baseline_path = args.baseline.clone().unwrap_or_else(|| args.opts.root.join("results/gates/baseline.json"));
-    let baseline = match Baseline::load(&baseline_path) {
-        Ok(b) => b,
+    let baseline_path = cli.baseline.clone().unwrap_or_else(|| opts.root.join("results/gates/baseline.json"));
+    // A missing file is not a usage error (a static-only run needs none), but every row with a
+    // soft limit is then an ERROR: its soft limit cannot be checked. Unreadable or invalid: exit 2.
+    let (baseline, missing) = match Baseline::load(&baseline_path) {
+        Ok(b) => (Some(b), None),
+        Err(e) if !baseline_path.exists() => (None, Some(e)),
         Err(e) => {
             eprintln!("gates: {e}");
             return ExitCode::from(2);
         }
     };
 
-    let rows = runner::run(&args.opts, &contracts, &baseline);
-    let meta = report::meta(&args.opts.root, &argv);
+    let mut rows = runner::run(&opts, &contracts);
+    for r in &mut rows {
+        match (&baseline, &missing) {
+            // Recording a gate's first baseline: nothing to compare it against yet.
+            (_, Some(_)) if cli.save_baseline => {}
+            (Some(b), _) if cli.save_baseline && !b.values.contains_key(&r.key) => {}
+            (Some(b), _) => b.apply(r),
+            (None, Some(e)) if r.soft_limit_pct.is_some() && matches!(r.status, Status::Pass | Status::Fail) => {
+                r.status = Status::Error;
+                r.note = format!("{e}; {}", r.note);
+            }
+            (None, _) => {}
+        }
+    }
+    let meta = report::meta(&opts.root, &argv);
     println!("{}", report::table(&rows));
 
-    if let Err(e) = std::fs::create_dir_all(&args.out) {
-        eprintln!("gates: cannot create {}: {e}", args.out.display());
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("gates: cannot create {}: {e}", out.display());
         return ExitCode::from(1);
     }
     let json = report::json_report(&rows, &meta);
     let writes = [
-        (args.out.join("latest.json"), serde_json::to_string_pretty(&json).unwrap_or_default()),
-        (args.out.join("latest.md"), report::markdown(&rows, &meta)),
+        (out.join("latest.json"), serde_json::to_string_pretty(&json).unwrap_or_default()),
+        (out.join("latest.md"), report::markdown(&rows, &meta)),
     ];
     for (path, text) in writes {
         if let Err(e) = std::fs::write(&path, text + "\n") {
@@ -107,15 +127,34 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    if args.save_baseline {
-        let b = Baseline::from_rows(&rows, meta["commit"].as_str().unwrap_or("unknown"), meta["created"].as_str().unwrap_or(""));
-        let text = serde_json::to_string_pretty(&b).unwrap_or_default();
-        if let Err(e) = std::fs::write(&baseline_path, text + "\n") {
-            eprintln!("gates: cannot write {}: {e}", baseline_path.display());
-            return ExitCode::from(1);
+    let code = runner::exit_code(&rows);
+    if cli.save_baseline {
+        let saved = Baseline::from_rows(
+            baseline.as_ref(),
+            &rows,
+            meta["commit"].as_str().unwrap_or("unknown"),
+            meta["created"].as_str().unwrap_or(""),
+        )
+        .and_then(|b| {
+            let text = serde_json::to_string_pretty(&b).map_err(|e| e.to_string())?;
+            std::fs::write(&baseline_path, text + "\n").map_err(|e| format!("cannot write {}: {e}", baseline_path.display()))
+        });
+        match saved {
+            Ok(()) => println!("baseline saved: {}", baseline_path.display()),
+            Err(e) => {
+                eprintln!("gates: {e}");
+                return ExitCode::from(code.max(1));
+            }
         }
-        println!("baseline saved: {}", baseline_path.display());
     }
-    println!("report: {}", args.out.join("latest.md").display());
-    if rows.iter().any(|r| r.status.is_failure()) { ExitCode::from(1) } else { ExitCode::SUCCESS }
+    println!("report: {}", out.join("latest.md").display());
+    if code == 3 {
+        let which: Vec<&str> = rows.iter().filter(|r| r.status == Status::Inconclusive).map(|r| r.key.as_str()).collect();
+        println!(
+            "INCONCLUSIVE: {} could not tell a pass from a fail: the floor measured beside the proxy was itself too noisy. \
+             Nothing failed; run again on a quieter machine (nothing else on the CPUs), or with more rounds.",
+            which.join(", ")
+        );
+    }
+    ExitCode::from(code)
 }

@@ -26,6 +26,7 @@ fn status_text(s: Status) -> &'static str {
         Status::Error => "ERROR",
         Status::Control => "CONTROL",
         Status::Info => "INFO",
+        Status::Inconclusive => "INCONCLUSIVE",
     }
 }
 
@@ -94,7 +95,12 @@ pub fn json_report(rows: &[Row], meta: &Value) -> Value {
     json!({
         "schema_version": SCHEMA_VERSION,
         "meta": meta,
-        "passed": !rows.iter().any(|r| r.status.is_failure()),
+        "passed": crate::runner::exit_code(rows) == 0,
+        "verdict": match crate::runner::exit_code(rows) {
+            0 => "PASS",
+            3 => "INCONCLUSIVE",
+            _ => "FAIL",
+        },
         "rows": rows,
     })
 }

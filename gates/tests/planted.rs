@@ -1,19 +1,27 @@
 //! Every gate proven able to fail: each test plants a regression and runs the real gate runner
 //! (`gates` binary) against it, expecting a red row; the clean tree is expected green.
 //!
-//! Planted builds use `target/gates-<features>` so they never overwrite the clean binaries.
+//! One planted build serves every test: the proxy is built once with the `planted` feature (in
+//! `target/gates-planted`, so it never overwrites the clean binaries) and each test selects its
+//! regression at run time (`--plant`, i.e. `PROXY_PLANTED`). Tests that count (static, alloc,
+//! instructions: exact figures that load cannot move) run in parallel; tests that time
+//! (latency, syscalls) run alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::Value;
 
-/// The gates measure time and CPU: they must not run beside each other (or beside a build).
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Counting gates share the machine; timing gates have it to themselves.
+static MACHINE: RwLock<()> = RwLock::new(());
 
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+fn counting() -> RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn timing() -> RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn root() -> PathBuf {
@@ -29,7 +37,6 @@ fn out_dir(name: &str) -> PathBuf {
 
 /// Runs the gate runner; returns its exit code and the JSON report it wrote.
 fn gates(args: &[&str], out: &Path, root: &Path) -> (i32, Value) {
-    let _one_at_a_time = serial();
     let o = Command::new(env!("CARGO_BIN_EXE_gates")).args(args).arg("--out").arg(out).arg("--root").arg(root).output().expect("run gates");
     let text = std::fs::read_to_string(out.join("latest.json")).unwrap_or_else(|e| {
         panic!("no report ({e}); stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
@@ -43,11 +50,14 @@ fn row<'a>(report: &'a Value, key: &str) -> &'a Value {
 
 #[test]
 fn static_gate_fails_on_a_fixture_with_a_banned_type() {
+    let _m = counting();
     // A copy of the contract over a fixture tree whose hot-path file holds a Mutex.
     let fixture = out_dir("static-fixture");
     std::fs::create_dir_all(fixture.join("contracts")).expect("mkdir");
     std::fs::copy(root().join("contracts/phase1.toml"), fixture.join("contracts/phase1.toml")).expect("copy contract");
     std::fs::create_dir_all(fixture.join("proxy/src/data")).expect("mkdir");
+    std::fs::copy(root().join("proxy/Cargo.toml"), fixture.join("proxy/Cargo.toml")).expect("copy manifest");
+    std::fs::copy(root().join("Cargo.toml"), fixture.join("Cargo.toml")).expect("copy workspace manifest");
     std::fs::write(
         fixture.join("proxy/src/data/conn.rs"),
         "use std::sync::Mutex;\n\npub fn per_request(m: &Mutex<u64>) {\n    if let Ok(mut g) = m.lock() { *g += 1; }\n}\n",
@@ -60,22 +70,29 @@ fn static_gate_fails_on_a_fixture_with_a_banned_type() {
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(r["status"], "FAIL");
     assert!(r["measured"].as_f64().is_some_and(|n| n >= 1.0));
-    assert!(r["note"].as_str().is_some_and(|n| n.contains("proxy/src/data/conn.rs:1") && n.contains("std-mutex")), "{r:#}");
+    assert!(r["note"].as_str().is_some_and(|n| n.contains("proxy/src/data/conn.rs:1")), "{r:#}");
 }
 
 #[test]
 fn static_gate_fails_when_a_mutex_is_planted_in_the_proxy() {
+    let _m = counting();
     let out = out_dir("static-lock");
-    let (code, report) = gates(&["--only", "static", "--features", "planted-lock"], &out, &root());
+    let (code, report) = gates(&["--only", "static", "--plant", "lock"], &out, &root());
     let r = row(&report, "phase1:static");
     assert_eq!(code, 1);
     assert_eq!(r["status"], "FAIL");
     let hits = r["details"]["violations"].as_array().expect("violations");
-    assert!(hits.iter().any(|v| v["prohibition"] == "std-mutex" && v["file"].as_str().is_some_and(|f| f.ends_with("planted.rs"))), "{r:#}");
+    assert!(
+        hits.iter()
+            .any(|v| v["item"].as_str().is_some_and(|i| i.contains("Mutex"))
+                && v["file"].as_str().is_some_and(|f| f.ends_with("planted.rs"))),
+        "{r:#}"
+    );
 }
 
 #[test]
 fn static_and_alloc_gates_pass_on_the_clean_tree_and_hyper_is_the_control() {
+    let _m = counting();
     let out = out_dir("clean");
     let (code, report) = gates(&["--only", "static,alloc"], &out, &root());
     assert_eq!(row(&report, "phase1:static")["status"], "PASS", "{report:#}");
@@ -88,40 +105,81 @@ fn static_and_alloc_gates_pass_on_the_clean_tree_and_hyper_is_the_control() {
     assert_eq!(code, 0, "{report:#}");
 }
 
+/// One allocation per request, one per ten requests, and a `format!` per request: each red.
 #[test]
-fn alloc_gate_fails_with_one_planted_allocation_per_request() {
-    let out = out_dir("alloc");
-    let (code, report) = gates(&["--only", "alloc", "--features", "planted-alloc"], &out, &root());
-    let r = row(&report, "phase1:alloc");
-    assert_eq!(code, 1);
-    assert_eq!(r["status"], "FAIL", "{r:#}");
-    assert_eq!(r["measured"].as_f64(), Some(1.0), "exactly the planted allocation: {r:#}");
+fn alloc_gate_fails_on_one_planted_allocation_per_request_and_on_one_in_ten() {
+    let _m = counting();
+    for (plant, want) in [("alloc", Some(1.0)), ("alloc/10", Some(0.1)), ("format", None)] {
+        let out = out_dir(&format!("alloc-{}", plant.replace('/', "-")));
+        let (code, report) = gates(&["--only", "alloc", "--plant", plant], &out, &root());
+        let r = row(&report, "phase1:alloc");
+        assert_eq!(code, 1, "{plant}: {r:#}");
+        assert_eq!(r["status"], "FAIL", "{plant}: {r:#}");
+        match want {
+            Some(w) => assert_eq!(r["measured"].as_f64(), Some(w), "{plant}: exactly the planted allocations: {r:#}"),
+            None => assert!(r["measured"].as_f64().is_some_and(|n| n >= 1.0), "{plant}: {r:#}"),
+        }
+    }
 }
 
+/// Instruction counts are exact run to run, so the gate sees a regression just above its +2 % soft
+/// limit and passes one just below it. The
+/// reference is the planted build with nothing live (`--plant none`, its own baseline file), so
+/// the figure moves by the plant alone: a loop of N iterations per request, about
+/// `INSTR_PER_ITERATION` instructions each (measured: see contracts/README.md).
 #[test]
-fn alloc_gate_fails_with_a_planted_format_per_request() {
-    let out = out_dir("format");
-    let (code, report) = gates(&["--only", "alloc", "--features", "planted-format"], &out, &root());
-    let r = row(&report, "phase1:alloc");
-    assert_eq!(code, 1);
-    assert_eq!(r["status"], "FAIL", "{r:#}");
-    assert!(r["measured"].as_f64().is_some_and(|n| n >= 1.0), "{r:#}");
+fn instruction_gate_sees_a_regression_just_above_its_soft_limit() {
+    let _m = counting();
+    let out = out_dir("instr");
+    let baseline = out.join("baseline.json");
+    let b = baseline.to_str().expect("utf-8 path");
+    let (code, report) = gates(&["--only", "instructions", "--save-baseline", "--baseline", b, "--plant", "none"], &out, &root());
+    let reference = row(&report, "phase1:instructions").clone();
+    assert_eq!((code, reference["status"].as_str()), (0, Some("PASS")), "{reference:#}");
+    let base = reference["measured"].as_f64().expect("measured");
+    // Exact run to run: the same build measures the same figure again.
+    let (_, again) = gates(&["--only", "instructions", "--baseline", b, "--plant", "none"], &out, &root());
+    assert_eq!(row(&again, "phase1:instructions")["measured"], reference["measured"], "{again:#}");
+
+    let iterations = |pct: f64| ((base * pct / 100.0) / INSTR_PER_ITERATION).round() as u64;
+    let above = format!("instr:{}", iterations(2.3));
+    let (code, report) = gates(&["--only", "instructions", "--baseline", b, "--plant", &above], &out, &root());
+    let r = row(&report, "phase1:instructions");
+    assert_eq!(code, 1, "{above}: {r:#}");
+    assert_eq!(r["status"], "FAIL", "{above}: {r:#}");
+    assert!(r["delta_pct"].as_f64().is_some_and(|d| d > 2.0 && d < 2.9), "{above}: {r:#}");
+    assert!(r["note"].as_str().is_some_and(|n| n.contains("soft limit")), "{r:#}");
+
+    let below = format!("instr:{}", iterations(1.5));
+    let (code, report) = gates(&["--only", "instructions", "--baseline", b, "--plant", &below], &out, &root());
+    let r = row(&report, "phase1:instructions");
+    assert_eq!((code, r["status"].as_str()), (0, Some("PASS")), "{below} is within +2 %: {r:#}");
+    assert!(r["delta_pct"].as_f64().is_some_and(|d| d > 1.2 && d < 2.0), "{below}: the plant must show: {r:#}");
 }
 
+/// Instructions one planted loop iteration costs: 4.04 measured (instr:1000 vs instr:0).
+const INSTR_PER_ITERATION: f64 = 4.04;
+
+/// 200 µs of CPU per request on the proxy's worker: about +0.9 ms of P99 over the floor at
+/// 2,000 req/s on a quiet machine (3× the limit; 100 µs, +0.32 ms, is the measured threshold:
+/// contracts/README.md). On a noisy machine the gate may say INCONCLUSIVE, never PASS: the proxy's
+/// P99 is then over twice the floor's beside it, which counts against it even in a noisy round.
 #[test]
-fn latency_gate_fails_with_a_planted_sleep() {
-    let out = out_dir("sleep");
-    let (code, report) = gates(&["--only", "latency", "--features", "planted-sleep"], &out, &root());
+fn latency_gate_fails_with_a_planted_cpu_step() {
+    let _m = timing();
+    let out = out_dir("spin");
+    let (code, report) = gates(&["--only", "latency", "--plant", "spin:200"], &out, &root());
     let r = row(&report, "phase1:latency");
-    assert_eq!(code, 1);
-    assert_eq!(r["status"], "FAIL", "a 2 ms sleep per request must breach +300 µs: {r:#}");
-    assert!(r["measured"].as_f64().is_some_and(|n| n > 1500.0), "{r:#}");
+    assert_eq!(code, 1, "{r:#}");
+    assert_eq!(r["status"], "FAIL", "200 µs of CPU per request must breach +300 µs over the floor: {r:#}");
+    assert!(r["measured"].as_f64().is_some_and(|n| n > 300.0), "{r:#}");
 }
 
 #[test]
 fn syscall_gate_fails_with_one_planted_syscall_per_request() {
+    let _m = timing();
     let out = out_dir("syscall");
-    let (code, report) = gates(&["--only", "syscalls", "--features", "planted-syscall"], &out, &root());
+    let (code, report) = gates(&["--only", "syscalls", "--plant", "syscall"], &out, &root());
     let r = row(&report, "phase1:syscalls");
     assert_eq!(code, 1);
     assert_eq!(r["status"], "FAIL", "one getpid per request must breach 6.5: {r:#}");
@@ -129,29 +187,98 @@ fn syscall_gate_fails_with_one_planted_syscall_per_request() {
     assert!(getpid.is_some_and(|n| (n - 1.0).abs() < 0.01), "exactly the planted syscall: {r:#}");
 }
 
+/// One extra system call on one request in ten: far below the total's limit (6.5), caught by the
+/// exact comparison of non-waiting calls with the relay's (`io_delta_limit`).
 #[test]
-fn instruction_gate_fails_on_a_planted_format_against_a_clean_baseline() {
-    let out = out_dir("instr");
-    let baseline = out.join("baseline.json");
-    let b = baseline.to_str().expect("utf-8 path");
-    let (code, report) = gates(&["--only", "instructions", "--save-baseline", "--baseline", b], &out, &root());
-    let clean = row(&report, "phase1:instructions");
-    assert_eq!(clean["status"], "PASS", "{clean:#}");
-    assert_eq!(code, 0);
-    let (code, report) = gates(&["--only", "instructions", "--baseline", b, "--features", "planted-format"], &out, &root());
-    let r = row(&report, "phase1:instructions");
+fn syscall_gate_sees_one_extra_syscall_every_ten_requests() {
+    let _m = timing();
+    let out = out_dir("syscall-10");
+    let (code, report) = gates(&["--only", "syscalls", "--plant", "syscall/10"], &out, &root());
+    let r = row(&report, "phase1:syscalls");
     assert_eq!(code, 1, "{r:#}");
     assert_eq!(r["status"], "FAIL", "{r:#}");
-    assert!(r["delta_pct"].as_f64().is_some_and(|d| d > 2.0), "{r:#}");
-    assert!(r["note"].as_str().is_some_and(|n| n.contains("soft limit")), "{r:#}");
+    assert!(r["measured"].as_f64().is_some_and(|m| m < 6.5), "the total alone would pass: {r:#}");
+    let getpid = r["details"]["by_syscall_per_request"]["getpid"].as_f64();
+    assert!(getpid.is_some_and(|n| (n - 0.1).abs() < 0.005), "exactly the planted syscalls: {r:#}");
+    assert!(r["note"].as_str().is_some_and(|n| n.contains("non-waiting")), "{r:#}");
 }
 
+/// The alloc gate's rows for the native engine, each with the probe shape it measures (`get` is
+/// the default row `phase1:alloc`); the controls (`alloc[hyper]`) are left out.
+fn alloc_shape_rows(report: &Value) -> Vec<(String, &Value)> {
+    let rows = report["rows"].as_array().map(|r| r.iter()).into_iter().flatten();
+    rows.filter(|r| r["status"] != "CONTROL")
+        .filter_map(|r| {
+            let key = r["key"].as_str()?;
+            let shape = match key.strip_prefix("phase1:alloc")? {
+                "" => "get".to_owned(),
+                s => s.strip_prefix('[')?.strip_suffix(']')?.to_owned(),
+            };
+            Some((shape, r))
+        })
+        .collect()
+}
+
+/// Runs the alloc gate with `plant`: each shape in `hit` must count exactly one allocation per
+/// exchange above its limit (its limit is its exact clean figure) and FAIL; each shape not in
+/// `hit` nor in `unasserted` must PASS.
+fn alloc_shapes_with_plant(plant: &str, hit: &[&str], unasserted: &[&str]) {
+    let out = out_dir(&format!("alloc-shapes-{}", plant.replace(['@', '/', ':'], "-")));
+    let (code, report) = gates(&["--only", "alloc", "--plant", plant], &out, &root());
+    let rows = alloc_shape_rows(&report);
+    for want in hit.iter().chain(unasserted).chain(&["get"]) {
+        assert!(rows.iter().any(|(s, _)| s == want), "{plant}: no alloc row for shape {want}: {report:#}");
+    }
+    for (shape, r) in &rows {
+        let limit = r["limit"].as_f64().expect("limit");
+        if hit.contains(&shape.as_str()) {
+            assert_eq!(r["status"], "FAIL", "{plant} must turn {shape} red: {r:#}");
+            assert_eq!(r["measured"].as_f64(), Some(limit + 1.0), "{plant}: exactly one planted allocation per exchange: {r:#}");
+        } else if !unasserted.contains(&shape.as_str()) {
+            assert_eq!(r["status"], "PASS", "{plant} must not reach {shape}: {r:#}");
+        }
+    }
+    assert_eq!(code, 1, "{report:#}");
+}
+
+/// `alloc@chunked` fires where a response arrives chunked from the origin: the chunked-response
+/// row, and the HTTP/1.0 row, whose response is the same chunked response de-chunked. Every
+/// other row (the default one at 0 among them) is untouched.
 #[test]
-fn instruction_counts_are_exact_run_to_run() {
-    let out = out_dir("instr-repeat");
-    let (_, a) = gates(&["--only", "instructions"], &out, &root());
-    let (_, b) = gates(&["--only", "instructions"], &out, &root());
-    let (a, b) = (row(&a, "phase1:instructions"), row(&b, "phase1:instructions"));
-    assert!(a["measured"].as_f64().is_some());
-    assert_eq!(a["measured"], b["measured"], "{a:#}\n{b:#}");
+fn alloc_gate_sees_a_planted_allocation_on_chunked_responses_only() {
+    let _m = counting();
+    alloc_shapes_with_plant("alloc@chunked", &["chunked-response", "http10-dechunk"], &[]);
+}
+
+/// `alloc@error` fires where the proxy sends an error response of its own, whether it then closes
+/// the client connection (413, 431, `fail` in conn.rs) or keeps it (404, 502, 504 on a keep-alive
+/// request, `Conn::run`): every error row, and no other.
+#[test]
+fn alloc_gate_sees_a_planted_allocation_on_error_responses_only() {
+    let _m = counting();
+    alloc_shapes_with_plant("alloc@error", &["404", "502-refused", "502-closed", "504", "413", "431"], &[]);
+}
+
+/// `alloc` (site `request`: the start of every proxied exchange) is counted exactly once per
+/// exchange in every row whose requests reach an exchange: all but 413 and 431, refused while
+/// their head is read.
+#[test]
+fn alloc_gate_counts_one_planted_allocation_per_exchange_in_every_shape() {
+    let _m = counting();
+    let every = [
+        "get",
+        "chunked-request",
+        "chunked-response",
+        "post-length",
+        "pipelined",
+        "http10-keepalive",
+        "http10-dechunk",
+        "404",
+        "502-refused",
+        "502-closed",
+        "504",
+        "stale-retry",
+        "upgrade",
+    ];
+    alloc_shapes_with_plant("alloc", &every, &[]);
 }

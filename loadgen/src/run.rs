@@ -153,6 +153,9 @@ pub fn run(cfg: &RunConfig) -> io::Result<RunOutcome> {
 }
 
 /// Applies the invalid-run rules (see the module docs).
+/// The reasons' first words are read by the gates' latency gate (gates/src/runner.rs `lagged`,
+/// `absorbed`) to tell the generator's own lateness from a target that could not take the load:
+/// keep "requested load not applied" and "generator fell" as they are.
 pub fn assess(cfg: &RunConfig, out: &RunOutcome) -> Validity {
     let mut reasons = Vec::new();
     if !cfg.closed {

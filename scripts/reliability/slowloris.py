@@ -9,8 +9,11 @@ then the same window with the crowd attacking (the crowd stays at --slow connect
 whole window: every connection the proxy cuts is replaced), then the wait for the crowd's last
 connections to be cut. The proxy's fds, RSS and threads are sampled every 0.2 s throughout.
 
-Criteria (exit 1 when one fails; exit 2 when the run itself could not be made):
-  - P99 (corrected, the rounds' HdrHistograms merged) under attack <= --p99-factor x baseline P99;
+Criteria (exit 1 when one fails; exit 3 when none fails but one is INCONCLUSIVE; exit 2 when the
+run itself could not be made):
+  - P99 (corrected, the HdrHistograms of the rounds whose baseline and attack windows are both
+    valid, merged) under attack <= --p99-factor x baseline P99; a window loadgen marked INVALID
+    is never evidence: with valid windows in only half the rounds or fewer, INCONCLUSIVE;
   - zero errors in every load window (connect/read/write/timeout/status, dropped, never sent);
   - every slow connection cut within [T - 50 ms, T + --slack] of its first byte (T: the proxy's
     limits.header_read_timeout); none still open after T + slack + 5 s;
@@ -260,18 +263,18 @@ def main():
     up.stop()
 
     # ---- verdict
-    p99_b = C.merged_p(base_reps, 0.99)
-    p99_a = C.merged_p(atk_reps, 0.99)
-    p50_b, p50_a = C.merged_p(base_reps, 0.5), C.merged_p(atk_reps, 0.5)
+    p99 = p99_verdict(rounds_out, base_reps, atk_reps, a.p99_factor)
+    p99_b, p99_a = p99["baseline_us"], p99["attack_us"]
+    valid_b = [rep for ro, rep in zip(rounds_out, base_reps) if round_valid(ro)]
+    valid_a = [rep for ro, rep in zip(rounds_out, atk_reps) if round_valid(ro)]
+    p50_b = C.merged_p(valid_b, 0.5) if valid_b else None
+    p50_a = C.merged_p(valid_a, 0.5) if valid_a else None
     errs = {f"r{ro['round']}-{k}": C.report_errors(ro[k]) for ro in rounds_out for k in ("baseline", "attack")}
-    checks = []
+    checks = [{"check": "p99", "status": p99["status"], "pass": p99["status"] == "PASS", "detail": p99["detail"]}]
 
     def check(name, ok, detail):
-        checks.append({"check": name, "pass": bool(ok), "detail": detail})
+        checks.append({"check": name, "status": "PASS" if ok else "FAIL", "pass": bool(ok), "detail": detail})
 
-    check("p99", p99_a is not None and p99_b is not None and p99_a <= a.p99_factor * p99_b,
-          f"attack P99 {C.ms(p99_a)} vs {a.p99_factor:g} x baseline {C.ms(p99_b)} "
-          f"(ratio {p99_a / p99_b:.2f})" if p99_a and p99_b else "no data")
     check("errors", sum(errs.values()) == 0, f"{sum(errs.values())} errors/dropped/unsent over all load windows")
     nc = sum(ro["crowd"]["not_cut"] for ro in rounds_out)
     el = sum(ro["crowd"]["early"] + ro["crowd"]["late"] for ro in rounds_out)
@@ -281,9 +284,10 @@ def main():
     fd_bad = [ro["round"] for ro in rounds_out if ro["fds_back_after_s"] is None]
     check("fds", not fd_bad, "fds back to the idle count within "
           f"{a.fd_settle:g} s after every attack" if not fd_bad else f"not back in round(s) {fd_bad}")
+    verdict = overall([c["status"] for c in checks])
     rec["summary"] = {"p99_baseline_us": p99_b, "p99_attack_us": p99_a, "p50_baseline_us": p50_b,
-                      "p50_attack_us": p50_a, "errors": errs, "checks": checks,
-                      "pass": all(c["pass"] for c in checks)}
+                      "p50_attack_us": p50_a, "p99_rounds_used": p99["rounds_used"], "errors": errs,
+                      "checks": checks, "verdict": verdict, "pass": verdict == "PASS"}
     rec["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with open(os.path.join(out, "slowloris.json"), "w") as f:
         json.dump(rec, f, indent=1)
@@ -291,8 +295,49 @@ def main():
     with open(os.path.join(out, "slowloris.md"), "w") as f:
         f.write(md)
     print(md)
-    C.log(f"wrote {out}/slowloris.json and slowloris.md: {'PASS' if rec['summary']['pass'] else 'FAIL'}")
-    return 0 if rec["summary"]["pass"] else 1
+    C.log(f"wrote {out}/slowloris.json and slowloris.md: {verdict}")
+    return {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[verdict]
+
+
+def round_valid(ro):
+    """A round's load windows are evidence only when loadgen kept its schedule in both."""
+    return bool(ro["baseline"].get("valid")) and bool(ro["attack"].get("valid"))
+
+
+def p99_verdict(rounds_out, base_reps, atk_reps, factor):
+    """The P99 criterion from the rounds whose baseline and attack windows are both valid.
+
+    A window loadgen marked INVALID (the generator fell behind its schedule) is never evidence,
+    for or against: with fewer than a majority of valid rounds the criterion is INCONCLUSIVE.
+    """
+    used = [i for i, ro in enumerate(rounds_out) if round_valid(ro)]
+    res = {"rounds_used": [rounds_out[i]["round"] for i in used], "baseline_us": None, "attack_us": None}
+    n = len(rounds_out)
+    if n == 0 or len(used) * 2 <= n:
+        res["status"] = "INCONCLUSIVE"
+        res["detail"] = (f"only {len(used)} of {n} rounds had both windows valid (loadgen fell behind its schedule): "
+                         "an invalid window is no evidence; run on a quieter machine or with more rounds")
+        return res
+    b = C.merged_p([base_reps[i] for i in used], 0.99)
+    at = C.merged_p([atk_reps[i] for i in used], 0.99)
+    res["baseline_us"], res["attack_us"] = b, at
+    if b is None or at is None or b <= 0:
+        res["status"] = "INCONCLUSIVE"
+        res["detail"] = "no latency data in the valid rounds"
+        return res
+    res["status"] = "PASS" if at <= factor * b else "FAIL"
+    res["detail"] = (f"attack P99 {C.ms(at)} vs {factor:g} x baseline {C.ms(b)} (ratio {at / b:.2f}), "
+                     f"from the {len(used)} of {n} rounds with both windows valid")
+    return res
+
+
+def overall(statuses):
+    """FAIL if any criterion failed, else INCONCLUSIVE if any was, else PASS."""
+    if "FAIL" in statuses:
+        return "FAIL"
+    if "INCONCLUSIVE" in statuses:
+        return "INCONCLUSIVE"
+    return "PASS"
 
 
 def silent_stats(recs, T, slack):
@@ -349,8 +394,9 @@ def render(rec):
                      f"when the client gave up (T + slack + 5 s); latest cut {si['cut_after_max_s']} s.")
     L += ["", "| criterion | result | detail |", "|---|---|---|"]
     for c in S["checks"]:
-        L.append(f"| {c['check']} | {'PASS' if c['pass'] else '**FAIL**'} | {c['detail']} |")
-    L += ["", f"Overall: **{'PASS' if S['pass'] else 'FAIL'}**. fds at start {rec['fds_at_start']}, at end "
+        st = c.get("status", "PASS" if c["pass"] else "FAIL")
+        L.append(f"| {c['check']} | {st if st == 'PASS' else '**' + st + '**'} | {c['detail']} |")
+    L += ["", f"Overall: **{S.get('verdict', 'PASS' if S['pass'] else 'FAIL')}**. fds at start {rec['fds_at_start']}, at end "
           f"{rec['fds_at_end']}; RSS at start {kb(rec['rss_kb_at_start'])}, at end {kb(rec['rss_kb_at_end'])}.", ""]
     return "\n".join(L)
 

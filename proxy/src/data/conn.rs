@@ -267,6 +267,8 @@ impl Conn {
                     self.worker.metrics().error(e);
                     let keep = e.keeps_client() && self.req.keep_alive && progress.request_done && !progress.responded;
                     if keep {
+                        #[cfg(feature = "planted")]
+                        crate::data::planted::at(crate::data::planted::Site::Error, 0);
                         if let Some(bytes) = e.response()
                             && self.write_client(bytes, snap.limits.client_idle_timeout).await.is_err()
                         {
@@ -412,7 +414,7 @@ impl Conn {
     /// Proxies the request whose head is at the front of `buf`. `Ok(keep_alive)`.
     async fn exchange(&mut self, snap: &Snapshot, progress: &mut Progress, started: Instant) -> Result<bool, ProxyError> {
         #[cfg(feature = "planted")]
-        crate::data::planted::per_request(self.req.len).await;
+        crate::data::planted::at(crate::data::planted::Site::Request, self.req.len);
         let limits = &snap.limits;
         let filled = self.buf.filled();
         let Some(route) = snap.router.lookup(self.req.route_host(filled), self.req.route_path(filled)) else {
@@ -630,6 +632,10 @@ impl Conn {
             Framing::Chunked => Some(ResBody::Chunked { dec: Chunked::new(u64::MAX), dechunk }),
             Framing::UntilClose => Some(ResBody::UntilClose),
         };
+        #[cfg(feature = "planted")]
+        if self.res.framing == Framing::Chunked {
+            crate::data::planted::at(crate::data::planted::Site::Chunked, self.res.len);
+        }
         let mut done = body.is_none();
         if let Some(b) = body.as_mut() {
             // The body bytes that came with the head leave in the same write (a bounded copy
@@ -717,6 +723,8 @@ impl Conn {
             return; // mid-response: dropping the connection is the only honest signal
         }
         let Some(bytes) = e.response() else { return };
+        #[cfg(feature = "planted")]
+        crate::data::planted::at(crate::data::planted::Site::Error, bytes.len());
         if self.write_client(bytes, LINGER).await.is_err() {
             return;
         }

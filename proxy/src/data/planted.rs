@@ -1,25 +1,181 @@
-//! Planted regressions, compiled only with the `planted-*` features. The gates' own tests build
-//! the proxy with one of these to prove that the gate guarding it turns red. Never enabled in a
-//! release build. Excluded from the static scan (contracts/phase1.toml says so, with the reason).
+//! Planted regressions, compiled only with the `planted` feature. The gates' own tests build the
+//! proxy once with it and select, at run time, which regressions are live with the
+//! `PROXY_PLANTED` environment variable, to prove that each gate turns red (and to measure how
+//! small a regression each gate can see). Never enabled in a release build. Excluded from the
+//! static scan unless the run builds with `planted` (contracts/phase1.toml says so).
+//!
+//! `PROXY_PLANTED` is a comma-separated list of `KIND[@SITE][/EVERY][:VALUE]`, or `none`:
+//!
+//! | kind | what it adds where it fires |
+//! |---|---|
+//! | `alloc` | one heap allocation (a boxed `usize`) |
+//! | `format` | one `format!` (allocation and formatting) |
+//! | `lock` | one `std::sync::Mutex` lock/unlock |
+//! | `syscall` | one `getpid` system call |
+//! | `instr:N` | a loop of `N` iterations the optimiser cannot remove (~`4 N` instructions) |
+//! | `spin:US` | `US` µs of busy CPU on the worker |
+//! | `sleep:US` | a blocking sleep of `US` µs on the worker (every connection of the worker waits) |
+//!
+//! `SITE` is where it fires: `request` (default: the start of every proxied exchange),
+//! `chunked` (a response relayed with chunked framing), `error` (an error response sent by the
+//! proxy). `/EVERY` fires it on one request in `EVERY` at that site. Unknown text aborts the
+//! process at the first request with a message: a planted run that plants nothing would prove
+//! nothing.
+//!
+//! Every plant is synchronous, so the hooks add no await point to the connection's future: a
+//! planted build with nothing planted costs the same instructions as a clean one, give or take the
+//! plan lookup.
 
-/// Runs once per request at the start of an exchange.
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    Request,
+    Chunked,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Alloc,
+    Format,
+    Lock,
+    Syscall,
+    Instr(u64),
+    Spin(u64),
+    Sleep(u64),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Plant {
+    kind: Kind,
+    site: Site,
+    every: u64,
+}
+
+/// At most this many plants at once (a fixed array: the plan itself allocates nothing).
+const MAX: usize = 8;
+
+#[derive(Debug)]
+struct Plan {
+    plants: [Option<Plant>; MAX],
+    /// Per-plant counters for `/EVERY`.
+    seen: [AtomicU64; MAX],
+}
+
+fn parse_one(item: &str) -> Result<Plant, String> {
+    let (head, value) = match item.split_once(':') {
+        Some((h, v)) => (h, Some(v.parse::<u64>().map_err(|_| format!("{item:?}: the value after ':' must be a number"))?)),
+        None => (item, None),
+    };
+    let (head, every) = match head.split_once('/') {
+        Some((h, e)) => (h, e.parse::<u64>().ok().filter(|e| *e > 0).ok_or_else(|| format!("{item:?}: '/EVERY' must be a number > 0"))?),
+        None => (head, 1),
+    };
+    let (kind, site) = match head.split_once('@') {
+        Some((k, s)) => (k, s),
+        None => (head, "request"),
+    };
+    let site = match site {
+        "request" => Site::Request,
+        "chunked" => Site::Chunked,
+        "error" => Site::Error,
+        other => return Err(format!("{item:?}: unknown site {other:?} (request, chunked, error)")),
+    };
+    let need = |v: Option<u64>| v.ok_or_else(|| format!("{item:?}: {kind} needs ':VALUE'"));
+    let kind = match kind {
+        "alloc" => Kind::Alloc,
+        "format" => Kind::Format,
+        "lock" => Kind::Lock,
+        "syscall" => Kind::Syscall,
+        "instr" => Kind::Instr(need(value)?),
+        "spin" => Kind::Spin(need(value)?),
+        "sleep" => Kind::Sleep(need(value)?),
+        other => return Err(format!("{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep)")),
+    };
+    Ok(Plant { kind, site, every })
+}
+
+fn parse(spec: &str) -> Result<Plan, String> {
+    let mut plan = Plan { plants: [None; MAX], seen: Default::default() };
+    // "none": the planted build with nothing live (the reference a plant is measured against).
+    for (i, item) in spec.split(',').map(str::trim).filter(|s| !s.is_empty() && *s != "none").enumerate() {
+        let slot = plan.plants.get_mut(i).ok_or_else(|| format!("at most {MAX} plants"))?;
+        *slot = Some(parse_one(item)?);
+    }
+    Ok(plan)
+}
+
+fn plan() -> &'static Plan {
+    static PLAN: OnceLock<Plan> = OnceLock::new();
+    PLAN.get_or_init(|| {
+        let spec = std::env::var("PROXY_PLANTED").unwrap_or_default();
+        match parse(&spec) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("proxy: PROXY_PLANTED: {e}");
+                std::process::exit(2);
+            }
+        }
+    })
+}
+
+/// Fires the plants of `site`.
 #[inline(never)]
-pub async fn per_request(len: usize) {
-    #[cfg(feature = "planted-alloc")]
-    std::hint::black_box(Box::new(len));
-    #[cfg(feature = "planted-lock")]
-    {
-        static LOCK: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
-        if let Ok(mut g) = LOCK.lock() {
-            *g += std::hint::black_box(len);
+pub fn at(site: Site, len: usize) {
+    let plan = plan();
+    for (i, p) in plan.plants.iter().enumerate() {
+        let Some(p) = p else { continue };
+        if p.site != site || plan.seen[i].fetch_add(1, Ordering::Relaxed) % p.every != 0 {
+            continue;
+        }
+        match p.kind {
+            Kind::Alloc => drop(std::hint::black_box(Box::new(len))),
+            Kind::Format => drop(std::hint::black_box(format!("request head of {len} bytes"))),
+            Kind::Lock => {
+                static LOCK: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+                if let Ok(mut g) = LOCK.lock() {
+                    *g += std::hint::black_box(len);
+                }
+            }
+            // getpid: glibc does not cache it.
+            Kind::Syscall => drop(std::hint::black_box(std::process::id())),
+            Kind::Instr(n) => {
+                let mut x = len as u64;
+                for i in 0..n {
+                    x = std::hint::black_box(x ^ i);
+                }
+                std::hint::black_box(x);
+            }
+            Kind::Spin(us) => {
+                let until = std::time::Instant::now() + std::time::Duration::from_micros(us);
+                while std::time::Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            }
+            Kind::Sleep(us) => std::thread::sleep(std::time::Duration::from_micros(us)),
         }
     }
-    #[cfg(feature = "planted-format")]
-    std::hint::black_box(format!("request head of {len} bytes"));
-    #[cfg(feature = "planted-sleep")]
-    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    // One extra system call per request (getpid: glibc does not cache it).
-    #[cfg(feature = "planted-syscall")]
-    std::hint::black_box(std::process::id());
-    let _ = len;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_bad_ones_are_refused() {
+        let p = parse("alloc, format@error, syscall/4, instr:300, sleep@chunked:2000").expect("valid");
+        let got: Vec<Plant> = p.plants.iter().flatten().copied().collect();
+        assert_eq!(got.len(), 5);
+        assert_eq!((got[1].kind, got[1].site), (Kind::Format, Site::Error));
+        assert_eq!((got[2].kind, got[2].every), (Kind::Syscall, 4));
+        assert_eq!(got[3].kind, Kind::Instr(300));
+        assert_eq!((got[4].kind, got[4].site), (Kind::Sleep(2000), Site::Chunked));
+        for bad in ["alloc@nowhere", "instr", "spin:x", "syscall/0", "teleport", "a,b,c,d,e,f,g,h,i"] {
+            assert!(parse(bad).is_err(), "{bad} accepted");
+        }
+        assert!(parse("").is_ok_and(|p| p.plants.iter().all(Option::is_none)));
+        assert!(parse("none").is_ok_and(|p| p.plants.iter().all(Option::is_none)));
+    }
 }

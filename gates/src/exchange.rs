@@ -1,0 +1,279 @@
+//! The instruction gate's workload (run by `gates/benches/instructions.rs` under callgrind):
+//! keep-alive exchanges on the direct path (client → origin) or the proxied path
+//! (client → proxy → origin), client, origin and the proxy's worker all as tasks on one
+//! `current_thread` runtime so the instruction count is the same on every run.
+//!
+//! Every exchange is verified, and the verdict travels with the count: a proxy that answers 404
+//! or 502 does less work than one that proxies, so an unverified count would *pass* a broken
+//! proxy with a lower figure. [`Outcome`] records what the run really did (responses with status
+//! 200 and the exact body length, requests the origin really served); the gate refuses the count
+//! unless it matches what was asked.
+
+use std::cell::Cell;
+use std::path::Path;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::GET;
+
+/// Exchanges before the measured ones (both request counts run them: they cancel out).
+pub const WARMUP: u64 = 200;
+
+/// What one run really did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub proxied: bool,
+    /// Measured exchanges asked for (the warm-up excluded).
+    pub requests: u64,
+    pub warmup: u64,
+    pub body_bytes: usize,
+    /// Responses with status 200 and exactly `body_bytes` of body.
+    pub ok: u64,
+    /// Requests the origin served (warm-up included): proof the proxy forwarded them.
+    pub origin_served: u64,
+    /// The first thing that went wrong, if anything did.
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    /// `Ok` when every exchange, warm-up included, was a verified 200 served by the origin.
+    pub fn verify(&self) -> Result<(), String> {
+        let path = if self.proxied { "proxied" } else { "direct" };
+        let total = self.warmup + self.requests;
+        if let Some(e) = &self.error {
+            return Err(format!("{path} run of {total} exchanges failed after {} good ones: {e}", self.ok));
+        }
+        if self.ok != total {
+            return Err(format!("{path} run: {} verified responses of {total}", self.ok));
+        }
+        if self.origin_served != total {
+            return Err(format!("{path} run: the origin served {} requests of {total}", self.origin_served));
+        }
+        Ok(())
+    }
+}
+
+/// Which path a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Client → origin.
+    Direct,
+    /// Client → proxy → origin.
+    Proxied,
+    /// A broken proxy for the gate's own tests: its only route names a host the client does
+    /// not send, so every request is answered 404 without reaching the origin.
+    ProxiedNoRoute,
+    /// A broken proxy for the gate's own tests: its upstream is a closed port (502).
+    ProxiedDeadUpstream,
+}
+
+/// Runs `WARMUP + n` keep-alive GETs with `body_bytes` responses and reports what happened.
+pub fn exchange(route: Route, n: u64, body_bytes: usize) -> Outcome {
+    let proxied = route != Route::Direct;
+    let mut out = Outcome { proxied, requests: n, warmup: WARMUP, body_bytes, ..Outcome::default() };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.error = Some(format!("runtime: {e}"));
+            return out;
+        }
+    };
+    let served = Rc::new(Cell::new(0u64));
+    let local = tokio::task::LocalSet::new();
+    let (ok, error) = local.block_on(&rt, run(route, n, body_bytes, Rc::clone(&served)));
+    out.ok = ok;
+    out.error = error;
+    out.origin_served = served.get();
+    out
+}
+
+async fn run(route: Route, n: u64, body_bytes: usize, served: Rc<Cell<u64>>) -> (u64, Option<String>) {
+    let target = match setup(route, body_bytes, served).await {
+        Ok(t) => t,
+        Err(e) => return (0, Some(e)),
+    };
+    let mut s = match tokio::net::TcpStream::connect(target).await {
+        Ok(s) => s,
+        Err(e) => return (0, Some(format!("connect {target}: {e}"))),
+    };
+    let _ = s.set_nodelay(true);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut ok = 0;
+    for _ in 0..WARMUP + n {
+        match round_trip(&mut s, &mut buf, body_bytes).await {
+            Ok(()) => ok += 1,
+            Err(e) => return (ok, Some(e)),
+        }
+    }
+    (ok, None)
+}
+
+/// Starts the origin (and the proxy's worker in front of it); returns the address to send to.
+async fn setup(route: Route, body_bytes: usize, served: Rc<Cell<u64>>) -> Result<std::net::SocketAddr, String> {
+    use proxy::config::{ServerIds, parse};
+    use proxy::data::accept::accept_loop;
+    use proxy::data::worker::{Shared, Worker};
+
+    let origin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("bind origin: {e}"))?;
+    let origin_addr = origin_listener.local_addr().map_err(|e| format!("origin address: {e}"))?;
+    tokio::task::spawn_local(origin(origin_listener, body_bytes, served));
+    let (upstream, host) = match route {
+        Route::Direct => return Ok(origin_addr),
+        Route::Proxied => (origin_addr, ""),
+        Route::ProxiedNoRoute => (origin_addr, "host = \"elsewhere.example\"\n"),
+        Route::ProxiedDeadUpstream => {
+            // A port that was just free: nothing listens there.
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+            (l.local_addr().map_err(|e| format!("address: {e}"))?, "")
+        }
+    };
+    let text = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\n{host}upstream = \"o\"\n[upstreams.o]\nservers = [\"{upstream}\"]\n"
+    );
+    let cfg = parse(Path::new("bench"), &text, &mut ServerIds::default()).map_err(|e| format!("bench config: {e}"))?;
+    let worker = Worker::new(Shared::new(cfg.snapshot), 0);
+    // The coarse-timer tick is wall-clock driven (a per-second cost, not per request): kept out
+    // so the count stays exact run to run.
+    worker.timers.never_tick();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("bind proxy: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| format!("proxy address: {e}"))?;
+    tokio::task::spawn_local(accept_loop(Rc::clone(&worker), listener));
+    Ok(addr)
+}
+
+/// A keep-alive origin answering each bodiless request with 200 and `body` bytes; counts them.
+async fn origin(listener: tokio::net::TcpListener, body: usize, served: Rc<Cell<u64>>) {
+    let mut response = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {body}\r\n\r\n").into_bytes();
+    response.resize(response.len() + body, b'x');
+    let response: Rc<[u8]> = response.into();
+    while let Ok((mut s, _)) = listener.accept().await {
+        let response = Rc::clone(&response);
+        let served = Rc::clone(&served);
+        tokio::task::spawn_local(async move {
+            let _ = s.set_nodelay(true);
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut filled = 0;
+            loop {
+                match s.read(&mut buf[filled..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => filled += n,
+                }
+                let mut start = 0;
+                while let Some(end) = buf[start..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+                    served.set(served.get() + 1);
+                    if s.write_all(&response).await.is_err() {
+                        return;
+                    }
+                    start += end + 4;
+                }
+                buf.copy_within(start..filled, 0);
+                filled -= start;
+            }
+        });
+    }
+}
+
+/// One GET; `Ok` only for a 200 whose Content-Length body is exactly `body_bytes`.
+async fn round_trip(s: &mut tokio::net::TcpStream, buf: &mut [u8], body_bytes: usize) -> Result<(), String> {
+    s.write_all(GET).await.map_err(|e| format!("write: {e}"))?;
+    let mut filled = 0;
+    loop {
+        let n = s.read(&mut buf[filled..]).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before a whole response".to_owned());
+        }
+        filled += n;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut res = httparse::Response::new(&mut headers);
+        match res.parse(&buf[..filled]) {
+            Ok(httparse::Status::Partial) => continue,
+            Err(e) => return Err(format!("unparsable response: {e}")),
+            Ok(httparse::Status::Complete(head)) => {
+                let status = res.code.unwrap_or(0);
+                if status != 200 {
+                    return Err(format!("status {status}, expected 200"));
+                }
+                let len = res
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+                    .ok_or("a 200 without a Content-Length")?;
+                if len != body_bytes {
+                    return Err(format!("body of {len} bytes, expected {body_bytes}"));
+                }
+                if head + len > buf.len() {
+                    return Err("response larger than the client buffer".to_owned());
+                }
+                while filled < head + len {
+                    let n = s.read(&mut buf[filled..head + len]).await.map_err(|e| format!("read body: {e}"))?;
+                    if n == 0 {
+                        return Err("connection closed mid-body".to_owned());
+                    }
+                    filled += n;
+                }
+                if filled != head + len {
+                    return Err(format!("{} bytes past the response (the bench sends one request at a time)", filled - head - len));
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_paths_verify_and_the_origin_counts_every_request() {
+        for route in [Route::Direct, Route::Proxied] {
+            let o = exchange(route, 50, 1024);
+            assert_eq!(o.verify(), Ok(()), "{o:?}");
+            assert_eq!((o.ok, o.origin_served), (WARMUP + 50, WARMUP + 50));
+        }
+    }
+
+    /// The old bench counted these runs' instructions (fewer than a real proxy's) and passed them.
+    #[test]
+    fn a_proxy_answering_404_or_502_is_refused() {
+        let o = exchange(Route::ProxiedNoRoute, 20, 1024);
+        let e = o.verify().expect_err("a 404 proxy must not verify");
+        assert!(e.contains("status 404"), "{e}");
+        assert_eq!(o.origin_served, 0);
+        let o = exchange(Route::ProxiedDeadUpstream, 20, 1024);
+        let e = o.verify().expect_err("a 502 proxy must not verify");
+        assert!(e.contains("status 502"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_body_length_is_refused() {
+        // The origin sends 100 bytes; the client expects 1024.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let local = tokio::task::LocalSet::new();
+        let served = Rc::new(Cell::new(0));
+        let err = local.block_on(&rt, async move {
+            let target = setup(Route::Proxied, 100, served).await.expect("setup");
+            let mut s = tokio::net::TcpStream::connect(target).await.expect("connect");
+            let mut buf = vec![0u8; 64 * 1024];
+            round_trip(&mut s, &mut buf, 1024).await.expect_err("wrong length accepted")
+        });
+        assert!(err.contains("body of 100 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_outcome_is_refused() {
+        let good = Outcome { proxied: true, requests: 10, warmup: 2, body_bytes: 5, ok: 12, origin_served: 12, error: None };
+        assert_eq!(good.verify(), Ok(()));
+        let bad = [
+            Outcome { ok: 11, ..good.clone() },
+            Outcome { origin_served: 0, ..good.clone() },
+            Outcome { error: Some("status 502, expected 200".into()), ..good.clone() },
+        ];
+        for b in bad {
+            assert!(b.verify().is_err(), "{b:?}");
+        }
+    }
+}
