@@ -228,7 +228,8 @@ impl LatencyRound {
     /// In a round too noisy to judge closely (the floor's P99 over its limit, the generator on
     /// time, the direct path quiet), the proxy is still worse beyond doubt when it did not absorb
     /// the load the floor absorbed, or its P99 is over `NOISY_FAIL_RATIO` times the floor's: noise
-    /// on the shared CPU moved the two together (within ±25 % in the measured busy runs).
+    /// on the shared CPU moved the two together (proxy ÷ floor 0.90–1.26 on the clean tree in the
+    /// measured busy rounds; 1.8–2.5 with 200 µs of CPU planted per request).
     fn decisively_over(&self, g: &LatencyGate) -> bool {
         self.valid
             && !self.floor_overloaded
@@ -238,7 +239,7 @@ impl LatencyRound {
 }
 
 /// How many times the floor's P99 the proxy's must be for a noisy round to count against it.
-pub const NOISY_FAIL_RATIO: f64 = 2.0;
+pub const NOISY_FAIL_RATIO: f64 = 1.5;
 
 /// The verdict over the rounds: (status, measured, note).
 ///
@@ -685,7 +686,8 @@ mod tests {
             (277.0, 3725.0, 3365.0),
         ]);
         assert_eq!(judge_latency(&g, &busy).0, Status::Inconclusive);
-        // The same hog, `spin:200` planted: the proxy's P99 is 1.9-2.5× the floor's beside it: FAIL.
+        // The same hog, `spin:200` planted (two runs): the proxy's P99 is 1.8-2.5× the floor's
+        // beside it: FAIL.
         let busy_spin = rounds(&[
             (247.0, 2875.0, 7086.0),
             (244.0, 3445.0, 8724.0),
@@ -694,6 +696,23 @@ mod tests {
             (383.0, 3715.0, 7574.0),
         ]);
         assert_eq!(judge_latency(&g, &busy_spin).0, Status::Fail);
+        let busy_spin = rounds(&[
+            (95.0, 3834.0, 6963.0),
+            (217.0, 3586.0, 7053.0),
+            (196.0, 3664.0, 6967.0),
+            (82.0, 3576.0, 8163.0),
+            (247.0, 3680.0, 7479.0),
+        ]);
+        assert_eq!(judge_latency(&g, &busy_spin).0, Status::Fail);
+        // A build running beside the clean tree (proxy ÷ floor 0.92-1.21): no FAIL.
+        let build = rounds(&[
+            (228.0, 4063.0, 4936.0),
+            (148.0, 4057.0, 3920.0),
+            (539.0, 4178.0, 4067.0),
+            (252.0, 4432.0, 4069.0),
+            (227.0, 4211.0, 4342.0),
+        ]);
+        assert_eq!(judge_latency(&g, &build).0, Status::Inconclusive);
         // The same hog, `sleep:2000` planted: the proxy leaves the load unabsorbed: FAIL.
         let busy_sleep: Vec<LatencyRound> =
             busy.iter().map(|r| LatencyRound { proxy_p99: 6_900_000.0, proxy_overloaded: true, ..*r }).collect();
@@ -735,7 +754,7 @@ mod tests {
     #[test]
     fn latency_noise_on_the_proxys_cpu_is_inconclusive_not_fail() {
         let g = latency_gate();
-        let busy = [round(250.0, 15_000.0, 16_000.0), round(260.0, 12_000.0, 19_000.0), round(255.0, 300.0, 900.0)];
+        let busy = [round(250.0, 15_000.0, 16_000.0), round(260.0, 12_000.0, 13_000.0), round(255.0, 300.0, 900.0)];
         let (s, m, note) = judge_latency(&g, &busy);
         assert_eq!((s, m), (Status::Inconclusive, None), "{note}");
         assert!(note.contains("too noisy"), "{note}");
