@@ -48,6 +48,20 @@ pub struct HotPath {
     /// Attributes the hot path may carry, by name (`inline`) or full path.
     #[serde(default)]
     pub allow_attributes: Vec<Allowed>,
+    /// Which hot-path module may use which: each rule forbids the files of some modules to name
+    /// paths under others (after resolution, like the allowlist).
+    #[serde(default)]
+    pub layers: Vec<Layer>,
+}
+
+/// A layering rule of the hot path: files whose module starts with one of `modules` may not name
+/// anything under `may_not_use`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    pub modules: Vec<String>,
+    pub may_not_use: Vec<String>,
+    pub reason: String,
 }
 
 /// One allowlist entry: a bare path, or a table with the reason it is allowed.

@@ -46,6 +46,8 @@ pub struct Violation {
 
 /// A path outside the scanned code that the contract's `[hot_path] allow` does not name.
 pub const NOT_ALLOWLISTED: &str = "not-allowlisted";
+/// The id of a violation of a `[[hot_path.layers]]` rule.
+pub const LAYERING: &str = "layering";
 /// A glob import of a module that is not scanned: what it brings in cannot be checked.
 pub const GLOB_IMPORT: &str = "glob-import";
 /// `#[path = ".."]`: would compile a file the scan does not see into the hot path.
@@ -343,6 +345,30 @@ impl Scanner<'_> {
             .find(|rule| rule.matches.iter().any(|m| !m.contains("::") && names.contains(&m.as_str())))
     }
 
+    /// The deepest scanned module `written` passes through (`crate::data::h1::head` for
+    /// `super::h1::head::Head` written in `crate::data::accept`), if any: what a layering rule
+    /// judges. Items of scanned modules resolve as local, so the module is found prefix by prefix.
+    fn module_reached(&self, written: &[String]) -> Option<Segs> {
+        (1..=written.len()).rev().find_map(|i| match self.resolve(&written[..i], Ns::Use) {
+            Res::Module(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    /// The reason of a `[[hot_path.layers]]` rule that forbids the current module to name `p`.
+    fn layer_ban(&self, p: &[String]) -> Option<String> {
+        let module = &self.index.scopes[self.cur()].module;
+        let under = |prefix: &str, of: &[String]| {
+            let want: Vec<&str> = prefix.split("::").collect();
+            of.len() >= want.len() && of.iter().zip(&want).all(|(a, b)| a == b)
+        };
+        self.contract.hot_path.layers.iter().find_map(|l| {
+            let applies = l.modules.iter().any(|m| under(m, module));
+            let hit = l.may_not_use.iter().find(|f| under(f, p))?;
+            applies.then(|| format!("{} may not use {hit}: {}", show(module), l.reason))
+        })
+    }
+
     fn allowed(&self, p: &[String]) -> bool {
         self.allow.iter().any(|a| is_prefix(a, p))
     }
@@ -355,6 +381,12 @@ impl Scanner<'_> {
     /// Checks a path against the bans and the allowlist. `prefix_ok`: a module on the way to an
     /// allowed entry is fine (a `use` of it, or a bare name, cannot do anything by itself).
     fn check_path(&mut self, written: &[String], span: Span, ns: Ns, prefix_ok: bool) {
+        if let Some(m) = self.module_reached(written)
+            && let Some(reason) = self.layer_ban(&m)
+        {
+            self.report(LAYERING, show(written), reason, span);
+            return;
+        }
         let res = self.resolve(written, ns);
         self.check_resolved(written, &res, span, prefix_ok, "");
     }
@@ -368,6 +400,7 @@ impl Scanner<'_> {
             self.report_rule(&rule, format!("{}{suffix}", describe(written, res)), span);
             return;
         }
+
         match res {
             Res::Path(p) if !(self.allowed(p) || (prefix_ok && self.on_the_way(p))) => self.report(
                 NOT_ALLOWLISTED,

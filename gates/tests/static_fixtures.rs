@@ -391,3 +391,52 @@ fn excluded_file_is_scanned_when_its_feature_is_built() {
         }
     }
 }
+
+// Layering: which hot-path module may use which ([[hot_path.layers]], docs/architecture.md).
+
+#[test]
+fn the_shared_pool_may_not_use_a_protocol() {
+    let pool = "proxy/src/data/upstream/pool.rs";
+    let v = scan(
+        "layer-pool",
+        &[
+            ("proxy/src/data/mod.rs", "pub mod h1;\npub mod upstream;\n"),
+            ("proxy/src/data/upstream/mod.rs", "pub mod pool;\n"),
+            ("proxy/src/data/h1/mod.rs", "pub mod head;\n"),
+            ("proxy/src/data/h1/head.rs", "pub struct Head;\n"),
+            (pool, "use crate::data::h1::head::Head;\n\npub fn f(_: &Head) {}\n"),
+        ],
+    );
+    caught(&v, pool, 1, Some("layering"));
+}
+
+#[test]
+fn a_protocol_may_not_use_its_sibling_or_the_accept_loop() {
+    let conn = "proxy/src/data/h1/conn.rs";
+    let v = scan(
+        "layer-h1",
+        &[
+            ("proxy/src/data/mod.rs", "pub mod accept;\npub mod h1;\npub mod h2;\n"),
+            ("proxy/src/data/h1/mod.rs", "pub mod conn;\n"),
+            ("proxy/src/data/h2/mod.rs", "pub struct Frame;\n"),
+            ("proxy/src/data/accept.rs", "pub fn run() {}\n"),
+            (conn, "use super::super::h2::Frame;\n\npub fn f(_: Frame) { crate::data::accept::run(); }\n"),
+        ],
+    );
+    caught(&v, conn, 1, Some("layering"));
+    caught(&v, conn, 3, Some("layering"));
+}
+
+#[test]
+fn the_accept_loop_may_use_a_protocol_and_the_shared_parts() {
+    let v = scan(
+        "layer-accept",
+        &[
+            ("proxy/src/data/mod.rs", "pub mod accept;\npub mod h1;\npub mod buf;\n"),
+            ("proxy/src/data/h1/mod.rs", "pub fn serve() {}\n"),
+            ("proxy/src/data/buf.rs", "pub struct Buf;\n"),
+            ("proxy/src/data/accept.rs", "use crate::data::buf::Buf;\n\npub fn run(_: Buf) { crate::data::h1::serve(); }\n"),
+        ],
+    );
+    clean(&v);
+}

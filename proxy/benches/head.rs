@@ -6,8 +6,8 @@ use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use proxy::config::{ServerIds, parse};
-use proxy::data::head::{Parsed, RequestHead, ResponseHead};
-use proxy::data::rewrite;
+use proxy::data::h1::head::{Parsed, RequestHead, ResponseHead};
+use proxy::data::h1::rewrite;
 
 const REQUEST: &[u8] = b"GET /api/v1/users/12345?fields=name,email&limit=10 HTTP/1.1\r\n\
 Host: api.example.com\r\n\

@@ -12,7 +12,7 @@
 //!
 //! The three decisions that may not be reversed: workers read an immutable [`snapshot::Snapshot`]
 //! published with `arc-swap`; bodies stream through per-connection buffers that are reused;
-//! each worker owns its upstream pool ([`data::pool::Pool`]).
+//! each worker owns its upstream pool ([`data::upstream::pool::Pool`]).
 
 pub mod cli;
 pub mod config;

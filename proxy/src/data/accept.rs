@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::data::conn;
+use crate::data::h1::conn;
 use crate::data::worker::{ConnPermit, Worker};
 
 /// Accepts connections on this worker's listener and serves each on this thread.

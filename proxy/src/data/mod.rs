@@ -1,27 +1,28 @@
 //! The data plane: everything that runs per request. The contract (`contracts/phase1.toml`)
 //! names these files as the hot path: no locks, no string building, no logging on the success
-//! path, no heap allocation per request in steady state.
+//! path, no heap allocation per request in steady state. `docs/architecture.md` draws the layout
+//! and the rules of which module may use which (the static gate enforces them).
 //!
-//! - [`accept`]: per-worker accept loop (one `SO_REUSEPORT` listener per worker).
-//! - [`conn`]: the per-connection request loop.
-//! - [`head`], [`chunked`], [`rewrite`]: the HTTP/1.1 codec over `httparse`.
-//! - [`pool`], [`worker`]: per-worker upstream pool, balancer and snapshot cache.
-//! - [`error`]: the one error enum and its canned responses.
-//! - [`metrics`]: per-worker counters (single writer, summed by the admin exporter).
-//! - [`access`]: the access-log record handed to a background writer (off by default).
-//! - [`timer`]: per-worker coarse timers for the connections' timeouts.
+//! Shared by every protocol:
+//! - [`accept`]: per-worker accept loop (one `SO_REUSEPORT` listener per worker); the one place
+//!   that hands a connection to a protocol.
+//! - [`worker`]: the worker's state: snapshot cache, balancer, upstream pool, timers, metrics.
+//! - [`upstream`]: the per-worker upstream connection pool.
+//! - [`buf`], [`timer`], [`metrics`], [`error`], [`access`]: reused buffers, coarse timers,
+//!   per-worker counters, the one error enum and its canned responses, the access-log record.
+//!
+//! One module per protocol, siblings that share the above and never use each other:
+//! - [`h1`]: HTTP/1.1 (the codec over `httparse` and the connection loop). TLS, HTTP/2 and
+//!   HTTP/3 will be `tls`, `h2` and `h3` beside it.
 
 pub mod accept;
 pub mod access;
 pub mod buf;
-pub mod chunked;
-pub mod conn;
 pub mod error;
-pub mod head;
+pub mod h1;
 pub mod metrics;
 #[cfg(feature = "planted")]
 pub mod planted;
-pub mod pool;
-pub mod rewrite;
 pub mod timer;
+pub mod upstream;
 pub mod worker;

@@ -15,8 +15,8 @@ use tokio::sync::watch;
 
 use crate::data::access::AccessLog;
 use crate::data::metrics::WorkerMetrics;
-use crate::data::pool::Pool;
 use crate::data::timer::Timers;
+use crate::data::upstream::pool::Pool;
 use crate::snapshot::{Balance, Server, Snapshot, UpstreamGroup};
 
 /// What all workers share: the published snapshot and process-wide counters touched only per

@@ -3,10 +3,10 @@
 //! heads through `ResponseHead::parse` and `rewrite::response_head`, each checked against the
 //! referee in `oracle.rs`.
 
-use proxy::data::chunked::{ChunkError, Chunked};
 use proxy::data::error::ProxyError;
-use proxy::data::head::{self, Parsed, RequestHead, ResponseHead};
-use proxy::data::rewrite::{self, ClientConn};
+use proxy::data::h1::chunked::{ChunkError, Chunked};
+use proxy::data::h1::head::{self, Parsed, RequestHead, ResponseHead};
+use proxy::data::h1::rewrite::{self, ClientConn};
 use proxy::snapshot::{Limits, Route};
 
 use crate::inputs::{self, Rng};

@@ -22,12 +22,12 @@ use crate::data::timer::Timers;
 
 use crate::data::access::AccessRecord;
 use crate::data::buf::Buf;
-use crate::data::chunked::{ChunkError, Chunked};
 use crate::data::error::ProxyError;
-use crate::data::head::{Framing, Parsed, RequestHead, ResponseHead};
+use crate::data::h1::chunked::{ChunkError, Chunked};
+use crate::data::h1::head::{Framing, Parsed, RequestHead, ResponseHead};
+use crate::data::h1::rewrite::{self, ClientConn};
 use crate::data::metrics::ROUTE_NONE;
-use crate::data::pool::UpstreamConn;
-use crate::data::rewrite::{self, ClientConn};
+use crate::data::upstream::pool::UpstreamConn;
 use crate::data::worker::{ConnPermit, Worker};
 use crate::snapshot::{Limits, Server, Snapshot, UpstreamGroup};
 

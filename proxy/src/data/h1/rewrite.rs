@@ -4,7 +4,7 @@
 //! into one `Vec<u8>` whose capacity survives across requests, so the rewrite allocates nothing
 //! in steady state and the head (plus the first body bytes) leaves in a single `write`.
 
-use crate::data::head::{Kind, RequestHead, ResponseHead};
+use crate::data::h1::head::{Kind, RequestHead, ResponseHead};
 use crate::snapshot::Route;
 
 /// How the client connection continues after a response.
@@ -142,7 +142,7 @@ fn status(out: &mut Vec<u8>, code: u16) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::data::head::Parsed;
+    use crate::data::h1::head::Parsed;
     use crate::snapshot::Limits;
 
     fn parse(b: &[u8]) -> RequestHead {
