@@ -61,7 +61,7 @@ MODES = {
                  search_step_s=1.0, search_warmup_s=0.3, search_precision=0.1, budget_s=1200),
 }
 
-CONNECTIONS = 50          # loadgen connections for every timed run (wrk -c50 in PEERS.md)
+CONNECTIONS = 50          # loadgen connections for every timed run (like wrk -c50; docs/benchmarking.md)
 CG_CONNECTIONS = 8        # callgrind and strace runs: moderate rate, few connections
 REQ_TIMEOUT = "2s"        # per-request timeout: bounds the drain of an overloaded open-loop run
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -864,7 +864,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one short round (< 5 min), for checking")
     ap.add_argument("--rounds", type=int, help="interleaved rounds (full: 5, quick: 1)")
-    ap.add_argument("--out", help="results folder (full: results/<date>-<host>; quick: target/compare/...)")
+    ap.add_argument("--out", help="results folder (full: results/compare/<date>-<host>; quick: target/compare/...)")
     ap.add_argument("--targets", default=",".join(ALL_TARGETS),
                     help="comma-separated subset of " + ",".join(ALL_TARGETS))
     ap.add_argument("--slo-ms", type=float, default=5.0, help="P99 SLO for the max sustainable rate")
@@ -896,7 +896,7 @@ def main():
     elif args.quick:
         out = os.path.join(ROOT, "target", "compare", f"{now:%Y-%m-%d}-{host}-quick")
     else:
-        out = os.path.join(ROOT, "results", f"{now:%Y-%m-%d}-{host}")
+        out = os.path.join(ROOT, "results", "compare", f"{now:%Y-%m-%d}-{host}")
     if os.path.exists(os.path.join(out, "compare.json")) and not args.quick:
         raise Fail(f"{out} already holds a run: pass --out DIR for a new one")
     os.makedirs(out, exist_ok=True)

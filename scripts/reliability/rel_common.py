@@ -24,7 +24,7 @@ TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 PROXY_BIN = os.environ.get("PROXY_BIN", os.path.join(TARGET_DIR, "release", "proxy"))
 LOADGEN_BIN = os.environ.get("LOADGEN_BIN", os.path.join(TARGET_DIR, "release", "loadgen"))
 
-PROXY_CPU = "1"   # PEERS.md: the proxy on CPU 1, generator + upstream (+ attacker) on CPU 0
+PROXY_CPU = "1"   # docs/benchmarking.md: the proxy on CPU 1, generator + upstream (+ attacker) on CPU 0
 LOAD_CPU = "0"
 
 
