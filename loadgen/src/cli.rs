@@ -220,10 +220,6 @@ pub struct RelayArgs {
     pub cpus: Vec<usize>,
 }
 
-/// A usage error: one line for the user.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
 /// Parses `1.5s`, `250ms`, `100us`/`100µs`, `10ns`, `2m`, `1h`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
