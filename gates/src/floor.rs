@@ -22,9 +22,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::contract::FloorGate;
-use crate::runner::{
-    ChildGuard, LoadRun, Options, Row, Stage, Status, error_row, median, pinned, scratch_dir, spawn_listening, start_stage, which,
-};
+use crate::runner::{ChildGuard, LoadRun, Options, Row, Stage, Status, error_row, median, scratch_dir, start_stage, which};
 
 /// The processes every floor measurement needs: the upstream and the proxy ([`Stage`]) plus the
 /// relay on the proxy's CPU.
@@ -44,9 +42,7 @@ impl Drop for Setup {
 fn setup(opts: &Options, g: &FloorGate, what: &str) -> Result<Setup, String> {
     let tmp = scratch_dir(what)?;
     let stage = start_stage(opts, g.body_bytes, &tmp)?;
-    let mut rl = pinned(stage.pin, "1", &stage.loadgen);
-    rl.args(["relay", "--listen", "127.0.0.1:0", "--upstream", &stage.upstream_addr]);
-    let (relay, relay_addr) = spawn_listening(rl, "loadgen relay")?;
+    let (relay, relay_addr) = stage.start_relay()?;
     Ok(Setup { stage, relay, relay_addr, tmp })
 }
 

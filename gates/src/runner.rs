@@ -359,6 +359,14 @@ pub struct LoadRun<'a> {
 }
 
 impl Stage {
+    /// Starts the byte-relay floor (`loadgen relay`) in front of the upstream, pinned where the
+    /// proxy is: the same CPU, the same hop.
+    pub fn start_relay(&self) -> Result<(ChildGuard, String), String> {
+        let mut rl = pinned(self.pin, "1", &self.loadgen);
+        rl.args(["relay", "--listen", "127.0.0.1:0", "--upstream", &self.upstream_addr]);
+        spawn_listening(rl, "loadgen relay")
+    }
+
     /// Runs loadgen (pinned beside the upstream) with `extra` arguments, writing its JSON report
     /// to `json`, and returns that report. Invalid runs are reported, not refused.
     pub fn load(&self, run: &LoadRun<'_>, extra: &[&str], json: &Path) -> Result<Value, String> {
@@ -422,9 +430,7 @@ fn reasons(v: &Value) -> impl Iterator<Item = &str> {
 fn measure_latency(opts: &Options, g: &LatencyGate) -> Result<Row, String> {
     let tmp = scratch_dir("latency")?;
     let stage = start_stage(opts, g.body_bytes, &tmp)?;
-    let mut rl = pinned(stage.pin, "1", &stage.loadgen);
-    rl.args(["relay", "--listen", "127.0.0.1:0", "--upstream", &stage.upstream_addr]);
-    let (_relay, relay_addr) = spawn_listening(rl, "loadgen relay")?;
+    let (_relay, relay_addr) = stage.start_relay()?;
     let targets = [("direct", stage.upstream_addr.clone()), ("relay", relay_addr), ("proxy", stage.proxy_addr.clone())];
 
     let mut rounds = Vec::new();
