@@ -220,26 +220,11 @@ pub struct RelayArgs {
     pub cpus: Vec<usize>,
 }
 
-/// Parses `1.5s`, `250ms`, `100us`/`100µs`, `10ns`, `2m`, `1h`; a bare number is seconds.
+/// A duration with its unit (`30s`, `250ms`, `100us`, `1.5s`, `1h 30m`): one parser for the
+/// whole workspace (the proxy's config reads durations the same way). A bare number is refused:
+/// `--duration 5` could mean seconds or requests, so the unit is written.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 30s, 250ms, 100us)"))?;
-    let mult = match unit {
-        "" | "s" => 1.0,
-        "ms" => 1e-3,
-        "us" | "µs" => 1e-6,
-        "ns" => 1e-9,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (use h, m, s, ms, us, ns)")),
-    };
-    let secs = v * mult;
-    if !secs.is_finite() || secs > 1e9 {
-        return Err(format!("'{s}' is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    humantime::parse_duration(s.trim()).map_err(|e| format!("'{s}' is not a duration: {e}"))
 }
 
 /// Parses the process arguments; prints help/version or a one-line usage error itself.
@@ -548,7 +533,8 @@ mod tests {
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("5").is_err(), "a bare number is refused: the unit is written");
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("-1s").is_err());

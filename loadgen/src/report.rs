@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// Version of the `--json` layout; bump on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -40,22 +40,9 @@ pub fn fmt_dur(d: Duration) -> String {
     }
 }
 
-/// RFC 3339 UTC timestamp with millisecond precision.
+/// RFC 3339 UTC timestamp with millisecond precision (`2024-02-29T12:34:56.789Z`).
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// Percentiles of one histogram, in microseconds.
@@ -408,6 +395,7 @@ pub fn write_hlog<W: io::Write>(w: &mut W, cfg: &RunConfig, out: &RunOutcome) ->
 #[allow(clippy::unwrap_used)] // reason: a failed unwrap is a failed test
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn synthetic() -> (RunConfig, RunOutcome) {
         use crate::client::{ReqError, Target};
