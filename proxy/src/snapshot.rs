@@ -31,6 +31,11 @@ pub struct Limits {
     pub client_idle_timeout: Duration,
     pub max_body_bytes: u64,
     pub max_connections: usize,
+    /// `memory.release_idle_after`: a keep-alive connection idle this long gives its buffers
+    /// back to the worker's pool (and its request loop's state is freed).
+    pub release_idle_after: Duration,
+    /// `memory.pool_max`: spare working sets (buffers and heads) each worker keeps for reuse.
+    pub pool_max: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +48,8 @@ impl Default for Limits {
             client_idle_timeout: Duration::from_secs(60),
             max_body_bytes: 100 * 1024 * 1024,
             max_connections: 10_000,
+            release_idle_after: Duration::from_millis(100),
+            pool_max: 64,
         }
     }
 }

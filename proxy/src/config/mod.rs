@@ -358,6 +358,8 @@ impl Compiler<'_> {
             max_body_bytes: self.positive(l.max_body_bytes.as_ref(), "limits.max_body_bytes", d.max_body_bytes, u64::MAX)?,
             max_connections: self.positive(l.max_connections.as_ref(), "limits.max_connections", d.max_connections as u64, 10_000_000)?
                 as usize,
+            release_idle_after: d.release_idle_after,
+            pool_max: d.pool_max,
         })
     }
 

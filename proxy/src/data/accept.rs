@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::data::h1::conn;
+use crate::data::h1::{conn, scratch};
 use crate::data::worker::{ConnPermit, Worker};
 
 /// Accepts connections on this worker's listener and serves each on this thread.
@@ -33,8 +33,9 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
-/// Closes idle upstream connections past their group's idle timeout, and those of servers no
-/// longer in the config. Runs once a second; allocates nothing.
+/// Once a second: closes idle upstream connections past their group's idle timeout (and those of
+/// servers no longer in the config), and frees the spare connection working sets the last second
+/// did not need (memory goes back when a crowd leaves). Allocates nothing.
 pub async fn pool_sweeper(worker: Rc<Worker>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -42,5 +43,6 @@ pub async fn pool_sweeper(worker: Rc<Worker>) {
         let snap = worker.snapshot();
         let max_idle = |id: usize| snap.groups.iter().find_map(|g| g.servers.iter().any(|s| s.id == id).then_some(g.idle_timeout));
         worker.pool.borrow_mut().sweep(max_idle, Instant::now());
+        scratch::sweep(snap.limits.pool_max);
     }
 }

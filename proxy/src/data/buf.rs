@@ -1,9 +1,9 @@
-//! A fixed-capacity byte buffer reused for the life of a connection. Hot path.
+//! A fixed-capacity byte buffer, lent to a connection by its worker's pool. Hot path.
 //!
-//! Allocated once when a connection is accepted (or an upstream connection is opened) and never
-//! grown: reads land in its spare tail, consumed bytes advance the head, and the unread rest is
-//! moved to the front only when the tail runs out. This is what makes "no allocation per request"
-//! true for the I/O path.
+//! Allocated by the pool ([`crate::data::scratch`]) and never grown: reads land in its spare
+//! tail, consumed bytes advance the head, and the unread rest is moved to the front only when the
+//! tail runs out. An idle connection holds an empty one ([`Buf::empty`], no memory). This is what
+//! makes "no allocation per request" true for the I/O path.
 
 #[derive(Debug)]
 pub struct Buf {
@@ -15,6 +15,11 @@ pub struct Buf {
 impl Buf {
     pub fn new(capacity: usize) -> Self {
         Buf { data: vec![0; capacity].into_boxed_slice(), start: 0, end: 0 }
+    }
+
+    /// A buffer of capacity 0: what an idle connection holds (an empty box allocates nothing).
+    pub fn empty() -> Self {
+        Buf { data: Box::default(), start: 0, end: 0 }
     }
 
     /// The unread bytes.

@@ -121,6 +121,20 @@ impl Timers {
         .await
     }
 
+    /// For hand-written futures that wait on something else as well (no nested future, so no
+    /// state to store): `Ready` once `deadline` has passed, else arms the slot with `cx`'s waker.
+    /// Disarm with [`Timers::disarm`] when the wait ends another way.
+    #[inline]
+    pub fn poll_expired(&self, slot: usize, deadline: u64, cx: &mut Context<'_>) -> Poll<()> {
+        self.arm::<()>(slot, deadline, cx).map(|_| ())
+    }
+
+    /// Ends a wait begun with [`Timers::poll_expired`].
+    #[inline]
+    pub fn disarm(&self, slot: usize) {
+        drop(Disarm { timers: self, slot });
+    }
+
     #[inline]
     fn arm<T>(&self, slot: usize, deadline: u64, cx: &mut Context<'_>) -> Poll<Result<T, Elapsed>> {
         let mut slots = self.slots.borrow_mut();

@@ -12,6 +12,7 @@
 use std::io::{ErrorKind, Write as _};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,54 +22,98 @@ use tokio::time::{Instant, timeout, timeout_at};
 use crate::data::timer::Timers;
 
 use crate::data::access::AccessRecord;
-use crate::data::buf::Buf;
 use crate::data::error::ProxyError;
 use crate::data::h1::chunked::{ChunkError, Chunked};
-use crate::data::h1::head::{Framing, Parsed, RequestHead, ResponseHead};
+use crate::data::h1::head::{Framing, Parsed};
 use crate::data::h1::rewrite::{self, ClientConn};
+use crate::data::h1::scratch::{self, CLIENT_BUF, Scratch};
 use crate::data::metrics::ROUTE_NONE;
 use crate::data::upstream::pool::UpstreamConn;
 use crate::data::worker::{ConnPermit, Worker};
 use crate::snapshot::{Limits, Server, Snapshot, UpstreamGroup};
 
-/// Client read buffer floor; grown to the configured head limit when that is larger.
-const CLIENT_BUF: usize = 16 * 1024;
 /// How long a connection closed after an error keeps reading (and discarding) what the client
 /// still sends, so the error response is not destroyed by a TCP reset.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 
 /// Serves one accepted client connection until it closes.
+///
+/// Two levels, so that an idle keep-alive connection costs little memory (issue 14): this small
+/// future waits for the connection to become readable; the request loop ([`Conn::active`]), whose
+/// state machine is a few KiB, runs in a box made when the connection wakes and dropped when it
+/// has been idle for `memory.release_idle_after`, and the buffers it borrows from the worker's
+/// pool go back at the same moment. A connection sending requests back to back never leaves the
+/// request loop: no allocation per request.
 pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, permit: ConnPermit) {
     let _permit = permit;
     let _ = client.set_nodelay(true);
     worker.metrics().connection();
-    let head_limit = worker.snapshot().limits.max_request_head_bytes;
-    let mut conn = Conn::new(worker, client, peer, head_limit);
-    conn.run().await;
+    let mut conn = Conn::new(worker, client, peer);
+    // A new connection owes its first head within the header timeout from the accept, so a
+    // client that connects and sends nothing cannot hold a slot for the idle timeout.
+    let header_timeout = conn.worker.snapshot().limits.header_read_timeout;
+    let mut until = conn.worker.timers.deadline(header_timeout);
+    let mut first = true;
+    loop {
+        if !conn.wait_readable(until).await {
+            return;
+        }
+        match Box::pin(conn.active(first.then_some(until))).await {
+            Some(idle_until) => until = idle_until,
+            None => return,
+        }
+        first = false;
+    }
 }
 
+/// What a connection keeps for its whole life, idle or not: kept small (issue 14).
 struct Conn {
     worker: Rc<Worker>,
     client: TcpStream,
-    buf: Buf,
-    out: Vec<u8>,
-    req: RequestHead,
-    res: ResponseHead,
+    /// The peer address as text, formatted once (`X-Forwarded-For`, access log).
     ip: [u8; 48],
-    ip_len: usize,
+    ip_len: u8,
+    /// This connection's slot in the worker's drain signal.
+    drain_slot: u32,
+    /// This connection's slot in the worker's timer table.
+    timer_slot: u32,
+}
+
+/// A connection while its request loop runs (boxed: see [`serve`]): the working set borrowed from
+/// the worker's pool, given back while the loop waits for the next request and when it ends.
+struct Active<'c> {
+    worker: Rc<Worker>,
+    client: &'c mut TcpStream,
+    ip: &'c [u8],
+    drain_slot: usize,
+    timer_slot: usize,
+    s: Scratch,
     /// The route of the request in progress (`ROUTE_NONE` until routed), for metrics.
     route: usize,
-    /// This connection's slot in the worker's drain signal.
-    drain_slot: usize,
-    /// This connection's slot in the worker's timer table.
-    timer_slot: usize,
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        scratch::give(std::mem::replace(&mut self.s, Scratch::husk()));
+    }
+}
+
+/// How the request loop left off.
+enum Head {
+    /// A complete request head is at the front of the buffer.
+    Ready,
+    /// The connection is done (closed by the client, idle timeout, drain).
+    Close,
+    /// Idle past `release_idle_after` with nothing buffered: the working set goes back to the
+    /// pool and the connection waits, unboxed, until the idle deadline (a timer tick).
+    Release(u64),
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.worker.drain.release(self.drain_slot);
-        self.worker.timers.release(self.timer_slot);
+        self.worker.drain.release(self.drain_slot as usize);
+        self.worker.timers.release(self.timer_slot as usize);
     }
 }
 
@@ -190,44 +235,62 @@ impl Drop for InFlight<'_> {
 }
 
 impl Conn {
-    fn new(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, head_limit: usize) -> Self {
+    fn new(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) -> Self {
         let mut ip = [0u8; 48];
         let ip_len = {
             let mut w: &mut [u8] = &mut ip;
             let before = w.len();
             // Formatted once per connection into a fixed array (no allocation).
             let _ = write!(w, "{}", peer.ip().to_canonical());
-            before - w.len()
+            (before - w.len()) as u8 // at most 48
         };
-        let drain_slot = worker.drain.register();
-        let timer_slot = worker.timers.register();
+        // Slot numbers stay below the open-connection count (`limits.max_connections` ≤ 10^7).
+        let drain_slot = worker.drain.register() as u32;
+        let timer_slot = worker.timers.register() as u32;
         // The first head's deadline counts from here (the coarse clock may be a tick old).
         worker.timers.observe(Instant::now());
-        Conn {
-            drain_slot,
-            timer_slot,
-            worker,
-            client,
-            buf: Buf::new(CLIENT_BUF.max(head_limit + 1)),
-            out: Vec::with_capacity(8 * 1024),
-            req: RequestHead::new(crate::config::MAX_HEADERS_CEILING),
-            res: ResponseHead::new(),
-            ip,
-            ip_len,
-            route: ROUTE_NONE,
-        }
+        Conn { drain_slot, timer_slot, worker, client, ip, ip_len }
     }
 
-    async fn run(&mut self) {
-        let mut first = true;
+    /// Idle and unboxed: waits until the client sends something (or closes), the deadline passes
+    /// (`false`: close) or the proxy drains (`true`: the request loop serves what raced the drain,
+    /// or closes).
+    async fn wait_readable(&mut self, until: u64) -> bool {
+        let (tslot, dslot) = (self.timer_slot as usize, self.drain_slot as usize);
+        matches!(idle_wait(&self.worker, &self.client, tslot, dslot, until).await, Wake::Readable | Wake::Drain)
+    }
+
+    /// The request loop, with a working set borrowed from the worker's pool for as long as it
+    /// runs. `first`: the deadline of a new connection's first head. `Some(idle deadline)`: idle
+    /// long enough to give the set back; `None`: close.
+    async fn active(&mut self, first: Option<u64>) -> Option<u64> {
+        let head_limit = self.worker.snapshot().limits.max_request_head_bytes;
+        let client_buf = CLIENT_BUF.max(head_limit + 1);
+        let mut active = Active {
+            worker: Rc::clone(&self.worker),
+            client: &mut self.client,
+            ip: &self.ip[..self.ip_len as usize],
+            drain_slot: self.drain_slot as usize,
+            timer_slot: self.timer_slot as usize,
+            s: scratch::take(client_buf),
+            route: ROUTE_NONE,
+        };
+        active.run(first).await
+    }
+}
+
+impl Active<'_> {
+    async fn run(&mut self, mut first: Option<u64>) -> Option<u64> {
         loop {
             let snap = self.worker.snapshot();
-            match self.read_head(&snap.limits, first).await {
-                Ok(true) => first = false,
-                Ok(false) => return,
+            match self.read_head(&snap.limits, first.take()).await {
+                Ok(Head::Ready) => {}
+                Ok(Head::Close) => return None,
+                Ok(Head::Release(idle_until)) => return Some(idle_until),
                 Err(e) => {
                     self.head_error(e);
-                    return self.fail(e, &Progress::default()).await;
+                    self.fail(e, &Progress::default()).await;
+                    return None;
                 }
             }
             // The request runs on the snapshot current when its head arrived, not the one that
@@ -249,7 +312,7 @@ impl Conn {
             let mut progress = Progress::default();
             let result = self.exchange(&snap, &mut progress, started).await;
             let status = match result {
-                Ok(_) => self.res.status,
+                Ok(_) => self.s.res.status,
                 Err(e) => e.status(),
             };
             let elapsed = started.elapsed();
@@ -262,20 +325,21 @@ impl Conn {
             }
             match result {
                 Ok(true) => {}
-                Ok(false) => return,
+                Ok(false) => return None,
                 Err(e) => {
                     self.worker.metrics().error(e);
-                    let keep = e.keeps_client() && self.req.keep_alive && progress.request_done && !progress.responded;
+                    let keep = e.keeps_client() && self.s.req.keep_alive && progress.request_done && !progress.responded;
                     if keep {
                         #[cfg(feature = "planted")]
                         crate::data::planted::at(crate::data::planted::Site::Error, 0);
                         if let Some(bytes) = e.response()
                             && self.write_client(bytes, snap.limits.client_idle_timeout).await.is_err()
                         {
-                            return;
+                            return None;
                         }
                     } else {
-                        return self.fail(e, &progress).await;
+                        self.fail(e, &progress).await;
+                        return None;
                     }
                 }
             }
@@ -293,7 +357,7 @@ impl Conn {
     /// Opens the span of a sampled request (tracing sampling; never reached at rate 0).
     #[cold]
     fn trace_start(&self) -> tracing::Span {
-        let b = self.buf.filled();
+        let b = self.s.buf.filled();
         fn text(v: &[u8]) -> &str {
             std::str::from_utf8(v).unwrap_or("<non-utf8>")
         }
@@ -301,23 +365,18 @@ impl Conn {
             target: "proxy::trace",
             "request",
             worker = self.worker.index,
-            method = text(self.req.method.of(b)),
-            host = text(self.req.route_host(b)),
-            path = text(self.req.route_path(b)),
-            peer = text(&self.ip[..self.ip_len]),
+            method = text(self.s.req.method.of(b)),
+            host = text(self.s.req.route_host(b)),
+            path = text(self.s.req.route_path(b)),
+            peer = text(self.ip),
         )
     }
 
     /// Copies the request line into a fixed-size access-log record (no allocation).
     fn access_start(&self) -> AccessRecord {
-        let b = self.buf.filled();
-        let mut r = AccessRecord::new(
-            self.req.method.of(b),
-            self.req.route_host(b),
-            self.req.target.path.of(b),
-            &self.ip[..self.ip_len],
-            self.worker.index,
-        );
+        let b = self.s.buf.filled();
+        let mut r =
+            AccessRecord::new(self.s.req.method.of(b), self.s.req.route_host(b), self.s.req.target.path.of(b), self.ip, self.worker.index);
         r.time = std::time::SystemTime::now();
         r
     }
@@ -333,40 +392,39 @@ impl Conn {
         }
     }
 
-    /// Reads until a complete request head is at the front of `buf`. `Ok(false)`: the client
-    /// closed (or idled out) cleanly between requests, or the proxy is draining and the
-    /// connection was idle.
-    async fn read_head(&mut self, limits: &Limits, first: bool) -> Result<bool, ProxyError> {
-        // A new connection owes its first head within the header timeout from the accept, so a
-        // client that connects and sends nothing cannot hold a slot for the idle timeout.
-        let mut deadline = first.then(|| self.worker.timers.deadline(limits.header_read_timeout));
+    /// Reads until a complete request head is at the front of the buffer. `first`: a new
+    /// connection's first head, due by that deadline.
+    async fn read_head(&mut self, limits: &Limits, first: Option<u64>) -> Result<Head, ProxyError> {
+        let mut deadline = first;
+        // Between requests: the idle deadline, and the earlier moment the working set goes back.
+        let mut idle: Option<(u64, u64)> = None;
         loop {
-            if !self.buf.is_empty() {
-                if let Parsed::Complete = self.req.parse(self.buf.filled(), limits)? {
-                    return Ok(true);
+            if !self.s.buf.is_empty() {
+                if let Parsed::Complete = self.s.req.parse(self.s.buf.filled(), limits)? {
+                    return Ok(Head::Ready);
                 }
-                if self.buf.len() >= self.buf.capacity() {
+                if self.s.buf.len() >= self.s.buf.capacity() {
                     return Err(ProxyError::HeadersTooLarge);
                 }
             }
-            let started = !self.buf.is_empty();
+            let started = !self.s.buf.is_empty();
             if !started && self.worker.drain.is_draining() {
                 if self.drain_read() {
                     continue;
                 }
-                return Ok(false);
+                return Ok(Head::Close);
             }
             // Bytes already waiting need no timer (and no extra syscall: a WouldBlock here
             // clears the readiness the timed read below would otherwise try first).
-            match self.client.try_read(self.buf.spare()) {
-                Ok(0) => return Ok(false),
+            match self.client.try_read(self.s.buf.spare()) {
+                Ok(0) => return Ok(Head::Close),
                 Ok(n) => {
-                    self.buf.advance(n);
+                    self.s.buf.advance(n);
                     continue;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return Ok(false),
+                Err(_) => return Ok(Head::Close),
             }
             // Between keep-alive requests the idle timeout runs until the first byte, the header
             // timeout from there.
@@ -374,26 +432,39 @@ impl Conn {
             let until = match deadline {
                 Some(d) => d,
                 None if started => *deadline.insert(timers.deadline(limits.header_read_timeout)),
-                None => timers.deadline(limits.client_idle_timeout),
+                None => {
+                    let (idle_until, release_at) = *idle
+                        .get_or_insert_with(|| (timers.deadline(limits.client_idle_timeout), timers.deadline(limits.release_idle_after)));
+                    idle_until.min(release_at)
+                }
             };
             let read = if started {
-                timers.within(self.timer_slot, until, self.client.read(self.buf.spare())).await
+                timers.within(self.timer_slot, until, self.client.read(self.s.buf.spare())).await
             } else {
-                // Idle between requests: the one place a connection waits on the drain signal.
-                // (The flag check above and the waiter creation here run with no await between
-                // them, on one thread: a drain cannot slip in unseen.)
+                // Idle between requests, holding the working set until `release_at` (a busy
+                // connection keeps it from request to request); the one place an active
+                // connection waits on the drain signal. (The flag check above and the waiter
+                // creation here run with no await between them, on one thread: a drain cannot
+                // slip in unseen.)
                 let (drain, slot) = (&self.worker.drain, self.drain_slot);
                 tokio::select! {
                     biased;
-                    r = timers.within(self.timer_slot, until, self.client.read(self.buf.spare())) => r,
+                    r = timers.within(self.timer_slot, until, self.client.read(self.s.buf.spare())) => r,
                     () = std::future::poll_fn(|cx| drain.poll_drained(slot, cx)) => continue,
                 }
             };
             match read {
-                Ok(Ok(0)) | Ok(Err(_)) => return Ok(false),
-                Ok(Ok(n)) => self.buf.advance(n),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(Head::Close),
+                Ok(Ok(n)) => self.s.buf.advance(n),
                 Err(_) if started => return Err(ProxyError::RequestTimeout),
-                Err(_) => return Ok(false),
+                // Idle past `release_at`: the loop ends, its box and working set are freed, and
+                // the connection waits unboxed for the rest of the idle timeout.
+                Err(_) => {
+                    return Ok(match idle {
+                        Some((idle_until, release_at)) if release_at < idle_until => Head::Release(idle_until),
+                        _ => Head::Close,
+                    });
+                }
             }
         }
     }
@@ -402,9 +473,9 @@ impl Conn {
     /// served, with `Connection: close`; otherwise the connection closes. `true`: bytes read.
     #[cold]
     fn drain_read(&mut self) -> bool {
-        match self.client.try_read(self.buf.spare()) {
+        match self.client.try_read(self.s.buf.spare()) {
             Ok(n) if n > 0 => {
-                self.buf.advance(n);
+                self.s.buf.advance(n);
                 true
             }
             _ => false,
@@ -414,35 +485,35 @@ impl Conn {
     /// Proxies the request whose head is at the front of `buf`. `Ok(keep_alive)`.
     async fn exchange(&mut self, snap: &Snapshot, progress: &mut Progress, started: Instant) -> Result<bool, ProxyError> {
         #[cfg(feature = "planted")]
-        crate::data::planted::at(crate::data::planted::Site::Request, self.req.len);
+        crate::data::planted::at(crate::data::planted::Site::Request, self.s.req.len);
         let limits = &snap.limits;
-        let filled = self.buf.filled();
-        let Some(route) = snap.router.lookup(self.req.route_host(filled), self.req.route_path(filled)) else {
-            progress.request_done = self.req.framing == Framing::None;
+        let filled = self.s.buf.filled();
+        let Some(route) = snap.router.lookup(self.s.req.route_host(filled), self.s.req.route_path(filled)) else {
+            progress.request_done = self.s.req.framing == Framing::None;
             if progress.request_done {
-                self.buf.consume(self.req.len);
+                self.s.buf.consume(self.s.req.len);
             }
             return Err(ProxyError::NoRoute);
         };
         let group = &snap.groups[route.group];
         self.route = route.id;
-        rewrite::request_head(&mut self.out, filled, &self.req, route, &self.ip[..self.ip_len], &snap.via);
+        rewrite::request_head(&mut self.s.out, filled, &self.s.req, route, self.ip, &snap.via);
 
         // Body bytes that arrived with the head go out in the same write.
-        let mut body = ReqBody::new(self.req.framing, limits.max_body_bytes);
+        let mut body = ReqBody::new(self.s.req.framing, limits.max_body_bytes);
         let mut body_done = true;
-        let head_len = self.req.len;
+        let head_len = self.s.req.len;
         if let Some(b) = body.as_mut() {
             let avail = &filled[head_len..];
             let n = b.take(avail, &mut body_done)?;
-            self.out.extend_from_slice(&avail[..n]);
-            self.buf.consume(head_len + n);
+            self.s.out.extend_from_slice(&avail[..n]);
+            self.s.buf.consume(head_len + n);
         } else {
-            self.buf.consume(head_len);
+            self.s.buf.consume(head_len);
         }
         progress.request_done = body_done;
         // Replaying is safe when every request byte is still in `out` and the method allows it.
-        let replayable = body_done && (self.req.idempotent || body.is_none());
+        let replayable = body_done && (self.s.req.idempotent || body.is_none());
 
         let server = self.worker.pick(route.group, group);
         let worker = Rc::clone(&self.worker);
@@ -488,7 +559,7 @@ impl Conn {
     }
 
     /// Sends the request (head and body) and reads until a final response head is parsed in
-    /// `up.buf`; interim responses are relayed on the way.
+    /// the upstream buffer; interim responses are relayed on the way.
     async fn send(
         &mut self,
         up: &mut UpstreamConn,
@@ -497,9 +568,9 @@ impl Conn {
         progress: &mut Progress,
         deadline: u64,
     ) -> Result<(), SendError> {
-        match write_now(&up.stream, &self.out) {
-            Ok(n) if n == self.out.len() => {}
-            Ok(n) => match self.worker.timers.within(self.timer_slot, deadline, up.stream.write_all(&self.out[n..])).await {
+        match write_now(&up.stream, &self.s.out) {
+            Ok(n) if n == self.s.out.len() => {}
+            Ok(n) => match self.worker.timers.within(self.timer_slot, deadline, up.stream.write_all(&self.s.out[n..])).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(SendError::Stale),
                 Err(_) => return Err(ProxyError::ResponseTimeout.into()),
@@ -513,20 +584,20 @@ impl Conn {
                 self.stream_request_body(up, b, limits, progress).await?;
             }
             self.read_response_head(up, deadline, progress).await?;
-            if self.res.status >= 200 || self.res.status == 101 {
+            if self.s.res.status >= 200 || self.s.res.status == 101 {
                 return Ok(());
             }
             // Interim response (100 Continue, 103 Early Hints): relayed to HTTP/1.1 clients.
-            if self.req.minor == 1 {
-                rewrite::interim_head(&mut self.out, up.buf.filled(), &self.res);
+            if self.s.req.minor == 1 {
+                rewrite::interim_head(&mut self.s.out, self.s.up.filled(), &self.s.res);
                 self.write_client_out(limits.client_idle_timeout).await?;
             }
-            up.buf.consume(self.res.len);
+            self.s.up.consume(self.s.res.len);
         }
     }
 
     /// Streams the rest of the request body to the upstream, returning early (with bytes in
-    /// `up.buf`) if the upstream starts answering before the body is complete.
+    /// the upstream buffer) if the upstream starts answering before the body is complete.
     async fn stream_request_body(
         &mut self,
         up: &mut UpstreamConn,
@@ -535,24 +606,24 @@ impl Conn {
         progress: &mut Progress,
     ) -> Result<(), SendError> {
         while !progress.request_done {
-            if self.buf.is_empty() {
+            if self.s.buf.is_empty() {
                 let timers = &self.worker.timers;
                 let until = timers.deadline(limits.client_idle_timeout);
                 tokio::select! {
                     biased;
-                    r = timers.within(self.timer_slot, until, self.client.read(self.buf.spare())) => match r {
+                    r = timers.within(self.timer_slot, until, self.client.read(self.s.buf.spare())) => match r {
                         Ok(Ok(0)) | Ok(Err(_)) => return Err(ProxyError::ClientGone.into()),
-                        Ok(Ok(n)) => self.buf.advance(n),
+                        Ok(Ok(n)) => self.s.buf.advance(n),
                         Err(_) => return Err(ProxyError::RequestTimeout.into()),
                     },
                     r = up.stream.readable() => {
                         if r.is_err() {
                             return Err(ProxyError::UpstreamClosed.into());
                         }
-                        match up.stream.try_read(up.buf.spare()) {
+                        match up.stream.try_read(self.s.up.spare()) {
                             Ok(0) => return Err(ProxyError::UpstreamClosed.into()),
                             Ok(n) => {
-                                up.buf.advance(n);
+                                self.s.up.advance(n);
                                 return Ok(()); // an early response: stop sending
                             }
                             Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
@@ -561,13 +632,13 @@ impl Conn {
                     }
                 }
             }
-            let avail = self.buf.filled();
+            let avail = self.s.buf.filled();
             let mut done = false;
             let n = body.take(avail, &mut done)?;
             if up.stream.write_all(&avail[..n]).await.is_err() {
                 return Err(ProxyError::UpstreamClosed.into());
             }
-            self.buf.consume(n);
+            self.s.buf.consume(n);
             progress.request_done = done;
         }
         Ok(())
@@ -575,23 +646,23 @@ impl Conn {
 
     async fn read_response_head(&mut self, up: &mut UpstreamConn, deadline: u64, progress: &mut Progress) -> Result<(), SendError> {
         loop {
-            if !up.buf.is_empty() {
+            if !self.s.up.is_empty() {
                 progress.upstream_answered = true;
-                if let Parsed::Complete = self.res.parse(up.buf.filled(), self.req.is_head)? {
+                if let Parsed::Complete = self.s.res.parse(self.s.up.filled(), self.s.req.is_head)? {
                     return Ok(());
                 }
-                if up.buf.len() >= up.buf.capacity() {
+                if self.s.up.len() >= self.s.up.capacity() {
                     return Err(ProxyError::BadResponse.into());
                 }
             }
-            let read = match up.stream.try_read(up.buf.spare()) {
+            let read = match up.stream.try_read(self.s.up.spare()) {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.worker.timers.within(self.timer_slot, deadline, up.stream.read(up.buf.spare())).await
+                    self.worker.timers.within(self.timer_slot, deadline, up.stream.read(self.s.up.spare())).await
                 }
                 r => Ok(r),
             };
             match read {
-                Ok(Ok(n)) if n > 0 => up.buf.advance(n),
+                Ok(Ok(n)) if n > 0 => self.s.up.advance(n),
                 Ok(_) if !progress.upstream_answered => return Err(SendError::Stale),
                 Ok(_) => return Err(ProxyError::UpstreamClosed.into()),
                 Err(_) => return Err(ProxyError::ResponseTimeout.into()),
@@ -599,7 +670,7 @@ impl Conn {
         }
     }
 
-    /// Relays the final response whose head is parsed at the front of `up.buf`.
+    /// Relays the final response whose head is parsed at the front of the upstream buffer.
     async fn respond(
         &mut self,
         mut up: UpstreamConn,
@@ -608,43 +679,43 @@ impl Conn {
         progress: &mut Progress,
     ) -> Result<bool, ProxyError> {
         let idle = snap.limits.client_idle_timeout;
-        if self.res.status == 101 {
+        if self.s.res.status == 101 {
             return self.tunnel(up, snap, progress).await;
         }
-        let dechunk = self.req.minor == 0 && self.res.framing == Framing::Chunked;
+        let dechunk = self.s.req.minor == 0 && self.s.res.framing == Framing::Chunked;
         // While draining, the response in flight is the connection's last: `Connection: close`.
-        let keep = self.req.keep_alive
+        let keep = self.s.req.keep_alive
             && progress.request_done
-            && self.res.framing != Framing::UntilClose
+            && self.s.res.framing != Framing::UntilClose
             && !dechunk
             && !self.worker.drain.is_draining();
-        let conn = match (keep, self.req.minor) {
+        let conn = match (keep, self.s.req.minor) {
             (false, _) => ClientConn::Close,
             (true, 0) => ClientConn::KeepAlive10,
             (true, _) => ClientConn::KeepAlive11,
         };
-        rewrite::response_head(&mut self.out, up.buf.filled(), &self.res, &snap.via, conn, dechunk, false);
-        up.buf.consume(self.res.len);
+        rewrite::response_head(&mut self.s.out, self.s.up.filled(), &self.s.res, &snap.via, conn, dechunk, false);
+        self.s.up.consume(self.s.res.len);
 
-        let mut body = match self.res.framing {
+        let mut body = match self.s.res.framing {
             Framing::None | Framing::Length(0) => None,
             Framing::Length(n) => Some(ResBody::Length(n)),
             Framing::Chunked => Some(ResBody::Chunked { dec: Chunked::new(u64::MAX), dechunk }),
             Framing::UntilClose => Some(ResBody::UntilClose),
         };
         #[cfg(feature = "planted")]
-        if self.res.framing == Framing::Chunked {
-            crate::data::planted::at(crate::data::planted::Site::Chunked, self.res.len);
+        if self.s.res.framing == Framing::Chunked {
+            crate::data::planted::at(crate::data::planted::Site::Chunked, self.s.res.len);
         }
         let mut done = body.is_none();
         if let Some(b) = body.as_mut() {
             // The body bytes that came with the head leave in the same write (a bounded copy
             // that saves a syscall). A malformed prefix is still a clean 502: nothing was sent.
-            let (n, end) = b.take(up.buf.filled(), &mut self.out)?;
+            let (n, end) = b.take(self.s.up.filled(), &mut self.s.out)?;
             if !b.dechunks() {
-                self.out.extend_from_slice(&up.buf.filled()[..n]);
+                self.s.out.extend_from_slice(&self.s.up.filled()[..n]);
             }
-            up.buf.consume(n);
+            self.s.up.consume(n);
             done = end;
         }
         progress.responded = true;
@@ -652,35 +723,37 @@ impl Conn {
 
         if let Some(b) = body.as_mut() {
             while !done {
-                let read = match up.stream.try_read(up.buf.spare()) {
+                let read = match up.stream.try_read(self.s.up.spare()) {
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         let timers = &self.worker.timers;
-                        timers.within(self.timer_slot, timers.deadline(group.response_header_timeout), up.stream.read(up.buf.spare())).await
+                        timers
+                            .within(self.timer_slot, timers.deadline(group.response_header_timeout), up.stream.read(self.s.up.spare()))
+                            .await
                     }
                     r => Ok(r),
                 };
                 match read {
                     Ok(Ok(0)) if matches!(b, ResBody::UntilClose) => break,
-                    Ok(Ok(n)) if n > 0 => up.buf.advance(n),
+                    Ok(Ok(n)) if n > 0 => self.s.up.advance(n),
                     // EOF, reset or stall mid-body: close the client rather than end cleanly.
                     _ => return Err(ProxyError::UpstreamBroken),
                 }
-                self.out.clear();
-                let (n, end) = b.take(up.buf.filled(), &mut self.out).map_err(|_| ProxyError::UpstreamBroken)?;
+                self.s.out.clear();
+                let (n, end) = b.take(self.s.up.filled(), &mut self.s.out).map_err(|_| ProxyError::UpstreamBroken)?;
                 done = end;
                 if b.dechunks() {
                     self.write_client_out(idle).await?;
                 } else {
                     // Zero-copy relay: straight from the upstream buffer to the client socket.
-                    write_within(&self.worker.timers, self.timer_slot, &mut self.client, &up.buf.filled()[..n], idle)
+                    write_within(&self.worker.timers, self.timer_slot, self.client, &self.s.up.filled()[..n], idle)
                         .await
                         .map_err(|()| ProxyError::ClientGone)?;
                 }
-                up.buf.consume(n);
+                self.s.up.consume(n);
             }
         }
 
-        if self.res.keep_alive && progress.request_done && up.buf.is_empty() {
+        if self.s.res.keep_alive && progress.request_done && self.s.up.is_empty() {
             self.worker.pool.borrow_mut().checkin(up, group.idle_pool_size, Instant::now());
         }
         Ok(keep)
@@ -689,31 +762,31 @@ impl Conn {
     /// After a 101: relay the head, then copy bytes both ways until either side closes.
     #[cold]
     async fn tunnel(&mut self, mut up: UpstreamConn, snap: &Snapshot, progress: &mut Progress) -> Result<bool, ProxyError> {
-        if self.req.upgrade.is_none() {
+        if self.s.req.upgrade.is_none() {
             return Err(ProxyError::BadResponse);
         }
-        rewrite::response_head(&mut self.out, up.buf.filled(), &self.res, &snap.via, ClientConn::Close, false, true);
-        up.buf.consume(self.res.len);
-        self.out.extend_from_slice(up.buf.filled());
-        up.buf.clear();
+        rewrite::response_head(&mut self.s.out, self.s.up.filled(), &self.s.res, &snap.via, ClientConn::Close, false, true);
+        self.s.up.consume(self.s.res.len);
+        self.s.out.extend_from_slice(self.s.up.filled());
+        self.s.up.clear();
         progress.responded = true;
         self.write_client_out(snap.limits.client_idle_timeout).await?;
-        if !self.buf.is_empty() {
-            if up.stream.write_all(self.buf.filled()).await.is_err() {
+        if !self.s.buf.is_empty() {
+            if up.stream.write_all(self.s.buf.filled()).await.is_err() {
                 return Ok(false);
             }
-            self.buf.clear();
+            self.s.buf.clear();
         }
-        let _ = tokio::io::copy_bidirectional(&mut self.client, &mut up.stream).await;
+        let _ = tokio::io::copy_bidirectional(self.client, &mut up.stream).await;
         Ok(false)
     }
 
     async fn write_client_out(&mut self, idle: Duration) -> Result<(), ProxyError> {
-        write_within(&self.worker.timers, self.timer_slot, &mut self.client, &self.out, idle).await.map_err(|()| ProxyError::ClientGone)
+        write_within(&self.worker.timers, self.timer_slot, self.client, &self.s.out, idle).await.map_err(|()| ProxyError::ClientGone)
     }
 
     async fn write_client(&mut self, bytes: &[u8], idle: Duration) -> Result<(), ProxyError> {
-        write_within(&self.worker.timers, self.timer_slot, &mut self.client, bytes, idle).await.map_err(|()| ProxyError::ClientGone)
+        write_within(&self.worker.timers, self.timer_slot, self.client, bytes, idle).await.map_err(|()| ProxyError::ClientGone)
     }
 
     /// Answers an error (when a response can still be sent) and closes with a short linger.
@@ -733,14 +806,42 @@ impl Conn {
         // destroy the response before the client reads it.
         let until = Instant::now() + LINGER;
         let mut drained = 0;
-        self.buf.clear();
+        self.s.buf.clear();
         while drained < LINGER_BYTES {
-            match timeout_at(until, self.client.read(self.buf.spare())).await {
+            match timeout_at(until, self.client.read(self.s.buf.spare())).await {
                 Ok(Ok(n)) if n > 0 => drained += n,
                 _ => break,
             }
         }
     }
+}
+
+/// Why an idle connection stopped waiting.
+enum Wake {
+    Readable,
+    /// The socket reported an error.
+    Closed,
+    /// The proxy is draining: the request loop serves bytes that raced the drain, or closes.
+    Drain,
+    Expired,
+}
+
+/// Waits, holding no buffer, until the client sends something (or closes), the proxy drains or
+/// `until` passes. One hand-written poll over the socket's readiness, the drain signal and the
+/// timer slot: no nested futures, so the state an idle connection keeps stays a few words.
+async fn idle_wait(worker: &Worker, client: &TcpStream, tslot: usize, dslot: usize, until: u64) -> Wake {
+    let wake = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = client.poll_read_ready(cx) {
+            return Poll::Ready(if r.is_ok() { Wake::Readable } else { Wake::Closed });
+        }
+        if worker.drain.poll_drained(dslot, cx).is_ready() {
+            return Poll::Ready(Wake::Drain);
+        }
+        worker.timers.poll_expired(tslot, until, cx).map(|()| Wake::Expired)
+    })
+    .await;
+    worker.timers.disarm(tslot);
+    wake
 }
 
 /// Writes what the socket takes at once, without waiting: `Ok(bytes written)` (possibly fewer than

@@ -400,11 +400,16 @@ pub struct ResponseHead {
 
 impl ResponseHead {
     pub fn new() -> Self {
+        Self::with_fields(32)
+    }
+
+    /// Room for `n` header fields before the list grows (0: an idle connection's empty husk).
+    pub fn with_fields(n: usize) -> Self {
         ResponseHead {
             status: 0,
             reason: Span::default(),
             minor: 1,
-            fields: Fields::with_capacity(32),
+            fields: Fields::with_capacity(n),
             len: 0,
             framing: Framing::None,
             keep_alive: true,

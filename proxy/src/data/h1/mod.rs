@@ -6,8 +6,11 @@
 //!   `Via`), written into the connection's reused output buffer.
 //! - [`conn`]: the per-connection request loop: read a head, route it, exchange it with an
 //!   upstream connection from the worker's pool, relay the response.
+//! - [`scratch`]: the buffers and heads a connection borrows from its worker while active and
+//!   gives back when idle (memory per idle connection).
 
 pub mod chunked;
 pub mod conn;
 pub mod head;
 pub mod rewrite;
+pub mod scratch;

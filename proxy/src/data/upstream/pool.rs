@@ -13,23 +13,18 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::data::buf::Buf;
-
-/// Read buffer size of an upstream connection (response heads must fit).
-pub const UPSTREAM_BUF: usize = 16 * 1024;
-
-/// An open connection to an upstream server, with the read buffer that lives as long as it.
+/// An open connection to an upstream server. It holds no buffer: the exchange using it reads into
+/// the client connection's working set, so an idle pooled connection costs only its socket.
 #[derive(Debug)]
 pub struct UpstreamConn {
     pub stream: TcpStream,
-    pub buf: Buf,
     pub server_id: usize,
     pub addr: SocketAddr,
 }
 
 impl UpstreamConn {
     pub fn new(stream: TcpStream, server_id: usize, addr: SocketAddr) -> Self {
-        UpstreamConn { stream, buf: Buf::new(UPSTREAM_BUF), server_id, addr }
+        UpstreamConn { stream, server_id, addr }
     }
 
     /// Whether an idle connection still looks usable: no EOF, no unexpected bytes. Uses the
@@ -40,8 +35,9 @@ impl UpstreamConn {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             Poll::Ready(Ok(())) => {
-                self.buf.clear();
-                match self.stream.try_read(self.buf.spare()) {
+                // Any byte at all means the connection is not reusable: one is enough to know.
+                let mut probe = [0u8; 1];
+                match self.stream.try_read(&mut probe) {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
                     _ => false, // EOF, stray bytes, or an error: not reusable
                 }
