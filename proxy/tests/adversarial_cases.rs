@@ -2,11 +2,12 @@
 //! must have received, and the reason (RFC 9110/9112 section or the project's stricter rule from
 //! issue 2). Data only, no runner.
 //!
-//! Two runners include this file, so the rows exist once:
+//! The rows exist once: the test support module owns this file (`support::adversarial_cases`,
+//! kept at this path, where the docs link it), and two runners use it:
 //! - `tests/adversarial.rs` (in `cargo test`): every row against this project's proxy, exact bytes.
-//! - `examples/adversarial_peers.rs` (via `#[path]`, run by `scripts/adversarial-peers.sh`): every
-//!   row against any proxy address (nginx, HAProxy, Traefik, this proxy), classified rather than
-//!   compared byte for byte, since each proxy rewrites a forwarded request its own way.
+//! - `examples/adversarial_peers.rs` (run by `scripts/adversarial-peers.sh`): every row against
+//!   any proxy address (nginx, HAProxy, Traefik, this proxy), classified rather than compared byte
+//!   for byte, since each proxy rewrites a forwarded request its own way.
 //!
 //! Expected bytes use `fwd_tail!()`: the headers this proxy appends for a client on 127.0.0.1.
 
