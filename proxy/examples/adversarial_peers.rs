@@ -36,7 +36,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
-use support::adversarial_cases::{Answer, Case, ResponseCase, SMUGGLE, bad_body_cases, bad_response_cases, rejected_cases, relayed_cases};
+use support::adversarial_cases::{Answer, Case, ResponseCase, SMUGGLE, bad_response_cases, request_tables};
 use support::{Client, Reply, Upstream, UpstreamOpts, UpstreamRequest, escape, find, ok};
 
 /// Wait for the first response: above the 2 s header timeout every target is configured with.
@@ -427,9 +427,8 @@ fn main() -> ExitCode {
     let (_, got_fields, _) = split_request(&seen.raw);
     let base = Baseline { added: minus(&got_fields, &sent_fields), removed: minus(&sent_fields, &got_fields) };
 
-    let groups = [("rejected", rejected_cases()), ("relayed", relayed_cases()), ("bad_body", bad_body_cases())];
     let mut rows = Vec::new();
-    for (group, cases) in &groups {
+    for (group, cases) in &request_tables() {
         for case in cases {
             if args.only.as_deref().is_some_and(|o| o != case.name) {
                 continue;

@@ -9,8 +9,8 @@
 //! it must never reach the upstream, because after a framing error the connection has no trustworthy
 //! message boundary left.
 //!
-//! The rows live in `adversarial_cases.rs` (`support::adversarial_cases`, shared with the
-//! peer runner); this file runs them.
+//! The rows live in `adversarial_cases.rs` (`support::adversarial_cases`, shared with the fuzz
+//! seeds and the peer runner); this file runs them.
 //! Set `ADVERSARIAL_CASE=name` to run one case.
 
 use crate::fwd_tail;

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 
 /// Appends `b` escaped: CR, LF, TAB and backslash as `\r`, `\n`, `\t`, `\\`, printable ASCII as
 /// is, anything else as `\xNN`. `after_lf` follows every `\n` (a real line break in multi-line
-/// output).
-fn push_escaped(s: &mut String, b: u8, after_lf: &str) {
+/// output); `quote` escapes `"` too (for a value shown between quotes).
+fn push_escaped(s: &mut String, b: u8, after_lf: &str, quote: bool) {
     match b {
         b'\r' => s.push_str("\\r"),
         b'\n' => {
@@ -14,6 +14,7 @@ fn push_escaped(s: &mut String, b: u8, after_lf: &str) {
         }
         b'\t' => s.push_str("\\t"),
         b'\\' => s.push_str("\\\\"),
+        b'"' if quote => s.push_str("\\\""),
         0x20..=0x7e => s.push(b as char),
         _ => {
             let _ = write!(s, "\\x{b:02x}");
@@ -26,7 +27,20 @@ fn push_escaped(s: &mut String, b: u8, after_lf: &str) {
 pub fn escape(bytes: &[u8]) -> String {
     let mut s = String::new();
     for &b in bytes {
-        push_escaped(&mut s, b, "");
+        push_escaped(&mut s, b, "", false);
+    }
+    s
+}
+
+/// Bytes as one line to show between double quotes: as [`escape`], `"` escaped too, and only the
+/// first 4000 bytes (the fuzz reports).
+pub fn escape_quoted(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    for &b in bytes.iter().take(4000) {
+        push_escaped(&mut s, b, "", true);
+    }
+    if bytes.len() > 4000 {
+        s.push_str("...(truncated)");
     }
     s
 }
@@ -36,7 +50,7 @@ pub fn escape(bytes: &[u8]) -> String {
 pub fn show(bytes: &[u8]) -> String {
     let mut s = String::new();
     for &b in bytes {
-        push_escaped(&mut s, b, "\n    ");
+        push_escaped(&mut s, b, "\n    ", false);
     }
     if s.len() > 4000 {
         let mut cut = 4000;

@@ -1,6 +1,6 @@
-//! Test support, one owner per helper, for the test binaries `tests/tests.rs` and
-//! `tests/control/main.rs` and for `examples/adversarial_peers.rs`, which includes it with
-//! `#[path]`.
+//! Test support, one owner per helper, for every test binary (`tests/tests.rs`,
+//! `tests/control/main.rs`, `tests/fuzz/main.rs`) and for `examples/adversarial_peers.rs`, which
+//! includes it with `#[path]`.
 //!
 //! - `process`: the `proxy` binary as a child: config file, start, its addresses, stderr capture,
 //!   signals, the admin API, stop; `proxy ARGS...` run to completion.
@@ -11,7 +11,8 @@
 //! - `config`: temp files and directories, generated configs, the forwarded-header tail.
 //! - `bytes`: bytes escaped for messages and records, exact comparison.
 //! - `adversarial_cases`: the adversarial table's rows (`tests/adversarial_cases.rs`, where the
-//!   docs link it): run by `tests/adversarial.rs`, run against peers by the example.
+//!   docs link it): run by `tests/adversarial.rs`, fuzz seeds in `tests/fuzz`, run against peers
+//!   by the example.
 //!
 //! Everything is blocking `std::net` with timeouts and plain threads: deterministic, bounded, and
 //! independent of the proxy's own runtime.
