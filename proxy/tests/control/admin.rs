@@ -34,9 +34,13 @@ fn metrics_match_a_known_number_of_requests() {
     drop(c2);
 
     // A request is counted right after its response is written: the client may read the
-    // response a moment before the counter moves, so wait (bounded) for the last one.
+    // response a moment before the counter moves, so wait (bounded) for the last one. Likewise
+    // the proxy sees c2's close a moment after the drop: wait (bounded) for the open-connection
+    // gauge to come back to 1 before the snapshot the asserts below read.
     let until = std::time::Instant::now() + Duration::from_secs(2);
-    while proxy.metric("proxy_request_duration_seconds_count") < 36.0 && std::time::Instant::now() < until {
+    while (proxy.metric("proxy_request_duration_seconds_count") < 36.0 || proxy.metric("proxy_client_connections") > 1.0)
+        && std::time::Instant::now() < until
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
     let (status, m) = proxy.admin("GET", "/metrics", "");
