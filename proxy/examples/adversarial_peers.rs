@@ -24,22 +24,20 @@
 //!
 //! The upstream is shared by all rows (the proxy's pooled connections persist), so each row looks
 //! only at bytes and requests that arrived after it started, and rows run one at a time.
-#![allow(clippy::unwrap_used)] // reason: a test tool; the harness it includes unwraps on test states
+#![allow(clippy::unwrap_used)] // reason: a test tool; the support module it includes unwraps on test states
 
-#[path = "../tests/adversarial_cases.rs"]
-#[allow(dead_code)] // reason: the runner uses the rows, not every helper of the test side
-mod adversarial_cases;
-#[path = "../tests/harness.rs"]
-#[allow(dead_code)] // reason: shared with the integration tests; this runner needs the upstream and client only
-mod harness;
+/// The test support module (`tests/support`): the adversarial rows, the recording upstream, the
+/// raw client, byte escaping.
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-use adversarial_cases::{Answer, Case, SMUGGLE, bad_body_cases, bad_response_cases, rejected_cases, relayed_cases};
-use harness::{Client, Opts, Reply, Upstream, ok};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
+use support::adversarial_cases::{Answer, Case, ResponseCase, SMUGGLE, bad_response_cases, request_tables};
+use support::{Client, Reply, Upstream, UpstreamOpts, UpstreamRequest, escape, find, ok};
 
 /// Wait for the first response: above the 2 s header timeout every target is configured with.
 const FIRST_RESPONSE: Duration = Duration::from_secs(4);
@@ -79,26 +77,6 @@ fn parse_args() -> Result<Args, String> {
         out: out.ok_or("--out FILE is required")?,
         only,
     })
-}
-
-/// Bytes as one readable line: CR, LF, TAB, backslash and non-printable bytes escaped.
-fn esc(bytes: &[u8]) -> String {
-    let mut s = String::new();
-    for &b in bytes {
-        match b {
-            b'\r' => s.push_str("\\r"),
-            b'\n' => s.push_str("\\n"),
-            b'\t' => s.push_str("\\t"),
-            b'\\' => s.push_str("\\\\"),
-            0x20..=0x7e => s.push(b as char),
-            _ => s.push_str(&format!("\\x{b:02x}")),
-        }
-    }
-    s
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A request split loosely (it may be malformed): request line, field lines, the rest. Lines are
@@ -158,17 +136,17 @@ fn rewrites(sent: &[u8], got: &[u8], base: &Baseline) -> Vec<String> {
     let (got_line, got_fields, got_body) = split_request(got);
     let mut notes = Vec::new();
     if sent_line != got_line {
-        notes.push(format!("line `{}`", esc(&got_line)));
+        notes.push(format!("line `{}`", escape(&got_line)));
     }
     for l in minus(&minus(&sent_fields, &got_fields), &base.removed) {
-        notes.push(format!("-`{}`", esc(&l)));
+        notes.push(format!("-`{}`", escape(&l)));
     }
     for l in minus(&minus(&got_fields, &sent_fields), &base.added) {
-        notes.push(format!("+`{}`", esc(&l)));
+        notes.push(format!("+`{}`", escape(&l)));
     }
     // `sent` is the row's request, without the pipelined `SMUGGLE` the runner appends.
     if sent_body != got_body {
-        notes.push(format!("body `{}`", esc(&got_body)));
+        notes.push(format!("body `{}`", escape(&got_body)));
     }
     notes
 }
@@ -233,7 +211,7 @@ fn mark(up: &Upstream) -> Mark {
 struct UpSide {
     /// (connection, new bytes) for every connection that received bytes since the mark.
     conns: Vec<(usize, Vec<u8>)>,
-    requests: Vec<harness::Req>,
+    requests: Vec<UpstreamRequest>,
     errors: Vec<(usize, String)>,
 }
 
@@ -256,7 +234,7 @@ fn client_summary(c: &ClientSide) -> String {
     let mut parts: Vec<String> = c.statuses.iter().map(u16::to_string).collect();
     if c.error.is_some() {
         let first = c.unparsed.split(|&b| b == b'\n').next().unwrap_or_default();
-        parts.push(format!("unparsable `{}`", esc(&first[..first.len().min(40)])));
+        parts.push(format!("unparsable `{}`", escape(&first[..first.len().min(40)])));
     }
     if c.closed {
         parts.push("close".into());
@@ -271,7 +249,7 @@ fn classify(case: &Case, sent: &[u8], c: &ClientSide, u: &UpSide, up: &Upstream,
     // The upstream answers with the target as the body: a request is answered when the client
     // got that body (or bytes containing it, if they did not parse as a response).
     let answered = |t: &[u8]| c.bodies.iter().any(|b| b == t) || (!c.unparsed.is_empty() && find(&c.unparsed, t).is_some());
-    let unanswered: Vec<&harness::Req> = u.requests.iter().filter(|r| !answered(r.target.as_bytes())).collect();
+    let unanswered: Vec<&UpstreamRequest> = u.requests.iter().filter(|r| !answered(r.target.as_bytes())).collect();
     let smuggled_up = u.requests.iter().any(|r| r.target == "/smuggled");
     let first_is_error = c.statuses.first().is_none_or(|s| *s >= 400);
     // Rewrites of the row's own request (not of the pipelined one), found by its target.
@@ -341,7 +319,7 @@ fn run_request_case(group: &str, case: &Case, proxy: SocketAddr, up: &Upstream, 
         "why": case.why,
         "expected": expected,
         "expected_rank": expected_rank,
-        "request": esc(&bytes),
+        "request": escape(&bytes),
         "client": client_summary(&c),
         "client_statuses": c.statuses,
         "client_closed": c.closed,
@@ -349,14 +327,14 @@ fn run_request_case(group: &str, case: &Case, proxy: SocketAddr, up: &Upstream, 
         "upstream": upstream,
         "rewrites": notes,
         "rank": rank,
-        "upstream_received": u.conns.iter().map(|(i, b)| json!({"conn": i, "bytes": esc(b), "closed_by_proxy": up.is_closed(*i)})).collect::<Vec<_>>(),
-        "upstream_requests": u.requests.iter().map(|r| json!({"conn": r.conn, "target": r.target, "raw": esc(&r.raw)})).collect::<Vec<_>>(),
+        "upstream_received": u.conns.iter().map(|(i, b)| json!({"conn": i, "bytes": escape(b), "closed_by_proxy": up.is_closed(*i)})).collect::<Vec<_>>(),
+        "upstream_requests": u.requests.iter().map(|r| json!({"conn": r.conn, "target": r.target, "raw": escape(&r.raw)})).collect::<Vec<_>>(),
         "upstream_errors": u.errors.iter().map(|(i, e)| json!({"conn": i, "error": e})).collect::<Vec<_>>(),
         "millis": started.elapsed().as_millis() as u64,
     })
 }
 
-fn run_response_case(case: &adversarial_cases::ResponseCase, proxy: SocketAddr, up: &Upstream) -> Value {
+fn run_response_case(case: &ResponseCase, proxy: SocketAddr, up: &Upstream) -> Value {
     let m = mark(up);
     let target = format!("{BAD}{}", case.name);
     let c = client_exchange(proxy, format!("GET {target} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes(), "GET");
@@ -370,7 +348,7 @@ fn run_response_case(case: &adversarial_cases::ResponseCase, proxy: SocketAddr, 
     let after_conn = u.requests.iter().find(|r| r.target == after).map(|r| r.conn);
     let closed = bad_conn.is_some_and(|i| up.is_closed(i));
     let reused = bad_conn.is_some() && bad_conn == after_conn;
-    // Relayed: the client got the upstream's status (the harness client may fail to parse it).
+    // Relayed: the client got the upstream's status (the support client may fail to parse it).
     let relayed = c.statuses.first().is_some_and(|s| *s < 300) || (c.statuses.is_empty() && c.error.is_some());
     let next_clean = c2.statuses == [200] && c2.bodies.first().is_some_and(|b| b == after.as_bytes());
     let conn_fate = if reused {
@@ -398,7 +376,7 @@ fn run_response_case(case: &adversarial_cases::ResponseCase, proxy: SocketAddr, 
         "why": case.why,
         "expected": "502 (or cut) · connection closed, not reused",
         "expected_rank": 3,
-        "request": format!("GET {target}; upstream answers: {}", esc(case.response)),
+        "request": format!("GET {target}; upstream answers: {}", escape(case.response)),
         "client": client,
         "client_statuses": c.statuses,
         "client_closed": c.closed,
@@ -423,7 +401,7 @@ fn main() -> ExitCode {
     let responses = bad_response_cases();
     let bad: Vec<(String, &'static [u8])> = responses.iter().map(|c| (format!("{BAD}{}", c.name), c.response)).collect();
     // Idle timeout above the run's length: pooled connections must stay served between rows.
-    let opts = Opts { reject_malformed: true, idle_timeout: Some(Duration::from_secs(900)), ..Opts::default() };
+    let opts = UpstreamOpts { reject_malformed: true, idle_timeout: Some(Duration::from_secs(900)), ..UpstreamOpts::default() };
     let up = match Upstream::start_on(args.upstream, opts, move |req| match bad.iter().find(|(t, _)| *t == req.target) {
         Some((_, response)) => Reply::Send(response.to_vec()),
         None => Reply::Send(ok(req.target.as_bytes())),
@@ -449,9 +427,8 @@ fn main() -> ExitCode {
     let (_, got_fields, _) = split_request(&seen.raw);
     let base = Baseline { added: minus(&got_fields, &sent_fields), removed: minus(&sent_fields, &got_fields) };
 
-    let groups = [("rejected", rejected_cases()), ("relayed", relayed_cases()), ("bad_body", bad_body_cases())];
     let mut rows = Vec::new();
-    for (group, cases) in &groups {
+    for (group, cases) in &request_tables() {
         for case in cases {
             if args.only.as_deref().is_some_and(|o| o != case.name) {
                 continue;
@@ -488,10 +465,10 @@ fn main() -> ExitCode {
         "proxy": args.proxy.to_string(),
         "upstream": args.upstream.to_string(),
         "baseline": {
-            "sent": esc(plain),
-            "received": esc(&seen.raw),
-            "added": base.added.iter().map(|l| esc(l)).collect::<Vec<_>>(),
-            "removed": base.removed.iter().map(|l| esc(l)).collect::<Vec<_>>(),
+            "sent": escape(plain),
+            "received": escape(&seen.raw),
+            "added": base.added.iter().map(|l| escape(l)).collect::<Vec<_>>(),
+            "removed": base.removed.iter().map(|l| escape(l)).collect::<Vec<_>>(),
         },
         "cases": rows,
     });

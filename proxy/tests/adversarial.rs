@@ -9,12 +9,13 @@
 //! it must never reach the upstream, because after a framing error the connection has no trustworthy
 //! message boundary left.
 //!
-//! The rows live in `adversarial_cases.rs` (shared with the peer runner); this file runs them.
+//! The rows live in `adversarial_cases.rs` (`support::adversarial_cases`, shared with the fuzz
+//! seeds and the peer runner); this file runs them.
 //! Set `ADVERSARIAL_CASE=name` to run one case.
 
-use crate::adversarial_cases::*;
 use crate::fwd_tail;
-use crate::harness::{Proxy, Reply, SETTLE, Upstream, assert_bytes, check_bytes, config, ok, show, wait_until};
+use crate::support::adversarial_cases::*;
+use crate::support::{Proxy, Reply, SETTLE, Upstream, assert_bytes, check_bytes, config, ok, show, wait_until};
 use std::time::Duration;
 
 /// Runs one case; Err explains the mismatch.
@@ -266,9 +267,9 @@ fn malformed_request_pipelined_after_a_valid_one() {
 /// reach the upstream as one.
 #[test]
 fn upstream_answering_before_the_body_ends_does_not_turn_the_body_into_requests() {
-    let up = Upstream::start_opts(crate::harness::Opts { answer_before_body: true, ..Default::default() }, |req| {
+    let up = Upstream::start_opts(crate::support::UpstreamOpts { answer_before_body: true, ..Default::default() }, |req| {
         if req.target == "/upload" {
-            Reply::Send(crate::harness::response("413 Content Too Large", &[], b""))
+            Reply::Send(crate::support::response("413 Content Too Large", &[], b""))
         } else {
             Reply::Send(ok(req.target.as_bytes()))
         }
@@ -299,9 +300,9 @@ fn upstream_answering_before_the_body_ends_does_not_turn_the_body_into_requests(
 /// body (RFC 9110 §10.1.1). Those bytes are body; they must never be parsed as the next request.
 #[test]
 fn body_sent_after_a_final_answer_to_expect_100_continue_is_never_a_request() {
-    let up = Upstream::start_opts(crate::harness::Opts { answer_before_body: true, ..Default::default() }, |req| {
+    let up = Upstream::start_opts(crate::support::UpstreamOpts { answer_before_body: true, ..Default::default() }, |req| {
         if req.target == "/guarded" {
-            Reply::Send(crate::harness::response("401 Unauthorized", &[], b""))
+            Reply::Send(crate::support::response("401 Unauthorized", &[], b""))
         } else {
             Reply::Send(ok(req.target.as_bytes()))
         }

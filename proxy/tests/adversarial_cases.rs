@@ -2,11 +2,15 @@
 //! must have received, and the reason (RFC 9110/9112 section or the project's stricter rule from
 //! issue 2). Data only, no runner.
 //!
-//! Two runners include this file, so the rows exist once:
+//! The rows exist once, as values: the test support module owns this file
+//! (`support::adversarial_cases`, kept at this path, where the docs link it), and three users read
+//! the rows directly:
 //! - `tests/adversarial.rs` (in `cargo test`): every row against this project's proxy, exact bytes.
-//! - `examples/adversarial_peers.rs` (via `#[path]`, run by `scripts/adversarial-peers.sh`): every
-//!   row against any proxy address (nginx, HAProxy, Traefik, this proxy), classified rather than
-//!   compared byte for byte, since each proxy rewrites a forwarded request its own way.
+//! - `tests/fuzz/inputs.rs`: every row's request bytes (and a relayed row's forwarded bytes) are
+//!   fuzz seeds.
+//! - `examples/adversarial_peers.rs` (run by `scripts/adversarial-peers.sh`): every row against
+//!   any proxy address (nginx, HAProxy, Traefik, this proxy), classified rather than compared byte
+//!   for byte, since each proxy rewrites a forwarded request its own way.
 //!
 //! Expected bytes use `fwd_tail!()`: the headers this proxy appends for a client on 127.0.0.1.
 
@@ -78,6 +82,12 @@ pub fn bad_body(name: &'static str, body: &[u8], status: u16, why: &'static str)
 
 pub fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
+}
+
+/// Every request row, by group, in table order: `rejected`, `relayed`, `bad_body` (the group names
+/// are the peer runner's record field `group`).
+pub fn request_tables() -> [(&'static str, Vec<Case>); 3] {
+    [("rejected", rejected_cases()), ("relayed", relayed_cases()), ("bad_body", bad_body_cases())]
 }
 
 #[rustfmt::skip]

@@ -1,7 +1,7 @@
 //! `proxy check --config FILE`: exit 0 for a valid config, otherwise a message naming the file,
 //! the line and the key.
 
-use crate::harness::{run_proxy_cmd, write_temp};
+use crate::support::{run_proxy_cmd, write_temp};
 use std::path::Path;
 
 /// 1-based line of the first line containing `needle`.

@@ -1,8 +1,8 @@
 //! Failing neighbours: upstreams that refuse, hang, break framing, die mid-body or idle out a
 //! pooled connection; slow upstreams next to fast ones; slow clients cut at the header timeout.
 
-use crate::adversarial_cases::{ResponseCase, bad_response_cases};
-use crate::harness::{Client, Proxy, Reply, SETTLE, Upstream, assert_bytes, config, fwd_tail, ok, refused_addr, show};
+use crate::support::adversarial_cases::{ResponseCase, bad_response_cases};
+use crate::support::{Client, Proxy, Reply, SETTLE, Upstream, assert_bytes, config, fwd_tail, ok, refused_addr, show};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
 
 /// The proxy's own error response: this status, `Content-Length: 0`.
 #[track_caller]
-fn assert_proxy_error(r: &crate::harness::Response, status: u16) {
+fn assert_proxy_error(r: &crate::support::Response, status: u16) {
     assert_eq!(r.status, status, "got {}", show(&r.raw));
     assert_eq!(r.header("content-length"), Some("0"), "got {}", show(&r.raw));
 }
@@ -369,7 +369,7 @@ fn slowloris_crowd_is_cut_while_normal_requests_flow_and_fds_return_to_baseline(
     }
     assert_eq!(not_cut, 0, "slow connections not answered 408 and closed");
     drop(slow);
-    let back = crate::harness::wait_until(Duration::from_secs(2), || proxy.fd_count() <= baseline);
+    let back = crate::support::wait_until(Duration::from_secs(2), || proxy.fd_count() <= baseline);
     assert!(back, "fds: baseline {baseline}, now {}", proxy.fd_count());
 }
 
@@ -466,7 +466,7 @@ fn slowloris_trickling_crowd_is_cut_at_the_head_deadline_while_a_client_keeps_ge
     assert!(served >= 5, "only {served} requests beside the crowd");
     assert!(slowest < TIMEOUT, "a request beside the crowd took {slowest:?}: it waited for the crowd");
     drop(crowd);
-    let back = crate::harness::wait_until(Duration::from_secs(2), || proxy.fd_count() <= baseline);
+    let back = crate::support::wait_until(Duration::from_secs(2), || proxy.fd_count() <= baseline);
     assert!(back, "fds: baseline {baseline}, now {}", proxy.fd_count());
     assert_eq!(up.requests().len(), 1 + served as usize, "only the warm-up and the flowing client reach the upstream");
 }
@@ -484,7 +484,7 @@ fn client_dying_mid_body_never_lets_that_upstream_connection_be_reused() {
         let proxy = Proxy::start(&config(&[up.addr], "", ""));
         let mut c = proxy.connect();
         c.send(partial);
-        let forwarded = crate::harness::wait_until(Duration::from_secs(1), || up.total_received() > 0);
+        let forwarded = crate::support::wait_until(Duration::from_secs(1), || up.total_received() > 0);
         drop(c);
         if forwarded {
             assert!(up.wait_closed(0, Duration::from_secs(2)), "{name}: half-sent upstream connection kept open");
@@ -524,7 +524,7 @@ fn bytes_an_upstream_sends_after_a_head_response_never_reach_a_client() {
 #[test]
 fn connect_timeout_is_504() {
     // A listener whose accept queue is full: SYNs are dropped, connect() hangs (loopback only).
-    let (_guard, fill, addr) = crate::harness::blackhole_addr();
+    let (_guard, fill, addr) = crate::support::blackhole_addr();
     assert!(!fill.is_empty(), "could not fill the accept queue");
     let proxy = Proxy::start(&config(&[addr], "", "connect_timeout = \"300ms\""));
     let mut c = proxy.connect();

@@ -1,7 +1,7 @@
 //! Connection reuse on both sides: upstream keep-alive pooling, pipelining, and when each side
 //! closes.
 
-use crate::harness::{Client, Proxy, Reply, Upstream, assert_bytes, config, fwd_tail, ok, show};
+use crate::support::{Client, Proxy, Reply, Upstream, assert_bytes, config, fwd_tail, ok, show};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -124,7 +124,7 @@ fn http10_request_without_keep_alive_is_closed_after_the_response() {
 fn upstream_connection_close_drops_that_connection_but_keeps_the_client() {
     let up = Upstream::start(|req| {
         if req.conn == 0 {
-            Reply::SendClose(crate::harness::response("200 OK", &["Connection: close"], b"one"))
+            Reply::SendClose(crate::support::response("200 OK", &["Connection: close"], b"one"))
         } else {
             Reply::Send(ok(b"two"))
         }
@@ -256,7 +256,7 @@ fn idle_pool_size_caps_the_connections_kept_per_server() {
         assert_eq!(c.join().unwrap(), 200);
     }
     assert_eq!(up.accepted(), 3, "three concurrent requests need three upstream connections");
-    let two_closed = crate::harness::wait_until(Duration::from_secs(1), || (0..3).filter(|&i| up.is_closed(i)).count() == 2);
+    let two_closed = crate::support::wait_until(Duration::from_secs(1), || (0..3).filter(|&i| up.is_closed(i)).count() == 2);
     let closed: Vec<usize> = (0..3).filter(|&i| up.is_closed(i)).collect();
     assert!(two_closed, "idle_pool_size = 1 keeps one connection; closed by the proxy: {closed:?}");
     thread::sleep(Duration::from_millis(100));

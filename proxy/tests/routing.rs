@@ -1,7 +1,7 @@
 //! Routing: exact host beats wildcard beats any host; then the longest path prefix; strip_prefix;
 //! Host with a port; no match is 404. Plus round robin and several listeners.
 
-use crate::harness::{Proxy, Reply, SETTLE, Upstream, assert_bytes, fwd_tail, ok, show};
+use crate::support::{Proxy, Reply, SETTLE, Upstream, assert_bytes, fwd_tail, ok, show};
 use std::collections::HashMap;
 
 /// One upstream per group, answering with the group's name.
@@ -147,7 +147,7 @@ fn absolute_form_target_is_routed_and_sent_in_origin_form() {
 fn round_robin_alternates_between_servers() {
     let a = Upstream::start(|_| Reply::Send(ok(b"a")));
     let b = Upstream::start(|_| Reply::Send(ok(b"b")));
-    let cfg = crate::harness::config(&[a.addr, b.addr], "", "balance = \"round_robin\"");
+    let cfg = crate::support::config(&[a.addr, b.addr], "", "balance = \"round_robin\"");
     let proxy = Proxy::start(&cfg);
     let mut c = proxy.connect();
     let mut bodies = Vec::new();
@@ -172,7 +172,7 @@ fn every_listener_serves() {
     assert_eq!(proxy.addrs.len(), 2);
     assert_ne!(proxy.addrs[0], proxy.addrs[1]);
     for addr in &proxy.addrs {
-        let mut c = crate::harness::Client::connect(*addr);
+        let mut c = crate::support::Client::connect(*addr);
         let r = c.roundtrip(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
         assert_eq!((r.status, r.body.as_slice()), (200, b"ok".as_slice()), "listener {addr}");
     }
@@ -209,15 +209,15 @@ fn least_in_flight_sends_new_requests_away_from_the_busy_server() {
     };
     let a = slow_then_fast("a");
     let b = slow_then_fast("b");
-    let cfg = crate::harness::config(&[a.addr, b.addr], "", "balance = \"least_in_flight\"");
+    let cfg = crate::support::config(&[a.addr, b.addr], "", "balance = \"least_in_flight\"");
     let proxy = Proxy::start(&cfg);
     let addr = proxy.addr;
     let slow = std::thread::spawn(move || {
-        let mut c = crate::harness::Client::connect(addr);
+        let mut c = crate::support::Client::connect(addr);
         c.roundtrip(b"GET /slow HTTP/1.1\r\nHost: a.test\r\n\r\n").body
     });
     assert!(
-        crate::harness::wait_until(std::time::Duration::from_secs(2), || a.requests().len() + b.requests().len() == 1),
+        crate::support::wait_until(std::time::Duration::from_secs(2), || a.requests().len() + b.requests().len() == 1),
         "the slow request did not arrive"
     );
     let busy = if a.requests().is_empty() { "b" } else { "a" };

@@ -2,7 +2,7 @@
 //! gets back, byte for byte (headers rewritten exactly as issue 2 specifies, bodies untouched).
 
 use crate::fwd_tail;
-use crate::harness::{Framing, Proxy, Reply, SETTLE, Upstream, assert_bytes, config, ok, show};
+use crate::support::{Framing, Proxy, Reply, SETTLE, Upstream, assert_bytes, config, ok, show};
 use std::io::Read;
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ fn host_with_port_goes_to_x_forwarded_host_as_received() {
     let mut c = proxy.connect();
     let r = c.roundtrip(b"GET / HTTP/1.1\r\nHost: a.test:8080\r\n\r\n");
     assert_eq!(r.status, 200);
-    let expected = format!("GET / HTTP/1.1\r\nHost: a.test:8080\r\n{}", crate::harness::fwd_tail("a.test:8080", "127.0.0.1"));
+    let expected = format!("GET / HTTP/1.1\r\nHost: a.test:8080\r\n{}", crate::support::fwd_tail("a.test:8080", "127.0.0.1"));
     assert_bytes("upstream received", expected.as_bytes(), &up.received(0));
 }
 
@@ -383,8 +383,8 @@ fn slow_reading_client_gets_a_large_response_exactly() {
 #[test]
 fn slow_reading_upstream_gets_a_large_request_body_exactly() {
     let body = pattern(1 << 20);
-    let up = crate::harness::Upstream::start_opts(
-        crate::harness::Opts { read_pause: Some(Duration::from_micros(500)), ..Default::default() },
+    let up = crate::support::Upstream::start_opts(
+        crate::support::UpstreamOpts { read_pause: Some(Duration::from_micros(500)), ..Default::default() },
         |req| Reply::Send(ok(format!("{}", req.body.len()).as_bytes())),
     );
     let proxy = Proxy::start(&config(&[up.addr], "", ""));

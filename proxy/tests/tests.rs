@@ -4,21 +4,19 @@
 //! upstream on 127.0.0.1:0 and raw `std::net` clients. Sockets have timeouts of a few seconds, so
 //! a hung proxy fails a test instead of hanging the suite; the proxy child is killed on drop.
 //!
-//! - `harness`: the proxy process guard, the recording upstream, raw clients, byte diffs.
+//! - `support` (shared with the other test binaries and the peer runner): the proxy process
+//!   guard, the recording upstream, raw clients, byte diffs, and the adversarial table's rows.
 //! - `semantics`: what the upstream and the client see for well-formed traffic, byte for byte.
 //! - `routing`: host and path-prefix routing, strip_prefix, 404, round robin.
 //! - `adversarial`: a table of hostile requests on raw sockets, checked against the upstream.
-//! - `adversarial_cases`: that table's rows (data only; also run against peers by
-//!   `examples/adversarial_peers.rs`).
 //! - `faults`: broken, slow and dying upstreams; slow clients.
 //! - `keepalive`: connection reuse on both sides, pipelining, closing rules.
 //! - `cli`: `proxy check` messages.
 #![allow(clippy::unwrap_used)] // reason: tests fail loudly on unexpected states; that is the point
 
-mod harness;
+mod support;
 
 mod adversarial;
-mod adversarial_cases;
 mod cli;
 mod faults;
 mod keepalive;

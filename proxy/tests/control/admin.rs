@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::util::{Client, Proxy, Upstream, metric, temp_dir};
+use crate::support::{Client, LONG_IO_TIMEOUT, Proxy, Upstream, metric, temp_dir};
 
 fn two_routes(up: std::net::SocketAddr, extra: &str) -> String {
     format!(
@@ -16,10 +16,10 @@ fn two_routes(up: std::net::SocketAddr, extra: &str) -> String {
 
 #[test]
 fn metrics_match_a_known_number_of_requests() {
-    let up = Upstream::start("ok", Duration::ZERO);
+    let up = Upstream::serving("ok", Duration::ZERO);
     let dir = temp_dir();
-    let proxy = Proxy::start(&dir, &two_routes(up.addr, ""), 2);
-    let mut c = Client::connect(proxy.addr).unwrap();
+    let proxy = Proxy::start_in(&dir, &two_routes(up.addr, ""), 2);
+    let mut c = Client::connect_with_timeout(proxy.addr, LONG_IO_TIMEOUT);
     for _ in 0..25 {
         assert_eq!(c.get_host("/x", "a.test").unwrap().status, 200);
     }
@@ -29,14 +29,18 @@ fn metrics_match_a_known_number_of_requests() {
     for _ in 0..3 {
         assert_eq!(c.get_host("/", "nowhere.test").unwrap().status, 404);
     }
-    let mut c2 = Client::connect(proxy.addr).unwrap();
+    let mut c2 = Client::connect_with_timeout(proxy.addr, LONG_IO_TIMEOUT);
     assert_eq!(c2.get_host("/z", "a.test").unwrap().status, 200);
     drop(c2);
 
     // A request is counted right after its response is written: the client may read the
-    // response a moment before the counter moves, so wait (bounded) for the last one.
+    // response a moment before the counter moves, so wait (bounded) for the last one. Likewise
+    // the proxy sees c2's close a moment after the drop: wait (bounded) for the open-connection
+    // gauge to come back to 1 before the snapshot the asserts below read.
     let until = std::time::Instant::now() + Duration::from_secs(2);
-    while proxy.metric("proxy_request_duration_seconds_count") < 36.0 && std::time::Instant::now() < until {
+    while (proxy.metric("proxy_request_duration_seconds_count") < 36.0 || proxy.metric("proxy_client_connections") > 1.0)
+        && std::time::Instant::now() < until
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
     let (status, m) = proxy.admin("GET", "/metrics", "");
@@ -63,9 +67,9 @@ fn metrics_match_a_known_number_of_requests() {
 
 #[test]
 fn config_endpoint_shows_the_active_config_and_generation() {
-    let up = Upstream::start("ok", Duration::ZERO);
+    let up = Upstream::serving("ok", Duration::ZERO);
     let dir = temp_dir();
-    let proxy = Proxy::start(&dir, &two_routes(up.addr, ""), 1);
+    let proxy = Proxy::start_in(&dir, &two_routes(up.addr, ""), 1);
     let (status, body) = proxy.admin("GET", "/config", "");
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -82,9 +86,9 @@ fn config_endpoint_shows_the_active_config_and_generation() {
 
 #[test]
 fn log_level_changed_at_run_time_takes_effect() {
-    let up = Upstream::start("ok", Duration::ZERO);
+    let up = Upstream::serving("ok", Duration::ZERO);
     let dir = temp_dir();
-    let proxy = Proxy::start(&dir, &two_routes(up.addr, "[log]\nlevel = \"warn\"\n"), 1);
+    let proxy = Proxy::start_in(&dir, &two_routes(up.addr, "[log]\nlevel = \"warn\"\n"), 1);
     // At warn, a reload's info line is filtered out.
     assert_eq!(proxy.admin("POST", "/reload", "").0, 200);
     std::thread::sleep(Duration::from_millis(300));
@@ -106,15 +110,15 @@ fn log_level_changed_at_run_time_takes_effect() {
 
 #[test]
 fn sampled_tracing_and_access_log_write_one_line_per_request() {
-    let up = Upstream::start("ok", Duration::ZERO);
+    let up = Upstream::serving("ok", Duration::ZERO);
     let dir = temp_dir();
     let access = dir.join("access.log");
     let extra = format!(
         "[log]\nlevel = \"warn,proxy::trace=info\"\naccess_log = \"{}\"\n[observability]\ntrace_sample_rate = 0.5\n",
         access.display()
     );
-    let proxy = Proxy::start(&dir, &two_routes(up.addr, &extra), 1);
-    let mut c = Client::connect(proxy.addr).unwrap();
+    let proxy = Proxy::start_in(&dir, &two_routes(up.addr, &extra), 1);
+    let mut c = Client::connect_with_timeout(proxy.addr, LONG_IO_TIMEOUT);
     for i in 0..10 {
         assert_eq!(c.get_host(&format!("/req{i}"), "a.test").unwrap().status, 200);
     }
@@ -139,9 +143,9 @@ fn sampled_tracing_and_access_log_write_one_line_per_request() {
 
 #[test]
 fn json_log_format_writes_one_json_object_per_line() {
-    let up = Upstream::start("ok", Duration::ZERO);
+    let up = Upstream::serving("ok", Duration::ZERO);
     let dir = temp_dir();
-    let proxy = Proxy::start(&dir, &two_routes(up.addr, "[log]\nlevel = \"info\"\nformat = \"json\"\n"), 1);
+    let proxy = Proxy::start_in(&dir, &two_routes(up.addr, "[log]\nlevel = \"info\"\nformat = \"json\"\n"), 1);
     assert_eq!(proxy.admin("POST", "/reload", "").0, 200);
     assert!(proxy.wait_stderr("config reloaded", Duration::from_secs(3)), "{}", proxy.stderr());
     let line = proxy.stderr().lines().find(|l| l.contains("config reloaded")).unwrap().to_owned();

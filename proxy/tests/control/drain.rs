@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{Client, Failure, Proxy, Signal, Upstream, config, temp_dir};
+use crate::support::{Client, Failure, LONG_IO_TIMEOUT, Proxy, Signal, Upstream, admin_config, temp_dir};
 
 /// What one client thread saw until the proxy stopped serving it.
 #[derive(Debug, Default)]
@@ -23,9 +23,9 @@ struct Seen {
 #[test]
 fn drain_under_load_fails_no_in_flight_request_and_exits_zero_in_time() {
     // 5 ms per response: with 8 clients there are requests in flight when SIGTERM lands.
-    let up = Upstream::start("hello", Duration::from_millis(5));
+    let up = Upstream::serving("hello", Duration::from_millis(5));
     let dir = temp_dir();
-    let mut proxy = Proxy::start(&dir, &config(&[up.addr], "[server]\ndrain_timeout = \"10s\"\n"), 2);
+    let mut proxy = Proxy::start_in(&dir, &admin_config(&[up.addr], "[server]\ndrain_timeout = \"10s\"\n"), 2);
     let served = Arc::new(AtomicU64::new(0));
     let started = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..8)
@@ -33,14 +33,14 @@ fn drain_under_load_fails_no_in_flight_request_and_exits_zero_in_time() {
             let (addr, served, started) = (proxy.addr, Arc::clone(&served), Arc::clone(&started));
             thread::spawn(move || {
                 let mut seen = Seen::default();
-                let mut c = Client::connect(addr).unwrap();
+                let mut c = Client::connect_with_timeout(addr, LONG_IO_TIMEOUT);
                 started.store(true, Ordering::Relaxed);
                 loop {
                     match c.get("/work") {
                         Ok(r) if r.status == 200 && r.body == b"hello" => {
                             seen.ok += 1;
                             served.fetch_add(1, Ordering::Relaxed);
-                            if r.close {
+                            if r.says_close() {
                                 seen.closed_by_drain += 1;
                                 break;
                             }
@@ -84,17 +84,17 @@ fn drain_under_load_fails_no_in_flight_request_and_exits_zero_in_time() {
 
 #[test]
 fn long_request_completes_across_sigterm_and_idle_connections_close_at_once() {
-    let up = Upstream::start("slow body", Duration::ZERO);
+    let up = Upstream::serving("slow body", Duration::ZERO);
     let dir = temp_dir();
-    let mut proxy = Proxy::start(&dir, &config(&[up.addr], "[server]\ndrain_timeout = \"10s\"\n"), 1);
+    let mut proxy = Proxy::start_in(&dir, &admin_config(&[up.addr], "[server]\ndrain_timeout = \"10s\"\n"), 1);
 
     // An idle keep-alive connection (one request done, waiting for the next).
-    let mut idle = Client::connect(proxy.addr).unwrap();
+    let mut idle = Client::connect_with_timeout(proxy.addr, LONG_IO_TIMEOUT);
     assert_eq!(idle.get("/fast").unwrap().status, 200);
 
     let addr = proxy.addr;
     let long = thread::spawn(move || {
-        let mut c = Client::connect(addr).unwrap();
+        let mut c = Client::connect_with_timeout(addr, LONG_IO_TIMEOUT);
         let t = Instant::now();
         let r = c.get("/slow");
         (r, t.elapsed())
@@ -124,7 +124,7 @@ fn long_request_completes_across_sigterm_and_idle_connections_close_at_once() {
     let (r, took) = long.join().unwrap();
     let r = r.expect("the long request failed across SIGTERM");
     assert_eq!((r.status, r.body.as_slice()), (200, b"slow body".as_slice()));
-    assert!(r.close, "the last response on a draining connection must say Connection: close");
+    assert!(r.says_close(), "the last response on a draining connection must say Connection: close");
     assert!(took >= Duration::from_secs(2));
     let status = proxy.wait_exit(Duration::from_secs(5)).expect("the proxy did not exit after the drain");
     assert_eq!(status.code(), Some(0), "stderr:\n{}", proxy.stderr());
@@ -132,11 +132,11 @@ fn long_request_completes_across_sigterm_and_idle_connections_close_at_once() {
 
 #[test]
 fn drain_deadline_force_closes_and_exits_nonzero() {
-    let up = Upstream::start("x", Duration::ZERO);
+    let up = Upstream::serving("x", Duration::ZERO);
     let dir = temp_dir();
-    let mut proxy = Proxy::start(&dir, &config(&[up.addr], "[server]\ndrain_timeout = \"300ms\"\n"), 1);
+    let mut proxy = Proxy::start_in(&dir, &admin_config(&[up.addr], "[server]\ndrain_timeout = \"300ms\"\n"), 1);
     let addr = proxy.addr;
-    let long = thread::spawn(move || Client::connect(addr).unwrap().get("/slow").map(|r| r.status));
+    let long = thread::spawn(move || Client::connect_with_timeout(addr, LONG_IO_TIMEOUT).get("/slow").map(|r| r.status));
     let until = Instant::now() + Duration::from_secs(5);
     while proxy.metric("proxy_requests_in_flight") < 1.0 && Instant::now() < until {
         thread::sleep(Duration::from_millis(10));

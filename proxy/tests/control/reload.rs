@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{Client, Proxy, Signal, Upstream, config, temp_dir};
+use crate::support::{Client, LONG_IO_TIMEOUT, Proxy, Signal, Upstream, admin_config, temp_dir};
 
 /// Counts what client threads saw while they send back to back.
 #[derive(Default)]
@@ -19,7 +19,7 @@ struct Tally {
 fn load(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) -> thread::JoinHandle<Vec<String>> {
     thread::spawn(move || {
         let mut errors = Vec::new();
-        let mut client = Client::connect(addr).unwrap();
+        let mut client = Client::connect_with_timeout(addr, LONG_IO_TIMEOUT);
         while !stop.load(Ordering::Relaxed) {
             match client.get("/x") {
                 Ok(r) if r.status == 200 => {
@@ -28,8 +28,8 @@ fn load(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) ->
                         b"a" => tally.from_a.fetch_add(1, Ordering::Relaxed),
                         _ => tally.from_b.fetch_add(1, Ordering::Relaxed),
                     };
-                    if r.close {
-                        client = Client::connect(addr).unwrap();
+                    if r.says_close() {
+                        client = Client::connect_with_timeout(addr, LONG_IO_TIMEOUT);
                     }
                 }
                 Ok(r) => {
@@ -39,7 +39,7 @@ fn load(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) ->
                 Err(e) => {
                     tally.failed.fetch_add(1, Ordering::Relaxed);
                     errors.push(format!("{e:?}"));
-                    client = Client::connect(addr).unwrap();
+                    client = Client::connect_with_timeout(addr, LONG_IO_TIMEOUT);
                 }
             }
         }
@@ -49,11 +49,11 @@ fn load(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) ->
 
 #[test]
 fn reload_under_load_twenty_reloads_some_invalid_fail_no_request() {
-    let a = Upstream::start("a", Duration::ZERO);
-    let b = Upstream::start("b", Duration::ZERO);
+    let a = Upstream::serving("a", Duration::ZERO);
+    let b = Upstream::serving("b", Duration::ZERO);
     let dir = temp_dir();
     let extra = "[server]\nwatch_config = false\n[log]\nlevel = \"info\"\n";
-    let proxy = Proxy::start(&dir, &config(&[a.addr], extra), 2);
+    let proxy = Proxy::start_in(&dir, &admin_config(&[a.addr], extra), 2);
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
@@ -68,11 +68,11 @@ fn reload_under_load_twenty_reloads_some_invalid_fail_no_request() {
         let text = if bad {
             invalid += 1;
             // An upstream group that does not exist: rejected with file, line and key.
-            config(&[a.addr], extra).replace("upstream = \"up\"", "upstream = \"nope\"")
+            admin_config(&[a.addr], extra).replace("upstream = \"up\"", "upstream = \"nope\"")
         } else if i % 2 == 0 {
-            config(&[b.addr], extra)
+            admin_config(&[b.addr], extra)
         } else {
-            config(&[a.addr], extra)
+            admin_config(&[a.addr], extra)
         };
         std::fs::write(&proxy.config, text).unwrap();
         if i % 2 == 0 {
@@ -120,11 +120,11 @@ fn reload_under_load_twenty_reloads_some_invalid_fail_no_request() {
 
 #[test]
 fn file_change_is_picked_up_and_invalid_file_keeps_serving() {
-    let a = Upstream::start("a", Duration::ZERO);
-    let b = Upstream::start("b", Duration::ZERO);
+    let a = Upstream::serving("a", Duration::ZERO);
+    let b = Upstream::serving("b", Duration::ZERO);
     let dir = temp_dir();
-    let proxy = Proxy::start(&dir, &config(&[a.addr], ""), 1);
-    let mut c = Client::connect(proxy.addr).unwrap();
+    let proxy = Proxy::start_in(&dir, &admin_config(&[a.addr], ""), 1);
+    let mut c = Client::connect_with_timeout(proxy.addr, LONG_IO_TIMEOUT);
     assert_eq!(c.get("/").unwrap().body, b"a");
 
     // Broken file: still served by the old config.
@@ -136,7 +136,7 @@ fn file_change_is_picked_up_and_invalid_file_keeps_serving() {
     assert_eq!(proxy.metric("proxy_config_reloads_total{result=\"error\"}"), 1.0);
     assert_eq!(c.get("/").unwrap().body, b"a");
 
-    std::fs::write(&proxy.config, config(&[b.addr], "")).unwrap();
+    std::fs::write(&proxy.config, admin_config(&[b.addr], "")).unwrap();
     let until = Instant::now() + Duration::from_secs(5);
     while proxy.metric("proxy_config_generation") < 2.0 && Instant::now() < until {
         thread::sleep(Duration::from_millis(50));
@@ -147,19 +147,19 @@ fn file_change_is_picked_up_and_invalid_file_keeps_serving() {
 
 #[test]
 fn pools_of_removed_servers_are_closed_and_kept_servers_reused() {
-    let a = Upstream::start("a", Duration::ZERO);
-    let b = Upstream::start("b", Duration::ZERO);
+    let a = Upstream::serving("a", Duration::ZERO);
+    let b = Upstream::serving("b", Duration::ZERO);
     let dir = temp_dir();
     let extra = "[server]\nwatch_config = false\n";
-    let proxy = Proxy::start(&dir, &config(&[a.addr, b.addr], extra), 1);
-    let mut c = Client::connect(proxy.addr).unwrap();
+    let proxy = Proxy::start_in(&dir, &admin_config(&[a.addr, b.addr], extra), 1);
+    let mut c = Client::connect_with_timeout(proxy.addr, LONG_IO_TIMEOUT);
     for _ in 0..10 {
         assert_eq!(c.get("/").unwrap().status, 200);
     }
-    assert_eq!(a.open.load(Ordering::Relaxed), 1);
-    assert_eq!(b.open.load(Ordering::Relaxed), 1);
+    assert_eq!(a.open(), 1);
+    assert_eq!(b.open(), 1);
 
-    std::fs::write(&proxy.config, config(&[b.addr], extra)).unwrap();
+    std::fs::write(&proxy.config, admin_config(&[b.addr], extra)).unwrap();
     let (status, body) = proxy.admin("POST", "/reload", "");
     assert_eq!(status, 200, "{body}");
     for _ in 0..10 {
@@ -167,31 +167,31 @@ fn pools_of_removed_servers_are_closed_and_kept_servers_reused() {
     }
     // The sweeper closes a's idle pooled connection within about a second; b's is kept.
     let until = Instant::now() + Duration::from_secs(4);
-    while a.open.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+    while a.open() > 0 && Instant::now() < until {
         thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(a.open.load(Ordering::Relaxed), 0, "the removed server's pooled connection is still open");
-    assert_eq!(b.accepted.load(Ordering::Relaxed), 1, "the kept server's pool was not reused");
+    assert_eq!(a.open(), 0, "the removed server's pooled connection is still open");
+    assert_eq!(b.accepted(), 1, "the kept server's pool was not reused");
 }
 
 #[test]
 fn a_request_in_flight_finishes_on_the_config_it_started_with() {
-    let a = Upstream::start("a", Duration::ZERO);
-    let b = Upstream::start("b", Duration::ZERO);
+    let a = Upstream::serving("a", Duration::ZERO);
+    let b = Upstream::serving("b", Duration::ZERO);
     let dir = temp_dir();
     let extra = "[server]\nwatch_config = false\n";
-    let proxy = Proxy::start(&dir, &config(&[a.addr], extra), 1);
+    let proxy = Proxy::start_in(&dir, &admin_config(&[a.addr], extra), 1);
     let addr = proxy.addr;
     // A 2 s request to a, in flight across the reload that removes a.
-    let slow = thread::spawn(move || Client::connect(addr).unwrap().get("/slow").map(|r| r.body));
+    let slow = thread::spawn(move || Client::connect_with_timeout(addr, LONG_IO_TIMEOUT).get("/slow").map(|r| r.body));
     let until = Instant::now() + Duration::from_secs(5);
     while proxy.metric("proxy_requests_in_flight") < 1.0 && Instant::now() < until {
         thread::sleep(Duration::from_millis(10));
     }
-    std::fs::write(&proxy.config, config(&[b.addr], extra)).unwrap();
+    std::fs::write(&proxy.config, admin_config(&[b.addr], extra)).unwrap();
     assert_eq!(proxy.admin("POST", "/reload", "").0, 200);
     // New requests see the new config at once...
-    assert_eq!(Client::connect(proxy.addr).unwrap().get("/").unwrap().body, b"b");
+    assert_eq!(Client::connect_with_timeout(proxy.addr, LONG_IO_TIMEOUT).get("/").unwrap().body, b"b");
     // ...and the one in flight completes from the server it started on.
     assert_eq!(slow.join().unwrap().expect("the in-flight request failed across the reload"), b"a");
 }

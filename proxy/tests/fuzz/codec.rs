@@ -11,6 +11,7 @@ use proxy::snapshot::{Limits, Route};
 
 use crate::inputs::{self, Rng};
 use crate::oracle::{self, Framing, Msg, Next};
+use crate::support::escape_quoted;
 
 const CLIENT_IP: &[u8] = b"192.0.2.7";
 const VIA: &[u8] = b"1.1 fastproxy";
@@ -252,7 +253,7 @@ pub fn check_head(input: &[u8], p: &HeadParams) -> Result<bool, String> {
     }
     if fwd.fields != want {
         let show = |f: &[(Vec<u8>, Vec<u8>)]| {
-            f.iter().map(|(n, v)| format!("{}: {}", inputs::show(n), inputs::show(v))).collect::<Vec<_>>().join(" | ")
+            f.iter().map(|(n, v)| format!("{}: {}", escape_quoted(n), escape_quoted(v))).collect::<Vec<_>>().join(" | ")
         };
         problems.push(format!("forwarded fields\n    got:  {}\n    want: {}", show(&fwd.fields), show(&want)));
     }
@@ -265,7 +266,7 @@ pub fn check_head(input: &[u8], p: &HeadParams) -> Result<bool, String> {
             b"host" | b"content-length" | b"transfer-encoding" | b"x-forwarded-for" | b"x-forwarded-proto" | b"x-forwarded-host" | b"via"
         ) || (upgrade && matches!(n.as_slice(), b"connection" | b"upgrade"));
         if !own && tokens.contains(&n) {
-            problems.push(format!("field {} is named by Connection but was forwarded", inputs::show(name)));
+            problems.push(format!("field {} is named by Connection but was forwarded", escape_quoted(name)));
         }
     }
     if problems.is_empty() { Ok(true) } else { Err(problems.join("\n")) }
@@ -393,8 +394,8 @@ pub fn check_chunked(input: &[u8], p: &ChunkParams) -> Result<bool, String> {
     if split != whole || split_data != data {
         problems.push(format!(
             "split at {cuts:?}: {split:?} (data {}), whole: {whole:?} (data {})",
-            inputs::show(&split_data),
-            inputs::show(&data)
+            escape_quoted(&split_data),
+            escape_quoted(&data)
         ));
     }
     // The referee.
@@ -408,8 +409,8 @@ pub fn check_chunked(input: &[u8], p: &ChunkParams) -> Result<bool, String> {
                 Verdict::Error(ChunkError::Malformed) if near_line_limits(input) => {}
                 ref v => problems.push(format!(
                     "referee: valid body of {end} bytes, data {}; proxy: {v:?}, data {}",
-                    inputs::show(&want),
-                    inputs::show(&data)
+                    escape_quoted(&want),
+                    escape_quoted(&data)
                 )),
             }
             if want.len() as u64 > p.max && whole != Verdict::Error(ChunkError::TooLarge) {
@@ -545,7 +546,8 @@ pub fn check_response(input: &[u8], p: &ResParams) -> Result<bool, String> {
         (false, ClientConn::Close) => &[b"close"],
     };
     if conns != want_conn {
-        problems.push(format!("Connection fields {:?}, expected {want_conn:?}", conns.iter().map(|c| inputs::show(c)).collect::<Vec<_>>()));
+        problems
+            .push(format!("Connection fields {:?}, expected {want_conn:?}", conns.iter().map(|c| escape_quoted(c)).collect::<Vec<_>>()));
     }
     let dechunk = p.dechunk && res.framing == head::Framing::Chunked && res.status >= 200;
     match (oracle::declared_framing(&fwd), oracle::declared_framing(&upstream)) {
@@ -557,7 +559,7 @@ pub fn check_response(input: &[u8], p: &ResParams) -> Result<bool, String> {
     for (name, _) in &fwd.fields {
         let n = lower(name);
         if !matches!(n.as_slice(), b"content-length" | b"transfer-encoding" | b"host" | b"via" | b"connection") && tokens.contains(&n) {
-            problems.push(format!("field {} named by Connection was forwarded", inputs::show(name)));
+            problems.push(format!("field {} named by Connection was forwarded", escape_quoted(name)));
         }
     }
     if problems.is_empty() { Ok(true) } else { Err(problems.join("\n")) }

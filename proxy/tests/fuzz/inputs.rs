@@ -1,9 +1,12 @@
-//! Inputs: a seeded RNG, the seed corpus (harvested from `adversarial_cases.rs` and
-//! `adversarial.rs`, plus valid requests), a grammar-ish request generator, a byte mutator, a
-//! minimizer, and the run budget from the environment. Nothing here knows about the proxy.
+//! Inputs: a seeded RNG, the seed corpus (the adversarial table's rows, read as values from
+//! `support::adversarial_cases`, plus valid requests), a grammar-ish request generator, a byte
+//! mutator, a minimizer, and the run budget from the environment. Nothing here knows about the
+//! proxy.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
+
+use crate::support::adversarial_cases::{SMUGGLE, Seen, request_tables};
 
 /// splitmix64: tiny, seedable, and every case is a pure function of `(seed, index)`.
 #[derive(Debug, Clone)]
@@ -137,11 +140,6 @@ impl Iterator for Cases {
 // Seed corpus
 // ---------------------------------------------------------------------------------------------
 
-/// The adversarial table's sources (the case rows and the tests around them), read at compile
-/// time: their request literals are the seeds, so a case added there is fuzzed here without being
-/// listed twice.
-const ADVERSARIAL_SRCS: [&str; 2] = [include_str!("../adversarial_cases.rs"), include_str!("../adversarial.rs")];
-
 /// Valid requests of every framing and shape the proxy accepts.
 pub const VALID: &[&[u8]] = &[
     b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
@@ -164,101 +162,21 @@ pub const VALID: &[&[u8]] = &[
     b"POST /p HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n2a\r\nGET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n\r\n0\r\n\r\n",
 ];
 
-/// Decodes the body of a Rust string or byte-string literal (`s` starts after the opening quote);
-/// returns the bytes and the length of source consumed, closing quote included.
-fn unescape(s: &str) -> Option<(Vec<u8>, usize)> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'"' => return Some((out, i + 1)),
-            b'\\' => {
-                let c = *b.get(i + 1)?;
-                i += 2;
-                match c {
-                    b'r' => out.push(b'\r'),
-                    b'n' => out.push(b'\n'),
-                    b't' => out.push(b'\t'),
-                    b'0' => out.push(0),
-                    b'\\' => out.push(b'\\'),
-                    b'"' => out.push(b'"'),
-                    b'\'' => out.push(b'\''),
-                    b'x' => {
-                        let hex = s.get(i..i + 2)?;
-                        out.push(u8::from_str_radix(hex, 16).ok()?);
-                        i += 2;
-                    }
-                    b'\n' => {
-                        // Line continuation: skip the newline and leading whitespace.
-                        while i < b.len() && b[i].is_ascii_whitespace() {
-                            i += 1;
-                        }
-                    }
-                    _ => return None,
-                }
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    None
-}
-
-/// Every string literal in `src`, in order (byte strings and plain strings alike).
-fn literals(src: &str) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut rest = src;
-    while let Some(q) = rest.find('"') {
-        // Skip char literals like '"' (the adversarial source has none, but be safe).
-        if rest[..q].ends_with('\'') {
-            rest = &rest[q + 1..];
-            continue;
-        }
-        match unescape(&rest[q + 1..]) {
-            Some((bytes, used)) => {
-                out.push(bytes);
-                rest = &rest[q + 1 + used..];
-            }
-            None => rest = &rest[q + 1..],
-        }
-    }
-    out
-}
-
-/// Request bytes of the adversarial cases: every literal that starts with a request line, the
-/// `post(framing, body)` cases rebuilt, and each broken chunked body behind a chunked head.
+/// Request bytes of the adversarial table: every row's request as the client sends it, each
+/// relayed row's forwarded bytes (what the upstream must receive), and the pipelined `SMUGGLE`
+/// request. A row added to the table is fuzzed here without being listed twice.
 pub fn adversarial_seeds() -> Vec<Vec<u8>> {
     let mut seeds = Vec::new();
-    for src in ADVERSARIAL_SRCS {
-        harvest(src, &mut seeds);
+    for (_, cases) in request_tables() {
+        for case in cases {
+            seeds.push(case.request);
+            if let Seen::Exactly(forwarded) = case.seen {
+                seeds.push(forwarded);
+            }
+        }
     }
+    seeds.push(SMUGGLE.to_vec());
     seeds
-}
-
-fn harvest(src: &str, seeds: &mut Vec<Vec<u8>>) {
-    let methods: [&[u8]; 7] = [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"G(T ", b"CONNECT ", b"OPTIONS "];
-    for lit in literals(src) {
-        if methods.iter().any(|m| lit.starts_with(m)) && lit.windows(2).any(|w| w == b"\r\n" || w == b"\n\n") {
-            seeds.push(lit);
-        }
-    }
-    // `post("framing", "body")` rows.
-    for (i, _) in src.match_indices("&post(") {
-        let lits = literals(&src[i..src[i..].find(')').map_or(src.len(), |e| i + e)]);
-        if let [framing, body] = lits.as_slice() {
-            seeds.push([b"POST / HTTP/1.1\r\nHost: a.test\r\n".as_slice(), framing, b"\r\n", body].concat());
-        }
-    }
-    // `bad_body("name", b"body", ...)` rows.
-    for (i, _) in src.match_indices("bad_body(\"") {
-        let line_end = src[i..].find('\n').map_or(src.len(), |e| i + e);
-        if let [_, body, ..] = literals(&src[i..line_end]).as_slice() {
-            seeds.push([b"POST /c HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(), body].concat());
-        }
-    }
 }
 
 /// The whole seed corpus: valid requests, the adversarial cases, and a few pipelines of both.
@@ -551,7 +469,7 @@ pub fn input(rng: &mut Rng, corpus: &[Vec<u8>]) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Minimizer and display
+// Minimizer
 // ---------------------------------------------------------------------------------------------
 
 /// Shrinks `input` while `fails` still holds (delta debugging over byte ranges, then single
@@ -582,43 +500,28 @@ pub fn minimize(input: &[u8], max_tries: usize, mut fails: impl FnMut(&[u8]) -> 
     cur
 }
 
-/// Bytes shown readably: CR/LF/tab escaped, other controls and non-ASCII as `\xNN`.
-pub fn show(bytes: &[u8]) -> String {
-    let mut s = String::new();
-    for &b in bytes.iter().take(4000) {
-        match b {
-            b'\r' => s.push_str("\\r"),
-            b'\n' => s.push_str("\\n"),
-            b'\t' => s.push_str("\\t"),
-            b'\\' => s.push_str("\\\\"),
-            b'"' => s.push_str("\\\""),
-            0x20..=0x7e => s.push(b as char),
-            _ => {
-                let _ = write!(s, "\\x{b:02x}");
-            }
-        }
-    }
-    if bytes.len() > 4000 {
-        s.push_str("...(truncated)");
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::support::escape_quoted;
 
     #[test]
-    fn harvest_finds_the_adversarial_requests() {
+    fn seeds_hold_every_adversarial_request() {
         let seeds = adversarial_seeds();
-        // rejected + relayed + bad bodies: well over 60 rows today; a harvest of a handful means
-        // the parser above no longer understands adversarial.rs.
-        assert!(seeds.len() >= 60, "only {} seeds harvested", seeds.len());
+        // rejected + relayed + bad bodies: well over 60 rows today.
+        assert!(seeds.len() >= 60, "only {} adversarial seeds", seeds.len());
         let has = |needle: &[u8]| seeds.iter().any(|s| s.windows(needle.len()).any(|w| w == needle));
-        assert!(has(b"Transfer-Encoding:\x0bchunked"), "escapes not decoded");
-        assert!(has(b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), "post() rows missing");
-        assert!(has(b"Transfer-Encoding: chunked\r\n\r\n0x10\r\n"), "bad_body() rows missing");
-        assert!(has(b"X-\xc3\xa9: 1"), "\\x escapes not decoded");
+        assert!(has(b"Transfer-Encoding:\x0bchunked"), "te_vertical_tab row missing");
+        assert!(has(b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), "cl_and_te_together row missing");
+        assert!(has(b"Transfer-Encoding: chunked\r\n\r\n0x10\r\n"), "bad_body rows missing");
+        assert!(has(b"X-\xc3\xa9: 1"), "header_name_non_ascii row missing");
+        let rows: usize = request_tables().iter().map(|(_, cases)| cases.len()).sum();
+        for (_, cases) in request_tables() {
+            for case in cases {
+                assert!(seeds.contains(&case.request), "{}: request not a seed", case.name);
+            }
+        }
+        assert!(seeds.len() > rows, "relayed rows' forwarded bytes missing");
     }
 
     #[test]
@@ -642,6 +545,6 @@ mod tests {
     fn fix_content_length_frames_the_body() {
         let mut b = b"POST / HTTP/1.1\r\nContent-Length: 999\r\n\r\nhello world".to_vec();
         fix_content_length(&mut b);
-        assert!(b.windows(19).any(|w| w == b"Content-Length: 11\r"), "{}", show(&b));
+        assert!(b.windows(19).any(|w| w == b"Content-Length: 11\r"), "{}", escape_quoted(&b));
     }
 }

@@ -11,14 +11,18 @@
 //!   `current_thread` runtime, like a proxy worker), against a recording upstream in the same
 //!   runtime; thousands of connections per run.
 //!
-//! Inputs: valid requests, the request bytes of every case in `adversarial.rs` (harvested from
-//! its source at compile time), grammar-generated requests, then byte-level mutations (flips, CR,
-//! LF, NUL, SP, colon, duplicated lines, number swaps, splices of other inputs, truncation).
+//! Inputs: valid requests, the request bytes of every row of the adversarial table (read as values
+//! from `support::adversarial_cases`, the rows `tests/adversarial.rs` runs), grammar-generated
+//! requests, then byte-level mutations (flips, CR, LF, NUL, SP, colon, duplicated lines, number
+//! swaps, splices of other inputs, truncation).
 //!
 //! Budget (see `proxy/TESTING.md`): `FUZZ_SECS` per target (default a few seconds each),
 //! `FUZZ_ITERS` (case cap), `FUZZ_SEED`, `FUZZ_CASE`. Example, one hour per target:
 //! `FUZZ_SECS=3600 cargo test --release -p proxy --test fuzz -- --nocapture`.
 #![allow(clippy::unwrap_used)] // reason: a test harness; failures are reported, not recovered
+
+#[path = "../support/mod.rs"]
+mod support;
 
 mod codec;
 mod inputs;
@@ -32,6 +36,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use inputs::{Budget, Rng};
+use support::escape_quoted;
 
 thread_local! {
     /// Panics on this thread so far (the service layer's proxy tasks run on the test thread,
@@ -138,8 +143,8 @@ pub fn fuzz<P: std::fmt::Debug>(
                 let mut msg = String::new();
                 let _ = writeln!(msg, "case {i} (replay: FUZZ_SEED={:#x} FUZZ_CASE={i}): {e}", budget.seed);
                 let _ = writeln!(msg, "  params: {params:?}");
-                let _ = writeln!(msg, "  input:     \"{}\"", inputs::show(&input));
-                let _ = writeln!(msg, "  minimized: \"{}\"\n  which gives: {min_err}", inputs::show(&min));
+                let _ = writeln!(msg, "  input:     \"{}\"", escape_quoted(&input));
+                let _ = writeln!(msg, "  minimized: \"{}\"\n  which gives: {min_err}", escape_quoted(&min));
                 eprintln!("FAIL fuzz {name} {msg}");
                 s.failures.push(msg);
                 if s.failures.len() >= 5 {

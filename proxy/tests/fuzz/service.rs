@@ -29,8 +29,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::LocalSet;
 
-use crate::inputs::{self, Rng};
+use crate::inputs::Rng;
 use crate::oracle::{self, Framing, Msg, Next};
+use crate::support::escape_quoted;
 
 /// How long one case may take before it counts as a hang (the proxy's own timeouts are 2 s).
 const CASE_TIMEOUT: Duration = Duration::from_secs(8);
@@ -92,11 +93,11 @@ async fn upstream_conn(up: Rc<Upstream>, mut s: TcpStream) {
                         up.problem(format!(
                             "smuggled: {} byte(s) followed a complete request before it was answered: \"{}\"",
                             buf.len() - m.len,
-                            inputs::show(&buf[m.len..])
+                            escape_quoted(&buf[m.len..])
                         ));
                     }
                     for p in oracle::forwarded_request_problems(&m) {
-                        up.problem(format!("upstream request: {p}: \"{}\"", inputs::show(&m.head)));
+                        up.problem(format!("upstream request: {p}: \"{}\"", escape_quoted(&m.head)));
                     }
                     let seq = up.seq.get() + 1;
                     up.seq.set(seq);
@@ -113,7 +114,7 @@ async fn upstream_conn(up: Rc<Upstream>, mut s: TcpStream) {
                 }
                 Next::Partial => break,
                 Next::Bad(why) => {
-                    up.problem(format!("the upstream received an invalid message ({why}): \"{}\"", inputs::show(&buf)));
+                    up.problem(format!("the upstream received an invalid message ({why}): \"{}\"", escape_quoted(&buf)));
                     return;
                 }
             }
@@ -286,11 +287,11 @@ impl Harness {
                 Next::Msg(r) => r,
                 Next::Partial if reset => break,
                 Next::Partial => {
-                    problems.push(format!("response {k} is cut short: \"{}\"", inputs::show(rest)));
+                    problems.push(format!("response {k} is cut short: \"{}\"", escape_quoted(rest)));
                     break;
                 }
                 Next::Bad(why) => {
-                    problems.push(format!("response {k} does not parse ({why}): \"{}\"", inputs::show(rest)));
+                    problems.push(format!("response {k} does not parse ({why}): \"{}\"", escape_quoted(rest)));
                     break;
                 }
             };
@@ -311,12 +312,12 @@ impl Harness {
                         if s.msg.method != c.method || s.msg.target != want_target || s.msg.body != c.body {
                             problems.push(format!(
                                 "response {k} (upstream request #{seq}) answers a different request: upstream got {} {} body \"{}\"; client request {k} was {} {} body \"{}\"",
-                                inputs::show(&s.msg.method),
-                                inputs::show(&s.msg.target),
-                                inputs::show(&s.msg.body),
-                                inputs::show(&c.method),
-                                inputs::show(&c.target),
-                                inputs::show(&c.body)
+                                escape_quoted(&s.msg.method),
+                                escape_quoted(&s.msg.target),
+                                escape_quoted(&s.msg.body),
+                                escape_quoted(&c.method),
+                                escape_quoted(&c.target),
+                                escape_quoted(&c.body)
                             ));
                         }
                         let body = if r.framing == Framing::Chunked { oracle::dechunk(&r.body) } else { r.body.clone() };
@@ -324,8 +325,8 @@ impl Harness {
                         if body != want_body {
                             problems.push(format!(
                                 "response {k}: body \"{}\", the upstream sent \"{}\"",
-                                inputs::show(&body),
-                                inputs::show(&want_body)
+                                escape_quoted(&body),
+                                escape_quoted(&want_body)
                             ));
                         }
                     }
@@ -344,7 +345,7 @@ impl Harness {
                     }
                     let close = r.one("connection").is_some_and(|c| c.eq_ignore_ascii_case(b"close"));
                     if close && !rest.is_empty() {
-                        problems.push(format!("bytes after a `Connection: close` response: \"{}\"", inputs::show(rest)));
+                        problems.push(format!("bytes after a `Connection: close` response: \"{}\"", escape_quoted(rest)));
                         break;
                     }
                 }
@@ -362,7 +363,7 @@ impl Harness {
                 "{}\n  client requests (referee): {}\n  client received: \"{}\"",
                 problems.join("\n  "),
                 client.len(),
-                inputs::show(&got)
+                escape_quoted(&got)
             ))
         }
     }
