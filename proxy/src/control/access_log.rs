@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::Context as _;
 
 use crate::config::{AccessLogTarget, LogConfig, LogFormat};
-use crate::control::state::rfc3339;
+use crate::control::active::rfc3339;
 use crate::data::access::{AccessLog, AccessRecord};
 
 /// Starts the writer when `[log] access_log` is on; returns the workers' sending side.

@@ -21,14 +21,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::control::active::State;
 use crate::control::metrics;
-use crate::control::state::State;
 
 /// Largest request body the admin API reads (a log filter).
 const MAX_BODY: usize = 64 * 1024;
 
 /// Serves admin connections until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<State>) {
+pub async fn serve_admin(listener: TcpListener, state: Arc<State>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

@@ -2,18 +2,19 @@
 //! metrics exporter and logging. Nothing here runs per request; allocation, locks, `anyhow` and
 //! logging are fine.
 //!
-//! - [`serve`]: `proxy --config F`: the control loop (signals, config watcher, drain).
-//! - [`runtime`]: worker threads, listeners, the drain phases.
-//! - [`state`]: the active config, hot reload and `/config`.
-//! - [`admin`]: the admin API (hyper, its own listener).
+//! - [`serve`]: `proxy --config F` ([`serve::run`]): the control loop (signals, config watcher,
+//!   drain).
+//! - [`workers`]: worker threads, listeners, the drain phases.
+//! - [`active`]: the active config, hot reload and `/config`.
+//! - [`admin`]: the admin API ([`admin::serve_admin`]: hyper, its own listener).
 //! - [`metrics`]: sums the per-worker counters and renders Prometheus text.
 //! - [`logging`]: non-blocking tracing output, filter changeable at run time.
 //! - [`access_log`]: the access log's writer thread.
 
 pub mod access_log;
+pub mod active;
 pub mod admin;
 pub mod logging;
 pub mod metrics;
-pub mod runtime;
 pub mod serve;
-pub mod state;
+pub mod workers;

@@ -18,9 +18,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use crate::config::{self, ServerIds};
+use crate::control::active::{Initial, State};
 use crate::control::logging::Logging;
-use crate::control::runtime::{self, Engine};
-use crate::control::state::{Initial, State};
+use crate::control::workers::{self, Engine};
 use crate::control::{access_log, admin};
 
 /// What the command line says.
@@ -37,7 +37,7 @@ pub struct Args {
 /// How often the watcher compares the config file with the active one.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
-pub fn serve(args: Args) -> ExitCode {
+pub fn run(args: Args) -> ExitCode {
     let text = match std::fs::read_to_string(&args.config) {
         Ok(t) => t,
         Err(e) => {
@@ -98,8 +98,8 @@ async fn control_loop(args: Args, config: config::Config, init: Initial, logging
         None => None,
     };
     let access = access_log::start(&config.log)?;
-    let workers = args.workers.unwrap_or(config.workers);
-    let running = runtime::start_with(config, workers, args.engine, access)?;
+    let worker_count = args.workers.unwrap_or(config.workers);
+    let running = workers::start_with(config, worker_count, args.engine, access)?;
     let state = State::new(Arc::clone(&running.shared), Some(logging), init);
 
     {
@@ -107,7 +107,7 @@ async fn control_loop(args: Args, config: config::Config, init: Initial, logging
         if let Some(l) = admin_listener {
             let addr = l.local_addr().context("admin listener address")?;
             let _ = writeln!(out, "admin listening {addr}");
-            tokio::spawn(admin::serve(l, Arc::clone(&state)));
+            tokio::spawn(admin::serve_admin(l, Arc::clone(&state)));
         }
         for a in &running.addrs {
             let _ = writeln!(out, "listening {a}");
