@@ -78,8 +78,9 @@ pub struct RouteInfo {
     pub upstream: String,
 }
 
-/// One broken rule in a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One broken rule in a config file: `file:line: key: message` (line and key when known).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", file.display(), Where(*line, key.as_deref()))]
 pub struct ConfigError {
     pub file: PathBuf,
     /// 1-based line, when known.
@@ -89,20 +90,20 @@ pub struct ConfigError {
     pub message: String,
 }
 
-impl fmt::Display for ConfigError {
+/// The `:line: key` part of a [`ConfigError`], each part only when known.
+struct Where<'a>(Option<usize>, Option<&'a str>);
+
+impl fmt::Display for Where<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
+        if let Some(line) = self.0 {
             write!(f, ":{line}")?;
         }
-        if let Some(key) = &self.key {
+        if let Some(key) = self.1 {
             write!(f, ": {key}")?;
         }
-        write!(f, ": {}", self.message)
+        Ok(())
     }
 }
-
-impl std::error::Error for ConfigError {}
 
 /// Stable numeric ids for upstream servers, kept across reloads so that per-worker pools and
 /// counters indexed by id survive a reload for servers that stay.
@@ -120,13 +121,17 @@ impl ServerIds {
 
 /// Reads, parses and compiles a config file.
 pub fn load(path: &Path, ids: &mut ServerIds) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    parse(path, &read(path)?, ids)
+}
+
+/// Reads a config file's text (UTF-8); a failure is a [`ConfigError`] naming the file.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         line: None,
         key: None,
         message: format!("cannot read the config file: {e}"),
-    })?;
-    parse(path, &text, ids)
+    })
 }
 
 /// Parses and compiles config text; `path` is only used in messages.

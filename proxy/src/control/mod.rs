@@ -1,6 +1,7 @@
 //! The control plane: process start-up, worker threads, hot reload, drain, the admin API, the
-//! metrics exporter and logging. Nothing here runs per request; allocation, locks, `anyhow` and
-//! logging are fine.
+//! metrics exporter and logging. Nothing here runs per request; allocation, locks, formatting and
+//! logging are fine. Errors are `thiserror` enums, one per area (`RunError`, `StartError`,
+//! `ReloadError`, `LoggingError`, `AccessLogError`), carried typed to where they are printed.
 //!
 //! - [`serve`]: `proxy --config F` ([`serve::run`]): the control loop (signals, config watcher,
 //!   drain).
