@@ -447,10 +447,12 @@ impl Compiler<'_> {
         })
     }
 
+    /// A positive duration in humantime's format (`"250ms"`, `"10s"`, `"1.5s"`, `"1h 30m"`). A bare
+    /// number is refused (say the unit), and so are zero, negative values and anything else.
     fn duration(&self, v: Option<&Spanned<String>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
         let Some(v) = v else { return Ok(default) };
-        match parse_duration(v.get_ref()) {
-            Some(d) if !d.is_zero() => Ok(d),
+        match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) if !d.is_zero() => Ok(d),
             _ => self.err(
                 Some(v.span()),
                 key.to_owned(),
@@ -472,22 +474,6 @@ impl Compiler<'_> {
             Ok(n) if n <= max => Ok(n),
             _ => self.err(Some(v.span()), key.to_owned(), format!("{} is out of range (0..={max})", v.get_ref())),
         }
-    }
-}
-
-/// `"250ms"`, `"10s"`, `"2m"`, `"1h"`, `"500us"`; a bare number is refused (say the unit).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    match unit.trim() {
-        "us" | "µs" => Some(Duration::from_micros(n)),
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
     }
 }
 
@@ -574,13 +560,37 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("routes"), "{e}");
     }
 
+    /// `limits.header_read_timeout = "<value>"`, compiled.
+    fn header_read_timeout(value: &str) -> Result<Duration, ConfigError> {
+        check(&format!("{BASE}[limits]\nheader_read_timeout = \"{value}\"\n")).map(|c| c.snapshot.limits.header_read_timeout)
+    }
+
     #[test]
     fn durations_parse() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("ms"), None);
-        assert_eq!(parse_duration("1d"), None);
+        for (text, want) in [
+            ("250ms", Duration::from_millis(250)),
+            ("2m", Duration::from_secs(120)),
+            ("500us", Duration::from_micros(500)),
+            (" 10s ", Duration::from_secs(10)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("1h 30m", Duration::from_secs(5400)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("1d", Duration::from_secs(86_400)),
+        ] {
+            assert_eq!(header_read_timeout(text).unwrap(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bare_numbers_zero_negative_and_garbage_durations_are_refused() {
+        for text in ["10", "0", "1.5", "0s", "-1s", "-10", "ms", "", "soon", "10 parsecs", "1s garbage", "99999999999999999999h"] {
+            let e = header_read_timeout(text).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (Some(8), Some("limits.header_read_timeout")), "{text:?}: {e}");
+            assert_eq!(
+                e.to_string(),
+                format!("t.toml:8: limits.header_read_timeout: \"{text}\" is not a positive duration (e.g. \"250ms\", \"10s\", \"2m\")"),
+            );
+        }
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub fn format_record(line: &mut String, r: &AccessRecord, json: bool) {
     let route = if r.route == u16::MAX { -1 } else { i32::from(r.route) };
     if json {
         let v = serde_json::json!({
-            "time": time, "peer": peer, "method": method, "host": host, "path": path,
+            "time": time.to_string(), "peer": peer, "method": method, "host": host, "path": path,
             "status": r.status, "latency_ms": (ms * 1000.0).round() / 1000.0, "route": route, "worker": r.worker,
             "unix": r.time.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
         });

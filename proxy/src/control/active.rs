@@ -265,7 +265,7 @@ impl State {
         };
         let v = serde_json::json!({
             "generation": inner.generation,
-            "loaded_at": rfc3339(inner.loaded_at),
+            "loaded_at": rfc3339(inner.loaded_at).to_string(),
             "file": inner.path.display().to_string(),
             "draining": self.is_draining(),
             "config": config,
@@ -288,22 +288,12 @@ impl State {
     }
 }
 
-/// `2026-11-25T18:20:00.123Z` (UTC), without a date-time dependency.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
+/// `2026-11-25T18:20:00.123Z` (UTC, milliseconds). A clock outside what RFC 3339 can write
+/// (before 1970, after 9999) is clamped to the nearest end rather than panicking in the formatter.
+pub fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
+    /// 9999-12-31T23:59:59.999Z, the last instant humantime formats.
+    const LAST: Duration = Duration::from_millis(253_402_300_799_999);
+    humantime::format_rfc3339_millis(t.clamp(UNIX_EPOCH, UNIX_EPOCH + LAST))
 }
 
 #[cfg(test)]
@@ -312,8 +302,13 @@ mod tests {
 
     #[test]
     fn rfc3339_formats_utc() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(1_764_094_800_250)), "2025-11-25T18:20:00.250Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+        let at = |ms: u64| rfc3339(UNIX_EPOCH + Duration::from_millis(ms)).to_string();
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(1_764_094_800_250), "2025-11-25T18:20:00.250Z");
+        assert_eq!(at(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        // Sub-millisecond digits are cut, not rounded; clocks out of range are clamped.
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_nanos(1_999_999)).to_string(), "1970-01-01T00:00:00.001Z");
+        assert_eq!(rfc3339(UNIX_EPOCH - Duration::from_secs(1)).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(400_000_000_000)).to_string(), "9999-12-31T23:59:59.999Z");
     }
 }
