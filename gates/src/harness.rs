@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use proxy::config::{self, ServerIds};
-use proxy::control::runtime::{self, Engine, Running};
+use proxy::control::workers::{self, Engine, Running};
 
 /// The request every harness workload sends: a keep-alive GET.
 pub const GET: &[u8] = b"GET /bench HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: gates\r\nAccept: */*\r\n\r\n";
@@ -764,7 +764,7 @@ pub fn start_proxy(origin: SocketAddr, engine: Engine, setup: &ProxySetup) -> io
         setup.upstream, setup.limits,
     );
     let cfg = config::parse(Path::new("<harness>"), &text, &mut ServerIds::default()).map_err(|e| io::Error::other(e.to_string()))?;
-    runtime::start(cfg, 1, engine).map_err(|e| io::Error::other(e.to_string()))
+    workers::start(cfg, 1, engine).map_err(|e| io::Error::other(e.to_string()))
 }
 
 /// An address on which nothing listens (connections are refused): bound, then released.

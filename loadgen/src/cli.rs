@@ -500,7 +500,7 @@ fn cmd_upstream(a: UpstreamArgs) -> Result<i32, Failure> {
         threads: a.threads,
         cpus: a.cpus,
     };
-    upstream::serve(&cfg, announce).map_err(|e| Failure::Runtime(format!("upstream on {}: {e}", a.listen)))?;
+    upstream::run_upstream(&cfg, announce).map_err(|e| Failure::Runtime(format!("upstream on {}: {e}", a.listen)))?;
     Ok(0)
 }
 
@@ -510,7 +510,7 @@ fn cmd_relay(a: RelayArgs) -> Result<i32, Failure> {
         return usage("--threads must be at least 1");
     }
     let cfg = RelayConfig { listen: a.listen, upstream: a.upstream, threads: a.threads, cpus: a.cpus };
-    relay::serve(&cfg, announce).map_err(|e| Failure::Runtime(format!("relay on {}: {e}", a.listen)))?;
+    relay::run_relay(&cfg, announce).map_err(|e| Failure::Runtime(format!("relay on {}: {e}", a.listen)))?;
     Ok(0)
 }
 

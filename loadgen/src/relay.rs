@@ -21,7 +21,7 @@ pub struct RelayConfig {
 const BUF: usize = 16 * 1024;
 
 /// Binds (calling `on_bound` with the real address), then relays until killed.
-pub fn serve(cfg: &RelayConfig, on_bound: impl FnOnce(SocketAddr)) -> io::Result<()> {
+pub fn run_relay(cfg: &RelayConfig, on_bound: impl FnOnce(SocketAddr)) -> io::Result<()> {
     let upstream = cfg.upstream;
     crate::server::serve_threads(cfg.listen, cfg.threads, &cfg.cpus, "relay", on_bound, move |l| async move {
         let l = TcpListener::from_std(l)?;

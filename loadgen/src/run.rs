@@ -230,8 +230,9 @@ fn thread_main(
     local.block_on(&rt, thread_async(cfg, k, barrier, start, live))
 }
 
-/// Per-thread state shared by the dispatcher and the connection tasks (single thread: `Rc`).
-struct Shared {
+/// One load thread's dispatch queue, recorder, request mix and measurement window, shared by
+/// its dispatcher and connection tasks (single thread: `Rc`).
+struct LoadThread {
     queue: RefCell<VecDeque<(Instant, Dispatch)>>,
     idle: Cell<usize>,
     done: Cell<bool>,
@@ -243,7 +244,7 @@ struct Shared {
     drain_deadline: Cell<Instant>,
 }
 
-impl Shared {
+impl LoadThread {
     /// Ends this thread's window now (early stop).
     fn stop_now(&self) {
         let now = Instant::now();
@@ -290,7 +291,7 @@ async fn thread_async(
     let (t0, _) = *start.get_or_init(|| (Instant::now() + lead, SystemTime::now() + lead));
     let measure_start = t0 + cfg.warmup;
     let measure_end = measure_start + cfg.duration;
-    let sh = Rc::new(Shared {
+    let sh = Rc::new(LoadThread {
         queue: RefCell::new(VecDeque::with_capacity(1024)),
         idle: Cell::new(0),
         done: Cell::new(false),
@@ -332,7 +333,7 @@ async fn thread_async(
 
 /// Once a second, publishes this thread's totals and the last full second's P99 for the
 /// progress line (no per-request cost).
-async fn ticker(sh: Rc<Shared>, live: Arc<Vec<Live>>, k: usize) {
+async fn ticker(sh: Rc<LoadThread>, live: Arc<Vec<Live>>, k: usize) {
     let mut iv = tokio::time::interval(Duration::from_millis(500));
     loop {
         iv.tick().await;
@@ -352,7 +353,7 @@ async fn ticker(sh: Rc<Shared>, live: Arc<Vec<Live>>, k: usize) {
     }
 }
 
-async fn dispatcher(sh: Rc<Shared>, mut sched: Schedule, conns: Vec<Conn>, max_conns: usize, cfg: &RunConfig) -> io::Result<()> {
+async fn dispatcher(sh: Rc<LoadThread>, mut sched: Schedule, conns: Vec<Conn>, max_conns: usize, cfg: &RunConfig) -> io::Result<()> {
     let mut timer = sys::PreciseTimer::new()?;
     let mut tasks = Vec::with_capacity(max_conns);
     let mut n_conns = conns.len();
@@ -431,7 +432,7 @@ async fn dispatcher(sh: Rc<Shared>, mut sched: Schedule, conns: Vec<Conn>, max_c
 }
 
 /// Takes the next due request for a connection, or `None` when the run is over.
-async fn next_item(sh: &Shared) -> Option<(Instant, Dispatch)> {
+async fn next_item(sh: &LoadThread) -> Option<(Instant, Dispatch)> {
     loop {
         let item = sh.queue.borrow_mut().pop_front();
         if let Some(item) = item {
@@ -455,7 +456,7 @@ async fn next_item(sh: &Shared) -> Option<(Instant, Dispatch)> {
     }
 }
 
-async fn open_conn(sh: Rc<Shared>, mut conn: Conn, mut first: Option<(Instant, Dispatch)>) {
+async fn open_conn(sh: Rc<LoadThread>, mut conn: Conn, mut first: Option<(Instant, Dispatch)>) {
     loop {
         let (intended, how) = match first.take() {
             Some(x) => x,
@@ -470,7 +471,7 @@ async fn open_conn(sh: Rc<Shared>, mut conn: Conn, mut first: Option<(Instant, D
     }
 }
 
-async fn closed_conn(sh: Rc<Shared>, mut conn: Conn) {
+async fn closed_conn(sh: Rc<LoadThread>, mut conn: Conn) {
     loop {
         if STOP.load(Ordering::Relaxed) {
             sh.stop_now();

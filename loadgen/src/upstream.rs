@@ -66,7 +66,7 @@ impl Responses {
 }
 
 /// Binds the listeners (so the caller can print the real address), then serves until killed.
-pub fn serve(cfg: &UpstreamConfig, on_bound: impl FnOnce(SocketAddr)) -> io::Result<()> {
+pub fn run_upstream(cfg: &UpstreamConfig, on_bound: impl FnOnce(SocketAddr)) -> io::Result<()> {
     let start = Instant::now();
     let c = cfg.clone();
     crate::server::serve_threads(cfg.listen, cfg.threads, &cfg.cpus, "upstream", on_bound, move |l| accept_loop(l, c.clone(), start))

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, ServerIds};
-use crate::control::runtime::Engine;
 use crate::control::serve;
+use crate::control::workers::Engine;
 
 #[derive(Debug, Parser)]
 #[command(name = "proxy", version, about = "Reference HTTP/1.1 reverse proxy (lock-free data plane, reused buffers, per-worker pools)")]
@@ -70,5 +70,5 @@ pub fn main() -> ExitCode {
         EngineArg::Native => Engine::Native,
         EngineArg::Hyper => Engine::Hyper,
     };
-    serve::serve(serve::Args { config: path, workers: cli.workers, engine, admin: cli.admin })
+    serve::run(serve::Args { config: path, workers: cli.workers, engine, admin: cli.admin })
 }

@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use gates::harness::{self, Client, FILL, Origin, OriginCounts, OriginMode, ProxySetup, Response};
-use proxy::control::runtime::{Engine, Running};
+use proxy::control::workers::{Engine, Running};
 use serde_json::{Value, json};
 
 #[global_allocator]

@@ -78,8 +78,9 @@ pub struct RouteInfo {
     pub upstream: String,
 }
 
-/// One broken rule in a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One broken rule in a config file: `file:line: key: message` (line and key when known).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", file.display(), Where(*line, key.as_deref()))]
 pub struct ConfigError {
     pub file: PathBuf,
     /// 1-based line, when known.
@@ -89,20 +90,20 @@ pub struct ConfigError {
     pub message: String,
 }
 
-impl fmt::Display for ConfigError {
+/// The `:line: key` part of a [`ConfigError`], each part only when known.
+struct Where<'a>(Option<usize>, Option<&'a str>);
+
+impl fmt::Display for Where<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
+        if let Some(line) = self.0 {
             write!(f, ":{line}")?;
         }
-        if let Some(key) = &self.key {
+        if let Some(key) = self.1 {
             write!(f, ": {key}")?;
         }
-        write!(f, ": {}", self.message)
+        Ok(())
     }
 }
-
-impl std::error::Error for ConfigError {}
 
 /// Stable numeric ids for upstream servers, kept across reloads so that per-worker pools and
 /// counters indexed by id survive a reload for servers that stay.
@@ -120,13 +121,17 @@ impl ServerIds {
 
 /// Reads, parses and compiles a config file.
 pub fn load(path: &Path, ids: &mut ServerIds) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    parse(path, &read(path)?, ids)
+}
+
+/// Reads a config file's text (UTF-8); a failure is a [`ConfigError`] naming the file.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         line: None,
         key: None,
         message: format!("cannot read the config file: {e}"),
-    })?;
-    parse(path, &text, ids)
+    })
 }
 
 /// Parses and compiles config text; `path` is only used in messages.
@@ -444,10 +449,12 @@ impl Compiler<'_> {
         })
     }
 
+    /// A positive duration in humantime's format (`"250ms"`, `"10s"`, `"1.5s"`, `"1h 30m"`). A bare
+    /// number is refused (say the unit), and so are zero, negative values and anything else.
     fn duration(&self, v: Option<&Spanned<String>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
         let Some(v) = v else { return Ok(default) };
-        match parse_duration(v.get_ref()) {
-            Some(d) if !d.is_zero() => Ok(d),
+        match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) if !d.is_zero() => Ok(d),
             _ => self.err(
                 Some(v.span()),
                 key.to_owned(),
@@ -469,22 +476,6 @@ impl Compiler<'_> {
             Ok(n) if n <= max => Ok(n),
             _ => self.err(Some(v.span()), key.to_owned(), format!("{} is out of range (0..={max})", v.get_ref())),
         }
-    }
-}
-
-/// `"250ms"`, `"10s"`, `"2m"`, `"1h"`, `"500us"`; a bare number is refused (say the unit).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    match unit.trim() {
-        "us" | "µs" => Some(Duration::from_micros(n)),
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
     }
 }
 
@@ -571,13 +562,37 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("routes"), "{e}");
     }
 
+    /// `limits.header_read_timeout = "<value>"`, compiled.
+    fn header_read_timeout(value: &str) -> Result<Duration, ConfigError> {
+        check(&format!("{BASE}[limits]\nheader_read_timeout = \"{value}\"\n")).map(|c| c.snapshot.limits.header_read_timeout)
+    }
+
     #[test]
     fn durations_parse() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("ms"), None);
-        assert_eq!(parse_duration("1d"), None);
+        for (text, want) in [
+            ("250ms", Duration::from_millis(250)),
+            ("2m", Duration::from_secs(120)),
+            ("500us", Duration::from_micros(500)),
+            (" 10s ", Duration::from_secs(10)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("1h 30m", Duration::from_secs(5400)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("1d", Duration::from_secs(86_400)),
+        ] {
+            assert_eq!(header_read_timeout(text).unwrap(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bare_numbers_zero_negative_and_garbage_durations_are_refused() {
+        for text in ["10", "0", "1.5", "0s", "-1s", "-10", "ms", "", "soon", "10 parsecs", "1s garbage", "99999999999999999999h"] {
+            let e = header_read_timeout(text).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (Some(8), Some("limits.header_read_timeout")), "{text:?}: {e}");
+            assert_eq!(
+                e.to_string(),
+                format!("t.toml:8: limits.header_read_timeout: \"{text}\" is not a positive duration (e.g. \"250ms\", \"10s\", \"2m\")"),
+            );
+        }
     }
 
     #[test]

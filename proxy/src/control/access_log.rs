@@ -3,23 +3,31 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::Context as _;
-
 use crate::config::{AccessLogTarget, LogConfig, LogFormat};
-use crate::control::state::rfc3339;
+use crate::control::active::rfc3339;
 use crate::data::access::{AccessLog, AccessRecord};
 
+/// Why the access log could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessLogError {
+    #[error("cannot open the access log {}: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot start the access-log thread: {source}")]
+    Thread { source: io::Error },
+}
+
 /// Starts the writer when `[log] access_log` is on; returns the workers' sending side.
-pub fn start(log: &LogConfig) -> anyhow::Result<Option<AccessLog>> {
+pub fn start(log: &LogConfig) -> Result<Option<AccessLog>, AccessLogError> {
     let out: Box<dyn Write + Send> = match &log.access_log {
         AccessLogTarget::Off => return Ok(None),
         AccessLogTarget::Stdout => Box::new(io::stdout()),
         AccessLogTarget::Stderr => Box::new(io::stderr()),
         AccessLogTarget::File(p) => Box::new(
-            OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("cannot open the access log {}", p.display()))?,
+            OpenOptions::new().create(true).append(true).open(p).map_err(|source| AccessLogError::Open { path: p.clone(), source })?,
         ),
     };
     let (tx, rx) = sync_channel(log.access_log_buffer);
@@ -27,7 +35,7 @@ pub fn start(log: &LogConfig) -> anyhow::Result<Option<AccessLog>> {
     std::thread::Builder::new()
         .name("access-log".into())
         .spawn(move || write_loop(rx, out, json))
-        .context("cannot start the access-log thread")?;
+        .map_err(|source| AccessLogError::Thread { source })?;
     Ok(Some(AccessLog::new(tx)))
 }
 
@@ -74,7 +82,7 @@ pub fn format_record(line: &mut String, r: &AccessRecord, json: bool) {
     let route = if r.route == u16::MAX { -1 } else { i32::from(r.route) };
     if json {
         let v = serde_json::json!({
-            "time": time, "peer": peer, "method": method, "host": host, "path": path,
+            "time": time.to_string(), "peer": peer, "method": method, "host": host, "path": path,
             "status": r.status, "latency_ms": (ms * 1000.0).round() / 1000.0, "route": route, "worker": r.worker,
             "unix": r.time.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
         });

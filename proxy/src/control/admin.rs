@@ -21,14 +21,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::control::active::State;
 use crate::control::metrics;
-use crate::control::state::State;
 
 /// Largest request body the admin API reads (a log filter).
 const MAX_BODY: usize = 64 * 1024;
 
 /// Serves admin connections until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<State>) {
+pub async fn serve_admin(listener: TcpListener, state: Arc<State>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -91,13 +91,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                         tracing::info!(level = %level, "log level changed at run time");
                         reply(StatusCode::OK, TEXT, format!("{level}\n"))
                     }
-                    Err(e) => reply(StatusCode::BAD_REQUEST, TEXT, format!("{e:#}\n")),
+                    Err(e) => reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
                 },
             }
         }
         (&Method::POST, "/reload") => match state.reload("POST /reload") {
             Ok(generation) => reply(StatusCode::OK, "application/json", serde_json::json!({ "generation": generation }).to_string() + "\n"),
-            Err(e) => json_error(StatusCode::BAD_REQUEST, &e),
+            Err(e) => json_error(StatusCode::BAD_REQUEST, &e.to_string()),
         },
         (_, "/metrics" | "/healthz" | "/config" | "/log-level" | "/reload") => {
             let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n");

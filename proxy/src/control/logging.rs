@@ -8,10 +8,10 @@
 
 use std::sync::Mutex;
 
-use anyhow::{Context as _, anyhow};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
+use tracing_subscriber::filter::ParseError;
 use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::util::{SubscriberInitExt as _, TryInitError};
 use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
 
 use crate::config::LogFormat;
@@ -31,12 +31,25 @@ impl std::fmt::Debug for Logging {
     }
 }
 
+/// Why the logger could not be installed, or a new filter not applied (the old one stays).
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("empty log filter; e.g. \"warn\" or \"info,proxy::trace=info\"")]
+    EmptyFilter,
+    #[error("\"{filter}\" is not a log filter: {source}")]
+    BadFilter { filter: String, source: ParseError },
+    #[error("cannot install the logger: {source}")]
+    Install { source: TryInitError },
+    #[error("cannot replace the log filter: {source}")]
+    Replace { source: reload::Error },
+}
+
 /// Log lines buffered between the application and the writer thread.
 const LOG_BUFFER_LINES: usize = 4096;
 
 impl Logging {
     /// Installs the global subscriber. `PROXY_LOG`, when set, wins over `level` at start.
-    pub fn init(level: &str, format: LogFormat) -> anyhow::Result<Logging> {
+    pub fn init(level: &str, format: LogFormat) -> Result<Logging, LoggingError> {
         let level = std::env::var("PROXY_LOG").ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| level.to_owned());
         let filter = parse_filter(&level)?;
         let (filter, handle) = reload::Layer::new(filter);
@@ -52,7 +65,7 @@ impl Logging {
             LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(false).boxed(),
             LogFormat::Json => tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(writer).boxed(),
         };
-        tracing_subscriber::registry().with(filter).with(fmt).try_init().context("cannot install the logger")?;
+        tracing_subscriber::registry().with(filter).with(fmt).try_init().map_err(|source| LoggingError::Install { source })?;
         Ok(Logging { filter: handle, current: Mutex::new(level), dropped, _guard: guard })
     }
 
@@ -62,10 +75,10 @@ impl Logging {
     }
 
     /// Replaces the filter; an invalid directive leaves the old one in force.
-    pub fn set_level(&self, level: &str) -> anyhow::Result<()> {
+    pub fn set_level(&self, level: &str) -> Result<(), LoggingError> {
         let level = level.trim();
         let filter = parse_filter(level)?;
-        self.filter.reload(filter).context("cannot replace the log filter")?;
+        self.filter.reload(filter).map_err(|source| LoggingError::Replace { source })?;
         if let Ok(mut cur) = self.current.lock() {
             *cur = level.to_owned();
         }
@@ -78,9 +91,9 @@ impl Logging {
     }
 }
 
-fn parse_filter(level: &str) -> anyhow::Result<EnvFilter> {
+fn parse_filter(level: &str) -> Result<EnvFilter, LoggingError> {
     if level.is_empty() {
-        return Err(anyhow!("empty log filter; e.g. \"warn\" or \"info,proxy::trace=info\""));
+        return Err(LoggingError::EmptyFilter);
     }
-    EnvFilter::builder().parse(level).map_err(|e| anyhow!("\"{level}\" is not a log filter: {e}"))
+    EnvFilter::builder().parse(level).map_err(|source| LoggingError::BadFilter { filter: level.to_owned(), source })
 }

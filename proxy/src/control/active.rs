@@ -8,16 +8,55 @@
 //! pooled connections to servers that left the config are closed by each worker's pool sweeper
 //! within a second; connections in use finish their exchange first.
 
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::{self, Config, LogConfig, RouteInfo, ServerIds};
+use crate::config::{self, Config, ConfigError, LogConfig, RouteInfo, ServerIds};
 use crate::control::logging::Logging;
 use crate::control::metrics::ProcessValues;
 use crate::data::worker::Shared;
+
+/// Why a reload changed nothing. Its text is what `POST /reload` answers (`{"error": ...}`) and
+/// what the log line says; the previous config keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{}: cannot read the config file: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}: the config file is not UTF-8", path.display())]
+    NotUtf8 { path: PathBuf },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+impl ReloadError {
+    /// The config file the reload read.
+    pub fn file(&self) -> &Path {
+        match self {
+            Self::Read { path, .. } | Self::NotUtf8 { path } => path,
+            Self::Invalid(e) => &e.file,
+        }
+    }
+
+    /// The broken line, when the file was read and a rule in it is broken.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            Self::Invalid(e) => e.line,
+            Self::Read { .. } | Self::NotUtf8 { .. } => None,
+        }
+    }
+
+    /// The broken key, when known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Invalid(e) => e.key.as_deref(),
+            Self::Read { .. } | Self::NotUtf8 { .. } => None,
+        }
+    }
+}
 
 /// Shared by the admin API, the signal loop and the file watcher.
 #[derive(Debug)]
@@ -131,24 +170,22 @@ impl State {
     }
 
     /// Loads the config file again and publishes it. `Ok(generation)` of the new snapshot.
-    pub fn reload(&self, why: &str) -> Result<u64, String> {
+    /// `trigger` (`SIGHUP`, `POST /reload`) is named in the log line.
+    pub fn reload(&self, trigger: &str) -> Result<u64, ReloadError> {
         let mut inner = self.inner();
         let path = inner.path.clone();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                inner.reloads_failed += 1;
-                let msg = format!("{}: cannot read the config file: {e}", path.display());
-                tracing::error!(trigger = why, "config reload rejected: {msg}; the previous config keeps serving");
-                return Err(msg);
+        let result = match std::fs::read(&path) {
+            Ok(bytes) => {
+                inner.last_seen = bytes.clone();
+                self.apply(&mut inner, &path, bytes)
             }
+            Err(source) => Err(ReloadError::Read { path, source }),
         };
-        inner.last_seen = bytes.clone();
-        self.apply(&mut inner, why, &path, bytes)
+        Self::settle(&mut inner, trigger, result)
     }
 
     /// The watcher's tick: reloads when the file's contents differ from the last ones seen.
-    pub fn reload_if_changed(&self) -> Option<Result<u64, String>> {
+    pub fn reload_if_changed(&self) -> Option<Result<u64, ReloadError>> {
         let mut inner = self.inner();
         let path = inner.path.clone();
         // Unreadable for a moment (being replaced): look again at the next tick.
@@ -157,33 +194,36 @@ impl State {
             return None;
         }
         inner.last_seen = bytes.clone();
-        Some(self.apply(&mut inner, "file change", &path, bytes))
+        let result = self.apply(&mut inner, &path, bytes);
+        Some(Self::settle(&mut inner, "file change", result))
     }
 
-    fn apply(&self, inner: &mut Inner, why: &str, path: &Path, bytes: Vec<u8>) -> Result<u64, String> {
-        let text = match String::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(_) => {
-                inner.reloads_failed += 1;
-                let msg = format!("{}: the config file is not UTF-8", path.display());
-                tracing::error!(trigger = why, "config reload rejected: {msg}; the previous config keeps serving");
-                return Err(msg);
+    /// Counts and logs a reload's outcome: the one place for every trigger (SIGHUP,
+    /// `POST /reload`, the file watcher) and every way a reload can fail.
+    fn settle(inner: &mut Inner, trigger: &str, result: Result<u64, ReloadError>) -> Result<u64, ReloadError> {
+        match &result {
+            Ok(generation) => {
+                inner.reloads_ok += 1;
+                tracing::info!(trigger, generation, "config reloaded");
             }
-        };
-        let config = match config::parse(path, &text, &mut inner.ids) {
-            Ok(c) => c,
             Err(e) => {
                 inner.reloads_failed += 1;
                 tracing::error!(
-                    trigger = why,
-                    file = %e.file.display(),
-                    line = e.line,
-                    key = e.key.as_deref().unwrap_or(""),
+                    trigger,
+                    file = %e.file().display(),
+                    line = e.line(),
+                    key = e.key(),
                     "config reload rejected: {e}; the previous config keeps serving"
                 );
-                return Err(e.to_string());
             }
-        };
+        }
+        result
+    }
+
+    /// Parses, validates and publishes `bytes`; changes nothing when they are not a valid config.
+    fn apply(&self, inner: &mut Inner, path: &Path, bytes: Vec<u8>) -> Result<u64, ReloadError> {
+        let text = String::from_utf8(bytes).map_err(|_| ReloadError::NotUtf8 { path: path.to_path_buf() })?;
+        let config = config::parse(path, &text, &mut inner.ids)?;
         if config.listeners != inner.listeners {
             tracing::warn!("listeners changed in the config; they take effect at the next restart");
         }
@@ -200,7 +240,7 @@ impl State {
             && let Some(l) = &self.logging
             && let Err(e) = l.set_level(&config.log.level)
         {
-            tracing::warn!("log.level not applied: {e:#}");
+            tracing::warn!("log.level not applied: {e}");
         }
         let generation = inner.generation + 1;
         let mut snapshot = config.snapshot;
@@ -213,8 +253,6 @@ impl State {
         inner.drain_timeout = config.drain_timeout;
         inner.watch_config = config.watch_config;
         inner.routes = config.routes;
-        inner.reloads_ok += 1;
-        tracing::info!(trigger = why, generation, "config reloaded");
         Ok(generation)
     }
 
@@ -227,7 +265,7 @@ impl State {
         };
         let v = serde_json::json!({
             "generation": inner.generation,
-            "loaded_at": rfc3339(inner.loaded_at),
+            "loaded_at": rfc3339(inner.loaded_at).to_string(),
             "file": inner.path.display().to_string(),
             "draining": self.is_draining(),
             "config": config,
@@ -250,22 +288,12 @@ impl State {
     }
 }
 
-/// `2026-11-25T18:20:00.123Z` (UTC), without a date-time dependency.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
+/// `2026-11-25T18:20:00.123Z` (UTC, milliseconds). A clock outside what RFC 3339 can write
+/// (before 1970, after 9999) is clamped to the nearest end rather than panicking in the formatter.
+pub fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
+    /// 9999-12-31T23:59:59.999Z, the last instant humantime formats.
+    const LAST: Duration = Duration::from_millis(253_402_300_799_999);
+    humantime::format_rfc3339_millis(t.clamp(UNIX_EPOCH, UNIX_EPOCH + LAST))
 }
 
 #[cfg(test)]
@@ -274,8 +302,13 @@ mod tests {
 
     #[test]
     fn rfc3339_formats_utc() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(1_764_094_800_250)), "2025-11-25T18:20:00.250Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+        let at = |ms: u64| rfc3339(UNIX_EPOCH + Duration::from_millis(ms)).to_string();
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(1_764_094_800_250), "2025-11-25T18:20:00.250Z");
+        assert_eq!(at(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        // Sub-millisecond digits are cut, not rounded; clocks out of range are clamped.
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_nanos(1_999_999)).to_string(), "1970-01-01T00:00:00.001Z");
+        assert_eq!(rfc3339(UNIX_EPOCH - Duration::from_secs(1)).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(400_000_000_000)).to_string(), "9999-12-31T23:59:59.999Z");
     }
 }
