@@ -22,12 +22,19 @@ PEERS_DIR=${PEERS_DIR:-$ROOT/target/peers}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PROXY_BIN=${PROXY_BIN:-$CARGO_TARGET_DIR/release/proxy}
 LOADGEN_BIN=${LOADGEN_BIN:-$CARGO_TARGET_DIR/release/loadgen}
+PROBE_BIN=${PROBE_BIN:-$CARGO_TARGET_DIR/release/probe}
 if [ ! -x "$PROXY_BIN" ] || [ ! -x "$LOADGEN_BIN" ]; then
   echo "compare: building proxy and loadgen (release)" >&2
   cargo build --release -p proxy -p loadgen >&2 || die "cargo build --release -p proxy -p loadgen failed"
 fi
+if [ ! -x "$PROBE_BIN" ]; then
+  # schedstat and strace summaries are read by the gates' own code
+  echo "compare: building gates' probe (release)" >&2
+  cargo build --release -p gates --bin probe >&2 || die "cargo build --release -p gates --bin probe failed"
+fi
 [ -x "$PROXY_BIN" ] || die "proxy: no binary at $PROXY_BIN (set PROXY_BIN)"
 [ -x "$LOADGEN_BIN" ] || die "loadgen: no binary at $LOADGEN_BIN (set LOADGEN_BIN)"
+[ -x "$PROBE_BIN" ] || die "probe: no binary at $PROBE_BIN (set PROBE_BIN)"
 
 # --- system tools -----------------------------------------------------------------------------
 apt_install() { # package...: install with apt-get, once per run
@@ -69,7 +76,7 @@ for tool in valgrind callgrind_control strace; do
   command -v "$tool" >/dev/null || apt_install valgrind strace || die "$tool: cannot install"
 done
 
-export PROXY_BIN LOADGEN_BIN TRAEFIK_BIN NGINX_BIN HAPROXY_BIN
+export PROXY_BIN LOADGEN_BIN PROBE_BIN TRAEFIK_BIN NGINX_BIN HAPROXY_BIN
 # compare.py runs every child in its own process group and kills them on exit; this trap is the
 # second line of defence should python itself be killed.
 python3 "$ROOT/scripts/compare.py" --command-line "$CMDLINE" "$@" &

@@ -57,7 +57,8 @@ fn load(s: &Setup, g: &FloorGate, addr: &str, duration: &str, name: &str) -> Res
 }
 
 /// Nanoseconds on CPU of every thread of `pid` (schedstat), or an error naming the file.
-fn cpu_ns(pid: u32) -> Result<u64, String> {
+/// Also the scripts' schedstat reading (`probe schedstat`, scripts/lib/probe.py).
+pub fn cpu_ns(pid: u32) -> Result<u64, String> {
     let dir = format!("/proc/{pid}/task");
     let mut total = 0;
     for entry in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
@@ -68,7 +69,8 @@ fn cpu_ns(pid: u32) -> Result<u64, String> {
     Ok(total)
 }
 
-/// Per-syscall counts from an `strace -c` summary file (`total` excluded).
+/// Per-syscall counts from an `strace -c` summary file (`total` excluded), in the file's order.
+/// Also the scripts' parser (`probe strace-summary`, scripts/lib/probe.py).
 pub fn parse_strace_summary(text: &str) -> Vec<(String, u64)> {
     let mut calls = Vec::new();
     for line in text.lines() {

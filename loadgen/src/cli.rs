@@ -47,6 +47,13 @@ pub enum Cmd {
     Upstream(UpstreamArgs),
     /// A byte relay (no HTTP parsing): the CPU floor for any proxy on this machine.
     Relay(RelayArgs),
+    /// Merge the base64 histograms of `--json` reports and print their percentiles as JSON.
+    ///
+    /// Reads a JSON array of groups from stdin, each an array of histograms (strings as in a
+    /// report's `histograms`); prints one line, a JSON array with one object per group:
+    /// {"count": N, "quantiles": [..], "max": V} (values in the histograms' unit, ns; null when
+    /// the group holds no value).
+    Hist(HistArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,6 +227,13 @@ pub struct RelayArgs {
     pub cpus: Vec<usize>,
 }
 
+#[derive(Args, Debug)]
+pub struct HistArgs {
+    /// Quantiles to read off each merged histogram, e.g. 0.5,0.99,0.999.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.9,0.99,0.999,0.9999")]
+    pub quantiles: Vec<f64>,
+}
+
 /// A duration with its unit (`30s`, `250ms`, `100us`, `1.5s`, `1h 30m`): one parser for the
 /// whole workspace (the proxy's config reads durations the same way). A bare number is refused:
 /// `--duration 5` could mean seconds or requests, so the unit is written.
@@ -257,6 +271,7 @@ pub fn main_with(cli: Cli, argv: &[String]) -> i32 {
         Cmd::Ladder(a) => cmd_ladder(a, argv),
         Cmd::Upstream(a) => cmd_upstream(a),
         Cmd::Relay(a) => cmd_relay(a),
+        Cmd::Hist(a) => cmd_hist(a),
     };
     match r {
         Ok(code) => code,
@@ -511,6 +526,21 @@ fn cmd_relay(a: RelayArgs) -> Result<i32, Failure> {
     }
     let cfg = RelayConfig { listen: a.listen, upstream: a.upstream, threads: a.threads, cpus: a.cpus };
     relay::run_relay(&cfg, announce).map_err(|e| Failure::Runtime(format!("relay on {}: {e}", a.listen)))?;
+    Ok(0)
+}
+
+fn cmd_hist(a: HistArgs) -> Result<i32, Failure> {
+    if a.quantiles.iter().any(|q| !(0.0..=1.0).contains(q)) {
+        return usage("--quantiles must be numbers from 0 to 1");
+    }
+    let mut text = String::new();
+    io::Read::read_to_string(&mut io::stdin(), &mut text).map_err(|e| Failure::Runtime(format!("hist: stdin: {e}")))?;
+    let groups: Vec<Vec<String>> = serde_json::from_str(&text)
+        .map_err(|e| Failure::Usage(format!("hist: stdin must be a JSON array of arrays of base64 histograms: {e}")))?;
+    let merged = report::merge_groups(&groups, &a.quantiles).map_err(|e| Failure::Runtime(format!("hist: {e}")))?;
+    let line = serde_json::to_string(&merged).map_err(|e| Failure::Runtime(format!("hist: {e}")))?;
+    let mut out = io::stdout();
+    writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| Failure::Runtime(format!("hist: stdout: {e}")))?;
     Ok(0)
 }
 

@@ -180,6 +180,43 @@ pub fn decode_hist(s: &str) -> Option<Histogram<u64>> {
     hdrhistogram::serialization::Deserializer::new().deserialize(&mut io::Cursor::new(bytes)).ok()
 }
 
+/// Several histograms merged: what `loadgen hist` prints for each group.
+#[derive(Debug, PartialEq, Serialize)]
+pub struct Merged {
+    /// Recorded values over every histogram of the group.
+    pub count: u64,
+    /// `value_at_quantile` of the merged histogram for each asked quantile, in the histograms'
+    /// unit (nanoseconds for loadgen's); `None` when the group holds no value.
+    pub quantiles: Vec<Option<u64>>,
+    /// Highest recorded value (its bucket's highest equivalent value), `None` when empty.
+    pub max: Option<u64>,
+}
+
+/// Merges each group of base64 histograms (as [`encode_hist`] writes them) and reads `quantiles`
+/// off the merged histogram: percentiles of several runs without averaging percentiles. An
+/// error names the group and the histogram that could not be decoded or added.
+pub fn merge_groups(groups: &[Vec<String>], quantiles: &[f64]) -> Result<Vec<Merged>, String> {
+    let mut out = Vec::with_capacity(groups.len());
+    for (g, group) in groups.iter().enumerate() {
+        // The first histogram's bounds and precision hold the merge (loadgen writes them all alike).
+        let mut merged: Option<Histogram<u64>> = None;
+        for (i, b64) in group.iter().enumerate() {
+            let h = decode_hist(b64).ok_or_else(|| format!("group {g}, histogram {i}: not a base64 V2 HdrHistogram"))?;
+            match merged.as_mut() {
+                None => merged = Some(h),
+                Some(m) => m.add(&h).map_err(|e| format!("group {g}, histogram {i}: {e:?}"))?,
+            }
+        }
+        let merged = merged.filter(|m| !m.is_empty());
+        out.push(Merged {
+            count: merged.as_ref().map_or(0, Histogram::len),
+            quantiles: quantiles.iter().map(|&q| merged.as_ref().map(|m| m.value_at_quantile(q))).collect(),
+            max: merged.as_ref().map(Histogram::max),
+        });
+    }
+    Ok(out)
+}
+
 /// Builds the JSON document of a run.
 pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> RunJson {
     let r = &out.rec;
@@ -494,6 +531,34 @@ mod tests {
         assert_eq!(fmt_dur(Duration::from_micros(850)), "850µs");
         assert_eq!(fmt_dur(Duration::from_micros(1234)), "1.23ms");
         assert_eq!(fmt_dur(Duration::from_millis(2500)), "2.50s");
+    }
+
+    #[test]
+    fn merged_groups_read_percentiles_off_the_merged_histogram() {
+        let enc = |vals: &[u64]| {
+            let mut h = crate::stats::new_hist(3);
+            for &v in vals {
+                h.record(v).unwrap();
+            }
+            encode_hist(&h)
+        };
+        // 90 fast values in one run, 10 slow ones in the other: the merged P50 is fast, the
+        // P99 slow (averaging the runs' P99s would say neither).
+        let a = enc(&[10_000; 90]);
+        let b = enc(&[5_000_000; 10]);
+        let m = merge_groups(&[vec![a.clone(), b], vec![], vec![a]], &[0.5, 0.99]).unwrap();
+        assert_eq!(m.len(), 3);
+        let mut want = crate::stats::new_hist(3);
+        want.record_n(10_000, 90).unwrap();
+        want.record_n(5_000_000, 10).unwrap();
+        assert_eq!(m[0].count, 100);
+        assert_eq!(m[0].quantiles, vec![Some(want.value_at_quantile(0.5)), Some(want.value_at_quantile(0.99))]);
+        assert!(m[0].quantiles[0].unwrap() < 10_010 && m[0].quantiles[1].unwrap() >= 5_000_000);
+        assert_eq!(m[0].max, Some(want.max()));
+        assert_eq!(m[1], Merged { count: 0, quantiles: vec![None, None], max: None });
+        assert_eq!(m[2].count, 90);
+        let e = merge_groups(&[vec![enc(&[1])], vec!["not base64".into()]], &[0.5]).unwrap_err();
+        assert!(e.starts_with("group 1, histogram 0:"), "{e}");
     }
 
     #[test]

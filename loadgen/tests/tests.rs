@@ -433,6 +433,43 @@ mod report {
     }
 
     #[test]
+    fn hist_merges_groups_read_from_stdin() {
+        use std::io::Write;
+        let enc = |vals: &[u64]| {
+            let mut h = loadgen::stats::new_hist(3);
+            for &v in vals {
+                h.record(v).unwrap();
+            }
+            loadgen::report::encode_hist(&h)
+        };
+        let stdin = serde_json::json!([[enc(&[1_000; 99]), enc(&[2_000_000])], []]).to_string();
+        let run = |input: &str, args: &[&str]| {
+            let mut child = std::process::Command::new(BIN)
+                .arg("hist")
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let out = run(&stdin, &["--quantiles", "0.5,0.995"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v[0]["count"], 100);
+        assert_eq!(v[0]["quantiles"][0], 1_000);
+        let p995 = v[0]["quantiles"][1].as_u64().unwrap();
+        assert!((2_000_000..2_002_000).contains(&p995), "{v}");
+        assert_eq!(v[0]["max"], p995);
+        assert_eq!(v[1], serde_json::json!({"count": 0, "quantiles": [null, null], "max": null}));
+        let bad = run("{}", &[]);
+        assert_eq!(bad.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&bad.stderr).starts_with("loadgen: hist: stdin must be"));
+    }
+
+    #[test]
     fn hlog_is_an_interval_log() {
         let up = Server::upstream(&[]);
         let dir = std::env::temp_dir().join(format!("loadgen-hlog-{}", std::process::id()));

@@ -1,14 +1,15 @@
-"""Shared plumbing for the reliability scripts (slowloris.py, soak.py): child processes in their
-own process groups (killed on any exit), the upstream and the proxy, /proc readings (fds, RSS),
-the admin API, loadgen runs and merged HdrHistograms. Python 3 standard library only."""
+"""Shared plumbing for the reliability scripts (slowloris.py, soak.py, reload_storm.py): the
+upstream and the proxy, the admin API, loadgen runs, the record. Child processes, /proc readings
+and merged HdrHistograms come from scripts/lib/ (shared with compare.py; the histograms are
+merged by `loadgen hist`). Python 3 standard library only."""
 
 import datetime
 import json
 import os
 import platform
 import resource
-import shlex
 import signal
+import shlex
 import socket
 import subprocess
 import sys
@@ -18,23 +19,16 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from summarize import Hist  # noqa: E402  (HdrHistogram V2 decoding and merging, shared with compare)
+from lib import bins, hist, procfs  # noqa: E402
+from lib.bins import TARGET_DIR  # noqa: E402
+from lib.procfs import cpu_s, fd_count, status_kb, threads  # noqa: E402,F401  (the scripts use C.<name>)
+from lib.procs import Fail, Proc, install_signal_handlers, kill_all, log  # noqa: E402,F401
 
-TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-PROXY_BIN = os.environ.get("PROXY_BIN", os.path.join(TARGET_DIR, "release", "proxy"))
-LOADGEN_BIN = os.environ.get("LOADGEN_BIN", os.path.join(TARGET_DIR, "release", "loadgen"))
+PROXY_BIN = bins.path("proxy")
+LOADGEN_BIN = bins.path("loadgen")
 
 PROXY_CPU = "1"   # docs/benchmarking.md: the proxy on CPU 1, generator + upstream (+ attacker) on CPU 0
 LOAD_CPU = "0"
-
-
-class Fail(Exception):
-    """A failure that stops the run (setup, a dead child): exit 2. Criteria failures exit 1."""
-
-
-def log(msg):
-    t = datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S")
-    print(f"[{t}] {msg}", file=sys.stderr, flush=True)
 
 
 def raise_fd_limit(need):
@@ -48,75 +42,7 @@ def raise_fd_limit(need):
     return soft
 
 
-# ---------------------------------------------------------------- processes
-
-
-class Proc:
-    """A child in its own process group; stop() kills the group. Children inherit the raised
-    fd limit of this process."""
-
-    live = []
-
-    def __init__(self, name, argv, log_path, stdout_pipe=False):
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self.logf = open(log_path, "wb")
-        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE if stdout_pipe else self.logf,
-                                  stderr=self.logf, start_new_session=True)
-        self.pid = self.p.pid
-        Proc.live.append(self)
-
-    def alive(self):
-        return self.p.poll() is None
-
-    def log_tail(self, n=15):
-        try:
-            with open(self.log_path, "rb") as f:
-                return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def send_signal(self, sig):
-        os.kill(self.pid, sig)
-
-    def stop(self, sig=signal.SIGTERM, grace=5.0):
-        if self.alive():
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.p.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        self.logf.close()
-        if self in Proc.live:
-            Proc.live.remove(self)
-
-
-def kill_all():
-    for p in list(Proc.live):
-        try:
-            p.stop(grace=2.0)
-        except Exception:
-            pass
-
-
-def install_signal_handlers():
-    def on_signal(signum, _frame):
-        kill_all()
-        sys.exit(128 + signum)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+# ---------------------------------------------------------------- the upstream and the proxy
 
 
 def read_listening(proc, what, timeout=10.0, count=1):
@@ -182,45 +108,6 @@ def proxy_check(config_path):
     r = subprocess.run([PROXY_BIN, "check", "--config", config_path], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, timeout=30)
     return r.returncode, r.stdout.decode("utf-8", "replace").strip()
-
-
-# ---------------------------------------------------------------- /proc readings
-
-
-def fd_count(pid):
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return None
-
-
-def status_kb(pid, key="VmRSS"):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def cpu_s(pid):
-    """utime + stime of the process (all threads), seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            st = f.read()
-    except OSError:
-        return None
-    fields = st[st.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def threads(pid):
-    try:
-        return len(os.listdir(f"/proc/{pid}/task"))
-    except OSError:
-        return None
 
 
 # ---------------------------------------------------------------- admin API
@@ -319,10 +206,8 @@ def trim(rep):
 
 
 def merged_p(reps, q):
-    h = Hist()
-    for r in reps:
-        h.add_b64(r["histograms"]["corrected"])
-    v = h.quantile(q)
+    """The q quantile of the reports' corrected-latency histograms merged, in µs (None if empty)."""
+    v = hist.quantile([r["histograms"]["corrected"] for r in reps], q)
     return None if v is None else v / 1000.0  # µs
 
 
@@ -330,16 +215,8 @@ def merged_p(reps, q):
 
 
 def machine():
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/loadavg") as f:
-        load = f.read().strip()
-    return {"host": socket.gethostname(), "cpu_model": cpu, "cpus": os.cpu_count(),
-            "kernel": platform.release(), "loadavg_at_start": load,
+    return {"host": socket.gethostname(), "cpu_model": procfs.cpu_model(), "cpus": os.cpu_count(),
+            "kernel": platform.release(), "loadavg_at_start": procfs.loadavg_text(),
             "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
 
 
@@ -358,8 +235,7 @@ def default_out(kind, quick):
 
 
 def loadavg():
-    with open("/proc/loadavg") as f:
-        return f.read().split()[:3]
+    return procfs.loadavg_text().split()[:3]
 
 
 def ms(us):
