@@ -47,6 +47,8 @@ pub enum Cmd {
     Upstream(UpstreamArgs),
     /// A byte relay (no HTTP parsing): the CPU floor for any proxy on this machine.
     Relay(RelayArgs),
+    /// Hold N idle keep-alive connections; report the target's resident memory per connection.
+    Hold(crate::hold::HoldArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,6 +259,7 @@ pub fn main_with(cli: Cli, argv: &[String]) -> i32 {
         Cmd::Ladder(a) => cmd_ladder(a, argv),
         Cmd::Upstream(a) => cmd_upstream(a),
         Cmd::Relay(a) => cmd_relay(a),
+        Cmd::Hold(a) => Ok(crate::hold::main(a, argv)),
     };
     match r {
         Ok(code) => code,
