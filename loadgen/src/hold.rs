@@ -69,8 +69,8 @@ pub struct HoldArgs {
     /// Idle time before the before RSS is read.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub settle_before: Duration,
-    /// Connections opened per second, e.g. 2000/s (bounded, so the target's SYN queue never
-    /// overflows).
+    /// Connections opened per second, e.g. 2000/s (bounded, to keep the target's SYN queue from
+    /// overflowing).
     #[arg(long, default_value = "2000/s", value_parser = parse_ramp)]
     pub ramp: f64,
     /// Most connections between connect and a verified response at any time.
