@@ -132,6 +132,7 @@ pub struct Gates {
     pub latency: Option<LatencyGate>,
     pub syscalls: Option<FloorGate>,
     pub floor: Option<FloorGate>,
+    pub memory: Option<MemoryGate>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +238,31 @@ pub struct FloorGate {
     pub io_delta_limit: Option<f64>,
 }
 
+/// Resident memory per idle keep-alive client connection, and whether it goes back (issue 14):
+/// `loadgen hold` against the release proxy (1 worker, pinned), rows `memory:per_conn@N` for each
+/// of `connections` and `memory:after_release@N` for the largest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryGate {
+    /// Metric and unit of the `per_conn` rows (the `after_release` row is a ratio).
+    pub metric: String,
+    pub unit: String,
+    pub workload: String,
+    /// Connection counts held in turn (closing all between), each its own `per_conn` row.
+    pub connections: Vec<u64>,
+    /// KiB of proxy RSS per idle keep-alive connection: (held − before) / connections.
+    pub per_conn_kib_limit: f64,
+    /// RSS after the largest crowd left ÷ RSS before it came.
+    pub after_ratio_limit: f64,
+    /// Idleness before the held figure is read, and again after closing (loadgen hold --settle).
+    pub settle: String,
+    pub body_bytes: usize,
+    /// TOML appended to the proxy config the gate writes (listener, route, upstream): the keys
+    /// this measurement needs, e.g. `[limits]` with `max_connections` above the largest count.
+    #[serde(default)]
+    pub proxy_config: String,
+}
+
 fn one() -> u32 {
     1
 }
@@ -269,7 +295,7 @@ pub fn load(file: &Path) -> Result<Contract, ContractError> {
     if c.schema_version != SCHEMA_VERSION {
         return Err(err(format!("schema_version {} is not supported (this runner reads {SCHEMA_VERSION})", c.schema_version)));
     }
-    let gate_ids = ["static", "alloc", "instructions", "latency", "syscalls", "floor"];
+    let gate_ids = ["static", "alloc", "instructions", "latency", "syscalls", "floor", "memory"];
     for d in &c.decisions {
         for g in &d.protected_by {
             if !gate_ids.contains(&g.as_str()) {

@@ -6,6 +6,7 @@
 //! - [`alloc`]: the dhat allocation gate.
 //! - [`instructions`]: the callgrind instruction gate.
 //! - [`floor`]: syscalls per request and CPU per request relative to the byte-relay floor.
+//! - [`memory`]: resident memory per idle keep-alive connection, and after they leave.
 //! - [`baseline`], [`report`]: soft limits against a stored baseline; table, markdown, JSON.
 //! - [`exchange`]: the instruction gate's verified workload.
 //! - [`harness`]: the allocation-free in-process client and origin the probes use.
@@ -17,6 +18,7 @@ pub mod exchange;
 pub mod floor;
 pub mod harness;
 pub mod instructions;
+pub mod memory;
 pub mod report;
 pub mod resolve;
 pub mod runner;

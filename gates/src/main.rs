@@ -13,7 +13,7 @@ use gates::baseline::Baseline;
 use gates::runner::{self, Options, Status};
 use gates::{contract, report};
 
-const GATES: [&str; 6] = ["static", "alloc", "instructions", "latency", "syscalls", "floor"];
+const GATES: [&str; 7] = ["static", "alloc", "instructions", "latency", "syscalls", "floor", "memory"];
 
 /// Checks the proxy against contracts/*.toml and reports one row per measured figure.
 #[derive(Debug, Parser)]
@@ -26,7 +26,8 @@ struct Cli {
     /// Only these phases (numbers, comma-separated).
     #[arg(long, value_delimiter = ',')]
     phase: Option<Vec<u32>>,
-    /// Only these gates (comma-separated): static, alloc, instructions, latency, syscalls, floor.
+    /// Only these gates (comma-separated): static, alloc, instructions, latency, syscalls, floor,
+    /// memory.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(GATES))]
     only: Option<Vec<String>>,
     /// Build the proxy with planted regressions and select them (PROXY_PLANTED syntax, see

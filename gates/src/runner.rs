@@ -135,6 +135,9 @@ pub fn run(opts: &Options, contracts: &[Contract]) -> Vec<Row> {
         if let (Some(g), true) = (&c.gates.floor, opts.wants("floor")) {
             rows.extend(crate::floor::floor_gate(opts, g, &prefix));
         }
+        if let (Some(g), true) = (&c.gates.memory, opts.wants("memory")) {
+            rows.extend(crate::memory::gate(opts, g, &prefix));
+        }
     }
     rows
 }
@@ -391,6 +394,12 @@ impl Stage {
 
 /// Builds and starts the [`Stage`]; the proxy's config is written into `tmp`.
 pub fn start_stage(opts: &Options, body_bytes: usize, tmp: &Path) -> Result<Stage, String> {
+    start_stage_with(opts, body_bytes, tmp, "")
+}
+
+/// [`start_stage`] with `extra_config` (TOML: `[limits]` and the like) appended to the proxy's
+/// config.
+pub fn start_stage_with(opts: &Options, body_bytes: usize, tmp: &Path, extra_config: &str) -> Result<Stage, String> {
     let proxy = cargo_build(opts, "proxy", "proxy")?;
     let loadgen = cargo_build_plain(opts, "loadgen", "loadgen")?;
     let pin = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 && which("taskset");
@@ -401,7 +410,7 @@ pub fn start_stage(opts: &Options, body_bytes: usize, tmp: &Path) -> Result<Stag
 
     let cfg = tmp.join("proxy.toml");
     let text = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"o\"\n[upstreams.o]\nservers = [\"{upstream_addr}\"]\nidle_pool_size = 256\n"
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"o\"\n[upstreams.o]\nservers = [\"{upstream_addr}\"]\nidle_pool_size = 256\n{extra_config}"
     );
     std::fs::write(&cfg, text).map_err(|e| format!("{}: {e}", cfg.display()))?;
     let mut px_cmd = pinned(pin, "1", &proxy);

@@ -54,6 +54,8 @@ pub enum Cmd {
     /// {"count": N, "quantiles": [..], "max": V} (values in the histograms' unit, ns; null when
     /// the group holds no value).
     Hist(HistArgs),
+    /// Hold N idle keep-alive connections; report the target's resident memory per connection.
+    Hold(crate::hold::HoldArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,6 +274,7 @@ pub fn main_with(cli: Cli, argv: &[String]) -> i32 {
         Cmd::Upstream(a) => cmd_upstream(a),
         Cmd::Relay(a) => cmd_relay(a),
         Cmd::Hist(a) => cmd_hist(a),
+        Cmd::Hold(a) => Ok(crate::hold::main(a, argv)),
     };
     match r {
         Ok(code) => code,

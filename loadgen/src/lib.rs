@@ -16,11 +16,13 @@
 //! - [`ladder`]: highest rate under a P99 SLO.
 //! - [`upstream`]: the bundled benchmark origin; [`relay`]: the byte-relay floor; [`server`]:
 //!   their listener threads.
+//! - [`hold`]: resident memory per idle keep-alive connection of a target process.
 //! - [`sys`]: timerfd and CPU pinning; [`cli`]: arguments and exit codes.
 
 pub mod body;
 pub mod cli;
 pub mod client;
+pub mod hold;
 pub mod ladder;
 pub mod relay;
 pub mod report;

@@ -1,0 +1,373 @@
+//! The memory gate (issue 14): resident memory per idle keep-alive client connection, and whether
+//! it goes back when the connections leave.
+//!
+//! The release proxy (1 worker, pinned on CPU 1, `--plant` passed through like every measured
+//! gate) in front of the bundled upstream (CPU 0), with the contract's `proxy_config` appended to
+//! its config (`limits.max_connections` above the largest count). `loadgen hold` (CPU 0) opens
+//! each count of `connections` in turn, each connection sending one verified keep-alive GET and
+//! then staying idle, and reads the proxy's RSS (VmRSS, summed with any descendants) before,
+//! while held (after `settle` of idleness) and after closing them all (after `settle` again).
+//!
+//! Rows: `memory:per_conn@N` for each count, (held − before) / N in KiB against
+//! `per_conn_kib_limit`, and `memory:after_release@N` for the largest count, after ÷ before
+//! against `after_ratio_limit`. A count in which any connection failed (connect, read, a status
+//! other than 200, closed while held, ...) is not a measurement of N connections: its rows are
+//! ERROR, as are missing, zero or non-finite RSS figures and a negative per-connection figure.
+
+use std::process::Stdio;
+
+use serde_json::{Value, json};
+
+use crate::contract::MemoryGate;
+use crate::runner::{Options, Row, Status, error_row, pinned, scratch_dir, start_stage_with};
+
+/// File descriptors the proxy needs beside the held connections (listener, upstream pool, epoll,
+/// admin, log).
+const PROXY_FD_MARGIN: u64 = 64;
+
+/// What `loadgen hold` measured for one connection count (its `--json`, `counts[]`). Missing
+/// figures are NaN, so the judging sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub connections: u64,
+    /// Connections verified and still open when the held RSS was read.
+    pub n_ok: u64,
+    /// Failed connections, all kinds.
+    pub failures: u64,
+    /// `kind n, kind n; first: message` for the failures.
+    pub failure_note: String,
+    pub rss_before_kib: f64,
+    pub rss_held_kib: f64,
+    pub rss_after_kib: f64,
+}
+
+impl Held {
+    /// Every figure of the count `n` in a `loadgen hold` report, or `None` when it holds none.
+    pub fn from_report(v: &Value, n: u64) -> Option<Held> {
+        let c = v["counts"].as_array()?.iter().find(|c| c["connections"].as_u64() == Some(n))?;
+        let kib = |k: &str| c[k].as_f64().unwrap_or(f64::NAN);
+        let (mut failures, mut kinds) = (0, Vec::new());
+        for (k, x) in c["failures"].as_object().into_iter().flatten() {
+            let x = x.as_u64().unwrap_or(0);
+            if x > 0 {
+                failures += x;
+                kinds.push(format!("{k} {x}"));
+            }
+        }
+        let mut failure_note = kinds.join(", ");
+        if let Some(first) = c["first_failure"].as_str() {
+            failure_note = format!("{failure_note}; first: {first}");
+        }
+        Some(Held {
+            connections: n,
+            n_ok: c["n_ok"].as_u64().unwrap_or(0),
+            failures,
+            failure_note,
+            rss_before_kib: kib("rss_before_kib"),
+            rss_held_kib: kib("rss_held_kib"),
+            rss_after_kib: kib("rss_after_kib"),
+        })
+    }
+
+    /// The count is a measurement of `connections` idle connections, or why not.
+    fn verified(&self) -> Result<(), String> {
+        if self.failures > 0 || self.n_ok != self.connections {
+            return Err(format!(
+                "invalid: {} of {} connections were not verified and held ({})",
+                self.connections.saturating_sub(self.n_ok),
+                self.connections,
+                if self.failure_note.is_empty() { "no failure reported" } else { &self.failure_note }
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn positive(what: &str, x: f64) -> Result<f64, String> {
+    if x.is_finite() && x > 0.0 { Ok(x) } else { Err(format!("RSS {what} is missing, zero or not a number in loadgen hold's report")) }
+}
+
+fn mib(kib: f64) -> f64 {
+    kib / 1024.0
+}
+
+/// The `per_conn@N` verdict: (status, KiB per connection, note).
+pub fn judge_per_conn(limit: f64, n: u64, h: Option<&Held>) -> (Status, Option<f64>, String) {
+    let Some(h) = h else {
+        return (Status::Error, None, format!("loadgen hold reported no figures for {n} connections"));
+    };
+    let figures = h.verified().and_then(|()| Ok((positive("before", h.rss_before_kib)?, positive("held", h.rss_held_kib)?)));
+    let (before, held) = match figures {
+        Ok(f) => f,
+        Err(e) => return (Status::Error, None, e),
+    };
+    let per = (held - before) / h.n_ok as f64;
+    if !per.is_finite() || per < 0.0 {
+        return (
+            Status::Error,
+            None,
+            format!("RSS fell from {before:.0} to {held:.0} KiB while {n} connections were held: not a measurement"),
+        );
+    }
+    let per = (per * 1000.0).round() / 1000.0;
+    let note = format!(
+        "RSS {:.1} MiB before, {:.1} MiB with {n} idle keep-alive connections (+{:.1} MiB: {per:.2} KiB each; limit {limit})",
+        mib(before),
+        mib(held),
+        mib(held - before)
+    );
+    (if per <= limit { Status::Pass } else { Status::Fail }, Some(per), note)
+}
+
+/// The `after_release@N` verdict: (status, after ÷ before, note).
+pub fn judge_after_release(limit: f64, n: u64, h: Option<&Held>) -> (Status, Option<f64>, String) {
+    let Some(h) = h else {
+        return (Status::Error, None, format!("loadgen hold reported no figures for {n} connections"));
+    };
+    let figures = h
+        .verified()
+        .and_then(|()| Ok((positive("before", h.rss_before_kib)?, positive("held", h.rss_held_kib)?, positive("after", h.rss_after_kib)?)));
+    let (before, held, after) = match figures {
+        Ok(f) => f,
+        Err(e) => return (Status::Error, None, e),
+    };
+    let ratio = ((after / before) * 1000.0).round() / 1000.0;
+    let note = format!(
+        "RSS {:.1} MiB before {n} connections, {:.1} MiB held, {:.1} MiB after they closed ({:+.1} MiB kept; limit ×{limit})",
+        mib(before),
+        mib(held),
+        mib(after),
+        mib(after - before)
+    );
+    (if ratio <= limit { Status::Pass } else { Status::Fail }, Some(ratio), note)
+}
+
+/// The contract's figures make sense (else every row is an ERROR naming the key).
+fn check_contract(g: &MemoryGate) -> Result<(), String> {
+    if g.connections.is_empty() || g.connections.contains(&0) {
+        return Err("contract: memory.connections must be counts of at least 1".to_owned());
+    }
+    let mut sorted = g.connections.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != g.connections.len() {
+        return Err("contract: memory.connections lists a count twice".to_owned());
+    }
+    for (k, v) in [("per_conn_kib_limit", g.per_conn_kib_limit), ("after_ratio_limit", g.after_ratio_limit)] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(format!("contract: memory.{k} must be a positive number"));
+        }
+    }
+    humantime::parse_duration(g.settle.trim()).map_err(|e| format!("contract: memory.settle {:?}: {e}", g.settle))?;
+    Ok(())
+}
+
+/// The soft `Max open files` of a process (`/proc/PID/limits`); `None` when unreadable or
+/// unlimited.
+fn nofile(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
+const AFTER_METRIC: &str = "proxy RSS after the largest crowd of idle keep-alive connections closed ÷ RSS before it came";
+const AFTER_UNIT: &str = "ratio";
+
+pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
+    let largest = g.connections.iter().copied().max().unwrap_or(0);
+    let per_key = |n: u64| format!("{prefix}:memory:per_conn@{n}");
+    let after_key = format!("{prefix}:memory:after_release@{largest}");
+    let errors = |e: String| -> Vec<Row> {
+        let mut rows: Vec<Row> =
+            g.connections.iter().map(|&n| error_row(per_key(n), &g.metric, &g.unit, Some(g.per_conn_kib_limit), e.clone())).collect();
+        rows.push(error_row(after_key.clone(), AFTER_METRIC, AFTER_UNIT, Some(g.after_ratio_limit), e));
+        rows
+    };
+    if let Err(e) = check_contract(g) {
+        return errors(e);
+    }
+    let run = || -> Result<(Value, Value), String> {
+        let tmp = scratch_dir("memory")?;
+        let stage = start_stage_with(opts, g.body_bytes, &tmp, &g.proxy_config)?;
+        let pid = stage.proxy.0.id();
+        if let Some(limit) = nofile(pid).filter(|&l| l < largest + PROXY_FD_MARGIN) {
+            return Err(format!(
+                "the proxy may open at most {limit} files (RLIMIT_NOFILE, inherited from this runner): holding {largest} connections \
+                 needs {}; raise the soft limit (ulimit -n) before running the gates",
+                largest + PROXY_FD_MARGIN
+            ));
+        }
+        let json_path = tmp.join("hold.json");
+        let counts: Vec<String> = g.connections.iter().map(u64::to_string).collect();
+        let mut cmd = pinned(stage.pin, "0", &stage.loadgen);
+        cmd.args(["hold", "--url", &format!("http://{}/", stage.proxy_addr), "--pid", &pid.to_string()])
+            .args(["--connections", &counts.join(","), "--settle", &g.settle, "--allow-failures", "--json"])
+            .arg(&json_path);
+        let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| format!("loadgen hold: {e}"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+            return Err(format!("loadgen hold failed ({}): {last}", out.status));
+        }
+        let text = std::fs::read_to_string(&json_path).map_err(|e| format!("{}: {e}", json_path.display()))?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        let report: Value = serde_json::from_str(&text).map_err(|e| format!("loadgen hold JSON: {e}"))?;
+        Ok((report, json!({ "pinned": stage.pin, "proxy_pid": pid })))
+    };
+    let (report, stage) = match run() {
+        Ok(r) => r,
+        Err(e) => return errors(e),
+    };
+    let count = |n: u64| report["counts"].as_array().and_then(|a| a.iter().find(|c| c["connections"].as_u64() == Some(n)).cloned());
+    let details = |n: u64| json!({ "stage": stage, "settle": g.settle, "count": count(n), "hold_meta": report["meta"] });
+    let row = |key: String, metric: &str, unit: &str, limit: f64, (status, measured, note): (Status, Option<f64>, String), n: u64| Row {
+        key,
+        metric: metric.to_owned(),
+        unit: unit.to_owned(),
+        measured,
+        limit: Some(limit),
+        soft_limit_pct: None,
+        baseline: None,
+        delta_pct: None,
+        status,
+        note,
+        details: details(n),
+    };
+    let mut rows = Vec::new();
+    for &n in &g.connections {
+        let h = Held::from_report(&report, n);
+        rows.push(row(per_key(n), &g.metric, &g.unit, g.per_conn_kib_limit, judge_per_conn(g.per_conn_kib_limit, n, h.as_ref()), n));
+    }
+    let h = Held::from_report(&report, largest);
+    rows.push(row(
+        after_key,
+        AFTER_METRIC,
+        AFTER_UNIT,
+        g.after_ratio_limit,
+        judge_after_release(g.after_ratio_limit, largest, h.as_ref()),
+        largest,
+    ));
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn held(n: u64, before: f64, held: f64, after: f64) -> Held {
+        Held {
+            connections: n,
+            n_ok: n,
+            failures: 0,
+            failure_note: String::new(),
+            rss_before_kib: before,
+            rss_held_kib: held,
+            rss_after_kib: after,
+        }
+    }
+
+    #[test]
+    fn per_conn_pass_and_fail_just_above_the_limit() {
+        // 1,000 connections, +1,000 KiB: exactly 1.0 KiB each, at the limit: PASS.
+        let (s, m, note) = judge_per_conn(1.0, 1000, Some(&held(1000, 8000.0, 9000.0, 8000.0)));
+        assert_eq!((s, m), (Status::Pass, Some(1.0)), "{note}");
+        // +1,010 KiB: 1.01 KiB each: FAIL.
+        let (s, m, _) = judge_per_conn(1.0, 1000, Some(&held(1000, 8000.0, 9010.0, 8000.0)));
+        assert_eq!((s, m), (Status::Fail, Some(1.01)));
+        // What the proxy measured when the gate was written: ~25 KiB each.
+        let (s, m, note) = judge_per_conn(1.0, 10000, Some(&held(10000, 30_000.0, 280_000.0, 270_000.0)));
+        assert_eq!((s, m), (Status::Fail, Some(25.0)));
+        assert!(note.contains("25.00 KiB each"), "{note}");
+    }
+
+    #[test]
+    fn after_release_pass_and_fail_just_above_the_limit() {
+        let (s, m, _) = judge_after_release(1.10, 10000, Some(&held(10000, 10_000.0, 20_000.0, 11_000.0)));
+        assert_eq!((s, m), (Status::Pass, Some(1.1)));
+        let (s, m, note) = judge_after_release(1.10, 10000, Some(&held(10000, 10_000.0, 20_000.0, 11_020.0)));
+        assert_eq!((s, m), (Status::Fail, Some(1.102)), "{note}");
+        assert!(note.contains("+1.0 MiB kept"), "{note}");
+    }
+
+    #[test]
+    fn missing_zero_or_nan_figures_are_errors() {
+        assert_eq!(judge_per_conn(1.0, 1000, None).0, Status::Error);
+        assert_eq!(judge_after_release(1.1, 1000, None).0, Status::Error);
+        for bad in [f64::NAN, 0.0, f64::INFINITY, -5.0] {
+            let h = held(1000, bad, 9000.0, 8000.0);
+            let (s, m, note) = judge_per_conn(1.0, 1000, Some(&h));
+            assert_eq!((s, m), (Status::Error, None), "{bad}");
+            assert!(note.contains("RSS before is missing, zero or not a number"), "{note}");
+            assert_eq!(judge_after_release(1.1, 1000, Some(&h)).0, Status::Error, "{bad}");
+            assert_eq!(judge_per_conn(1.0, 1000, Some(&held(1000, 8000.0, bad, 8000.0))).0, Status::Error, "{bad}");
+            assert_eq!(judge_after_release(1.1, 1000, Some(&held(1000, 8000.0, 9000.0, bad))).0, Status::Error, "{bad}");
+        }
+        // RSS fell while the connections were held: not a figure that may pass.
+        let (s, m, note) = judge_per_conn(1.0, 1000, Some(&held(1000, 9000.0, 8000.0, 8000.0)));
+        assert_eq!((s, m), (Status::Error, None));
+        assert!(note.contains("not a measurement"), "{note}");
+    }
+
+    #[test]
+    fn a_count_with_failed_connections_is_invalid() {
+        let h = Held {
+            n_ok: 997,
+            failures: 3,
+            failure_note: "connect 3; first: connect: refused".into(),
+            ..held(1000, 8000.0, 9000.0, 8000.0)
+        };
+        for (s, m, note) in [judge_per_conn(1.0, 1000, Some(&h)), judge_after_release(1.1, 1000, Some(&h))] {
+            assert_eq!((s, m), (Status::Error, None));
+            assert!(note.starts_with("invalid: 3 of 1000") && note.contains("connect 3"), "{note}");
+        }
+        // Fewer held than asked with no failure named is still not the measurement asked for.
+        let h = Held { n_ok: 999, ..held(1000, 8000.0, 9000.0, 8000.0) };
+        assert_eq!(judge_per_conn(1.0, 1000, Some(&h)).0, Status::Error);
+    }
+
+    #[test]
+    fn figures_are_read_from_loadgen_holds_report() {
+        let v = json!({"counts": [
+            {"connections": 1000, "n_ok": 1000, "failures": {"connect": 0, "read": 0}, "first_failure": null,
+             "rss_before_kib": 8000, "rss_held_kib": 33000, "rss_after_kib": 30000},
+            {"connections": 10000, "n_ok": 9998, "failures": {"connect": 0, "closed_while_held": 2}, "first_failure": "closed_while_held: the target closed a held connection",
+             "rss_before_kib": 30000}
+        ]});
+        assert_eq!(Held::from_report(&v, 1000), Some(held(1000, 8000.0, 33000.0, 30000.0)));
+        let h = Held::from_report(&v, 10000).unwrap();
+        assert_eq!((h.n_ok, h.failures), (9998, 2));
+        assert!(h.rss_held_kib.is_nan());
+        assert!(h.failure_note.contains("closed_while_held 2; first: closed_while_held"), "{}", h.failure_note);
+        assert_eq!(Held::from_report(&v, 4000), None);
+        assert_eq!(Held::from_report(&json!({}), 1000), None);
+    }
+
+    #[test]
+    fn the_contract_is_checked() {
+        let g = MemoryGate {
+            metric: "m".into(),
+            unit: "KiB/connection".into(),
+            workload: "w".into(),
+            connections: vec![1000, 10000],
+            per_conn_kib_limit: 1.0,
+            after_ratio_limit: 1.1,
+            settle: "2.5s".into(),
+            body_bytes: 100,
+            proxy_config: String::new(),
+        };
+        assert!(check_contract(&g).is_ok());
+        assert!(check_contract(&MemoryGate { connections: vec![], ..g.clone() }).is_err());
+        assert!(check_contract(&MemoryGate { connections: vec![10, 10], ..g.clone() }).is_err());
+        assert!(check_contract(&MemoryGate { per_conn_kib_limit: f64::NAN, ..g.clone() }).is_err());
+        assert!(check_contract(&MemoryGate { settle: "2.5".into(), ..g.clone() }).is_err());
+        let rows = gate(
+            &Options { root: ".".into(), phases: None, only: None, plant: None, verbose: false },
+            &MemoryGate { after_ratio_limit: 0.0, ..g },
+            "phase1",
+        );
+        let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["phase1:memory:per_conn@1000", "phase1:memory:per_conn@10000", "phase1:memory:after_release@10000"]);
+        assert!(rows.iter().all(|r| r.status == Status::Error && r.note.contains("after_ratio_limit")));
+    }
+}

@@ -1,0 +1,902 @@
+//! `loadgen hold`: the resident memory a target process spends per idle keep-alive connection,
+//! and whether it gives that memory back when the connections leave (issue 14).
+//!
+//! For each count N of `--connections` (in turn, in one invocation):
+//! 1. settle (`--settle-before`), then read the target's RSS (**before**);
+//! 2. open N connections at a bounded ramp (`--ramp`, connections per second) with at most
+//!    `--concurrency` of them between connect and a verified response at any time; each sends ONE
+//!    keep-alive GET and reads the whole response, which must be a `200` with its body read to the
+//!    end (Content-Length or chunked), no bytes after it, and no `Connection: close`;
+//! 3. leave every connection idle for `--settle`, read the RSS (**held**), then check that every
+//!    connection is still open (the target did not close idle connections under the measurement);
+//! 4. close them all, wait `--settle`, read the RSS (**after**).
+//!
+//! `kib_per_conn = (held − before) / n_ok`, `after_ratio = after / before`. RSS is `VmRSS` of
+//! `/proc/PID/status`, summed over the target and all its descendants (nginx and HAProxy serve from
+//! worker children), found by scanning `/proc/*/stat` for parent pids; pages shared between those
+//! processes (the binary, shared libraries) are counted once per process, which moves `before`,
+//! not the difference.
+//!
+//! Before the first count, one verified keep-alive exchange (then closed) checks that the target
+//! answers at all, so a wrong port is one clear error and not N failures, and so the target's
+//! first-request costs (its upstream connection, say) are paid before anything is measured.
+//!
+//! Every connection is verified: a count with any failure (by kind: connect, write, read,
+//! timeout, status, not_keepalive, closed_while_held) is INVALID, and the exit code is 3 unless
+//! `--allow-failures`. The open-file limit (`RLIMIT_NOFILE`) is raised to its hard limit at start;
+//! a count above what it allows is refused up front.
+
+use crate::body::{BodySkipper, Framing};
+use crate::cli::{EXIT_INVALID, EXIT_USAGE, parse_duration};
+use crate::client::{Request, Target, parse_head};
+use crate::report::rfc3339;
+use clap::Args;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// Version of the `hold --json` layout; bump on any incompatible change.
+pub const HOLD_SCHEMA_VERSION: u32 = 1;
+
+/// File descriptors kept for everything but the held connections (runtime, stdio, the JSON file).
+const FD_MARGIN: u64 = 64;
+/// Buffer for one response (head and body are read through it; dropped once verified).
+const RESPONSE_BUF: usize = 16 * 1024;
+
+/// `loadgen hold` arguments.
+#[derive(Args, Debug, Clone)]
+pub struct HoldArgs {
+    /// Target URL (http://IP-or-localhost[:port]/path): each connection sends one GET for it.
+    #[arg(long)]
+    pub url: String,
+    /// Process whose resident memory is measured (summed with all its descendants).
+    #[arg(long)]
+    pub pid: u32,
+    /// Connection counts to hold, in turn (closing all between), e.g. 1000,10000.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub connections: Vec<usize>,
+    /// Idle time before the held RSS is read, and again after closing before the after RSS.
+    #[arg(long, default_value = "2.5s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// Idle time before the before RSS is read.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub settle_before: Duration,
+    /// Connections opened per second, e.g. 2000/s (bounded, to keep the target's SYN queue from
+    /// overflowing).
+    #[arg(long, default_value = "2000/s", value_parser = parse_ramp)]
+    pub ramp: f64,
+    /// Most connections between connect and a verified response at any time.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// Limit for each connection's connect + request + response.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Exit 0 even when a count had failed connections (the report still says INVALID).
+    #[arg(long)]
+    pub allow_failures: bool,
+}
+
+/// `2000/s` or `2000`: connections per second, positive and finite.
+pub fn parse_ramp(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let n = t.strip_suffix("/s").unwrap_or(t).trim();
+    match n.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("'{s}' is not a rate of connections per second (e.g. 2000/s)")),
+    }
+}
+
+/// Everything a hold run needs, validated.
+#[derive(Clone, Debug)]
+pub struct HoldConfig {
+    pub target: Target,
+    pub request: Request,
+    pub pid: u32,
+    pub counts: Vec<usize>,
+    pub settle: Duration,
+    pub settle_before: Duration,
+    pub ramp: f64,
+    pub concurrency: usize,
+    pub timeout: Duration,
+}
+
+impl HoldConfig {
+    /// Validates the arguments (usage errors as one line).
+    pub fn from_args(a: &HoldArgs) -> Result<HoldConfig, String> {
+        let target = Target::parse(&a.url)?;
+        if a.connections.is_empty() || a.connections.contains(&0) {
+            return Err("--connections must be counts of at least 1, e.g. 1000,10000".into());
+        }
+        if a.pid == 0 {
+            return Err("--pid must be a process id".into());
+        }
+        if a.concurrency == 0 {
+            return Err("--concurrency must be at least 1".into());
+        }
+        if a.timeout.is_zero() {
+            return Err("--timeout must be positive".into());
+        }
+        let request = target.request("GET", &target.path, &[], b"");
+        Ok(HoldConfig {
+            target,
+            request,
+            pid: a.pid,
+            counts: a.connections.clone(),
+            settle: a.settle,
+            settle_before: a.settle_before,
+            ramp: a.ramp,
+            concurrency: a.concurrency,
+            timeout: a.timeout,
+        })
+    }
+}
+
+/// Why a connection did not end up verified and idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailKind {
+    Connect = 0,
+    Write = 1,
+    Read = 2,
+    Timeout = 3,
+    /// A response other than 200.
+    Status = 4,
+    /// The response closes the connection (`Connection: close`, HTTP/1.0, body until close).
+    NotKeepalive = 5,
+    /// The target closed (or wrote to) the connection while it was held idle.
+    ClosedWhileHeld = 6,
+}
+
+impl FailKind {
+    pub const ALL: [FailKind; 7] = [
+        FailKind::Connect,
+        FailKind::Write,
+        FailKind::Read,
+        FailKind::Timeout,
+        FailKind::Status,
+        FailKind::NotKeepalive,
+        FailKind::ClosedWhileHeld,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FailKind::Connect => "connect",
+            FailKind::Write => "write",
+            FailKind::Read => "read",
+            FailKind::Timeout => "timeout",
+            FailKind::Status => "status",
+            FailKind::NotKeepalive => "not_keepalive",
+            FailKind::ClosedWhileHeld => "closed_while_held",
+        }
+    }
+}
+
+/// A failed connection: the kind and a message for the first one of a count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fail {
+    pub kind: FailKind,
+    pub message: String,
+}
+
+fn fail(kind: FailKind, message: impl Into<String>) -> Fail {
+    Fail { kind, message: message.into() }
+}
+
+/// What one count measured.
+#[derive(Clone, Debug)]
+pub struct CountResult {
+    pub connections: usize,
+    /// Connections verified and still open when the held RSS was read.
+    pub n_ok: usize,
+    pub failures: [u64; FailKind::ALL.len()],
+    pub first_failure: Option<String>,
+    pub rss_before_kib: u64,
+    pub rss_held_kib: u64,
+    pub rss_after_kib: u64,
+    /// Processes summed (the target and its descendants) when the held RSS was read.
+    pub processes: usize,
+    /// Seconds from the first connect to the last verified response.
+    pub open_s: f64,
+    pub before_at: SystemTime,
+    pub held_at: SystemTime,
+    pub after_at: SystemTime,
+}
+
+impl CountResult {
+    pub fn failed(&self) -> u64 {
+        self.failures.iter().sum()
+    }
+
+    /// Every connection verified and held.
+    pub fn valid(&self) -> bool {
+        self.failed() == 0 && self.n_ok == self.connections
+    }
+
+    /// (held − before) / n_ok, in KiB; `None` with no connection held.
+    pub fn kib_per_conn(&self) -> Option<f64> {
+        (self.n_ok > 0).then(|| (self.rss_held_kib as f64 - self.rss_before_kib as f64) / self.n_ok as f64)
+    }
+
+    /// after / before; `None` when before is 0.
+    pub fn after_ratio(&self) -> Option<f64> {
+        (self.rss_before_kib > 0).then(|| self.rss_after_kib as f64 / self.rss_before_kib as f64)
+    }
+
+    fn failure_text(&self) -> String {
+        let parts: Vec<String> = FailKind::ALL
+            .iter()
+            .filter(|k| self.failures[**k as usize] > 0)
+            .map(|k| format!("{} {}", k.name(), self.failures[*k as usize]))
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// The result of a hold run.
+#[derive(Clone, Debug)]
+pub struct HoldOutcome {
+    pub started: SystemTime,
+    pub ended: SystemTime,
+    /// The open-file limit after raising it.
+    pub nofile: u64,
+    /// The target's command line (from `/proc/PID/cmdline`).
+    pub target_command: String,
+    pub counts: Vec<CountResult>,
+}
+
+impl HoldOutcome {
+    pub fn valid(&self) -> bool {
+        self.counts.iter().all(CountResult::valid)
+    }
+
+    pub fn invalid_reasons(&self) -> Vec<String> {
+        self.counts
+            .iter()
+            .filter(|c| !c.valid())
+            .map(|c| {
+                format!(
+                    "{} of {} connections were not verified and held ({}){}",
+                    c.connections - c.n_ok.min(c.connections),
+                    c.connections,
+                    c.failure_text(),
+                    c.first_failure.as_deref().map(|m| format!("; first: {m}")).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resident memory of a process tree
+// ---------------------------------------------------------------------------------------------
+
+/// `VmRSS` in KiB from the text of `/proc/PID/status` (`None` for processes without memory:
+/// zombies, kernel threads).
+pub fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut it = line["VmRSS:".len()..].split_whitespace();
+    let n = it.next()?.parse::<u64>().ok()?;
+    match it.next() {
+        Some("kB") | None => Some(n),
+        Some(_) => None,
+    }
+}
+
+/// (pid, parent pid) from the text of `/proc/PID/stat`. The command name sits in parentheses and
+/// may itself contain spaces and parentheses, so the fields are read after the last `)`.
+pub fn parse_stat_ppid(stat: &str) -> Option<(u32, u32)> {
+    let (head, tail) = stat.rsplit_once(')')?;
+    let pid = head.split_once('(')?.0.trim().parse().ok()?;
+    let mut f = tail.split_whitespace();
+    let _state = f.next()?;
+    let ppid = f.next()?.parse().ok()?;
+    Some((pid, ppid))
+}
+
+/// Every live descendant of `pid` (children, their children, ...), by scanning `/proc/*/stat`.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let Some(p) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            // A process may exit between the listing and the read: skip it.
+            if let Some(pp) = std::fs::read_to_string(format!("/proc/{p}/stat")).ok().and_then(|s| parse_stat_ppid(&s)) {
+                parent_of.push(pp);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for &(child, parent) in &parent_of {
+            if parent == p && child != pid && !out.contains(&child) {
+                out.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// Resident KiB of `pid` plus all its descendants, and how many processes were summed. The
+/// target itself must be readable; a descendant that exits meanwhile counts 0.
+pub fn tree_rss_kib(pid: u32) -> io::Result<(u64, usize)> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| io::Error::new(e.kind(), format!("target pid {pid}: {path}: {e}")))?;
+    let mut total = parse_vm_rss(&text).ok_or_else(|| io::Error::other(format!("target pid {pid}: no VmRSS in {path} (a zombie?)")))?;
+    let kids = descendants(pid);
+    for k in &kids {
+        total += std::fs::read_to_string(format!("/proc/{k}/status")).ok().and_then(|s| parse_vm_rss(&s)).unwrap_or(0);
+    }
+    Ok((total, 1 + kids.len()))
+}
+
+/// The soft `Max open files` of `/proc/PID/limits`, if readable (`None` also for "unlimited").
+fn target_nofile(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
+fn target_command(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>().join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
+pub fn raise_nofile() -> io::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft < hard {
+        // An unlimited hard limit cannot be the soft one (the kernel caps it at fs.nr_open):
+        // keep the old soft limit then.
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    Ok(getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections
+// ---------------------------------------------------------------------------------------------
+
+/// Connects, sends `request`, reads and verifies the whole response; returns the open, idle
+/// stream.
+async fn open_one(addr: std::net::SocketAddr, request: Arc<Request>, timeout: Duration) -> Result<TcpStream, Fail> {
+    match tokio::time::timeout(timeout, exchange(addr, &request)).await {
+        Ok(r) => r,
+        Err(_) => Err(fail(FailKind::Timeout, format!("no complete response within {}", crate::report::fmt_dur(timeout)))),
+    }
+}
+
+async fn exchange(addr: std::net::SocketAddr, request: &Request) -> Result<TcpStream, Fail> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| fail(FailKind::Connect, format!("connect to {addr}: {e}")))?;
+    let _ = s.set_nodelay(true);
+    s.write_all(&request.bytes).await.map_err(|e| fail(FailKind::Write, format!("write: {e}")))?;
+    let mut buf = vec![0u8; RESPONSE_BUF];
+    let (mut start, mut end) = (0usize, 0usize);
+    let head = loop {
+        match parse_head(&buf[start..end], request.head) {
+            Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
+                start += h.len;
+                continue;
+            }
+            Ok(Some(h)) => {
+                start += h.len;
+                break h;
+            }
+            Ok(None) => {}
+            Err(c) => return Err(fail(FailKind::Read, format!("response head does not parse ({})", c.name()))),
+        }
+        if end == buf.len() {
+            if start == 0 {
+                return Err(fail(FailKind::Read, format!("response head larger than {RESPONSE_BUF} bytes")));
+            }
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        end += read_some(&mut s, &mut buf[end..], "before the response head was complete").await?;
+    };
+    if head.status != 200 {
+        return Err(fail(FailKind::Status, format!("status {} (200 expected)", head.status)));
+    }
+    if head.close || head.framing == Framing::UntilClose {
+        return Err(fail(FailKind::NotKeepalive, "the response closes the connection (Connection: close, HTTP/1.0 or no length)"));
+    }
+    let mut body = BodySkipper::new(head.framing);
+    loop {
+        let used = body.feed(&buf[start..end]).map_err(|_| fail(FailKind::Read, "malformed chunked body"))?;
+        start += used;
+        if body.is_done() {
+            break;
+        }
+        start = 0;
+        end = read_some(&mut s, &mut buf, "before the body was complete").await?;
+    }
+    if start != end {
+        return Err(fail(FailKind::Read, format!("{} bytes after the response", end - start)));
+    }
+    Ok(s)
+}
+
+/// Reads at least one byte; EOF is a read failure.
+async fn read_some(s: &mut TcpStream, buf: &mut [u8], when: &str) -> Result<usize, Fail> {
+    match s.read(buf).await {
+        Ok(0) => Err(fail(FailKind::Read, format!("connection closed {when}"))),
+        Ok(n) => Ok(n),
+        Err(e) => Err(fail(FailKind::Read, format!("read: {e}"))),
+    }
+}
+
+/// Is a held connection still open and silent? (`Err` with the reason when not.)
+fn still_open(s: &TcpStream) -> Result<(), String> {
+    let mut b = [0u8; 1];
+    match s.try_read(&mut b) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Ok(0) => Err("the target closed a held connection".into()),
+        Ok(_) => Err("the target wrote to a held idle connection".into()),
+        Err(e) => Err(format!("a held connection failed: {e}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------------------
+
+/// Runs every count of `cfg` against the target; `progress` gets a line per phase.
+pub fn run(cfg: &HoldConfig, progress: &mut dyn Write) -> io::Result<HoldOutcome> {
+    let started = SystemTime::now();
+    let nofile = raise_nofile()?;
+    let most = cfg.counts.iter().copied().max().unwrap_or(0) as u64;
+    if most + FD_MARGIN > nofile {
+        return Err(io::Error::other(format!(
+            "holding {most} connections needs {} open files, but RLIMIT_NOFILE allows {nofile} (raised to the hard limit): \
+             raise the hard limit (ulimit -Hn, /etc/security/limits.conf) or hold fewer connections",
+            most + FD_MARGIN
+        )));
+    }
+    // Fails early (and clearly) when the pid is wrong.
+    tree_rss_kib(cfg.pid)?;
+    if let Some(limit) = target_nofile(cfg.pid).filter(|&l| l < most) {
+        let _ = writeln!(
+            progress,
+            "loadgen hold: warning: target pid {} may open at most {limit} files (RLIMIT_NOFILE): holding {most} connections will fail unless its workers raised theirs",
+            cfg.pid
+        );
+    }
+    let target_command = target_command(cfg.pid);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let counts = rt.block_on(async {
+        let request = Arc::new(cfg.request.clone());
+        // One verified exchange first: a target that does not answer is one clear error, and its
+        // first-request costs are paid before anything is measured.
+        match open_one(cfg.target.addr, request.clone(), cfg.timeout).await {
+            Ok(s) => drop(s),
+            Err(f) => {
+                return Err(io::Error::other(format!(
+                    "no verified keep-alive response from {} ({}): {}",
+                    cfg.target.addr,
+                    f.kind.name(),
+                    f.message
+                )));
+            }
+        }
+        let mut out = Vec::with_capacity(cfg.counts.len());
+        for &n in &cfg.counts {
+            out.push(hold_count(cfg, n, &request, progress).await?);
+        }
+        Ok::<_, io::Error>(out)
+    })?;
+    Ok(HoldOutcome { started, ended: SystemTime::now(), nofile, target_command, counts })
+}
+
+async fn hold_count(cfg: &HoldConfig, n: usize, request: &Arc<Request>, progress: &mut dyn Write) -> io::Result<CountResult> {
+    tokio::time::sleep(cfg.settle_before).await;
+    let before_at = SystemTime::now();
+    let (rss_before_kib, _) = tree_rss_kib(cfg.pid)?;
+    let _ = writeln!(progress, "hold {n}: RSS before {rss_before_kib} KiB; opening at {:.0}/s", cfg.ramp);
+    let mut failures = [0u64; FailKind::ALL.len()];
+    let mut first_failure: Option<String> = None;
+    let mut note = |f: &Fail| {
+        failures[f.kind as usize] += 1;
+        if first_failure.is_none() {
+            first_failure = Some(format!("{}: {}", f.kind.name(), f.message));
+        }
+    };
+
+    let t0 = Instant::now();
+    let sem = Arc::new(Semaphore::new(cfg.concurrency));
+    let mut set: JoinSet<Result<TcpStream, Fail>> = JoinSet::new();
+    for i in 0..n {
+        let due = t0 + Duration::from_secs_f64(i as f64 / cfg.ramp);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+        let permit = sem.clone().acquire_owned().await.map_err(|e| io::Error::other(format!("semaphore: {e}")))?;
+        let (addr, req, timeout) = (cfg.target.addr, request.clone(), cfg.timeout);
+        set.spawn(async move {
+            let r = open_one(addr, req, timeout).await;
+            drop(permit);
+            r
+        });
+    }
+    let mut held: Vec<TcpStream> = Vec::with_capacity(n);
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(s)) => held.push(s),
+            Ok(Err(f)) => note(&f),
+            Err(e) => note(&fail(FailKind::Read, format!("connection task: {e}"))),
+        }
+    }
+    let open_s = t0.elapsed().as_secs_f64();
+    let _ = writeln!(progress, "hold {n}: {} verified in {open_s:.1}s; idle for {}", held.len(), crate::report::fmt_dur(cfg.settle));
+
+    tokio::time::sleep(cfg.settle).await;
+    let held_at = SystemTime::now();
+    let (rss_held_kib, processes) = tree_rss_kib(cfg.pid)?;
+    // After the reading: a connection the target closed before it did not count in it.
+    let mut n_ok = 0;
+    for s in &held {
+        match still_open(s) {
+            Ok(()) => n_ok += 1,
+            Err(m) => note(&fail(FailKind::ClosedWhileHeld, m)),
+        }
+    }
+    let _ = writeln!(progress, "hold {n}: RSS held {rss_held_kib} KiB ({processes} processes); closing");
+    drop(held);
+
+    tokio::time::sleep(cfg.settle).await;
+    let after_at = SystemTime::now();
+    let (rss_after_kib, _) = tree_rss_kib(cfg.pid)?;
+    Ok(CountResult {
+        connections: n,
+        n_ok,
+        failures,
+        first_failure,
+        rss_before_kib,
+        rss_held_kib,
+        rss_after_kib,
+        processes,
+        open_s,
+        before_at,
+        held_at,
+        after_at,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports
+// ---------------------------------------------------------------------------------------------
+
+/// Run metadata of `hold --json`.
+#[derive(Debug, Serialize)]
+pub struct HoldMeta {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub subcommand: &'static str,
+    pub command_line: Vec<String>,
+    pub start_time: String,
+    pub end_time: String,
+    pub url: String,
+    pub address: String,
+    pub pid: u32,
+    pub target_command: String,
+    pub settle_s: f64,
+    pub settle_before_s: f64,
+    pub ramp_per_s: f64,
+    pub concurrency: usize,
+    pub timeout_s: f64,
+    pub nofile_limit: u64,
+}
+
+/// One count in `hold --json`.
+#[derive(Debug, Serialize)]
+pub struct CountJson {
+    pub connections: usize,
+    pub n_ok: usize,
+    pub valid: bool,
+    pub failures: BTreeMap<&'static str, u64>,
+    pub first_failure: Option<String>,
+    pub rss_before_kib: u64,
+    pub rss_held_kib: u64,
+    pub rss_after_kib: u64,
+    pub kib_per_conn: Option<f64>,
+    pub after_ratio: Option<f64>,
+    pub processes: usize,
+    pub open_s: f64,
+    pub before_time: String,
+    pub held_time: String,
+    pub after_time: String,
+}
+
+/// The `hold --json` document.
+#[derive(Debug, Serialize)]
+pub struct HoldJson {
+    pub schema_version: u32,
+    pub meta: HoldMeta,
+    pub valid: bool,
+    pub invalid_reasons: Vec<String>,
+    pub counts: Vec<CountJson>,
+}
+
+/// Builds the JSON document of a hold run.
+pub fn hold_json(cfg: &HoldConfig, out: &HoldOutcome, command_line: &[String]) -> HoldJson {
+    HoldJson {
+        schema_version: HOLD_SCHEMA_VERSION,
+        meta: HoldMeta {
+            tool: "loadgen",
+            version: env!("CARGO_PKG_VERSION"),
+            subcommand: "hold",
+            command_line: command_line.to_vec(),
+            start_time: rfc3339(out.started),
+            end_time: rfc3339(out.ended),
+            url: format!("http://{}{}", cfg.target.authority, cfg.target.path),
+            address: cfg.target.addr.to_string(),
+            pid: cfg.pid,
+            target_command: out.target_command.clone(),
+            settle_s: cfg.settle.as_secs_f64(),
+            settle_before_s: cfg.settle_before.as_secs_f64(),
+            ramp_per_s: cfg.ramp,
+            concurrency: cfg.concurrency,
+            timeout_s: cfg.timeout.as_secs_f64(),
+            nofile_limit: out.nofile,
+        },
+        valid: out.valid(),
+        invalid_reasons: out.invalid_reasons(),
+        counts: out
+            .counts
+            .iter()
+            .map(|c| CountJson {
+                connections: c.connections,
+                n_ok: c.n_ok,
+                valid: c.valid(),
+                failures: FailKind::ALL.iter().map(|k| (k.name(), c.failures[*k as usize])).collect(),
+                first_failure: c.first_failure.clone(),
+                rss_before_kib: c.rss_before_kib,
+                rss_held_kib: c.rss_held_kib,
+                rss_after_kib: c.rss_after_kib,
+                kib_per_conn: c.kib_per_conn(),
+                after_ratio: c.after_ratio(),
+                processes: c.processes,
+                open_s: c.open_s,
+                before_time: rfc3339(c.before_at),
+                held_time: rfc3339(c.held_at),
+                after_time: rfc3339(c.after_at),
+            })
+            .collect(),
+    }
+}
+
+/// The human summary of a hold run.
+pub fn human(cfg: &HoldConfig, out: &HoldOutcome) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "loadgen {} hold http://{}{}: pid {} ({}); ramp {:.0}/s, {} in flight, settle {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.target.authority,
+        cfg.target.path,
+        cfg.pid,
+        if out.target_command.is_empty() { "?" } else { &out.target_command },
+        cfg.ramp,
+        cfg.concurrency,
+        crate::report::fmt_dur(cfg.settle),
+    );
+    let _ = writeln!(
+        s,
+        "  {:>11} {:>8} {:>7} {:>12} {:>12} {:>12} {:>9} {:>8}  processes",
+        "connections", "ok", "failed", "before KiB", "held KiB", "after KiB", "KiB/conn", "after÷"
+    );
+    for c in &out.counts {
+        let _ = writeln!(
+            s,
+            "  {:>11} {:>8} {:>7} {:>12} {:>12} {:>12} {:>9} {:>8}  {}",
+            c.connections,
+            c.n_ok,
+            c.failed(),
+            c.rss_before_kib,
+            c.rss_held_kib,
+            c.rss_after_kib,
+            c.kib_per_conn().map_or("—".into(), |v| format!("{v:.2}")),
+            c.after_ratio().map_or("—".into(), |v| format!("{v:.3}")),
+            c.processes
+        );
+    }
+    if out.valid() {
+        let _ = writeln!(s, "  run         VALID (every connection verified and held)");
+    } else {
+        let _ = writeln!(s, "  run         INVALID");
+        for r in out.invalid_reasons() {
+            let _ = writeln!(s, "              - {r}");
+        }
+    }
+    s
+}
+
+/// `loadgen hold`: runs and reports; returns the exit code (0, 1 runtime failure, 2 usage, 3 a
+/// count had failed connections and `--allow-failures` was not given).
+pub fn main(a: HoldArgs, argv: &[String]) -> i32 {
+    let cfg = match HoldConfig::from_args(&a) {
+        Ok(c) => c,
+        Err(m) => {
+            eprintln!("loadgen: {m}");
+            return EXIT_USAGE;
+        }
+    };
+    let out = match run(&cfg, &mut io::stderr()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("loadgen: hold failed: {e}");
+            return 1;
+        }
+    };
+    print!("{}", human(&cfg, &out));
+    let _ = io::stdout().flush();
+    if let Some(p) = &a.json
+        && let Err(e) = write_json(p, &hold_json(&cfg, &out, argv))
+    {
+        eprintln!("loadgen: {e}");
+        return 1;
+    }
+    if out.valid() || a.allow_failures { 0 } else { EXIT_INVALID }
+}
+
+fn write_json(p: &Path, doc: &HoldJson) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(doc).map_err(|e| format!("--json: {e}"))?;
+    std::fs::write(p, text + "\n").map_err(|e| format!("--json {}: {e}", p.display()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // reason: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read};
+    use std::net::TcpListener;
+
+    /// A tiny origin on a thread per connection: reads request heads, answers each with
+    /// `response`, and keeps the connection until the client closes it.
+    fn tiny_server(response: &'static [u8]) -> std::net::SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(s);
+                    loop {
+                        let mut line = String::new();
+                        match r.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => {
+                                if r.get_mut().write_all(response).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn cfg(addr: std::net::SocketAddr, counts: &[usize]) -> HoldConfig {
+        let a = HoldArgs {
+            url: format!("http://{addr}/x"),
+            pid: std::process::id(),
+            connections: counts.to_vec(),
+            settle: Duration::from_millis(50),
+            settle_before: Duration::from_millis(10),
+            ramp: 5000.0,
+            concurrency: 16,
+            timeout: Duration::from_secs(5),
+            json: None,
+            allow_failures: false,
+        };
+        HoldConfig::from_args(&a).unwrap()
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+    #[test]
+    fn fifty_connections_are_verified_held_and_measured() {
+        let addr = tiny_server(OK);
+        let c = cfg(addr, &[50, 20]);
+        let out = run(&c, &mut io::sink()).unwrap();
+        assert!(out.valid(), "{:?}", out.invalid_reasons());
+        assert_eq!(out.counts.len(), 2);
+        let r = &out.counts[0];
+        assert_eq!((r.connections, r.n_ok, r.failed()), (50, 50, 0));
+        assert!(r.rss_before_kib > 0 && r.rss_held_kib > 0 && r.rss_after_kib > 0, "{r:?}");
+        assert!(r.kib_per_conn().is_some_and(f64::is_finite));
+        assert!(r.after_ratio().is_some_and(|x| x > 0.0));
+        assert!(r.processes >= 1);
+        let j = serde_json::to_value(hold_json(&c, &out, &["loadgen".into(), "hold".into()])).unwrap();
+        assert_eq!(j["schema_version"], HOLD_SCHEMA_VERSION);
+        assert_eq!(j["meta"]["pid"], std::process::id());
+        assert_eq!(j["meta"]["command_line"][1], "hold");
+        assert!(j["meta"]["start_time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(j["valid"], true);
+        let c0 = &j["counts"][0];
+        assert_eq!(c0["n_ok"], 50);
+        assert_eq!(c0["failures"]["connect"], 0);
+        for k in ["rss_before_kib", "rss_held_kib", "rss_after_kib"] {
+            assert!(c0[k].as_u64().is_some_and(|v| v > 0), "{k}: {c0}");
+        }
+        assert!(c0["kib_per_conn"].is_number() && c0["after_ratio"].is_number(), "{c0}");
+        assert!(human(&c, &out).contains("VALID"));
+    }
+
+    #[test]
+    fn a_refused_port_is_one_clear_error() {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let e = run(&cfg(port, &[10]), &mut io::sink()).unwrap_err().to_string();
+        assert!(e.contains("connect") && e.contains("refused") && e.contains(&port.to_string()), "{e}");
+    }
+
+    #[test]
+    fn failures_are_counted_by_kind_and_make_the_run_invalid() {
+        // Answers the first request (the check before the counts) with 200, then 503.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for (i, s) in l.incoming().enumerate() {
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 1024];
+                    let _ = s.read(&mut b);
+                    let resp: &[u8] = if i == 0 { OK } else { b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n" };
+                    let _ = s.write_all(resp);
+                    let _ = s.read(&mut b);
+                });
+            }
+        });
+        let out = run(&cfg(addr, &[5]), &mut io::sink()).unwrap();
+        assert!(!out.valid());
+        let r = &out.counts[0];
+        assert_eq!((r.n_ok, r.failures[FailKind::Status as usize]), (0, 5));
+        assert!(r.kib_per_conn().is_none());
+        assert!(out.invalid_reasons()[0].contains("status 5"), "{:?}", out.invalid_reasons());
+
+        let addr = tiny_server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        let e = run(&cfg(addr, &[3]), &mut io::sink()).unwrap_err().to_string();
+        assert!(e.contains("not_keepalive"), "{e}");
+    }
+
+    #[test]
+    fn proc_parsing() {
+        assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t    1234 kB\nRssAnon: 1 kB\n"), Some(1234));
+        assert_eq!(parse_vm_rss("Name:\tkthreadd\n"), None);
+        assert_eq!(parse_stat_ppid("42 (a) b) c) S 7 42 42 0"), Some((42, 7)));
+        assert_eq!(parse_stat_ppid("42 (nginx) S 1 42"), Some((42, 1)));
+        assert_eq!(parse_stat_ppid("garbage"), None);
+        assert_eq!(parse_ramp("2000/s"), Ok(2000.0));
+        assert_eq!(parse_ramp("500"), Ok(500.0));
+        assert!(parse_ramp("0/s").is_err() && parse_ramp("fast").is_err() && parse_ramp("inf").is_err());
+    }
+
+    #[test]
+    fn descendants_are_summed() {
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let kids = descendants(std::process::id());
+        let (rss, n) = tree_rss_kib(std::process::id()).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(kids.contains(&child.id()), "{kids:?}");
+        assert!(n >= 2 && rss > 0);
+        assert!(tree_rss_kib(u32::MAX - 1).unwrap_err().to_string().contains("target pid"));
+    }
+}
