@@ -25,7 +25,7 @@ use crate::data::access::AccessRecord;
 use crate::data::error::ProxyError;
 use crate::data::h1::chunked::{ChunkError, Chunked};
 use crate::data::h1::head::{Framing, Parsed};
-use crate::data::h1::rewrite::{self, ClientConn};
+use crate::data::h1::rewrite::{self, ClientConn, HeadFor};
 use crate::data::h1::scratch::{self, CLIENT_BUF, Scratch};
 use crate::data::metrics::ROUTE_NONE;
 use crate::data::upstream::pool::UpstreamConn;
@@ -697,7 +697,8 @@ impl Active<'_> {
             (true, 0) => ClientConn::KeepAlive10,
             (true, _) => ClientConn::KeepAlive11,
         };
-        rewrite::response_head(&mut self.s.out, self.s.up.filled(), &self.s.res, &snap.via, conn, dechunk, false);
+        let head_for = if dechunk { HeadFor::DechunkedBody } else { HeadFor::Body };
+        rewrite::response_head(&mut self.s.out, self.s.up.filled(), &self.s.res, &snap.via, conn, head_for);
         self.s.up.consume(self.s.res.len);
 
         let mut body = match self.s.res.framing {
@@ -768,7 +769,7 @@ impl Active<'_> {
         if self.s.req.upgrade.is_none() {
             return Err(ProxyError::BadResponse);
         }
-        rewrite::response_head(&mut self.s.out, self.s.up.filled(), &self.s.res, &snap.via, ClientConn::Close, false, true);
+        rewrite::response_head(&mut self.s.out, self.s.up.filled(), &self.s.res, &snap.via, ClientConn::Close, HeadFor::Upgrade);
         self.s.up.consume(self.s.res.len);
         self.s.out.extend_from_slice(self.s.up.filled());
         self.s.up.clear();

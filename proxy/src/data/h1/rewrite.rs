@@ -74,10 +74,22 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, route: &Ro
     out.extend_from_slice(b"\r\n");
 }
 
+/// What the response head written by [`response_head`] introduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadFor {
+    /// The body as the upstream framed it.
+    Body,
+    /// A chunked body re-framed as close-delimited for an HTTP/1.0 client: Transfer-Encoding is
+    /// not forwarded.
+    DechunkedBody,
+    /// A 101 Switching Protocols: the Upgrade field is passed on with `Connection: upgrade` (the
+    /// connection decision is ignored).
+    Upgrade,
+}
+
 /// Status line + forwarded fields + Via + the connection decision, then the blank line.
-/// `dechunk`: the body is re-framed as close-delimited (HTTP/1.0 client), so Transfer-Encoding
-/// is not forwarded. `upgrade`: a 101 whose Upgrade field is passed on.
-pub fn response_head(out: &mut Vec<u8>, buf: &[u8], res: &ResponseHead, via: &[u8], conn: ClientConn, dechunk: bool, upgrade: bool) {
+pub fn response_head(out: &mut Vec<u8>, buf: &[u8], res: &ResponseHead, via: &[u8], conn: ClientConn, head_for: HeadFor) {
+    let dechunk = head_for == HeadFor::DechunkedBody;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     status(out, res.status);
@@ -95,7 +107,7 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], res: &ResponseHead, via: &[u
         field(out, f.name.of(buf), f.value.of(buf));
     }
     field(out, b"Via", via);
-    if upgrade {
+    if head_for == HeadFor::Upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
         field(out, b"Upgrade", upgrade_value);
     } else {
@@ -193,9 +205,9 @@ mod tests {
         let mut res = ResponseHead::new();
         res.parse(b, false).unwrap();
         let mut out = Vec::new();
-        response_head(&mut out, b, &res, b"1.1 p", ClientConn::KeepAlive11, false, false);
+        response_head(&mut out, b, &res, b"1.1 p", ClientConn::KeepAlive11, HeadFor::Body);
         assert_eq!(String::from_utf8_lossy(&out), "HTTP/1.1 200 Fine\r\nTransfer-Encoding: chunked\r\nX: y\r\nVia: 1.1 p\r\n\r\n");
-        response_head(&mut out, b, &res, b"1.1 p", ClientConn::Close, true, false);
+        response_head(&mut out, b, &res, b"1.1 p", ClientConn::Close, HeadFor::DechunkedBody);
         assert_eq!(String::from_utf8_lossy(&out), "HTTP/1.1 200 Fine\r\nX: y\r\nVia: 1.1 p\r\nConnection: close\r\n\r\n");
     }
 }
