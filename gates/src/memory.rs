@@ -188,6 +188,9 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
     }
     let run = || -> Result<(Value, Value), String> {
         let tmp = scratch_dir("memory")?;
+        // The proxy inherits this runner's open-file limit: raise the soft limit to the hard one
+        // first, as `loadgen hold` does for itself (a 1,024 default cannot hold 10,000).
+        loadgen::hold::raise_nofile().map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
         let stage = start_stage_with(opts, g.body_bytes, &tmp, &g.proxy_config)?;
         let pid = stage.proxy.0.id();
         if let Some(limit) = nofile(pid).filter(|&l| l < largest + PROXY_FD_MARGIN) {

@@ -282,3 +282,23 @@ fn alloc_gate_counts_one_planted_allocation_per_exchange_in_every_shape() {
     ];
     alloc_shapes_with_plant("alloc", &every, &[]);
 }
+
+/// The memory gate on a planted build where idle connections never give their working set back
+/// (`hold`): every row must turn red, by far (each idle connection keeps ~20 KiB of buffers).
+/// RSS is the proxy's own, so other tests running beside this one do not move it.
+#[test]
+fn memory_gate_fails_when_idle_connections_keep_their_buffers() {
+    let _m = counting();
+    let out = out_dir("memory-hold");
+    let (code, report) = gates(&["--only", "memory", "--plant", "hold"], &out, &root());
+    assert_eq!(code, 1, "{report:#}");
+    let rows = report["rows"].as_array().expect("rows");
+    let per_conn: Vec<&Value> = rows.iter().filter(|r| r["key"].as_str().is_some_and(|k| k.contains(":memory:per_conn@"))).collect();
+    assert_eq!(per_conn.len(), 2, "{report:#}");
+    for r in per_conn {
+        assert_eq!(r["status"], "FAIL", "{r:#}");
+        assert!(r["measured"].as_f64().is_some_and(|m| m > 10.0), "a held working set is ~20 KiB: {r:#}");
+    }
+    let after = rows.iter().find(|r| r["key"].as_str().is_some_and(|k| k.contains(":memory:after_release@"))).expect("after row");
+    assert_eq!(after["status"], "FAIL", "{after:#}");
+}
