@@ -9,6 +9,7 @@ for its largest crowd of idle clients (spec.MEMORY_MAX_CONNECTIONS: this proxy's
 longer than the hold."""
 
 import os
+import resource
 import subprocess
 
 from .spec import DESC, MEMORY_IDLE_TIMEOUT_S, MEMORY_MAX_CONNECTIONS
@@ -88,8 +89,9 @@ entryPoints:
         master = "master_process off;\n" if for_valgrind else ""
         wc = 16384
         if for_memory:
-            master += f"worker_rlimit_nofile {2 * conns + 1024};\n"
-            wc = conns + 1024
+            nofile = nofile_for(2 * conns + 1024)
+            master += f"worker_rlimit_nofile {nofile};\n"
+            wc = min(conns + 1024, nofile)
         with open(path, "w") as f:
             f.write(f"""# written by scripts/compare.py from its one description
 {master}worker_processes {DESC['workers']};
@@ -127,7 +129,7 @@ http {{
 global
     nbthread {DESC['workers']}
     maxconn {conns if for_memory else 4096}
-
+{"    no strict-limits" + chr(10) if for_memory and nofile_for(2 * conns + 64) < 2 * conns + 64 else ""}
 defaults
     mode http
     option http-keep-alive
@@ -146,6 +148,13 @@ backend be
 """)
         return [bins["haproxy"], "-db", "-f", path], {}
     raise ValueError(name)
+
+
+def nofile_for(wanted):
+    """Open files a target may have: `wanted`, capped at this process's hard RLIMIT_NOFILE (a
+    container without CAP_SYS_RESOURCE cannot go above it; the children inherit it)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
 
 
 _PROXY_EXTRA = None

@@ -148,7 +148,10 @@ class MemoryPhase(unittest.TestCase):
                 with open(os.path.join(tmp, name + ("-memory" if mem else ""), f)) as fh:
                     return fh.read()
             n = text("nginx", True, "nginx.conf")
-            self.assertIn(f"worker_connections {MEMORY_MAX_CONNECTIONS + 1024};", n)
+            nofile = peers.nofile_for(2 * MEMORY_MAX_CONNECTIONS + 1024)
+            self.assertGreater(nofile, max(MEMORY_CONNECTIONS))
+            self.assertIn(f"worker_connections {min(MEMORY_MAX_CONNECTIONS + 1024, nofile)};", n)
+            self.assertIn(f"worker_rlimit_nofile {nofile};", n)
             self.assertIn("worker_rlimit_nofile", n)
             self.assertIn(f"keepalive_timeout {MEMORY_IDLE_TIMEOUT_S}s;", n)
             self.assertNotIn("worker_rlimit_nofile", text("nginx", False, "nginx.conf"))
