@@ -60,11 +60,14 @@ def memory_section(d, targets, S):
          f"`configs/<target>-memory/`): crowds of {', '.join(f'{n:,}' for n in counts)} connections in turn, each "
          f"sending one verified keep-alive GET and then idle; VmRSS of the target's processes (summed: nginx "
          f"master + worker) before, after {mem['settle']} held idle, and {mem['settle']} after all closed. KiB per "
-         f"connection = (held − before) ÷ connections held. \"after ÷ before\" is the largest crowd's; "
-         f"\"vs start\" is RSS after the last crowd ÷ RSS of the freshly started target. Raw reports: "
+         f"connection = (held − before) ÷ connections held, where a crowd's \"before\" is the RSS after the "
+         f"previous crowd left (memory kept from it is reused, not counted again). \"after ÷ before\" is the "
+         f"largest crowd's (the gate's figure); \"after ÷ start\" is RSS after the last crowd ÷ RSS of the "
+         f"freshly started target. Raw reports: "
          f"[memory/](memory/).\n"]
-    hdr = ["target"] + [f"KiB/conn at {n:,}" for n in counts] + ["RSS before (MB)"] + \
-          [f"RSS held {n:,} (MB)" for n in counts] + ["RSS after (MB)", "after ÷ before", "vs start"]
+    hdr = ["target"] + [f"KiB/conn at {n:,}" for n in counts] + ["RSS at start (MB)"] + \
+          [f"RSS held {n:,} (MB)" for n in counts] + [f"RSS after {counts[-1]:,} closed (MB)",
+                                                      f"after ÷ before ({counts[-1]:,})", "after ÷ start"]
     L.append("| " + " | ".join(hdr) + " |")
     L.append("|" + "---|" * len(hdr))
     for t in targets:
