@@ -186,6 +186,11 @@ def write_summary(d, targets, S, ladder, out):
             L.append(f"Against the byte-relay floor measured in the same rounds it costs "
                      f"{n['floor_x_max']['median']:.2f}× the floor's CPU per request at max and "
                      f"{n['floor_x_fixed']['median']:.2f}× at {fr:.0f} req/s.\n")
+    if "memory" in d:
+        parts = [f"{LABEL[t]} {mem_cell(d, S[t])}" for t in targets if S[t].get("memory")]
+        if parts:
+            L.append(f"Memory per idle keep-alive connection at {mem_counts_label(d)} held (RSS after the "
+                     f"largest crowd left ÷ before it came): " + "; ".join(parts) + ".\n")
     L.append("Values are median [min–max] over rounds. CPU is the target process's utime+stime from "
              "/proc/PID/stat (all threads; nginx: master + worker) divided by the responses it served; "
              "\"× less than Traefik\" and \"× floor\" are ratios within each round. "
