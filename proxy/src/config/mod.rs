@@ -215,7 +215,7 @@ impl Compiler<'_> {
             listeners.push(addr);
         }
 
-        let limits = self.limits(raw.limits.unwrap_or_default())?;
+        let limits = self.limits(raw.limits.unwrap_or_default(), raw.memory.unwrap_or_default())?;
 
         // Upstream groups, in name order so that indices are deterministic.
         let mut names: Vec<&String> = raw.upstreams.keys().collect();
@@ -338,7 +338,7 @@ impl Compiler<'_> {
         Ok(LogConfig { level, format, access_log, access_log_buffer })
     }
 
-    fn limits(&self, l: raw::Limits) -> Result<Limits, ConfigError> {
+    fn limits(&self, l: raw::Limits, m: raw::Memory) -> Result<Limits, ConfigError> {
         let d = Limits::default();
         let max_request_line_bytes =
             self.positive(l.max_request_line_bytes.as_ref(), "limits.max_request_line_bytes", d.max_request_line_bytes as u64, 1 << 20)?
@@ -363,8 +363,8 @@ impl Compiler<'_> {
             max_body_bytes: self.positive(l.max_body_bytes.as_ref(), "limits.max_body_bytes", d.max_body_bytes, u64::MAX)?,
             max_connections: self.positive(l.max_connections.as_ref(), "limits.max_connections", d.max_connections as u64, 10_000_000)?
                 as usize,
-            release_idle_after: d.release_idle_after,
-            pool_max: d.pool_max,
+            release_idle_after: self.duration(m.release_idle_after.as_ref(), "memory.release_idle_after", d.release_idle_after)?,
+            pool_max: self.positive_or_zero(m.pool_max.as_ref(), "memory.pool_max", d.pool_max as u64, 1 << 16)? as usize,
         })
     }
 
@@ -542,6 +542,22 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("limits.max_connections"), "{e}");
         let e = check(&format!("{BASE}[limits]\nmax_request_line_bytes = 9000\nmax_request_head_bytes = 8000\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("limits.max_request_line_bytes"), "{e}");
+    }
+
+    #[test]
+    fn memory_section() {
+        let c = check(&format!("{BASE}[memory]\nrelease_idle_after = \"2s\"\npool_max = 0\n")).unwrap();
+        assert_eq!(c.snapshot.limits.release_idle_after, Duration::from_secs(2));
+        assert_eq!(c.snapshot.limits.pool_max, 0, "0: no spare working sets kept");
+        let d = check(BASE).unwrap();
+        assert_eq!(d.snapshot.limits.release_idle_after, Duration::from_millis(100));
+        assert_eq!(d.snapshot.limits.pool_max, 64);
+        let e = check(&format!("{BASE}[memory]\nrelease_idle_after = \"5\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("memory.release_idle_after"), "{e}");
+        let e = check(&format!("{BASE}[memory]\npool_max = -1\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("memory.pool_max"), "{e}");
+        let e = check(&format!("{BASE}[memory]\nbuffers = 1\n")).unwrap_err();
+        assert!(e.message.contains("buffers"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub struct Raw {
     #[serde(default)]
     pub listeners: Vec<Listener>,
     pub limits: Option<Limits>,
+    pub memory: Option<Memory>,
     #[serde(default)]
     pub routes: Vec<Route>,
     #[serde(default)]
@@ -28,6 +29,13 @@ pub struct Server {
     pub workers: Option<usize>,
     pub drain_timeout: Option<Spanned<String>>,
     pub watch_config: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Memory {
+    pub release_idle_after: Option<Spanned<String>>,
+    pub pool_max: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -44,5 +44,7 @@ pub async fn pool_sweeper(worker: Rc<Worker>) {
         let max_idle = |id: usize| snap.groups.iter().find_map(|g| g.servers.iter().any(|s| s.id == id).then_some(g.idle_timeout));
         worker.pool.borrow_mut().sweep(max_idle, Instant::now());
         scratch::sweep(snap.limits.pool_max);
+        worker.timers.trim();
+        worker.drain.trim();
     }
 }

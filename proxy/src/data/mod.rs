@@ -8,8 +8,9 @@
 //!   that hands a connection to a protocol.
 //! - [`worker`]: the worker's state: snapshot cache, balancer, upstream pool, timers, metrics.
 //! - [`upstream`]: the per-worker upstream connection pool.
-//! - [`buf`], [`timer`], [`metrics`], [`error`], [`access`]: reused buffers, coarse timers,
-//!   per-worker counters, the one error enum and its canned responses, the access-log record.
+//! - [`buf`], [`timer`], [`slots`], [`metrics`], [`error`], [`access`]: reused buffers, coarse
+//!   timers, per-connection slot tables, per-worker counters, the one error enum and its canned
+//!   responses, the access-log record.
 //!
 //! One module per protocol, siblings that share the above and never use each other:
 //! - [`h1`]: HTTP/1.1 (the codec over `httparse` and the connection loop). TLS, HTTP/2 and
@@ -23,6 +24,7 @@ pub mod h1;
 pub mod metrics;
 #[cfg(feature = "planted")]
 pub mod planted;
+pub mod slots;
 pub mod timer;
 pub mod upstream;
 pub mod worker;

@@ -15,6 +15,8 @@
 //! | `instr:N` | a loop of `N` iterations the optimiser cannot remove (~`4 N` instructions) |
 //! | `spin:US` | `US` µs of busy CPU on the worker |
 //! | `sleep:US` | a blocking sleep of `US` µs on the worker (every connection of the worker waits) |
+//! | `hold` | an idle keep-alive connection never gives its working set back (memory gate) |
+//! | `leak` | a working set given back to the pool is leaked instead: never reused, never freed (memory gate; `leak/100` leaks one in a hundred) |
 //!
 //! `SITE` is where it fires: `request` (default: the start of every proxied exchange),
 //! `chunked` (a response relayed with chunked framing), `error` (an error response sent by the
@@ -45,6 +47,8 @@ enum Kind {
     Instr(u64),
     Spin(u64),
     Sleep(u64),
+    Hold,
+    Leak,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +96,9 @@ fn parse_one(item: &str) -> Result<Plant, String> {
         "instr" => Kind::Instr(need(value)?),
         "spin" => Kind::Spin(need(value)?),
         "sleep" => Kind::Sleep(need(value)?),
-        other => return Err(format!("{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep)")),
+        "hold" => Kind::Hold,
+        "leak" => Kind::Leak,
+        other => return Err(format!("{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep, hold, leak)")),
     };
     Ok(Plant { kind, site, every })
 }
@@ -127,7 +133,7 @@ pub fn at(site: Site, len: usize) {
     let plan = plan();
     for (i, p) in plan.plants.iter().enumerate() {
         let Some(p) = p else { continue };
-        if p.site != site || plan.seen[i].fetch_add(1, Ordering::Relaxed) % p.every != 0 {
+        if p.site != site || !plan.seen[i].fetch_add(1, Ordering::Relaxed).is_multiple_of(p.every) {
             continue;
         }
         match p.kind {
@@ -155,8 +161,34 @@ pub fn at(site: Site, len: usize) {
                 }
             }
             Kind::Sleep(us) => std::thread::sleep(std::time::Duration::from_micros(us)),
+            // Behaviour switches, asked for where they apply (see below), not fired at a site.
+            Kind::Hold | Kind::Leak => {}
         }
     }
+}
+
+/// Whether the `kind` switch is planted and fires this time (its `/EVERY` counted per call).
+fn switch(kind: Kind) -> bool {
+    let plan = plan();
+    plan.plants
+        .iter()
+        .enumerate()
+        .any(|(i, p)| p.is_some_and(|p| p.kind == kind && plan.seen[i].fetch_add(1, Ordering::Relaxed).is_multiple_of(p.every)))
+}
+
+/// `hold`: idle connections keep their working set (asked when a connection starts idling).
+pub fn holds_working_sets() -> bool {
+    switch(Kind::Hold)
+}
+
+/// Leaks `t`: never freed, never reused (the `leak` plant).
+pub fn leak<T>(t: T) {
+    std::mem::forget(t);
+}
+
+/// `leak`: this working set, given back, is leaked (asked for each one given back).
+pub fn leaks_working_set() -> bool {
+    switch(Kind::Leak)
 }
 
 #[cfg(test)]
@@ -172,6 +204,9 @@ mod tests {
         assert_eq!((got[2].kind, got[2].every), (Kind::Syscall, 4));
         assert_eq!(got[3].kind, Kind::Instr(300));
         assert_eq!((got[4].kind, got[4].site), (Kind::Sleep(2000), Site::Chunked));
+        let p = parse("hold, leak/100").expect("valid");
+        let got: Vec<Plant> = p.plants.iter().flatten().copied().collect();
+        assert_eq!((got[0].kind, got[1].kind, got[1].every), (Kind::Hold, Kind::Leak, 100));
         for bad in ["alloc@nowhere", "instr", "spin:x", "syscall/0", "teleport", "a,b,c,d,e,f,g,h,i"] {
             assert!(parse(bad).is_err(), "{bad} accepted");
         }

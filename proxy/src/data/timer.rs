@@ -13,6 +13,7 @@
 //! it fires at most two ticks late. The table is scanned only when its earliest deadline has
 //! passed, so idle keep-alive connections cost nothing per tick.
 
+use crate::data::slots::SlotTable;
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
 use std::rc::Rc;
@@ -53,8 +54,7 @@ pub struct Timers {
     /// No armed deadline is earlier than this (it may be earlier than all of them: a scan
     /// then finds nothing and recomputes it).
     earliest: Cell<u64>,
-    slots: RefCell<Vec<Slot>>,
-    free: RefCell<Vec<usize>>,
+    slots: RefCell<SlotTable<Slot>>,
     ticking: Cell<bool>,
 }
 
@@ -64,8 +64,7 @@ impl Default for Timers {
             epoch: Instant::now(),
             now_ms: Cell::new(EPOCH_MS),
             earliest: Cell::new(u64::MAX),
-            slots: RefCell::new(Vec::new()),
-            free: RefCell::new(Vec::new()),
+            slots: RefCell::new(SlotTable::default()),
             ticking: Cell::new(false),
         }
     }
@@ -91,20 +90,17 @@ impl Timers {
 
     /// A slot for a new connection (per connection, never per request).
     pub fn register(&self) -> usize {
-        if let Some(i) = self.free.borrow_mut().pop() {
-            return i;
-        }
-        let mut slots = self.slots.borrow_mut();
-        slots.push(Slot::default());
-        slots.len() - 1
+        self.slots.borrow_mut().register()
     }
 
     /// Frees a closed connection's slot.
     pub fn release(&self, slot: usize) {
-        if let Some(s) = self.slots.borrow_mut().get_mut(slot) {
-            *s = Slot::default();
-        }
-        self.free.borrow_mut().push(slot);
+        self.slots.borrow_mut().release(slot);
+    }
+
+    /// Gives back the memory of slots a departed crowd left (once a second, off the request path).
+    pub fn trim(&self) -> usize {
+        self.slots.borrow_mut().trim()
     }
 
     /// Runs `fut` until it completes or `deadline` (from [`Timers::deadline`]) passes. The slot
@@ -235,7 +231,7 @@ mod tests {
             t.observe(Instant::now());
             let d = t.deadline(Duration::from_millis(50));
             assert_eq!(t.within(slot, d, async { 7 }).await, Ok(7));
-            assert_eq!(t.slots.borrow()[slot].deadline, DISARMED);
+            assert_eq!(t.slots.borrow_mut().get_mut(slot).map(|s| s.deadline), Some(DISARMED));
 
             let start = std::time::Instant::now();
             t.observe(Instant::now());
@@ -245,7 +241,7 @@ mod tests {
             assert_eq!(r, Err(Elapsed));
             assert!(took >= Duration::from_millis(50), "fired early: {took:?}");
             assert!(took < Duration::from_millis(50 + 20 * TICK_MS), "fired late: {took:?}");
-            assert_eq!(t.slots.borrow()[slot].deadline, DISARMED);
+            assert_eq!(t.slots.borrow_mut().get_mut(slot).map(|s| s.deadline), Some(DISARMED));
 
             // A wait that completes before its deadline is not woken later, and the slot is
             // reusable by the next wait.

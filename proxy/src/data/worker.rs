@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::data::access::AccessLog;
 use crate::data::metrics::WorkerMetrics;
+use crate::data::slots::SlotTable;
 use crate::data::timer::Timers;
 use crate::data::upstream::pool::Pool;
 use crate::snapshot::{Balance, Server, Snapshot, UpstreamGroup};
@@ -68,13 +69,12 @@ impl Shared {
 /// head) and when choosing `Connection: close` for a response (a `Cell` read on worker-local
 /// memory). Each open connection owns a slot holding the waker of its task; waiting costs a
 /// `will_wake` pointer compare once the slot holds the task's waker (no lock, no atomic, no
-/// waker clone per request), and a drain wakes every slot. Slots are reused: after start-up,
-/// the slot table grows only past the worker's highest number of open connections so far.
+/// waker clone per request), and a drain wakes every slot. Slots are reused (lowest first) and
+/// the table shrinks once a second when a crowd has left (see [`crate::data::slots`]).
 #[derive(Debug, Default)]
 pub struct Drain {
     draining: Cell<bool>,
-    slots: RefCell<Vec<Option<Waker>>>,
-    free: RefCell<Vec<usize>>,
+    slots: RefCell<SlotTable<Option<Waker>>>,
 }
 
 impl Drain {
@@ -96,20 +96,17 @@ impl Drain {
 
     /// A slot for a new connection (per connection, never per request).
     pub fn register(&self) -> usize {
-        if let Some(i) = self.free.borrow_mut().pop() {
-            return i;
-        }
-        let mut slots = self.slots.borrow_mut();
-        slots.push(None);
-        slots.len() - 1
+        self.slots.borrow_mut().register()
     }
 
     /// Frees a closed connection's slot.
     pub fn release(&self, slot: usize) {
-        if let Some(w) = self.slots.borrow_mut().get_mut(slot) {
-            *w = None;
-        }
-        self.free.borrow_mut().push(slot);
+        self.slots.borrow_mut().release(slot);
+    }
+
+    /// Gives back the memory of slots a departed crowd left (once a second, off the request path).
+    pub fn trim(&self) -> usize {
+        self.slots.borrow_mut().trim()
     }
 
     /// Ready once the worker drains; otherwise keeps the task's waker in `slot`.

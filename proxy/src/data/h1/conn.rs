@@ -45,25 +45,34 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// has been idle for `memory.release_idle_after`, and the buffers it borrows from the worker's
 /// pool go back at the same moment. A connection sending requests back to back never leaves the
 /// request loop: no allocation per request.
-pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, permit: ConnPermit) {
-    let _permit = permit;
+///
+/// The connection is set up here, before the task exists, so the spawned future holds only the
+/// connection itself (its arguments would otherwise stay in the task's state for its whole life).
+pub fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, permit: ConnPermit) -> impl Future<Output = ()> {
     let _ = client.set_nodelay(true);
     worker.metrics().connection();
-    let mut conn = Conn::new(worker, client, peer);
     // A new connection owes its first head within the header timeout from the accept, so a
     // client that connects and sends nothing cannot hold a slot for the idle timeout.
-    let header_timeout = conn.worker.snapshot().limits.header_read_timeout;
+    let header_timeout = worker.snapshot().limits.header_read_timeout;
+    let mut conn = Conn::new(worker, client, peer, permit);
     let mut until = conn.worker.timers.deadline(header_timeout);
-    let mut first = true;
-    loop {
-        if !conn.wait_readable(until).await {
-            return;
+    // The connection's life: idle waits (small, unboxed) and boxed request loops, in turn. An
+    // `async move` block that uses `conn` in place (an `async fn` taking it would keep a second
+    // copy of its arguments in the task's state).
+    async move {
+        let mut first = true;
+        loop {
+            let (tslot, dslot) = (conn.timer_slot as usize, conn.drain_slot as usize);
+            match idle_wait(&conn.worker, &conn.client, tslot, dslot, until).await {
+                Wake::Readable | Wake::Drain => {}
+                Wake::Closed | Wake::Expired => return,
+            }
+            match Box::pin(conn.active(first.then_some(until))).await {
+                Some(idle_until) => until = idle_until,
+                None => return,
+            }
+            first = false;
         }
-        match Box::pin(conn.active(first.then_some(until))).await {
-            Some(idle_until) => until = idle_until,
-            None => return,
-        }
-        first = false;
     }
 }
 
@@ -78,6 +87,8 @@ struct Conn {
     drain_slot: u32,
     /// This connection's slot in the worker's timer table.
     timer_slot: u32,
+    /// Counts the connection against `limits.max_connections` until it is dropped.
+    _permit: ConnPermit,
 }
 
 /// A connection while its request loop runs (boxed: see [`serve`]): the working set borrowed from
@@ -235,7 +246,7 @@ impl Drop for InFlight<'_> {
 }
 
 impl Conn {
-    fn new(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) -> Self {
+    fn new(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, permit: ConnPermit) -> Self {
         let mut ip = [0u8; 48];
         let ip_len = {
             let mut w: &mut [u8] = &mut ip;
@@ -249,15 +260,7 @@ impl Conn {
         let timer_slot = worker.timers.register() as u32;
         // The first head's deadline counts from here (the coarse clock may be a tick old).
         worker.timers.observe(Instant::now());
-        Conn { drain_slot, timer_slot, worker, client, ip, ip_len }
-    }
-
-    /// Idle and unboxed: waits until the client sends something (or closes), the deadline passes
-    /// (`false`: close) or the proxy drains (`true`: the request loop serves what raced the drain,
-    /// or closes).
-    async fn wait_readable(&mut self, until: u64) -> bool {
-        let (tslot, dslot) = (self.timer_slot as usize, self.drain_slot as usize);
-        matches!(idle_wait(&self.worker, &self.client, tslot, dslot, until).await, Wake::Readable | Wake::Drain)
+        Conn { drain_slot, timer_slot, worker, client, ip, ip_len, _permit: permit }
     }
 
     /// The request loop, with a working set borrowed from the worker's pool for as long as it
@@ -433,8 +436,8 @@ impl Active<'_> {
                 Some(d) => d,
                 None if started => *deadline.insert(timers.deadline(limits.header_read_timeout)),
                 None => {
-                    let (idle_until, release_at) = *idle
-                        .get_or_insert_with(|| (timers.deadline(limits.client_idle_timeout), timers.deadline(limits.release_idle_after)));
+                    let (idle_until, release_at) =
+                        *idle.get_or_insert_with(|| (timers.deadline(limits.client_idle_timeout), release_deadline(timers, limits)));
                     idle_until.min(release_at)
                 }
             };
@@ -816,6 +819,16 @@ impl Active<'_> {
     }
 }
 
+/// When an idle connection gives its working set back (`memory.release_idle_after`).
+#[inline]
+fn release_deadline(timers: &Timers, limits: &Limits) -> u64 {
+    #[cfg(feature = "planted")]
+    if crate::data::planted::holds_working_sets() {
+        return u64::MAX; // never: the planted regression the memory gate must catch
+    }
+    timers.deadline(limits.release_idle_after)
+}
+
 /// Why an idle connection stopped waiting.
 enum Wake {
     Readable,
@@ -827,21 +840,22 @@ enum Wake {
 }
 
 /// Waits, holding no buffer, until the client sends something (or closes), the proxy drains or
-/// `until` passes. One hand-written poll over the socket's readiness, the drain signal and the
-/// timer slot: no nested futures, so the state an idle connection keeps stays a few words.
-async fn idle_wait(worker: &Worker, client: &TcpStream, tslot: usize, dslot: usize, until: u64) -> Wake {
-    let wake = std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = client.poll_read_ready(cx) {
-            return Poll::Ready(if r.is_ok() { Wake::Readable } else { Wake::Closed });
-        }
-        if worker.drain.poll_drained(dslot, cx).is_ready() {
-            return Poll::Ready(Wake::Drain);
-        }
-        worker.timers.poll_expired(tslot, until, cx).map(|()| Wake::Expired)
+/// `until` passes. A plain poll over the socket's readiness, the drain signal and the timer slot,
+/// not an `async fn`: no nested futures, so the state an idle connection keeps is five words.
+fn idle_wait<'a>(worker: &'a Worker, client: &'a TcpStream, tslot: usize, dslot: usize, until: u64) -> impl Future<Output = Wake> + 'a {
+    std::future::poll_fn(move |cx| {
+        let wake = if let Poll::Ready(r) = client.poll_read_ready(cx) {
+            if r.is_ok() { Wake::Readable } else { Wake::Closed }
+        } else if worker.drain.poll_drained(dslot, cx).is_ready() {
+            Wake::Drain
+        } else if worker.timers.poll_expired(tslot, until, cx).is_ready() {
+            Wake::Expired
+        } else {
+            return Poll::Pending;
+        };
+        worker.timers.disarm(tslot);
+        Poll::Ready(wake)
     })
-    .await;
-    worker.timers.disarm(tslot);
-    wake
 }
 
 /// Writes what the socket takes at once, without waiting: `Ok(bytes written)` (possibly fewer than
