@@ -11,8 +11,10 @@ Phases (each bounded in time; every process started here is killed on exit):
      open-loop ladder over the grid; CPU (user/kernel) is read from /proc around every run.
   3. syscalls per request (strace -c -f, separate short run at a low fixed rate).
   4. user-space instructions per request (callgrind, zeroed after a warm-up, fixed request count).
-  5. max sustainable rate under the P99 SLO (`loadgen ladder --search`), once per target.
-Writes OUT/compare.json (schema_version 1), OUT/configs/, OUT/strace/, OUT/callgrind/, then
+  5. memory per idle keep-alive connection (`loadgen hold`, crowds of 1,000 and 10,000), each
+     proxy started fresh (issue 14).
+  6. max sustainable rate under the P99 SLO (`loadgen ladder --search`), once per target.
+Writes OUT/compare.json (schema_version 1), OUT/configs/, OUT/strace/, OUT/callgrind/, OUT/memory/, then
 calls summarize.py for summary.md, README.md and the SVG plots. The parts are in comparison/
 (one module per concern) and lib/ (child processes, /proc, the Rust-owned readings).
 
@@ -35,6 +37,7 @@ import time
 
 from comparison.callgrind_phase import callgrind_phase
 from comparison.ctx import Ctx
+from comparison.memory_phase import memory_phase
 from comparison.record import new_record, utc_stamp, write_json
 from comparison.rounds import calibrate, run_rounds
 from comparison.search_phase import search_phase_in_budget
@@ -58,7 +61,7 @@ def parse_args():
                     help="comma-separated subset of " + ",".join(ALL_TARGETS))
     ap.add_argument("--slo-ms", type=float, default=5.0, help="P99 SLO for the max sustainable rate")
     ap.add_argument("--rate-base", type=float, help="skip calibration: use this as Traefik's max req/s")
-    ap.add_argument("--skip", default="", help="comma-separated phases to skip: strace,callgrind,search")
+    ap.add_argument("--skip", default="", help="comma-separated phases to skip: strace,callgrind,search,memory")
     ap.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     targets = [t for t in args.targets.split(",") if t]
@@ -130,6 +133,9 @@ def main():
         write_json(out, record)
     if "callgrind" not in skip:
         callgrind_phase(ctx, record, targets)
+        write_json(out, record)
+    if "memory" not in skip:
+        memory_phase(ctx, record, targets)
         write_json(out, record)
     if "search" not in skip:
         search_phase_in_budget(ctx, record, targets, rounds, t_start)

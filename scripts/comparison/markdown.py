@@ -25,6 +25,70 @@ def fmt_k(s):
     return f"{k(s['median'])} [{k(s['min'])}–{k(s['max'])}]"
 
 
+def kib(v):
+    """KiB per connection: two decimals below 10, one above."""
+    if v is None:
+        return "—"
+    return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def mem_counts_label(d):
+    return " / ".join(f"{n:,}" for n in d["memory"]["connections"])
+
+
+def mem_cell(d, s):
+    """The summary table's memory cell: KiB per idle connection per crowd, and the largest
+    crowd's RSS after release ÷ before."""
+    m = s.get("memory")
+    if not m:
+        return "—"
+    cells = []
+    for n in d["memory"]["connections"]:
+        v = m["kib_per_conn"].get(str(n))
+        cells.append(kib(v) + ("" if m["valid"].get(str(n), False) else " (INVALID)"))
+    after = f" (after: {m['after_ratio']:.2f}×)" if m.get("after_ratio") is not None else ""
+    return " / ".join(cells) + " KiB" + after
+
+
+def memory_section(d, targets, S):
+    """## Memory per idle keep-alive connection: every crowd's figures per target."""
+    mem = d["memory"]
+    counts = mem["connections"]
+    L = ["## Memory per idle keep-alive connection (issue 14)\n",
+         f"`loadgen hold` on CPU {d['meta']['description']['loader_cpu']} against each target started fresh "
+         f"(one worker, pinned; its config with room for the crowd and client idle timeouts longer than the hold: "
+         f"`configs/<target>-memory/`): crowds of {', '.join(f'{n:,}' for n in counts)} connections in turn, each "
+         f"sending one verified keep-alive GET and then idle; VmRSS of the target's processes (summed: nginx "
+         f"master + worker) before, after {mem['settle']} held idle, and {mem['settle']} after all closed. KiB per "
+         f"connection = (held − before) ÷ connections held, where a crowd's \"before\" is the RSS after the "
+         f"previous crowd left (memory kept from it is reused, not counted again). \"after ÷ before\" is the "
+         f"largest crowd's (the gate's figure); \"after ÷ start\" is RSS after the last crowd ÷ RSS of the "
+         f"freshly started target. Raw reports: "
+         f"[memory/](memory/).\n"]
+    hdr = ["target"] + [f"KiB/conn at {n:,}" for n in counts] + ["RSS at start (MB)"] + \
+          [f"RSS held {n:,} (MB)" for n in counts] + [f"RSS after {counts[-1]:,} closed (MB)",
+                                                      f"after ÷ before ({counts[-1]:,})", "after ÷ start"]
+    L.append("| " + " | ".join(hdr) + " |")
+    L.append("|" + "---|" * len(hdr))
+    for t in targets:
+        m = S[t].get("memory")
+        if not m:
+            why = (mem["targets"].get(t) or {}).get("reason", "not measured")
+            L.append(f"| {LABEL[t]} | " + " | ".join(["—"] * (len(hdr) - 2)) + f" | not measured: {why} |")
+            continue
+        row = [LABEL[t]]
+        for n in counts:
+            row.append(kib(m["kib_per_conn"].get(str(n))) + ("" if m["valid"].get(str(n)) else " (INVALID)"))
+        row.append(f"{m['rss_before_mb']:.1f}")
+        row += [f"{m['rss_held_mb'][str(n)]:.1f}" for n in counts]
+        row.append(f"{m['rss_after_mb']:.1f}")
+        row.append(f"{m['after_ratio']:.2f}×" if m.get("after_ratio") is not None else "—")
+        row.append(f"{m['after_vs_start']:.2f}×" if m.get("after_vs_start") is not None else "—")
+        L.append("| " + " | ".join(row) + " |")
+    L.append("")
+    return L
+
+
 def goal_lines(d, targets, S):
     out = []
     n = S.get("native")
@@ -83,6 +147,16 @@ def goal_lines(d, targets, S):
     v = n.get("ir_per_req")
     line("(issue 8) ≤ 5,000 user-space instructions/request", f"{v:,.0f}" if v else "—",
          (v <= 5000) if v else None)
+    if "memory" in n:
+        m = n["memory"] or {}
+        for c in d["memory"]["connections"]:
+            v = (m.get("kib_per_conn") or {}).get(str(c))
+            valid = (m.get("valid") or {}).get(str(c))
+            line(f"(issue 14) ≤ 1 KiB per idle keep-alive connection, {c:,} held", f"{kib(v)} KiB",
+                 (v <= 1.0) if v is not None and valid else None, "" if valid or v is None else "INVALID count")
+        v = m.get("after_ratio")
+        line(f"(issue 14) RSS after {m.get('largest') or 0:,} closed within +10 % of before",
+             f"{v:.2f}×" if v is not None else "—", (v <= 1.10) if v is not None else None)
     return out
 
 
@@ -112,6 +186,11 @@ def write_summary(d, targets, S, ladder, out):
             L.append(f"Against the byte-relay floor measured in the same rounds it costs "
                      f"{n['floor_x_max']['median']:.2f}× the floor's CPU per request at max and "
                      f"{n['floor_x_fixed']['median']:.2f}× at {fr:.0f} req/s.\n")
+    if "memory" in d:
+        parts = [f"{LABEL[t]} {mem_cell(d, S[t])}" for t in targets if S[t].get("memory")]
+        if parts:
+            L.append(f"Memory per idle keep-alive connection at {mem_counts_label(d)} held (RSS after the "
+                     f"largest crowd left ÷ before it came): " + "; ".join(parts) + ".\n")
     L.append("Values are median [min–max] over rounds. CPU is the target process's utime+stime from "
              "/proc/PID/stat (all threads; nginx: master + worker) divided by the responses it served; "
              "\"× less than Traefik\" and \"× floor\" are ratios within each round. "
@@ -121,6 +200,8 @@ def write_summary(d, targets, S, ladder, out):
            "× less CPU than Traefik (max / fixed)", "× floor (max / fixed)", "req/s max (closed loop)",
            f"P99 at {fr:.0f} req/s", "RSS (VmHWM)", "instructions/req (callgrind)", "syscalls/req (strace)",
            f"max rate, P99 ≤ {meta['slo_p99_ms']:g} ms (grid / search)"]
+    if "memory" in d:
+        hdr.append(f"KiB per idle connection at {mem_counts_label(d)} (RSS after release ÷ before)")
     L.append("| " + " | ".join(hdr) + " |")
     L.append("|" + "---|" * len(hdr))
     for t in targets:
@@ -164,11 +245,15 @@ def write_summary(d, targets, S, ladder, out):
             slo = fmt_k(g)
         if s.get("slo_search_rate") is not None:
             slo += f" / {s['slo_search_rate'] / 1000:.1f}k"
-        L.append(f"| {LABEL[t]} | {cm} | {cf} | {lt} | {fl} | {rps} | {p99} | {rss} | {ir} | {sc} | {slo} |")
+        mc = f" {mem_cell(d, s)} |" if "memory" in d else ""
+        L.append(f"| {LABEL[t]} | {cm} | {cf} | {lt} | {fl} | {rps} | {p99} | {rss} | {ir} | {sc} | {slo} |{mc}")
     L.append("")
     L.append("![CPU per request](cpu.svg)\n")
     L.append("![Latency vs offered rate](latency.svg)\n")
-    L.append("## Goals (phase 1, issue 6; floor goals, issue 8)\n")
+    if "memory" in d:
+        L += memory_section(d, targets, S)
+    L.append("## Goals (phase 1, issue 6; floor goals, issue 8" + ("; memory, issue 14" if "memory" in d else "")
+             + ")\n")
     L.append("| goal | measured (native engine) | status | note |")
     L.append("|---|---|---|---|")
     L += goal_lines(d, targets, S)
@@ -200,6 +285,13 @@ def write_summary(d, targets, S, ladder, out):
         f.write("\n".join(L) + "\n")
 
 
+def memory_readme(d):
+    m = d["memory"]
+    return (f" Memory: each target started fresh from configs/<target>-memory/, then `loadgen hold "
+            f"--connections {','.join(str(n) for n in m['connections'])} --settle {m['settle']}` on CPU "
+            f"{d['meta']['description']['loader_cpu']} (reports in [memory/](memory/)).")
+
+
 def write_readme(d, out):
     meta = d["meta"]
     m = meta["machine"]
@@ -218,7 +310,7 @@ def write_readme(d, out):
          f"strace: {p['strace_s']} s at {p['strace_rate']} req/s. callgrind: counters zeroed after 1 s "
          f"of warm-up, then {p['cg_s']} s at {p['cg_rate']} req/s on {meta['callgrind_connections']} "
          f"connections, dumped. SLO search: `loadgen ladder --search`, P99 ≤ {meta['slo_p99_ms']:g} ms, "
-         f"{p['search_step_s']} s steps.\n",
+         f"{p['search_step_s']} s steps." + (memory_readme(d) if "memory" in d else "") + "\n",
          f"Upstream: `{meta.get('upstream_command', '?')}`\n",
          "## Machine and tools\n",
          "| | |", "|---|---|",

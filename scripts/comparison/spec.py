@@ -28,6 +28,13 @@ MODES = {
                  search_step_s=1.0, search_warmup_s=0.3, search_precision=0.1, budget_s=1200),
 }
 
+# The memory phase (issue 14): `loadgen hold` crowds of idle keep-alive clients, in turn.
+MEMORY_CONNECTIONS = [1000, 10000]
+MEMORY_SETTLE = "2.5s"            # idle before the held RSS is read, and after closing
+MEMORY_MAX_CONNECTIONS = 20000    # the targets' connection limits in the memory phase
+MEMORY_IDLE_TIMEOUT_S = 300       # client idle timeouts there: far longer than the hold (~20 s)
+MEMORY_TARGETS = ["native", "hyper", "traefik", "nginx", "haproxy"]
+
 CONNECTIONS = 50          # loadgen connections for every timed run (like wrk -c50; docs/benchmarking.md)
 CG_CONNECTIONS = 8        # callgrind and strace runs: moderate rate, few connections
 REQ_TIMEOUT = "2s"        # per-request timeout: bounds the drain of an overloaded open-loop run

@@ -113,8 +113,31 @@ def compute(d):
         s["sys_x_floor"] = (s["syscalls_per_req"] / r["syscalls_per_req"]
                             if s.get("syscalls_per_req") and r.get("syscalls_per_req") else None)
 
+    if "memory" in d:  # runs before issue 14 have no memory phase: their summary.json is unchanged
+        mem = d["memory"].get("targets", {})
+        for t in targets:
+            S[t]["memory"] = memory_figures(mem.get(t))
+
     ladder = latency_ladder(d, targets, rounds)
     return targets, S, ladder
+
+
+def memory_figures(m):
+    """summary.json's memory figures of one target from its memory-phase record: KiB per idle
+    connection per crowd, the largest crowd's RSS after release ÷ before, and the last RSS after
+    ÷ the first before (against the freshly started target); None when not measured."""
+    if not m or not m.get("measured"):
+        return None
+    counts = m["counts"]
+    last = counts[-1] if counts else {}
+    return {"kib_per_conn": {str(c["connections"]): c["kib_per_conn"] for c in counts},
+            "valid": {str(c["connections"]): c["valid"] for c in counts},
+            "rss_before_mb": counts[0]["rss_before_kib"] / 1024 if counts else None,
+            "rss_held_mb": {str(c["connections"]): c["rss_held_kib"] / 1024 for c in counts},
+            "rss_after_mb": last.get("rss_after_kib", 0) / 1024 if counts else None,
+            "after_ratio": last.get("after_ratio"),
+            "after_vs_start": m.get("after_vs_start"),
+            "largest": last.get("connections")}
 
 
 def latency_ladder(d, targets, rounds):

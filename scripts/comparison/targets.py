@@ -46,7 +46,7 @@ def wait_ready(proc, addr, what, timeout):
 class Target:
     """A running target (or `direct`, which is the upstream itself)."""
 
-    def __init__(self, name, ctx, valgrind=None):
+    def __init__(self, name, ctx, valgrind=None, for_memory=False):
         self.name = name
         self.ctx = ctx
         self.proc = None
@@ -57,7 +57,7 @@ class Target:
         port = free_port()
         self.addr = f"127.0.0.1:{port}"
         argv, env = write_configs(ctx.cfgdir, name, port, ctx.up_addr, ctx.bins,
-                                  for_valgrind=valgrind is not None)
+                                  for_valgrind=valgrind is not None, for_memory=for_memory)
         if valgrind is not None:
             argv = valgrind + argv
         argv = ["taskset", "-c", DESC["proxy_cpu"]] + argv
