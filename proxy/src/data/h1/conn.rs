@@ -904,3 +904,90 @@ fn trace_end(span: Option<tracing::Span>, route: usize, status: u16, elapsed: Du
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::{ServerIds, parse};
+    use crate::data::worker::Shared;
+    use tokio::net::TcpListener;
+
+    /// A minimal origin: answers every request head it reads with a 2-byte 200.
+    async fn origin(l: TcpListener) {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::task::spawn_local(async move {
+                let mut b = [0u8; 4096];
+                let mut seen = Vec::new();
+                while let Ok(n) = s.read(&mut b).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&b[..n]);
+                    while let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..i + 4);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    async fn get(c: &mut TcpStream) {
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        while !got.ends_with(b"\r\n\r\nok") {
+            let n = c.read(&mut b).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    }
+
+    /// Issue 14: a connection that goes idle gives its working set back to the worker's pool, and
+    /// the next request on it borrows the same set again (no new one allocated).
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_connection_gives_its_working_set_back() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let o = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let oaddr = o.local_addr().unwrap();
+                tokio::task::spawn_local(origin(o));
+                let text = format!(
+                    "[[listeners]]\naddress = \"127.0.0.1:0\"\n[memory]\nrelease_idle_after = \"100ms\"\n[[routes]]\nupstream = \"b\"\n[upstreams.b]\nservers = [\"{oaddr}\"]\n"
+                );
+                let c = parse(std::path::Path::new("t"), &text, &mut ServerIds::default()).unwrap();
+                let w = Worker::new(Shared::new(c.snapshot), 0);
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = l.local_addr().unwrap();
+                tokio::task::spawn_local(crate::data::accept::accept_loop(Rc::clone(&w), l));
+                let (spare0, created0) = scratch::stats();
+
+                let mut client = TcpStream::connect(addr).await.unwrap();
+                get(&mut client).await;
+                get(&mut client).await; // back to back: the same set, still lent
+                let (spare, created) = scratch::stats();
+                assert_eq!(created, created0 + 1, "one working set for the busy connection");
+                assert_eq!(spare, spare0, "lent while the connection is busy");
+
+                // Idle past release_idle_after (100 ms; the coarse clock fires it within 2 ticks):
+                // wait for it, up to 3 s on a busy machine.
+                let until = Instant::now() + Duration::from_secs(3);
+                while scratch::stats().0 == spare0 && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let (spare, created) = scratch::stats();
+                assert_eq!(spare, spare0 + 1, "the idle connection gave its working set back");
+
+                get(&mut client).await; // wakes: borrows the spare set again
+                let (spare_after, created_after) = scratch::stats();
+                assert_eq!(created_after, created, "the spare set is reused, not a new one allocated");
+                assert_eq!(spare_after, spare - 1, "lent again while the connection is busy");
+            })
+            .await;
+    }
+}

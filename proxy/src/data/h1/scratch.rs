@@ -116,6 +116,11 @@ pub fn give(s: Scratch) {
     });
 }
 
+/// This worker's pool as it stands: (spare sets, sets created so far).
+pub fn stats() -> (usize, u64) {
+    POOL.with(|p| (p.spare(), p.created.get()))
+}
+
 /// The worker's once-a-second trim: applies `max` and frees the spare sets the last second did
 /// not need. Returns (freed, still spare, created so far).
 pub fn sweep(max: usize) -> (usize, usize, u64) {
