@@ -14,6 +14,7 @@
 //! published with `arc-swap`; bodies stream through per-connection buffers that are reused;
 //! each worker owns its upstream pool ([`data::upstream::pool::Pool`]).
 
+pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -35,16 +35,23 @@ async fn accept_error(e: std::io::Error) {
 
 /// Once a second: closes idle upstream connections past their group's idle timeout (and those of
 /// servers no longer in the config), and frees the spare connection working sets the last second
-/// did not need (memory goes back when a crowd leaves). Allocates nothing.
+/// did not need (memory goes back when a crowd leaves); when it freed spare sets or the slot tables
+/// shrank, this thread's allocator cache goes back too ([`crate::allocator`]). Allocates nothing
+/// (switching jemalloc's thread cache back on allocates its cache once, off the request path).
 pub async fn pool_sweeper(worker: Rc<Worker>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The per-connection slot tables' length at the last tick: it falls when a crowd has left.
+    let mut slots = 0;
     loop {
         tick.tick().await;
         let snap = worker.snapshot();
         let max_idle = |id: usize| snap.groups.iter().find_map(|g| g.servers.iter().any(|s| s.id == id).then_some(g.idle_timeout));
         worker.pool.borrow_mut().sweep(max_idle, Instant::now());
-        scratch::sweep(snap.limits.pool_max);
-        worker.timers.trim();
-        worker.drain.trim();
+        let (freed, _, _) = scratch::sweep(snap.limits.pool_max);
+        let table = worker.timers.trim() + worker.drain.trim();
+        if freed > 0 || table < slots {
+            crate::allocator::release_thread_cache();
+        }
+        slots = table;
     }
 }

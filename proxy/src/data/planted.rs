@@ -17,6 +17,7 @@
 //! | `sleep:US` | a blocking sleep of `US` µs on the worker (every connection of the worker waits) |
 //! | `hold` | an idle keep-alive connection never gives its working set back (memory gate) |
 //! | `leak` | a working set given back to the pool is leaked instead: never reused, never freed (memory gate; `leak/100` leaks one in a hundred) |
+//! | `conn:BYTES` | every client connection carries `BYTES` more (written, so resident) for its whole life, freed when it closes (memory gate: a connection grown just past the limit) |
 //!
 //! `SITE` is where it fires: `request` (default: the start of every proxied exchange),
 //! `chunked` (a response relayed with chunked framing), `error` (an error response sent by the
@@ -49,6 +50,7 @@ enum Kind {
     Sleep(u64),
     Hold,
     Leak,
+    Conn(u64),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,7 +100,10 @@ fn parse_one(item: &str) -> Result<Plant, String> {
         "sleep" => Kind::Sleep(need(value)?),
         "hold" => Kind::Hold,
         "leak" => Kind::Leak,
-        other => return Err(format!("{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep, hold, leak)")),
+        "conn" => Kind::Conn(need(value)?),
+        other => {
+            return Err(format!("{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep, hold, leak, conn)"));
+        }
     };
     Ok(Plant { kind, site, every })
 }
@@ -162,7 +167,7 @@ pub fn at(site: Site, len: usize) {
             }
             Kind::Sleep(us) => std::thread::sleep(std::time::Duration::from_micros(us)),
             // Behaviour switches, asked for where they apply (see below), not fired at a site.
-            Kind::Hold | Kind::Leak => {}
+            Kind::Hold | Kind::Leak | Kind::Conn(_) => {}
         }
     }
 }
@@ -186,6 +191,16 @@ pub fn leak<T>(t: T) {
     std::mem::forget(t);
 }
 
+/// `conn:BYTES`: the bytes a new client connection carries for its life (written, so they are
+/// resident, not just reserved); `None` when not planted.
+pub fn per_connection_bytes() -> Option<Box<[u8]>> {
+    let plan = plan();
+    plan.plants.iter().flatten().find_map(|p| match p.kind {
+        Kind::Conn(n) => Some(vec![0xA5u8; usize::try_from(n).unwrap_or(usize::MAX)].into_boxed_slice()),
+        _ => None,
+    })
+}
+
 /// `leak`: this working set, given back, is leaked (asked for each one given back).
 pub fn leaks_working_set() -> bool {
     switch(Kind::Leak)
@@ -204,6 +219,7 @@ mod tests {
         assert_eq!((got[2].kind, got[2].every), (Kind::Syscall, 4));
         assert_eq!(got[3].kind, Kind::Instr(300));
         assert_eq!((got[4].kind, got[4].site), (Kind::Sleep(2000), Site::Chunked));
+        assert!(parse("conn").is_err(), "conn without :BYTES accepted");
         let p = parse("hold, leak/100").expect("valid");
         let got: Vec<Plant> = p.plants.iter().flatten().copied().collect();
         assert_eq!((got[0].kind, got[1].kind, got[1].every), (Kind::Hold, Kind::Leak, 100));

@@ -59,7 +59,11 @@ pub fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, permit: Co
     // The connection's life: idle waits (small, unboxed) and boxed request loops, in turn. An
     // `async move` block that uses `conn` in place (an `async fn` taking it would keep a second
     // copy of its arguments in the task's state).
+    #[cfg(feature = "planted")]
+    let planted = crate::data::planted::per_connection_bytes();
     async move {
+        #[cfg(feature = "planted")]
+        let _planted = planted;
         let mut first = true;
         loop {
             let (tslot, dslot) = (conn.timer_slot as usize, conn.drain_slot as usize);
