@@ -250,6 +250,16 @@ pub struct MemoryGate {
     pub workload: String,
     /// Connection counts held in turn (closing all between), each its own `per_conn` row.
     pub connections: Vec<u64>,
+    /// Connections opened, verified and closed once before the first measured count, so the
+    /// figures are those of a proxy that has served traffic (its one-time first-use costs paid),
+    /// not of one that never has. 0: none. Its figures are kept in the rows' details.
+    #[serde(default)]
+    pub warmup: u64,
+    /// How many times the counts are held in turn. Each row is judged on every round: PASS when
+    /// all pass, FAIL when all fail, INCONCLUSIVE when they straddle the limit; the figure shown
+    /// is the median.
+    #[serde(default = "one")]
+    pub rounds: u32,
     /// KiB of proxy RSS per idle keep-alive connection: (held − before) / connections.
     pub per_conn_kib_limit: f64,
     /// RSS after the largest crowd left ÷ RSS before it came.

@@ -47,6 +47,10 @@ struct Cli {
     /// The workspace root [default: the one this runner was built from].
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// Hold the memory gate's counts this many times instead of the contract's `rounds` (the
+    /// planted tests use 1: a plant every round must catch, caught in one).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    memory_rounds: Option<u32>,
     /// Show build output and timings.
     #[arg(long, short)]
     verbose: bool,
@@ -71,7 +75,14 @@ fn main() -> ExitCode {
         eprintln!("gates: --save-baseline with --plant: a baseline of a planted regression would hide it");
         return ExitCode::from(2);
     }
-    let opts = Options { root, phases: cli.phase.clone(), only: cli.only.clone(), plant: cli.plant.clone(), verbose: cli.verbose };
+    let opts = Options {
+        root,
+        phases: cli.phase.clone(),
+        only: cli.only.clone(),
+        plant: cli.plant.clone(),
+        memory_rounds: cli.memory_rounds,
+        verbose: cli.verbose,
+    };
     let out = cli.out.clone().unwrap_or_else(|| opts.root.join("results").join("gates"));
     let contracts = match contract::load_all(&opts.root) {
         Ok(c) if !c.is_empty() => c,

@@ -45,6 +45,19 @@ impl Held {
     /// Every figure of the count `n` in a `loadgen hold` report, or `None` when it holds none.
     pub fn from_report(v: &Value, n: u64) -> Option<Held> {
         let c = v["counts"].as_array()?.iter().find(|c| c["connections"].as_u64() == Some(n))?;
+        Held::from_count(c, n)
+    }
+
+    /// The figures of the report's `index`-th count, which must be a count of `n` (`None`
+    /// otherwise: the report is not of the sequence the gate asked for).
+    pub fn at(v: &Value, index: usize, n: u64) -> Option<Held> {
+        Held::from_count(v["counts"].as_array()?.get(index)?, n)
+    }
+
+    fn from_count(c: &Value, n: u64) -> Option<Held> {
+        if c["connections"].as_u64() != Some(n) {
+            return None;
+        }
         let kib = |k: &str| c[k].as_f64().unwrap_or(f64::NAN);
         let (mut failures, mut kinds) = (0, Vec::new());
         for (k, x) in c["failures"].as_object().into_iter().flatten() {
@@ -142,6 +155,33 @@ pub fn judge_after_release(limit: f64, n: u64, h: Option<&Held>) -> (Status, Opt
     (if ratio <= limit { Status::Pass } else { Status::Fail }, Some(ratio), note)
 }
 
+/// One verdict from every round's: an ERROR in any round is the row's; PASS when every round
+/// passes, FAIL when every round fails, INCONCLUSIVE when they straddle the limit (the noise is as
+/// large as the distance to it). The figure is the median round's (the lower middle of an even
+/// number), its note that round's with every round's figure appended.
+pub fn combine_rounds(rounds: Vec<(Status, Option<f64>, String)>) -> (Status, Option<f64>, String) {
+    if let Some(e) = rounds.iter().find(|r| r.0 == Status::Error || r.1.is_none()) {
+        return (Status::Error, None, e.2.clone());
+    }
+    if rounds.is_empty() {
+        return (Status::Error, None, "no round was measured".to_owned());
+    }
+    let all = |s: Status| rounds.iter().all(|r| r.0 == s);
+    let status = if all(Status::Pass) {
+        Status::Pass
+    } else if all(Status::Fail) {
+        Status::Fail
+    } else {
+        Status::Inconclusive
+    };
+    let figures: Vec<String> = rounds.iter().map(|r| r.1.map_or_else(|| "-".to_owned(), |m| format!("{m}"))).collect();
+    let mut order: Vec<usize> = (0..rounds.len()).collect();
+    order.sort_by(|&a, &b| rounds[a].1.partial_cmp(&rounds[b].1).unwrap_or(std::cmp::Ordering::Equal));
+    let (_, measured, note) = &rounds[order[(order.len() - 1) / 2]];
+    let verdict = if status == Status::Inconclusive { "rounds straddle the limit; " } else { "" };
+    (status, *measured, format!("{note}; median of {} rounds ({verdict}{})", rounds.len(), figures.join(", ")))
+}
+
 /// The contract's figures make sense (else every row is an ERROR naming the key).
 fn check_contract(g: &MemoryGate) -> Result<(), String> {
     if g.connections.is_empty() || g.connections.contains(&0) {
@@ -157,6 +197,9 @@ fn check_contract(g: &MemoryGate) -> Result<(), String> {
         if !(v.is_finite() && v > 0.0) {
             return Err(format!("contract: memory.{k} must be a positive number"));
         }
+    }
+    if g.rounds == 0 {
+        return Err("contract: memory.rounds must be at least 1".to_owned());
     }
     humantime::parse_duration(g.settle.trim()).map_err(|e| format!("contract: memory.settle {:?}: {e}", g.settle))?;
     Ok(())
@@ -186,6 +229,7 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
     if let Err(e) = check_contract(g) {
         return errors(e);
     }
+    let g = &MemoryGate { rounds: opts.memory_rounds.unwrap_or(g.rounds), ..g.clone() };
     let run = || -> Result<(Value, Value), String> {
         let tmp = scratch_dir("memory")?;
         // The proxy inherits this runner's open-file limit: raise the soft limit to the hard one
@@ -201,7 +245,7 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
             ));
         }
         let json_path = tmp.join("hold.json");
-        let counts: Vec<String> = g.connections.iter().map(u64::to_string).collect();
+        let counts: Vec<String> = sequence(g).iter().map(u64::to_string).collect();
         let mut cmd = pinned(stage.pin, "0", &stage.loadgen);
         cmd.args(["hold", "--url", &format!("http://{}/", stage.proxy_addr), "--pid", &pid.to_string()])
             .args(["--connections", &counts.join(","), "--settle", &g.settle, "--allow-failures", "--json"])
@@ -221,8 +265,16 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
         Ok(r) => r,
         Err(e) => return errors(e),
     };
-    let count = |n: u64| report["counts"].as_array().and_then(|a| a.iter().find(|c| c["connections"].as_u64() == Some(n)).cloned());
-    let details = |n: u64| json!({ "stage": stage, "settle": g.settle, "count": count(n), "hold_meta": report["meta"] });
+    let warmed = usize::from(g.warmup > 0);
+    let per_round = g.connections.len();
+    let counts = |n: u64| -> Value {
+        let at = |i: usize| report["counts"].get(i).cloned().unwrap_or(Value::Null);
+        let i = g.connections.iter().position(|&c| c == n).unwrap_or(0);
+        Value::Array((0..g.rounds as usize).map(|r| at(warmed + r * per_round + i)).collect())
+    };
+    let warmup = if g.warmup > 0 { report["counts"].get(0).cloned().unwrap_or(Value::Null) } else { Value::Null };
+    let details =
+        |n: u64| json!({ "stage": stage, "settle": g.settle, "warmup": warmup, "rounds": counts(n), "hold_meta": report["meta"] });
     let row = |key: String, metric: &str, unit: &str, limit: f64, (status, measured, note): (Status, Option<f64>, String), n: u64| Row {
         key,
         metric: metric.to_owned(),
@@ -236,21 +288,25 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
         note,
         details: details(n),
     };
+    // The report's counts in the order asked: the warm-up, then each round's counts in turn.
+    let held = |round: usize, i: usize, n: u64| Held::at(&report, warmed + round * per_round + i, n);
+    let rounds = g.rounds as usize;
     let mut rows = Vec::new();
-    for &n in &g.connections {
-        let h = Held::from_report(&report, n);
-        rows.push(row(per_key(n), &g.metric, &g.unit, g.per_conn_kib_limit, judge_per_conn(g.per_conn_kib_limit, n, h.as_ref()), n));
+    for (i, &n) in g.connections.iter().enumerate() {
+        let verdicts = (0..rounds).map(|r| judge_per_conn(g.per_conn_kib_limit, n, held(r, i, n).as_ref())).collect();
+        rows.push(row(per_key(n), &g.metric, &g.unit, g.per_conn_kib_limit, combine_rounds(verdicts), n));
     }
-    let h = Held::from_report(&report, largest);
-    rows.push(row(
-        after_key,
-        AFTER_METRIC,
-        AFTER_UNIT,
-        g.after_ratio_limit,
-        judge_after_release(g.after_ratio_limit, largest, h.as_ref()),
-        largest,
-    ));
+    let i = g.connections.iter().position(|&c| c == largest).unwrap_or(0);
+    let verdicts = (0..rounds).map(|r| judge_after_release(g.after_ratio_limit, largest, held(r, i, largest).as_ref())).collect();
+    rows.push(row(after_key, AFTER_METRIC, AFTER_UNIT, g.after_ratio_limit, combine_rounds(verdicts), largest));
     rows
+}
+
+/// The counts `loadgen hold` is asked to hold, in turn: the warm-up (when there is one), then
+/// the contract's counts once per round.
+pub fn sequence(g: &MemoryGate) -> Vec<u64> {
+    let warm = (g.warmup > 0).then_some(g.warmup);
+    warm.into_iter().chain((0..g.rounds).flat_map(|_| g.connections.iter().copied())).collect()
 }
 
 #[cfg(test)]
@@ -347,12 +403,45 @@ mod tests {
     }
 
     #[test]
+    fn rounds_pass_or_fail_only_together() {
+        let r = |s: Status, m: f64| (s, Some(m), format!("{m} KiB each"));
+        let (s, m, note) = combine_rounds(vec![r(Status::Pass, 0.7), r(Status::Pass, 0.66), r(Status::Pass, 0.9)]);
+        assert_eq!((s, m), (Status::Pass, Some(0.7)), "{note}");
+        assert!(note.starts_with("0.7 KiB each; median of 3 rounds (0.7, 0.66, 0.9)"), "{note}");
+        // A regression just above the limit fails in every round: FAIL, not a lucky pass.
+        let (s, m, _) = combine_rounds(vec![r(Status::Fail, 1.05), r(Status::Fail, 1.02), r(Status::Fail, 1.2)]);
+        assert_eq!((s, m), (Status::Fail, Some(1.05)));
+        // One round on each side: neither a pass nor a fail.
+        let (s, m, note) = combine_rounds(vec![r(Status::Pass, 0.98), r(Status::Fail, 1.03), r(Status::Pass, 0.99)]);
+        assert_eq!((s, m), (Status::Inconclusive, Some(0.99)));
+        assert!(note.contains("rounds straddle the limit"), "{note}");
+        // One round that measured nothing makes the row an ERROR, whatever the others say.
+        let (s, m, note) = combine_rounds(vec![r(Status::Pass, 0.7), (Status::Error, None, "invalid: 3 of 1000".into())]);
+        assert_eq!((s, m, note.as_str()), (Status::Error, None, "invalid: 3 of 1000"));
+        assert_eq!(combine_rounds(vec![]).0, Status::Error);
+    }
+
+    #[test]
+    fn rounds_are_read_by_position_and_must_be_the_counts_asked() {
+        let c = |n: u64, before: u64| json!({"connections": n, "n_ok": n, "failures": {}, "rss_before_kib": before, "rss_held_kib": before + n, "rss_after_kib": before});
+        let v = json!({"counts": [c(1000, 5000), c(1000, 6000), c(10000, 6100), c(1000, 6200)]});
+        assert_eq!(Held::at(&v, 0, 1000).map(|h| h.rss_before_kib), Some(5000.0));
+        assert_eq!(Held::at(&v, 1, 1000).map(|h| h.rss_before_kib), Some(6000.0));
+        assert_eq!(Held::at(&v, 2, 10000).map(|h| h.rss_before_kib), Some(6100.0));
+        // A report out of step with the sequence asked for is not read as if it were.
+        assert_eq!(Held::at(&v, 2, 1000), None);
+        assert_eq!(Held::at(&v, 4, 1000), None);
+    }
+
+    #[test]
     fn the_contract_is_checked() {
         let g = MemoryGate {
             metric: "m".into(),
             unit: "KiB/connection".into(),
             workload: "w".into(),
             connections: vec![1000, 10000],
+            warmup: 1000,
+            rounds: 3,
             per_conn_kib_limit: 1.0,
             after_ratio_limit: 1.1,
             settle: "2.5s".into(),
@@ -364,8 +453,11 @@ mod tests {
         assert!(check_contract(&MemoryGate { connections: vec![10, 10], ..g.clone() }).is_err());
         assert!(check_contract(&MemoryGate { per_conn_kib_limit: f64::NAN, ..g.clone() }).is_err());
         assert!(check_contract(&MemoryGate { settle: "2.5".into(), ..g.clone() }).is_err());
+        assert!(check_contract(&MemoryGate { rounds: 0, ..g.clone() }).is_err());
+        assert_eq!(sequence(&g), [1000, 1000, 10000, 1000, 10000, 1000, 10000]);
+        assert_eq!(sequence(&MemoryGate { warmup: 0, rounds: 1, ..g.clone() }), [1000, 10000]);
         let rows = gate(
-            &Options { root: ".".into(), phases: None, only: None, plant: None, verbose: false },
+            &Options { root: ".".into(), phases: None, only: None, plant: None, memory_rounds: None, verbose: false },
             &MemoryGate { after_ratio_limit: 0.0, ..g },
             "phase1",
         );

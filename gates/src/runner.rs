@@ -77,6 +77,8 @@ pub struct Options {
     /// Planted regressions (`PROXY_PLANTED`, see `proxy/src/data/planted.rs`): the measured
     /// builds get the `planted` feature and the measuring processes this environment variable.
     pub plant: Option<String>,
+    /// Rounds of the memory gate, instead of the contract's (`--memory-rounds`).
+    pub memory_rounds: Option<u32>,
     pub verbose: bool,
 }
 
