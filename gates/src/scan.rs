@@ -1191,7 +1191,7 @@ mod tests {
             assert!(text.contains(from), "{from}");
             std::fs::write(&f, text.replacen(from, to, 1)).unwrap();
             let e = contract::load(&f).unwrap_err();
-            assert!(e.message.contains(want), "{to}: {e}");
+            assert!(e.to_string().contains(want), "{to}: {e}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
