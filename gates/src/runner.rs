@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::contract::{Contract, LatencyGate};
+use crate::error::chain;
 use crate::scan;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -157,7 +158,7 @@ fn static_gate(opts: &Options, c: &Contract, g: &crate::contract::StaticGate, pr
         details: Value::Null,
     };
     match scan::scan_contract(&opts.root, c, &opts.features()) {
-        Err(e) => row.note = e,
+        Err(e) => row.note = chain(&e),
         Ok((violations, files)) => {
             let n = violations.len() as f64;
             row.measured = Some(n);
