@@ -8,12 +8,30 @@
 //! shape leaves behind (tokio's internals, planted counters) reaches another.
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
 
 use serde_json::Value;
 
 use crate::contract::AllocGate;
+use crate::error::chain;
 use crate::runner::{Options, Row, Status, cargo_build, error_row};
+
+/// Why an alloc row has no figure: a shape the contract gets wrong, or a probe that did not
+/// report.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    #[error("contract: shape {0:?} is listed twice (or names the default shape or an engine)")]
+    ShapeTwice(String),
+    #[error("contract: shape {name:?} has hard_limit {hard_limit} but no reason: a limit above 0 must say why")]
+    LimitWithoutReason { name: String, hard_limit: f64 },
+    #[error("cannot run {}", exe.display())]
+    Run { exe: PathBuf, source: std::io::Error },
+    #[error("alloc-probe printed no JSON")]
+    NoJson(#[source] serde_json::Error),
+    #[error("alloc-probe failed ({status}): {stderr}")]
+    Probe { status: ExitStatus, stderr: String },
+}
 
 /// The probe's name for the default shape (the keys of `[gates.alloc]` itself).
 const DEFAULT_SHAPE: &str = "get";
@@ -39,7 +57,7 @@ impl Run {
 /// and the harness settle first, so this is slack, not noise); beyond it the row is a leak.
 const LEAK_SLACK: u64 = 16;
 
-fn runs(g: &AllocGate, prefix: &str) -> (Vec<Run>, Vec<(String, String)>) {
+fn runs(g: &AllocGate, prefix: &str) -> (Vec<Run>, Vec<(String, AllocError)>) {
     let mut runs = Vec::new();
     let mut invalid = Vec::new();
     let default = |key: String, engine: &str| Run {
@@ -61,12 +79,9 @@ fn runs(g: &AllocGate, prefix: &str) -> (Vec<Run>, Vec<(String, String)>) {
         let key = format!("{prefix}:alloc[{}]", s.name);
         let reason = s.reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
         if !seen.insert(&s.name) {
-            invalid.push((key, format!("contract: shape {:?} is listed twice (or names the default shape or an engine)", s.name)));
+            invalid.push((key, AllocError::ShapeTwice(s.name.clone())));
         } else if s.hard_limit != 0.0 && reason.is_none() {
-            invalid.push((
-                key,
-                format!("contract: shape {:?} has hard_limit {} but no reason: a limit above 0 must say why", s.name, s.hard_limit),
-            ));
+            invalid.push((key, AllocError::LimitWithoutReason { name: s.name.clone(), hard_limit: s.hard_limit }));
         } else {
             runs.push(Run {
                 key,
@@ -84,11 +99,12 @@ fn runs(g: &AllocGate, prefix: &str) -> (Vec<Run>, Vec<(String, String)>) {
 
 pub fn gate(opts: &Options, g: &AllocGate, prefix: &str) -> Vec<Row> {
     let (runs, invalid) = runs(g, prefix);
-    let mut rows: Vec<Row> = invalid.into_iter().map(|(key, e)| error_row(key, &g.metric, &g.unit, None, e)).collect();
+    let mut rows: Vec<Row> = invalid.into_iter().map(|(key, e)| error_row(key, &g.metric, &g.unit, None, chain(&e))).collect();
     let exe = match cargo_build(opts, "gates", "alloc-probe") {
         Ok(p) => p,
         Err(e) => {
-            rows.extend(runs.iter().map(|r| error_row(r.key.clone(), &g.metric, &g.unit, Some(r.limit), e.clone())));
+            let note = chain(&e);
+            rows.extend(runs.iter().map(|r| error_row(r.key.clone(), &g.metric, &g.unit, Some(r.limit), note.clone())));
             return rows;
         }
     };
@@ -100,16 +116,16 @@ pub fn gate(opts: &Options, g: &AllocGate, prefix: &str) -> Vec<Row> {
             .stderr(Stdio::piped());
         opts.plant_env(&mut cmd);
         let out = cmd.output();
-        let parsed = out.map_err(|e| format!("cannot run {}: {e}", exe.display())).and_then(|o| {
+        let parsed = out.map_err(|source| AllocError::Run { exe: exe.clone(), source }).and_then(|o| {
             if o.status.success() {
-                serde_json::from_slice::<Value>(&o.stdout).map_err(|e| format!("alloc-probe printed no JSON: {e}"))
+                serde_json::from_slice::<Value>(&o.stdout).map_err(AllocError::NoJson)
             } else {
-                Err(format!("alloc-probe failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr).trim()))
+                Err(AllocError::Probe { status: o.status, stderr: String::from_utf8_lossy(&o.stderr).trim().to_owned() })
             }
         });
         match parsed {
             Ok(v) => rows.push(judge(g, &run, v)),
-            Err(e) => rows.push(error_row(run.key, &g.metric, &g.unit, Some(run.limit), e)),
+            Err(e) => rows.push(error_row(run.key, &g.metric, &g.unit, Some(run.limit), chain(&e))),
         }
     }
     rows
@@ -213,6 +229,8 @@ mod tests {
         assert_eq!(runs[3].reason.as_deref(), Some("closes"));
         let bad: Vec<&str> = invalid.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(bad, ["phase1:alloc[431]", "phase1:alloc[404]", "phase1:alloc[get]"]);
+        assert_eq!(invalid[0].1.to_string(), "contract: shape \"431\" has hard_limit 7 but no reason: a limit above 0 must say why");
+        assert!(matches!(&invalid[2].1, AllocError::ShapeTwice(name) if name == "get"));
     }
 
     #[test]

@@ -2,13 +2,48 @@
 //! written by `--save-baseline` and committed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{Row, Status};
 
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// A baseline that cannot be read, or that a run may not record.
+#[derive(Debug, thiserror::Error)]
+pub enum BaselineError {
+    #[error(
+        "{}: no baseline, so the soft limits cannot be checked; record one on a clean tree with --save-baseline (and commit it), or name another with --baseline FILE",
+        .0.display()
+    )]
+    Missing(PathBuf),
+    #[error("{}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}", path.display())]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("{}: schema_version {found} (expected {SCHEMA_VERSION})", path.display())]
+    SchemaVersion { path: PathBuf, found: u32 },
+    /// The rows (key, status) that did not pass.
+    #[error("baseline not saved: every gate must pass first ({})", NotPassed(.0))]
+    NotAllPassed(Vec<(String, Status)>),
+    #[error("baseline not saved: no gate with a soft limit was run (e.g. --only instructions)")]
+    NothingToSave,
+}
+
+/// `key is Status, ...`.
+struct NotPassed<'a>(&'a [(String, Status)]);
+
+impl fmt::Display for NotPassed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (key, status)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{key} is {status:?}")?;
+        }
+        Ok(())
+    }
+}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Baseline {
@@ -21,20 +56,17 @@ pub struct Baseline {
 
 impl Baseline {
     /// Reads the baseline; a missing file is an error (soft limits would silently vanish).
-    pub fn load(path: &Path) -> Result<Baseline, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                format!(
-                    "{}: no baseline, so the soft limits cannot be checked; record one on a clean tree with --save-baseline (and commit it), or name another with --baseline FILE",
-                    path.display()
-                )
+    pub fn load(path: &Path) -> Result<Baseline, BaselineError> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                BaselineError::Missing(path.to_path_buf())
             } else {
-                format!("{}: {e}", path.display())
+                BaselineError::Read { path: path.to_path_buf(), source }
             }
         })?;
-        let b: Baseline = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let b: Baseline = serde_json::from_str(&text).map_err(|source| BaselineError::Json { path: path.to_path_buf(), source })?;
         if b.schema_version != SCHEMA_VERSION {
-            return Err(format!("{}: schema_version {} (expected {SCHEMA_VERSION})", path.display(), b.schema_version));
+            return Err(BaselineError::SchemaVersion { path: path.to_path_buf(), found: b.schema_version });
         }
         Ok(b)
     }
@@ -71,14 +103,14 @@ impl Baseline {
     /// A new baseline from a run's rows, merged over `previous` (values of rows not run are
     /// kept). Refused unless every gated row of the run passed: a baseline taken from a failing,
     /// broken or noisy run would move the soft limits to where the regression is.
-    pub fn from_rows(previous: Option<&Baseline>, rows: &[Row], commit: &str, created: &str) -> Result<Baseline, String> {
-        let bad: Vec<String> = rows
+    pub fn from_rows(previous: Option<&Baseline>, rows: &[Row], commit: &str, created: &str) -> Result<Baseline, BaselineError> {
+        let bad: Vec<(String, Status)> = rows
             .iter()
             .filter(|r| !matches!(r.status, Status::Pass | Status::Control | Status::Info))
-            .map(|r| format!("{} is {:?}", r.key, r.status))
+            .map(|r| (r.key.clone(), r.status))
             .collect();
         if !bad.is_empty() {
-            return Err(format!("baseline not saved: every gate must pass first ({})", bad.join(", ")));
+            return Err(BaselineError::NotAllPassed(bad));
         }
         let mut values = previous.map(|p| p.values.clone()).unwrap_or_default();
         let mut saved = 0;
@@ -89,7 +121,7 @@ impl Baseline {
             }
         }
         if saved == 0 {
-            return Err("baseline not saved: no gate with a soft limit was run (e.g. --only instructions)".to_owned());
+            return Err(BaselineError::NothingToSave);
         }
         Ok(Baseline { schema_version: SCHEMA_VERSION, commit: commit.to_owned(), created: created.to_owned(), values })
     }
@@ -128,7 +160,8 @@ mod tests {
     #[test]
     fn a_missing_baseline_is_refused_and_a_missing_value_is_an_error() {
         let e = Baseline::load(Path::new("/nonexistent/baseline.json")).expect_err("missing file accepted");
-        assert!(e.contains("--save-baseline"), "{e}");
+        assert!(matches!(e, BaselineError::Missing(_)), "{e:?}");
+        assert!(e.to_string().starts_with("/nonexistent/baseline.json: no baseline") && e.to_string().contains("--save-baseline"), "{e}");
         let mut r = row("p:i", Status::Pass, Some(2.0));
         Baseline::default().apply(&mut r);
         assert_eq!(r.status, Status::Error, "{}", r.note);
@@ -145,6 +178,9 @@ mod tests {
             let rows = [row("p:i", Status::Pass, Some(2.0)), row("p:l", bad, None)];
             assert!(Baseline::from_rows(None, &rows, "c", "t").is_err(), "{bad:?}");
         }
+        let rows = [row("p:l", Status::Fail, None), row("p:i", Status::Pass, Some(2.0)), row("p:m", Status::Error, None)];
+        let e = Baseline::from_rows(None, &rows, "c", "t").expect_err("a failing run saved");
+        assert_eq!(e.to_string(), "baseline not saved: every gate must pass first (p:l is Fail, p:m is Error)");
         assert!(Baseline::from_rows(None, &[row("p:i", Status::Fail, Some(2.0))], "c", "t").is_err());
         assert!(Baseline::from_rows(None, &[row("p:s", Status::Pass, None)], "c", "t").is_err(), "nothing to save");
         let mut prev = Baseline::default();

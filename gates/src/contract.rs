@@ -277,53 +277,115 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug)]
-pub struct ContractError {
-    pub file: PathBuf,
-    pub message: String,
+/// The gates a decision may name in `protected_by`.
+const GATE_IDS: [&str; 7] = ["static", "alloc", "instructions", "latency", "syscalls", "floor", "memory"];
+
+/// A contract file that cannot be used: the file, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("{}: cannot list", dir.display())]
+    List { dir: PathBuf, source: std::io::Error },
+    #[error("{}: cannot read", file.display())]
+    Read { file: PathBuf, source: std::io::Error },
+    /// Not TOML, or not this format (an unknown key, a missing one, a wrong type).
+    #[error("{}{}", file.display(), AtLine(*line))]
+    Toml { file: PathBuf, line: Option<usize>, source: TomlMessage },
+    #[error("{}: {problem}", file.display())]
+    Invalid { file: PathBuf, problem: Invalid },
 }
 
-impl fmt::Display for ContractError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.file.display(), self.message)
+impl ContractError {
+    /// The file the error is about (the `contracts` directory when it cannot be listed).
+    pub fn file(&self) -> &Path {
+        match self {
+            ContractError::List { dir, .. } => dir,
+            ContractError::Read { file, .. } | ContractError::Toml { file, .. } | ContractError::Invalid { file, .. } => file,
+        }
     }
 }
 
-impl std::error::Error for ContractError {}
+/// `: line N` when the line is known.
+struct AtLine(Option<usize>);
+
+impl fmt::Display for AtLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(l) => write!(f, ": line {l}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A TOML error as the contract's message shows it: its message alone (the line is the
+/// [`ContractError::Toml`]'s; the error's own rendering repeats the source text). Boxed: the
+/// error is large, and a contract that loads should not pay for it.
+#[derive(Debug)]
+pub struct TomlMessage(pub Box<toml::de::Error>);
+
+impl fmt::Display for TomlMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.message().trim())
+    }
+}
+
+impl std::error::Error for TomlMessage {}
+
+/// A value the format accepts but the runner does not: the key, the entry and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("schema_version {0} is not supported (this runner reads {SCHEMA_VERSION})")]
+    SchemaVersion(u32),
+    #[error("decision {decision:?} names unknown gate {gate:?} (known: {})", GATE_IDS.join(", "))]
+    UnknownGate { decision: String, gate: String },
+    #[error("prohibition {0:?} needs at least one match and a reason")]
+    ProhibitionIncomplete(String),
+    #[error("prohibition {id:?}: {entry:?} is not a path (segments separated by ::)")]
+    ProhibitionNotAPath { id: String, entry: String },
+    #[error("hot_path.sampled_branch_marker {0:?} must be a non-empty identifier part (every name contains the empty string)")]
+    Marker(String),
+    #[error("hot_path.exclude {0:?} needs a reason")]
+    ExcludeWithoutReason(String),
+    /// `key` is `allow` or `allow_attributes`.
+    #[error("hot_path.{key}: {entry:?} is not a path (segments separated by ::)")]
+    AllowNotAPath { key: &'static str, entry: String },
+    #[error("hot_path.{key}: {entry:?} has an empty reason")]
+    AllowEmptyReason { key: &'static str, entry: String },
+    #[error("hot_path.{key}: {entry:?} is listed twice")]
+    AllowedTwice { key: &'static str, entry: String },
+    #[error("hot_path.allow_attributes may not name `path`: #[path] pulls a file the scan does not see into the hot path")]
+    PathAttribute,
+}
 
 /// Reads and checks one contract file.
 pub fn load(file: &Path) -> Result<Contract, ContractError> {
-    let err = |message: String| ContractError { file: file.to_path_buf(), message };
-    let text = std::fs::read_to_string(file).map_err(|e| err(format!("cannot read: {e}")))?;
-    let mut c: Contract = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        err(match line {
-            Some(l) => format!("line {l}: {}", e.message().trim()),
-            None => e.message().trim().to_owned(),
-        })
+    let invalid = |problem: Invalid| ContractError::Invalid { file: file.to_path_buf(), problem };
+    let text = std::fs::read_to_string(file).map_err(|source| ContractError::Read { file: file.to_path_buf(), source })?;
+    let mut c: Contract = toml::from_str(&text).map_err(|e| ContractError::Toml {
+        file: file.to_path_buf(),
+        line: e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+        source: TomlMessage(Box::new(e)),
     })?;
     if c.schema_version != SCHEMA_VERSION {
-        return Err(err(format!("schema_version {} is not supported (this runner reads {SCHEMA_VERSION})", c.schema_version)));
+        return Err(invalid(Invalid::SchemaVersion(c.schema_version)));
     }
-    let gate_ids = ["static", "alloc", "instructions", "latency", "syscalls", "floor", "memory"];
     for d in &c.decisions {
         for g in &d.protected_by {
-            if !gate_ids.contains(&g.as_str()) {
-                return Err(err(format!("decision {:?} names unknown gate {g:?} (known: {})", d.id, gate_ids.join(", "))));
+            if !GATE_IDS.contains(&g.as_str()) {
+                return Err(invalid(Invalid::UnknownGate { decision: d.id.clone(), gate: g.clone() }));
             }
         }
     }
     for p in &c.prohibitions {
         if p.matches.is_empty() || p.reason.trim().is_empty() {
-            return Err(err(format!("prohibition {:?} needs at least one match and a reason", p.id)));
+            return Err(invalid(Invalid::ProhibitionIncomplete(p.id.clone())));
         }
         if p.kind == BanKind::Path
             && let Some(m) = p.matches.iter().find(|m| !is_path(m))
         {
-            return Err(err(format!("prohibition {:?}: {m:?} is not a path (segments separated by ::)", p.id)));
+            return Err(invalid(Invalid::ProhibitionNotAPath { id: p.id.clone(), entry: m.clone() }));
         }
     }
-    check_hot_path(&c.hot_path).map_err(err)?;
+    check_hot_path(&c.hot_path).map_err(invalid)?;
     c.file = file.to_path_buf();
     Ok(c)
 }
@@ -335,38 +397,35 @@ fn is_path(s: &str) -> bool {
     })
 }
 
-fn check_hot_path(h: &HotPath) -> Result<(), String> {
+fn check_hot_path(h: &HotPath) -> Result<(), Invalid> {
     let marker = &h.sampled_branch_marker;
     if marker.is_empty() || !marker.chars().all(|c| c.is_alphanumeric() || c == '_') {
-        return Err(format!(
-            "hot_path.sampled_branch_marker {marker:?} must be a non-empty identifier part (every name contains the empty string)"
-        ));
+        return Err(Invalid::Marker(marker.clone()));
     }
     for e in &h.exclude {
         if e.reason.trim().is_empty() {
-            return Err(format!("hot_path.exclude {:?} needs a reason", e.path));
+            return Err(Invalid::ExcludeWithoutReason(e.path.clone()));
         }
     }
     for (key, list) in [("allow", &h.allow), ("allow_attributes", &h.allow_attributes)] {
         let mut seen = std::collections::BTreeSet::new();
         for a in list {
+            let entry = || a.path().to_owned();
             if !is_path(a.path()) {
-                return Err(format!("hot_path.{key}: {:?} is not a path (segments separated by ::)", a.path()));
+                return Err(Invalid::AllowNotAPath { key, entry: entry() });
             }
             if let Allowed::Reasoned(e) = a
                 && e.reason.trim().is_empty()
             {
-                return Err(format!("hot_path.{key}: {:?} has an empty reason", e.path));
+                return Err(Invalid::AllowEmptyReason { key, entry: entry() });
             }
             if !seen.insert(a.path()) {
-                return Err(format!("hot_path.{key}: {:?} is listed twice", a.path()));
+                return Err(Invalid::AllowedTwice { key, entry: entry() });
             }
         }
     }
     if h.allow_attributes.iter().any(|a| a.path() == "path") {
-        return Err(
-            "hot_path.allow_attributes may not name `path`: #[path] pulls a file the scan does not see into the hot path".to_owned()
-        );
+        return Err(Invalid::PathAttribute);
     }
     Ok(())
 }
@@ -374,7 +433,7 @@ fn check_hot_path(h: &HotPath) -> Result<(), String> {
 /// All `contracts/phase*.toml` under `root`, sorted by phase.
 pub fn load_all(root: &Path) -> Result<Vec<Contract>, ContractError> {
     let dir = root.join("contracts");
-    let entries = std::fs::read_dir(&dir).map_err(|e| ContractError { file: dir.clone(), message: format!("cannot list: {e}") })?;
+    let entries = std::fs::read_dir(&dir).map_err(|source| ContractError::List { dir: dir.clone(), source })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("phase")))
@@ -413,6 +472,7 @@ pub fn glob_match(pattern: &str, path: &str) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::error::chain;
 
     #[test]
     fn globs() {
@@ -444,9 +504,13 @@ mod tests {
         )
         .unwrap();
         let e = load(&f).unwrap_err();
-        assert!(e.message.contains("bogus"), "{e}");
+        assert!(matches!(e, ContractError::Toml { line: Some(4), .. }), "{e:?}");
+        assert!(chain(&e).contains("line 4: unknown field `bogus`"), "{e}");
         std::fs::write(&f, "schema_version = 1\nphase = 9\nname = \"x\"\n[[decisions]]\nid = \"d\"\ntext = \"t\"\nprotected_by = [\"speed\"]\n[hot_path]\npaths = []\nsampled_branch_marker = \"s\"\n[gates]\n").unwrap();
-        assert!(load(&f).unwrap_err().message.contains("unknown gate"));
+        let e = load(&f).unwrap_err();
+        assert!(matches!(&e, ContractError::Invalid { problem: Invalid::UnknownGate { gate, .. }, .. } if gate == "speed"), "{e:?}");
+        assert!(e.to_string().contains("unknown gate \"speed\" (known: static, alloc,"), "{e}");
+        assert_eq!(e.file(), f);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

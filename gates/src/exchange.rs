@@ -10,16 +10,95 @@
 //! unless it matches what was asked.
 
 use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::error::chain;
 use crate::harness::GET;
 
 /// Exchanges before the measured ones (both request counts run them: they cancel out).
 pub const WARMUP: u64 = 200;
+
+/// What went wrong in a run (recorded, as text, in [`Outcome::error`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("runtime")]
+    Runtime(#[source] io::Error),
+    #[error("bind{}", listener.suffix())]
+    Bind { listener: Listener, source: io::Error },
+    #[error("{}address", listener.prefix())]
+    Address { listener: Listener, source: io::Error },
+    #[error("bench config")]
+    Config(#[source] proxy::config::ConfigError),
+    #[error("connect {target}")]
+    Connect { target: SocketAddr, source: io::Error },
+    #[error("write")]
+    Write(#[source] io::Error),
+    #[error("read")]
+    Read(#[source] io::Error),
+    #[error("read body")]
+    ReadBody(#[source] io::Error),
+    #[error("connection closed before a whole response")]
+    ClosedBeforeResponse,
+    #[error("unparsable response")]
+    Unparsable(#[source] httparse::Error),
+    #[error("status {0}, expected 200")]
+    Status(u16),
+    #[error("a 200 without a Content-Length")]
+    NoContentLength,
+    #[error("body of {got} bytes, expected {expected}")]
+    BodyLength { got: usize, expected: usize },
+    #[error("response larger than the client buffer")]
+    TooLarge,
+    #[error("connection closed mid-body")]
+    ClosedMidBody,
+    #[error("{0} bytes past the response (the bench sends one request at a time)")]
+    PastResponse(usize),
+}
+
+/// The sockets a run binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Origin,
+    Proxy,
+    /// The port of [`Route::ProxiedDeadUpstream`], bound to find one free and closed again.
+    DeadUpstream,
+}
+
+impl Listener {
+    fn suffix(self) -> &'static str {
+        match self {
+            Listener::Origin => " origin",
+            Listener::Proxy => " proxy",
+            Listener::DeadUpstream => "",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Listener::Origin => "origin ",
+            Listener::Proxy => "proxy ",
+            Listener::DeadUpstream => "",
+        }
+    }
+}
+
+/// A run that did not do what was asked: the count it came with is no figure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// `path`: `direct` or `proxied`; `error`: [`Outcome::error`].
+    #[error("{path} run of {total} exchanges failed after {ok} good ones: {error}")]
+    Failed { path: &'static str, total: u64, ok: u64, error: String },
+    #[error("{path} run: {ok} verified responses of {total}")]
+    Unverified { path: &'static str, total: u64, ok: u64 },
+    #[error("{path} run: the origin served {served} requests of {total}")]
+    NotServed { path: &'static str, total: u64, served: u64 },
+}
 
 /// What one run really did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,17 +118,17 @@ pub struct Outcome {
 
 impl Outcome {
     /// `Ok` when every exchange, warm-up included, was a verified 200 served by the origin.
-    pub fn verify(&self) -> Result<(), String> {
+    pub fn verify(&self) -> Result<(), VerifyError> {
         let path = if self.proxied { "proxied" } else { "direct" };
         let total = self.warmup + self.requests;
         if let Some(e) = &self.error {
-            return Err(format!("{path} run of {total} exchanges failed after {} good ones: {e}", self.ok));
+            return Err(VerifyError::Failed { path, total, ok: self.ok, error: e.clone() });
         }
         if self.ok != total {
-            return Err(format!("{path} run: {} verified responses of {total}", self.ok));
+            return Err(VerifyError::Unverified { path, total, ok: self.ok });
         }
         if self.origin_served != total {
-            return Err(format!("{path} run: the origin served {} requests of {total}", self.origin_served));
+            return Err(VerifyError::NotServed { path, total, served: self.origin_served });
         }
         Ok(())
     }
@@ -76,7 +155,7 @@ pub fn exchange(route: Route, n: u64, body_bytes: usize) -> Outcome {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            out.error = Some(format!("runtime: {e}"));
+            out.error = Some(chain(&ExchangeError::Runtime(e)));
             return out;
         }
     };
@@ -92,11 +171,11 @@ pub fn exchange(route: Route, n: u64, body_bytes: usize) -> Outcome {
 async fn run(route: Route, n: u64, body_bytes: usize, served: Rc<Cell<u64>>) -> (u64, Option<String>) {
     let target = match setup(route, body_bytes, served).await {
         Ok(t) => t,
-        Err(e) => return (0, Some(e)),
+        Err(e) => return (0, Some(chain(&e))),
     };
     let mut s = match tokio::net::TcpStream::connect(target).await {
         Ok(s) => s,
-        Err(e) => return (0, Some(format!("connect {target}: {e}"))),
+        Err(source) => return (0, Some(chain(&ExchangeError::Connect { target, source }))),
     };
     let _ = s.set_nodelay(true);
     let mut buf = vec![0u8; 64 * 1024];
@@ -104,20 +183,22 @@ async fn run(route: Route, n: u64, body_bytes: usize, served: Rc<Cell<u64>>) -> 
     for _ in 0..WARMUP + n {
         match round_trip(&mut s, &mut buf, body_bytes).await {
             Ok(()) => ok += 1,
-            Err(e) => return (ok, Some(e)),
+            Err(e) => return (ok, Some(chain(&e))),
         }
     }
     (ok, None)
 }
 
 /// Starts the origin (and the proxy's worker in front of it); returns the address to send to.
-async fn setup(route: Route, body_bytes: usize, served: Rc<Cell<u64>>) -> Result<std::net::SocketAddr, String> {
+async fn setup(route: Route, body_bytes: usize, served: Rc<Cell<u64>>) -> Result<SocketAddr, ExchangeError> {
     use proxy::config::{ServerIds, parse};
     use proxy::data::accept::accept_loop;
     use proxy::data::worker::{Shared, Worker};
 
-    let origin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("bind origin: {e}"))?;
-    let origin_addr = origin_listener.local_addr().map_err(|e| format!("origin address: {e}"))?;
+    let bind = |listener| move |source| ExchangeError::Bind { listener, source };
+    let address = |listener| move |source| ExchangeError::Address { listener, source };
+    let origin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(bind(Listener::Origin))?;
+    let origin_addr = origin_listener.local_addr().map_err(address(Listener::Origin))?;
     tokio::task::spawn_local(origin(origin_listener, body_bytes, served));
     let (upstream, host) = match route {
         Route::Direct => return Ok(origin_addr),
@@ -125,20 +206,20 @@ async fn setup(route: Route, body_bytes: usize, served: Rc<Cell<u64>>) -> Result
         Route::ProxiedNoRoute => (origin_addr, "host = \"elsewhere.example\"\n"),
         Route::ProxiedDeadUpstream => {
             // A port that was just free: nothing listens there.
-            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-            (l.local_addr().map_err(|e| format!("address: {e}"))?, "")
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(bind(Listener::DeadUpstream))?;
+            (l.local_addr().map_err(address(Listener::DeadUpstream))?, "")
         }
     };
     let text = format!(
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\n{host}upstream = \"o\"\n[upstreams.o]\nservers = [\"{upstream}\"]\n"
     );
-    let cfg = parse(Path::new("bench"), &text, &mut ServerIds::default()).map_err(|e| format!("bench config: {e}"))?;
+    let cfg = parse(Path::new("bench"), &text, &mut ServerIds::default()).map_err(ExchangeError::Config)?;
     let worker = Worker::new(Shared::new(cfg.snapshot), 0);
     // The coarse-timer tick is wall-clock driven (a per-second cost, not per request): kept out
     // so the count stays exact run to run.
     worker.timers.never_tick();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("bind proxy: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| format!("proxy address: {e}"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(bind(Listener::Proxy))?;
+    let addr = listener.local_addr().map_err(address(Listener::Proxy))?;
     tokio::task::spawn_local(accept_loop(Rc::clone(&worker), listener));
     Ok(addr)
 }
@@ -176,46 +257,46 @@ async fn origin(listener: tokio::net::TcpListener, body: usize, served: Rc<Cell<
 }
 
 /// One GET; `Ok` only for a 200 whose Content-Length body is exactly `body_bytes`.
-async fn round_trip(s: &mut tokio::net::TcpStream, buf: &mut [u8], body_bytes: usize) -> Result<(), String> {
-    s.write_all(GET).await.map_err(|e| format!("write: {e}"))?;
+async fn round_trip(s: &mut tokio::net::TcpStream, buf: &mut [u8], body_bytes: usize) -> Result<(), ExchangeError> {
+    s.write_all(GET).await.map_err(ExchangeError::Write)?;
     let mut filled = 0;
     loop {
-        let n = s.read(&mut buf[filled..]).await.map_err(|e| format!("read: {e}"))?;
+        let n = s.read(&mut buf[filled..]).await.map_err(ExchangeError::Read)?;
         if n == 0 {
-            return Err("connection closed before a whole response".to_owned());
+            return Err(ExchangeError::ClosedBeforeResponse);
         }
         filled += n;
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut res = httparse::Response::new(&mut headers);
         match res.parse(&buf[..filled]) {
             Ok(httparse::Status::Partial) => continue,
-            Err(e) => return Err(format!("unparsable response: {e}")),
+            Err(e) => return Err(ExchangeError::Unparsable(e)),
             Ok(httparse::Status::Complete(head)) => {
                 let status = res.code.unwrap_or(0);
                 if status != 200 {
-                    return Err(format!("status {status}, expected 200"));
+                    return Err(ExchangeError::Status(status));
                 }
                 let len = res
                     .headers
                     .iter()
                     .find(|h| h.name.eq_ignore_ascii_case("content-length"))
                     .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
-                    .ok_or("a 200 without a Content-Length")?;
+                    .ok_or(ExchangeError::NoContentLength)?;
                 if len != body_bytes {
-                    return Err(format!("body of {len} bytes, expected {body_bytes}"));
+                    return Err(ExchangeError::BodyLength { got: len, expected: body_bytes });
                 }
                 if head + len > buf.len() {
-                    return Err("response larger than the client buffer".to_owned());
+                    return Err(ExchangeError::TooLarge);
                 }
                 while filled < head + len {
-                    let n = s.read(&mut buf[filled..head + len]).await.map_err(|e| format!("read body: {e}"))?;
+                    let n = s.read(&mut buf[filled..head + len]).await.map_err(ExchangeError::ReadBody)?;
                     if n == 0 {
-                        return Err("connection closed mid-body".to_owned());
+                        return Err(ExchangeError::ClosedMidBody);
                     }
                     filled += n;
                 }
                 if filled != head + len {
-                    return Err(format!("{} bytes past the response (the bench sends one request at a time)", filled - head - len));
+                    return Err(ExchangeError::PastResponse(filled - head - len));
                 }
                 return Ok(());
             }
@@ -241,11 +322,11 @@ mod tests {
     fn a_proxy_answering_404_or_502_is_refused() {
         let o = exchange(Route::ProxiedNoRoute, 20, 1024);
         let e = o.verify().expect_err("a 404 proxy must not verify");
-        assert!(e.contains("status 404"), "{e}");
+        assert!(matches!(&e, VerifyError::Failed { error, .. } if error == "status 404, expected 200"), "{e}");
         assert_eq!(o.origin_served, 0);
         let o = exchange(Route::ProxiedDeadUpstream, 20, 1024);
         let e = o.verify().expect_err("a 502 proxy must not verify");
-        assert!(e.contains("status 502"), "{e}");
+        assert!(e.to_string().contains("status 502"), "{e}");
     }
 
     #[test]
@@ -260,7 +341,8 @@ mod tests {
             let mut buf = vec![0u8; 64 * 1024];
             round_trip(&mut s, &mut buf, 1024).await.expect_err("wrong length accepted")
         });
-        assert!(err.contains("body of 100 bytes"), "{err}");
+        assert!(matches!(err, ExchangeError::BodyLength { got: 100, expected: 1024 }), "{err}");
+        assert_eq!(err.to_string(), "body of 100 bytes, expected 1024");
     }
 
     #[test]

@@ -16,13 +16,41 @@
 //! Rows without a `hard_limit` in the contract are reported (`INFO`), not gated.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::contract::FloorGate;
-use crate::runner::{ChildGuard, LoadRun, Options, Row, Stage, Status, error_row, median, scratch_dir, start_stage, which};
+use crate::error::chain;
+use crate::runner::{ChildGuard, LoadRun, Options, Row, RunnerError, Stage, Status, error_row, median, scratch_dir, start_stage, which};
+
+/// What keeps the floor rows from a figure: the stage, strace, schedstat, errors under load.
+#[derive(Debug, thiserror::Error)]
+pub enum FloorError {
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+    #[error("strace is not installed: apt-get install -y strace")]
+    NoStrace,
+    /// `/proc/PID/task` cannot be listed: the process is gone.
+    #[error("{}", dir.display())]
+    Tasks { dir: PathBuf, source: std::io::Error },
+    #[error("{}", path.display())]
+    Schedstat { path: PathBuf, source: std::io::Error },
+    #[error("cannot start strace")]
+    StraceStart(#[source] std::io::Error),
+    #[error("strace exited at once ({0}): is ptrace allowed (kernel.yama.ptrace_scope)?")]
+    StraceExited(ExitStatus),
+    /// `target`: `proxy` or `relay`.
+    #[error("{target}: {errors} errors during the strace run")]
+    StraceRunErrors { target: String, errors: u64 },
+    #[error("{}", path.display())]
+    StraceSummary { path: PathBuf, source: std::io::Error },
+    #[error("{target}: strace counted {calls} calls for {responses} responses")]
+    NothingCounted { target: String, calls: u64, responses: u64 },
+    #[error("{target}: {errors} errors in round {round}")]
+    RoundErrors { target: String, errors: u64, round: u32 },
+}
 
 /// The processes every floor measurement needs: the upstream and the proxy ([`Stage`]) plus the
 /// relay on the proxy's CPU.
@@ -39,7 +67,7 @@ impl Drop for Setup {
     }
 }
 
-fn setup(opts: &Options, g: &FloorGate, what: &str) -> Result<Setup, String> {
+fn setup(opts: &Options, g: &FloorGate, what: &str) -> Result<Setup, RunnerError> {
     let tmp = scratch_dir(what)?;
     let stage = start_stage(opts, g.body_bytes, &tmp)?;
     let (relay, relay_addr) = stage.start_relay()?;
@@ -47,7 +75,7 @@ fn setup(opts: &Options, g: &FloorGate, what: &str) -> Result<Setup, String> {
 }
 
 /// One open-loop run at the contract's rate; returns (responses, errors, valid).
-fn load(s: &Setup, g: &FloorGate, addr: &str, duration: &str, name: &str) -> Result<(u64, u64, bool), String> {
+fn load(s: &Setup, g: &FloorGate, addr: &str, duration: &str, name: &str) -> Result<(u64, u64, bool), RunnerError> {
     let json = s.tmp.join(format!("{name}.json"));
     let run = LoadRun { addr, rate: g.rate, connections: g.connections, duration, warmup: "0s" };
     let v = s.stage.load(&run, &[], &json)?;
@@ -58,12 +86,13 @@ fn load(s: &Setup, g: &FloorGate, addr: &str, duration: &str, name: &str) -> Res
 
 /// Nanoseconds on CPU of every thread of `pid` (schedstat), or an error naming the file.
 /// Also the scripts' schedstat reading (`probe schedstat`, scripts/lib/probe.py).
-pub fn cpu_ns(pid: u32) -> Result<u64, String> {
-    let dir = format!("/proc/{pid}/task");
+pub fn cpu_ns(pid: u32) -> Result<u64, FloorError> {
+    let dir = PathBuf::from(format!("/proc/{pid}/task"));
+    let tasks = |source| FloorError::Tasks { dir: dir.clone(), source };
     let mut total = 0;
-    for entry in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
-        let path = entry.map_err(|e| format!("{dir}: {e}"))?.path().join("schedstat");
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for entry in std::fs::read_dir(&dir).map_err(tasks)? {
+        let path = entry.map_err(tasks)?.path().join("schedstat");
+        let text = std::fs::read_to_string(&path).map_err(|source| FloorError::Schedstat { path: path.clone(), source })?;
         total += text.split_whitespace().next().and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
     }
     Ok(total)
@@ -91,7 +120,7 @@ pub fn parse_strace_summary(text: &str) -> Vec<(String, u64)> {
 }
 
 /// Syscalls per request of `pid` over one run; (per request, by syscall per request, responses).
-fn strace_run(s: &Setup, g: &FloorGate, pid: u32, addr: &str, name: &str) -> Result<(f64, Value, u64), String> {
+fn strace_run(s: &Setup, g: &FloorGate, pid: u32, addr: &str, name: &str) -> Result<(f64, Value, u64), FloorError> {
     load(s, g, addr, &g.warmup, &format!("{name}-strace-warmup"))?;
     let file = s.tmp.join(format!("{name}.strace"));
     let child = Command::new("strace")
@@ -101,12 +130,12 @@ fn strace_run(s: &Setup, g: &FloorGate, pid: u32, addr: &str, name: &str) -> Res
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start strace: {e}"))?;
+        .map_err(FloorError::StraceStart)?;
     let mut st = ChildGuard(child);
     // strace attaches to every thread before the run starts.
     std::thread::sleep(Duration::from_millis(1000));
     if let Ok(Some(status)) = st.0.try_wait() {
-        return Err(format!("strace exited at once ({status}): is ptrace allowed (kernel.yama.ptrace_scope)?"));
+        return Err(FloorError::StraceExited(status));
     }
     let (responses, errors, _) = load(s, g, addr, &g.duration, &format!("{name}-strace"))?;
     // SIGINT makes strace detach and write its summary.
@@ -119,13 +148,13 @@ fn strace_run(s: &Setup, g: &FloorGate, pid: u32, addr: &str, name: &str) -> Res
     }
     drop(st);
     if errors > 0 {
-        return Err(format!("{name}: {errors} errors during the strace run"));
+        return Err(FloorError::StraceRunErrors { target: name.to_owned(), errors });
     }
-    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let text = std::fs::read_to_string(&file).map_err(|source| FloorError::StraceSummary { path: file.clone(), source })?;
     let calls = parse_strace_summary(&text);
     let total: u64 = calls.iter().map(|(_, n)| n).sum();
     if responses == 0 || total == 0 {
-        return Err(format!("{name}: strace counted {total} calls for {responses} responses"));
+        return Err(FloorError::NothingCounted { target: name.to_owned(), calls: total, responses });
     }
     let per = |n: u64| (n as f64 / responses as f64 * 1000.0).round() / 1000.0;
     let by: serde_json::Map<String, Value> = calls.iter().map(|(k, n)| (k.clone(), json!(per(*n)))).collect();
@@ -162,9 +191,9 @@ fn goal_note(goal: Option<f64>, measured: f64) -> String {
 pub fn syscalls_gate(opts: &Options, g: &FloorGate, prefix: &str) -> Vec<Row> {
     let key = format!("{prefix}:syscalls");
     if !which("strace") {
-        return vec![error_row(key, &g.metric, &g.unit, g.hard_limit, "strace is not installed: apt-get install -y strace".to_owned())];
+        return vec![error_row(key, &g.metric, &g.unit, g.hard_limit, FloorError::NoStrace.to_string())];
     }
-    let run = || -> Result<Vec<Row>, String> {
+    let run = || -> Result<Vec<Row>, FloorError> {
         let s = setup(opts, g, "syscalls")?;
         let (px, px_by, px_n) = strace_run(&s, g, s.stage.proxy.0.id(), &s.stage.proxy_addr, "proxy")?;
         let (rl, rl_by, rl_n) = strace_run(&s, g, s.relay.0.id(), &s.relay_addr, "relay")?;
@@ -197,13 +226,13 @@ pub fn syscalls_gate(opts: &Options, g: &FloorGate, prefix: &str) -> Vec<Row> {
         relay.details = json!({ "responses": rl_n, "by_syscall_per_request": rl_by });
         Ok(vec![proxy, relay])
     };
-    run().unwrap_or_else(|e| vec![error_row(key, &g.metric, &g.unit, g.hard_limit, e)])
+    run().unwrap_or_else(|e| vec![error_row(key, &g.metric, &g.unit, g.hard_limit, chain(&e))])
 }
 
 /// The `floor` row: proxy CPU per request ÷ relay CPU per request, median of within-round ratios.
 pub fn floor_gate(opts: &Options, g: &FloorGate, prefix: &str) -> Vec<Row> {
     let key = format!("{prefix}:floor");
-    let run = || -> Result<Vec<Row>, String> {
+    let run = || -> Result<Vec<Row>, FloorError> {
         let s = setup(opts, g, "floor")?;
         let targets = [("proxy", s.stage.proxy.0.id(), s.stage.proxy_addr.clone()), ("relay", s.relay.0.id(), s.relay_addr.clone())];
         let mut rounds = Vec::new();
@@ -219,7 +248,7 @@ pub fn floor_gate(opts: &Options, g: &FloorGate, prefix: &str) -> Vec<Row> {
                 let (responses, errors, ok) = load(&s, g, addr, &g.duration, &format!("{name}-{r}"))?;
                 let after = cpu_ns(*pid)?;
                 if errors > 0 {
-                    return Err(format!("{name}: {errors} errors in round {r}"));
+                    return Err(FloorError::RoundErrors { target: (*name).to_owned(), errors, round: r });
                 }
                 valid &= ok && responses > 0;
                 cpu[t] = (after.saturating_sub(before)) as f64 / 1000.0 / responses.max(1) as f64;
@@ -254,7 +283,7 @@ pub fn floor_gate(opts: &Options, g: &FloorGate, prefix: &str) -> Vec<Row> {
         );
         Ok(vec![row])
     };
-    run().unwrap_or_else(|e| vec![error_row(key, &g.metric, &g.unit, g.hard_limit, e)])
+    run().unwrap_or_else(|e| vec![error_row(key, &g.metric, &g.unit, g.hard_limit, chain(&e))])
 }
 
 fn base_row(key: &str, g: &FloorGate) -> Row {

@@ -11,16 +11,65 @@
 //! `target/tools` with `cargo install` when it is missing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 
 use serde_json::{Value, json};
 
 use crate::contract::InstructionsGate;
-use crate::exchange::Outcome;
-use crate::runner::{Options, Row, Status, error_row, which};
+use crate::error::chain;
+use crate::exchange::{Outcome, VerifyError};
+use crate::runner::{Options, Row, RunnerError, Status, error_row, which};
 
 /// The gungraun version the bench is built with (see the workspace `Cargo.toml`).
 pub const GUNGRAUN_VERSION: &str = "0.20.0";
+
+/// What keeps the instruction gate from a figure: the tools, the bench, or counts that are not
+/// evidence.
+#[derive(Debug, thiserror::Error)]
+pub enum InstructionsError {
+    #[error("valgrind is not installed: apt-get install -y valgrind")]
+    NoValgrind,
+    #[error("cannot run cargo install")]
+    CargoInstall(#[source] std::io::Error),
+    /// `tools`: where it was to be installed.
+    #[error(
+        "gungraun-runner {GUNGRAUN_VERSION} is missing and could not be installed; run: cargo install gungraun-runner --version {GUNGRAUN_VERSION} --locked --root {}",
+        tools.display()
+    )]
+    NoRunner { tools: PathBuf },
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+    #[error("cannot run cargo bench")]
+    CargoBench(#[source] std::io::Error),
+    /// `why`: the line of the bench's stderr that names the failure (a panic, a failed
+    /// verification), if any; `tail`: its last lines, joined with ` / `.
+    #[error("cargo bench --bench instructions failed ({status}): {why} / {tail}")]
+    BenchFailed { status: ExitStatus, why: String, tail: String },
+    #[error("the bench wrote no outcome for {bench}: {}", path.display())]
+    NoOutcomeFile { bench: String, path: PathBuf, source: std::io::Error },
+    #[error("{}", path.display())]
+    OutcomeJson { path: PathBuf, source: serde_json::Error },
+    #[error("no outcome for {0}")]
+    NoOutcome(String),
+    #[error("no instruction count for {0} in the bench output")]
+    NoCount(String),
+    #[error(
+        "{bench} ran {requests} requests of {body_bytes} bytes (proxied: {proxied}), the gate divides by {want_requests} of {want_body_bytes} bytes"
+    )]
+    Miscounted { bench: String, requests: u64, body_bytes: usize, proxied: bool, want_requests: u64, want_body_bytes: usize },
+    #[error("{bench}")]
+    Unverified { bench: String, source: VerifyError },
+    #[error(
+        "proxied {proxied:.0}/request vs direct {direct:.0}/request: a proxy cannot cost less than the direct path; the measurement is broken"
+    )]
+    CheaperThanDirect { proxied: f64, direct: f64 },
+    #[error("gungraun JSON")]
+    GungraunJson(#[source] serde_json::Error),
+    #[error("no Ir metric for {0} in gungraun's JSON")]
+    NoIr(String),
+    #[error("gungraun printed no JSON summary lines")]
+    NoSummary,
+}
 
 pub fn gate(opts: &Options, g: &InstructionsGate, prefix: &str) -> Vec<Row> {
     let key = format!("{prefix}:instructions");
@@ -29,12 +78,12 @@ pub fn gate(opts: &Options, g: &InstructionsGate, prefix: &str) -> Vec<Row> {
             row.key = key;
             vec![row]
         }
-        Err(e) => vec![error_row(key, &g.metric, &g.unit, Some(g.hard_limit), e)],
+        Err(e) => vec![error_row(key, &g.metric, &g.unit, Some(g.hard_limit), chain(&e))],
     }
 }
 
 /// Finds `gungraun-runner` of the right version, installing it into `target/tools` if needed.
-pub fn ensure_runner(root: &Path, verbose: bool) -> Result<PathBuf, String> {
+pub fn ensure_runner(root: &Path, verbose: bool) -> Result<PathBuf, InstructionsError> {
     let tools = root.join("target/tools");
     let local = tools.join("bin/gungraun-runner");
     let version_ok = |p: &Path| {
@@ -55,19 +104,16 @@ pub fn ensure_runner(root: &Path, verbose: bool) -> Result<PathBuf, String> {
         .stdout(Stdio::null())
         .stderr(if verbose { Stdio::inherit() } else { Stdio::null() })
         .status()
-        .map_err(|e| format!("cannot run cargo install: {e}"))?;
+        .map_err(InstructionsError::CargoInstall)?;
     if !status.success() || !version_ok(&local) {
-        return Err(format!(
-            "gungraun-runner {GUNGRAUN_VERSION} is missing and could not be installed; run: cargo install gungraun-runner --version {GUNGRAUN_VERSION} --locked --root {}",
-            tools.display()
-        ));
+        return Err(InstructionsError::NoRunner { tools });
     }
     Ok(tools.join("bin"))
 }
 
-fn measure(opts: &Options, g: &InstructionsGate) -> Result<Row, String> {
+fn measure(opts: &Options, g: &InstructionsGate) -> Result<Row, InstructionsError> {
     if !which("valgrind") {
-        return Err("valgrind is not installed: apt-get install -y valgrind".to_owned());
+        return Err(InstructionsError::NoValgrind);
     }
     let bin_dir = ensure_runner(&opts.root, opts.verbose)?;
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
@@ -84,7 +130,7 @@ fn measure(opts: &Options, g: &InstructionsGate) -> Result<Row, String> {
         .env("GATES_INSTR_OUT", &outcomes)
         .stdout(Stdio::piped())
         .stderr(if opts.verbose { Stdio::inherit() } else { Stdio::piped() });
-    let out = cmd.output().map_err(|e| format!("cannot run cargo bench: {e}"))?;
+    let out = cmd.output().map_err(InstructionsError::CargoBench)?;
     let read = read_outcomes(&outcomes);
     let _ = std::fs::remove_dir_all(&outcomes);
     if !out.status.success() {
@@ -92,24 +138,28 @@ fn measure(opts: &Options, g: &InstructionsGate) -> Result<Row, String> {
         // A failed verification names itself in a panic line; show it first.
         let why = err.lines().find(|l| l.contains("panicked") || l.contains(": status") || l.contains("verified")).unwrap_or("");
         let tail: Vec<&str> = err.lines().rev().take(4).collect();
-        return Err(format!(
-            "cargo bench --bench instructions failed ({}): {why} / {}",
-            out.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-        ));
+        return Err(InstructionsError::BenchFailed {
+            status: out.status,
+            why: why.to_owned(),
+            tail: tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
+        });
     }
     let counts = parse_counts(&String::from_utf8_lossy(&out.stdout))?;
     judge(g, &counts, &read?)
 }
 
 /// The four outcome records the bench's teardowns wrote.
-fn read_outcomes(dir: &Path) -> Result<Vec<(String, Outcome)>, String> {
+fn read_outcomes(dir: &Path) -> Result<Vec<(String, Outcome)>, InstructionsError> {
     BENCHES
         .iter()
         .map(|name| {
             let p = dir.join(format!("{name}.json"));
-            let text = std::fs::read_to_string(&p).map_err(|e| format!("the bench wrote no outcome for {name} ({}: {e})", p.display()))?;
-            let o: Outcome = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+            let text = std::fs::read_to_string(&p).map_err(|source| InstructionsError::NoOutcomeFile {
+                bench: (*name).to_owned(),
+                path: p.clone(),
+                source,
+            })?;
+            let o: Outcome = serde_json::from_str(&text).map_err(|source| InstructionsError::OutcomeJson { path: p.clone(), source })?;
             Ok(((*name).to_owned(), o))
         })
         .collect()
@@ -120,25 +170,29 @@ const BENCHES: [&str; 4] = ["direct_n", "direct_2n", "proxied_n", "proxied_2n"];
 /// The row from the bench's counts and outcomes. A count is accepted only when its run was
 /// verified and used exactly the request count divided by; a proxy figure at or below the direct
 /// path's is an ERROR (it did less than forward the requests).
-pub fn judge(g: &InstructionsGate, counts: &[(String, f64)], outcomes: &[(String, Outcome)]) -> Result<Row, String> {
+pub fn judge(g: &InstructionsGate, counts: &[(String, f64)], outcomes: &[(String, Outcome)]) -> Result<Row, InstructionsError> {
     let get = |name: &str| {
         counts
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| *v)
             .filter(|v| v.is_finite() && *v > 0.0)
-            .ok_or_else(|| format!("no instruction count for {name} in the bench output"))
+            .ok_or_else(|| InstructionsError::NoCount(name.to_owned()))
     };
     for (i, name) in BENCHES.iter().enumerate() {
-        let o = outcomes.iter().find(|(n, _)| n == name).map(|(_, o)| o).ok_or_else(|| format!("no outcome for {name}"))?;
+        let o = outcomes.iter().find(|(n, _)| n == name).map(|(_, o)| o).ok_or_else(|| InstructionsError::NoOutcome((*name).to_owned()))?;
         let want = if i % 2 == 0 { g.requests } else { 2 * g.requests };
         if o.requests != want || o.body_bytes != g.body_bytes || o.proxied != name.starts_with("proxied") {
-            return Err(format!(
-                "{name} ran {} requests of {} bytes (proxied: {}), the gate divides by {want} of {} bytes",
-                o.requests, o.body_bytes, o.proxied, g.body_bytes
-            ));
+            return Err(InstructionsError::Miscounted {
+                bench: (*name).to_owned(),
+                requests: o.requests,
+                body_bytes: o.body_bytes,
+                proxied: o.proxied,
+                want_requests: want,
+                want_body_bytes: g.body_bytes,
+            });
         }
-        o.verify().map_err(|e| format!("{name}: {e}"))?;
+        o.verify().map_err(|source| InstructionsError::Unverified { bench: (*name).to_owned(), source })?;
     }
     let (d1, d2, p1, p2) = (get("direct_n")?, get("direct_2n")?, get("proxied_n")?, get("proxied_2n")?);
     let n = g.requests as f64;
@@ -146,9 +200,7 @@ pub fn judge(g: &InstructionsGate, counts: &[(String, f64)], outcomes: &[(String
     let proxied = (p2 - p1) / n;
     let own = proxied - direct;
     if direct <= 0.0 || own <= 0.0 {
-        return Err(format!(
-            "proxied {proxied:.0}/request vs direct {direct:.0}/request: a proxy cannot cost less than the direct path; the measurement is broken"
-        ));
+        return Err(InstructionsError::CheaperThanDirect { proxied, direct });
     }
     Ok(Row {
         key: String::new(),
@@ -175,16 +227,16 @@ pub fn judge(g: &InstructionsGate, counts: &[(String, f64)], outcomes: &[(String
 }
 
 /// Instruction totals per benchmark function from gungraun's JSON lines.
-fn parse_counts(stdout: &str) -> Result<Vec<(String, f64)>, String> {
+fn parse_counts(stdout: &str) -> Result<Vec<(String, f64)>, InstructionsError> {
     let mut out = Vec::new();
     for line in stdout.lines().filter(|l| l.trim_start().starts_with('{')) {
-        let v: Value = serde_json::from_str(line).map_err(|e| format!("gungraun JSON: {e}"))?;
+        let v: Value = serde_json::from_str(line).map_err(InstructionsError::GungraunJson)?;
         let name = v["function_name"].as_str().unwrap_or_default().to_owned();
-        let ir = find_ir(&v).ok_or_else(|| format!("no Ir metric for {name} in gungraun's JSON"))?;
+        let Some(ir) = find_ir(&v) else { return Err(InstructionsError::NoIr(name)) };
         out.push((name, ir));
     }
     if out.is_empty() {
-        return Err("gungraun printed no JSON summary lines".to_owned());
+        return Err(InstructionsError::NoSummary);
     }
     Ok(out)
 }
@@ -250,15 +302,17 @@ mod tests {
         // The bench used another N than the gate divides by.
         let mut o = outcomes();
         o[3] = outcome("proxied_2n", 1000);
-        assert!(judge(&gate(), &c, &o).is_err_and(|e| e.contains("divides by 200")));
+        assert!(judge(&gate(), &c, &o).is_err_and(|e| e.to_string().contains("divides by 200")));
         // A run whose exchanges failed (a 404 proxy).
         let mut o = outcomes();
         o[2].1.error = Some("status 404, expected 200".into());
-        assert!(judge(&gate(), &c, &o).is_err_and(|e| e.contains("404")));
+        let e = judge(&gate(), &c, &o).expect_err("a 404 run accepted");
+        assert!(matches!(&e, InstructionsError::Unverified { bench, .. } if bench == "proxied_n"), "{e:?}");
+        assert!(chain(&e).starts_with("proxied_n: proxied run of 300 exchanges failed") && chain(&e).contains("404"), "{}", chain(&e));
         // An outcome missing.
         assert!(judge(&gate(), &c, &outcomes()[..3]).is_err());
         // A proxy cheaper than the direct path.
-        assert!(judge(&gate(), &counts(1e6, 1.5e6, 2e6, 2.4e6), &outcomes()).is_err_and(|e| e.contains("broken")));
+        assert!(judge(&gate(), &counts(1e6, 1.5e6, 2e6, 2.4e6), &outcomes()).is_err_and(|e| e.to_string().contains("broken")));
         // A count missing or zero.
         assert!(judge(&gate(), &counts(1e6, 1.5e6, 0.0, 3.2e6), &outcomes()).is_err());
     }

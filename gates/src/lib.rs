@@ -10,10 +10,12 @@
 //! - [`baseline`], [`report`]: soft limits against a stored baseline; table, markdown, JSON.
 //! - [`exchange`]: the instruction gate's verified workload.
 //! - [`harness`]: the allocation-free in-process client and origin the probes use.
+//! - [`error`]: the runner's errors ([`Error`]) and [`error::Chain`], an error with its causes.
 
 pub mod alloc;
 pub mod baseline;
 pub mod contract;
+pub mod error;
 pub mod exchange;
 pub mod floor;
 pub mod harness;
@@ -23,3 +25,5 @@ pub mod report;
 pub mod resolve;
 pub mod runner;
 pub mod scan;
+
+pub use error::Error;

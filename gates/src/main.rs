@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
+use gates::Error;
 use gates::baseline::Baseline;
+use gates::error::Chain;
 use gates::runner::{self, Options, Status};
 use gates::{contract, report};
 
@@ -56,6 +58,12 @@ struct Cli {
     verbose: bool,
 }
 
+/// Prints `gates: ` and the error with its causes on stderr; returns `code`.
+fn fail(e: &Error, code: u8) -> ExitCode {
+    eprintln!("gates: {}", Chain(e));
+    ExitCode::from(code)
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let cli = match Cli::try_parse_from(&argv) {
@@ -72,8 +80,7 @@ fn main() -> ExitCode {
     // `--plant none` (the planted build with nothing live) may record a baseline: the reference the
     // gates' own sensitivity tests measure a plant against, in a file of their own.
     if cli.save_baseline && cli.plant.as_deref().is_some_and(|p| p.trim() != "none") {
-        eprintln!("gates: --save-baseline with --plant: a baseline of a planted regression would hide it");
-        return ExitCode::from(2);
+        return fail(&Error::BaselineWithPlant, 2);
     }
     let opts = Options {
         root,
@@ -86,14 +93,8 @@ fn main() -> ExitCode {
     let out = cli.out.clone().unwrap_or_else(|| opts.root.join("results").join("gates"));
     let contracts = match contract::load_all(&opts.root) {
         Ok(c) if !c.is_empty() => c,
-        Ok(_) => {
-            eprintln!("gates: no contracts/phase*.toml under {}", opts.root.display());
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            eprintln!("gates: invalid contract: {e}");
-            return ExitCode::from(2);
-        }
+        Ok(_) => return fail(&Error::NoContracts(opts.root.clone()), 2),
+        Err(e) => return fail(&e.into(), 2),
     };
     let baseline_path = cli.baseline.clone().unwrap_or_else(|| opts.root.join("results/gates/baseline.json"));
     // A missing file is not a usage error (a static-only run needs none), but every row with a
@@ -101,10 +102,7 @@ fn main() -> ExitCode {
     let (baseline, missing) = match Baseline::load(&baseline_path) {
         Ok(b) => (Some(b), None),
         Err(e) if !baseline_path.exists() => (None, Some(e)),
-        Err(e) => {
-            eprintln!("gates: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(&e.into(), 2),
     };
 
     let mut rows = runner::run(&opts, &contracts);
@@ -116,7 +114,7 @@ fn main() -> ExitCode {
             (Some(b), _) => b.apply(r),
             (None, Some(e)) if r.soft_limit_pct.is_some() && matches!(r.status, Status::Pass | Status::Fail) => {
                 r.status = Status::Error;
-                r.note = format!("{e}; {}", r.note);
+                r.note = format!("{}; {}", Chain(e), r.note);
             }
             (None, _) => {}
         }
@@ -124,9 +122,8 @@ fn main() -> ExitCode {
     let meta = report::meta(&opts.root, &argv);
     println!("{}", report::table(&rows));
 
-    if let Err(e) = std::fs::create_dir_all(&out) {
-        eprintln!("gates: cannot create {}: {e}", out.display());
-        return ExitCode::from(1);
+    if let Err(source) = std::fs::create_dir_all(&out) {
+        return fail(&Error::CreateDir { path: out, source }, 1);
     }
     let json = report::json_report(&rows, &meta);
     let writes = [
@@ -134,9 +131,8 @@ fn main() -> ExitCode {
         (out.join("latest.md"), report::markdown(&rows, &meta)),
     ];
     for (path, text) in writes {
-        if let Err(e) = std::fs::write(&path, text + "\n") {
-            eprintln!("gates: cannot write {}: {e}", path.display());
-            return ExitCode::from(1);
+        if let Err(source) = std::fs::write(&path, text + "\n") {
+            return fail(&Error::Write { path, source }, 1);
         }
     }
     let code = runner::exit_code(&rows);
@@ -147,16 +143,14 @@ fn main() -> ExitCode {
             meta["commit"].as_str().unwrap_or("unknown"),
             meta["created"].as_str().unwrap_or(""),
         )
+        .map_err(Error::from)
         .and_then(|b| {
-            let text = serde_json::to_string_pretty(&b).map_err(|e| e.to_string())?;
-            std::fs::write(&baseline_path, text + "\n").map_err(|e| format!("cannot write {}: {e}", baseline_path.display()))
+            let text = serde_json::to_string_pretty(&b)?;
+            std::fs::write(&baseline_path, text + "\n").map_err(|source| Error::Write { path: baseline_path.clone(), source })
         });
         match saved {
             Ok(()) => println!("baseline saved: {}", baseline_path.display()),
-            Err(e) => {
-                eprintln!("gates: {e}");
-                return ExitCode::from(code.max(1));
-            }
+            Err(e) => return fail(&e, code.max(1)),
         }
     }
     println!("report: {}", out.join("latest.md").display());

@@ -41,6 +41,21 @@ pub struct CrateContext {
     pub externs: BTreeMap<String, String>,
 }
 
+/// A manifest or crate root that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("{}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}", path.display())]
+    Manifest { path: PathBuf, source: toml::de::Error },
+    /// A manifest given as text ([`CrateContext::from_sources`]): `which` is `Cargo.toml` or
+    /// `workspace Cargo.toml`.
+    #[error("{which}")]
+    ManifestText { which: &'static str, source: toml::de::Error },
+    #[error("{}:{line}: cannot parse", path.display())]
+    Parse { path: PathBuf, line: usize, source: syn::Error },
+}
+
 fn ident_of(name: &str) -> String {
     name.replace('-', "_")
 }
@@ -49,12 +64,12 @@ impl CrateContext {
     /// Reads `root/package_dir/Cargo.toml`, the workspace manifest `root/Cargo.toml` and the
     /// crate roots (`[lib]`/`[[bin]]` paths, `src/lib.rs`, `src/main.rs`). Missing files are
     /// skipped (a fixture tree may have none): the resolution then knows no renames.
-    pub fn load(root: &Path, package_dir: &Path) -> Result<Self, String> {
-        let read = |p: &Path| -> Result<Option<String>, String> {
+    pub fn load(root: &Path, package_dir: &Path) -> Result<Self, ResolveError> {
+        let read = |p: &Path| -> Result<Option<String>, ResolveError> {
             match std::fs::read_to_string(p) {
                 Ok(s) => Ok(Some(s)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(format!("{}: {e}", p.display())),
+                Err(source) => Err(ResolveError::Read { path: p.to_path_buf(), source }),
             }
         };
         let pkg_manifest = root.join(package_dir).join("Cargo.toml");
@@ -63,7 +78,7 @@ impl CrateContext {
         let workspace = if ws_manifest == pkg_manifest { None } else { read(&ws_manifest)? };
         let mut root_files: Vec<PathBuf> = vec![PathBuf::from("src/lib.rs"), PathBuf::from("src/main.rs")];
         if let Some(m) = &manifest {
-            let t: toml::Table = toml::from_str(m).map_err(|e| format!("{}: {e}", pkg_manifest.display()))?;
+            let t: toml::Table = toml::from_str(m).map_err(|source| ResolveError::Manifest { path: pkg_manifest.clone(), source })?;
             if let Some(p) = t.get("lib").and_then(|l| l.get("path")).and_then(|p| p.as_str()) {
                 root_files.push(PathBuf::from(p));
             }
@@ -87,17 +102,18 @@ impl CrateContext {
     }
 
     /// The same from texts: the package manifest, the workspace manifest and the crate roots.
-    pub fn from_sources(manifest: Option<&str>, workspace: Option<&str>, roots: &[(&Path, &str)]) -> Result<Self, String> {
+    pub fn from_sources(manifest: Option<&str>, workspace: Option<&str>, roots: &[(&Path, &str)]) -> Result<Self, ResolveError> {
         let mut cx = CrateContext::default();
         let ws_deps = match workspace {
             Some(w) => {
-                let t: toml::Table = toml::from_str(w).map_err(|e| format!("workspace Cargo.toml: {e}"))?;
+                let t: toml::Table =
+                    toml::from_str(w).map_err(|source| ResolveError::ManifestText { which: "workspace Cargo.toml", source })?;
                 t.get("workspace").and_then(|w| w.get("dependencies")).and_then(|d| d.as_table()).cloned().unwrap_or_default()
             }
             None => toml::Table::new(),
         };
         if let Some(m) = manifest {
-            let t: toml::Table = toml::from_str(m).map_err(|e| format!("Cargo.toml: {e}"))?;
+            let t: toml::Table = toml::from_str(m).map_err(|source| ResolveError::ManifestText { which: "Cargo.toml", source })?;
             let mut tables: Vec<&toml::Table> = Vec::new();
             for key in ["dependencies", "dev-dependencies", "build-dependencies"] {
                 tables.extend(t.get(key).and_then(|d| d.as_table()));
@@ -120,7 +136,11 @@ impl CrateContext {
         }
         cx.externs = cx.deps.clone();
         for (path, src) in roots {
-            let file = syn::parse_file(src).map_err(|e| format!("{}:{}: cannot parse: {e}", path.display(), e.span().start().line))?;
+            let file = syn::parse_file(src).map_err(|source| ResolveError::Parse {
+                path: path.to_path_buf(),
+                line: source.span().start().line,
+                source,
+            })?;
             for item in &file.items {
                 if let Item::ExternCrate(e) = item {
                     let target = cx.crate_of(&unraw(&e.ident));

@@ -6,14 +6,54 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::contract::{Contract, LatencyGate};
+use crate::error::chain;
 use crate::scan;
+
+/// What keeps a measured gate from running its processes: building them, starting them, reading
+/// what they report.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("cannot run cargo")]
+    Cargo(#[source] std::io::Error),
+    /// `last_line`: the last line cargo printed on stderr.
+    #[error("cargo build -p {package} --bin {bin} failed: {last_line}")]
+    Build { package: String, bin: String, last_line: String },
+    #[error("cargo built no executable named {0}")]
+    NoExecutable(String),
+    #[error("cannot start {what}")]
+    Start { what: String, source: std::io::Error },
+    #[error("{0}: no stdout")]
+    NoStdout(String),
+    #[error("{0} did not print `listening ADDR` within 10 s")]
+    NotListening(String),
+    /// A scratch directory or the proxy's config file.
+    #[error("{}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("loadgen")]
+    Loadgen(#[source] std::io::Error),
+    #[error("loadgen run failed ({status}): {stderr}")]
+    LoadgenFailed { status: ExitStatus, stderr: String },
+    #[error("{}", path.display())]
+    LoadgenReport { path: PathBuf, source: std::io::Error },
+    #[error("loadgen JSON")]
+    LoadgenJson(#[source] serde_json::Error),
+}
+
+/// TEMPORARY, until the rewrite of `memory.rs` (issue 13) returns typed errors: lets its
+/// `Result<_, String>` code call the runner with `?`. The string is the whole chain, as the
+/// row's note showed it before. Remove with the last `String` error in `memory.rs`.
+impl From<RunnerError> for String {
+    fn from(e: RunnerError) -> String {
+        chain(&e)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -159,7 +199,7 @@ fn static_gate(opts: &Options, c: &Contract, g: &crate::contract::StaticGate, pr
         details: Value::Null,
     };
     match scan::scan_contract(&opts.root, c, &opts.features()) {
-        Err(e) => row.note = e,
+        Err(e) => row.note = chain(&e),
         Ok((violations, files)) => {
             let n = violations.len() as f64;
             row.measured = Some(n);
@@ -184,7 +224,7 @@ fn latency_gate(opts: &Options, g: &LatencyGate, prefix: &str) -> Row {
     let key = format!("{prefix}:latency");
     match measure_latency(opts, g) {
         Ok(row) => Row { key, ..row },
-        Err(e) => error_row(key, &g.metric, &g.unit, Some(g.hard_limit), e),
+        Err(e) => error_row(key, &g.metric, &g.unit, Some(g.hard_limit), chain(&e)),
     }
 }
 
@@ -366,7 +406,7 @@ pub struct LoadRun<'a> {
 impl Stage {
     /// Starts the byte-relay floor (`loadgen relay`) in front of the upstream, pinned where the
     /// proxy is: the same CPU, the same hop.
-    pub fn start_relay(&self) -> Result<(ChildGuard, String), String> {
+    pub fn start_relay(&self) -> Result<(ChildGuard, String), RunnerError> {
         let mut rl = pinned(self.pin, "1", &self.loadgen);
         rl.args(["relay", "--listen", "127.0.0.1:0", "--upstream", &self.upstream_addr]);
         spawn_listening(rl, "loadgen relay")
@@ -374,7 +414,7 @@ impl Stage {
 
     /// Runs loadgen (pinned beside the upstream) with `extra` arguments, writing its JSON report
     /// to `json`, and returns that report. Invalid runs are reported, not refused.
-    pub fn load(&self, run: &LoadRun<'_>, extra: &[&str], json: &Path) -> Result<Value, String> {
+    pub fn load(&self, run: &LoadRun<'_>, extra: &[&str], json: &Path) -> Result<Value, RunnerError> {
         let mut cmd = Command::new(&self.loadgen);
         cmd.args(["run", "--url", &format!("http://{}/", run.addr), "--rate", &run.rate.to_string()])
             .args(["--duration", run.duration, "--warmup", run.warmup, "--connections", &run.connections.to_string()])
@@ -385,23 +425,23 @@ impl Stage {
         if self.pin {
             cmd.args(["--cpus", "0"]);
         }
-        let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| format!("loadgen: {e}"))?;
+        let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(RunnerError::Loadgen)?;
         if !out.status.success() {
-            return Err(format!("loadgen run failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+            return Err(RunnerError::LoadgenFailed { status: out.status, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() });
         }
-        let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("loadgen JSON: {e}"))
+        let text = std::fs::read_to_string(json).map_err(|source| RunnerError::LoadgenReport { path: json.to_path_buf(), source })?;
+        serde_json::from_str(&text).map_err(RunnerError::LoadgenJson)
     }
 }
 
 /// Builds and starts the [`Stage`]; the proxy's config is written into `tmp`.
-pub fn start_stage(opts: &Options, body_bytes: usize, tmp: &Path) -> Result<Stage, String> {
+pub fn start_stage(opts: &Options, body_bytes: usize, tmp: &Path) -> Result<Stage, RunnerError> {
     start_stage_with(opts, body_bytes, tmp, "")
 }
 
 /// [`start_stage`] with `extra_config` (TOML: `[limits]` and the like) appended to the proxy's
 /// config.
-pub fn start_stage_with(opts: &Options, body_bytes: usize, tmp: &Path, extra_config: &str) -> Result<Stage, String> {
+pub fn start_stage_with(opts: &Options, body_bytes: usize, tmp: &Path, extra_config: &str) -> Result<Stage, RunnerError> {
     let proxy = cargo_build(opts, "proxy", "proxy")?;
     let loadgen = cargo_build_plain(opts, "loadgen", "loadgen")?;
     let pin = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 && which("taskset");
@@ -414,7 +454,7 @@ pub fn start_stage_with(opts: &Options, body_bytes: usize, tmp: &Path, extra_con
     let text = format!(
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"o\"\n[upstreams.o]\nservers = [\"{upstream_addr}\"]\nidle_pool_size = 256\n{extra_config}"
     );
-    std::fs::write(&cfg, text).map_err(|e| format!("{}: {e}", cfg.display()))?;
+    std::fs::write(&cfg, text).map_err(|source| RunnerError::Write { path: cfg.clone(), source })?;
     let mut px_cmd = pinned(pin, "1", &proxy);
     px_cmd.arg("--config").arg(&cfg).args(["--workers", "1"]);
     opts.plant_env(&mut px_cmd);
@@ -438,7 +478,7 @@ fn reasons(v: &Value) -> impl Iterator<Item = &str> {
     v["invalid_reasons"].as_array().into_iter().flatten().filter_map(Value::as_str)
 }
 
-fn measure_latency(opts: &Options, g: &LatencyGate) -> Result<Row, String> {
+fn measure_latency(opts: &Options, g: &LatencyGate) -> Result<Row, RunnerError> {
     let tmp = scratch_dir("latency")?;
     let stage = start_stage(opts, g.body_bytes, &tmp)?;
     let (_relay, relay_addr) = stage.start_relay()?;
@@ -536,10 +576,11 @@ impl Drop for ChildGuard {
 }
 
 /// Starts `cmd` and waits (10 s at most) for its `listening ADDR` line on stdout.
-pub fn spawn_listening(mut cmd: Command, what: &str) -> Result<(ChildGuard, String), String> {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map_err(|e| format!("cannot start {what}: {e}"))?;
+pub fn spawn_listening(mut cmd: Command, what: &str) -> Result<(ChildGuard, String), RunnerError> {
+    let child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map_err(|source| RunnerError::Start { what: what.to_owned(), source })?;
     let mut guard = ChildGuard(child);
-    let stdout = guard.0.stdout.take().ok_or_else(|| format!("{what}: no stdout"))?;
+    let stdout = guard.0.stdout.take().ok_or_else(|| RunnerError::NoStdout(what.to_owned()))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -551,7 +592,7 @@ pub fn spawn_listening(mut cmd: Command, what: &str) -> Result<(ChildGuard, Stri
     });
     match rx.recv_timeout(Duration::from_secs(10)) {
         Ok(addr) => Ok((guard, addr)),
-        Err(_) => Err(format!("{what} did not print `listening ADDR` within 10 s")),
+        Err(_) => Err(RunnerError::NotListening(what.to_owned())),
     }
 }
 
@@ -574,24 +615,24 @@ pub fn which(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-pub fn scratch_dir(what: &str) -> Result<PathBuf, String> {
+pub fn scratch_dir(what: &str) -> Result<PathBuf, RunnerError> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let d = std::env::temp_dir().join(format!("gates-{what}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    std::fs::create_dir_all(&d).map_err(|source| RunnerError::Write { path: d.clone(), source })?;
     Ok(d)
 }
 
 /// Builds `bin` of `package` in release mode with the run's features; returns the executable.
-pub fn cargo_build(opts: &Options, package: &str, bin: &str) -> Result<PathBuf, String> {
+pub fn cargo_build(opts: &Options, package: &str, bin: &str) -> Result<PathBuf, RunnerError> {
     build(opts, package, bin, true)
 }
 
 /// Same, without the planted features (tools such as loadgen).
-pub fn cargo_build_plain(opts: &Options, package: &str, bin: &str) -> Result<PathBuf, String> {
+pub fn cargo_build_plain(opts: &Options, package: &str, bin: &str) -> Result<PathBuf, RunnerError> {
     build(opts, package, bin, false)
 }
 
-fn build(opts: &Options, package: &str, bin: &str, planted: bool) -> Result<PathBuf, String> {
+fn build(opts: &Options, package: &str, bin: &str, planted: bool) -> Result<PathBuf, RunnerError> {
     let started = Instant::now();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
@@ -599,20 +640,20 @@ fn build(opts: &Options, package: &str, bin: &str, planted: bool) -> Result<Path
     if planted {
         opts.cargo_features(&mut cmd);
     }
-    let out =
-        cmd.stderr(if opts.verbose { Stdio::inherit() } else { Stdio::piped() }).output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    let out = cmd.stderr(if opts.verbose { Stdio::inherit() } else { Stdio::piped() }).output().map_err(RunnerError::Cargo)?;
     if !out.status.success() {
-        return Err(format!(
-            "cargo build -p {package} --bin {bin} failed: {}",
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
-        ));
+        return Err(RunnerError::Build {
+            package: package.to_owned(),
+            bin: bin.to_owned(),
+            last_line: String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").to_owned(),
+        });
     }
     let exe = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == bin)
         .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| format!("cargo built no executable named {bin}"))?;
+        .ok_or_else(|| RunnerError::NoExecutable(bin.to_owned()))?;
     if opts.verbose {
         eprintln!("gates: built {} in {:.1}s", exe.display(), started.elapsed().as_secs_f64());
     }

@@ -31,7 +31,24 @@ use syn::visit::{self, Visit};
 use syn::{Attribute, Expr, Meta, Token};
 
 use crate::contract::{BanKind, Contract, Prohibition, glob_match};
-use crate::resolve::{self, Binding, CrateContext, Index, Ns, Res, Resolver, Scope, Segs, unraw};
+use crate::resolve::{self, Binding, CrateContext, Index, Ns, Res, ResolveError, Resolver, Scope, Segs, unraw};
+
+/// What keeps the static gate from scanning: a file it cannot list, read or parse, or nothing to
+/// scan.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("{}", dir.display())]
+    List { dir: PathBuf, source: std::io::Error },
+    /// `file`: relative to the workspace root.
+    #[error("{}", file.display())]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{}:{line}: cannot parse", file.display())]
+    Parse { file: PathBuf, line: usize, source: syn::Error },
+    #[error("no file matches the hot_path globs {0:?}: a scan of nothing cannot pass")]
+    NothingToScan(Vec<String>),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -78,7 +95,7 @@ const NON_CODE_ATTRIBUTES: &[&str] = &[
 
 /// Scans every hot-path file of `contract` under `root`. `features`: the cargo features of the
 /// build being checked (an `exclude` entry lapses when one of its `unless_features` is on).
-pub fn scan_contract(root: &Path, contract: &Contract, features: &[String]) -> Result<(Vec<Violation>, usize), String> {
+pub fn scan_contract(root: &Path, contract: &Contract, features: &[String]) -> Result<(Vec<Violation>, usize), ScanError> {
     let mut files = Vec::new();
     collect_rs(root, root, &mut files)?;
     files.sort();
@@ -90,13 +107,13 @@ pub fn scan_contract(root: &Path, contract: &Contract, features: &[String]) -> R
         if !contract.hot_path.paths.iter().any(|g| glob_match(g, &rel_s)) || excluded {
             continue;
         }
-        let src = std::fs::read_to_string(root.join(&rel)).map_err(|e| format!("{rel_s}: {e}"))?;
+        let src = std::fs::read_to_string(root.join(&rel)).map_err(|source| ScanError::Read { file: PathBuf::from(&rel_s), source })?;
         let (package, _, _) = resolve::module_of(&rel);
         by_package.entry(package).or_default().push((rel, src));
         scanned += 1;
     }
     if scanned == 0 {
-        return Err(format!("no file matches the hot_path globs {:?}: a scan of nothing cannot pass", contract.hot_path.paths));
+        return Err(ScanError::NothingToScan(contract.hot_path.paths.clone()));
     }
     let mut violations = Vec::new();
     for (package, files) in by_package {
@@ -106,8 +123,8 @@ pub fn scan_contract(root: &Path, contract: &Contract, features: &[String]) -> R
     Ok((violations, scanned))
 }
 
-fn collect_rs(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+fn collect_rs(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ScanError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ScanError::List { dir: dir.to_path_buf(), source })?;
     for e in entries.flatten() {
         let p = e.path();
         let name = e.file_name();
@@ -128,10 +145,11 @@ fn collect_rs(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Str
 /// Scans the hot-path files of one crate, given as (path relative to the workspace root,
 /// source). The paths give each file its module (`proxy/src/data/conn.rs` is
 /// `crate::data::conn`); names used across these files are resolved through each other.
-pub fn scan_files(files: &[(PathBuf, String)], contract: &Contract, cx: &CrateContext) -> Result<Vec<Violation>, String> {
+pub fn scan_files(files: &[(PathBuf, String)], contract: &Contract, cx: &CrateContext) -> Result<Vec<Violation>, ScanError> {
     let mut asts = Vec::with_capacity(files.len());
     for (rel, src) in files {
-        let ast = syn::parse_file(src).map_err(|e| format!("{}:{}: cannot parse: {e}", rel.display(), e.span().start().line))?;
+        let ast =
+            syn::parse_file(src).map_err(|source| ScanError::Parse { file: rel.clone(), line: source.span().start().line, source })?;
         asts.push(ast);
     }
     let mut index = Index::default();
@@ -171,7 +189,7 @@ pub fn scan_files(files: &[(PathBuf, String)], contract: &Contract, cx: &CrateCo
 
 /// Scans one source text as the file `file` (relative to the workspace root; it gives the
 /// module path), alone.
-pub fn scan_source(file: &Path, src: &str, contract: &Contract, cx: &CrateContext) -> Result<Vec<Violation>, String> {
+pub fn scan_source(file: &Path, src: &str, contract: &Contract, cx: &CrateContext) -> Result<Vec<Violation>, ScanError> {
     scan_files(&[(file.to_path_buf(), src.to_owned())], contract, cx)
 }
 
@@ -1191,7 +1209,7 @@ mod tests {
             assert!(text.contains(from), "{from}");
             std::fs::write(&f, text.replacen(from, to, 1)).unwrap();
             let e = contract::load(&f).unwrap_err();
-            assert!(e.message.contains(want), "{to}: {e}");
+            assert!(e.to_string().contains(want), "{to}: {e}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

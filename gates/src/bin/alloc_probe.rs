@@ -20,9 +20,11 @@
 //! with a backtrace per allocation site) to find where a shape allocates.
 
 use std::cell::Cell;
+use std::io;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use gates::error::Chain;
 use gates::harness::{self, Client, FILL, Origin, OriginCounts, OriginMode, ProxySetup, Response};
 use proxy::control::workers::{Engine, Running};
 use serde_json::{Value, json};
@@ -309,6 +311,66 @@ const SHAPES: &[Shape] = &[
     },
 ];
 
+/// A command line the probe cannot run (exit 2).
+#[derive(Debug, thiserror::Error)]
+enum UsageError {
+    #[error("{0} needs a value")]
+    NeedsValue(String),
+    #[error("unknown engine {0:?} (native|hyper)")]
+    UnknownEngine(String),
+    /// The option (`--requests`, ...) whose value is not a number.
+    #[error("{0} takes a number")]
+    NotANumber(&'static str),
+    #[error("--requests must be > 0")]
+    ZeroRequests,
+    /// `known`: the shapes' names, comma-separated.
+    #[error("unknown shape {shape:?} (all, {known})")]
+    UnknownShape { shape: String, known: String },
+    #[error("unknown argument {0:?}")]
+    UnknownArgument(String),
+}
+
+/// A shape that could not be measured, or whose exchanges were not the shape's (exit 1).
+/// `shape`: the shape's name.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("{shape}: --requests must be a multiple of {depth} (requests per write)")]
+    NotMultiple { shape: &'static str, depth: usize },
+    #[error("origin")]
+    Origin(#[source] io::Error),
+    #[error("refused address")]
+    RefusedAddr(#[source] io::Error),
+    #[error("proxy")]
+    Proxy(#[source] io::Error),
+    #[error("{shape}: send")]
+    Send { shape: &'static str, source: io::Error },
+    #[error("{shape}: response")]
+    Response { shape: &'static str, source: io::Error },
+    #[error("{shape}: echo")]
+    Echo { shape: &'static str, source: io::Error },
+    #[error("{shape}: the tunnel did not echo the bytes sent")]
+    NoEcho { shape: &'static str },
+    #[error(
+        "{shape}: got status {}, {} body bytes (intact: {}, chunked: {}, closed: {}); expected {}, {body_bytes} bytes (chunked: {}, closed: {})",
+        got.status, got.body_bytes, got.body_intact, got.chunked, got.closed, expected.status, expected.chunked, expected.closes
+    )]
+    Unexpected { shape: &'static str, got: Got, expected: Expect, body_bytes: u64 },
+    #[error("{shape}: {checked} responses checked over {exchanges} exchanges")]
+    Unchecked { shape: &'static str, checked: u64, exchanges: u64 },
+    #[error("{shape}: over {exchanges} exchanges the origin saw {saw:?}, expected {expected:?}")]
+    OriginSaw { shape: &'static str, exchanges: u64, saw: OriginCounts, expected: OriginCounts },
+}
+
+/// What a response that was not as expected was like.
+#[derive(Debug, Clone, Copy)]
+struct Got {
+    status: u16,
+    body_bytes: u64,
+    body_intact: bool,
+    chunked: bool,
+    closed: bool,
+}
+
 struct Args {
     shape: String,
     engine: Engine,
@@ -318,23 +380,23 @@ struct Args {
     heap_profile: Option<String>,
 }
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args() -> Result<Args, UsageError> {
     let mut a = Args { shape: "get".into(), engine: Engine::Native, requests: None, warmup: None, body_bytes: 1024, heap_profile: None };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
-        let mut v = || it.next().ok_or_else(|| format!("{k} needs a value"));
+        let mut v = || it.next().ok_or_else(|| UsageError::NeedsValue(k.clone()));
         match k.as_str() {
             "--shape" => a.shape = v()?,
             "--engine" => {
                 a.engine = match v()?.as_str() {
                     "native" => Engine::Native,
                     "hyper" => Engine::Hyper,
-                    other => return Err(format!("unknown engine {other:?} (native|hyper)")),
+                    other => return Err(UsageError::UnknownEngine(other.to_owned())),
                 }
             }
-            "--requests" => a.requests = Some(v()?.parse().map_err(|_| "--requests takes a number".to_owned())?),
-            "--warmup" => a.warmup = Some(v()?.parse().map_err(|_| "--warmup takes a number".to_owned())?),
-            "--body-bytes" => a.body_bytes = v()?.parse().map_err(|_| "--body-bytes takes a number".to_owned())?,
+            "--requests" => a.requests = Some(v()?.parse().map_err(|_| UsageError::NotANumber("--requests"))?),
+            "--warmup" => a.warmup = Some(v()?.parse().map_err(|_| UsageError::NotANumber("--warmup"))?),
+            "--body-bytes" => a.body_bytes = v()?.parse().map_err(|_| UsageError::NotANumber("--body-bytes"))?,
             "--heap-profile" => a.heap_profile = Some(v()?),
             "--list" => {
                 for s in SHAPES {
@@ -342,15 +404,15 @@ fn parse_args() -> Result<Args, String> {
                 }
                 std::process::exit(0);
             }
-            other => return Err(format!("unknown argument {other:?}")),
+            other => return Err(UsageError::UnknownArgument(other.to_owned())),
         }
     }
     if a.requests == Some(0) {
-        return Err("--requests must be > 0".into());
+        return Err(UsageError::ZeroRequests);
     }
     if a.shape != "all" && !SHAPES.iter().any(|s| s.name == a.shape) {
         let names: Vec<&str> = SHAPES.iter().map(|s| s.name).collect();
-        return Err(format!("unknown shape {:?} (all, {})", a.shape, names.join(", ")));
+        return Err(UsageError::UnknownShape { shape: a.shape, known: names.join(", ") });
     }
     Ok(a)
 }
@@ -378,7 +440,7 @@ struct Traffic<'a> {
     checked: Cell<u64>,
 }
 
-fn check(r: &Response, t: &Traffic<'_>) -> Result<(), String> {
+fn check(r: &Response, t: &Traffic<'_>) -> Result<(), ProbeError> {
     let e = t.expect;
     let body = match e.body {
         Body::Full => t.body_bytes,
@@ -387,22 +449,25 @@ fn check(r: &Response, t: &Traffic<'_>) -> Result<(), String> {
     if r.status == e.status && r.body_bytes == body && r.body_intact && r.chunked == e.chunked && r.closed == e.closes {
         return Ok(());
     }
-    Err(format!(
-        "{}: got status {}, {} body bytes (intact: {}, chunked: {}, closed: {}); expected {}, {body} bytes (chunked: {}, closed: {})",
-        t.shape.name, r.status, r.body_bytes, r.body_intact, r.chunked, r.closed, e.status, e.chunked, e.closes
-    ))
+    Err(ProbeError::Unexpected {
+        shape: t.shape.name,
+        got: Got { status: r.status, body_bytes: r.body_bytes, body_intact: r.body_intact, chunked: r.chunked, closed: r.closed },
+        expected: e,
+        body_bytes: body,
+    })
 }
 
 /// One exchange (a batch of `depth` requests when pipelining), every response checked.
-fn exchange(c: &mut Client, t: &Traffic<'_>) -> Result<(), String> {
-    c.send(t.bytes).map_err(|e| format!("{}: send: {e}", t.shape.name))?;
+fn exchange(c: &mut Client, t: &Traffic<'_>) -> Result<(), ProbeError> {
+    let shape = t.shape.name;
+    c.send(t.bytes).map_err(|source| ProbeError::Send { shape, source })?;
     for _ in 0..t.shape.depth {
-        let r = c.response().map_err(|e| format!("{}: response: {e}", t.shape.name))?;
+        let r = c.response().map_err(|source| ProbeError::Response { shape, source })?;
         check(&r, t)?;
         t.checked.set(t.checked.get() + 1);
     }
-    if !t.echo.is_empty() && !c.echo(t.echo).map_err(|e| format!("{}: echo: {e}", t.shape.name))? {
-        return Err(format!("{}: the tunnel did not echo the bytes sent", t.shape.name));
+    if !t.echo.is_empty() && !c.echo(t.echo).map_err(|source| ProbeError::Echo { shape, source })? {
+        return Err(ProbeError::NoEcho { shape });
     }
     if t.client_closes {
         c.close();
@@ -442,9 +507,9 @@ fn measure(
     running: Option<&Running>,
     warmup: u64,
     n: u64,
-) -> Result<Delta, String> {
+) -> Result<Delta, ProbeError> {
     let batches = |k: u64| k.div_ceil(t.shape.depth as u64);
-    let one = |c: &mut Client| -> Result<(), String> {
+    let one = |c: &mut Client| -> Result<(), ProbeError> {
         exchange(c, t)?;
         if !c.is_connected() {
             settle(running, c);
@@ -480,19 +545,19 @@ fn engine_name(e: Engine) -> &'static str {
     }
 }
 
-fn run_shape(s: &Shape, a: &Args) -> Result<Value, String> {
+fn run_shape(s: &Shape, a: &Args) -> Result<Value, ProbeError> {
     let n = a.requests.unwrap_or(s.requests);
     let warmup = a.warmup.unwrap_or(s.warmup);
     if !n.is_multiple_of(s.depth as u64) {
-        return Err(format!("{}: --requests must be a multiple of {} (requests per write)", s.name, s.depth));
+        return Err(ProbeError::NotMultiple { shape: s.name, depth: s.depth });
     }
     let origin = match s.origin {
-        Some(mode) => Some(Origin::start_mode(mode, a.body_bytes).map_err(|e| format!("origin: {e}"))?),
+        Some(mode) => Some(Origin::start_mode(mode, a.body_bytes).map_err(ProbeError::Origin)?),
         None => None,
     };
     let upstream = match &origin {
         Some(o) => o.addr,
-        None => harness::refused_addr().map_err(|e| format!("refused address: {e}"))?,
+        None => harness::refused_addr().map_err(ProbeError::RefusedAddr)?,
     };
     let one = build(s.req, a.body_bytes);
     let bytes = one.repeat(s.depth);
@@ -519,7 +584,7 @@ fn run_shape(s: &Shape, a: &Args) -> Result<Value, String> {
         (Direct::None(why), _) => (None, format!("n/a: {why}")),
     };
 
-    let running = harness::start_proxy(upstream, a.engine, &s.setup).map_err(|e| format!("proxy: {e}"))?;
+    let running = harness::start_proxy(upstream, a.engine, &s.setup).map_err(ProbeError::Proxy)?;
     let mut via = Client::new(running.addrs[0]);
     let proxied = measure(&mut via, &traffic(s.expect, s.client_closes), origin.as_ref(), Some(&running), warmup, n);
     drop(via);
@@ -538,10 +603,10 @@ fn run_shape(s: &Shape, a: &Args) -> Result<Value, String> {
         echoed: if s.echo { ECHO as u64 * n } else { 0 },
     };
     if proxied.checked != n {
-        return Err(format!("{}: {} responses checked over {n} exchanges", s.name, proxied.checked));
+        return Err(ProbeError::Unchecked { shape: s.name, checked: proxied.checked, exchanges: n });
     }
     if proxied.origin != want {
-        return Err(format!("{}: over {n} exchanges the origin saw {:?}, expected {want:?}", s.name, proxied.origin));
+        return Err(ProbeError::OriginSaw { shape: s.name, exchanges: n, saw: proxied.origin, expected: want });
     }
     let nf = n as f64;
     let o = proxied.origin;
@@ -574,7 +639,7 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("alloc-probe: {e}");
+            eprintln!("alloc-probe: {}", Chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -586,7 +651,7 @@ fn main() -> ExitCode {
         match run_shape(s, &args) {
             Ok(v) => println!("{v}"),
             Err(e) => {
-                eprintln!("alloc-probe: {e}");
+                eprintln!("alloc-probe: {}", Chain(&e));
                 return ExitCode::from(1);
             }
         }

@@ -11,10 +11,12 @@
 //! One JSON line on stdout; exit 1 with the reason on stderr when a file cannot be read (a
 //! process that is gone, a missing summary), 2 on a usage error.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gates::floor::{cpu_ns, parse_strace_summary};
+use gates::error::Chain;
+use gates::floor::{FloorError, cpu_ns, parse_strace_summary};
 use serde_json::{Map, Value, json};
 
 #[derive(Debug, Parser)]
@@ -32,10 +34,20 @@ enum Cmd {
         pids: Vec<u32>,
     },
     /// Per-syscall counts of an `strace -c` summary file, and their sum.
-    StraceSummary { file: std::path::PathBuf },
+    StraceSummary { file: PathBuf },
 }
 
-fn schedstat(pids: &[u32]) -> Result<Value, String> {
+/// A reading that cannot be taken (exit 1).
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    /// A process that is gone (its `/proc/PID/task` or a thread's schedstat).
+    #[error(transparent)]
+    Schedstat(#[from] FloorError),
+    #[error("{}", file.display())]
+    Summary { file: PathBuf, source: std::io::Error },
+}
+
+fn schedstat(pids: &[u32]) -> Result<Value, ProbeError> {
     let mut by_pid = Map::new();
     let mut total: u64 = 0;
     for &pid in pids {
@@ -63,7 +75,7 @@ fn main() -> ExitCode {
     let out = match cli.cmd {
         Cmd::Schedstat { pids } => schedstat(&pids),
         Cmd::StraceSummary { file } => {
-            std::fs::read_to_string(&file).map(|t| strace_summary(&t)).map_err(|e| format!("{}: {e}", file.display()))
+            std::fs::read_to_string(&file).map(|t| strace_summary(&t)).map_err(|source| ProbeError::Summary { file, source })
         }
     };
     match out {
@@ -72,7 +84,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("probe: {e}");
+            eprintln!("probe: {}", Chain(&e));
             ExitCode::from(1)
         }
     }
@@ -97,7 +109,9 @@ mod tests {
         assert!(one > 0, "{v}");
         assert!(v["total_ns"].as_u64().unwrap() >= 2 * one, "{v}");
         let e = schedstat(&[me, u32::MAX]).unwrap_err();
-        assert!(e.contains(&format!("/proc/{}/task", u32::MAX)), "{e}");
+        assert!(matches!(e, ProbeError::Schedstat(FloorError::Tasks { .. })), "{e:?}");
+        let shown = Chain(&e).to_string();
+        assert!(shown.starts_with(&format!("/proc/{}/task: ", u32::MAX)), "{shown}");
     }
 
     #[test]
