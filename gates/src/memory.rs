@@ -14,12 +14,51 @@
 //! other than 200, closed while held, ...) is not a measurement of N connections: its rows are
 //! ERROR, as are missing, zero or non-finite RSS figures and a negative per-connection figure.
 
-use std::process::Stdio;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
 
 use serde_json::{Value, json};
 
 use crate::contract::MemoryGate;
-use crate::runner::{Options, Row, Status, error_row, pinned, scratch_dir, start_stage_with};
+use crate::error::chain;
+use crate::runner::{Options, Row, RunnerError, Status, error_row, pinned, scratch_dir, start_stage_with};
+
+/// Why the memory gate measured nothing, or why a count is not a measurement; shown as every
+/// row's note ([`chain`]).
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("contract: memory.connections must be counts of at least 1")]
+    NoCounts,
+    #[error("contract: memory.connections lists a count twice")]
+    CountTwice,
+    #[error("contract: memory.{0} must be a positive number")]
+    NotPositive(&'static str),
+    #[error("contract: memory.rounds must be at least 1")]
+    NoRounds,
+    #[error("contract: memory.settle {0:?}")]
+    Settle(String, #[source] humantime::DurationError),
+    #[error("raising RLIMIT_NOFILE")]
+    RaiseNofile(#[source] std::io::Error),
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+    #[error(
+        "the proxy may open at most {limit} files (RLIMIT_NOFILE, inherited from this runner): holding {largest} connections \
+         needs {needed}; raise the soft limit (ulimit -n) before running the gates"
+    )]
+    ProxyNofile { limit: u64, largest: u64, needed: u64 },
+    #[error("loadgen hold")]
+    Spawn(#[source] std::io::Error),
+    #[error("loadgen hold failed ({status}): {last}")]
+    HoldFailed { status: ExitStatus, last: String },
+    #[error("{}", .0.display())]
+    ReadReport(PathBuf, #[source] std::io::Error),
+    #[error("loadgen hold JSON")]
+    Report(#[source] serde_json::Error),
+    #[error("invalid: {missing} of {connections} connections were not verified and held ({note})")]
+    Unverified { missing: u64, connections: u64, note: String },
+    #[error("RSS {0} is missing, zero or not a number in loadgen hold's report")]
+    Rss(&'static str),
+}
 
 /// File descriptors the proxy needs beside the held connections (listener, upstream pool, epoll,
 /// admin, log).
@@ -83,21 +122,20 @@ impl Held {
     }
 
     /// The count is a measurement of `connections` idle connections, or why not.
-    fn verified(&self) -> Result<(), String> {
+    fn verified(&self) -> Result<(), MemoryError> {
         if self.failures > 0 || self.n_ok != self.connections {
-            return Err(format!(
-                "invalid: {} of {} connections were not verified and held ({})",
-                self.connections.saturating_sub(self.n_ok),
-                self.connections,
-                if self.failure_note.is_empty() { "no failure reported" } else { &self.failure_note }
-            ));
+            return Err(MemoryError::Unverified {
+                missing: self.connections.saturating_sub(self.n_ok),
+                connections: self.connections,
+                note: if self.failure_note.is_empty() { "no failure reported".to_owned() } else { self.failure_note.clone() },
+            });
         }
         Ok(())
     }
 }
 
-fn positive(what: &str, x: f64) -> Result<f64, String> {
-    if x.is_finite() && x > 0.0 { Ok(x) } else { Err(format!("RSS {what} is missing, zero or not a number in loadgen hold's report")) }
+fn positive(what: &'static str, x: f64) -> Result<f64, MemoryError> {
+    if x.is_finite() && x > 0.0 { Ok(x) } else { Err(MemoryError::Rss(what)) }
 }
 
 fn mib(kib: f64) -> f64 {
@@ -112,7 +150,7 @@ pub fn judge_per_conn(limit: f64, n: u64, h: Option<&Held>) -> (Status, Option<f
     let figures = h.verified().and_then(|()| Ok((positive("before", h.rss_before_kib)?, positive("held", h.rss_held_kib)?)));
     let (before, held) = match figures {
         Ok(f) => f,
-        Err(e) => return (Status::Error, None, e),
+        Err(e) => return (Status::Error, None, chain(&e)),
     };
     let per = (held - before) / h.n_ok as f64;
     if !per.is_finite() || per < 0.0 {
@@ -142,7 +180,7 @@ pub fn judge_after_release(limit: f64, n: u64, h: Option<&Held>) -> (Status, Opt
         .and_then(|()| Ok((positive("before", h.rss_before_kib)?, positive("held", h.rss_held_kib)?, positive("after", h.rss_after_kib)?)));
     let (before, held, after) = match figures {
         Ok(f) => f,
-        Err(e) => return (Status::Error, None, e),
+        Err(e) => return (Status::Error, None, chain(&e)),
     };
     let ratio = ((after / before) * 1000.0).round() / 1000.0;
     let note = format!(
@@ -183,25 +221,25 @@ pub fn combine_rounds(rounds: Vec<(Status, Option<f64>, String)>) -> (Status, Op
 }
 
 /// The contract's figures make sense (else every row is an ERROR naming the key).
-fn check_contract(g: &MemoryGate) -> Result<(), String> {
+fn check_contract(g: &MemoryGate) -> Result<(), MemoryError> {
     if g.connections.is_empty() || g.connections.contains(&0) {
-        return Err("contract: memory.connections must be counts of at least 1".to_owned());
+        return Err(MemoryError::NoCounts);
     }
     let mut sorted = g.connections.clone();
     sorted.sort_unstable();
     sorted.dedup();
     if sorted.len() != g.connections.len() {
-        return Err("contract: memory.connections lists a count twice".to_owned());
+        return Err(MemoryError::CountTwice);
     }
     for (k, v) in [("per_conn_kib_limit", g.per_conn_kib_limit), ("after_ratio_limit", g.after_ratio_limit)] {
         if !(v.is_finite() && v > 0.0) {
-            return Err(format!("contract: memory.{k} must be a positive number"));
+            return Err(MemoryError::NotPositive(k));
         }
     }
     if g.rounds == 0 {
-        return Err("contract: memory.rounds must be at least 1".to_owned());
+        return Err(MemoryError::NoRounds);
     }
-    humantime::parse_duration(g.settle.trim()).map_err(|e| format!("contract: memory.settle {:?}: {e}", g.settle))?;
+    humantime::parse_duration(g.settle.trim()).map_err(|e| MemoryError::Settle(g.settle.clone(), e))?;
     Ok(())
 }
 
@@ -220,7 +258,8 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
     let largest = g.connections.iter().copied().max().unwrap_or(0);
     let per_key = |n: u64| format!("{prefix}:memory:per_conn@{n}");
     let after_key = format!("{prefix}:memory:after_release@{largest}");
-    let errors = |e: String| -> Vec<Row> {
+    let errors = |e: MemoryError| -> Vec<Row> {
+        let e = chain(&e);
         let mut rows: Vec<Row> =
             g.connections.iter().map(|&n| error_row(per_key(n), &g.metric, &g.unit, Some(g.per_conn_kib_limit), e.clone())).collect();
         rows.push(error_row(after_key.clone(), AFTER_METRIC, AFTER_UNIT, Some(g.after_ratio_limit), e));
@@ -230,19 +269,15 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
         return errors(e);
     }
     let g = &MemoryGate { rounds: opts.memory_rounds.unwrap_or(g.rounds), ..g.clone() };
-    let run = || -> Result<(Value, Value), String> {
+    let run = || -> Result<(Value, Value), MemoryError> {
         let tmp = scratch_dir("memory")?;
         // The proxy inherits this runner's open-file limit: raise the soft limit to the hard one
         // first, as `loadgen hold` does for itself (a 1,024 default cannot hold 10,000).
-        loadgen::hold::raise_nofile().map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
+        loadgen::hold::raise_nofile().map_err(MemoryError::RaiseNofile)?;
         let stage = start_stage_with(opts, g.body_bytes, &tmp, &g.proxy_config)?;
         let pid = stage.proxy.0.id();
         if let Some(limit) = nofile(pid).filter(|&l| l < largest + PROXY_FD_MARGIN) {
-            return Err(format!(
-                "the proxy may open at most {limit} files (RLIMIT_NOFILE, inherited from this runner): holding {largest} connections \
-                 needs {}; raise the soft limit (ulimit -n) before running the gates",
-                largest + PROXY_FD_MARGIN
-            ));
+            return Err(MemoryError::ProxyNofile { limit, largest, needed: largest + PROXY_FD_MARGIN });
         }
         let json_path = tmp.join("hold.json");
         let counts: Vec<String> = sequence(g).iter().map(u64::to_string).collect();
@@ -250,15 +285,15 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
         cmd.args(["hold", "--url", &format!("http://{}/", stage.proxy_addr), "--pid", &pid.to_string()])
             .args(["--connections", &counts.join(","), "--settle", &g.settle, "--allow-failures", "--json"])
             .arg(&json_path);
-        let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| format!("loadgen hold: {e}"))?;
+        let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(MemoryError::Spawn)?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-            return Err(format!("loadgen hold failed ({}): {last}", out.status));
+            return Err(MemoryError::HoldFailed { status: out.status, last: last.to_owned() });
         }
-        let text = std::fs::read_to_string(&json_path).map_err(|e| format!("{}: {e}", json_path.display()))?;
+        let text = std::fs::read_to_string(&json_path).map_err(|e| MemoryError::ReadReport(json_path.clone(), e))?;
         let _ = std::fs::remove_dir_all(&tmp);
-        let report: Value = serde_json::from_str(&text).map_err(|e| format!("loadgen hold JSON: {e}"))?;
+        let report: Value = serde_json::from_str(&text).map_err(MemoryError::Report)?;
         Ok((report, json!({ "pinned": stage.pin, "proxy_pid": pid })))
     };
     let (report, stage) = match run() {

@@ -46,15 +46,6 @@ pub enum RunnerError {
     LoadgenJson(#[source] serde_json::Error),
 }
 
-/// TEMPORARY, until the rewrite of `memory.rs` (issue 13) returns typed errors: lets its
-/// `Result<_, String>` code call the runner with `?`. The string is the whole chain, as the
-/// row's note showed it before. Remove with the last `String` error in `memory.rs`.
-impl From<RunnerError> for String {
-    fn from(e: RunnerError) -> String {
-        chain(&e)
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Status {
