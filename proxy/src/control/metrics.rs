@@ -95,6 +95,20 @@ pub fn render(shared: &Shared, p: &ProcessValues) -> String {
     let _ = writeln!(out, "proxy_upstream_connections_opened_total {}", t.upstream_opened);
     header(&mut out, "proxy_upstream_connections_reused_total", "counter", "Requests sent on a pooled upstream connection (pool hits).");
     let _ = writeln!(out, "proxy_upstream_connections_reused_total {}", t.upstream_reused);
+    header(
+        &mut out,
+        "proxy_working_sets_spare",
+        "gauge",
+        "Spare connection working sets (buffers and heads) the workers keep for reuse, as of their last once-a-second sweep.",
+    );
+    let _ = writeln!(out, "proxy_working_sets_spare {}", t.working_sets_spare);
+    header(
+        &mut out,
+        "proxy_working_sets_created_total",
+        "counter",
+        "Connection working sets the workers have created (a pool miss), as of their last once-a-second sweep.",
+    );
+    let _ = writeln!(out, "proxy_working_sets_created_total {}", t.working_sets_created);
     header(&mut out, "proxy_upstream_retries_total", "counter", "Requests replayed on a fresh connection after a stale pooled one failed.");
     let _ = writeln!(out, "proxy_upstream_retries_total {}", t.retries);
 

@@ -79,6 +79,9 @@ pub struct WorkerMetrics {
     retries: AtomicU64,
     errors: [AtomicU64; ERROR_KINDS.len()],
     access_log_dropped: AtomicU64,
+    /// The worker's pool of connection working sets, as of its last once-a-second sweep.
+    working_sets_spare: AtomicU64,
+    working_sets_created: AtomicU64,
 }
 
 /// Adds `n` to a counter this thread alone writes: a plain load and store, no locked RMW.
@@ -100,6 +103,8 @@ impl Default for WorkerMetrics {
             retries: AtomicU64::new(0),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             access_log_dropped: AtomicU64::new(0),
+            working_sets_spare: AtomicU64::new(0),
+            working_sets_created: AtomicU64::new(0),
         }
     }
 }
@@ -161,6 +166,13 @@ impl WorkerMetrics {
         add(&self.access_log_dropped, 1);
     }
 
+    /// The worker's pool of working sets after its sweep: spare sets kept, sets created so far
+    /// (once a second, off the request path).
+    pub fn working_sets(&self, spare: u64, created: u64) {
+        self.working_sets_spare.store(spare, Relaxed);
+        self.working_sets_created.store(created, Relaxed);
+    }
+
     /// Adds this worker's counters into `into` (scrape side).
     pub fn sum_into(&self, into: &mut Totals) {
         for (slot, classes) in self.requests.iter().enumerate() {
@@ -181,6 +193,8 @@ impl WorkerMetrics {
             into.errors[k] += v.load(Relaxed);
         }
         into.access_log_dropped += self.access_log_dropped.load(Relaxed);
+        into.working_sets_spare += self.working_sets_spare.load(Relaxed);
+        into.working_sets_created += self.working_sets_created.load(Relaxed);
     }
 }
 
@@ -197,6 +211,8 @@ pub struct Totals {
     pub retries: u64,
     pub errors: [u64; ERROR_KINDS.len()],
     pub access_log_dropped: u64,
+    pub working_sets_spare: u64,
+    pub working_sets_created: u64,
 }
 
 impl Default for Totals {
@@ -212,6 +228,8 @@ impl Default for Totals {
             retries: 0,
             errors: [0; ERROR_KINDS.len()],
             access_log_dropped: 0,
+            working_sets_spare: 0,
+            working_sets_created: 0,
         }
     }
 }

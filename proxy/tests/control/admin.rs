@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Client, LONG_IO_TIMEOUT, Proxy, Upstream, metric, temp_dir};
+use crate::support::{Client, LONG_IO_TIMEOUT, Proxy, Upstream, metric, temp_dir, wait_until};
 
 fn two_routes(up: std::net::SocketAddr, extra: &str) -> String {
     format!(
@@ -63,6 +63,36 @@ fn metrics_match_a_known_number_of_requests() {
     assert!(m.contains("# TYPE proxy_request_duration_seconds histogram"), "{m}");
     // The open keep-alive connection is counted as active.
     assert_eq!(metric(&m, "proxy_client_connections"), 1.0, "{m}");
+}
+
+/// A burst of connections larger than the pool's cap (issue 14): while they are busy each holds a
+/// working set of its own, so more are created than the pool may keep; when they go idle and when
+/// they leave, the pool keeps at most `memory.pool_max` and the rest is freed. (That the freed
+/// memory leaves the process is the memory gate's `after_release` row: RSS, not a count.)
+#[test]
+fn a_burst_larger_than_the_pool_cap_leaves_at_most_the_cap_spare() {
+    let up = Upstream::serving("ok", Duration::ZERO);
+    let dir = temp_dir();
+    let extra = "[memory]\npool_max = 4\nrelease_idle_after = \"1s\"\n";
+    let proxy = Proxy::start_in(&dir, &two_routes(up.addr, extra), 1);
+    let mut clients: Vec<Client> = (0..32).map(|_| Client::connect_with_timeout(proxy.addr, LONG_IO_TIMEOUT)).collect();
+    for c in &mut clients {
+        assert_eq!(c.get_host("/x", "a.test").unwrap().status, 200);
+    }
+    // Published by the worker's once-a-second sweep.
+    let created = || proxy.metric("proxy_working_sets_created_total");
+    assert!(wait_until(Duration::from_secs(3), || created() > 4.0), "the burst never exceeded the cap: {} created", created());
+    // Idle past release_idle_after: every set is given back; the pool keeps at most the cap.
+    assert!(wait_until(Duration::from_secs(4), || proxy.metric("proxy_working_sets_spare") > 0.0), "no set came back");
+    let spare = proxy.metric("proxy_working_sets_spare");
+    assert!(spare <= 4.0, "{spare} spare sets kept, cap 4 ({} created)", created());
+    // The crowd leaves: nothing more is kept, and nothing new is created.
+    let before = created();
+    drop(clients);
+    assert!(wait_until(Duration::from_secs(3), || proxy.metric("proxy_client_connections") == 0.0));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(proxy.metric("proxy_working_sets_spare") <= 4.0);
+    assert_eq!(created(), before);
 }
 
 #[test]
