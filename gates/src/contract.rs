@@ -264,6 +264,14 @@ pub struct MemoryGate {
     pub per_conn_kib_limit: f64,
     /// RSS after the largest crowd left ÷ RSS before it came.
     pub after_ratio_limit: f64,
+    /// Connection counts held part-way through a request head (`loadgen hold --partial-head`:
+    /// one verified GET, then all of the next head but its final CRLF), each its own
+    /// `partial_head@N` row, judged over the same rounds. Empty: not measured.
+    #[serde(default)]
+    pub partial_head_connections: Vec<u64>,
+    /// KiB of proxy RSS per connection part-way through a head.
+    #[serde(default)]
+    pub partial_head_kib_limit: f64,
     /// Idleness before the held figure is read, and again after closing (loadgen hold --settle).
     pub settle: String,
     pub body_bytes: usize,

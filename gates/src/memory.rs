@@ -144,6 +144,11 @@ fn mib(kib: f64) -> f64 {
 
 /// The `per_conn@N` verdict: (status, KiB per connection, note).
 pub fn judge_per_conn(limit: f64, n: u64, h: Option<&Held>) -> (Status, Option<f64>, String) {
+    judge_per_conn_as(limit, n, h, "idle keep-alive connections")
+}
+
+/// [`judge_per_conn`] for connections held as `what` says (the note's wording).
+pub fn judge_per_conn_as(limit: f64, n: u64, h: Option<&Held>, what: &str) -> (Status, Option<f64>, String) {
     let Some(h) = h else {
         return (Status::Error, None, format!("loadgen hold reported no figures for {n} connections"));
     };
@@ -162,7 +167,7 @@ pub fn judge_per_conn(limit: f64, n: u64, h: Option<&Held>) -> (Status, Option<f
     }
     let per = (per * 1000.0).round() / 1000.0;
     let note = format!(
-        "RSS {:.1} MiB before, {:.1} MiB with {n} idle keep-alive connections (+{:.1} MiB: {per:.2} KiB each; limit {limit})",
+        "RSS {:.1} MiB before, {:.1} MiB with {n} {what} (+{:.1} MiB: {per:.2} KiB each; limit {limit})",
         mib(before),
         mib(held),
         mib(held - before)
@@ -239,6 +244,12 @@ fn check_contract(g: &MemoryGate) -> Result<(), MemoryError> {
     if g.rounds == 0 {
         return Err(MemoryError::NoRounds);
     }
+    if g.partial_head_connections.contains(&0) {
+        return Err(MemoryError::NoCounts);
+    }
+    if !g.partial_head_connections.is_empty() && !(g.partial_head_kib_limit.is_finite() && g.partial_head_kib_limit > 0.0) {
+        return Err(MemoryError::NotPositive("partial_head_kib_limit"));
+    }
     humantime::parse_duration(g.settle.trim()).map_err(|e| MemoryError::Settle(g.settle.clone(), e))?;
     Ok(())
 }
@@ -253,50 +264,66 @@ fn nofile(pid: u32) -> Option<u64> {
 
 const AFTER_METRIC: &str = "proxy RSS after the largest crowd of idle keep-alive connections closed ÷ RSS before it came";
 const AFTER_UNIT: &str = "ratio";
+const PARTIAL_METRIC: &str = "proxy RSS per keep-alive client connection part-way through its next request head";
 
 pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
     let largest = g.connections.iter().copied().max().unwrap_or(0);
     let per_key = |n: u64| format!("{prefix}:memory:per_conn@{n}");
     let after_key = format!("{prefix}:memory:after_release@{largest}");
+    let partial_key = |n: u64| format!("{prefix}:memory:partial_head@{n}");
     let errors = |e: MemoryError| -> Vec<Row> {
         let e = chain(&e);
         let mut rows: Vec<Row> =
             g.connections.iter().map(|&n| error_row(per_key(n), &g.metric, &g.unit, Some(g.per_conn_kib_limit), e.clone())).collect();
-        rows.push(error_row(after_key.clone(), AFTER_METRIC, AFTER_UNIT, Some(g.after_ratio_limit), e));
+        rows.push(error_row(after_key.clone(), AFTER_METRIC, AFTER_UNIT, Some(g.after_ratio_limit), e.clone()));
+        for &n in &g.partial_head_connections {
+            rows.push(error_row(partial_key(n), PARTIAL_METRIC, &g.unit, Some(g.partial_head_kib_limit), e.clone()));
+        }
         rows
     };
     if let Err(e) = check_contract(g) {
         return errors(e);
     }
     let g = &MemoryGate { rounds: opts.memory_rounds.unwrap_or(g.rounds), ..g.clone() };
-    let run = || -> Result<(Value, Value), MemoryError> {
+    let run = || -> Result<(Value, Value, Value), MemoryError> {
         let tmp = scratch_dir("memory")?;
         // The proxy inherits this runner's open-file limit: raise the soft limit to the hard one
         // first, as `loadgen hold` does for itself (a 1,024 default cannot hold 10,000).
         loadgen::hold::raise_nofile().map_err(MemoryError::RaiseNofile)?;
         let stage = start_stage_with(opts, g.body_bytes, &tmp, &g.proxy_config)?;
         let pid = stage.proxy.0.id();
+        let largest = largest.max(g.partial_head_connections.iter().copied().max().unwrap_or(0));
         if let Some(limit) = nofile(pid).filter(|&l| l < largest + PROXY_FD_MARGIN) {
             return Err(MemoryError::ProxyNofile { limit, largest, needed: largest + PROXY_FD_MARGIN });
         }
-        let json_path = tmp.join("hold.json");
-        let counts: Vec<String> = sequence(g).iter().map(u64::to_string).collect();
-        let mut cmd = pinned(stage.pin, "0", &stage.loadgen);
-        cmd.args(["hold", "--url", &format!("http://{}/", stage.proxy_addr), "--pid", &pid.to_string()])
-            .args(["--connections", &counts.join(","), "--settle", &g.settle, "--allow-failures", "--json"])
-            .arg(&json_path);
-        let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(MemoryError::Spawn)?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-            return Err(MemoryError::HoldFailed { status: out.status, last: last.to_owned() });
-        }
-        let text = std::fs::read_to_string(&json_path).map_err(|e| MemoryError::ReadReport(json_path.clone(), e))?;
+        let hold = |name: &str, counts: &[u64], partial: bool| -> Result<Value, MemoryError> {
+            let json_path = tmp.join(name);
+            let counts: Vec<String> = counts.iter().map(u64::to_string).collect();
+            let mut cmd = pinned(stage.pin, "0", &stage.loadgen);
+            cmd.args(["hold", "--url", &format!("http://{}/", stage.proxy_addr), "--pid", &pid.to_string()])
+                .args(["--connections", &counts.join(","), "--settle", &g.settle, "--allow-failures", "--json"])
+                .arg(&json_path);
+            if partial {
+                cmd.arg("--partial-head");
+            }
+            let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(MemoryError::Spawn)?;
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+                return Err(MemoryError::HoldFailed { status: out.status, last: last.to_owned() });
+            }
+            let text = std::fs::read_to_string(&json_path).map_err(|e| MemoryError::ReadReport(json_path.clone(), e))?;
+            serde_json::from_str(&text).map_err(MemoryError::Report)
+        };
+        let report = hold("hold.json", &sequence(g), false)?;
+        // Then the same proxy holds connections part-way through a head, the counts in turn,
+        // once per round.
+        let partial_counts: Vec<u64> = (0..g.rounds).flat_map(|_| g.partial_head_connections.iter().copied()).collect();
+        let partial = if partial_counts.is_empty() { Value::Null } else { hold("partial.json", &partial_counts, true)? };
         let _ = std::fs::remove_dir_all(&tmp);
-        let report: Value = serde_json::from_str(&text).map_err(MemoryError::Report)?;
-        Ok((report, json!({ "pinned": stage.pin, "proxy_pid": pid })))
+        Ok((report, partial, json!({ "pinned": stage.pin, "proxy_pid": pid })))
     };
-    let (report, stage) = match run() {
+    let (report, partial, stage) = match run() {
         Ok(r) => r,
         Err(e) => return errors(e),
     };
@@ -334,6 +361,30 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
     let i = g.connections.iter().position(|&c| c == largest).unwrap_or(0);
     let verdicts = (0..rounds).map(|r| judge_after_release(g.after_ratio_limit, largest, held(r, i, largest).as_ref())).collect();
     rows.push(row(after_key, AFTER_METRIC, AFTER_UNIT, g.after_ratio_limit, combine_rounds(verdicts), largest));
+    let per_round = g.partial_head_connections.len();
+    for (i, &n) in g.partial_head_connections.iter().enumerate() {
+        let verdicts = (0..rounds)
+            .map(|r| {
+                let h = Held::at(&partial, r * per_round + i, n);
+                judge_per_conn_as(g.partial_head_kib_limit, n, h.as_ref(), "connections part-way through a request head")
+            })
+            .collect();
+        let (status, measured, note) = combine_rounds(verdicts);
+        let counts: Vec<Value> = (0..rounds).map(|r| partial["counts"].get(r * per_round + i).cloned().unwrap_or(Value::Null)).collect();
+        rows.push(Row {
+            key: partial_key(n),
+            metric: PARTIAL_METRIC.to_owned(),
+            unit: g.unit.clone(),
+            measured,
+            limit: Some(g.partial_head_kib_limit),
+            soft_limit_pct: None,
+            baseline: None,
+            delta_pct: None,
+            status,
+            note,
+            details: json!({ "stage": stage, "settle": g.settle, "rounds": counts, "hold_meta": partial["meta"] }),
+        });
+    }
     rows
 }
 
@@ -477,6 +528,8 @@ mod tests {
             connections: vec![1000, 10000],
             warmup: 1000,
             rounds: 3,
+            partial_head_connections: vec![],
+            partial_head_kib_limit: 0.0,
             per_conn_kib_limit: 1.0,
             after_ratio_limit: 1.1,
             settle: "2.5s".into(),
@@ -489,6 +542,9 @@ mod tests {
         assert!(check_contract(&MemoryGate { per_conn_kib_limit: f64::NAN, ..g.clone() }).is_err());
         assert!(check_contract(&MemoryGate { settle: "2.5".into(), ..g.clone() }).is_err());
         assert!(check_contract(&MemoryGate { rounds: 0, ..g.clone() }).is_err());
+        assert!(check_contract(&MemoryGate { partial_head_connections: vec![1000], ..g.clone() }).is_err(), "no limit");
+        assert!(check_contract(&MemoryGate { partial_head_connections: vec![1000], partial_head_kib_limit: 4.0, ..g.clone() }).is_ok());
+        assert!(check_contract(&MemoryGate { partial_head_connections: vec![0], partial_head_kib_limit: 4.0, ..g.clone() }).is_err());
         assert_eq!(sequence(&g), [1000, 1000, 10000, 1000, 10000, 1000, 10000]);
         assert_eq!(sequence(&MemoryGate { warmup: 0, rounds: 1, ..g.clone() }), [1000, 10000]);
         let rows = gate(

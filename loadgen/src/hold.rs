@@ -85,6 +85,11 @@ pub struct HoldArgs {
     /// Exit 0 even when a count had failed connections (the report still says INVALID).
     #[arg(long)]
     pub allow_failures: bool,
+    /// Hold each connection part-way through a head: after its verified GET it sends a second
+    /// request's head without the final CRLF (the target has read a partial head and waits for
+    /// the rest). The target's header timeout must outlast the hold.
+    #[arg(long)]
+    pub partial_head: bool,
 }
 
 /// `2000/s` or `2000`: connections per second, positive and finite.
@@ -109,6 +114,8 @@ pub struct HoldConfig {
     pub ramp: f64,
     pub concurrency: usize,
     pub timeout: Duration,
+    /// Held connections are part-way through a second head (`--partial-head`).
+    pub partial_head: bool,
 }
 
 impl HoldConfig {
@@ -138,6 +145,7 @@ impl HoldConfig {
             ramp: a.ramp,
             concurrency: a.concurrency,
             timeout: a.timeout,
+            partial_head: a.partial_head,
         })
     }
 }
@@ -375,8 +383,18 @@ pub fn raise_nofile() -> io::Result<u64> {
 
 /// Connects, sends `request`, reads and verifies the whole response; returns the open, idle
 /// stream.
-async fn open_one(addr: std::net::SocketAddr, request: Arc<Request>, timeout: Duration) -> Result<TcpStream, Fail> {
-    match tokio::time::timeout(timeout, exchange(addr, &request)).await {
+async fn open_one(addr: std::net::SocketAddr, request: Arc<Request>, timeout: Duration, partial_head: bool) -> Result<TcpStream, Fail> {
+    let opened = async {
+        let mut s = exchange(addr, &request).await?;
+        if partial_head {
+            // All of the next request's head but its final CRLF (the GET has no body: its bytes
+            // are its head).
+            let head = &request.bytes[..request.bytes.len().saturating_sub(2)];
+            s.write_all(head).await.map_err(|e| fail(FailKind::Write, format!("write of the partial head: {e}")))?;
+        }
+        Ok(s)
+    };
+    match tokio::time::timeout(timeout, opened).await {
         Ok(r) => r,
         Err(_) => Err(fail(FailKind::Timeout, format!("no complete response within {}", crate::report::fmt_dur(timeout)))),
     }
@@ -484,7 +502,7 @@ pub fn run(cfg: &HoldConfig, progress: &mut dyn Write) -> io::Result<HoldOutcome
         let request = Arc::new(cfg.request.clone());
         // One verified exchange first: a target that does not answer is one clear error, and its
         // first-request costs are paid before anything is measured.
-        match open_one(cfg.target.addr, request.clone(), cfg.timeout).await {
+        match open_one(cfg.target.addr, request.clone(), cfg.timeout, false).await {
             Ok(s) => drop(s),
             Err(f) => {
                 return Err(io::Error::other(format!(
@@ -525,9 +543,9 @@ async fn hold_count(cfg: &HoldConfig, n: usize, request: &Arc<Request>, progress
         let due = t0 + Duration::from_secs_f64(i as f64 / cfg.ramp);
         tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
         let permit = sem.clone().acquire_owned().await.map_err(|e| io::Error::other(format!("semaphore: {e}")))?;
-        let (addr, req, timeout) = (cfg.target.addr, request.clone(), cfg.timeout);
+        let (addr, req, timeout, partial) = (cfg.target.addr, request.clone(), cfg.timeout, cfg.partial_head);
         set.spawn(async move {
-            let r = open_one(addr, req, timeout).await;
+            let r = open_one(addr, req, timeout, partial).await;
             drop(permit);
             r
         });
@@ -598,6 +616,8 @@ pub struct HoldMeta {
     pub ramp_per_s: f64,
     pub concurrency: usize,
     pub timeout_s: f64,
+    /// Held connections were part-way through a head (`--partial-head`).
+    pub partial_head: bool,
     pub nofile_limit: u64,
 }
 
@@ -651,6 +671,7 @@ pub fn hold_json(cfg: &HoldConfig, out: &HoldOutcome, command_line: &[String]) -
             ramp_per_s: cfg.ramp,
             concurrency: cfg.concurrency,
             timeout_s: cfg.timeout.as_secs_f64(),
+            partial_head: cfg.partial_head,
             nofile_limit: out.nofile,
         },
         valid: out.valid(),
@@ -805,6 +826,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             json: None,
             allow_failures: false,
+            partial_head: false,
         };
         HoldConfig::from_args(&a).unwrap()
     }
@@ -838,6 +860,51 @@ mod tests {
         }
         assert!(c0["kib_per_conn"].is_number() && c0["after_ratio"].is_number(), "{c0}");
         assert!(human(&c, &out).contains("VALID"));
+    }
+
+    #[test]
+    fn a_partial_head_follows_the_verified_get_and_is_held() {
+        // A server that answers the first head, then reports what else the client sent.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            for s in l.incoming().take(3) {
+                let (Ok(mut s), tx) = (s, tx.clone()) else { continue };
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let mut b = [0u8; 512];
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut b) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    let first = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let mut rest = got.split_off(first);
+                    s.write_all(OK).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+                    while let Ok(n) = s.read(&mut b) {
+                        if n == 0 {
+                            break;
+                        }
+                        rest.extend_from_slice(&b[..n]);
+                    }
+                    let _ = tx.send(rest);
+                });
+            }
+        });
+        let mut c = cfg(addr, &[2]);
+        c.partial_head = true;
+        let out = run(&c, &mut io::sink()).unwrap();
+        assert!(out.valid(), "{:?}", out.invalid_reasons());
+        let head = String::from_utf8(c.request.bytes.clone()).unwrap();
+        // The run's own first exchange (not held) sends nothing more; each held one a partial head.
+        let mut tails: Vec<String> = (0..3).map(|_| String::from_utf8(rx.recv_timeout(Duration::from_secs(5)).unwrap()).unwrap()).collect();
+        tails.sort();
+        assert_eq!(tails, ["".to_owned(), head[..head.len() - 2].to_owned(), head[..head.len() - 2].to_owned()]);
+        let j = serde_json::to_value(hold_json(&c, &out, &["loadgen".into()])).unwrap();
+        assert_eq!(j["meta"]["partial_head"], true);
     }
 
     #[test]
