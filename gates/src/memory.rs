@@ -247,7 +247,8 @@ fn check_contract(g: &MemoryGate) -> Result<(), MemoryError> {
     if g.partial_head_connections.contains(&0) {
         return Err(MemoryError::NoCounts);
     }
-    if !g.partial_head_connections.is_empty() && !(g.partial_head_kib_limit.is_finite() && g.partial_head_kib_limit > 0.0) {
+    let positive_limit = g.partial_head_kib_limit.is_finite() && g.partial_head_kib_limit > 0.0;
+    if !g.partial_head_connections.is_empty() && !positive_limit {
         return Err(MemoryError::NotPositive("partial_head_kib_limit"));
     }
     humantime::parse_duration(g.settle.trim()).map_err(|e| MemoryError::Settle(g.settle.clone(), e))?;
