@@ -373,22 +373,28 @@ impl Conn {
         Ok(())
     }
 
-    /// Sends `req` and reads the whole response. Returns the instant the request was actually
-    /// written (after any reconnect) and the status or error. On any error the connection is
-    /// dropped; the next call reconnects.
-    pub async fn send(&mut self, req: &Request) -> (Instant, Result<u16, ReqError>) {
-        if self.stream.is_none()
-            && let Err(e) = self.connect().await
-        {
-            return (Instant::now(), Err(e));
-        }
+    /// Sends `req` and reads the whole response. Returns when the connection began on it (the
+    /// start of the connection set-up it needed, else its write), the instant the request was
+    /// actually written (after any set-up; the end of a failed one), and the status or error. On
+    /// any error the connection is dropped; the next call reconnects.
+    pub async fn send(&mut self, req: &Request) -> (Instant, Instant, Result<u16, ReqError>) {
+        let ready = if self.stream.is_none() {
+            let ready = Instant::now();
+            if let Err(e) = self.connect().await {
+                return (ready, Instant::now(), Err(e));
+            }
+            Some(ready)
+        } else {
+            None
+        };
         let sent = Instant::now();
+        let ready = ready.unwrap_or(sent);
         let deadline = tokio::time::Instant::from_std(sent + self.timeout);
         self.sleep.as_mut().reset(deadline);
         let r = {
             let Conn { stream, buf, start, end, sleep, .. } = self;
             let Some(stream) = stream.as_mut() else {
-                return (sent, Err(ReqError::new(ErrorKind::Connect, Cause::Other)));
+                return (ready, sent, Err(ReqError::new(ErrorKind::Connect, Cause::Other)));
             };
             // `biased`: poll the I/O first, no random branch order per request.
             tokio::select! {
@@ -404,11 +410,11 @@ impl Conn {
                     // Churn closes without TLS close_notify (FIN only), as many clients do.
                     self.stream = None;
                 }
-                (sent, Ok(status))
+                (ready, sent, Ok(status))
             }
             Err(e) => {
                 self.stream = None;
-                (sent, Err(e))
+                (ready, sent, Err(e))
             }
         }
     }

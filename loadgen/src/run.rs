@@ -502,13 +502,13 @@ async fn open_conn(sh: Rc<LoadThread>, mut conn: Conn, mut first: Option<(Instan
                 None => return,
             },
         };
-        let (sent, res) = conn.send(sh.pick()).await;
+        let (ready, sent, res) = conn.send(sh.pick()).await;
         let done = Instant::now();
         let mut rec = sh.rec.borrow_mut();
         if let Some(h) = conn.take_handshake() {
             rec.on_handshake(intended, &h);
         }
-        rec.on_done(intended, sent, done, how, res);
+        rec.on_done_from(intended, ready, sent, done, how, res);
     }
 }
 
@@ -520,7 +520,7 @@ async fn closed_conn(sh: Rc<LoadThread>, mut conn: Conn) {
         if Instant::now() >= sh.measure_end.get() {
             return;
         }
-        let (sent, res) = conn.send(sh.pick()).await;
+        let (_, sent, res) = conn.send(sh.pick()).await;
         let done = Instant::now();
         let failed_connect =
             matches!(res, Err(e) if matches!(e.kind, crate::client::ErrorKind::Connect | crate::client::ErrorKind::Handshake));

@@ -173,9 +173,26 @@ impl Recorder {
         }
     }
 
-    /// A request finished (response or error).
+    /// A request finished (response or error) on a connection that was ready for it.
     #[inline]
     pub fn on_done(&mut self, intended: Instant, sent: Instant, done: Instant, how: Dispatch, result: Result<u16, ReqError>) {
+        self.on_done_from(intended, sent, sent, done, how, result);
+    }
+
+    /// A request finished; `ready` is when its connection began on it: its write, or the start
+    /// of the connection set-up it had to wait for. Send lag ends there, so the generator's own
+    /// lateness does not include the target's connect and handshake time (which is in the
+    /// handshake histogram and in the corrected latency).
+    #[inline]
+    pub fn on_done_from(
+        &mut self,
+        intended: Instant,
+        ready: Instant,
+        sent: Instant,
+        done: Instant,
+        how: Dispatch,
+        result: Result<u16, ReqError>,
+    ) {
         if !self.in_window(intended) {
             return;
         }
@@ -190,7 +207,7 @@ impl Recorder {
             self.sent_in_window += 1;
         }
         if how == Dispatch::Free {
-            let _ = self.send_lag.record(ns(sent.saturating_duration_since(intended)));
+            let _ = self.send_lag.record(ns(ready.saturating_duration_since(intended)));
         }
         match result {
             Ok(status) => {
@@ -373,6 +390,12 @@ mod tests {
         let mut b = Recorder::new(s, e);
         b.on_done(i, i, i, Dispatch::Free, Err(ReqError { kind: ErrorKind::Read, cause: Cause::Reset }));
         a.merge(&b);
+        // A request that waited for a connection set-up: the lag ends where the set-up began.
+        let mut c = Recorder::new(s, e);
+        let ready = i + Duration::from_micros(50);
+        c.on_done_from(i, ready, i + Duration::from_millis(3), i + Duration::from_millis(4), Dispatch::Free, Ok(200));
+        assert!(c.send_lag.max() < 51_000, "{}", c.send_lag.max());
+        assert!(c.corrected.max() >= 4_000_000 && c.uncorrected.max() < 1_100_000);
         assert_eq!(a.total_errors(), 2);
         assert_eq!(a.cause(Cause::Reset), 1);
         assert_eq!(a.seconds[1].errors, 2);
