@@ -800,13 +800,18 @@ mod tls {
     /// counted handshake error with its cause, nothing panics, no response is invented.
     #[test]
     fn wrong_ca_and_cleartext_server_are_counted_handshake_errors() {
-        let (up, _ca) = Server::upstream_tls(&[]);
+        let (up, ca) = Server::upstream_tls(&[]);
         let (_other, other_ca) = Server::upstream_tls(&[]);
         let (stdout, j) = failing_run(&up.https_url(), &["--ca", other_ca.to_str().unwrap()]);
         assert!(f(&j, "errors.handshake") >= 45.0, "{stdout}");
         assert_eq!(f(&j, "error_causes.certificate"), f(&j, "errors.handshake"), "{stdout}");
         assert_eq!(f(&j, "counts.responses"), 0.0);
         assert_eq!(j["tls_negotiated"].as_array().map(Vec::len), Some(0));
+
+        // The right CA, but a name the certificate does not carry.
+        let (stdout, j) = failing_run(&up.https_url(), &["--ca", ca.to_str().unwrap(), "--sni", "wrong.example"]);
+        assert!(f(&j, "errors.handshake") >= 45.0, "{stdout}");
+        assert_eq!(f(&j, "error_causes.certificate"), f(&j, "errors.handshake"), "{stdout}");
 
         let plain = Server::upstream(&[]);
         let (stdout, j) = failing_run(&format!("https://{}/", plain.addr), &["--insecure"]);
