@@ -12,6 +12,7 @@ use crate::report;
 use crate::run::{self, BusyPolicy, RunConfig};
 use crate::schedule::Arrival;
 use crate::sys;
+use crate::tls::{self, ClientSettings, ServerCert, Verify};
 use crate::upstream::{self, UpstreamConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::{self, IsTerminal, Write};
@@ -43,7 +44,7 @@ pub enum Cmd {
     Run(RunArgs),
     /// Find the highest rate whose P99 stays under an SLO with no errors.
     Ladder(LadderArgs),
-    /// A minimal fast HTTP/1.1 origin answering 200 with a fixed body.
+    /// A minimal fast HTTP/1.1 origin (plain or --tls) answering 200 with a fixed body.
     Upstream(UpstreamArgs),
     /// A byte relay (no HTTP parsing): the CPU floor for any proxy on this machine.
     Relay(RelayArgs),
@@ -65,6 +66,12 @@ pub enum ArrivalArg {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BusyArg {
     /// Wait for a connection; the wait counts in latency.
     Queue,
@@ -75,9 +82,25 @@ pub enum BusyArg {
 /// Options shared by `run` and `ladder`.
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
-    /// Target URL (http://IP-or-localhost[:port]/path).
+    /// Target URL (http:// or https://, IP-or-localhost[:port]/path).
     #[arg(long)]
     pub url: String,
+    /// https: verify the server's certificate against the PEM certificates of this file.
+    #[arg(long, conflicts_with = "insecure")]
+    pub ca: Option<PathBuf>,
+    /// https: accept any certificate for any name (NOT verified; said so in the report).
+    #[arg(long)]
+    pub insecure: bool,
+    /// https: the server name sent as SNI and checked in the certificate (default: the URL's host).
+    #[arg(long)]
+    pub sni: Option<String>,
+    /// https: keep a TLS session cache so new connections resume (default on).
+    #[arg(long, value_enum)]
+    pub resume: Option<OnOff>,
+    /// Close each connection after N responses, so the next request opens a new one (and, over
+    /// TLS, handshakes: full or resumed); 1 = a new connection per request. Default: keep them.
+    #[arg(long, value_name = "N")]
+    pub new_connection_every: Option<u64>,
     /// Connections opened before the run (per run, split over threads).
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
@@ -211,6 +234,18 @@ pub struct UpstreamArgs {
     /// Pin server threads to these CPUs.
     #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,
+    /// Serve HTTP/1.1 over TLS (certificate generated at start unless --cert/--key are given).
+    #[arg(long)]
+    pub tls: bool,
+    /// --tls: write the generated certificate (PEM) here, for clients' --ca.
+    #[arg(long, requires = "tls", conflicts_with = "cert")]
+    pub cert_out: Option<PathBuf>,
+    /// --tls: serve this certificate chain (PEM) instead of a generated one (with --key).
+    #[arg(long, requires_all = ["tls", "key"])]
+    pub cert: Option<PathBuf>,
+    /// --tls: the private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -361,6 +396,12 @@ fn load_config(a: &LoadArgs) -> Result<RunConfig, Failure> {
         None => vec![target.request(&a.method, &target.path, &headers, &body)],
         Some(p) => read_targets(p, &target, &a.method, &headers, &body)?,
     };
+    let tls = tls_settings(a, &target)?;
+    let new_connection_every = match a.new_connection_every {
+        Some(0) => return usage("--new-connection-every must be at least 1"),
+        Some(n) => n,
+        None => 0,
+    };
     Ok(RunConfig {
         target,
         requests,
@@ -385,7 +426,28 @@ fn load_config(a: &LoadArgs) -> Result<RunConfig, Failure> {
         spin: a.spin,
         seed: a.seed,
         progress: false,
+        tls,
+        new_connection_every,
     })
+}
+
+/// The TLS settings of an `https://` target; `--ca`/`--insecure`/`--sni`/`--resume` are refused
+/// on `http://` (they would silently do nothing).
+fn tls_settings(a: &LoadArgs, target: &Target) -> Result<Option<ClientSettings>, Failure> {
+    if !target.tls {
+        if a.ca.is_some() || a.insecure || a.sni.is_some() || a.resume.is_some() {
+            return usage("--ca, --insecure, --sni and --resume need an https:// URL");
+        }
+        return Ok(None);
+    }
+    let verify = match (&a.ca, a.insecure) {
+        (Some(p), _) => tls::read_ca(p).map_err(|e| Failure::Usage(format!("--ca {e}")))?,
+        (None, true) => Verify::Insecure,
+        (None, false) => return usage("an https:// URL needs --ca FILE (PEM roots) or --insecure (no verification)"),
+    };
+    let name = a.sni.as_deref().unwrap_or(&target.host);
+    let server_name = tls::server_name(name).map_err(|e| Failure::Usage(if a.sni.is_some() { format!("--sni: {e}") } else { e }))?;
+    Ok(Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off) }))
 }
 
 /// Reads a targets file: one `[METHOD] URL-or-/path` per line; `#` comments and blanks skipped.
@@ -417,8 +479,8 @@ fn read_targets(
             what.to_string()
         } else {
             let t = Target::parse(what).map_err(|e| at(&e))?;
-            if t.addr != target.addr {
-                return Err(at("all targets must use the address of --url"));
+            if t.addr != target.addr || t.tls != target.tls {
+                return Err(at("all targets must use the scheme and address of --url"));
             }
             t.path
         };
@@ -509,7 +571,17 @@ fn cmd_upstream(a: UpstreamArgs) -> Result<i32, Failure> {
     if !a.stall_every.is_zero() && a.stall_for >= a.stall_every {
         return usage("--stall-for must be shorter than --stall-every");
     }
+    let tls = if a.tls {
+        let cert = match (a.cert, a.key) {
+            (Some(cert), Some(key)) => ServerCert::Files { cert, key },
+            _ => ServerCert::Generate { cert_out: a.cert_out },
+        };
+        Some(tls::server_config(&cert).map_err(Failure::Usage)?)
+    } else {
+        None
+    };
     let cfg = UpstreamConfig {
+        tls,
         listen: a.listen,
         body_bytes: a.body_bytes,
         delay: a.delay,

@@ -7,16 +7,23 @@
 //! copying; the per-request timeout is one pinned `Sleep` per connection, reset per request. No
 //! heap allocation per request in steady state.
 //!
+//! The connection's byte stream is a [`Stream`] opened by a [`Connector`] (plain TCP, or TLS for
+//! `https://`; see [`crate::transport`]): this module is the HTTP/1.1 protocol over it, and does
+//! not care which. `--new-connection-every N` closes the connection after N responses, so the
+//! next request pays a new connect (and handshake), reported through [`Conn::take_handshake`].
+//!
 //! Errors are classified by where they happened ([`ErrorKind`]: connect, read, write, timeout,
-//! status) and why ([`Cause`]: refused, reset, EOF, parse, timeout, other).
+//! status, handshake) and why ([`Cause`]: refused, reset, EOF, parse, timeout, other, and for
+//! TLS certificate, alert, tls).
 
 use crate::body::{BodySkipper, Framing};
+use crate::transport::{Connector, Handshake, Stream};
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 /// Read buffer per connection; a response head must fit in it.
@@ -24,7 +31,8 @@ const READ_BUF: usize = 32 * 1024;
 /// Response headers parsed per response (stack array).
 const MAX_HEADERS: usize = 64;
 
-/// Where a request failed. `Status` is a response with status >= 400.
+/// Where a request failed. `Status` is a response with status >= 400; `Handshake` a TLS
+/// handshake that failed (or timed out) after TCP connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     Connect = 0,
@@ -32,10 +40,12 @@ pub enum ErrorKind {
     Write = 2,
     Timeout = 3,
     Status = 4,
+    Handshake = 5,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 5] = [ErrorKind::Connect, ErrorKind::Read, ErrorKind::Write, ErrorKind::Timeout, ErrorKind::Status];
+    pub const ALL: [ErrorKind; 6] =
+        [ErrorKind::Connect, ErrorKind::Read, ErrorKind::Write, ErrorKind::Timeout, ErrorKind::Status, ErrorKind::Handshake];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -44,11 +54,14 @@ impl ErrorKind {
             ErrorKind::Write => "write",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Status => "status",
+            ErrorKind::Handshake => "handshake",
         }
     }
 }
 
-/// Why a transport error happened.
+/// Why a transport error happened. `Certificate`: the server's certificate was rejected (unknown
+/// issuer, wrong name, expired…); `Alert`: the peer sent a fatal TLS alert; `Tls`: any other TLS
+/// protocol failure (not TLS at all, a corrupt record, nothing in common to negotiate).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cause {
     Refused = 0,
@@ -57,10 +70,23 @@ pub enum Cause {
     Parse = 3,
     Timeout = 4,
     Other = 5,
+    Certificate = 6,
+    Alert = 7,
+    Tls = 8,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 6] = [Cause::Refused, Cause::Reset, Cause::Eof, Cause::Parse, Cause::Timeout, Cause::Other];
+    pub const ALL: [Cause; 9] = [
+        Cause::Refused,
+        Cause::Reset,
+        Cause::Eof,
+        Cause::Parse,
+        Cause::Timeout,
+        Cause::Other,
+        Cause::Certificate,
+        Cause::Alert,
+        Cause::Tls,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -70,11 +96,21 @@ impl Cause {
             Cause::Parse => "parse",
             Cause::Timeout => "timeout",
             Cause::Other => "other",
+            Cause::Certificate => "certificate",
+            Cause::Alert => "alert",
+            Cause::Tls => "tls",
         }
     }
 
+    /// The cause of an I/O error; over TLS, rustls' error when it carries one.
     #[cold]
-    fn of(e: &io::Error) -> Cause {
+    pub fn of(e: &io::Error) -> Cause {
+        match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => return Cause::Certificate,
+            Some(rustls::Error::AlertReceived(_)) => return Cause::Alert,
+            Some(_) => return Cause::Tls,
+            None => {}
+        }
         match e.kind() {
             io::ErrorKind::ConnectionRefused => Cause::Refused,
             io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => Cause::Reset,
@@ -93,7 +129,7 @@ pub struct ReqError {
 }
 
 impl ReqError {
-    fn new(kind: ErrorKind, cause: Cause) -> Self {
+    pub fn new(kind: ErrorKind, cause: Cause) -> Self {
         Self { kind, cause }
     }
 }
@@ -112,14 +148,22 @@ pub struct Target {
     pub addr: SocketAddr,
     /// `host[:port]` as given, for the Host header.
     pub authority: String,
+    /// The host alone (IPv6 in brackets), for TLS's server name.
+    pub host: String,
     pub path: String,
+    /// `https://`: TLS.
+    pub tls: bool,
 }
 
 impl Target {
-    /// Parses `http://host:port/path`. The host must be an IP address or `localhost` (this tool
-    /// only aims at the local machine; no DNS).
+    /// Parses `http://host:port/path` or `https://…` (default ports 80 and 443). The host must be
+    /// an IP address or `localhost` (this tool only aims at the local machine; no DNS).
     pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| format!("url '{url}' must start with http:// (https is not supported)"))?;
+        let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(r), _) => (r, false),
+            (None, Some(r)) => (r, true),
+            (None, None) => return Err(format!("url '{url}' must start with http:// or https://")),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -131,11 +175,20 @@ impl Target {
             Some(v6) => v6.contains("]:"),
             None => authority.contains(':'),
         };
-        let with_port = if has_port { authority.to_string() } else { format!("{authority}:80") };
+        let with_port = if has_port { authority.to_string() } else { format!("{authority}:{}", if tls { 443 } else { 80 }) };
+        let host = match with_port.rfind(':') {
+            Some(i) => with_port[..i].to_string(),
+            None => with_port.clone(),
+        };
         let with_port = with_port.replacen("localhost:", "127.0.0.1:", 1);
         let addr: SocketAddr =
             with_port.parse().map_err(|_| format!("url '{url}': host must be an IP address or localhost, with an optional port"))?;
-        Ok(Target { addr, authority: authority.to_string(), path: path.to_string() })
+        Ok(Target { addr, authority: authority.to_string(), host, path: path.to_string(), tls })
+    }
+
+    /// The URL as used: `http://authority/path` or `https://…`.
+    pub fn url(&self) -> String {
+        format!("{}://{}{}", if self.tls { "https" } else { "http" }, self.authority, self.path)
     }
 
     /// Serializes one request for `method path` with the extra headers and body.
@@ -244,79 +297,104 @@ pub fn last_token_is(v: &[u8], token: &[u8]) -> bool {
     v.rsplit(|&b| b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-/// One client connection, reconnected on demand after errors or `Connection: close`.
+/// One client connection, reconnected on demand after errors, `Connection: close`, or every
+/// `new_connection_every` responses.
 pub struct Conn {
     addr: SocketAddr,
-    stream: Option<TcpStream>,
+    connector: Connector,
+    stream: Option<Stream>,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
+    /// Close after this many responses on one connection (0: never).
+    every: u64,
+    /// Responses on the current connection.
+    served: u64,
+    /// The set-up of the current connection, until taken.
+    handshake: Option<Handshake>,
 }
 
 impl Conn {
-    /// A connection to `addr` (not yet connected); each request (including connect) is bounded
-    /// by `timeout`.
-    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+    /// A connection to `addr` through `connector` (not yet connected); each request (including
+    /// connect and handshake) is bounded by `timeout`. `every`: a new connection after that many
+    /// responses (0: keep it as long as the server does).
+    pub fn new(addr: SocketAddr, connector: Connector, timeout: Duration, every: u64) -> Self {
         Self {
             addr,
+            connector,
             stream: None,
             buf: vec![0u8; READ_BUF].into_boxed_slice(),
             start: 0,
             end: 0,
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
+            every,
+            served: 0,
+            handshake: None,
         }
     }
 
-    /// True if a TCP connection is currently open.
+    /// True if a connection is currently open.
     pub fn is_connected(&self) -> bool {
         self.stream.is_some()
     }
 
-    /// Connects now (used to open connections before the measured run).
+    /// The set-up (TCP connect + TLS handshake) of the connection opened since the last call, if
+    /// one was: the caller attributes it to the request that waited for it.
+    #[inline]
+    pub fn take_handshake(&mut self) -> Option<Handshake> {
+        self.handshake.take()
+    }
+
+    /// Connects now (also used to open connections before the measured run).
     pub async fn connect(&mut self) -> Result<(), ReqError> {
         if self.stream.is_some() {
             return Ok(());
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
         self.sleep.as_mut().reset(deadline);
-        let addr = self.addr;
+        let tcp_done = Cell::new(false);
         let r = tokio::select! {
             biased;
-            r = TcpStream::connect(addr) => r,
-            _ = &mut self.sleep => return Err(ReqError::new(ErrorKind::Connect, Cause::Timeout)),
-        };
-        match r {
-            Ok(s) => {
-                // Small requests must not wait for Nagle.
-                let _ = s.set_nodelay(true);
-                self.stream = Some(s);
-                self.start = 0;
-                self.end = 0;
-                Ok(())
+            r = self.connector.connect(self.addr, &tcp_done) => r,
+            _ = &mut self.sleep => {
+                let kind = if tcp_done.get() { ErrorKind::Handshake } else { ErrorKind::Connect };
+                return Err(ReqError::new(kind, Cause::Timeout));
             }
-            Err(e) => Err(ReqError::new(ErrorKind::Connect, Cause::of(&e))),
-        }
+        };
+        let (s, hs) = r?;
+        self.stream = Some(s);
+        self.handshake = Some(hs);
+        self.served = 0;
+        self.start = 0;
+        self.end = 0;
+        Ok(())
     }
 
-    /// Sends `req` and reads the whole response. Returns the instant the request was actually
-    /// written (after any reconnect) and the status or error. On any error the connection is
-    /// dropped; the next call reconnects.
-    pub async fn send(&mut self, req: &Request) -> (Instant, Result<u16, ReqError>) {
-        if self.stream.is_none()
-            && let Err(e) = self.connect().await
-        {
-            return (Instant::now(), Err(e));
-        }
+    /// Sends `req` and reads the whole response. Returns when the connection began on it (the
+    /// start of the connection set-up it needed, else its write), the instant the request was
+    /// actually written (after any set-up; the end of a failed one), and the status or error. On
+    /// any error the connection is dropped; the next call reconnects.
+    pub async fn send(&mut self, req: &Request) -> (Instant, Instant, Result<u16, ReqError>) {
+        let ready = if self.stream.is_none() {
+            let ready = Instant::now();
+            if let Err(e) = self.connect().await {
+                return (ready, Instant::now(), Err(e));
+            }
+            Some(ready)
+        } else {
+            None
+        };
         let sent = Instant::now();
+        let ready = ready.unwrap_or(sent);
         let deadline = tokio::time::Instant::from_std(sent + self.timeout);
         self.sleep.as_mut().reset(deadline);
         let r = {
             let Conn { stream, buf, start, end, sleep, .. } = self;
             let Some(stream) = stream.as_mut() else {
-                return (sent, Err(ReqError::new(ErrorKind::Connect, Cause::Other)));
+                return (ready, sent, Err(ReqError::new(ErrorKind::Connect, Cause::Other)));
             };
             // `biased`: poll the I/O first, no random branch order per request.
             tokio::select! {
@@ -327,14 +405,16 @@ impl Conn {
         };
         match r {
             Ok((status, close)) => {
-                if close {
+                self.served += 1;
+                if close || (self.every != 0 && self.served >= self.every) {
+                    // Churn closes without TLS close_notify (FIN only), as many clients do.
                     self.stream = None;
                 }
-                (sent, Ok(status))
+                (ready, sent, Ok(status))
             }
             Err(e) => {
                 self.stream = None;
-                (sent, Err(e))
+                (ready, sent, Err(e))
             }
         }
     }
@@ -342,13 +422,19 @@ impl Conn {
 
 /// Writes `req`, then reads and skips one response. Returns (status, close-after).
 async fn roundtrip(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut [u8],
     start: &mut usize,
     end: &mut usize,
     req: &Request,
 ) -> Result<(u16, bool), ReqError> {
     if let Err(e) = stream.write_all(&req.bytes).await {
+        return Err(ReqError::new(ErrorKind::Write, Cause::of(&e)));
+    }
+    // TLS: push out what rustls still buffers (a no-op branch for TCP).
+    if stream.is_tls()
+        && let Err(e) = stream.flush().await
+    {
         return Err(ReqError::new(ErrorKind::Write, Cause::of(&e)));
     }
     // Head(s): 1xx interim responses are skipped.
@@ -399,7 +485,7 @@ async fn roundtrip(
 }
 
 /// Reads at least one byte into `buf[end..]`; EOF is an error.
-async fn read_more(stream: &mut TcpStream, buf: &mut [u8], start: &mut usize, end: &mut usize) -> Result<(), ReqError> {
+async fn read_more(stream: &mut Stream, buf: &mut [u8], start: &mut usize, end: &mut usize) -> Result<(), ReqError> {
     if *start == *end {
         *start = 0;
         *end = 0;
@@ -470,8 +556,15 @@ mod tests {
         assert_eq!((t.addr.to_string().as_str(), t.path.as_str()), ("127.0.0.1:80", "/"));
         let t = Target::parse("http://[::1]:8080/").unwrap();
         assert_eq!(t.addr.to_string(), "[::1]:8080");
-        assert!(Target::parse("https://127.0.0.1/").is_err());
+        assert_eq!((t.host.as_str(), t.tls), ("[::1]", false));
+        let t = Target::parse("https://localhost/x").unwrap();
+        assert_eq!((t.addr.to_string().as_str(), t.host.as_str(), t.tls), ("127.0.0.1:443", "localhost", true));
+        assert_eq!(t.url(), "https://localhost/x");
+        let t = Target::parse("https://127.0.0.1:8443").unwrap();
+        assert_eq!((t.addr.to_string().as_str(), t.host.as_str(), t.path.as_str()), ("127.0.0.1:8443", "127.0.0.1", "/"));
+        assert!(Target::parse("ftp://127.0.0.1/").is_err());
         assert!(Target::parse("http://example.com/").is_err());
+        assert!(Target::parse("https://example.com/").is_err());
     }
 
     #[test]

@@ -122,6 +122,9 @@ impl HoldConfig {
     /// Validates the arguments (usage errors as one line).
     pub fn from_args(a: &HoldArgs) -> Result<HoldConfig, String> {
         let target = Target::parse(&a.url)?;
+        if target.tls {
+            return Err(format!("url '{}': hold speaks plain http:// only (no TLS yet)", a.url));
+        }
         if a.connections.is_empty() || a.connections.contains(&0) {
             return Err("--connections must be counts of at least 1, e.g. 1000,10000".into());
         }

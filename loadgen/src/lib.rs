@@ -1,5 +1,5 @@
-//! `loadgen`: an open-loop HTTP/1.1 load generator honest enough to gate a release, plus the
-//! benchmark origin and the byte-relay floor used beside it.
+//! `loadgen`: an open-loop HTTP/1.1 load generator (plain or over TLS) honest enough to gate a
+//! release, plus the benchmark origin and the byte-relay floor used beside it.
 //!
 //! Latency is measured from each request's *intended* send time (no coordinated omission), the
 //! schedule is absolute (no drift), and a run that did not apply the load it was asked for is
@@ -9,6 +9,8 @@
 //! - [`schedule`]: intended send times (constant or Poisson), per thread.
 //! - [`client`]: the per-connection HTTP/1.1 client hot path (pre-serialized requests, reused
 //!   buffers, `httparse`), error classification.
+//! - [`transport`]: the byte stream under it (TCP, or TLS with rustls), connection set-up and
+//!   handshake accounting; [`tls`]: client and upstream TLS configs, certificates.
 //! - [`body`]: Content-Length / chunked / until-close body framing, shared with the upstream.
 //! - [`run`]: threads, open-loop dispatcher and busy policy, closed loop, validity rules.
 //! - [`stats`]: per-thread HdrHistograms and counters, merged after the run.
@@ -31,4 +33,6 @@ pub mod schedule;
 pub mod server;
 pub mod stats;
 pub mod sys;
+pub mod tls;
+pub mod transport;
 pub mod upstream;

@@ -10,6 +10,8 @@
 use crate::client::{Cause, ErrorKind};
 use crate::run::{BusyPolicy, RunConfig, RunOutcome};
 use crate::schedule::Arrival;
+use crate::tls::Verify;
+use crate::transport::HandshakeKind;
 use base64::Engine;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
@@ -103,6 +105,37 @@ pub struct Meta {
     pub max_lag_us: f64,
     pub cpus: Vec<usize>,
     pub targets: usize,
+    /// The application protocol ("http/1.1").
+    pub protocol: &'static str,
+    /// TLS as configured (`null` for http://).
+    pub tls: Option<TlsMeta>,
+    /// `--new-connection-every` (`null`: connections are kept).
+    pub new_connection_every: Option<u64>,
+}
+
+/// The client's TLS settings.
+#[derive(Debug, Serialize)]
+pub struct TlsMeta {
+    /// SNI (when a DNS name) and the name checked in the certificate.
+    pub server_name: String,
+    /// "ca FILE" or "insecure (certificate NOT verified)".
+    pub verify: String,
+    /// True when the certificate was not verified (`--insecure`).
+    pub insecure: bool,
+    /// Session cache on (`--resume on`).
+    pub resume: bool,
+    pub alpn_offered: Vec<&'static str>,
+}
+
+/// What the TLS handshakes of the run negotiated.
+#[derive(Debug, Serialize)]
+pub struct NegotiatedOut {
+    pub version: &'static str,
+    pub cipher_suite: &'static str,
+    /// The ALPN protocol the server chose (`null`: none).
+    pub alpn: Option<&'static str>,
+    /// Handshakes that negotiated this (the whole run: pre-opened and warmup connections too).
+    pub handshakes: u64,
 }
 
 /// Request counts.
@@ -143,6 +176,7 @@ pub struct Histograms {
     pub corrected: String,
     pub uncorrected: String,
     pub send_lag: String,
+    pub handshake: String,
 }
 
 /// The `--json` document of a run.
@@ -160,6 +194,11 @@ pub struct RunJson {
     pub errors: BTreeMap<&'static str, u64>,
     pub error_causes: BTreeMap<&'static str, u64>,
     pub latency: BTreeMap<&'static str, Summary>,
+    /// Connections set up for requests due in the window, by kind: "tcp" (plain connect),
+    /// "full" and "resumed" (TLS handshakes). Their time is `latency.handshake`.
+    pub handshakes: BTreeMap<&'static str, u64>,
+    /// What the TLS handshakes negotiated (empty for http://).
+    pub tls_negotiated: Vec<NegotiatedOut>,
     pub time_series: Vec<SecondOut>,
     pub histograms: Histograms,
 }
@@ -232,6 +271,13 @@ pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> R
     latency.insert("corrected", Summary::of(&r.corrected));
     latency.insert("uncorrected", Summary::of(&r.uncorrected));
     latency.insert("send_lag", Summary::of(&r.send_lag));
+    latency.insert("handshake", Summary::of(&r.handshake));
+    let handshakes = HandshakeKind::ALL.iter().map(|&k| (k.name(), r.handshakes_of(k))).collect();
+    let tls_negotiated = r
+        .negotiated
+        .iter()
+        .map(|(n, c)| NegotiatedOut { version: n.version, cipher_suite: n.cipher_suite, alpn: n.alpn, handshakes: *c })
+        .collect();
     let time_series = r
         .series()
         .iter()
@@ -258,7 +304,7 @@ pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> R
             version: env!("CARGO_PKG_VERSION"),
             command_line: command_line.to_vec(),
             start_time: rfc3339(out.started),
-            url: format!("http://{}{}", cfg.target.authority, cfg.target.path),
+            url: cfg.target.url(),
             address: cfg.target.addr.to_string(),
             mode: if cfg.closed { "closed" } else { "open" },
             arrival: match (cfg.closed, cfg.arrival) {
@@ -282,6 +328,15 @@ pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> R
             max_lag_us: cfg.max_lag.as_secs_f64() * 1e6,
             cpus: cfg.cpus.clone(),
             targets: cfg.requests.len(),
+            protocol: "http/1.1",
+            tls: cfg.tls.as_ref().map(|t| TlsMeta {
+                server_name: t.server_name_str(),
+                verify: t.verify_label(),
+                insecure: matches!(t.verify, Verify::Insecure),
+                resume: t.resume,
+                alpn_offered: vec!["http/1.1"],
+            }),
+            new_connection_every: (cfg.new_connection_every > 0).then_some(cfg.new_connection_every),
         },
         valid: out.validity.valid,
         invalid_reasons: out.validity.reasons.clone(),
@@ -302,6 +357,8 @@ pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> R
         errors,
         error_causes,
         latency,
+        handshakes,
+        tls_negotiated,
         time_series,
         histograms: Histograms {
             encoding: "HdrHistogram V2 compressed (deflate), base64",
@@ -309,6 +366,7 @@ pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> R
             corrected: encode_hist(&r.corrected),
             uncorrected: encode_hist(&r.uncorrected),
             send_lag: encode_hist(&r.send_lag),
+            handshake: encode_hist(&r.handshake),
         },
     }
 }
@@ -325,6 +383,23 @@ fn pct_line(h: &Histogram<u64>) -> String {
     s
 }
 
+/// `http/1.1 over TLSv1.3 TLS13_AES_256_GCM_SHA384 (alpn http/1.1); server name …, verify …`.
+fn protocol_line(cfg: &RunConfig, out: &RunOutcome) -> String {
+    let Some(t) = &cfg.tls else {
+        return "http/1.1 (cleartext)".to_string();
+    };
+    let mut s = "http/1.1 over TLS".to_string();
+    if out.rec.negotiated.is_empty() {
+        s.push_str(" (no handshake completed)");
+    }
+    for (i, (n, c)) in out.rec.negotiated.iter().enumerate() {
+        let sep = if i == 0 { " " } else { "; " };
+        let _ = write!(s, "{sep}{} {} (alpn {}) ×{c}", n.version, n.cipher_suite, n.alpn.unwrap_or("none"));
+    }
+    let _ = write!(s, "; server name {}, verify {}, resume {}", t.server_name_str(), t.verify_label(), if t.resume { "on" } else { "off" });
+    s
+}
+
 /// The human summary of a run.
 pub fn human(cfg: &RunConfig, out: &RunOutcome) -> String {
     let r = &out.rec;
@@ -336,10 +411,9 @@ pub fn human(cfg: &RunConfig, out: &RunOutcome) -> String {
     };
     let _ = writeln!(
         s,
-        "loadgen {} http://{}{}: {mode}, {:.1}s (+{:.1}s warmup), {} thread(s), {}..{} connections",
+        "loadgen {} {}: {mode}, {:.1}s (+{:.1}s warmup), {} thread(s), {}..{} connections",
         env!("CARGO_PKG_VERSION"),
-        cfg.target.authority,
-        cfg.target.path,
+        cfg.target.url(),
         cfg.duration.as_secs_f64(),
         cfg.warmup.as_secs_f64(),
         cfg.threads,
@@ -373,6 +447,24 @@ pub fn human(cfg: &RunConfig, out: &RunOutcome) -> String {
         "  requests    {} scheduled, {} sent in window, {} responses; {} waited for a connection, {} new connections, {} dropped, {} never sent",
         r.scheduled, r.sent_in_window, r.responses, r.queued, r.new_conns, r.dropped, r.unsent
     );
+    let _ = writeln!(s, "  protocol    {}", protocol_line(cfg, out));
+    if cfg.tls.is_some() || cfg.new_connection_every > 0 || !r.handshake.is_empty() {
+        let churn = match cfg.new_connection_every {
+            0 => "kept".to_string(),
+            1 => "new for every request".to_string(),
+            n => format!("new every {n} requests"),
+        };
+        let _ = writeln!(
+            s,
+            "  connections {churn}; set up in the window: {} tcp-only, {} full handshakes, {} resumed",
+            r.handshakes_of(HandshakeKind::Tcp),
+            r.handshakes_of(HandshakeKind::Full),
+            r.handshakes_of(HandshakeKind::Resumed)
+        );
+        let _ = writeln!(s, "  handshake   {}", pct_line(&r.handshake));
+        let what = if cfg.tls.is_some() { "TCP connect + TLS handshake" } else { "TCP connect" };
+        let _ = writeln!(s, "              ({what} of each new connection; inside the corrected latency)");
+    }
     let _ = writeln!(s, "  latency     {}", pct_line(&r.corrected));
     let _ = writeln!(s, "              (corrected: response time from the intended send time)");
     let _ = writeln!(s, "  service     {}", pct_line(&r.uncorrected));
@@ -457,6 +549,8 @@ mod tests {
             spin: Duration::ZERO,
             seed: 1,
             progress: false,
+            tls: None,
+            new_connection_every: 0,
         };
         let t0 = Instant::now();
         let mut rec = Recorder::new(t0, t0 + cfg.duration);
@@ -490,6 +584,8 @@ mod tests {
             "errors",
             "error_causes",
             "latency",
+            "handshakes",
+            "tls_negotiated",
             "time_series",
             "histograms",
         ] {
@@ -508,7 +604,7 @@ mod tests {
         let series = v["time_series"].as_array().unwrap();
         assert_eq!(series.len(), 2);
         assert_eq!(series[0]["scheduled"], 100);
-        for k in ["corrected", "uncorrected", "send_lag"] {
+        for k in ["corrected", "uncorrected", "send_lag", "handshake"] {
             let h = decode_hist(v["histograms"][k].as_str().unwrap()).unwrap();
             assert_eq!(h.len(), v["latency"][k]["count"].as_u64().unwrap(), "{k}");
         }

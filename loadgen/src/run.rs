@@ -14,6 +14,12 @@
 //! After the window closes no new request is released; queued ones are still sent (their latency
 //! is real) until `--timeout` after the window, then whatever is left is counted as unsent.
 //!
+//! Connections are the scheduler's unit: a connection task takes one due request at a time and
+//! runs it on its [`Conn`] (the protocol) over whatever [`crate::transport`] stream it opened
+//! (TCP or TLS); the scheduler neither knows nor cares which. A connection set-up paid by a
+//! request (`--new-connection-every`, a reconnect after an error, a pool that grew) is recorded in
+//! the handshake histogram and stays inside that request's corrected latency.
+//!
 //! Validity ([`assess`]): an open-loop run is INVALID when the generator did not apply the load
 //! it was asked for: more than 1 % of the scheduled requests were never sent (dropped by policy
 //! or queue overflow, or still unsent after the drain), or the generator's own send lag (P99
@@ -25,6 +31,8 @@ use crate::client::{Conn, Request, Target};
 use crate::schedule::{Arrival, Schedule};
 use crate::stats::{Dispatch, OVERRUN, Recorder};
 use crate::sys;
+use crate::tls::ClientSettings;
+use crate::transport::Connector;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, IsTerminal, Write};
@@ -77,6 +85,21 @@ pub struct RunConfig {
     pub seed: u64,
     /// Live progress line on stderr.
     pub progress: bool,
+    /// TLS settings (`https://`); `None` for plain TCP.
+    pub tls: Option<ClientSettings>,
+    /// Close each connection after this many responses, so the next request opens (and
+    /// handshakes) a new one; 0: keep connections.
+    pub new_connection_every: u64,
+}
+
+impl RunConfig {
+    /// The connector of one generator thread (a TLS config per thread: its own session cache).
+    pub fn connector(&self) -> Result<Connector, String> {
+        match &self.tls {
+            None => Ok(Connector::Plain),
+            Some(t) => Ok(Connector::tls(crate::tls::client_config(t)?, t.server_name.clone())),
+        }
+    }
 }
 
 /// Verdict on a run.
@@ -216,10 +239,11 @@ fn thread_main(
             let cpu = cfg.cpus[k % cfg.cpus.len()];
             sys::pin_to_cpu(cpu).map_err(|e| io::Error::new(e.kind(), format!("pin to cpu {cpu}: {e}")))?;
         }
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        let connector = cfg.connector().map_err(io::Error::other)?;
+        Ok((tokio::runtime::Builder::new_current_thread().enable_all().build()?, connector))
     })();
-    let rt = match setup {
-        Ok(rt) => rt,
+    let (rt, connector) = match setup {
+        Ok(x) => x,
         Err(e) => {
             barrier.failed.store(true, Ordering::Relaxed);
             barrier.barrier.wait();
@@ -227,7 +251,7 @@ fn thread_main(
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, thread_async(cfg, k, barrier, start, live))
+    local.block_on(&rt, thread_async(cfg, k, connector, barrier, start, live))
 }
 
 /// One load thread's dispatch queue, recorder, request mix and measurement window, shared by
@@ -240,6 +264,8 @@ struct LoadThread {
     rec: RefCell<Recorder>,
     requests: Vec<Request>,
     next_req: Cell<usize>,
+    connector: Connector,
+    every: u64,
     measure_end: Cell<Instant>,
     drain_deadline: Cell<Instant>,
 }
@@ -268,6 +294,7 @@ impl LoadThread {
 async fn thread_async(
     cfg: &RunConfig,
     k: usize,
+    connector: Connector,
     barrier: &Gate,
     start: &OnceLock<(Instant, SystemTime)>,
     live: Arc<Vec<Live>>,
@@ -275,10 +302,14 @@ async fn thread_async(
     let threads = cfg.threads.max(1);
     let n_conns = share(cfg.connections, threads, k);
     let max_conns = share(cfg.max_connections, threads, k).max(n_conns);
-    let mut conns: Vec<Conn> = (0..n_conns).map(|_| Conn::new(cfg.target.addr, cfg.timeout)).collect();
+    let every = cfg.new_connection_every;
+    let mut conns: Vec<Conn> = (0..n_conns).map(|_| Conn::new(cfg.target.addr, connector.clone(), cfg.timeout, every)).collect();
     // Open connections before the clock starts; failures are retried (and counted) per request.
+    // Their set-up is paid by no request: only what they negotiated is kept.
+    let mut preopened = Vec::with_capacity(n_conns);
     for c in conns.iter_mut() {
         let _ = c.connect().await;
+        preopened.extend(c.take_handshake());
     }
     // Blocking here is fine: nothing else runs on this thread yet.
     barrier.barrier.wait();
@@ -291,15 +322,21 @@ async fn thread_async(
     let (t0, _) = *start.get_or_init(|| (Instant::now() + lead, SystemTime::now() + lead));
     let measure_start = t0 + cfg.warmup;
     let measure_end = measure_start + cfg.duration;
+    let mut rec = Recorder::new(measure_start, measure_end);
+    for h in &preopened {
+        rec.note_negotiated(h);
+    }
     let sh = Rc::new(LoadThread {
         queue: RefCell::new(VecDeque::with_capacity(1024)),
         idle: Cell::new(0),
         done: Cell::new(false),
         notify: Notify::new(),
-        rec: RefCell::new(Recorder::new(measure_start, measure_end)),
+        rec: RefCell::new(rec),
         requests: cfg.requests.clone(),
         // Threads start at different targets so a mix is spread evenly.
         next_req: Cell::new(k % cfg.requests.len().max(1)),
+        connector,
+        every,
         measure_end: Cell::new(measure_end),
         drain_deadline: Cell::new(measure_end + cfg.timeout),
     });
@@ -405,7 +442,7 @@ async fn dispatcher(sh: Rc<LoadThread>, mut sched: Schedule, conns: Vec<Conn>, m
                 Some(Dispatch::Free)
             } else if n_conns < max_conns {
                 n_conns += 1;
-                let c = Conn::new(cfg.target.addr, cfg.timeout);
+                let c = Conn::new(cfg.target.addr, sh.connector.clone(), cfg.timeout, sh.every);
                 tasks.push(tokio::task::spawn_local(open_conn(sh.clone(), c, Some((t, Dispatch::NewConn)))));
                 Some(Dispatch::NewConn)
             } else if cfg.policy == BusyPolicy::Queue && sh.queue.borrow().len() < QUEUE_CAP {
@@ -465,9 +502,13 @@ async fn open_conn(sh: Rc<LoadThread>, mut conn: Conn, mut first: Option<(Instan
                 None => return,
             },
         };
-        let (sent, res) = conn.send(sh.pick()).await;
+        let (ready, sent, res) = conn.send(sh.pick()).await;
         let done = Instant::now();
-        sh.rec.borrow_mut().on_done(intended, sent, done, how, res);
+        let mut rec = sh.rec.borrow_mut();
+        if let Some(h) = conn.take_handshake() {
+            rec.on_handshake(intended, &h);
+        }
+        rec.on_done_from(intended, ready, sent, done, how, res);
     }
 }
 
@@ -479,10 +520,17 @@ async fn closed_conn(sh: Rc<LoadThread>, mut conn: Conn) {
         if Instant::now() >= sh.measure_end.get() {
             return;
         }
-        let (sent, res) = conn.send(sh.pick()).await;
+        let (_, sent, res) = conn.send(sh.pick()).await;
         let done = Instant::now();
-        let failed_connect = matches!(res, Err(e) if e.kind == crate::client::ErrorKind::Connect);
-        sh.rec.borrow_mut().on_done(sent, sent, done, Dispatch::Closed, res);
+        let failed_connect =
+            matches!(res, Err(e) if matches!(e.kind, crate::client::ErrorKind::Connect | crate::client::ErrorKind::Handshake));
+        {
+            let mut rec = sh.rec.borrow_mut();
+            if let Some(h) = conn.take_handshake() {
+                rec.on_handshake(sent, &h);
+            }
+            rec.on_done(sent, sent, done, Dispatch::Closed, res);
+        }
         if failed_connect {
             // Do not spin on a refused port: back off a little before reconnecting.
             tokio::time::sleep(Duration::from_millis(10)).await;

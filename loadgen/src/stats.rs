@@ -4,10 +4,14 @@
 //! holds whole HdrHistograms, never percentiles: `corrected` (response time from the intended
 //! send time), `uncorrected` (service time from the actual write), `send_lag` (actual write minus
 //! intended time, for requests that had a free connection: the generator's own lateness), plus
-//! a per-second series bucketed by intended send second. Histograms are allocated before the
-//! run; recording does not allocate.
+//! a per-second series bucketed by intended send second, and `handshake` (TCP connect + TLS
+//! handshake of each new connection, attributed to the request that waited for it; that wait is
+//! also in the request's corrected latency). Histograms are allocated before the run; recording
+//! does not allocate (a new combination of negotiated TLS parameters adds one entry, once).
 
 use crate::client::{Cause, ErrorKind, ReqError};
+use crate::tls::Negotiated;
+use crate::transport::{Handshake, HandshakeKind};
 use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
 
@@ -66,6 +70,14 @@ pub struct Recorder {
     pub corrected: Histogram<u64>,
     pub uncorrected: Histogram<u64>,
     pub send_lag: Histogram<u64>,
+    /// Connection set-up time (TCP connect + TLS handshake) of connections opened for requests
+    /// due in the window.
+    pub handshake: Histogram<u64>,
+    /// Those set-ups by [`HandshakeKind`] (tcp, full, resumed).
+    pub handshakes: [u64; 3],
+    /// Every successful TLS handshake of the run (pre-opened and warmup connections included),
+    /// by what it negotiated.
+    pub negotiated: Vec<(Negotiated, u64)>,
     /// Per-second series; may be shorter than `n_secs` (seconds not reached yet), see
     /// [`Recorder::series`].
     pub seconds: Vec<Second>,
@@ -73,8 +85,8 @@ pub struct Recorder {
     pub n_secs: usize,
     /// Counts by status code (index = code, 0..=999).
     pub status: Vec<u64>,
-    pub errors: [u64; 5],
-    pub causes: [u64; 6],
+    pub errors: [u64; ErrorKind::ALL.len()],
+    pub causes: [u64; Cause::ALL.len()],
     /// Requests due inside the window.
     pub scheduled: u64,
     /// Of those, written before the window ended.
@@ -106,13 +118,16 @@ impl Recorder {
             corrected: new_hist(3),
             uncorrected: new_hist(3),
             send_lag: new_hist(3),
+            handshake: new_hist(3),
+            handshakes: [0; 3],
+            negotiated: Vec::new(),
             // Grown as the run reaches each second (one allocation per second, not per request),
             // so memory follows elapsed time, not the requested duration.
             seconds: Vec::with_capacity(secs.max(1)),
             n_secs: secs.max(1),
             status: vec![0; 1000],
-            errors: [0; 5],
-            causes: [0; 6],
+            errors: [0; ErrorKind::ALL.len()],
+            causes: [0; Cause::ALL.len()],
             scheduled: 0,
             sent_in_window: 0,
             achieved: 0,
@@ -158,9 +173,26 @@ impl Recorder {
         }
     }
 
-    /// A request finished (response or error).
+    /// A request finished (response or error) on a connection that was ready for it.
     #[inline]
     pub fn on_done(&mut self, intended: Instant, sent: Instant, done: Instant, how: Dispatch, result: Result<u16, ReqError>) {
+        self.on_done_from(intended, sent, sent, done, how, result);
+    }
+
+    /// A request finished; `ready` is when its connection began on it: its write, or the start
+    /// of the connection set-up it had to wait for. Send lag ends there, so the generator's own
+    /// lateness does not include the target's connect and handshake time (which is in the
+    /// handshake histogram and in the corrected latency).
+    #[inline]
+    pub fn on_done_from(
+        &mut self,
+        intended: Instant,
+        ready: Instant,
+        sent: Instant,
+        done: Instant,
+        how: Dispatch,
+        result: Result<u16, ReqError>,
+    ) {
         if !self.in_window(intended) {
             return;
         }
@@ -175,7 +207,7 @@ impl Recorder {
             self.sent_in_window += 1;
         }
         if how == Dispatch::Free {
-            let _ = self.send_lag.record(ns(sent.saturating_duration_since(intended)));
+            let _ = self.send_lag.record(ns(ready.saturating_duration_since(intended)));
         }
         match result {
             Ok(status) => {
@@ -209,11 +241,49 @@ impl Recorder {
         }
     }
 
+    /// A connection was set up for a request due at `intended` (closed loop: sent at).
+    #[inline]
+    pub fn on_handshake(&mut self, intended: Instant, h: &Handshake) {
+        self.note_negotiated(h);
+        if !self.in_window(intended) {
+            return;
+        }
+        self.handshake.saturating_record(ns(h.took));
+        self.handshakes[h.kind as usize] += 1;
+    }
+
+    /// Counts what a TLS handshake negotiated (every handshake, in the window or not).
+    #[inline]
+    pub fn note_negotiated(&mut self, h: &Handshake) {
+        if let Some(n) = h.negotiated {
+            self.add_negotiated(n, 1);
+        }
+    }
+
+    fn add_negotiated(&mut self, n: Negotiated, count: u64) {
+        match self.negotiated.iter_mut().find(|(m, _)| *m == n) {
+            Some((_, c)) => *c += count,
+            None => self.negotiated.push((n, count)),
+        }
+    }
+
+    /// Handshakes of `kind` in the window.
+    pub fn handshakes_of(&self, kind: HandshakeKind) -> u64 {
+        self.handshakes[kind as usize]
+    }
+
     /// Adds another thread's recorder into this one.
     pub fn merge(&mut self, o: &Recorder) {
         let _ = self.corrected.add(&o.corrected);
         let _ = self.uncorrected.add(&o.uncorrected);
         let _ = self.send_lag.add(&o.send_lag);
+        let _ = self.handshake.add(&o.handshake);
+        for (a, b) in self.handshakes.iter_mut().zip(&o.handshakes) {
+            *a += b;
+        }
+        for &(n, c) in &o.negotiated {
+            self.add_negotiated(n, c);
+        }
         while self.seconds.len() < o.seconds.len() {
             self.seconds.push(Second::new());
         }
@@ -320,6 +390,12 @@ mod tests {
         let mut b = Recorder::new(s, e);
         b.on_done(i, i, i, Dispatch::Free, Err(ReqError { kind: ErrorKind::Read, cause: Cause::Reset }));
         a.merge(&b);
+        // A request that waited for a connection set-up: the lag ends where the set-up began.
+        let mut c = Recorder::new(s, e);
+        let ready = i + Duration::from_micros(50);
+        c.on_done_from(i, ready, i + Duration::from_millis(3), i + Duration::from_millis(4), Dispatch::Free, Ok(200));
+        assert!(c.send_lag.max() < 51_000, "{}", c.send_lag.max());
+        assert!(c.corrected.max() >= 4_000_000 && c.uncorrected.max() < 1_100_000);
         assert_eq!(a.total_errors(), 2);
         assert_eq!(a.cause(Cause::Reset), 1);
         assert_eq!(a.seconds[1].errors, 2);

@@ -14,15 +14,21 @@
 //! like a GC pause in an origin, which is what exposes coordinated omission.
 //!
 //! `--threads N` runs N `current_thread` runtimes with one `SO_REUSEPORT` listener each.
+//!
+//! `--tls` serves the same over TLS (rustls; see [`crate::tls::server_config`]): the handshake
+//! runs in the connection's task, a failed one just closes the connection. The stall and delay
+//! apply to responses exactly as in cleartext.
 
 use crate::body::{BodySkipper, Framing};
 use crate::client::{has_token, last_token_is, parse_u64};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 /// Largest request head accepted (431 beyond).
 const BUF: usize = 64 * 1024;
@@ -39,6 +45,8 @@ pub struct UpstreamConfig {
     pub stall_for: Duration,
     pub threads: usize,
     pub cpus: Vec<usize>,
+    /// Serve over TLS with this config (one for all threads: shared session ticketer).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Pre-serialized responses.
@@ -75,6 +83,7 @@ pub fn run_upstream(cfg: &UpstreamConfig, on_bound: impl FnOnce(SocketAddr)) -> 
 async fn accept_loop(l: std::net::TcpListener, cfg: UpstreamConfig, start: Instant) -> io::Result<()> {
     let l = TcpListener::from_std(l)?;
     let resp = Rc::new(Responses::new(cfg.body_bytes));
+    let acceptor = cfg.tls.clone().map(TlsAcceptor::from);
     let cfg = Rc::new(cfg);
     loop {
         let (s, _) = match l.accept().await {
@@ -86,7 +95,14 @@ async fn accept_loop(l: std::net::TcpListener, cfg: UpstreamConfig, start: Insta
             }
         };
         let _ = s.set_nodelay(true);
-        tokio::task::spawn_local(conn(s, resp.clone(), cfg.clone(), start));
+        match &acceptor {
+            None => {
+                tokio::task::spawn_local(conn(s, resp.clone(), cfg.clone(), start));
+            }
+            Some(acc) => {
+                tokio::task::spawn_local(tls_conn(acc.clone(), s, resp.clone(), cfg.clone(), start));
+            }
+        }
     }
 }
 
@@ -180,7 +196,15 @@ fn bad_response(status: u16) -> Vec<u8> {
     format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").into_bytes()
 }
 
-async fn conn(mut s: TcpStream, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, start: Instant) {
+/// A TLS connection: handshake, then the same HTTP/1.1 service. A failed handshake (a client
+/// that does not trust the certificate, or does not speak TLS) closes the connection.
+async fn tls_conn(acc: TlsAcceptor, s: TcpStream, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, start: Instant) {
+    if let Ok(s) = acc.accept(s).await {
+        conn(s, resp, cfg, start).await;
+    }
+}
+
+async fn conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, start: Instant) {
     // Grows (doubling) up to BUF only for large heads, so idle connections stay small.
     let mut buf = vec![0u8; BUF_INITIAL];
     let mut out = Outbox::default();
@@ -255,7 +279,7 @@ async fn conn(mut s: TcpStream, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, st
                     tokio::time::sleep(cfg.delay * answered as u32).await;
                 }
             }
-            if s.write_all(out.bytes(&resp)).await.is_err() {
+            if s.write_all(out.bytes(&resp)).await.is_err() || s.flush().await.is_err() {
                 return;
             }
             out.clear();

@@ -24,6 +24,8 @@ mod util {
     pub struct Server {
         child: Child,
         pub addr: SocketAddr,
+        /// A file of the server's removed with it (its certificate).
+        file: Option<std::path::PathBuf>,
     }
 
     impl Server {
@@ -32,7 +34,7 @@ mod util {
             let mut line = String::new();
             BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
             let addr = line.trim().strip_prefix("listening ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).parse().unwrap();
-            Server { child, addr }
+            Server { child, addr, file: None }
         }
 
         pub fn upstream(extra: &[&str]) -> Server {
@@ -44,12 +46,38 @@ mod util {
         pub fn url(&self) -> String {
             format!("http://{}/", self.addr)
         }
+
+        /// `loadgen upstream --tls` with its generated certificate written to a temporary file;
+        /// returns the server and the certificate's path (for `--ca`).
+        pub fn upstream_tls(extra: &[&str]) -> (Server, std::path::PathBuf) {
+            let ca = temp_path("ca.pem");
+            let mut args = vec!["upstream", "--listen", "127.0.0.1:0", "--tls", "--cert-out", ca.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            let mut s = Server::start(&args);
+            s.file = Some(ca.clone());
+            (s, ca)
+        }
+
+        /// `https://localhost:PORT/` (the generated certificate names localhost and 127.0.0.1).
+        pub fn https_url(&self) -> String {
+            format!("https://localhost:{}/", self.addr.port())
+        }
+    }
+
+    /// A fresh path in the temporary directory, unique to this process and call.
+    pub fn temp_path(name: &str) -> std::path::PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::env::temp_dir().join(format!("loadgen-test-{}-{n}-{name}", std::process::id()))
     }
 
     impl Drop for Server {
         fn drop(&mut self) {
             let _ = self.child.kill();
             let _ = self.child.wait();
+            if let Some(p) = &self.file {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 
@@ -691,6 +719,140 @@ mod relay {
     }
 }
 
+mod tls {
+    use super::util::*;
+
+    /// A new TLS connection for every request at a modest fixed rate: the rate holds to 1 %,
+    /// every request in the window paid a handshake (counted, timed), and with the session cache
+    /// on nearly all of them resume; with `--resume off` all are full.
+    #[test]
+    fn churn_at_a_fixed_rate_counts_a_handshake_per_request_and_resumes() {
+        let _g = timing_lock();
+        let (up, ca) = Server::upstream_tls(&[]);
+        let url = up.https_url();
+        let ca = ca.to_str().unwrap();
+        let base = ["--url", &url, "--ca", ca, "--connections", "4", "--new-connection-every", "1", "--warmup", "500ms"];
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--rate", "400", "--duration", "2s"]);
+        let (code, stdout, j) = run_json(&args);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(j["valid"], true, "{stdout}");
+        for k in ["sent_rate", "achieved_rate"] {
+            let r = f(&j, k);
+            assert!((r - 400.0).abs() <= 4.0, "{k} {r}\n{stdout}");
+        }
+        let responses = f(&j, "counts.responses");
+        assert_eq!(responses, f(&j, "counts.scheduled"), "{stdout}");
+        assert_eq!(j["status_codes"]["200"].as_f64(), Some(responses), "{stdout}");
+        let errors: u64 = j["errors"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(errors, 0, "{stdout}");
+        let (full, resumed) = (f(&j, "handshakes.full"), f(&j, "handshakes.resumed"));
+        assert_eq!(full + resumed, responses, "one handshake per request\n{stdout}");
+        assert_eq!(f(&j, "latency.handshake.count"), responses);
+        assert!(resumed >= 0.9 * responses, "resumed {resumed} of {responses}\n{stdout}");
+        assert_eq!(f(&j, "handshakes.tcp"), 0.0);
+        let n = &j["tls_negotiated"][0];
+        assert_eq!((n["version"].as_str(), n["alpn"].as_str()), (Some("TLSv1.3"), Some("http/1.1")), "{}", j["tls_negotiated"]);
+        assert_eq!(j["meta"]["tls"]["insecure"], false);
+        assert_eq!(j["meta"]["tls"]["server_name"], "localhost");
+        assert_eq!(j["meta"]["new_connection_every"], 1);
+        assert!(stdout.contains("http/1.1 over TLS TLSv1.3"), "{stdout}");
+        // Latency is from the intended time, so the handshake is inside it; service time is not.
+        assert!(f(&j, "latency.corrected.p50_us") >= f(&j, "latency.handshake.p50_us"), "{stdout}");
+
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--rate", "200", "--duration", "1s", "--resume", "off"]);
+        let (code, stdout, j) = run_json(&args);
+        assert_eq!(code, 0, "{stdout}");
+        let responses = f(&j, "counts.responses");
+        assert_eq!(responses, 200.0, "{stdout}");
+        assert_eq!((f(&j, "handshakes.full"), f(&j, "handshakes.resumed")), (responses, 0.0), "{stdout}");
+        assert_eq!(j["meta"]["tls"]["resume"], false);
+    }
+
+    /// Connections kept (the default): no handshake in the window; `--insecure` accepts the
+    /// self-signed certificate for an IP address, and the report says it was not verified.
+    #[test]
+    fn insecure_accepts_any_certificate_and_says_so() {
+        let (up, _ca) = Server::upstream_tls(&[]);
+        let url = format!("https://{}/", up.addr);
+        let (code, stdout, j) =
+            run_json(&["--url", &url, "--insecure", "--rate", "200", "--duration", "1s", "--warmup", "0s", "--connections", "2"]);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(j["status_codes"]["200"].as_f64(), Some(200.0), "{stdout}");
+        assert_eq!(j["meta"]["tls"]["insecure"], true);
+        assert!(stdout.contains("NOT verified"), "{stdout}");
+        assert_eq!(f(&j, "handshakes.full") + f(&j, "handshakes.resumed"), 0.0, "{stdout}");
+        // The two pre-opened connections' handshakes still say what was negotiated.
+        assert_eq!(j["tls_negotiated"][0]["handshakes"].as_u64(), Some(2), "{}", j["tls_negotiated"]);
+    }
+
+    fn failing_run(url: &str, extra: &[&str]) -> (String, serde_json::Value) {
+        let mut args = vec!["--url", url, "--rate", "50", "--duration", "1s", "--warmup", "0s", "--connections", "1"];
+        args.extend_from_slice(&["--timeout", "500ms", "--allow-invalid"]);
+        args.extend_from_slice(extra);
+        let (code, stdout, j) = run_json(&args);
+        assert_eq!(code, 0, "{stdout}");
+        (stdout, j)
+    }
+
+    /// A certificate from another CA, and a server that does not speak TLS: every request is a
+    /// counted handshake error with its cause, nothing panics, no response is invented.
+    #[test]
+    fn wrong_ca_and_cleartext_server_are_counted_handshake_errors() {
+        let (up, ca) = Server::upstream_tls(&[]);
+        let (_other, other_ca) = Server::upstream_tls(&[]);
+        let (stdout, j) = failing_run(&up.https_url(), &["--ca", other_ca.to_str().unwrap()]);
+        assert!(f(&j, "errors.handshake") >= 45.0, "{stdout}");
+        assert_eq!(f(&j, "error_causes.certificate"), f(&j, "errors.handshake"), "{stdout}");
+        assert_eq!(f(&j, "counts.responses"), 0.0);
+        assert_eq!(j["tls_negotiated"].as_array().map(Vec::len), Some(0));
+
+        // The right CA, but a name the certificate does not carry.
+        let (stdout, j) = failing_run(&up.https_url(), &["--ca", ca.to_str().unwrap(), "--sni", "wrong.example"]);
+        assert!(f(&j, "errors.handshake") >= 45.0, "{stdout}");
+        assert_eq!(f(&j, "error_causes.certificate"), f(&j, "errors.handshake"), "{stdout}");
+
+        let plain = Server::upstream(&[]);
+        let (stdout, j) = failing_run(&format!("https://{}/", plain.addr), &["--insecure"]);
+        assert!(f(&j, "errors.handshake") >= 45.0, "{stdout}");
+        assert_eq!(f(&j, "error_causes.tls") + f(&j, "error_causes.eof") + f(&j, "error_causes.reset"), f(&j, "errors.handshake"));
+        assert_eq!(f(&j, "counts.responses"), 0.0);
+    }
+
+    /// The phase-1 stall test over TLS: the upstream holds responses 100 ms once a second; the
+    /// corrected P99 shows it, the service time does not.
+    #[test]
+    fn stall_shows_in_corrected_p99_but_not_in_service_time() {
+        let _g = timing_lock();
+        let (up, ca) = Server::upstream_tls(&["--stall-every", "1s", "--stall-for", "100ms"]);
+        let url = up.https_url();
+        let (code, stdout, j) = run_json(&[
+            "--url",
+            &url,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--rate",
+            "2000",
+            "--duration",
+            "3s",
+            "--warmup",
+            "500ms",
+            "--connections",
+            "4",
+        ]);
+        assert_eq!(code, 0, "{stdout}");
+        let p99 = f(&j, "latency.corrected.p99_us");
+        let max = f(&j, "latency.corrected.max_us");
+        let service_p99 = f(&j, "latency.uncorrected.p99_us");
+        assert!(p99 >= 80_000.0, "corrected p99 {p99}us should show the 100 ms stall\n{stdout}");
+        assert!(max >= 95_000.0, "corrected max {max}us\n{stdout}");
+        assert!(service_p99 < 20_000.0, "service p99 {service_p99}us\n{stdout}");
+        assert!(f(&j, "counts.queued") > 100.0, "requests waited for a connection during stalls");
+        assert_eq!(j["status_codes"]["200"].as_f64(), Some(f(&j, "counts.responses")));
+    }
+}
+
 mod cli {
     use super::util::*;
 
@@ -732,6 +894,14 @@ mod cli {
             &["run", "--url", "http://127.0.0.1:1/", "--rate", "10", "-H", "nocolon"],
             &["upstream", "--stall-every", "1s"],
             &["nosuchcommand"],
+            &["run", "--url", "https://127.0.0.1:1/", "--rate", "10"],
+            &["run", "--url", "http://127.0.0.1:1/", "--rate", "10", "--insecure"],
+            &["run", "--url", "https://127.0.0.1:1/", "--rate", "10", "--ca", "/nonexistent/ca.pem"],
+            &["run", "--url", "https://127.0.0.1:1/", "--rate", "10", "--ca", "/proc/self/status"],
+            &["run", "--url", "https://127.0.0.1:1/", "--rate", "10", "--insecure", "--sni", "not a name"],
+            &["run", "--url", "http://127.0.0.1:1/", "--rate", "10", "--new-connection-every", "0"],
+            &["upstream", "--tls", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/k.pem"],
+            &["upstream", "--cert-out", "/tmp/x.pem"],
         ] {
             let out = loadgen(args);
             let err = String::from_utf8_lossy(&out.stderr);
