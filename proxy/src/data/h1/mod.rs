@@ -9,8 +9,10 @@
 //! - [`scratch`]: the buffers and heads a connection borrows from its worker while active and
 //!   gives back when idle (memory per idle connection).
 
+pub mod body;
 pub mod chunked;
 pub mod conn;
 pub mod head;
 pub mod rewrite;
 pub mod scratch;
+pub mod upstream;
