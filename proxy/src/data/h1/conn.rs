@@ -273,7 +273,9 @@ impl Active<'_> {
         m.error(e);
     }
 
-    /// Opens the span of a sampled request (tracing sampling; never reached at rate 0).
+    /// Opens the span of a sampled request.
+    ///
+    /// Off the request path: called for sampled requests only (tracing sampling; never at rate 0).
     #[cold]
     fn trace_start(&self) -> tracing::Span {
         let b = self.s.buf.filled();
@@ -472,7 +474,6 @@ impl Active<'_> {
     }
 
     /// Answers an error (when a response can still be sent) and closes with a short linger.
-    #[cold]
     async fn fail(&mut self, e: ProxyError, progress: &Progress) {
         if progress.responded {
             return; // mid-response: dropping the connection is the only honest signal
@@ -568,7 +569,9 @@ pub(super) async fn write_within(timers: &Timers, slot: usize, stream: &mut TcpS
     }
 }
 
-/// Closes the span of a sampled request with its outcome (tracing sampling only).
+/// Closes the span of a sampled request with its outcome.
+///
+/// Off the request path: called for sampled requests only (tracing sampling; never at rate 0).
 #[cold]
 fn trace_end(span: Option<tracing::Span>, route: usize, status: u16, elapsed: Duration, error: Option<ProxyError>) {
     let Some(span) = span else { return };

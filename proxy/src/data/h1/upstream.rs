@@ -239,7 +239,6 @@ impl Active<'_> {
     }
 
     /// After a 101: relay the head, then copy bytes both ways until either side closes.
-    #[cold]
     async fn tunnel(&mut self, mut up: UpstreamConn, snap: &Snapshot, progress: &mut Progress) -> Result<bool, ProxyError> {
         if self.s.req.upgrade.is_none() {
             return Err(ProxyError::BadResponse);

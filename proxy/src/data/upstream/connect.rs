@@ -12,7 +12,6 @@ use crate::snapshot::{Server, UpstreamGroup};
 
 /// Connects to `server` within its group's `connect_timeout`, counted in the worker's pool and
 /// metrics as an opened connection.
-#[cold]
 pub async fn connect(worker: &Worker, server: Server, group: &UpstreamGroup) -> Result<UpstreamConn, ProxyError> {
     match timeout(group.connect_timeout, TcpStream::connect(server.addr)).await {
         Err(_) => Err(ProxyError::ConnectTimeout),
