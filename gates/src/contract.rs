@@ -105,7 +105,8 @@ pub enum BanKind {
     Path,
     /// A macro invocation whose last path segment is one of these.
     Macro,
-    /// Like `macro`, but allowed in `#[cold]` functions and inside the sampled branch.
+    /// Like `macro`, but allowed in functions marked off the request path (`scan::OFF_PATH_MARKER`)
+    /// and inside the sampled branch.
     MacroUnsampled,
     /// A method call with one of these names.
     Method,

@@ -20,13 +20,17 @@
 //! hot-path globs ([`MOD_OUTSIDE`]).
 //!
 //! Items whose `cfg` implies `test` are skipped (see [`resolve::implies_test`]); tracing macros
-//! are allowed in `#[cold]` functions and in branches that run for sampled requests only.
+//! are allowed in functions whose documentation says they are off the request path, with a
+//! reason ([`OFF_PATH_MARKER`]), and in branches that run for sampled requests only. `#[cold]`
+//! exempts nothing: it is a code-layout hint, and on an `async fn` it does not even reach the body
+//! ([`COLD_ASYNC`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use proc_macro2::{Delimiter, Spacing, Span, TokenStream, TokenTree};
 use syn::punctuated::Punctuated;
+use syn::spanned::Spanned as _;
 use syn::visit::{self, Visit};
 use syn::{Attribute, Expr, Meta, Token};
 
@@ -71,6 +75,18 @@ pub const GLOB_IMPORT: &str = "glob-import";
 pub const MOD_PATH: &str = "mod-path-attribute";
 /// `mod x;` whose file is not under the contract's hot-path globs.
 pub const MOD_OUTSIDE: &str = "mod-outside-hot-path";
+/// `#[cold]` on an `async fn`: it marks the function that builds the future, not the body that
+/// runs when the future is polled, so it does not do what it says.
+pub const COLD_ASYNC: &str = "cold-async-fn";
+/// An [`OFF_PATH_MARKER`] line with no reason after it: it exempts nothing.
+pub const OFF_PATH_NO_REASON: &str = "off-path-without-reason";
+
+/// The doc line that takes a function off the request path for this scan: the tracing macros (the
+/// `macro-unsampled` bans) are allowed in its body (closures and nested items included). The rest
+/// of the line must give the reason (`/// Off the request path: accept errors, backed off 10 ms`);
+/// a marker without one is [`OFF_PATH_NO_REASON`]. Every other ban still applies. The scan cannot
+/// check that the reason is true: a reviewer reads it where the function is.
+pub const OFF_PATH_MARKER: &str = "Off the request path:";
 
 /// Attributes whose arguments are never code (their arguments are not scanned).
 const NON_CODE_ATTRIBUTES: &[&str] = &[
@@ -171,7 +187,7 @@ pub fn scan_files(files: &[(PathBuf, String)], contract: &Contract, cx: &CrateCo
             index: &mut index,
             scopes: vec![id],
             dirs: vec![dir],
-            cold: 0,
+            off_path: 0,
             sampled: 0,
             found: Vec::new(),
         };
@@ -208,8 +224,9 @@ struct Scanner<'a> {
     scopes: Vec<usize>,
     /// Where the current module's `mod x;` files live.
     dirs: Vec<PathBuf>,
-    /// Depth of `#[cold]` functions around the current node.
-    cold: usize,
+    /// Depth of functions marked off the request path ([`OFF_PATH_MARKER`]) around the current
+    /// node.
+    off_path: usize,
     /// Depth of sampled branches around the current node.
     sampled: usize,
     found: Vec<Violation>,
@@ -257,8 +274,43 @@ fn is_type_name(s: &str) -> bool {
     s.starts_with(char::is_uppercase) || resolve::PRIMITIVES.contains(&s)
 }
 
-fn is_cold(attrs: &[Attribute]) -> bool {
-    attrs.iter().any(|a| a.path().is_ident("cold"))
+/// The `#[cold]` among `attrs`, written directly or inside a `cfg_attr`.
+fn cold_attr(attrs: &[Attribute]) -> Option<&Attribute> {
+    attrs.iter().find(|a| {
+        a.path().is_ident("cold")
+            || (a.path().is_ident("cfg_attr")
+                && resolve::parse_cfg_attr(&a.meta).is_some_and(|(_, inner)| inner.iter().any(|m| m.path().is_ident("cold"))))
+    })
+}
+
+/// What a function's documentation says about the request path.
+enum OffPath {
+    /// No [`OFF_PATH_MARKER`] line.
+    Unmarked,
+    /// A marker line with a reason.
+    Marked,
+    /// A marker line with no reason (its span): reported, and it exempts nothing.
+    NoReason(Span),
+}
+
+/// Reads the [`OFF_PATH_MARKER`] from the doc attributes (`///` lines, `/** */` blocks and
+/// `#[doc = ".."]`) written on a function; one inside `cfg_attr` does not count. The reason is the
+/// rest of the marker's line and must contain a letter or digit.
+fn off_path(attrs: &[Attribute]) -> OffPath {
+    let mut found = OffPath::Unmarked;
+    for a in attrs.iter().filter(|a| a.path().is_ident("doc")) {
+        let Meta::NameValue(nv) = &a.meta else { continue };
+        let Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(text), .. }) = &nv.value else { continue };
+        for line in text.value().lines() {
+            let line = line.trim_start().trim_start_matches('*').trim_start();
+            let Some(reason) = line.strip_prefix(OFF_PATH_MARKER) else { continue };
+            if !reason.chars().any(char::is_alphanumeric) {
+                return OffPath::NoReason(a.span());
+            }
+            found = OffPath::Marked;
+        }
+    }
+    found
 }
 
 /// The condition of an `if` whose block runs for sampled requests only: a name, field or
@@ -447,7 +499,7 @@ impl Scanner<'_> {
         {
             names.push(last);
         }
-        let tracing_ok = self.cold > 0 || self.sampled > 0;
+        let tracing_ok = self.off_path > 0 || self.sampled > 0;
         let rule = self
             .contract
             .prohibitions
@@ -596,7 +648,7 @@ impl Scanner<'_> {
         if let Some(last) = resolved.as_ref().and_then(|p| p.last()) {
             names.push(last);
         }
-        let tracing_ok = self.cold > 0 || self.sampled > 0;
+        let tracing_ok = self.off_path > 0 || self.sampled > 0;
         let rule = self
             .contract
             .prohibitions
@@ -702,11 +754,35 @@ impl Scanner<'_> {
         self.scopes.pop();
     }
 
-    fn in_cold_fn(&mut self, attrs: &[Attribute], f: impl FnOnce(&mut Self)) {
-        let cold = usize::from(is_cold(attrs));
-        self.cold += cold;
+    /// Visits a function: `#[cold]` on an `async fn` is reported, and the body is off the request
+    /// path when the function's documentation says so with a reason.
+    fn in_fn(&mut self, attrs: &[Attribute], sig: &syn::Signature, f: impl FnOnce(&mut Self)) {
+        if sig.asyncness.is_some()
+            && let Some(cold) = cold_attr(attrs)
+        {
+            self.report(
+                COLD_ASYNC,
+                format!("#[cold] async fn {}", unraw(&sig.ident)),
+                "#[cold] on an async fn marks only the function that builds its future, not the body that runs when it is polled; it exempts nothing from this scan either: say why the function is off the request path in a doc line `Off the request path: <reason>` if it needs the exemption".to_owned(),
+                cold.span(),
+            );
+        }
+        let off = match off_path(attrs) {
+            OffPath::Unmarked => 0,
+            OffPath::Marked => 1,
+            OffPath::NoReason(span) => {
+                self.report(
+                    OFF_PATH_NO_REASON,
+                    format!("`{OFF_PATH_MARKER}` on fn {}", unraw(&sig.ident)),
+                    format!("`{OFF_PATH_MARKER}` exempts a function from the tracing ban only with a reason on the same line, for a reader to check; this one has none, so it exempts nothing"),
+                    span,
+                );
+                0
+            }
+        };
+        self.off_path += off;
         f(self);
-        self.cold -= cold;
+        self.off_path -= off;
     }
 
     /// Token-level scan of a macro body that is not plain expressions: paths (resolved), macro
@@ -880,7 +956,7 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
     }
 
     fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
-        self.in_cold_fn(&f.attrs, |s| s.with_generics(&f.sig.generics, |s| visit::visit_item_fn(s, f)));
+        self.in_fn(&f.attrs, &f.sig, |s| s.with_generics(&f.sig.generics, |s| visit::visit_item_fn(s, f)));
     }
 
     fn visit_impl_item(&mut self, i: &'ast syn::ImplItem) {
@@ -898,7 +974,7 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
     }
 
     fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
-        self.in_cold_fn(&f.attrs, |s| s.with_generics(&f.sig.generics, |s| visit::visit_impl_item_fn(s, f)));
+        self.in_fn(&f.attrs, &f.sig, |s| s.with_generics(&f.sig.generics, |s| visit::visit_impl_item_fn(s, f)));
     }
 
     fn visit_trait_item(&mut self, i: &'ast syn::TraitItem) {
@@ -916,7 +992,7 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
     }
 
     fn visit_trait_item_fn(&mut self, f: &'ast syn::TraitItemFn) {
-        self.in_cold_fn(&f.attrs, |s| s.with_generics(&f.sig.generics, |s| visit::visit_trait_item_fn(s, f)));
+        self.in_fn(&f.attrs, &f.sig, |s| s.with_generics(&f.sig.generics, |s| visit::visit_trait_item_fn(s, f)));
     }
 
     fn visit_item_impl(&mut self, i: &'ast syn::ItemImpl) {
@@ -1138,9 +1214,9 @@ mod tests {
     }
 
     #[test]
-    fn cold_sampled_and_test_code_are_allowed() {
+    fn off_path_sampled_and_test_code_are_allowed() {
         let src = r#"
-            #[cold]
+            /// Off the request path: accept errors, backed off 10 ms each.
             fn on_error() { tracing::warn!("bad"); }
             fn f(sampled: bool) { if sampled { tracing::info!("x"); } }
             #[cfg(test)]
@@ -1148,6 +1224,103 @@ mod tests {
         "#;
         assert!(scan(src).is_empty(), "{:?}", scan(src));
         assert!(!scan("fn f(on: bool) { if on { tracing::info!(\"x\"); } }").is_empty());
+    }
+
+    fn ids(src: &str) -> Vec<String> {
+        scan(src).into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// The marker exempts the function's body, async or not, whichever way the doc is written,
+    /// closures and nested items included; its reason may follow other doc lines.
+    #[test]
+    fn the_off_path_marker_exempts() {
+        let src = r#"
+            /// Closes the span of a sampled request.
+            ///
+            /// Off the request path: tracing sampling only, never at rate 0.
+            #[cold]
+            fn end(s: bool) { tracing::info!("done"); let _ = || tracing::warn!("x"); }
+            /// Off the request path: the accept loop's back-off after an accept error.
+            async fn backoff() { tracing::warn!("accept failed"); }
+            #[doc = "Off the request path: a doc attribute counts too"]
+            fn attr() { tracing::warn!("x"); }
+            /** Waits.
+             * Off the request path: a block doc counts too */
+            fn block() { tracing::warn!("x"); }
+            struct S;
+            impl S {
+                /// Off the request path: in an impl as well.
+                fn m(&self) { tracing::info_span!("x"); }
+            }
+        "#;
+        assert!(scan(src).is_empty(), "{:?}", scan(src));
+        // The exemption is the tracing ban's only: every other ban still applies.
+        assert_eq!(
+            ids("/// Off the request path: errors.
+fn f() { let _ = format!(\"x\"); }"),
+            ["format"]
+        );
+        // Only the marked function: the one after it is scanned as usual.
+        assert_eq!(
+            ids("/// Off the request path: errors.
+fn f() {}
+fn g() { tracing::warn!(\"x\"); }"),
+            ["tracing-unsampled"]
+        );
+    }
+
+    /// A marker must carry a reason on its line: without one it is reported and exempts nothing.
+    #[test]
+    fn an_off_path_marker_without_a_reason_is_rejected() {
+        for doc in [
+            "/// Off the request path:",
+            "/// Off the request path:   ",
+            "/// Off the request path: --.",
+            "#[doc = \"Off the request path:\"]",
+        ] {
+            let got = scan(&format!("{doc}\nfn f() {{ tracing::warn!(\"x\"); }}\n"));
+            let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+            assert_eq!(ids, [OFF_PATH_NO_REASON, "tracing-unsampled"], "{doc}: {got:?}");
+        }
+        // Not a marker at all (the words elsewhere in a line, another wording): no exemption.
+        assert_eq!(ids("/// Called when off the request path: errors.\nfn f() { tracing::warn!(\"x\"); }"), ["tracing-unsampled"]);
+        assert_eq!(ids("/// Off the request path (errors).\nfn f() { tracing::warn!(\"x\"); }"), ["tracing-unsampled"]);
+        // Conditional documentation does not count.
+        assert_eq!(
+            ids("#[cfg_attr(feature = \"x\", doc = \"Off the request path: errors\")]\nfn f() { tracing::warn!(\"x\"); }"),
+            ["tracing-unsampled"]
+        );
+    }
+
+    /// `#[cold]` is a code-layout hint, not an exemption.
+    #[test]
+    fn cold_alone_no_longer_exempts() {
+        let got = ids("#[cold]\nfn on_error() { tracing::warn!(\"bad\"); }");
+        assert_eq!(got, ["tracing-unsampled"]);
+        let got = ids("struct S;\nimpl S {\n#[cold]\n#[inline(never)]\nfn e(&self) { tracing::info!(\"x\"); }\n}");
+        assert_eq!(got, ["tracing-unsampled"]);
+        // Where it is a real hint (a sync fn that needs no exemption), it is fine.
+        assert!(scan("#[cold]\nfn error_response() -> u8 { 4 }").is_empty());
+    }
+
+    /// `#[cold]` on an `async fn` marks the constructor of its future, not its body: reported at
+    /// the attribute, however it is attached, marker or not.
+    #[test]
+    fn cold_on_an_async_fn_is_flagged() {
+        let cases = [
+            ("#[cold]\nasync fn connect() {}", 1),
+            ("fn a() {}\n\n#[cold]\nasync fn fail() {}", 3),
+            ("struct S;\nimpl S {\n    #[cold]\n    async fn tunnel(&self) {}\n}", 3),
+            ("trait T {\n    #[cold]\n    async fn t(&self);\n}", 2),
+            ("/// Off the request path: errors.\n#[cold]\nasync fn f() { tracing::warn!(\"x\"); }", 2),
+            ("#[cfg_attr(feature = \"x\", cold)]\nasync fn f() {}", 1),
+        ];
+        for (src, line) in cases {
+            let v = scan_source(Path::new("proxy/src/data/conn.rs"), src, &rules(), &CrateContext::default()).unwrap();
+            let got: Vec<(&str, usize)> = v.iter().map(|v| (v.prohibition.as_str(), v.line)).collect();
+            assert_eq!(got, [(COLD_ASYNC, line)], "{src}");
+        }
+        assert!(scan("#[cold]\nfn sync_error() {}\nasync fn not_cold() {}").is_empty());
     }
 
     #[test]

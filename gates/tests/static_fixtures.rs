@@ -351,6 +351,7 @@ use crate::data::conn as this;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind { A, B }
 
+/// Off the request path: an accept error, backed off.
 #[cold]
 fn on_error(e: std::io::Error) { tracing::warn!(error = %e, "x"); }
 

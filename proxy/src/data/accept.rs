@@ -27,7 +27,8 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
 }
 
 /// Out of file descriptors or a transient accept failure: back off briefly instead of spinning.
-#[cold]
+///
+/// Off the request path: runs only after a failed accept, at most once per 10 ms back-off.
 async fn accept_error(e: std::io::Error) {
     tracing::warn!(error = %e, "accept failed; backing off 10ms");
     tokio::time::sleep(Duration::from_millis(10)).await;

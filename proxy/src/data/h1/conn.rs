@@ -1,10 +1,12 @@
-//! One client connection: read a request head, route it, forward it over a pooled upstream
-//! connection, stream the bodies both ways, repeat while keep-alive holds. Hot path.
+//! One HTTP/1.1 client connection: read a request head, route it, exchange it with an upstream
+//! (the upstream side is [`super::upstream`], the body framing [`super::body`]), repeat while
+//! keep-alive holds. Hot path.
 //!
-//! Buffers: the client read buffer, the output buffer and the parsed-head vectors are allocated
-//! once per connection; upstream connections carry their own read buffer in the pool. Bodies are
-//! streamed through those buffers as they arrive (never collected), and the request head plus
-//! the first body bytes leave in one write, as do the response head and its first body bytes.
+//! Buffers: the client read buffer, the output buffer, the parsed heads and the upstream read
+//! buffer are a working set the connection borrows from its worker while it is active
+//! ([`super::scratch`]); pooled upstream connections hold no buffer. Bodies are streamed through
+//! those buffers as they arrive (never collected), and the request head plus the first body
+//! bytes leave in one write, as do the response head and its first body bytes.
 //!
 //! Errors are [`ProxyError`] values; each maps to a canned response (or to closing the
 //! connection when a response has already started, so a truncated body never looks complete).
@@ -17,20 +19,21 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout_at};
 
 use crate::data::timer::Timers;
 
 use crate::data::access::AccessRecord;
 use crate::data::error::ProxyError;
-use crate::data::h1::chunked::{ChunkError, Chunked};
+use crate::data::h1::body::ReqBody;
 use crate::data::h1::head::{Framing, Parsed};
-use crate::data::h1::rewrite::{self, ClientConn, HeadFor};
+use crate::data::h1::rewrite;
 use crate::data::h1::scratch::{self, CLIENT_BUF, Scratch};
+use crate::data::h1::upstream::SendError;
 use crate::data::metrics::ROUTE_NONE;
-use crate::data::upstream::pool::UpstreamConn;
+use crate::data::upstream::connect::connect;
 use crate::data::worker::{ConnPermit, Worker};
-use crate::snapshot::{Limits, Server, Snapshot, UpstreamGroup};
+use crate::snapshot::{Limits, Snapshot};
 
 /// How long a connection closed after an error keeps reading (and discarding) what the client
 /// still sends, so the error response is not destroyed by a TCP reset.
@@ -97,13 +100,13 @@ struct Conn {
 
 /// A connection while its request loop runs (boxed: see [`serve`]): the working set borrowed from
 /// the worker's pool, given back while the loop waits for the next request and when it ends.
-struct Active<'c> {
-    worker: Rc<Worker>,
-    client: &'c mut TcpStream,
+pub(super) struct Active<'c> {
+    pub(super) worker: Rc<Worker>,
+    pub(super) client: &'c mut TcpStream,
     ip: &'c [u8],
     drain_slot: usize,
-    timer_slot: usize,
-    s: Scratch,
+    pub(super) timer_slot: usize,
+    pub(super) s: Scratch,
     /// The route of the request in progress (`ROUTE_NONE` until routed), for metrics.
     route: usize,
 }
@@ -134,100 +137,13 @@ impl Drop for Conn {
 
 /// What is known about the exchange in progress, for the error path.
 #[derive(Debug, Default)]
-struct Progress {
+pub(super) struct Progress {
     /// The whole request (head and body) has been read from the client.
-    request_done: bool,
+    pub(super) request_done: bool,
     /// Bytes of a response reached the client: an error can only close the connection now.
-    responded: bool,
+    pub(super) responded: bool,
     /// Some response bytes came from the upstream (the connection was not stale).
-    upstream_answered: bool,
-}
-
-/// Why sending a request over one upstream connection failed.
-enum SendError {
-    /// The connection died before any response byte: safe to replay if the request allows.
-    Stale,
-    Proxy(ProxyError),
-}
-
-impl From<ProxyError> for SendError {
-    fn from(e: ProxyError) -> Self {
-        SendError::Proxy(e)
-    }
-}
-
-/// The request body still to be read from the client.
-enum ReqBody {
-    Length(u64),
-    Chunked(Chunked),
-}
-
-impl ReqBody {
-    fn new(framing: Framing, max: u64) -> Option<Self> {
-        match framing {
-            Framing::None | Framing::Length(0) | Framing::UntilClose => None,
-            Framing::Length(n) => Some(ReqBody::Length(n)),
-            Framing::Chunked => Some(ReqBody::Chunked(Chunked::new(max))),
-        }
-    }
-
-    /// How many bytes of `avail` belong to the body (validated); sets `done` at its end.
-    fn take(&mut self, avail: &[u8], done: &mut bool) -> Result<usize, ProxyError> {
-        match self {
-            ReqBody::Length(left) => {
-                let n = (*left).min(avail.len() as u64);
-                *left -= n;
-                *done = *left == 0;
-                Ok(n as usize)
-            }
-            ReqBody::Chunked(c) => match c.feed(avail, |_, _| {}) {
-                Ok(step) => {
-                    *done = step.done;
-                    Ok(step.consumed)
-                }
-                Err(ChunkError::Malformed) => Err(ProxyError::BadRequest),
-                Err(ChunkError::TooLarge) => Err(ProxyError::BodyTooLarge),
-            },
-        }
-    }
-}
-
-/// The response body still to be relayed to the client.
-enum ResBody {
-    Length(u64),
-    Chunked { dec: Chunked, dechunk: bool },
-    UntilClose,
-}
-
-impl ResBody {
-    /// Validates the body bytes at the front of `avail`; returns how many input bytes belong to
-    /// the body and whether it ended. Chunk data is appended to `dechunked` only when
-    /// de-chunking (the one case where body bytes are copied instead of passed through).
-    fn take(&mut self, avail: &[u8], dechunked: &mut Vec<u8>) -> Result<(usize, bool), ProxyError> {
-        match self {
-            ResBody::Length(left) => {
-                let n = (*left).min(avail.len() as u64) as usize;
-                *left -= n as u64;
-                Ok((n, *left == 0))
-            }
-            ResBody::Chunked { dec, dechunk } => {
-                let dechunk = *dechunk;
-                let step = dec
-                    .feed(avail, |s, e| {
-                        if dechunk {
-                            dechunked.extend_from_slice(&avail[s..e]);
-                        }
-                    })
-                    .map_err(|_| ProxyError::BadResponse)?;
-                Ok((step.consumed, step.done))
-            }
-            ResBody::UntilClose => Ok((avail.len(), false)),
-        }
-    }
-
-    fn dechunks(&self) -> bool {
-        matches!(self, ResBody::Chunked { dechunk: true, .. })
-    }
+    pub(super) upstream_answered: bool,
 }
 
 /// Counts a request in flight to one server on this worker for as long as it lives.
@@ -361,7 +277,9 @@ impl Active<'_> {
         m.error(e);
     }
 
-    /// Opens the span of a sampled request (tracing sampling; never reached at rate 0).
+    /// Opens the span of a sampled request.
+    ///
+    /// Off the request path: called for sampled requests only (tracing sampling; never at rate 0).
     #[cold]
     fn trace_start(&self) -> tracing::Span {
         let b = self.s.buf.filled();
@@ -531,7 +449,7 @@ impl Active<'_> {
                 self.worker.metrics().upstream_reused();
                 (c, true)
             }
-            None => (self.connect(server, group).await?, false),
+            None => (connect(&self.worker, server, group).await?, false),
         };
         let mut deadline = self.worker.timers.deadline(group.response_header_timeout);
         loop {
@@ -539,7 +457,7 @@ impl Active<'_> {
                 Ok(()) => break,
                 Err(SendError::Stale) if reused && replayable => {
                     self.worker.metrics().retry();
-                    up = self.connect(server, group).await?;
+                    up = connect(&self.worker, server, group).await?;
                     reused = false;
                     self.worker.timers.observe(Instant::now());
                     deadline = self.worker.timers.deadline(group.response_header_timeout);
@@ -551,245 +469,7 @@ impl Active<'_> {
         self.respond(up, snap, group, progress).await
     }
 
-    #[cold]
-    async fn connect(&self, server: Server, group: &UpstreamGroup) -> Result<UpstreamConn, ProxyError> {
-        match timeout(group.connect_timeout, TcpStream::connect(server.addr)).await {
-            Err(_) => Err(ProxyError::ConnectTimeout),
-            Ok(Err(_)) => Err(ProxyError::UpstreamConnect),
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                self.worker.pool.borrow_mut().opened += 1;
-                self.worker.metrics().upstream_opened();
-                Ok(UpstreamConn::new(s, server.id, server.addr))
-            }
-        }
-    }
-
-    /// Sends the request (head and body) and reads until a final response head is parsed in
-    /// the upstream buffer; interim responses are relayed on the way.
-    async fn send(
-        &mut self,
-        up: &mut UpstreamConn,
-        limits: &Limits,
-        mut body: Option<&mut ReqBody>,
-        progress: &mut Progress,
-        deadline: u64,
-    ) -> Result<(), SendError> {
-        match write_now(&up.stream, &self.s.out) {
-            Ok(n) if n == self.s.out.len() => {}
-            Ok(n) => match self.worker.timers.within(self.timer_slot, deadline, up.stream.write_all(&self.s.out[n..])).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(SendError::Stale),
-                Err(_) => return Err(ProxyError::ResponseTimeout.into()),
-            },
-            Err(()) => return Err(SendError::Stale),
-        }
-        loop {
-            if !progress.request_done
-                && let Some(b) = body.as_deref_mut()
-            {
-                self.stream_request_body(up, b, limits, progress).await?;
-            }
-            self.read_response_head(up, deadline, progress).await?;
-            if self.s.res.status >= 200 || self.s.res.status == 101 {
-                return Ok(());
-            }
-            // Interim response (100 Continue, 103 Early Hints): relayed to HTTP/1.1 clients.
-            if self.s.req.minor == 1 {
-                rewrite::interim_head(&mut self.s.out, self.s.up.filled(), &self.s.res);
-                self.write_client_out(limits.client_idle_timeout).await?;
-            }
-            self.s.up.consume(self.s.res.len);
-        }
-    }
-
-    /// Streams the rest of the request body to the upstream, returning early (with bytes in
-    /// the upstream buffer) if the upstream starts answering before the body is complete.
-    async fn stream_request_body(
-        &mut self,
-        up: &mut UpstreamConn,
-        body: &mut ReqBody,
-        limits: &Limits,
-        progress: &mut Progress,
-    ) -> Result<(), SendError> {
-        while !progress.request_done {
-            if self.s.buf.is_empty() {
-                let timers = &self.worker.timers;
-                let until = timers.deadline(limits.client_idle_timeout);
-                tokio::select! {
-                    biased;
-                    r = timers.within(self.timer_slot, until, self.client.read(self.s.buf.spare())) => match r {
-                        Ok(Ok(0)) | Ok(Err(_)) => return Err(ProxyError::ClientGone.into()),
-                        Ok(Ok(n)) => self.s.buf.advance(n),
-                        Err(_) => return Err(ProxyError::RequestTimeout.into()),
-                    },
-                    r = up.stream.readable() => {
-                        if r.is_err() {
-                            return Err(ProxyError::UpstreamClosed.into());
-                        }
-                        match up.stream.try_read(self.s.up.spare()) {
-                            Ok(0) => return Err(ProxyError::UpstreamClosed.into()),
-                            Ok(n) => {
-                                self.s.up.advance(n);
-                                return Ok(()); // an early response: stop sending
-                            }
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
-                            Err(_) => return Err(ProxyError::UpstreamClosed.into()),
-                        }
-                    }
-                }
-            }
-            let avail = self.s.buf.filled();
-            let mut done = false;
-            let n = body.take(avail, &mut done)?;
-            if up.stream.write_all(&avail[..n]).await.is_err() {
-                return Err(ProxyError::UpstreamClosed.into());
-            }
-            self.s.buf.consume(n);
-            progress.request_done = done;
-        }
-        Ok(())
-    }
-
-    async fn read_response_head(&mut self, up: &mut UpstreamConn, deadline: u64, progress: &mut Progress) -> Result<(), SendError> {
-        loop {
-            if !self.s.up.is_empty() {
-                progress.upstream_answered = true;
-                if let Parsed::Complete = self.s.res.parse(self.s.up.filled(), self.s.req.is_head)? {
-                    return Ok(());
-                }
-                if self.s.up.len() >= self.s.up.capacity() {
-                    return Err(ProxyError::BadResponse.into());
-                }
-            }
-            let read = match up.stream.try_read(self.s.up.spare()) {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.worker.timers.within(self.timer_slot, deadline, up.stream.read(self.s.up.spare())).await
-                }
-                r => Ok(r),
-            };
-            match read {
-                Ok(Ok(n)) if n > 0 => self.s.up.advance(n),
-                Ok(_) if !progress.upstream_answered => return Err(SendError::Stale),
-                Ok(_) => return Err(ProxyError::UpstreamClosed.into()),
-                Err(_) => return Err(ProxyError::ResponseTimeout.into()),
-            }
-        }
-    }
-
-    /// Relays the final response whose head is parsed at the front of the upstream buffer.
-    async fn respond(
-        &mut self,
-        mut up: UpstreamConn,
-        snap: &Snapshot,
-        group: &UpstreamGroup,
-        progress: &mut Progress,
-    ) -> Result<bool, ProxyError> {
-        let idle = snap.limits.client_idle_timeout;
-        if self.s.res.status == 101 {
-            return self.tunnel(up, snap, progress).await;
-        }
-        let dechunk = self.s.req.minor == 0 && self.s.res.framing == Framing::Chunked;
-        // While draining, the response in flight is the connection's last: `Connection: close`.
-        let keep = self.s.req.keep_alive
-            && progress.request_done
-            && self.s.res.framing != Framing::UntilClose
-            && !dechunk
-            && !self.worker.drain.is_draining();
-        let conn = match (keep, self.s.req.minor) {
-            (false, _) => ClientConn::Close,
-            (true, 0) => ClientConn::KeepAlive10,
-            (true, _) => ClientConn::KeepAlive11,
-        };
-        let head_for = if dechunk { HeadFor::DechunkedBody } else { HeadFor::Body };
-        rewrite::response_head(&mut self.s.out, self.s.up.filled(), &self.s.res, &snap.via, conn, head_for);
-        self.s.up.consume(self.s.res.len);
-
-        let mut body = match self.s.res.framing {
-            Framing::None | Framing::Length(0) => None,
-            Framing::Length(n) => Some(ResBody::Length(n)),
-            Framing::Chunked => Some(ResBody::Chunked { dec: Chunked::new(u64::MAX), dechunk }),
-            Framing::UntilClose => Some(ResBody::UntilClose),
-        };
-        #[cfg(feature = "planted")]
-        if self.s.res.framing == Framing::Chunked {
-            crate::data::planted::at(crate::data::planted::Site::Chunked, self.s.res.len);
-        }
-        let mut done = body.is_none();
-        if let Some(b) = body.as_mut() {
-            // The body bytes that came with the head leave in the same write (a bounded copy
-            // that saves a syscall). A malformed prefix is still a clean 502: nothing was sent.
-            let (n, end) = b.take(self.s.up.filled(), &mut self.s.out)?;
-            if !b.dechunks() {
-                self.s.out.extend_from_slice(&self.s.up.filled()[..n]);
-            }
-            self.s.up.consume(n);
-            done = end;
-        }
-        progress.responded = true;
-        self.write_client_out(idle).await?;
-
-        if let Some(b) = body.as_mut() {
-            while !done {
-                let read = match up.stream.try_read(self.s.up.spare()) {
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        let timers = &self.worker.timers;
-                        timers
-                            .within(self.timer_slot, timers.deadline(group.response_header_timeout), up.stream.read(self.s.up.spare()))
-                            .await
-                    }
-                    r => Ok(r),
-                };
-                match read {
-                    Ok(Ok(0)) if matches!(b, ResBody::UntilClose) => break,
-                    Ok(Ok(n)) if n > 0 => self.s.up.advance(n),
-                    // EOF, reset or stall mid-body: close the client rather than end cleanly.
-                    _ => return Err(ProxyError::UpstreamBroken),
-                }
-                self.s.out.clear();
-                let (n, end) = b.take(self.s.up.filled(), &mut self.s.out).map_err(|_| ProxyError::UpstreamBroken)?;
-                done = end;
-                if b.dechunks() {
-                    self.write_client_out(idle).await?;
-                } else {
-                    // Zero-copy relay: straight from the upstream buffer to the client socket.
-                    write_within(&self.worker.timers, self.timer_slot, self.client, &self.s.up.filled()[..n], idle)
-                        .await
-                        .map_err(|()| ProxyError::ClientGone)?;
-                }
-                self.s.up.consume(n);
-            }
-        }
-
-        if self.s.res.keep_alive && progress.request_done && self.s.up.is_empty() {
-            self.worker.pool.borrow_mut().checkin(up, group.idle_pool_size, Instant::now());
-        }
-        Ok(keep)
-    }
-
-    /// After a 101: relay the head, then copy bytes both ways until either side closes.
-    #[cold]
-    async fn tunnel(&mut self, mut up: UpstreamConn, snap: &Snapshot, progress: &mut Progress) -> Result<bool, ProxyError> {
-        if self.s.req.upgrade.is_none() {
-            return Err(ProxyError::BadResponse);
-        }
-        rewrite::response_head(&mut self.s.out, self.s.up.filled(), &self.s.res, &snap.via, ClientConn::Close, HeadFor::Upgrade);
-        self.s.up.consume(self.s.res.len);
-        self.s.out.extend_from_slice(self.s.up.filled());
-        self.s.up.clear();
-        progress.responded = true;
-        self.write_client_out(snap.limits.client_idle_timeout).await?;
-        if !self.s.buf.is_empty() {
-            if up.stream.write_all(self.s.buf.filled()).await.is_err() {
-                return Ok(false);
-            }
-            self.s.buf.clear();
-        }
-        let _ = tokio::io::copy_bidirectional(self.client, &mut up.stream).await;
-        Ok(false)
-    }
-
-    async fn write_client_out(&mut self, idle: Duration) -> Result<(), ProxyError> {
+    pub(super) async fn write_client_out(&mut self, idle: Duration) -> Result<(), ProxyError> {
         write_within(&self.worker.timers, self.timer_slot, self.client, &self.s.out, idle).await.map_err(|()| ProxyError::ClientGone)
     }
 
@@ -798,7 +478,6 @@ impl Active<'_> {
     }
 
     /// Answers an error (when a response can still be sent) and closes with a short linger.
-    #[cold]
     async fn fail(&mut self, e: ProxyError, progress: &Progress) {
         if progress.responded {
             return; // mid-response: dropping the connection is the only honest signal
@@ -867,7 +546,7 @@ fn idle_wait<'a>(worker: &'a Worker, client: &'a TcpStream, tslot: usize, dslot:
 /// asked, possibly 0 when the socket is full), `Err(())` when the connection is broken. The common
 /// case — the whole buffer fits in the socket — then costs no timer at all.
 #[inline]
-fn write_now(stream: &TcpStream, mut bytes: &[u8]) -> Result<usize, ()> {
+pub(super) fn write_now(stream: &TcpStream, mut bytes: &[u8]) -> Result<usize, ()> {
     let total = bytes.len();
     while !bytes.is_empty() {
         match stream.try_write(bytes) {
@@ -883,7 +562,7 @@ fn write_now(stream: &TcpStream, mut bytes: &[u8]) -> Result<usize, ()> {
 
 /// Writes all of `bytes` within `limit`; the timer exists only when the socket cannot take
 /// everything at once.
-async fn write_within(timers: &Timers, slot: usize, stream: &mut TcpStream, bytes: &[u8], limit: Duration) -> Result<(), ()> {
+pub(super) async fn write_within(timers: &Timers, slot: usize, stream: &mut TcpStream, bytes: &[u8], limit: Duration) -> Result<(), ()> {
     let n = write_now(stream, bytes)?;
     if n == bytes.len() {
         return Ok(());
@@ -894,7 +573,9 @@ async fn write_within(timers: &Timers, slot: usize, stream: &mut TcpStream, byte
     }
 }
 
-/// Closes the span of a sampled request with its outcome (tracing sampling only).
+/// Closes the span of a sampled request with its outcome.
+///
+/// Off the request path: called for sampled requests only (tracing sampling; never at rate 0).
 #[cold]
 fn trace_end(span: Option<tracing::Span>, route: usize, status: u16, elapsed: Duration, error: Option<ProxyError>) {
     let Some(span) = span else { return };

@@ -1,6 +1,11 @@
 //! The upstream side, shared by every protocol: the per-worker connection pool (no lock, no
-//! atomic on checkout and checkin).
+//! atomic on checkout and checkin) and the opening of new connections. Nothing here knows a
+//! protocol: the exchange over an upstream connection belongs to the protocol that drives it
+//! (`h1::upstream` for HTTP/1.1).
 //!
-//! - [`pool`]: idle upstream connections per server, with their reused read buffers.
+//! - [`pool`]: idle upstream connections per server (they hold no buffer: an exchange reads into
+//!   its client connection's working set).
+//! - [`connect`]: a new connection, within the group's connect timeout, on a pool miss.
 
+pub mod connect;
 pub mod pool;
