@@ -296,8 +296,8 @@ fn memory_rows<'a>(report: &'a Value, what: &str) -> Vec<&'a Value> {
     rows.iter().filter(|r| r["key"].as_str().is_some_and(|k| k.contains(what))).collect()
 }
 
-/// Idle connections never give their working set back (`hold`): every row turns red, by far
-/// (each idle connection keeps ~20 KiB of buffers).
+/// Idle connections, and connections part-way through a head, never give their working set back
+/// (`hold`): every row turns red, by far (each connection keeps ~20 KiB of buffers).
 #[test]
 fn memory_gate_fails_when_idle_connections_keep_their_buffers() {
     let _m = counting();
@@ -312,6 +312,11 @@ fn memory_gate_fails_when_idle_connections_keep_their_buffers() {
     let after = memory_rows(&report, ":memory:after_release@");
     assert_eq!(after.len(), 1, "{report:#}");
     assert_eq!(after[0]["status"], "FAIL", "{:#}", after[0]);
+    // A slow head keeps its working set too (it never reaches `release_idle_after`).
+    let partial = memory_rows(&report, ":memory:partial_head@");
+    assert_eq!(partial.len(), 1, "{report:#}");
+    assert_eq!(partial[0]["status"], "FAIL", "{:#}", partial[0]);
+    assert!(partial[0]["measured"].as_f64().is_some_and(|m| m > 10.0), "{:#}", partial[0]);
 }
 
 /// Every connection 512 bytes bigger (`conn:512`, resident, freed when it closes): ~0.66 KiB per

@@ -17,6 +17,13 @@ impl Buf {
         Buf { data: vec![0; capacity].into_boxed_slice(), start: 0, end: 0 }
     }
 
+    /// A buffer holding exactly `bytes`, full: what a connection waiting for the rest of a
+    /// request head keeps while its working set is back in the pool (see `h1::conn`). Off the
+    /// request path: one allocation per such wait.
+    pub fn holding(bytes: &[u8]) -> Self {
+        Buf { data: Box::from(bytes), start: 0, end: bytes.len() }
+    }
+
     /// A buffer of capacity 0: what an idle connection holds (an empty box allocates nothing).
     pub fn empty() -> Self {
         Buf { data: Box::default(), start: 0, end: 0 }

@@ -24,6 +24,7 @@ use tokio::time::{Instant, timeout_at};
 use crate::data::timer::Timers;
 
 use crate::data::access::AccessRecord;
+use crate::data::buf::Buf;
 use crate::data::error::ProxyError;
 use crate::data::h1::body::ReqBody;
 use crate::data::h1::head::{Framing, Parsed};
@@ -187,8 +188,7 @@ impl Conn {
     /// runs. `first`: the deadline of a new connection's first head. `Some(idle deadline)`: idle
     /// long enough to give the set back; `None`: close.
     async fn active(&mut self, first: Option<u64>) -> Option<u64> {
-        let head_limit = self.worker.snapshot().limits.max_request_head_bytes;
-        let client_buf = CLIENT_BUF.max(head_limit + 1);
+        let client_buf = client_buf(&self.worker.snapshot().limits);
         let mut active = Active {
             worker: Rc::clone(&self.worker),
             client: &mut self.client,
@@ -323,6 +323,8 @@ impl Active<'_> {
         let mut deadline = first;
         // Between requests: the idle deadline, and the earlier moment the working set goes back.
         let mut idle: Option<(u64, u64)> = None;
+        // Part-way through a head: when the working set goes back if the rest is slow to come.
+        let mut release: Option<u64> = None;
         loop {
             if !self.s.buf.is_empty() {
                 if let Parsed::Complete = self.s.req.parse(self.s.buf.filled(), limits)? {
@@ -364,7 +366,23 @@ impl Active<'_> {
                 }
             };
             let read = if started {
-                timers.within(self.timer_slot, until, self.client.read(self.s.buf.spare())).await
+                // Part-way through a head. A client that is slow to send the rest waits without
+                // the working set after `release_idle_after`: its bytes so far are kept in a box
+                // of their size (issue 14: a few hundred bytes, not ~20 KiB of buffers).
+                let release_at = *release.get_or_insert_with(|| release_deadline(timers, limits));
+                if release_at < until {
+                    match timers.within(self.timer_slot, release_at, self.client.read(self.s.buf.spare())).await {
+                        Err(_) => {
+                            if !self.wait_without_working_set(until, limits).await? {
+                                return Ok(Head::Close);
+                            }
+                            continue;
+                        }
+                        read => read,
+                    }
+                } else {
+                    timers.within(self.timer_slot, until, self.client.read(self.s.buf.spare())).await
+                }
             } else {
                 // Idle between requests, holding the working set until `release_at` (a busy
                 // connection keeps it from request to request); the one place an active
@@ -391,6 +409,31 @@ impl Active<'_> {
                     });
                 }
             }
+        }
+    }
+
+    /// A slow client part-way through a head: gives the working set back, keeps the bytes so far
+    /// in a box of their size, and waits for the socket to be readable (or `until`, the header
+    /// deadline: 408). Then borrows a working set again with the bytes in front. `Ok(false)`: the
+    /// client closed or the socket failed. Off the request path (a head slower than
+    /// `release_idle_after`): one allocation per wait.
+    async fn wait_without_working_set(&mut self, until: u64, limits: &Limits) -> Result<bool, ProxyError> {
+        let kept = Buf::holding(self.s.buf.filled());
+        scratch::give(std::mem::replace(&mut self.s, Scratch::husk()));
+        let ready = self.worker.timers.within(self.timer_slot, until, self.client.readable()).await;
+        self.s = scratch::take(client_buf(limits));
+        // The set may be smaller than the one the bytes came from (a reload lowered the head
+        // limit): bytes that no longer fit are a head too large.
+        let n = kept.len();
+        let Some(spare) = self.s.buf.spare().get_mut(..n) else {
+            return Err(ProxyError::HeadersTooLarge);
+        };
+        spare.copy_from_slice(kept.filled());
+        self.s.buf.advance(n);
+        match ready {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(_)) => Ok(false),
+            Err(_) => Err(ProxyError::RequestTimeout),
         }
     }
 
@@ -505,6 +548,11 @@ impl Active<'_> {
 
 /// When an idle connection gives its working set back (`memory.release_idle_after`).
 #[inline]
+/// The client buffer a working set needs under `limits`: room for the largest head allowed.
+fn client_buf(limits: &Limits) -> usize {
+    CLIENT_BUF.max(limits.max_request_head_bytes + 1)
+}
+
 fn release_deadline(timers: &Timers, limits: &Limits) -> u64 {
     #[cfg(feature = "planted")]
     if crate::data::planted::holds_working_sets() {
@@ -672,6 +720,64 @@ mod tests {
                 let (spare_after, created_after) = scratch::stats();
                 assert_eq!(created_after, created, "the spare set is reused, not a new one allocated");
                 assert_eq!(spare_after, spare - 1, "lent again while the connection is busy");
+            })
+            .await;
+    }
+
+    /// Issue 14: a client slow to send the rest of a head waits without a working set after
+    /// `release_idle_after` (its bytes so far kept aside), and the request then completes with
+    /// every byte it sent, on a working set borrowed again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slow_head_gives_its_working_set_back_and_completes() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let o = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let oaddr = o.local_addr().unwrap();
+                tokio::task::spawn_local(origin(o));
+                let text = format!(
+                    "[[listeners]]\naddress = \"127.0.0.1:0\"\n[memory]\nrelease_idle_after = \"100ms\"\n[[routes]]\nupstream = \"b\"\n[upstreams.b]\nservers = [\"{oaddr}\"]\n"
+                );
+                let c = parse(std::path::Path::new("t"), &text, &mut ServerIds::default()).unwrap();
+                let w = Worker::new(Shared::new(c.snapshot), 0);
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = l.local_addr().unwrap();
+                tokio::task::spawn_local(crate::data::accept::accept_loop(Rc::clone(&w), l));
+
+                let mut client = TcpStream::connect(addr).await.unwrap();
+                get(&mut client).await;
+                // Let the set go back while idle, so the counts below start from a known state.
+                let until = Instant::now() + Duration::from_secs(3);
+                let (spare0, _) = scratch::stats();
+                while scratch::stats().0 == spare0 && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let (spare_idle, created) = scratch::stats();
+
+                // Half a head: the connection borrows a set to read it...
+                client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+                let until = Instant::now() + Duration::from_secs(3);
+                while scratch::stats().0 == spare_idle && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                assert_eq!(scratch::stats().0, spare_idle - 1, "lent while the head is read");
+                // ...and gives it back when the rest is slow to come.
+                let until = Instant::now() + Duration::from_secs(3);
+                while scratch::stats().0 != spare_idle && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                assert_eq!(scratch::stats().0, spare_idle, "a slow head does not hold a working set");
+
+                // The rest: the request is served whole (the origin answers only a complete head).
+                client.write_all(b"st: t\r\n\r\n").await.unwrap();
+                let mut got = Vec::new();
+                let mut b = [0u8; 4096];
+                while !got.ends_with(b"\r\n\r\nok") {
+                    let n = client.read(&mut b).await.unwrap();
+                    assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+                    got.extend_from_slice(&b[..n]);
+                }
+                assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+                assert_eq!(scratch::stats().1, created, "the spare set is reused, not a new one allocated");
             })
             .await;
     }
