@@ -101,6 +101,13 @@ pub struct LoadArgs {
     /// TLS, handshakes: full or resumed); 1 = a new connection per request. Default: keep them.
     #[arg(long, value_name = "N")]
     pub new_connection_every: Option<u64>,
+    /// HTTP/2 (h2 crate): ALPN h2 on https://, prior knowledge (h2c) on http://.
+    #[arg(long)]
+    pub http2: bool,
+    /// --http2: concurrent streams per connection (request slots; the busy policy applies when
+    /// every stream of every connection is busy).
+    #[arg(long, value_name = "N", requires = "http2")]
+    pub streams: Option<usize>,
     /// Connections opened before the run (per run, split over threads).
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
@@ -234,9 +241,13 @@ pub struct UpstreamArgs {
     /// Pin server threads to these CPUs.
     #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,
-    /// Serve HTTP/1.1 over TLS (certificate generated at start unless --cert/--key are given).
+    /// Serve over TLS (certificate generated at start unless --cert/--key are given); ALPN h2
+    /// or http/1.1, the client's choice.
     #[arg(long)]
     pub tls: bool,
+    /// Serve HTTP/1.1 only: no h2c preface detection, no ALPN h2 (an origin without HTTP/2).
+    #[arg(long)]
+    pub http1_only: bool,
     /// --tls: write the generated certificate (PEM) here, for clients' --ca.
     #[arg(long, requires = "tls", conflicts_with = "cert")]
     pub cert_out: Option<PathBuf>,
@@ -397,6 +408,15 @@ fn load_config(a: &LoadArgs) -> Result<RunConfig, Failure> {
         Some(p) => read_targets(p, &target, &a.method, &headers, &body)?,
     };
     let tls = tls_settings(a, &target)?;
+    let streams = match a.streams {
+        Some(0) => return usage("--streams must be at least 1"),
+        Some(n) if n > 1000 => return usage("--streams must be at most 1000"),
+        Some(n) => n,
+        None => 1,
+    };
+    if a.http2 && requests.iter().any(|r| r.h2.is_none()) {
+        return usage("--http2: a request's method, path or header is not valid in HTTP/2");
+    }
     let new_connection_every = match a.new_connection_every {
         Some(0) => return usage("--new-connection-every must be at least 1"),
         Some(n) => n,
@@ -428,6 +448,8 @@ fn load_config(a: &LoadArgs) -> Result<RunConfig, Failure> {
         progress: false,
         tls,
         new_connection_every,
+        http2: a.http2,
+        streams,
     })
 }
 
@@ -447,7 +469,7 @@ fn tls_settings(a: &LoadArgs, target: &Target) -> Result<Option<ClientSettings>,
     };
     let name = a.sni.as_deref().unwrap_or(&target.host);
     let server_name = tls::server_name(name).map_err(|e| Failure::Usage(if a.sni.is_some() { format!("--sni: {e}") } else { e }))?;
-    Ok(Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off) }))
+    Ok(Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off), h2: a.http2 }))
 }
 
 /// Reads a targets file: one `[METHOD] URL-or-/path` per line; `#` comments and blanks skipped.
@@ -576,7 +598,14 @@ fn cmd_upstream(a: UpstreamArgs) -> Result<i32, Failure> {
             (Some(cert), Some(key)) => ServerCert::Files { cert, key },
             _ => ServerCert::Generate { cert_out: a.cert_out },
         };
-        Some(tls::server_config(&cert).map_err(Failure::Usage)?)
+        let config = tls::server_config(&cert).map_err(Failure::Usage)?;
+        if a.http1_only {
+            let mut c = (*config).clone();
+            c.alpn_protocols = vec![tls::ALPN_HTTP11.to_vec()];
+            Some(std::sync::Arc::new(c))
+        } else {
+            Some(config)
+        }
     } else {
         None
     };
@@ -589,6 +618,7 @@ fn cmd_upstream(a: UpstreamArgs) -> Result<i32, Failure> {
         stall_for: a.stall_for,
         threads: a.threads,
         cpus: a.cpus,
+        http1_only: a.http1_only,
     };
     upstream::run_upstream(&cfg, announce).map_err(|e| Failure::Runtime(format!("upstream on {}: {e}", a.listen)))?;
     Ok(0)

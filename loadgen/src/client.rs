@@ -41,11 +41,26 @@ pub enum ErrorKind {
     Timeout = 3,
     Status = 4,
     Handshake = 5,
+    /// HTTP/2: the server sent GOAWAY (or the connection ended) before the stream completed.
+    GoAway = 6,
+    /// HTTP/2: the stream was reset (RST_STREAM) by the server.
+    Reset = 7,
+    /// HTTP/2: a protocol or flow-control error (either side), e.g. a server that is not HTTP/2.
+    Protocol = 8,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 6] =
-        [ErrorKind::Connect, ErrorKind::Read, ErrorKind::Write, ErrorKind::Timeout, ErrorKind::Status, ErrorKind::Handshake];
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::Connect,
+        ErrorKind::Read,
+        ErrorKind::Write,
+        ErrorKind::Timeout,
+        ErrorKind::Status,
+        ErrorKind::Handshake,
+        ErrorKind::GoAway,
+        ErrorKind::Reset,
+        ErrorKind::Protocol,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -55,6 +70,9 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Status => "status",
             ErrorKind::Handshake => "handshake",
+            ErrorKind::GoAway => "goaway",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Protocol => "protocol",
         }
     }
 }
@@ -140,6 +158,48 @@ pub struct Request {
     pub bytes: Vec<u8>,
     /// HEAD: the response has no body whatever its headers say.
     pub head: bool,
+    /// The same request for HTTP/2 (`None` when the method, path or a header is not valid there).
+    pub h2: Option<H2Request>,
+}
+
+/// A request's HTTP/2 parts, validated once before the run (cloning them per request is
+/// infallible).
+#[derive(Clone, Debug)]
+pub struct H2Request {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    /// Without `Host` (it is `:authority`) and without HTTP/1.1 connection-specific headers.
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl H2Request {
+    /// Builds the HTTP/2 form of `method path` on `scheme://authority`; `None` if invalid.
+    fn new(scheme: &str, authority: &str, method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Option<Self> {
+        let method = http::Method::from_bytes(method.as_bytes()).ok()?;
+        let uri: http::Uri = format!("{scheme}://{authority}{path}").parse().ok()?;
+        let mut map = http::HeaderMap::new();
+        for (k, v) in headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes()).ok()?;
+            if matches!(name.as_str(), "host" | "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "te") {
+                continue;
+            }
+            map.append(name, http::HeaderValue::from_str(v).ok()?);
+        }
+        if !body.is_empty() && !map.contains_key(http::header::CONTENT_LENGTH) {
+            map.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()));
+        }
+        Some(Self { method, uri, headers: map, body: bytes::Bytes::copy_from_slice(body) })
+    }
+
+    /// A fresh `http::Request` for one stream.
+    pub fn build(&self) -> http::Request<()> {
+        let mut r = http::Request::new(());
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
 }
 
 /// Everything needed to build requests: parsed from `--url`, `-H`, `--body…`, `--targets`.
@@ -215,7 +275,8 @@ impl Target {
         }
         b.extend_from_slice(b"\r\n");
         b.extend_from_slice(body);
-        Request { bytes: b, head: method.eq_ignore_ascii_case("HEAD") }
+        let h2 = H2Request::new(if self.tls { "https" } else { "http" }, &self.authority, method, path, headers, body);
+        Request { bytes: b, head: method.eq_ignore_ascii_case("HEAD"), h2 }
     }
 }
 

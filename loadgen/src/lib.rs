@@ -1,4 +1,4 @@
-//! `loadgen`: an open-loop HTTP/1.1 load generator (plain or over TLS) honest enough to gate a
+//! `loadgen`: an open-loop HTTP/1.1 and HTTP/2 load generator (plain or over TLS) honest enough to gate a
 //! release, plus the benchmark origin and the byte-relay floor used beside it.
 //!
 //! Latency is measured from each request's *intended* send time (no coordinated omission), the
@@ -9,6 +9,7 @@
 //! - [`schedule`]: intended send times (constant or Poisson), per thread.
 //! - [`client`]: the per-connection HTTP/1.1 client hot path (pre-serialized requests, reused
 //!   buffers, `httparse`), error classification.
+//! - [`h2client`]: the HTTP/2 client (`h2` crate): connections shared by `--streams` slots.
 //! - [`transport`]: the byte stream under it (TCP, or TLS with rustls), connection set-up and
 //!   handshake accounting; [`tls`]: client and upstream TLS configs, certificates.
 //! - [`body`]: Content-Length / chunked / until-close body framing, shared with the upstream.
@@ -24,6 +25,7 @@
 pub mod body;
 pub mod cli;
 pub mod client;
+pub mod h2client;
 pub mod hold;
 pub mod ladder;
 pub mod relay;

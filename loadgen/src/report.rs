@@ -105,8 +105,10 @@ pub struct Meta {
     pub max_lag_us: f64,
     pub cpus: Vec<usize>,
     pub targets: usize,
-    /// The application protocol ("http/1.1").
+    /// The application protocol ("http/1.1" or "h2").
     pub protocol: &'static str,
+    /// HTTP/2: concurrent streams per connection (`null` for HTTP/1.1).
+    pub streams: Option<usize>,
     /// TLS as configured (`null` for http://).
     pub tls: Option<TlsMeta>,
     /// `--new-connection-every` (`null`: connections are kept).
@@ -328,7 +330,8 @@ pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> R
             max_lag_us: cfg.max_lag.as_secs_f64() * 1e6,
             cpus: cfg.cpus.clone(),
             targets: cfg.requests.len(),
-            protocol: "http/1.1",
+            protocol: if cfg.http2 { "h2" } else { "http/1.1" },
+            streams: cfg.http2.then_some(cfg.streams),
             tls: cfg.tls.as_ref().map(|t| TlsMeta {
                 server_name: t.server_name_str(),
                 verify: t.verify_label(),
@@ -385,10 +388,11 @@ fn pct_line(h: &Histogram<u64>) -> String {
 
 /// `http/1.1 over TLSv1.3 TLS13_AES_256_GCM_SHA384 (alpn http/1.1); server name …, verify …`.
 fn protocol_line(cfg: &RunConfig, out: &RunOutcome) -> String {
+    let proto = if cfg.http2 { format!("h2, {} streams per connection,", cfg.streams) } else { "http/1.1".to_string() };
     let Some(t) = &cfg.tls else {
-        return "http/1.1 (cleartext)".to_string();
+        return if cfg.http2 { format!("{proto} cleartext (h2c, prior knowledge)") } else { format!("{proto} (cleartext)") };
     };
-    let mut s = "http/1.1 over TLS".to_string();
+    let mut s = format!("{proto} over TLS");
     if out.rec.negotiated.is_empty() {
         s.push_str(" (no handshake completed)");
     }
@@ -551,6 +555,8 @@ mod tests {
             progress: false,
             tls: None,
             new_connection_every: 0,
+            http2: false,
+            streams: 1,
         };
         let t0 = Instant::now();
         let mut rec = Recorder::new(t0, t0 + cfg.duration);

@@ -27,12 +27,14 @@
 //! `--max-lag`, or the dispatcher fell more than 1 s behind and stopped. Requests that merely
 //! waited for a connection are not a reason: they were sent, and their wait is in the latency.
 
-use crate::client::{Conn, Request, Target};
+use crate::client::{Conn, ReqError, Request, Target};
+use crate::h2client::{H2Conn, H2Slot};
 use crate::schedule::{Arrival, Schedule};
 use crate::stats::{Dispatch, OVERRUN, Recorder};
 use crate::sys;
 use crate::tls::ClientSettings;
 use crate::transport::Connector;
+use crate::transport::Handshake;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, IsTerminal, Write};
@@ -90,6 +92,10 @@ pub struct RunConfig {
     /// Close each connection after this many responses, so the next request opens (and
     /// handshakes) a new one; 0: keep connections.
     pub new_connection_every: u64,
+    /// HTTP/2 (h2c on http://, ALPN h2 on https://) instead of HTTP/1.1.
+    pub http2: bool,
+    /// HTTP/2: concurrent streams (request slots) per connection.
+    pub streams: usize,
 }
 
 impl RunConfig {
@@ -99,6 +105,39 @@ impl RunConfig {
             None => Ok(Connector::Plain),
             Some(t) => Ok(Connector::tls(crate::tls::client_config(t)?, t.server_name.clone())),
         }
+    }
+}
+
+/// A request slot the scheduler hands due requests to: an HTTP/1.1 connection, or one stream of
+/// an HTTP/2 connection.
+enum Slot {
+    H1(Conn),
+    H2(H2Slot),
+}
+
+impl Slot {
+    async fn send(&mut self, req: &Request) -> (Instant, Instant, Result<u16, ReqError>) {
+        match self {
+            Slot::H1(c) => c.send(req).await,
+            Slot::H2(c) => c.send(req).await,
+        }
+    }
+
+    fn take_handshake(&mut self) -> Option<Handshake> {
+        match self {
+            Slot::H1(c) => c.take_handshake(),
+            Slot::H2(c) => c.take_handshake(),
+        }
+    }
+}
+
+/// One new connection's slots (not yet connected): one for HTTP/1.1, `--streams` for HTTP/2.
+fn new_slots(cfg: &RunConfig, connector: &Connector) -> Vec<Slot> {
+    if cfg.http2 {
+        let c = H2Conn::new(cfg.target.addr, connector.clone(), cfg.timeout, cfg.new_connection_every);
+        (0..cfg.streams.max(1)).map(|_| Slot::H2(H2Slot::new(c.clone()))).collect()
+    } else {
+        vec![Slot::H1(Conn::new(cfg.target.addr, connector.clone(), cfg.timeout, cfg.new_connection_every))]
     }
 }
 
@@ -265,7 +304,6 @@ struct LoadThread {
     requests: Vec<Request>,
     next_req: Cell<usize>,
     connector: Connector,
-    every: u64,
     measure_end: Cell<Instant>,
     drain_deadline: Cell<Instant>,
 }
@@ -302,14 +340,24 @@ async fn thread_async(
     let threads = cfg.threads.max(1);
     let n_conns = share(cfg.connections, threads, k);
     let max_conns = share(cfg.max_connections, threads, k).max(n_conns);
-    let every = cfg.new_connection_every;
-    let mut conns: Vec<Conn> = (0..n_conns).map(|_| Conn::new(cfg.target.addr, connector.clone(), cfg.timeout, every)).collect();
+    let mut conns: Vec<Slot> = Vec::with_capacity(n_conns * if cfg.http2 { cfg.streams.max(1) } else { 1 });
     // Open connections before the clock starts; failures are retried (and counted) per request.
     // Their set-up is paid by no request: only what they negotiated is kept.
     let mut preopened = Vec::with_capacity(n_conns);
-    for c in conns.iter_mut() {
-        let _ = c.connect().await;
-        preopened.extend(c.take_handshake());
+    for _ in 0..n_conns {
+        let mut slots = new_slots(cfg, &connector);
+        match slots.first_mut() {
+            Some(Slot::H1(c)) => {
+                let _ = c.connect().await;
+                preopened.extend(c.take_handshake());
+            }
+            Some(Slot::H2(s)) => {
+                let _ = s.connect().await;
+                preopened.extend(s.take_handshake());
+            }
+            None => {}
+        }
+        conns.extend(slots);
     }
     // Blocking here is fine: nothing else runs on this thread yet.
     barrier.barrier.wait();
@@ -336,7 +384,6 @@ async fn thread_async(
         // Threads start at different targets so a mix is spread evenly.
         next_req: Cell::new(k % cfg.requests.len().max(1)),
         connector,
-        every,
         measure_end: Cell::new(measure_end),
         drain_deadline: Cell::new(measure_end + cfg.timeout),
     });
@@ -359,7 +406,7 @@ async fn thread_async(
         }
     } else {
         let sched = Schedule::new(t0, cfg.arrival, cfg.rate, threads, k, cfg.seed);
-        dispatcher(sh.clone(), sched, conns, max_conns, cfg).await?;
+        dispatcher(sh.clone(), sched, conns, n_conns, max_conns, cfg).await?;
     }
     for t in [ticker, sigint].into_iter().flatten() {
         t.abort();
@@ -390,10 +437,16 @@ async fn ticker(sh: Rc<LoadThread>, live: Arc<Vec<Live>>, k: usize) {
     }
 }
 
-async fn dispatcher(sh: Rc<LoadThread>, mut sched: Schedule, conns: Vec<Conn>, max_conns: usize, cfg: &RunConfig) -> io::Result<()> {
+async fn dispatcher(
+    sh: Rc<LoadThread>,
+    mut sched: Schedule,
+    conns: Vec<Slot>,
+    mut n_conns: usize,
+    max_conns: usize,
+    cfg: &RunConfig,
+) -> io::Result<()> {
     let mut timer = sys::PreciseTimer::new()?;
-    let mut tasks = Vec::with_capacity(max_conns);
-    let mut n_conns = conns.len();
+    let mut tasks = Vec::with_capacity(conns.len().max(max_conns));
     for c in conns {
         tasks.push(tokio::task::spawn_local(open_conn(sh.clone(), c, None)));
     }
@@ -442,8 +495,12 @@ async fn dispatcher(sh: Rc<LoadThread>, mut sched: Schedule, conns: Vec<Conn>, m
                 Some(Dispatch::Free)
             } else if n_conns < max_conns {
                 n_conns += 1;
-                let c = Conn::new(cfg.target.addr, sh.connector.clone(), cfg.timeout, sh.every);
-                tasks.push(tokio::task::spawn_local(open_conn(sh.clone(), c, Some((t, Dispatch::NewConn)))));
+                // The first slot of the new connection takes this request; an HTTP/2
+                // connection's other streams join the idle slots.
+                let mut first = Some((t, Dispatch::NewConn));
+                for c in new_slots(cfg, &sh.connector) {
+                    tasks.push(tokio::task::spawn_local(open_conn(sh.clone(), c, first.take())));
+                }
                 Some(Dispatch::NewConn)
             } else if cfg.policy == BusyPolicy::Queue && sh.queue.borrow().len() < QUEUE_CAP {
                 sh.queue.borrow_mut().push_back((t, Dispatch::Queued));
@@ -493,7 +550,7 @@ async fn next_item(sh: &LoadThread) -> Option<(Instant, Dispatch)> {
     }
 }
 
-async fn open_conn(sh: Rc<LoadThread>, mut conn: Conn, mut first: Option<(Instant, Dispatch)>) {
+async fn open_conn(sh: Rc<LoadThread>, mut conn: Slot, mut first: Option<(Instant, Dispatch)>) {
     loop {
         let (intended, how) = match first.take() {
             Some(x) => x,
@@ -512,7 +569,7 @@ async fn open_conn(sh: Rc<LoadThread>, mut conn: Conn, mut first: Option<(Instan
     }
 }
 
-async fn closed_conn(sh: Rc<LoadThread>, mut conn: Conn) {
+async fn closed_conn(sh: Rc<LoadThread>, mut conn: Slot) {
     loop {
         if STOP.load(Ordering::Relaxed) {
             sh.stop_now();

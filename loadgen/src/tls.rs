@@ -23,8 +23,9 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The ALPN protocol this client speaks (HTTP/2 will add `h2`).
+/// The ALPN protocols this client speaks: `http/1.1`, or `h2` alone with `--http2`.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// How the server's certificate is checked.
 #[derive(Clone, Debug)]
@@ -43,6 +44,8 @@ pub struct ClientSettings {
     pub verify: Verify,
     /// Keep a session cache (resumed handshakes on new connections).
     pub resume: bool,
+    /// `--http2`: offer ALPN `h2` only (else `http/1.1` only).
+    pub h2: bool,
 }
 
 impl ClientSettings {
@@ -111,7 +114,7 @@ pub fn client_config(s: &ClientSettings) -> Result<Arc<ClientConfig>, String> {
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider.signature_verification_algorithms)))
             .with_no_client_auth(),
     };
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    config.alpn_protocols = vec![if s.h2 { ALPN_H2 } else { ALPN_HTTP11 }.to_vec()];
     if !s.resume {
         config.resumption = rustls::client::Resumption::disabled();
     }
@@ -192,7 +195,8 @@ pub fn server_config(c: &ServerCert) -> Result<Arc<ServerConfig>, String> {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| format!("certificate and key: {e}"))?;
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    // h2 first: a client offering both gets HTTP/2 (the upstream serves either).
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("tls ticketer: {e}"))?;
     Ok(Arc::new(config))
 }
@@ -216,7 +220,11 @@ impl Negotiated {
             None => "none",
         };
         let cipher_suite = c.negotiated_cipher_suite().and_then(|s| s.suite().as_str()).unwrap_or("unknown");
-        let alpn = c.alpn_protocol().map(|p| if p == ALPN_HTTP11 { "http/1.1" } else { "other" });
+        let alpn = c.alpn_protocol().map(|p| match p {
+            ALPN_HTTP11 => "http/1.1",
+            ALPN_H2 => "h2",
+            _ => "other",
+        });
         Negotiated { version, cipher_suite, alpn }
     }
 }

@@ -18,6 +18,11 @@
 //! `--tls` serves the same over TLS (rustls; see [`crate::tls::server_config`]): the handshake
 //! runs in the connection's task, a failed one just closes the connection. The stall and delay
 //! apply to responses exactly as in cleartext.
+//!
+//! HTTP/2 (the `h2` crate server): a cleartext connection that opens with the h2 preface is
+//! served as h2c (prior knowledge), a TLS connection that negotiated ALPN `h2` as h2; each
+//! stream gets the same `200` and body, with `--delay` and the stall applied per response.
+//! `--http1-only` turns both off.
 
 use crate::body::{BodySkipper, Framing};
 use crate::client::{has_token, last_token_is, parse_u64};
@@ -47,6 +52,8 @@ pub struct UpstreamConfig {
     pub cpus: Vec<usize>,
     /// Serve over TLS with this config (one for all threads: shared session ticketer).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// HTTP/1.1 only (no h2c detection; the TLS config then offers no ALPN h2).
+    pub http1_only: bool,
 }
 
 /// Pre-serialized responses.
@@ -96,8 +103,11 @@ async fn accept_loop(l: std::net::TcpListener, cfg: UpstreamConfig, start: Insta
         };
         let _ = s.set_nodelay(true);
         match &acceptor {
-            None => {
+            None if cfg.http1_only => {
                 tokio::task::spawn_local(conn(s, resp.clone(), cfg.clone(), start));
+            }
+            None => {
+                tokio::task::spawn_local(plain_conn(s, resp.clone(), cfg.clone(), start));
             }
             Some(acc) => {
                 tokio::task::spawn_local(tls_conn(acc.clone(), s, resp.clone(), cfg.clone(), start));
@@ -200,7 +210,87 @@ fn bad_response(status: u16) -> Vec<u8> {
 /// that does not trust the certificate, or does not speak TLS) closes the connection.
 async fn tls_conn(acc: TlsAcceptor, s: TcpStream, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, start: Instant) {
     if let Ok(s) = acc.accept(s).await {
+        if s.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+            h2_conn(s, resp, cfg, start).await;
+        } else {
+            conn(s, resp, cfg, start).await;
+        }
+    }
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4): a cleartext connection that starts with
+/// it is served as h2c (prior knowledge).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A cleartext connection: HTTP/2 when its first bytes are the h2 preface, else HTTP/1.1.
+async fn plain_conn(s: TcpStream, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, start: Instant) {
+    let mut peek = [0u8; H2_PREFACE.len()];
+    let h2 = loop {
+        let n = match s.peek(&mut peek).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if peek[..n] != H2_PREFACE[..n] {
+            break false;
+        }
+        if n == H2_PREFACE.len() {
+            break true;
+        }
+        // A prefix of the preface: wait for more (peek returns at once while data is queued).
+        if s.readable().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    if h2 {
+        h2_conn(s, resp, cfg, start).await;
+    } else {
         conn(s, resp, cfg, start).await;
+    }
+}
+
+/// Serves HTTP/2 (the `h2` crate) on `s`: every stream gets `200` with the same body, after the
+/// request body is read and discarded; `--delay` and the stall apply per response.
+async fn h2_conn<S: AsyncRead + AsyncWrite + Unpin + 'static>(s: S, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, start: Instant) {
+    let Ok(mut c) = h2::server::Builder::new().max_concurrent_streams(1000).handshake::<_, bytes::Bytes>(s).await else {
+        return;
+    };
+    let body = bytes::Bytes::copy_from_slice(&resp.keep[resp.keep_head_len..]);
+    while let Some(r) = c.accept().await {
+        let Ok((req, respond)) = r else { break };
+        tokio::task::spawn_local(h2_stream(req, respond, body.clone(), cfg.clone(), start));
+    }
+}
+
+async fn h2_stream(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    body: bytes::Bytes,
+    cfg: Rc<UpstreamConfig>,
+    start: Instant,
+) {
+    let head = req.method() == http::Method::HEAD;
+    let mut rx = req.into_body();
+    while let Some(d) = rx.data().await {
+        match d {
+            Ok(d) => {
+                let _ = rx.flow_control().release_capacity(d.len());
+            }
+            Err(_) => return,
+        }
+    }
+    if !cfg.delay.is_zero() {
+        tokio::time::sleep(cfg.delay).await;
+    }
+    stall(&cfg, start).await;
+    let mut r = http::Response::new(());
+    r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    let end = head || body.is_empty();
+    if let Ok(mut tx) = respond.send_response(r, end)
+        && !end
+    {
+        let _ = tx.send_data(body, true);
     }
 }
 

@@ -853,6 +853,151 @@ mod tls {
     }
 }
 
+mod h2 {
+    use super::util::*;
+
+    fn errors_total(j: &serde_json::Value) -> u64 {
+        j["errors"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum()
+    }
+
+    /// Asserts an HTTP/2 run at 400 req/s was clean: valid, rate within 1 %, every scheduled
+    /// request answered 200, no error of any kind, protocol h2 with the streams asked for.
+    fn assert_clean_h2_run(code: i32, stdout: &str, j: &serde_json::Value, streams: u64) {
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(j["valid"], true, "{stdout}");
+        for k in ["sent_rate", "achieved_rate"] {
+            let r = f(j, k);
+            assert!((r - 400.0).abs() <= 4.0, "{k} {r}\n{stdout}");
+        }
+        let responses = f(j, "counts.responses");
+        assert_eq!(responses, f(j, "counts.scheduled"), "{stdout}");
+        assert_eq!(j["status_codes"]["200"].as_f64(), Some(responses), "{stdout}");
+        assert_eq!(errors_total(j), 0, "{stdout}");
+        assert_eq!(j["meta"]["protocol"], "h2", "{stdout}");
+        assert_eq!(j["meta"]["streams"].as_u64(), Some(streams), "{stdout}");
+    }
+
+    /// h2c (prior knowledge) against `loadgen upstream` at a modest fixed rate, one stream per
+    /// connection and then 10 streams on each of 3 connections.
+    #[test]
+    fn h2c_at_a_fixed_rate_is_clean_with_one_or_many_streams() {
+        let _g = timing_lock();
+        let up = Server::upstream(&[]);
+        let url = up.url();
+        let base = ["--url", &url, "--http2", "--rate", "400", "--duration", "2s", "--warmup", "500ms"];
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--connections", "2"]);
+        let (code, stdout, j) = run_json(&args);
+        assert_clean_h2_run(code, &stdout, &j, 1);
+        assert!(stdout.contains("h2, 1 streams per connection, cleartext (h2c"), "{stdout}");
+
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--connections", "3", "--streams", "10"]);
+        let (code, stdout, j) = run_json(&args);
+        assert_clean_h2_run(code, &stdout, &j, 10);
+        assert_eq!(f(&j, "counts.new_connections"), 0.0, "{stdout}");
+    }
+
+    /// h2 over TLS (ALPN h2) at a modest fixed rate with several streams and connections.
+    #[test]
+    fn h2_over_tls_at_a_fixed_rate_is_clean_and_negotiates_alpn_h2() {
+        let _g = timing_lock();
+        let (up, ca) = Server::upstream_tls(&[]);
+        let url = up.https_url();
+        let (code, stdout, j) = run_json(&[
+            "--url",
+            &url,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--http2",
+            "--streams",
+            "4",
+            "--connections",
+            "2",
+            "--rate",
+            "400",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+        ]);
+        assert_clean_h2_run(code, &stdout, &j, 4);
+        let n = &j["tls_negotiated"][0];
+        assert_eq!((n["version"].as_str(), n["alpn"].as_str()), (Some("TLSv1.3"), Some("h2")), "{}", j["tls_negotiated"]);
+        assert!(stdout.contains("h2, 4 streams per connection, over TLS"), "{stdout}");
+    }
+
+    /// The stall test over HTTP/2 (cleartext and TLS): the corrected P99 shows the 100 ms stall,
+    /// the service time does not (2 connections × 4 streams: 8 requests per stall are caught
+    /// in service, 0.4 % of the run).
+    #[test]
+    fn stall_shows_in_corrected_p99_but_not_in_service_time() {
+        let _g = timing_lock();
+        let stall = ["--stall-every", "1s", "--stall-for", "100ms"];
+        let plain = Server::upstream(&stall);
+        let (tls, ca) = Server::upstream_tls(&stall);
+        let (plain_url, tls_url) = (plain.url(), tls.https_url());
+        let ca = ca.to_str().unwrap();
+        for url in [&plain_url, &tls_url] {
+            let mut args = vec!["--url", url.as_str(), "--http2", "--streams", "4", "--connections", "2"];
+            args.extend_from_slice(&["--rate", "2000", "--duration", "3s", "--warmup", "500ms"]);
+            if url.starts_with("https") {
+                args.extend_from_slice(&["--ca", ca]);
+            }
+            let (code, stdout, j) = run_json(&args);
+            assert_eq!(code, 0, "{stdout}");
+            let p99 = f(&j, "latency.corrected.p99_us");
+            let max = f(&j, "latency.corrected.max_us");
+            let service_p99 = f(&j, "latency.uncorrected.p99_us");
+            assert!(p99 >= 80_000.0, "corrected p99 {p99}us should show the 100 ms stall\n{stdout}");
+            assert!(max >= 95_000.0, "corrected max {max}us\n{stdout}");
+            assert!(service_p99 < 20_000.0, "service p99 {service_p99}us\n{stdout}");
+            assert!(f(&j, "counts.queued") > 100.0, "requests waited for a stream during stalls\n{stdout}");
+            assert_eq!(j["status_codes"]["200"].as_f64(), Some(f(&j, "counts.responses")));
+            assert_eq!(errors_total(&j), 0, "{stdout}");
+        }
+    }
+
+    /// `--http2` against servers without HTTP/2 (the upstream with `--http1-only`, cleartext and
+    /// TLS): every request is a counted error of a kind, no response is invented, no panic.
+    #[test]
+    fn a_server_without_http2_gives_counted_errors() {
+        let plain = Server::upstream(&["--http1-only"]);
+        let (tls, ca) = Server::upstream_tls(&["--http1-only"]);
+        let common = ["--http2", "--streams", "4", "--rate", "50", "--duration", "1s", "--warmup", "0s", "--connections", "1"];
+        let common2 = ["--timeout", "500ms", "--allow-invalid"];
+        let url = plain.url();
+        let mut args = vec!["--url", url.as_str()];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(&common2);
+        let (code, stdout, j) = run_json(&args);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(f(&j, "counts.responses"), 0.0, "{stdout}");
+        assert!(errors_total(&j) >= 45, "{stdout}");
+        assert!(f(&j, "errors.protocol") + f(&j, "errors.read") + f(&j, "errors.goaway") >= 45.0, "{stdout}");
+
+        let url = tls.https_url();
+        let mut args = vec!["--url", url.as_str(), "--ca", ca.to_str().unwrap()];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(&common2);
+        let (code, stdout, j) = run_json(&args);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(f(&j, "counts.responses"), 0.0, "{stdout}");
+        // No ALPN in common: the server refuses the handshake.
+        assert!(f(&j, "errors.handshake") >= 45.0, "{stdout}");
+    }
+
+    /// Bad input: --streams 0 and --streams without --http2 are usage errors, not panics.
+    #[test]
+    fn bad_streams_are_usage_errors() {
+        let out = loadgen(&["run", "--url", "http://127.0.0.1:9/", "--http2", "--streams", "0", "--rate", "1"]);
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--streams"));
+        let out = loadgen(&["run", "--url", "http://127.0.0.1:9/", "--streams", "4", "--rate", "1"]);
+        assert_eq!(out.status.code(), Some(2));
+    }
+}
+
 mod cli {
     use super::util::*;
 

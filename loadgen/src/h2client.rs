@@ -1,0 +1,218 @@
+//! The HTTP/2 client (the `h2` crate): one connection shared by `--streams` request slots.
+//!
+//! An [`H2Conn`] is one HTTP/2 connection over a [`crate::transport`] stream: TLS with ALPN `h2`
+//! for `https://`, prior knowledge (h2c) for `http://`. The scheduler sees each of its streams as
+//! a slot ([`H2Slot`]) that takes one due request at a time, exactly as it sees an HTTP/1.1
+//! connection, so the busy policy applies when every stream of every connection is busy.
+//!
+//! The connection is opened on demand by whichever slot needs it first (the others wait for that
+//! set-up, and the wait is in their corrected latency); it is dropped after a connection-level
+//! error (GOAWAY, I/O, protocol) or after `--new-connection-every` responses, and the next request
+//! opens a new one. A stream reset (RST_STREAM) or a timeout fails that request only.
+//!
+//! Each response is verified: its status is recorded (>= 400 is a `status` error), its body is
+//! read to the end (flow-control capacity released as it arrives) and checked against its
+//! `content-length`. Cost: the `h2` crate allocates per stream (the request's headers, its
+//! stream state, HPACK), unlike the HTTP/1.1 path.
+
+use crate::client::{Cause, ErrorKind, ReqError, Request};
+use crate::transport::{Connector, Handshake};
+use bytes::Bytes;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// One HTTP/2 connection (reopened on demand), shared by its stream slots on one thread.
+pub struct H2Conn {
+    addr: SocketAddr,
+    connector: Connector,
+    timeout: Duration,
+    /// A new connection after this many responses (0: keep it).
+    every: u64,
+    sender: RefCell<Option<h2::client::SendRequest<Bytes>>>,
+    /// Bumped each time the connection is replaced, so a late error on an old one does not drop
+    /// its successor.
+    generation: Cell<u64>,
+    connecting: Cell<bool>,
+    connected: Notify,
+    served: Cell<u64>,
+}
+
+impl H2Conn {
+    pub fn new(addr: SocketAddr, connector: Connector, timeout: Duration, every: u64) -> Rc<Self> {
+        Rc::new(Self {
+            addr,
+            connector,
+            timeout,
+            every,
+            sender: RefCell::new(None),
+            generation: Cell::new(0),
+            connecting: Cell::new(false),
+            connected: Notify::new(),
+            served: Cell::new(0),
+        })
+    }
+
+    /// Opens the connection (TCP, TLS, HTTP/2 preface and settings); bounded by the timeout.
+    async fn open(&self) -> Result<Handshake, ReqError> {
+        let tcp_done = Cell::new(false);
+        let fut = async {
+            let (stream, hs) = self.connector.connect(self.addr, &tcp_done).await?;
+            let (send, conn) =
+                h2::client::Builder::new().enable_push(false).handshake::<_, Bytes>(stream).await.map_err(|e| classify(&e))?;
+            tokio::task::spawn_local(async move {
+                let _ = conn.await;
+            });
+            Ok::<_, ReqError>((send, hs))
+        };
+        let (send, hs) = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let kind = if tcp_done.get() { ErrorKind::Handshake } else { ErrorKind::Connect };
+                return Err(ReqError::new(kind, Cause::Timeout));
+            }
+        };
+        *self.sender.borrow_mut() = Some(send);
+        self.generation.set(self.generation.get() + 1);
+        self.served.set(0);
+        Ok(hs)
+    }
+
+    /// Connects now if not connected (also used before the measured run).
+    pub async fn connect(&self) -> Result<Option<Handshake>, ReqError> {
+        loop {
+            if self.sender.borrow().is_some() {
+                return Ok(None);
+            }
+            if self.connecting.get() {
+                self.connected.notified().await;
+                continue;
+            }
+            self.connecting.set(true);
+            let r = self.open().await;
+            self.connecting.set(false);
+            self.connected.notify_waiters();
+            return r.map(Some);
+        }
+    }
+
+    /// Drops the connection of `generation` (if still current): the next request reconnects.
+    fn drop_conn(&self, generation: u64) {
+        if self.generation.get() == generation {
+            *self.sender.borrow_mut() = None;
+        }
+    }
+}
+
+/// One request slot (stream) of an [`H2Conn`].
+pub struct H2Slot {
+    conn: Rc<H2Conn>,
+    handshake: Option<Handshake>,
+}
+
+impl H2Slot {
+    pub fn new(conn: Rc<H2Conn>) -> Self {
+        Self { conn, handshake: None }
+    }
+
+    /// Connects its connection now if it is not (before the measured run).
+    pub async fn connect(&mut self) -> Result<(), ReqError> {
+        self.handshake = self.conn.connect().await?;
+        Ok(())
+    }
+
+    /// The set-up of a connection this slot opened since the last call, if any.
+    pub fn take_handshake(&mut self) -> Option<Handshake> {
+        self.handshake.take()
+    }
+
+    /// Sends `req` on a new stream and reads the whole response. Returns (when the slot began on
+    /// it: the start of the connection set-up it waited for, else the send; when the request
+    /// was sent; the status or error), like [`crate::client::Conn::send`].
+    pub async fn send(&mut self, req: &Request) -> (Instant, Instant, Result<u16, ReqError>) {
+        let c = self.conn.clone();
+        let t0 = Instant::now();
+        let waited = c.sender.borrow().is_none();
+        if waited {
+            match c.connect().await {
+                Ok(hs) => self.handshake = hs,
+                Err(e) => return (t0, Instant::now(), Err(e)),
+            }
+        }
+        let sent = Instant::now();
+        let ready = if waited { t0 } else { sent };
+        let Some(h2req) = req.h2.as_ref() else {
+            return (ready, sent, Err(ReqError::new(ErrorKind::Write, Cause::Other)));
+        };
+        let sender = c.sender.borrow().clone();
+        let Some(sender) = sender else {
+            // The connection failed for another slot while this one waited.
+            return (ready, sent, Err(ReqError::new(ErrorKind::Connect, Cause::Other)));
+        };
+        let generation = c.generation.get();
+        let r = match tokio::time::timeout(c.timeout, roundtrip(sender, h2req.build(), &h2req.body, req.head)).await {
+            Ok(r) => r,
+            // Dropping the stream resets it (CANCEL); the connection stays.
+            Err(_) => Err(ReqError::new(ErrorKind::Timeout, Cause::Timeout)),
+        };
+        match r {
+            Ok(status) => {
+                let n = c.served.get() + 1;
+                c.served.set(n);
+                if c.every != 0 && n >= c.every {
+                    c.drop_conn(generation);
+                }
+                (ready, sent, Ok(status))
+            }
+            Err(e) => {
+                if !matches!(e.kind, ErrorKind::Reset | ErrorKind::Timeout | ErrorKind::Status) {
+                    c.drop_conn(generation);
+                }
+                (ready, sent, Err(e))
+            }
+        }
+    }
+}
+
+async fn roundtrip(sender: h2::client::SendRequest<Bytes>, request: http::Request<()>, body: &Bytes, head: bool) -> Result<u16, ReqError> {
+    let mut sender = sender.ready().await.map_err(|e| classify(&e))?;
+    let (resp, mut tx) = sender.send_request(request, body.is_empty()).map_err(|e| classify(&e))?;
+    if !body.is_empty() {
+        tx.send_data(body.clone(), true).map_err(|e| classify(&e))?;
+    }
+    let resp = resp.await.map_err(|e| classify(&e))?;
+    let status = resp.status().as_u16();
+    let expected = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .map(|v| crate::client::parse_u64(v.as_bytes()).ok_or(ReqError::new(ErrorKind::Read, Cause::Parse)))
+        .transpose()?;
+    let mut rx = resp.into_body();
+    let mut n = 0u64;
+    while let Some(chunk) = rx.data().await {
+        let chunk = chunk.map_err(|e| classify(&e))?;
+        n += chunk.len() as u64;
+        let _ = rx.flow_control().release_capacity(chunk.len());
+    }
+    if !head && expected.is_some_and(|l| l != n) {
+        return Err(ReqError::new(ErrorKind::Read, Cause::Parse));
+    }
+    Ok(status)
+}
+
+/// The kind of an `h2` error: GOAWAY, a stream reset, I/O (read), or protocol/flow control.
+#[cold]
+fn classify(e: &h2::Error) -> ReqError {
+    if let Some(io) = e.get_io() {
+        return ReqError::new(ErrorKind::Read, Cause::of(io));
+    }
+    if e.is_go_away() && e.is_remote() {
+        return ReqError::new(ErrorKind::GoAway, Cause::Other);
+    }
+    if e.is_reset() && e.is_remote() {
+        return ReqError::new(ErrorKind::Reset, Cause::Other);
+    }
+    ReqError::new(ErrorKind::Protocol, Cause::Parse)
+}
