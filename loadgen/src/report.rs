@@ -337,7 +337,7 @@ pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> R
                 verify: t.verify_label(),
                 insecure: matches!(t.verify, Verify::Insecure),
                 resume: t.resume,
-                alpn_offered: vec!["http/1.1"],
+                alpn_offered: vec![if t.h2 { "h2" } else { "http/1.1" }],
             }),
             new_connection_every: (cfg.new_connection_every > 0).then_some(cfg.new_connection_every),
         },

@@ -925,6 +925,7 @@ mod h2 {
         let n = &j["tls_negotiated"][0];
         assert_eq!((n["version"].as_str(), n["alpn"].as_str()), (Some("TLSv1.3"), Some("h2")), "{}", j["tls_negotiated"]);
         assert!(stdout.contains("h2, 4 streams per connection, over TLS"), "{stdout}");
+        assert_eq!(j["meta"]["tls"]["alpn_offered"][0], "h2");
     }
 
     /// The stall test over HTTP/2 (cleartext and TLS): the corrected P99 shows the 100 ms stall,
