@@ -31,7 +31,7 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 #[command(
     name = "loadgen",
     version,
-    about = "Open-loop HTTP/1.1 load generator (latency from intended send time), benchmark upstream and byte relay"
+    about = "Open-loop HTTP/1.1 and HTTP/2 load generator (latency from intended send time), benchmark upstream and byte relay"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -44,7 +44,7 @@ pub enum Cmd {
     Run(RunArgs),
     /// Find the highest rate whose P99 stays under an SLO with no errors.
     Ladder(LadderArgs),
-    /// A minimal fast HTTP/1.1 origin (plain or --tls) answering 200 with a fixed body.
+    /// A minimal fast HTTP/1.1 and HTTP/2 origin (plain or --tls; h2c and ALPN h2 detected) answering 200 with a fixed body.
     Upstream(UpstreamArgs),
     /// A byte relay (no HTTP parsing): the CPU floor for any proxy on this machine.
     Relay(RelayArgs),
