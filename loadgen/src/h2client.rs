@@ -38,6 +38,9 @@ pub struct H2Conn {
     connecting: Cell<bool>,
     connected: Notify,
     served: Cell<u64>,
+    /// The generation of the last connection that ended with the server's GOAWAY (set by its
+    /// driver task): the `h2` crate reports the streams it cut as broken pipes.
+    goaway: Rc<Cell<u64>>,
 }
 
 impl H2Conn {
@@ -52,6 +55,7 @@ impl H2Conn {
             connecting: Cell::new(false),
             connected: Notify::new(),
             served: Cell::new(0),
+            goaway: Rc::new(Cell::new(0)),
         })
     }
 
@@ -62,8 +66,14 @@ impl H2Conn {
             let (stream, hs) = self.connector.connect(self.addr, &tcp_done).await?;
             let (send, conn) =
                 h2::client::Builder::new().enable_push(false).handshake::<_, Bytes>(stream).await.map_err(|e| classify(&e))?;
+            let (goaway, generation) = (self.goaway.clone(), self.generation.get() + 1);
             tokio::task::spawn_local(async move {
-                let _ = conn.await;
+                if let Err(e) = conn.await
+                    && e.is_go_away()
+                    && e.is_remote()
+                {
+                    goaway.set(generation);
+                }
             });
             Ok::<_, ReqError>((send, hs))
         };
@@ -166,7 +176,15 @@ impl H2Slot {
                 }
                 (ready, sent, Ok(status))
             }
-            Err(e) => {
+            Err(mut e) => {
+                if e.kind == ErrorKind::Read {
+                    // Let the connection's driver task finish first: it says whether a GOAWAY
+                    // ended the connection under this stream.
+                    tokio::task::yield_now().await;
+                    if c.goaway.get() == generation {
+                        e = ReqError::new(ErrorKind::GoAway, e.cause);
+                    }
+                }
                 if !matches!(e.kind, ErrorKind::Reset | ErrorKind::Timeout | ErrorKind::Status) {
                     c.drop_conn(generation);
                 }
@@ -205,11 +223,11 @@ async fn roundtrip(sender: h2::client::SendRequest<Bytes>, request: http::Reques
 /// The kind of an `h2` error: GOAWAY, a stream reset, I/O (read), or protocol/flow control.
 #[cold]
 fn classify(e: &h2::Error) -> ReqError {
-    if let Some(io) = e.get_io() {
-        return ReqError::new(ErrorKind::Read, Cause::of(io));
-    }
     if e.is_go_away() && e.is_remote() {
         return ReqError::new(ErrorKind::GoAway, Cause::Other);
+    }
+    if let Some(io) = e.get_io() {
+        return ReqError::new(ErrorKind::Read, Cause::of(io));
     }
     if e.is_reset() && e.is_remote() {
         return ReqError::new(ErrorKind::Reset, Cause::Other);

@@ -988,6 +988,70 @@ mod h2 {
         assert!(f(&j, "errors.handshake") >= 45.0, "{stdout}");
     }
 
+    /// An h2c server (in this test, with the `h2` crate) that answers every stream with
+    /// RST_STREAM, or every connection's first request with GOAWAY; returns its address.
+    fn misbehaving_h2_server(goaway: bool) -> std::net::SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l).unwrap();
+                loop {
+                    let Ok((s, _)) = l.accept().await else { continue };
+                    tokio::spawn(async move {
+                        let Ok(mut c) = h2::server::handshake(s).await else { return };
+                        while let Some(r) = c.accept().await {
+                            let Ok((_req, mut respond)) = r else { break };
+                            if goaway {
+                                c.abrupt_shutdown(h2::Reason::INTERNAL_ERROR);
+                            } else {
+                                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            }
+                        }
+                        // Keep the socket open a while: closing it with unread requests would
+                        // reset it, and the client would see the reset before the GOAWAY.
+                        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                        drop(c);
+                    });
+                }
+            });
+        });
+        addr
+    }
+
+    /// RST_STREAM and GOAWAY from the server are counted under `reset` and `goaway`.
+    #[test]
+    fn resets_and_goaways_are_counted_by_kind() {
+        for goaway in [false, true] {
+            let addr = misbehaving_h2_server(goaway);
+            let url = format!("http://{addr}/");
+            let (code, stdout, j) = run_json(&[
+                "--url",
+                &url,
+                "--http2",
+                "--streams",
+                "2",
+                "--connections",
+                "1",
+                "--rate",
+                "50",
+                "--duration",
+                "1s",
+                "--warmup",
+                "0s",
+                "--timeout",
+                "500ms",
+                "--allow-invalid",
+            ]);
+            assert_eq!(code, 0, "{stdout}");
+            assert_eq!(f(&j, "counts.responses"), 0.0, "{stdout}");
+            let kind = if goaway { "errors.goaway" } else { "errors.reset" };
+            assert!(f(&j, kind) >= 45.0, "{kind}\n{stdout}");
+        }
+    }
+
     /// Bad input: --streams 0 and --streams without --http2 are usage errors, not panics.
     #[test]
     fn bad_streams_are_usage_errors() {
