@@ -347,6 +347,7 @@ impl Active<'_> {
                 Ok(0) => return Ok(Head::Close),
                 Ok(n) => {
                     self.s.buf.advance(n);
+                    release = None;
                     continue;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
@@ -366,9 +367,9 @@ impl Active<'_> {
                 }
             };
             let read = if started {
-                // Part-way through a head. A client that is slow to send the rest waits without
-                // the working set after `release_idle_after`: its bytes so far are kept in a box
-                // of their size (issue 14: a few hundred bytes, not ~20 KiB of buffers).
+                // Part-way through a head. A client that sends nothing more for
+                // `release_idle_after` waits without the working set: its bytes so far are kept
+                // in a box of their size (issue 14: a few hundred bytes, not ~20 KiB of buffers).
                 let release_at = *release.get_or_insert_with(|| release_deadline(timers, limits));
                 if release_at < until {
                     match timers.within(self.timer_slot, release_at, self.client.read(self.s.buf.spare())).await {
@@ -376,6 +377,8 @@ impl Active<'_> {
                             if !self.wait_without_working_set(until, limits).await? {
                                 return Ok(Head::Close);
                             }
+                            // The release delay counts again from the bytes that woke it.
+                            release = None;
                             continue;
                         }
                         read => read,
@@ -398,7 +401,12 @@ impl Active<'_> {
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return Ok(Head::Close),
-                Ok(Ok(n)) => self.s.buf.advance(n),
+                Ok(Ok(n)) => {
+                    self.s.buf.advance(n);
+                    // A slow head's working set goes back after `release_idle_after` without a
+                    // byte (not after that long in all: a trickle is cut by the header timeout).
+                    release = None;
+                }
                 Err(_) if started => return Err(ProxyError::RequestTimeout),
                 // Idle past `release_at`: the loop ends, its box and working set are freed, and
                 // the connection waits unboxed for the rest of the idle timeout.
