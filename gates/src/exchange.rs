@@ -220,7 +220,7 @@ async fn setup(route: Route, body_bytes: usize, served: Rc<Cell<u64>>) -> Result
     worker.timers.never_tick();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(bind(Listener::Proxy))?;
     let addr = listener.local_addr().map_err(address(Listener::Proxy))?;
-    tokio::task::spawn_local(accept_loop(Rc::clone(&worker), listener));
+    tokio::task::spawn_local(accept_loop(Rc::clone(&worker), listener, 0));
     Ok(addr)
 }
 

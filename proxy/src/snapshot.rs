@@ -20,6 +20,80 @@ pub struct Snapshot {
     pub via: Box<[u8]>,
     /// Tracing sampling: one request in this many gets a span; 0 (the default) = none.
     pub trace_sample_every: u64,
+    /// Per configured listener, in config order: its address and TLS settings (`None`:
+    /// cleartext). Certificates reload with the snapshot; whether a listener speaks TLS at all is
+    /// fixed when it is bound, like its address.
+    pub listeners: Box<[ListenerSnap]>,
+}
+
+/// One configured listener as the accept loop sees it.
+#[derive(Debug)]
+pub struct ListenerSnap {
+    pub address: SocketAddr,
+    pub tls: Option<TlsListener>,
+}
+
+/// A TLS listener's settings: the rustls config (certificates through [`Sni`]) and the
+/// handshake timeout.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub config: std::sync::Arc<rustls::ServerConfig>,
+    pub handshake_timeout: Duration,
+}
+
+/// A listener's certificates by server name: exact names and `*.suffix` wildcards in hash maps
+/// built per config load, a default, and `strict_sni`. Each name has one or more certificates
+/// (an ECDSA and an RSA one, say); the first whose key can sign with a scheme the client offers
+/// is chosen, so modern clients get the cheaper ECDSA handshake and old ones still get RSA.
+/// Called by rustls once per handshake: two hash lookups at most, no allocation, no lock.
+#[derive(Debug, Default)]
+pub struct Sni {
+    pub exact: HashMap<Box<str>, Box<[std::sync::Arc<rustls::sign::CertifiedKey>]>>,
+    /// Keyed by the suffix after `*.` (`example.com` for `*.example.com`).
+    pub wildcard: HashMap<Box<str>, Box<[std::sync::Arc<rustls::sign::CertifiedKey>]>>,
+    /// For clients that send no name or an unknown one (unless `strict`).
+    pub default: Box<[std::sync::Arc<rustls::sign::CertifiedKey>]>,
+    /// Refuse handshakes whose name no certificate has (and those without a name).
+    pub strict: bool,
+}
+
+impl Sni {
+    /// The certificates for `name` (lower-case ASCII, as rustls hands it over), before the key
+    /// type is chosen.
+    pub fn candidates(&self, name: Option<&str>) -> Option<&[std::sync::Arc<rustls::sign::CertifiedKey>]> {
+        if let Some(name) = name {
+            if let Some(c) = self.exact.get(name) {
+                return Some(c);
+            }
+            // A wildcard covers exactly one label: `a.example.com`, not `b.a.example.com`.
+            if let Some((_, suffix)) = name.split_once('.')
+                && let Some(c) = self.wildcard.get(suffix)
+            {
+                return Some(c);
+            }
+        }
+        if self.strict { None } else { Some(&self.default) }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Sni {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        let candidates = self.candidates(hello.server_name())?;
+        let schemes = hello.signature_schemes();
+        candidates.iter().find(|c| c.key.choose_scheme(schemes).is_some()).cloned()
+    }
+}
+
+impl Snapshot {
+    /// The TLS settings of the listener at `index` as configured now, if it is still the listener
+    /// at `address` and still TLS (a changed listener list applies at the next restart).
+    #[inline]
+    pub fn tls_listener(&self, index: usize, address: SocketAddr) -> Option<&TlsListener> {
+        match self.listeners.get(index) {
+            Some(l) if l.address == address => l.tls.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

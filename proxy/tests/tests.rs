@@ -22,3 +22,4 @@ mod faults;
 mod keepalive;
 mod routing;
 mod semantics;
+mod tls;

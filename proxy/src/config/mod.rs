@@ -7,6 +7,7 @@
 //! Allocation and string building are fine here: nothing in this module runs per request.
 
 mod raw;
+mod tls;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::snapshot::{Balance, HostMatch, Limits, Route, Router, Server, Snapshot, UpstreamGroup};
+use crate::snapshot::{Balance, HostMatch, Limits, ListenerSnap, Route, Router, Server, Snapshot, UpstreamGroup};
 
 /// Hard ceiling for `limits.max_headers`: the parser's header array is sized for it.
 pub const MAX_HEADERS_CEILING: usize = 256;
@@ -207,12 +208,18 @@ impl Compiler<'_> {
             return self.err(None, "listeners".into(), "at least one [[listeners]] entry is required".into());
         }
         let mut listeners = Vec::with_capacity(raw.listeners.len());
+        let mut listener_snaps = Vec::with_capacity(raw.listeners.len());
         for (i, l) in raw.listeners.iter().enumerate() {
             let addr = self.socket_addr(&l.address, format!("listeners[{i}].address"))?;
             if listeners.contains(&addr) && addr.port() != 0 {
                 return self.err(Some(l.address.span()), format!("listeners[{i}].address"), format!("{addr} is listed twice"));
             }
             listeners.push(addr);
+            let tls = match &l.tls {
+                Some(t) => Some(self.listener_tls(t, &format!("listeners[{i}].tls"))?),
+                None => None,
+            };
+            listener_snaps.push(ListenerSnap { address: addr, tls });
         }
 
         let limits = self.limits(raw.limits.unwrap_or_default(), raw.memory.unwrap_or_default())?;
@@ -293,6 +300,7 @@ impl Compiler<'_> {
                 limits,
                 via: format!("1.1 {name}").into_bytes().into_boxed_slice(),
                 trace_sample_every,
+                listeners: listener_snaps.into_boxed_slice(),
             },
             drain_timeout,
             watch_config,

@@ -42,6 +42,24 @@ pub struct Memory {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub address: Spanned<String>,
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    #[serde(default)]
+    pub certificates: Vec<Certificate>,
+    pub strict_sni: Option<bool>,
+    pub min_version: Option<Spanned<String>>,
+    pub handshake_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use crate::config::RouteInfo;
-use crate::data::metrics::{CLASSES, ERROR_KINDS, LATENCY_BOUNDS_US, MAX_ROUTE_SLOTS, ROUTE_NONE, ROUTE_OTHER, Totals};
+use crate::data::metrics::{CLASSES, ERROR_KINDS, LATENCY_BOUNDS_US, MAX_ROUTE_SLOTS, ROUTE_NONE, ROUTE_OTHER, TLS_FAILURES, Totals};
 use crate::data::worker::Shared;
 
 /// Process-level values the exporter adds beside the worker counters.
@@ -111,6 +111,19 @@ pub fn render(shared: &Shared, p: &ProcessValues) -> String {
     let _ = writeln!(out, "proxy_working_sets_created_total {}", t.working_sets_created);
     header(&mut out, "proxy_upstream_retries_total", "counter", "Requests replayed on a fresh connection after a stale pooled one failed.");
     let _ = writeln!(out, "proxy_upstream_retries_total {}", t.retries);
+
+    header(&mut out, "proxy_tls_handshakes_total", "counter", "TLS handshakes completed, by kind (full or resumed).");
+    let _ = writeln!(out, "proxy_tls_handshakes_total{{kind=\"full\"}} {}", t.tls_full);
+    let _ = writeln!(out, "proxy_tls_handshakes_total{{kind=\"resumed\"}} {}", t.tls_resumed);
+    header(
+        &mut out,
+        "proxy_tls_failures_total",
+        "counter",
+        "TLS connections that failed, by kind (in the handshake or in a record after it).",
+    );
+    for (k, (_, name)) in TLS_FAILURES.iter().enumerate() {
+        let _ = writeln!(out, "proxy_tls_failures_total{{kind=\"{name}\"}} {}", t.tls_failures[k]);
+    }
 
     header(&mut out, "proxy_errors_total", "counter", "Failed requests by kind.");
     for (k, (_, name)) in ERROR_KINDS.iter().enumerate() {

@@ -34,6 +34,8 @@ pub enum Engine {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("the hyper baseline engine serves cleartext HTTP/1.1 only: remove [listeners.tls] or use the native engine")]
+    HyperTls,
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start worker {index}: {source}")]
@@ -134,6 +136,9 @@ pub fn start(config: Config, workers: usize, engine: Engine) -> Result<Running, 
 /// [`start`], with the access log's channel when it is on.
 pub fn start_with(config: Config, workers: usize, engine: Engine, access_log: Option<AccessLog>) -> Result<Running, StartError> {
     let workers = if workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { workers };
+    if engine == Engine::Hyper && config.snapshot.listeners.iter().any(|l| l.tls.is_some()) {
+        return Err(StartError::HyperTls);
+    }
     let (per_worker, addrs) = bind_all(&config.listeners, workers)?;
     let shared = Shared::with_workers(config.snapshot, workers, access_log);
     let mut handles = Vec::with_capacity(workers);
@@ -176,7 +181,7 @@ fn worker_main(shared: Arc<Shared>, index: usize, listeners: Vec<std::net::TcpLi
     local.block_on(&rt, async move {
         let worker = Worker::new(shared, index);
         let mut accepts = Vec::with_capacity(listeners.len());
-        for l in listeners {
+        for (i, l) in listeners.into_iter().enumerate() {
             let l = match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => l,
                 Err(e) => {
@@ -185,7 +190,7 @@ fn worker_main(shared: Arc<Shared>, index: usize, listeners: Vec<std::net::TcpLi
                 }
             };
             accepts.push(match engine {
-                Engine::Native => tokio::task::spawn_local(accept::accept_loop(Rc::clone(&worker), l)),
+                Engine::Native => tokio::task::spawn_local(accept::accept_loop(Rc::clone(&worker), l, i)),
                 Engine::Hyper => tokio::task::spawn_local(crate::hyper_engine::accept_loop(Rc::clone(&worker), l)),
             });
         }

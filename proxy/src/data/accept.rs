@@ -6,23 +6,53 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::data::h1::{conn, scratch};
-use crate::data::worker::{ConnPermit, Worker};
+use std::net::SocketAddr;
 
-/// Accepts connections on this worker's listener and serves each on this thread.
-pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+use tokio::net::TcpStream;
+
+use crate::data::h1::{conn, scratch};
+use crate::data::tls;
+use crate::data::worker::{ConnPermit, Worker};
+use crate::snapshot::TlsListener;
+
+/// Accepts connections on this worker's listener (the `index`th configured one) and serves each
+/// on this thread: HTTP/1.1 in cleartext, or over TLS when the listener was configured with TLS
+/// at start (its certificates then follow every reload).
+pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, index: usize) {
     worker.timers.start();
+    let (address, started_tls) = match worker.snapshot().listeners.get(index) {
+        Some(l) => (l.address, l.tls.clone()),
+        None => (SocketAddr::from(([0, 0, 0, 0], 0)), None),
+    };
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let max = worker.snapshot().limits.max_connections;
+                let snap = worker.snapshot();
                 // Over the limit the connection is closed at once (the kernel queue stays short).
-                if let Some(permit) = ConnPermit::try_acquire(&worker.shared, max) {
-                    tokio::task::spawn_local(conn::serve(Rc::clone(&worker), stream, peer, permit));
+                if let Some(permit) = ConnPermit::try_acquire(&worker.shared, snap.limits.max_connections) {
+                    let _ = stream.set_nodelay(true);
+                    match &started_tls {
+                        None => {
+                            tokio::task::spawn_local(conn::serve(Rc::clone(&worker), stream, peer, permit));
+                        }
+                        Some(at_start) => {
+                            let tls = snap.tls_listener(index, address).unwrap_or(at_start).clone();
+                            tokio::task::spawn_local(serve_tls(Rc::clone(&worker), stream, peer, permit, tls));
+                        }
+                    }
                 }
             }
             Err(e) => accept_error(e).await,
         }
+    }
+}
+
+/// A TLS connection: the handshake (boxed: its state is rustls's and goes when it is done, so
+/// the connection's task stays the size of the HTTP/1.1 loop), then HTTP/1.1 over the stream.
+async fn serve_tls(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, permit: ConnPermit, tls: TlsListener) {
+    match Box::pin(tls::accept(&worker, stream, tls.config, tls.handshake_timeout)).await {
+        Ok(stream) => conn::serve(worker, stream, peer, permit).await,
+        Err(kind) => worker.metrics().tls_failure(kind),
     }
 }
 
@@ -50,6 +80,8 @@ pub async fn pool_sweeper(worker: Rc<Worker>) {
         worker.pool.borrow_mut().sweep(max_idle, Instant::now());
         let (freed, spare, created) = scratch::sweep(snap.limits.pool_max);
         worker.metrics().working_sets(spare as u64, created);
+        let (freed_tls, _, _) = tls::pool::sweep();
+        let freed = freed + freed_tls;
         let table = worker.timers.trim() + worker.drain.trim();
         if freed > 0 || table < slots {
             crate::allocator::release_thread_cache();

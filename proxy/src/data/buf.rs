@@ -35,6 +35,12 @@ impl Buf {
         &self.data[self.start..self.end]
     }
 
+    /// The unread bytes, to change in place (TLS decrypts a record where it was read).
+    #[inline]
+    pub fn filled_mut(&mut self) -> &mut [u8] {
+        &mut self.data[self.start..self.end]
+    }
+
     #[inline]
     pub fn len(&self) -> usize {
         self.end - self.start

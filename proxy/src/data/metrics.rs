@@ -46,6 +46,38 @@ pub const ERROR_KINDS: [(ProxyError, &str); 14] = [
     (ProxyError::ExpectationFailed, "expectation_failed"),
 ];
 
+/// Why a TLS connection failed: in its handshake, or in a record after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The handshake did not finish within `tls.handshake_timeout`.
+    Timeout,
+    /// The first bytes were not a TLS handshake record (plain HTTP on a TLS port).
+    NotTls,
+    /// rustls refused the handshake (malformed hello, no common cipher or version, an unknown
+    /// name under `strict_sni`, a fatal alert from the client).
+    Handshake,
+    /// The client closed or reset the connection before the handshake finished.
+    Closed,
+    /// After the handshake: a record that does not open or is malformed, cut mid-record.
+    Record,
+    /// After the handshake: a fatal alert from the client.
+    Alert,
+    /// After the handshake: a renegotiation attempt or another handshake message a server never
+    /// takes.
+    Renegotiation,
+}
+
+/// Every [`TlsFailure`] with its metric label, in index order.
+pub const TLS_FAILURES: [(TlsFailure, &str); 7] = [
+    (TlsFailure::Timeout, "handshake_timeout"),
+    (TlsFailure::NotTls, "not_tls"),
+    (TlsFailure::Handshake, "handshake"),
+    (TlsFailure::Closed, "closed_in_handshake"),
+    (TlsFailure::Record, "record"),
+    (TlsFailure::Alert, "alert"),
+    (TlsFailure::Renegotiation, "renegotiation"),
+];
+
 fn error_index(e: ProxyError) -> usize {
     match e {
         ProxyError::BadRequest => 0,
@@ -82,6 +114,10 @@ pub struct WorkerMetrics {
     /// The worker's pool of connection working sets, as of its last once-a-second sweep.
     working_sets_spare: AtomicU64,
     working_sets_created: AtomicU64,
+    /// TLS handshakes completed, full and resumed; failures by kind.
+    tls_full: AtomicU64,
+    tls_resumed: AtomicU64,
+    tls_failures: [AtomicU64; TLS_FAILURES.len()],
 }
 
 /// Adds `n` to a counter this thread alone writes: a plain load and store, no locked RMW.
@@ -105,11 +141,27 @@ impl Default for WorkerMetrics {
             access_log_dropped: AtomicU64::new(0),
             working_sets_spare: AtomicU64::new(0),
             working_sets_created: AtomicU64::new(0),
+            tls_full: AtomicU64::new(0),
+            tls_resumed: AtomicU64::new(0),
+            tls_failures: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
 
 impl WorkerMetrics {
+    /// A TLS handshake completed (per connection).
+    #[inline]
+    pub fn tls_handshake(&self, resumed: bool) {
+        add(if resumed { &self.tls_resumed } else { &self.tls_full }, 1);
+    }
+
+    /// A TLS connection failed (per connection).
+    #[inline]
+    pub fn tls_failure(&self, kind: TlsFailure) {
+        let i = TLS_FAILURES.iter().position(|(k, _)| *k == kind).unwrap_or(0);
+        add(&self.tls_failures[i], 1);
+    }
+
     /// A request head was read: it is in flight until [`WorkerMetrics::finish`].
     #[inline]
     pub fn start(&self) {
@@ -195,6 +247,11 @@ impl WorkerMetrics {
         into.access_log_dropped += self.access_log_dropped.load(Relaxed);
         into.working_sets_spare += self.working_sets_spare.load(Relaxed);
         into.working_sets_created += self.working_sets_created.load(Relaxed);
+        into.tls_full += self.tls_full.load(Relaxed);
+        into.tls_resumed += self.tls_resumed.load(Relaxed);
+        for (k, v) in self.tls_failures.iter().enumerate() {
+            into.tls_failures[k] += v.load(Relaxed);
+        }
     }
 }
 
@@ -213,6 +270,9 @@ pub struct Totals {
     pub access_log_dropped: u64,
     pub working_sets_spare: u64,
     pub working_sets_created: u64,
+    pub tls_full: u64,
+    pub tls_resumed: u64,
+    pub tls_failures: [u64; TLS_FAILURES.len()],
 }
 
 impl Default for Totals {
@@ -230,6 +290,9 @@ impl Default for Totals {
             access_log_dropped: 0,
             working_sets_spare: 0,
             working_sets_created: 0,
+            tls_full: 0,
+            tls_resumed: 0,
+            tls_failures: [0; TLS_FAILURES.len()],
         }
     }
 }

@@ -21,10 +21,12 @@ pub mod access;
 pub mod buf;
 pub mod error;
 pub mod h1;
+pub mod io;
 pub mod metrics;
 #[cfg(feature = "planted")]
 pub mod planted;
 pub mod slots;
 pub mod timer;
+pub mod tls;
 pub mod upstream;
 pub mod worker;

@@ -173,7 +173,7 @@ impl Harness {
             let worker = Worker::new(Shared::new(cfg.snapshot), 0);
             let pl = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let proxy = pl.local_addr().unwrap();
-            (proxy, up_addr, tokio::task::spawn_local(accept::accept_loop(worker, pl)))
+            (proxy, up_addr, tokio::task::spawn_local(accept::accept_loop(worker, pl, 0)))
         });
         Harness { rt, local, proxy, upstream, up, accept, next_case: 0, interim: 0 }
     }

@@ -64,12 +64,19 @@ pub enum Failure {
     Broken(String),
 }
 
-/// A raw client connection with its own read buffer.
-pub struct Client {
-    pub stream: TcpStream,
+/// A raw client connection with its own read buffer, over TCP or over TLS (`Client::over`).
+pub struct Client<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
     /// A read saw the proxy close the connection (EOF or reset).
     closed: bool,
+}
+
+impl<S: Read + Write> Client<S> {
+    /// A client over an established stream (a TLS one, say).
+    pub fn over(stream: S) -> Client<S> {
+        Client { stream, buf: Vec::new(), closed: false }
+    }
 }
 
 impl Client {
@@ -93,7 +100,9 @@ impl Client {
     pub fn set_read_timeout(&self, t: Duration) {
         self.stream.set_read_timeout(Some(t)).unwrap();
     }
+}
 
+impl<S: Read + Write> Client<S> {
     #[track_caller]
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write to proxy");

@@ -25,6 +25,7 @@ pub mod bytes;
 pub mod client;
 pub mod config;
 pub mod process;
+pub mod tls;
 pub mod upstream;
 
 // Flat paths for the callers (`support::Proxy`); the definitions stay in their modules.

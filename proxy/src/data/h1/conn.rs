@@ -18,7 +18,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
 use crate::data::timer::Timers;
@@ -31,6 +30,7 @@ use crate::data::h1::head::{Framing, Parsed};
 use crate::data::h1::rewrite;
 use crate::data::h1::scratch::{self, CLIENT_BUF, Scratch};
 use crate::data::h1::upstream::SendError;
+use crate::data::io::ClientIo;
 use crate::data::metrics::ROUTE_NONE;
 use crate::data::upstream::connect::connect;
 use crate::data::worker::{ConnPermit, Worker};
@@ -52,8 +52,7 @@ const LINGER_BYTES: usize = 64 * 1024;
 ///
 /// The connection is set up here, before the task exists, so the spawned future holds only the
 /// connection itself (its arguments would otherwise stay in the task's state for its whole life).
-pub fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, permit: ConnPermit) -> impl Future<Output = ()> {
-    let _ = client.set_nodelay(true);
+pub fn serve<S: ClientIo + 'static>(worker: Rc<Worker>, client: S, peer: SocketAddr, permit: ConnPermit) -> impl Future<Output = ()> {
     worker.metrics().connection();
     // A new connection owes its first head within the header timeout from the accept, so a
     // client that connects and sends nothing cannot hold a slot for the idle timeout.
@@ -85,9 +84,9 @@ pub fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, permit: Co
 }
 
 /// What a connection keeps for its whole life, idle or not: kept small (issue 14).
-struct Conn {
+struct Conn<S> {
     worker: Rc<Worker>,
-    client: TcpStream,
+    client: S,
     /// The peer address as text, formatted once (`X-Forwarded-For`, access log).
     ip: [u8; 48],
     ip_len: u8,
@@ -101,9 +100,9 @@ struct Conn {
 
 /// A connection while its request loop runs (boxed: see [`serve`]): the working set borrowed from
 /// the worker's pool, given back while the loop waits for the next request and when it ends.
-pub(super) struct Active<'c> {
+pub(super) struct Active<'c, S> {
     pub(super) worker: Rc<Worker>,
-    pub(super) client: &'c mut TcpStream,
+    pub(super) client: &'c mut S,
     ip: &'c [u8],
     drain_slot: usize,
     pub(super) timer_slot: usize,
@@ -112,7 +111,7 @@ pub(super) struct Active<'c> {
     route: usize,
 }
 
-impl Drop for Active<'_> {
+impl<S> Drop for Active<'_, S> {
     fn drop(&mut self) {
         scratch::give(std::mem::replace(&mut self.s, Scratch::husk()));
     }
@@ -129,7 +128,7 @@ enum Head {
     Release(u64),
 }
 
-impl Drop for Conn {
+impl<S> Drop for Conn<S> {
     fn drop(&mut self) {
         self.worker.drain.release(self.drain_slot as usize);
         self.worker.timers.release(self.timer_slot as usize);
@@ -166,8 +165,8 @@ impl Drop for InFlight<'_> {
     }
 }
 
-impl Conn {
-    fn new(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, permit: ConnPermit) -> Self {
+impl<S: ClientIo> Conn<S> {
+    fn new(worker: Rc<Worker>, client: S, peer: SocketAddr, permit: ConnPermit) -> Self {
         let mut ip = [0u8; 48];
         let ip_len = {
             let mut w: &mut [u8] = &mut ip;
@@ -202,7 +201,7 @@ impl Conn {
     }
 }
 
-impl Active<'_> {
+impl<S: ClientIo> Active<'_, S> {
     async fn run(&mut self, mut first: Option<u64>) -> Option<u64> {
         loop {
             let snap = self.worker.snapshot();
@@ -473,7 +472,7 @@ impl Active<'_> {
         };
         let group = &snap.groups[route.group];
         self.route = route.id;
-        rewrite::request_head(&mut self.s.out, filled, &self.s.req, route, self.ip, &snap.via);
+        rewrite::request_head(&mut self.s.out, filled, &self.s.req, route, self.ip, S::SCHEME, &snap.via);
 
         // Body bytes that arrived with the head go out in the same write.
         let mut body = ReqBody::new(self.s.req.framing, limits.max_body_bytes);
@@ -582,7 +581,13 @@ enum Wake {
 /// Waits, holding no buffer, until the client sends something (or closes), the proxy drains or
 /// `until` passes. A plain poll over the socket's readiness, the drain signal and the timer slot,
 /// not an `async fn`: no nested futures, so the state an idle connection keeps is five words.
-fn idle_wait<'a>(worker: &'a Worker, client: &'a TcpStream, tslot: usize, dslot: usize, until: u64) -> impl Future<Output = Wake> + 'a {
+fn idle_wait<'a, S: ClientIo>(
+    worker: &'a Worker,
+    client: &'a S,
+    tslot: usize,
+    dslot: usize,
+    until: u64,
+) -> impl Future<Output = Wake> + 'a {
     std::future::poll_fn(move |cx| {
         let wake = if let Poll::Ready(r) = client.poll_read_ready(cx) {
             if r.is_ok() { Wake::Readable } else { Wake::Closed }
@@ -602,7 +607,7 @@ fn idle_wait<'a>(worker: &'a Worker, client: &'a TcpStream, tslot: usize, dslot:
 /// asked, possibly 0 when the socket is full), `Err(())` when the connection is broken. The common
 /// case — the whole buffer fits in the socket — then costs no timer at all.
 #[inline]
-pub(super) fn write_now(stream: &TcpStream, mut bytes: &[u8]) -> Result<usize, ()> {
+pub(super) fn write_now<S: ClientIo>(stream: &mut S, mut bytes: &[u8]) -> Result<usize, ()> {
     let total = bytes.len();
     while !bytes.is_empty() {
         match stream.try_write(bytes) {
@@ -618,12 +623,22 @@ pub(super) fn write_now(stream: &TcpStream, mut bytes: &[u8]) -> Result<usize, (
 
 /// Writes all of `bytes` within `limit`; the timer exists only when the socket cannot take
 /// everything at once.
-pub(super) async fn write_within(timers: &Timers, slot: usize, stream: &mut TcpStream, bytes: &[u8], limit: Duration) -> Result<(), ()> {
+pub(super) async fn write_within<S: ClientIo>(
+    timers: &Timers,
+    slot: usize,
+    stream: &mut S,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), ()> {
     let n = write_now(stream, bytes)?;
-    if n == bytes.len() {
+    if n == bytes.len() && stream.try_flush().map_err(|_| ())? {
         return Ok(());
     }
-    match timers.within(slot, timers.deadline(limit), stream.write_all(&bytes[n..])).await {
+    let rest = async {
+        stream.write_all(&bytes[n..]).await?;
+        stream.flush().await
+    };
+    match timers.within(slot, timers.deadline(limit), rest).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
@@ -652,7 +667,7 @@ mod tests {
     use super::*;
     use crate::config::{ServerIds, parse};
     use crate::data::worker::Shared;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A minimal origin: answers every request head it reads with a 2-byte 200.
     async fn origin(l: TcpListener) {
@@ -705,7 +720,7 @@ mod tests {
                 let w = Worker::new(Shared::new(c.snapshot), 0);
                 let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let addr = l.local_addr().unwrap();
-                tokio::task::spawn_local(crate::data::accept::accept_loop(Rc::clone(&w), l));
+                tokio::task::spawn_local(crate::data::accept::accept_loop(Rc::clone(&w), l, 0));
                 let (spare0, created0) = scratch::stats();
 
                 let mut client = TcpStream::connect(addr).await.unwrap();
@@ -749,7 +764,7 @@ mod tests {
                 let w = Worker::new(Shared::new(c.snapshot), 0);
                 let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let addr = l.local_addr().unwrap();
-                tokio::task::spawn_local(crate::data::accept::accept_loop(Rc::clone(&w), l));
+                tokio::task::spawn_local(crate::data::accept::accept_loop(Rc::clone(&w), l, 0));
 
                 let mut client = TcpStream::connect(addr).await.unwrap();
                 get(&mut client).await;

@@ -24,6 +24,7 @@ use crate::data::h1::body::{ReqBody, ResBody};
 use crate::data::h1::conn::{Active, Progress, write_now, write_within};
 use crate::data::h1::head::{Framing, Parsed};
 use crate::data::h1::rewrite::{self, ClientConn, HeadFor};
+use crate::data::io::ClientIo;
 use crate::data::upstream::pool::UpstreamConn;
 use crate::snapshot::{Limits, Snapshot, UpstreamGroup};
 
@@ -40,7 +41,7 @@ impl From<ProxyError> for SendError {
     }
 }
 
-impl Active<'_> {
+impl<S: ClientIo> Active<'_, S> {
     /// Sends the request (head and body) and reads until a final response head is parsed in
     /// the upstream buffer; interim responses are relayed on the way.
     pub(super) async fn send(
@@ -51,7 +52,7 @@ impl Active<'_> {
         progress: &mut Progress,
         deadline: u64,
     ) -> Result<(), SendError> {
-        match write_now(&up.stream, &self.s.out) {
+        match write_now(&mut up.stream, &self.s.out) {
             Ok(n) if n == self.s.out.len() => {}
             Ok(n) => match self.worker.timers.within(self.timer_slot, deadline, up.stream.write_all(&self.s.out[n..])).await {
                 Ok(Ok(())) => {}

@@ -1,0 +1,586 @@
+//! TLS termination: the handshake (rustls, unbuffered API, in the worker's pooled buffers) and
+//! the stream the protocols then speak over ([`TlsStream`], a [`ClientIo`]). Hot path.
+//!
+//! Sits below a protocol: the accept loop completes the handshake here and hands the stream to
+//! the protocol ALPN chose. After the handshake the records are sealed and opened by
+//! [`record`] in the connection's own buffers, so a request over a warm TLS connection allocates
+//! nothing (rustls alone allocates per record). The buffers are the worker's ([`pool`]): a
+//! connection holds a record buffer only while bytes wait in it, so an idle TLS connection keeps
+//! its keys and no buffer.
+
+pub mod pool;
+pub mod record;
+
+use std::io::{self, ErrorKind};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::kernel::KernelConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::data::buf::Buf;
+use crate::data::io::ClientIo;
+use crate::data::metrics::TlsFailure;
+use crate::data::worker::Worker;
+use record::{ALERT, APPLICATION_DATA, HANDSHAKE, Keys, MAX_OVERHEAD, MAX_PLAINTEXT};
+
+/// Completes the server side of a handshake on `tcp` within `timeout`. Off the request path:
+/// once per connection (what it allocates is rustls's and is counted per handshake by the alloc
+/// gate, not per request).
+pub async fn accept(worker: &Rc<Worker>, tcp: TcpStream, config: Arc<ServerConfig>, timeout: Duration) -> Result<TlsStream, TlsFailure> {
+    let mut rbuf = pool::take_read();
+    let mut wbuf = pool::take_write();
+    let result = match tokio::time::timeout(timeout, handshake(&tcp, config, &mut rbuf, &mut wbuf)).await {
+        Ok(r) => r,
+        Err(_) => Err(TlsFailure::Timeout),
+    };
+    match result {
+        Ok((conn, early)) => {
+            let stream = TlsStream::new(Rc::clone(worker), tcp, conn, rbuf, early);
+            pool::give_write(wbuf);
+            stream
+        }
+        Err(e) => {
+            pool::give_read(rbuf);
+            pool::give_write(wbuf);
+            Err(e)
+        }
+    }
+}
+
+/// Drives rustls until it can send application data. Returns the connection and the
+/// application data that came with the client's last flight (usually none).
+async fn handshake(
+    tcp: &TcpStream,
+    config: Arc<ServerConfig>,
+    rbuf: &mut Buf,
+    wbuf: &mut Buf,
+) -> Result<(UnbufferedServerConnection, Vec<u8>), TlsFailure> {
+    let mut conn = UnbufferedServerConnection::new(config).map_err(|_| TlsFailure::Handshake)?;
+    let mut early = Vec::new();
+    let mut first = true;
+    loop {
+        if first && !rbuf.is_empty() {
+            // Bytes that are not a TLS handshake record (plain HTTP on a TLS port): say so apart.
+            if rbuf.filled()[0] != HANDSHAKE {
+                return Err(TlsFailure::NotTls);
+            }
+            first = false;
+        }
+        let UnbufferedStatus { discard, state } = conn.process_tls_records(rbuf.filled_mut());
+        let mut need_read = false;
+        let mut transmit = false;
+        match state {
+            Err(_) => {
+                // rustls queued an alert for the peer: send it, best effort, then fail.
+                rbuf.consume(discard);
+                let _ = send_alert(&mut conn, tcp, wbuf).await;
+                return Err(TlsFailure::Handshake);
+            }
+            Ok(ConnectionState::EncodeTlsData(mut e)) => match e.encode(wbuf.spare()) {
+                Ok(n) => wbuf.advance(n),
+                Err(EncodeError::InsufficientSize(_)) if !wbuf.is_empty() => {
+                    // Send what is encoded so far, then encode this message again.
+                    write_all(tcp, wbuf).await?;
+                    match e.encode(wbuf.spare()) {
+                        Ok(n) => wbuf.advance(n),
+                        Err(_) => return Err(TlsFailure::Handshake),
+                    }
+                }
+                Err(_) => return Err(TlsFailure::Handshake),
+            },
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                t.done();
+                transmit = true;
+            }
+            Ok(ConnectionState::BlockedHandshake) => need_read = true,
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                while let Some(rec) = r.next_record() {
+                    let rec = rec.map_err(|_| TlsFailure::Handshake)?;
+                    early.extend_from_slice(rec.payload);
+                }
+            }
+            Ok(ConnectionState::WriteTraffic(_)) => {
+                rbuf.consume(discard);
+                if !wbuf.is_empty() {
+                    write_all(tcp, wbuf).await?;
+                }
+                return Ok((conn, early));
+            }
+            Ok(_) => return Err(TlsFailure::Handshake),
+        }
+        rbuf.consume(discard);
+        if transmit {
+            write_all(tcp, wbuf).await?;
+        }
+        if need_read {
+            if !wbuf.is_empty() {
+                write_all(tcp, wbuf).await?;
+            }
+            if rbuf.spare().is_empty() {
+                return Err(TlsFailure::Handshake); // a flight larger than a record buffer
+            }
+            loop {
+                tcp.readable().await.map_err(|_| TlsFailure::Closed)?;
+                match tcp.try_read(rbuf.spare()) {
+                    Ok(0) => return Err(TlsFailure::Closed),
+                    Ok(n) => {
+                        rbuf.advance(n);
+                        break;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => return Err(TlsFailure::Closed),
+                }
+            }
+        }
+    }
+}
+
+/// After a failed handshake: encodes and sends the alert rustls queued, if any.
+async fn send_alert(conn: &mut UnbufferedServerConnection, tcp: &TcpStream, wbuf: &mut Buf) -> Result<(), TlsFailure> {
+    wbuf.clear();
+    let mut empty = [0u8; 0];
+    for _ in 0..4 {
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut empty);
+        match state {
+            Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                if let Ok(n) = e.encode(wbuf.spare()) {
+                    wbuf.advance(n);
+                }
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+            _ => break,
+        }
+    }
+    write_all(tcp, wbuf).await
+}
+
+/// Writes all of `wbuf` and empties it.
+async fn write_all(tcp: &TcpStream, wbuf: &mut Buf) -> Result<(), TlsFailure> {
+    while !wbuf.is_empty() {
+        tcp.writable().await.map_err(|_| TlsFailure::Closed)?;
+        match tcp.try_write(wbuf.filled()) {
+            Ok(0) => return Err(TlsFailure::Closed),
+            Ok(n) => wbuf.consume(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Err(TlsFailure::Closed),
+        }
+    }
+    Ok(())
+}
+
+/// A TLS connection after its handshake: a [`ClientIo`] whose reads decrypt and whose writes
+/// encrypt, record by record, in pooled buffers.
+pub struct TlsStream {
+    worker: Rc<Worker>,
+    tcp: TcpStream,
+    rx: Keys,
+    tx: Keys,
+    /// rustls's part after the handshake: new traffic secrets on a TLS 1.3 key update.
+    kernel: Box<KernelConnection<ServerConnectionData>>,
+    /// Received ciphertext: a partial record, or the record whose plaintext is being read. Empty
+    /// (no memory) while none waits.
+    rbuf: Buf,
+    /// The plaintext of the record at the front of `rbuf` not yet read: offsets into
+    /// `rbuf.filled()`, and that record's length (consumed once the plaintext is read).
+    plain: (u32, u32, u32),
+    /// Encrypted bytes the socket has not taken yet. Empty (no memory) while none waits.
+    wbuf: Buf,
+    /// Application data that came with the handshake's last flight, and how much was read.
+    early: Vec<u8>,
+    early_read: usize,
+    /// The peer sent close_notify: reads return the end.
+    eof: bool,
+    /// We sent close_notify.
+    closed: bool,
+    /// A record error ended the connection (counted once, on drop).
+    failed: Option<TlsFailure>,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream").field("rx", &self.rx).field("tx", &self.tx).finish_non_exhaustive()
+    }
+}
+
+impl TlsStream {
+    fn new(
+        worker: Rc<Worker>,
+        tcp: TcpStream,
+        conn: UnbufferedServerConnection,
+        rbuf: Buf,
+        early: Vec<u8>,
+    ) -> Result<TlsStream, TlsFailure> {
+        let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
+        let tls13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(|_| TlsFailure::Handshake)?;
+        let rx = Keys::new(secrets.rx.0, &secrets.rx.1, tls13).map_err(|_| TlsFailure::Handshake)?;
+        let tx = Keys::new(secrets.tx.0, &secrets.tx.1, tls13).map_err(|_| TlsFailure::Handshake)?;
+        worker.metrics().tls_handshake(resumed);
+        let mut s = TlsStream {
+            worker,
+            tcp,
+            rx,
+            tx,
+            kernel: Box::new(kernel),
+            rbuf,
+            plain: (0, 0, 0),
+            wbuf: Buf::empty(),
+            early,
+            early_read: 0,
+            eof: false,
+            closed: false,
+            failed: None,
+        };
+        s.release_read();
+        Ok(s)
+    }
+
+    /// Gives the read buffer back when nothing waits in it.
+    #[inline]
+    fn release_read(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            pool::give_read(std::mem::replace(&mut self.rbuf, Buf::empty()));
+        }
+    }
+
+    #[inline]
+    fn release_write(&mut self) {
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            pool::give_write(std::mem::replace(&mut self.wbuf, Buf::empty()));
+        }
+    }
+
+    #[cold]
+    fn fail(&mut self, kind: TlsFailure) -> io::Error {
+        if self.failed.is_none() {
+            self.failed = Some(kind);
+        }
+        io::Error::from(ErrorKind::InvalidData)
+    }
+
+    /// A whole record waits in `rbuf` (or the bytes there are not a record: an error to report).
+    #[inline]
+    fn record_ready(&self) -> bool {
+        match record::record_len(self.rbuf.filled(), self.rx.max_ciphertext()) {
+            Ok(Some(n)) => n <= self.rbuf.len(),
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Opens the record at the front of `rbuf`: application data becomes `plain`; an alert, a key
+    /// update or an empty record is handled and consumed.
+    fn open_record(&mut self) -> io::Result<()> {
+        let len = match record::record_len(self.rbuf.filled(), self.rx.max_ciphertext()) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(()),
+            Err(_) => return Err(self.fail(TlsFailure::Record)),
+        };
+        let Some(rec) = self.rbuf.filled_mut().get_mut(..len) else {
+            return Ok(());
+        };
+        let (typ, a, b) = match self.rx.open(rec) {
+            Ok(r) => r,
+            Err(_) => return Err(self.fail(TlsFailure::Record)),
+        };
+        match typ {
+            APPLICATION_DATA if b > a => {
+                self.plain = (a as u32, b as u32, len as u32);
+                return Ok(());
+            }
+            APPLICATION_DATA => {}
+            ALERT => {
+                // close_notify ends the stream; any other alert ends the connection.
+                if self.rbuf.filled().get(a..b) == Some(&[1, 0][..]) || self.rbuf.filled().get(a..b) == Some(&[2, 0][..]) {
+                    self.eof = true;
+                } else {
+                    return Err(self.fail(TlsFailure::Alert));
+                }
+            }
+            HANDSHAKE => self.handshake_message(a, b)?,
+            _ => return Err(self.fail(TlsFailure::Record)),
+        }
+        self.rbuf.consume(len);
+        Ok(())
+    }
+
+    /// A handshake message after the handshake: TLS 1.3 KeyUpdate is applied; anything else (a TLS
+    /// 1.2 renegotiation, a message a server never expects) ends the connection.
+    #[cold]
+    fn handshake_message(&mut self, a: usize, b: usize) -> io::Result<()> {
+        let msg = self.rbuf.filled().get(a..b).unwrap_or_default();
+        let tls13 = self.rx.framing == record::Framing::Tls13;
+        // KeyUpdate: type 24, length 1, request_update 0 or 1 (RFC 8446 §4.6.3).
+        let request = match msg {
+            [24, 0, 0, 1, r @ (0 | 1)] if tls13 => *r == 1,
+            _ => return Err(self.fail(TlsFailure::Renegotiation)),
+        };
+        match self.kernel.update_rx_secret() {
+            Ok((seq, secrets)) => match Keys::new(seq, &secrets, true) {
+                Ok(k) => self.rx = k,
+                Err(_) => return Err(self.fail(TlsFailure::Record)),
+            },
+            Err(_) => return Err(self.fail(TlsFailure::Record)),
+        }
+        if request {
+            self.update_tx()?;
+        }
+        Ok(())
+    }
+
+    /// Sends a KeyUpdate (not requesting one back) and switches to the next sending key.
+    #[cold]
+    fn update_tx(&mut self) -> io::Result<()> {
+        self.seal(HANDSHAKE, &[24, 0, 0, 1, 0])?;
+        match self.kernel.update_tx_secret() {
+            Ok((seq, secrets)) => match Keys::new(seq, &secrets, true) {
+                Ok(k) => {
+                    self.tx = k;
+                    Ok(())
+                }
+                Err(_) => Err(self.fail(TlsFailure::Record)),
+            },
+            Err(_) => Err(self.fail(TlsFailure::Record)),
+        }
+    }
+
+    /// Seals one record into `wbuf` (which must have room: callers check).
+    #[inline]
+    fn seal(&mut self, typ: u8, plain: &[u8]) -> io::Result<()> {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = pool::take_write();
+        }
+        match self.tx.seal(typ, plain, self.wbuf.spare()) {
+            Ok(n) => {
+                self.wbuf.advance(n);
+                Ok(())
+            }
+            Err(_) => Err(self.fail(TlsFailure::Record)),
+        }
+    }
+
+    /// Writes what waits in `wbuf` until the socket would block.
+    #[inline]
+    fn flush_pending(&mut self) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            match self.tcp.try_write(self.wbuf.filled()) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.wbuf.consume(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.release_write();
+        Ok(())
+    }
+}
+
+impl Drop for TlsStream {
+    fn drop(&mut self) {
+        if let Some(kind) = self.failed {
+            self.worker.metrics().tls_failure(kind);
+        }
+        pool::give_read(std::mem::replace(&mut self.rbuf, Buf::empty()));
+        pool::give_write(std::mem::replace(&mut self.wbuf, Buf::empty()));
+    }
+}
+
+impl ClientIo for TlsStream {
+    const SCHEME: &'static [u8] = b"https";
+
+    #[inline]
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.plain.0 < self.plain.1 || self.early_read < self.early.len() || self.eof || self.record_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        self.tcp.poll_read_ready(cx)
+    }
+
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let (a, b, len) = self.plain;
+            if a < b {
+                let (a, b) = (a as usize, b as usize);
+                let n = buf.len().min(b - a);
+                let Some(src) = self.rbuf.filled().get(a..a + n) else {
+                    return Err(self.fail(TlsFailure::Record));
+                };
+                buf[..n].copy_from_slice(src);
+                self.plain.0 += n as u32;
+                if self.plain.0 == self.plain.1 {
+                    self.rbuf.consume(len as usize);
+                    self.plain = (0, 0, 0);
+                    self.release_read();
+                }
+                return Ok(n);
+            }
+            if self.early_read < self.early.len() {
+                return Ok(self.read_early(buf));
+            }
+            if self.eof {
+                return Ok(0);
+            }
+            if self.record_ready() {
+                self.open_record()?;
+                continue;
+            }
+            if self.rbuf.capacity() == 0 {
+                self.rbuf = pool::take_read();
+            }
+            match self.tcp.try_read(self.rbuf.spare()) {
+                Ok(0) if self.rbuf.is_empty() => {
+                    // The end without close_notify: the framing of HTTP says whether a message
+                    // was cut (a truncation attack cannot end a length-delimited body early).
+                    self.release_read();
+                    return Ok(0);
+                }
+                Ok(0) => return Err(self.fail(TlsFailure::Record)), // cut mid-record
+                Ok(n) => self.rbuf.advance(n),
+                Err(e) => {
+                    self.release_read();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.wbuf.is_empty() {
+            self.flush_pending()?;
+            if !self.wbuf.is_empty() {
+                return Err(ErrorKind::WouldBlock.into());
+            }
+        }
+        if buf.is_empty() || self.closed {
+            return Ok(0);
+        }
+        if self.tx.seq >= record::KEY_USE_LIMIT {
+            self.rekey()?;
+        }
+        let mut done = 0;
+        // As many records as the write buffer holds, so a response leaves in one write.
+        while done < buf.len() {
+            let room = self.wbuf.capacity().saturating_sub(self.wbuf.len());
+            if self.wbuf.capacity() > 0 && room <= MAX_OVERHEAD {
+                break;
+            }
+            let room = if self.wbuf.capacity() == 0 { pool::WRITE_BUF } else { room };
+            let n = (buf.len() - done).min(MAX_PLAINTEXT).min(room - MAX_OVERHEAD);
+            self.seal(APPLICATION_DATA, &buf[done..done + n])?;
+            done += n;
+        }
+        self.flush_pending()?;
+        Ok(done)
+    }
+
+    #[inline]
+    fn try_flush(&mut self) -> io::Result<bool> {
+        if self.wbuf.is_empty() {
+            return Ok(true);
+        }
+        self.flush_pending()?;
+        Ok(self.wbuf.is_empty())
+    }
+}
+
+impl TlsStream {
+    #[cold]
+    fn read_early(&mut self, buf: &mut [u8]) -> usize {
+        let rest = &self.early[self.early_read..];
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.early_read += n;
+        if self.early_read == self.early.len() {
+            self.early = Vec::new();
+            self.early_read = 0;
+        }
+        n
+    }
+
+    /// The sending key is near its limit: TLS 1.3 moves to the next key, TLS 1.2 cannot.
+    #[cold]
+    fn rekey(&mut self) -> io::Result<()> {
+        if self.tx.framing == record::Framing::Tls13 { self.update_tx() } else { Err(self.fail(TlsFailure::Record)) }
+    }
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match this.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => match this.tcp.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        loop {
+            match this.try_write(buf) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => match this.tcp.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match this.try_flush() {
+                Ok(true) => return Poll::Ready(Ok(())),
+                Ok(false) => match this.tcp.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Sends close_notify (once), flushes, then shuts the socket's sending side.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.closed {
+            if let Poll::Ready(Err(e)) = Pin::new(&mut *this).poll_flush(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if this.wbuf.is_empty() {
+                this.closed = true;
+                this.seal(ALERT, &[1, 0])?;
+            } else {
+                return Poll::Pending;
+            }
+        }
+        match Pin::new(&mut *this).poll_flush(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.tcp).poll_shutdown(cx),
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! TLS for the tests: a throwaway CA and leaf certificates made with rcgen (ECDSA P-256; RSA-2048
+//! keys from `openssl genpkey`, which ring cannot generate), PEM files in a directory, and
+//! blocking rustls clients over `std::net`.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+use super::client::{Client, IO_TIMEOUT};
+
+/// A TLS client connection as the tests use it.
+pub type TlsClient = Client<StreamOwned<ClientConnection, TcpStream>>;
+
+/// A CA that signs leaf certificates into PEM files under `dir`.
+pub struct Pki {
+    pub dir: PathBuf,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A leaf certificate's files and its DER (to tell which certificate a handshake got).
+pub struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: CertificateDer<'static>,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "proxy test CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Pki { dir: dir.to_path_buf(), ca }
+    }
+
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca.der().clone()
+    }
+
+    /// An ECDSA P-256 leaf for `names`, written as `<file>.pem` and `<file>.key`.
+    pub fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
+        self.leaf_with(file, names, KeyPair::generate().unwrap())
+    }
+
+    /// An RSA-2048 leaf (key from `openssl genpkey`).
+    pub fn rsa_leaf(&self, file: &str, names: &[&str]) -> Leaf {
+        let out = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+            .output()
+            .expect("openssl genpkey (apt-get install openssl)");
+        assert!(out.status.success(), "openssl genpkey failed");
+        let pem = String::from_utf8(out.stdout).unwrap();
+        let key = KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).unwrap();
+        self.leaf_with(file, names, key)
+    }
+
+    fn leaf_with(&self, file: &str, names: &[&str], key: KeyPair) -> Leaf {
+        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let cert_path = self.dir.join(format!("{file}.pem"));
+        let key_path = self.dir.join(format!("{file}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Leaf { cert: cert_path, key: key_path, der: cert.der().clone() }
+    }
+
+    /// A client config trusting this CA, offering `http/1.1` by ALPN.
+    pub fn client(&self) -> ClientConfig {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca_der()).unwrap();
+        let mut c = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        c
+    }
+
+    /// A client config limited to `versions` and, when given, one cipher suite.
+    pub fn client_with(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        suite: Option<rustls::SupportedCipherSuite>,
+    ) -> ClientConfig {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(s) = suite {
+            provider.cipher_suites = vec![s];
+        }
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca_der()).unwrap();
+        let mut c = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        c
+    }
+}
+
+/// A `[listeners.tls]` certificate entry for a leaf.
+pub fn cert_entry(leaf: &Leaf) -> String {
+    format!("{{ cert = \"{}\", key = \"{}\" }}", leaf.cert.display(), leaf.key.display())
+}
+
+/// Connects and completes the handshake for `name` (the SNI; `None` sends none: an IP name).
+pub fn tls_connect(addr: SocketAddr, name: Option<&str>, config: &Arc<ClientConfig>) -> io::Result<TlsClient> {
+    let server_name = match name {
+        Some(n) => ServerName::try_from(n.to_string()).map_err(|e| io::Error::other(e.to_string()))?,
+        None => ServerName::IpAddress(addr.ip().into()),
+    };
+    let conn = ClientConnection::new(Arc::clone(config), server_name).map_err(io::Error::other)?;
+    let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream = StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(Client::over(stream))
+}
+
+/// The leaf certificate the server presented.
+pub fn peer_leaf(c: &TlsClient) -> Option<CertificateDer<'static>> {
+    c.stream.conn.peer_certificates().and_then(|certs| certs.first()).map(|c| c.clone().into_owned())
+}
+
+/// Sets the socket's read timeout under a TLS client.
+pub fn set_tls_read_timeout(c: &TlsClient, t: Duration) {
+    c.stream.sock.set_read_timeout(Some(t)).unwrap();
+}

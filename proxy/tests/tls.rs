@@ -1,0 +1,373 @@
+//! TLS termination over loopback with certificates generated per test: HTTP/1.1 over TLS 1.3 and
+//! 1.2 (every cipher suite the proxy's record layer seals and opens), large bodies both ways,
+//! key updates, SNI (exact, wildcard, default, strict), ECDSA and RSA certificates for one name,
+//! resumption, certificate reload, and bad input at the TLS layer (plaintext on a TLS port,
+//! garbage hellos, tampered and truncated records, renegotiation, a silent client), each counted
+//! in `/metrics` and none disturbing another connection.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::ring::cipher_suite;
+
+use crate::support::tls::{Pki, TlsClient, cert_entry, peer_leaf, tls_connect};
+use crate::support::{Proxy, Upstream, temp_dir, wait_until};
+
+/// A proxy whose one listener speaks TLS with `certs` (entries of `certificates`) and `extra`
+/// lines in `[listeners.tls]`, in front of `upstream`, with the admin API on.
+fn tls_proxy(dir: &std::path::Path, upstream: &Upstream, certs: &[String], extra: &str) -> Proxy {
+    let config = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{}]\n{extra}\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"u\"\n\n[upstreams.u]\nservers = [\"{}\"]\n",
+        certs.join(", "),
+        upstream.addr
+    );
+    Proxy::start_in(dir, &config, 1)
+}
+
+fn get(c: &mut TlsClient, path: &str) -> crate::support::Response {
+    c.roundtrip(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes())
+}
+
+#[test]
+fn http11_over_tls_keeps_the_connection_and_says_https_upstream() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "");
+    let config = Arc::new(pki.client());
+    let mut c = tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
+    assert_eq!(c.stream.conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(c.stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    for i in 0..50 {
+        let r = get(&mut c, &format!("/n{i}"));
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    assert!(up.wait_requests(50, Duration::from_secs(3)));
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 50);
+    assert!(reqs.iter().all(|r| r.conn == 0), "one upstream connection, reused");
+    assert_eq!(reqs[0].header("x-forwarded-proto"), Some("https"));
+    assert_eq!(proxy.metric("proxy_tls_handshakes_total{kind=\"full\"}"), 1.0);
+    assert_eq!(proxy.metric("proxy_client_connections_total"), 1.0);
+}
+
+#[test]
+fn large_bodies_cross_in_both_directions_over_tls_12_and_13_with_every_cipher_suite() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    // Echoes the request body's length and answers a 200 KiB body of a pattern.
+    let body: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+    let reply = body.clone();
+    let up = Upstream::start(move |r| {
+        let mut head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Got: {}\r\n\r\n", reply.len(), r.body.len()).into_bytes();
+        head.extend_from_slice(&reply);
+        crate::support::Reply::Send(head)
+    });
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "");
+    let cases = [
+        (&rustls::version::TLS13, cipher_suite::TLS13_AES_128_GCM_SHA256),
+        (&rustls::version::TLS13, cipher_suite::TLS13_AES_256_GCM_SHA384),
+        (&rustls::version::TLS13, cipher_suite::TLS13_CHACHA20_POLY1305_SHA256),
+        (&rustls::version::TLS12, cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+        (&rustls::version::TLS12, cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+        (&rustls::version::TLS12, cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+    ];
+    let upload: Vec<u8> = (0..100 * 1024).map(|i| (i % 13) as u8).collect();
+    for (version, suite) in cases {
+        let config = Arc::new(pki.client_with(&[version], Some(suite)));
+        let mut c = tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
+        assert_eq!(c.stream.conn.negotiated_cipher_suite(), Some(suite));
+        for _ in 0..3 {
+            let r = get(&mut c, "/big");
+            assert_eq!(r.status, 200, "{suite:?}");
+            assert!(r.body == body, "{suite:?}: response body differs ({} bytes)", r.body.len());
+            let mut req = format!("POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: {}\r\n\r\n", upload.len()).into_bytes();
+            req.extend_from_slice(&upload);
+            let r = c.roundtrip(&req);
+            assert_eq!(r.header("x-got"), Some("102400"), "{suite:?}");
+        }
+    }
+    let posted: Vec<_> = up.requests().into_iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(posted.len(), 18);
+    assert!(posted.iter().all(|r| r.body == upload), "every upload arrived whole");
+}
+
+#[test]
+fn a_key_update_from_the_client_is_followed_in_both_directions() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "");
+    let config = Arc::new(pki.client());
+    let mut c = tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
+    assert_eq!(get(&mut c, "/a").status, 200);
+    for round in 0..3 {
+        // rustls sends KeyUpdate(update_requested): the proxy must switch its receiving key and
+        // answer with its own KeyUpdate, then use its next sending key.
+        c.stream.conn.refresh_traffic_keys().unwrap();
+        assert_eq!(get(&mut c, &format!("/after-update-{round}")).status, 200, "round {round}");
+    }
+    assert_eq!(proxy.metric("proxy_tls_failures_total{kind=\"record\"}"), 0.0);
+}
+
+#[test]
+fn sni_picks_exact_then_wildcard_then_the_default_and_strict_sni_refuses_the_rest() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let default = pki.leaf("default", &["default.test"]);
+    let exact = pki.leaf("exact", &["api.example.test"]);
+    let wild = pki.leaf("wild", &["*.example.test"]);
+    let up = Upstream::ok();
+    let entries = [cert_entry(&default), cert_entry(&exact), cert_entry(&wild)];
+    let proxy = tls_proxy(&dir, &up, &entries, "");
+    // The client trusts the CA but does not check the name against what it asked for (the test
+    // looks at which certificate came back).
+    let config = Arc::new(pki.client());
+    let leaf_for = |name: &str| {
+        let mut c = tls_connect(proxy.addr, Some(name), &config).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(get(&mut c, "/").status, 200);
+        peer_leaf(&c).unwrap()
+    };
+    assert_eq!(leaf_for("api.example.test"), exact.der, "exact name");
+    assert_eq!(leaf_for("www.example.test"), wild.der, "wildcard");
+    assert_eq!(leaf_for("default.test"), default.der, "the default's own name");
+    // A name no certificate has gets the default, which the client then rejects (wrong name):
+    // the handshake fails on the client's side, as it should.
+    assert!(tls_connect(proxy.addr, Some("other.test"), &config).is_err());
+    // A wildcard covers one label only.
+    assert!(tls_connect(proxy.addr, Some("a.b.example.test"), &config).is_err());
+    drop(proxy);
+
+    let dir = temp_dir();
+    let pki2 = Pki::new(&dir);
+    let exact = pki2.leaf("exact", &["api.example.test"]);
+    let strict = tls_proxy(&dir, &up, &[cert_entry(&exact)], "strict_sni = true");
+    let config = Arc::new(pki2.client());
+    let mut ok = tls_connect(strict.addr, Some("api.example.test"), &config).unwrap();
+    assert_eq!(get(&mut ok, "/").status, 200);
+    assert!(tls_connect(strict.addr, Some("unknown.test"), &config).is_err(), "unknown name refused");
+    assert!(tls_connect(strict.addr, None, &config).is_err(), "no name refused");
+    assert!(wait_until(Duration::from_secs(2), || strict.metric("proxy_tls_failures_total{kind=\"handshake\"}") == 2.0));
+    // The refused handshakes did not disturb the established connection.
+    assert_eq!(get(&mut ok, "/").status, 200);
+}
+
+#[test]
+fn one_name_with_ecdsa_and_rsa_certificates_serves_each_client_what_it_can_verify() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let ecdsa = pki.leaf("ecdsa", &["dual.test"]);
+    let rsa = pki.rsa_leaf("rsa", &["dual.test"]);
+    let up = Upstream::ok();
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&ecdsa), cert_entry(&rsa)], "");
+    let modern = Arc::new(pki.client());
+    let c = tls_connect(proxy.addr, Some("dual.test"), &modern).unwrap();
+    assert_eq!(peer_leaf(&c).unwrap(), ecdsa.der, "a client that verifies ECDSA gets the ECDSA certificate");
+    // A client that can verify only RSA signatures (an old client) gets the RSA certificate.
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.signature_verification_algorithms.mapping = provider
+        .signature_verification_algorithms
+        .mapping
+        .iter()
+        .filter(|(scheme, _)| format!("{scheme:?}").starts_with("RSA"))
+        .copied()
+        .collect::<Vec<_>>()
+        .leak();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der()).unwrap();
+    let old = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut c = tls_connect(proxy.addr, Some("dual.test"), &Arc::new(old)).unwrap();
+    assert_eq!(peer_leaf(&c).unwrap(), rsa.der, "an RSA-only client gets the RSA certificate");
+    assert_eq!(get(&mut c, "/").status, 200);
+}
+
+#[test]
+fn a_second_connection_resumes_the_session() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "");
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // One client config (its session cache) for both connections.
+        let config = Arc::new(pki.client_with(&[version], None));
+        let mut first = tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
+        // The TLS 1.3 tickets arrive after the handshake: a request makes the client read them.
+        assert_eq!(get(&mut first, "/").status, 200);
+        assert_eq!(first.stream.conn.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        let mut second = tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
+        assert_eq!(second.stream.conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed), "{version:?}");
+        assert_eq!(get(&mut second, "/").status, 200);
+    }
+    assert_eq!(proxy.metric("proxy_tls_handshakes_total{kind=\"resumed\"}"), 2.0);
+    assert_eq!(proxy.metric("proxy_tls_handshakes_total{kind=\"full\"}"), 2.0);
+}
+
+#[test]
+fn min_version_1_3_refuses_a_tls_12_client() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "min_version = \"1.3\"");
+    let old = Arc::new(pki.client_with(&[&rustls::version::TLS12], None));
+    assert!(tls_connect(proxy.addr, Some("localhost"), &old).is_err());
+    let new = Arc::new(pki.client_with(&[&rustls::version::TLS13], None));
+    let mut c = tls_connect(proxy.addr, Some("localhost"), &new).unwrap();
+    assert_eq!(get(&mut c, "/").status, 200);
+}
+
+#[test]
+fn a_reload_brings_new_certificates_to_new_connections_and_keeps_the_old_ones_serving() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let before = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&before)], "");
+    let config = Arc::new(pki.client());
+    let mut old = tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
+    assert_eq!(get(&mut old, "/").status, 200);
+    // Same file names, new certificate: the reload reads the files again.
+    let after = pki.leaf("site", &["localhost"]);
+    assert_ne!(before.der, after.der);
+    let (status, body) = proxy.admin("POST", "/reload", "");
+    assert_eq!(status, 200, "{body}");
+    let fresh = Arc::new(pki.client()); // no session to resume
+    let new = tls_connect(proxy.addr, Some("localhost"), &fresh).unwrap();
+    assert_eq!(peer_leaf(&new).unwrap(), after.der);
+    assert_eq!(get(&mut old, "/").status, 200, "the established connection keeps serving");
+    // A bad PEM is refused with the file and the reason; the running certificates stay.
+    std::fs::write(&after.cert, "not a certificate").unwrap();
+    let (status, body) = proxy.admin("POST", "/reload", "");
+    assert_ne!(status, 200);
+    assert!(body.contains("site.pem"), "{body}");
+    let again = tls_connect(proxy.addr, Some("localhost"), &Arc::new(pki.client())).unwrap();
+    assert_eq!(peer_leaf(&again).unwrap(), after.der);
+}
+
+/// Bad input at the TLS layer: each case closes its connection (with an alert where TLS allows),
+/// is counted by kind, and leaves a connection made before it serving.
+#[test]
+fn bad_tls_input_is_closed_counted_and_disturbs_no_other_connection() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "handshake_timeout = \"500ms\"");
+    let config = Arc::new(pki.client());
+    let mut bystander = tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
+    assert_eq!(get(&mut bystander, "/").status, 200);
+
+    let raw = || {
+        let s = TcpStream::connect(proxy.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s
+    };
+    let closes = |mut s: TcpStream| {
+        let mut b = [0u8; 4096];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {} // an alert, then the close
+            }
+        }
+    };
+    // Plain HTTP on the TLS port.
+    let mut s = raw();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(closes(s));
+    // A handshake record of garbage.
+    let mut s = raw();
+    s.write_all(&[22, 3, 1, 0, 8, 1, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef]).unwrap();
+    assert!(closes(s));
+    // A record header announcing more than a record may hold.
+    let mut s = raw();
+    s.write_all(&[22, 3, 1, 0xff, 0xff]).unwrap();
+    assert!(closes(s));
+    // Connects and sends nothing: closed at the handshake timeout.
+    let started = std::time::Instant::now();
+    assert!(closes(raw()));
+    assert!(started.elapsed() < Duration::from_secs(2), "closed at the 500 ms handshake timeout");
+    // Sends half a hello and goes quiet: the same.
+    let mut s = raw();
+    s.write_all(&[22, 3, 1, 0, 200, 1, 0, 0]).unwrap();
+    assert!(closes(s));
+
+    // After the handshake (a request first, so the bad record reaches the proxy's record layer and
+    // not rustls's last handshake flight): a tampered record.
+    let mut c = tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
+    assert_eq!(get(&mut c, "/").status, 200);
+    let mut record = Vec::new();
+    c.stream.conn.writer().write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    c.stream.conn.write_tls(&mut record).unwrap();
+    let last = record.len() - 1;
+    record[last] ^= 0x40;
+    c.stream.sock.write_all(&record).unwrap();
+    assert!(closes(c.stream.sock.try_clone().unwrap()));
+
+    // After the handshake: half a record, then the client closes.
+    let mut c = tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
+    assert_eq!(get(&mut c, "/").status, 200);
+    let mut record = Vec::new();
+    c.stream.conn.writer().write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    c.stream.conn.write_tls(&mut record).unwrap();
+    c.stream.sock.write_all(&record[..record.len() / 2]).unwrap();
+    c.stream.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closes(c.stream.sock.try_clone().unwrap()));
+
+    // After the handshake: a plaintext handshake record (a renegotiation attempt in cleartext).
+    let mut c = tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
+    assert_eq!(get(&mut c, "/").status, 200);
+    c.stream.sock.write_all(&[22, 3, 3, 0, 4, 1, 0, 0, 0]).unwrap();
+    assert!(closes(c.stream.sock.try_clone().unwrap()));
+
+    let m = |k: &str| proxy.metric(&format!("proxy_tls_failures_total{{kind=\"{k}\"}}"));
+    assert!(wait_until(Duration::from_secs(3), || m("record") == 3.0), "record failures: {}", m("record"));
+    assert_eq!(m("not_tls"), 1.0);
+    assert_eq!(m("handshake"), 2.0, "garbage hello and oversized record");
+    assert_eq!(m("handshake_timeout"), 2.0);
+    assert_eq!(up.requests().len(), 4, "nothing from the bad connections reached the upstream");
+    assert_eq!(get(&mut bystander, "/").status, 200, "the connection made before still serves");
+}
+
+/// A handshake message inside the encrypted stream after the handshake: a TLS 1.2 renegotiation
+/// attempt (a ClientHello) and, in TLS 1.3, a message other than KeyUpdate. The client's keys are
+/// taken out of rustls so the test can seal a record rustls's client would never send.
+#[test]
+fn a_handshake_message_after_the_handshake_ends_the_connection_and_is_counted() {
+    use proxy::data::tls::record::{HANDSHAKE, Keys};
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "");
+    for (version, tls13) in [(&rustls::version::TLS12, false), (&rustls::version::TLS13, true)] {
+        let mut config = pki.client_with(&[version], None);
+        config.enable_secret_extraction = true;
+        let mut c = tls_connect(proxy.addr, Some("localhost"), &Arc::new(config)).unwrap();
+        assert_eq!(get(&mut c, "/").status, 200);
+        let sock = c.stream.sock.try_clone().unwrap();
+        let secrets = c.stream.conn.dangerous_extract_secrets().unwrap();
+        let mut tx = Keys::new(secrets.tx.0, &secrets.tx.1, tls13).unwrap();
+        // A ClientHello header (type 1) with an empty body: a renegotiation in TLS 1.2, an
+        // unexpected message in TLS 1.3.
+        let mut out = vec![0u8; 256];
+        let n = tx.seal(HANDSHAKE, &[1, 0, 0, 0], &mut out).unwrap();
+        (&sock).write_all(&out[..n]).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut b = [0u8; 256];
+        let closed = matches!((&sock).read(&mut b), Ok(0) | Err(_));
+        assert!(closed, "{version:?}: the connection is closed");
+    }
+    assert!(wait_until(Duration::from_secs(3), || proxy.metric("proxy_tls_failures_total{kind=\"renegotiation\"}") == 2.0));
+}
