@@ -46,7 +46,7 @@ pub enum Cmd {
     Ladder(LadderArgs),
     /// A minimal fast HTTP/1.1 and HTTP/2 origin (plain or --tls; h2c and ALPN h2 detected) answering 200 with a fixed body.
     Upstream(UpstreamArgs),
-    /// A byte relay (no HTTP parsing): the CPU floor for any proxy on this machine.
+    /// A byte relay (no HTTP parsing): the CPU floor for any proxy on this machine (--tls: terminates TLS, relays the plaintext).
     Relay(RelayArgs),
     /// Merge the base64 histograms of `--json` reports and print their percentiles as JSON.
     ///
@@ -273,6 +273,19 @@ pub struct RelayArgs {
     /// Pin relay threads to these CPUs.
     #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,
+    /// Terminate TLS from clients (ALPN http/1.1) and relay the plaintext to the cleartext
+    /// upstream: the TLS floor. Certificate generated at start unless --cert/--key are given.
+    #[arg(long)]
+    pub tls: bool,
+    /// --tls: write the generated certificate (PEM) here, for clients' --ca.
+    #[arg(long, requires = "tls", conflicts_with = "cert")]
+    pub cert_out: Option<PathBuf>,
+    /// --tls: serve this certificate chain (PEM) instead of a generated one (with --key).
+    #[arg(long, requires_all = ["tls", "key"])]
+    pub cert: Option<PathBuf>,
+    /// --tls: the private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -629,7 +642,20 @@ fn cmd_relay(a: RelayArgs) -> Result<i32, Failure> {
     if a.threads == 0 {
         return usage("--threads must be at least 1");
     }
-    let cfg = RelayConfig { listen: a.listen, upstream: a.upstream, threads: a.threads, cpus: a.cpus };
+    let tls = if a.tls {
+        let cert = match (a.cert, a.key) {
+            (Some(cert), Some(key)) => ServerCert::Files { cert, key },
+            _ => ServerCert::Generate { cert_out: a.cert_out },
+        };
+        // The floor of an HTTP/1.1 proxy's TLS path: ALPN http/1.1 only (the plaintext goes to
+        // an HTTP/1.1 upstream as it is).
+        let mut config = (*tls::server_config(&cert).map_err(Failure::Usage)?).clone();
+        config.alpn_protocols = vec![tls::ALPN_HTTP11.to_vec()];
+        Some(std::sync::Arc::new(config))
+    } else {
+        None
+    };
+    let cfg = RelayConfig { listen: a.listen, upstream: a.upstream, threads: a.threads, cpus: a.cpus, tls };
     relay::run_relay(&cfg, announce).map_err(|e| Failure::Runtime(format!("relay on {}: {e}", a.listen)))?;
     Ok(0)
 }
