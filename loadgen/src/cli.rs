@@ -159,9 +159,15 @@ pub struct LoadArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub load: LoadArgs,
-    /// Target rate in requests per second (open loop; required unless --closed).
+    /// Target rate in requests per second (open loop; required unless --closed or --connect-rate).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Handshake-rate test: open this many new connections per second on the open-loop
+    /// schedule; each connects (and handshakes over TLS), sends one request, reads the response
+    /// and closes. Nothing is pre-opened; at most --max-connections (default --connections) are
+    /// open at once, the busy policy applies beyond.
+    #[arg(long, value_name = "R", conflicts_with_all = ["rate", "closed", "new_connection_every"])]
+    pub connect_rate: Option<f64>,
     /// Measured window.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -169,7 +175,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
     /// Closed loop: each connection sends its next request when the previous response arrived.
-    #[arg(long, conflicts_with = "rate")]
+    #[arg(long, conflicts_with_all = ["rate", "connect_rate"])]
     pub closed: bool,
     /// Write the JSON report here.
     #[arg(long)]
@@ -463,6 +469,7 @@ fn load_config(a: &LoadArgs) -> Result<RunConfig, Failure> {
         new_connection_every,
         http2: a.http2,
         streams,
+        connect_rate: false,
     })
 }
 
@@ -533,11 +540,20 @@ fn read_targets(
 fn cmd_run(a: RunArgs, argv: &[String]) -> Result<i32, Failure> {
     let mut cfg = load_config(&a.load)?;
     cfg.closed = a.closed;
-    match (a.closed, a.rate) {
-        (true, _) => {}
-        (false, None) => return usage("--rate is required (or --closed)"),
-        (false, Some(r)) if !(r.is_finite() && r >= MIN_RATE) => return usage("--rate must be a number >= 0.01"),
-        (false, Some(r)) => cfg.rate = r,
+    match (a.closed, a.rate, a.connect_rate) {
+        (true, _, _) => {}
+        (false, None, None) => return usage("--rate is required (or --closed, or --connect-rate)"),
+        (false, Some(r), _) if !(r.is_finite() && r >= MIN_RATE) => return usage("--rate must be a number >= 0.01"),
+        (false, Some(r), _) => cfg.rate = r,
+        (false, None, Some(r)) if !(r.is_finite() && r >= MIN_RATE) => return usage("--connect-rate must be a number >= 0.01"),
+        (false, None, Some(r)) => {
+            if cfg.http2 {
+                return usage("--connect-rate speaks HTTP/1.1 only (not with --http2)");
+            }
+            cfg.rate = r;
+            cfg.connect_rate = true;
+            cfg.new_connection_every = 1;
+        }
     }
     check_window(a.duration, a.warmup)?;
     cfg.duration = a.duration;

@@ -950,6 +950,106 @@ mod tls {
     }
 }
 
+mod connect_rate {
+    use super::util::*;
+
+    fn errors_total(j: &serde_json::Value) -> u64 {
+        j["errors"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum()
+    }
+
+    /// `--connect-rate 300`: over cleartext and over TLS, the schedule holds within 3 % (sent and
+    /// answered), and every request in the window had a connection of its own: one set-up each
+    /// (TCP only in cleartext; full or resumed handshakes over TLS, none pre-opened), timed in
+    /// the handshake histogram and inside the corrected latency.
+    #[test]
+    fn connections_open_at_the_asked_rate_one_request_each() {
+        let _g = timing_lock();
+        let plain = Server::upstream(&[]);
+        let (tls, ca) = Server::upstream_tls(&[]);
+        let ca = ca.to_str().unwrap();
+        let (plain_url, tls_url) = (plain.url(), tls.https_url());
+        let runs: [(&str, &[&str]); 3] = [(&plain_url, &[]), (&tls_url, &["--ca", ca]), (&tls_url, &["--ca", ca, "--resume", "off"])];
+        for (url, extra) in runs {
+            let mut args = vec!["--url", url, "--connect-rate", "300", "--duration", "2s", "--warmup", "500ms"];
+            args.extend_from_slice(extra);
+            let (code, stdout, j) = run_json(&args);
+            assert_eq!(code, 0, "{stdout}");
+            assert_eq!(j["valid"], true, "{stdout}");
+            for k in ["sent_rate", "achieved_rate"] {
+                let r = f(&j, k);
+                assert!((r - 300.0).abs() <= 9.0, "{k} {r}\n{stdout}");
+            }
+            let responses = f(&j, "counts.responses");
+            assert_eq!(responses, f(&j, "counts.scheduled"), "{stdout}");
+            assert_eq!(j["status_codes"]["200"].as_f64(), Some(responses), "{stdout}");
+            assert_eq!(errors_total(&j), 0, "{stdout}");
+            let setups = f(&j, "handshakes.tcp") + f(&j, "handshakes.full") + f(&j, "handshakes.resumed");
+            assert_eq!(setups, responses, "a connection per request, none pre-opened\n{stdout}");
+            assert_eq!(f(&j, "latency.handshake.count"), responses, "{stdout}");
+            assert!(f(&j, "latency.corrected.p50_us") >= f(&j, "latency.handshake.p50_us"), "{stdout}");
+            assert_eq!(j["meta"]["connect_rate"], 300.0);
+            assert_eq!(j["meta"]["new_connection_every"], 1);
+            assert!(stdout.contains("connect rate 300 new connections/s"), "{stdout}");
+            if url == tls_url {
+                assert_eq!(f(&j, "handshakes.tcp"), 0.0, "{stdout}");
+                if extra.contains(&"off") {
+                    assert_eq!(f(&j, "handshakes.full"), responses, "--resume off: all full\n{stdout}");
+                }
+                // Every handshake of the run (warmup's too) negotiated; none was pre-opened.
+                let n = j["tls_negotiated"][0]["handshakes"].as_f64().unwrap();
+                assert!(n >= responses + 140.0 && n <= responses + 160.0, "{n}\n{stdout}");
+            } else {
+                assert_eq!(f(&j, "handshakes.tcp"), responses, "{stdout}");
+            }
+        }
+    }
+
+    /// A refused port and a server that does not speak TLS: every scheduled connection is a
+    /// counted error with its cause, at the schedule's pace, and the run ends on time.
+    #[test]
+    fn failed_connections_are_counted_errors_not_hangs() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/");
+        let t0 = std::time::Instant::now();
+        let (code, stdout, j) =
+            run_json(&["--url", &url, "--connect-rate", "200", "--duration", "1s", "--warmup", "0s", "--timeout", "1s"]);
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(f(&j, "counts.scheduled"), 200.0, "{stdout}");
+        assert_eq!(f(&j, "errors.connect"), 200.0, "{stdout}");
+        assert_eq!(f(&j, "error_causes.refused"), 200.0, "{stdout}");
+        assert_eq!(errors_total(&j), 200, "{stdout}");
+        assert_eq!(f(&j, "counts.responses") + f(&j, "latency.handshake.count"), 0.0, "{stdout}");
+
+        let plain = Server::upstream(&[]);
+        let url = format!("https://{}/", plain.addr);
+        let (code, stdout, j) =
+            run_json(&["--url", &url, "--insecure", "--connect-rate", "100", "--duration", "1s", "--warmup", "0s", "--timeout", "1s"]);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(f(&j, "errors.handshake"), 100.0, "{stdout}");
+        assert_eq!(errors_total(&j), 100, "{stdout}");
+        assert_eq!(f(&j, "counts.responses"), 0.0, "{stdout}");
+    }
+
+    #[test]
+    fn connect_rate_usage_errors() {
+        for bad in [
+            &["--connect-rate", "10", "--rate", "10"][..],
+            &["--connect-rate", "10", "--closed"],
+            &["--connect-rate", "10", "--new-connection-every", "2"],
+            &["--connect-rate", "10", "--http2"],
+            &["--connect-rate", "0"],
+        ] {
+            let mut args = vec!["run", "--url", "http://127.0.0.1:9/"];
+            args.extend_from_slice(bad);
+            let out = loadgen(&args);
+            assert_eq!(out.status.code(), Some(2), "{bad:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+}
+
 mod h2 {
     use super::util::*;
 
