@@ -47,6 +47,10 @@ mod util {
             format!("http://{}/", self.addr)
         }
 
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
         /// `loadgen upstream --tls` with its generated certificate written to a temporary file;
         /// returns the server and the certificate's path (for `--ca`).
         pub fn upstream_tls(extra: &[&str]) -> (Server, std::path::PathBuf) {
@@ -1047,6 +1051,51 @@ mod connect_rate {
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(err.lines().count(), 1, "{err}");
         }
+    }
+}
+
+mod hold {
+    use super::util::*;
+
+    /// `hold` over https against `upstream --tls`: 200 connections, each a TLS handshake (counted
+    /// full or resumed) and a verified GET, held idle and still open when the RSS is read, and
+    /// the upstream's resident memory grew with them (its TLS state and buffers). A wrong CA is
+    /// one clear handshake error (exit 1), a TLS option on http:// a usage error.
+    #[test]
+    fn holds_tls_connections_against_a_tls_upstream() {
+        let _g = timing_lock();
+        let (up, ca) = Server::upstream_tls(&[]);
+        let json = temp_path("hold.json");
+        let (url, pid) = (up.https_url(), up.pid().to_string());
+        let base = ["hold", "--url", &url, "--pid", &pid, "--connections", "200", "--settle", "300ms", "--settle-before", "100ms"];
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--ca", ca.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+        let out = loadgen(&args);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&json);
+        let c = &j["counts"][0];
+        assert_eq!((c["n_ok"].as_u64(), c["valid"].as_bool()), (Some(200), Some(true)), "{c}");
+        assert_eq!(c["failures"]["handshake"], 0, "{c}");
+        let hs = c["tls_handshakes"]["full"].as_u64().unwrap() + c["tls_handshakes"]["resumed"].as_u64().unwrap();
+        assert_eq!(hs, 200, "a handshake per held connection: {c}");
+        assert!(c["kib_per_conn"].as_f64().unwrap() > 1.0, "the upstream holds TLS state per connection: {c}");
+        assert!(j["meta"]["url"].as_str().unwrap().starts_with("https://localhost:"), "{}", j["meta"]);
+        assert_eq!(j["meta"]["tls"]["insecure"], false);
+        assert!(stdout.contains("held connections handshook"), "{stdout}");
+
+        let (_other, other_ca) = Server::upstream_tls(&[]);
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--ca", other_ca.to_str().unwrap()]);
+        let out = loadgen(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("(handshake)") && stderr.contains("certificate"), "{stderr}");
+
+        let plain_url = format!("http://{}/", up.addr);
+        let out = loadgen(&["hold", "--url", &plain_url, "--pid", &pid, "--insecure"]);
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
