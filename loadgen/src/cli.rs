@@ -46,7 +46,7 @@ pub enum Cmd {
     Ladder(LadderArgs),
     /// A minimal fast HTTP/1.1 and HTTP/2 origin (plain or --tls; h2c and ALPN h2 detected) answering 200 with a fixed body.
     Upstream(UpstreamArgs),
-    /// A byte relay (no HTTP parsing): the CPU floor for any proxy on this machine.
+    /// A byte relay (no HTTP parsing): the CPU floor for any proxy on this machine (--tls: terminates TLS, relays the plaintext).
     Relay(RelayArgs),
     /// Merge the base64 histograms of `--json` reports and print their percentiles as JSON.
     ///
@@ -159,9 +159,15 @@ pub struct LoadArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub load: LoadArgs,
-    /// Target rate in requests per second (open loop; required unless --closed).
+    /// Target rate in requests per second (open loop; required unless --closed or --connect-rate).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Handshake-rate test: open this many new connections per second on the open-loop
+    /// schedule; each connects (and handshakes over TLS), sends one request, reads the response
+    /// and closes. Nothing is pre-opened; at most --max-connections (default --connections) are
+    /// open at once, the busy policy applies beyond.
+    #[arg(long, value_name = "R", conflicts_with_all = ["rate", "closed", "new_connection_every"])]
+    pub connect_rate: Option<f64>,
     /// Measured window.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -169,7 +175,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
     /// Closed loop: each connection sends its next request when the previous response arrived.
-    #[arg(long, conflicts_with = "rate")]
+    #[arg(long, conflicts_with_all = ["rate", "connect_rate"])]
     pub closed: bool,
     /// Write the JSON report here.
     #[arg(long)]
@@ -273,6 +279,19 @@ pub struct RelayArgs {
     /// Pin relay threads to these CPUs.
     #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,
+    /// Terminate TLS from clients (ALPN http/1.1) and relay the plaintext to the cleartext
+    /// upstream: the TLS floor. Certificate generated at start unless --cert/--key are given.
+    #[arg(long)]
+    pub tls: bool,
+    /// --tls: write the generated certificate (PEM) here, for clients' --ca.
+    #[arg(long, requires = "tls", conflicts_with = "cert")]
+    pub cert_out: Option<PathBuf>,
+    /// --tls: serve this certificate chain (PEM) instead of a generated one (with --key).
+    #[arg(long, requires_all = ["tls", "key"])]
+    pub cert: Option<PathBuf>,
+    /// --tls: the private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -450,6 +469,7 @@ fn load_config(a: &LoadArgs) -> Result<RunConfig, Failure> {
         new_connection_every,
         http2: a.http2,
         streams,
+        connect_rate: false,
     })
 }
 
@@ -520,11 +540,20 @@ fn read_targets(
 fn cmd_run(a: RunArgs, argv: &[String]) -> Result<i32, Failure> {
     let mut cfg = load_config(&a.load)?;
     cfg.closed = a.closed;
-    match (a.closed, a.rate) {
-        (true, _) => {}
-        (false, None) => return usage("--rate is required (or --closed)"),
-        (false, Some(r)) if !(r.is_finite() && r >= MIN_RATE) => return usage("--rate must be a number >= 0.01"),
-        (false, Some(r)) => cfg.rate = r,
+    match (a.closed, a.rate, a.connect_rate) {
+        (true, _, _) => {}
+        (false, None, None) => return usage("--rate is required (or --closed, or --connect-rate)"),
+        (false, Some(r), _) if !(r.is_finite() && r >= MIN_RATE) => return usage("--rate must be a number >= 0.01"),
+        (false, Some(r), _) => cfg.rate = r,
+        (false, None, Some(r)) if !(r.is_finite() && r >= MIN_RATE) => return usage("--connect-rate must be a number >= 0.01"),
+        (false, None, Some(r)) => {
+            if cfg.http2 {
+                return usage("--connect-rate speaks HTTP/1.1 only (not with --http2)");
+            }
+            cfg.rate = r;
+            cfg.connect_rate = true;
+            cfg.new_connection_every = 1;
+        }
     }
     check_window(a.duration, a.warmup)?;
     cfg.duration = a.duration;
@@ -629,7 +658,20 @@ fn cmd_relay(a: RelayArgs) -> Result<i32, Failure> {
     if a.threads == 0 {
         return usage("--threads must be at least 1");
     }
-    let cfg = RelayConfig { listen: a.listen, upstream: a.upstream, threads: a.threads, cpus: a.cpus };
+    let tls = if a.tls {
+        let cert = match (a.cert, a.key) {
+            (Some(cert), Some(key)) => ServerCert::Files { cert, key },
+            _ => ServerCert::Generate { cert_out: a.cert_out },
+        };
+        // The floor of an HTTP/1.1 proxy's TLS path: ALPN http/1.1 only (the plaintext goes to
+        // an HTTP/1.1 upstream as it is).
+        let mut config = (*tls::server_config(&cert).map_err(Failure::Usage)?).clone();
+        config.alpn_protocols = vec![tls::ALPN_HTTP11.to_vec()];
+        Some(std::sync::Arc::new(config))
+    } else {
+        None
+    };
+    let cfg = RelayConfig { listen: a.listen, upstream: a.upstream, threads: a.threads, cpus: a.cpus, tls };
     relay::run_relay(&cfg, announce).map_err(|e| Failure::Runtime(format!("relay on {}: {e}", a.listen)))?;
     Ok(0)
 }

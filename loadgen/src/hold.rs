@@ -25,11 +25,19 @@
 //! timeout, status, not_keepalive, closed_while_held) is INVALID, and the exit code is 3 unless
 //! `--allow-failures`. The open-file limit (`RLIMIT_NOFILE`) is raised to its hard limit at start;
 //! a count above what it allows is refused up front.
+//!
+//! `https://` URLs (with `--ca FILE` or `--insecure`, `--sni`, `--resume` as in `run`): each
+//! connection does its TLS handshake (ALPN `http/1.1`; full, or resumed from the client's session
+//! cache), then the verified GET, then idles as a TLS connection; what the target spends per
+//! idle TLS connection is measured. Full and resumed handshakes are counted per count; a failed
+//! handshake is a `handshake` failure. The connections are closed without `close_notify` (FIN).
 
 use crate::body::{BodySkipper, Framing};
-use crate::cli::{EXIT_INVALID, EXIT_USAGE, parse_duration};
+use crate::cli::{EXIT_INVALID, EXIT_USAGE, OnOff, parse_duration};
 use crate::client::{Request, Target, parse_head};
 use crate::report::rfc3339;
+use crate::tls::{ClientSettings, Verify};
+use crate::transport::{HandshakeKind, Stream};
 use clap::Args;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -54,9 +62,22 @@ const RESPONSE_BUF: usize = 16 * 1024;
 /// `loadgen hold` arguments.
 #[derive(Args, Debug, Clone)]
 pub struct HoldArgs {
-    /// Target URL (http://IP-or-localhost[:port]/path): each connection sends one GET for it.
+    /// Target URL (http:// or https://IP-or-localhost[:port]/path): each connection sends one
+    /// GET for it (over TLS after its handshake).
     #[arg(long)]
     pub url: String,
+    /// https: verify the server's certificate against the PEM certificates of this file.
+    #[arg(long, conflicts_with = "insecure")]
+    pub ca: Option<PathBuf>,
+    /// https: accept any certificate for any name (NOT verified; said so in the report).
+    #[arg(long)]
+    pub insecure: bool,
+    /// https: the server name sent as SNI and checked in the certificate (default: the URL's host).
+    #[arg(long)]
+    pub sni: Option<String>,
+    /// https: keep a TLS session cache so connections resume (default on).
+    #[arg(long, value_enum)]
+    pub resume: Option<OnOff>,
     /// Process whose resident memory is measured (summed with all its descendants).
     #[arg(long)]
     pub pid: u32,
@@ -116,15 +137,29 @@ pub struct HoldConfig {
     pub timeout: Duration,
     /// Held connections are part-way through a second head (`--partial-head`).
     pub partial_head: bool,
+    /// TLS settings (`https://`); `None` for plain TCP.
+    pub tls: Option<ClientSettings>,
 }
 
 impl HoldConfig {
     /// Validates the arguments (usage errors as one line).
     pub fn from_args(a: &HoldArgs) -> Result<HoldConfig, String> {
         let target = Target::parse(&a.url)?;
-        if target.tls {
-            return Err(format!("url '{}': hold speaks plain http:// only (no TLS yet)", a.url));
-        }
+        let tls = if target.tls {
+            let verify = match (&a.ca, a.insecure) {
+                (Some(p), _) => crate::tls::read_ca(p).map_err(|e| format!("--ca {e}"))?,
+                (None, true) => Verify::Insecure,
+                (None, false) => return Err("an https:// URL needs --ca FILE (PEM roots) or --insecure (no verification)".into()),
+            };
+            let name = a.sni.as_deref().unwrap_or(&target.host);
+            let server_name = crate::tls::server_name(name).map_err(|e| if a.sni.is_some() { format!("--sni: {e}") } else { e })?;
+            Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off), h2: false })
+        } else {
+            if a.ca.is_some() || a.insecure || a.sni.is_some() || a.resume.is_some() {
+                return Err("--ca, --insecure, --sni and --resume need an https:// URL".into());
+            }
+            None
+        };
         if a.connections.is_empty() || a.connections.contains(&0) {
             return Err("--connections must be counts of at least 1, e.g. 1000,10000".into());
         }
@@ -149,6 +184,7 @@ impl HoldConfig {
             concurrency: a.concurrency,
             timeout: a.timeout,
             partial_head: a.partial_head,
+            tls,
         })
     }
 }
@@ -166,10 +202,12 @@ pub enum FailKind {
     NotKeepalive = 5,
     /// The target closed (or wrote to) the connection while it was held idle.
     ClosedWhileHeld = 6,
+    /// `https://`: TCP connected but the TLS handshake failed.
+    Handshake = 7,
 }
 
 impl FailKind {
-    pub const ALL: [FailKind; 7] = [
+    pub const ALL: [FailKind; 8] = [
         FailKind::Connect,
         FailKind::Write,
         FailKind::Read,
@@ -177,6 +215,7 @@ impl FailKind {
         FailKind::Status,
         FailKind::NotKeepalive,
         FailKind::ClosedWhileHeld,
+        FailKind::Handshake,
     ];
 
     pub fn name(self) -> &'static str {
@@ -188,6 +227,7 @@ impl FailKind {
             FailKind::Status => "status",
             FailKind::NotKeepalive => "not_keepalive",
             FailKind::ClosedWhileHeld => "closed_while_held",
+            FailKind::Handshake => "handshake",
         }
     }
 }
@@ -218,6 +258,9 @@ pub struct CountResult {
     pub processes: usize,
     /// Seconds from the first connect to the last verified response.
     pub open_s: f64,
+    /// `https://`: the successful TLS handshakes of this count that were full, and resumed.
+    pub tls_full: u64,
+    pub tls_resumed: u64,
     pub before_at: SystemTime,
     pub held_at: SystemTime,
     pub after_at: SystemTime,
@@ -384,18 +427,57 @@ pub fn raise_nofile() -> io::Result<u64> {
 // Connections
 // ---------------------------------------------------------------------------------------------
 
-/// Connects, sends `request`, reads and verifies the whole response; returns the open, idle
-/// stream.
-async fn open_one(addr: std::net::SocketAddr, request: Arc<Request>, timeout: Duration, partial_head: bool) -> Result<TcpStream, Fail> {
+/// The TLS side of a hold run: one client config (so one session cache) for every connection.
+#[derive(Clone)]
+pub struct HoldTls {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl HoldTls {
+    pub fn new(s: &ClientSettings) -> Result<HoldTls, String> {
+        Ok(HoldTls { connector: tokio_rustls::TlsConnector::from(crate::tls::client_config(s)?), name: s.server_name.clone() })
+    }
+}
+
+/// Connects and, over TLS, completes the handshake (saying whether it was resumed).
+async fn connect(addr: std::net::SocketAddr, tls: Option<&HoldTls>) -> Result<Opened, Fail> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| fail(FailKind::Connect, format!("connect to {addr}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let Some(t) = tls else {
+        return Ok((Stream::Tcp(tcp), None));
+    };
+    let s =
+        t.connector.connect(t.name.clone(), tcp).await.map_err(|e| fail(FailKind::Handshake, format!("TLS handshake with {addr}: {e}")))?;
+    let kind = match s.get_ref().1.handshake_kind() {
+        Some(rustls::HandshakeKind::Resumed) => HandshakeKind::Resumed,
+        _ => HandshakeKind::Full,
+    };
+    Ok((Stream::Tls(Box::new(s)), Some(kind)))
+}
+
+/// An open connection and how its TLS handshake went (`None`: cleartext).
+type Opened = (Stream, Option<HandshakeKind>);
+
+/// Connects (and handshakes), sends `request`, reads and verifies the whole response; returns
+/// the open, idle stream.
+async fn open_one(
+    addr: std::net::SocketAddr,
+    tls: Option<HoldTls>,
+    request: Arc<Request>,
+    timeout: Duration,
+    partial_head: bool,
+) -> Result<Opened, Fail> {
     let opened = async {
-        let mut s = exchange(addr, &request).await?;
+        let (mut s, kind) = connect(addr, tls.as_ref()).await?;
+        exchange(&mut s, &request).await?;
         if partial_head {
             // All of the next request's head but its final CRLF (the GET has no body: its bytes
             // are its head).
             let head = &request.bytes[..request.bytes.len().saturating_sub(2)];
-            s.write_all(head).await.map_err(|e| fail(FailKind::Write, format!("write of the partial head: {e}")))?;
+            write_flush(&mut s, head).await.map_err(|e| fail(FailKind::Write, format!("write of the partial head: {e}")))?;
         }
-        Ok(s)
+        Ok((s, kind))
     };
     match tokio::time::timeout(timeout, opened).await {
         Ok(r) => r,
@@ -403,10 +485,14 @@ async fn open_one(addr: std::net::SocketAddr, request: Arc<Request>, timeout: Du
     }
 }
 
-async fn exchange(addr: std::net::SocketAddr, request: &Request) -> Result<TcpStream, Fail> {
-    let mut s = TcpStream::connect(addr).await.map_err(|e| fail(FailKind::Connect, format!("connect to {addr}: {e}")))?;
-    let _ = s.set_nodelay(true);
-    s.write_all(&request.bytes).await.map_err(|e| fail(FailKind::Write, format!("write: {e}")))?;
+/// Writes all of `b` and flushes it out of rustls' buffer (a no-op for TCP).
+async fn write_flush(s: &mut Stream, b: &[u8]) -> io::Result<()> {
+    s.write_all(b).await?;
+    s.flush().await
+}
+
+async fn exchange(s: &mut Stream, request: &Request) -> Result<(), Fail> {
+    write_flush(s, &request.bytes).await.map_err(|e| fail(FailKind::Write, format!("write: {e}")))?;
     let mut buf = vec![0u8; RESPONSE_BUF];
     let (mut start, mut end) = (0usize, 0usize);
     let head = loop {
@@ -430,7 +516,7 @@ async fn exchange(addr: std::net::SocketAddr, request: &Request) -> Result<TcpSt
             end -= start;
             start = 0;
         }
-        end += read_some(&mut s, &mut buf[end..], "before the response head was complete").await?;
+        end += read_some(s, &mut buf[end..], "before the response head was complete").await?;
     };
     if head.status != 200 {
         return Err(fail(FailKind::Status, format!("status {} (200 expected)", head.status)));
@@ -446,16 +532,16 @@ async fn exchange(addr: std::net::SocketAddr, request: &Request) -> Result<TcpSt
             break;
         }
         start = 0;
-        end = read_some(&mut s, &mut buf, "before the body was complete").await?;
+        end = read_some(s, &mut buf, "before the body was complete").await?;
     }
     if start != end {
         return Err(fail(FailKind::Read, format!("{} bytes after the response", end - start)));
     }
-    Ok(s)
+    Ok(())
 }
 
 /// Reads at least one byte; EOF is a read failure.
-async fn read_some(s: &mut TcpStream, buf: &mut [u8], when: &str) -> Result<usize, Fail> {
+async fn read_some(s: &mut Stream, buf: &mut [u8], when: &str) -> Result<usize, Fail> {
     match s.read(buf).await {
         Ok(0) => Err(fail(FailKind::Read, format!("connection closed {when}"))),
         Ok(n) => Ok(n),
@@ -463,10 +549,16 @@ async fn read_some(s: &mut TcpStream, buf: &mut [u8], when: &str) -> Result<usiz
     }
 }
 
-/// Is a held connection still open and silent? (`Err` with the reason when not.)
-fn still_open(s: &TcpStream) -> Result<(), String> {
+/// Is a held connection still open and silent? (`Err` with the reason when not.) Over TLS the
+/// TCP socket under it is read: any byte (a TLS record: data, an alert, `close_notify`) means the
+/// target did not leave it idle.
+fn still_open(s: &Stream) -> Result<(), String> {
+    let tcp = match s {
+        Stream::Tcp(t) => t,
+        Stream::Tls(t) => t.get_ref().0,
+    };
     let mut b = [0u8; 1];
-    match s.try_read(&mut b) {
+    match tcp.try_read(&mut b) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
         Ok(0) => Err("the target closed a held connection".into()),
         Ok(_) => Err("the target wrote to a held idle connection".into()),
@@ -500,12 +592,14 @@ pub fn run(cfg: &HoldConfig, progress: &mut dyn Write) -> io::Result<HoldOutcome
         );
     }
     let target_command = target_command(cfg.pid);
+    // One TLS client config (and session cache) for the whole run.
+    let tls = cfg.tls.as_ref().map(HoldTls::new).transpose().map_err(io::Error::other)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let counts = rt.block_on(async {
         let request = Arc::new(cfg.request.clone());
         // One verified exchange first: a target that does not answer is one clear error, and its
         // first-request costs are paid before anything is measured.
-        match open_one(cfg.target.addr, request.clone(), cfg.timeout, false).await {
+        match open_one(cfg.target.addr, tls.clone(), request.clone(), cfg.timeout, false).await {
             Ok(s) => drop(s),
             Err(f) => {
                 return Err(io::Error::other(format!(
@@ -518,14 +612,20 @@ pub fn run(cfg: &HoldConfig, progress: &mut dyn Write) -> io::Result<HoldOutcome
         }
         let mut out = Vec::with_capacity(cfg.counts.len());
         for &n in &cfg.counts {
-            out.push(hold_count(cfg, n, &request, progress).await?);
+            out.push(hold_count(cfg, n, tls.as_ref(), &request, progress).await?);
         }
         Ok::<_, io::Error>(out)
     })?;
     Ok(HoldOutcome { started, ended: SystemTime::now(), nofile, target_command, counts })
 }
 
-async fn hold_count(cfg: &HoldConfig, n: usize, request: &Arc<Request>, progress: &mut dyn Write) -> io::Result<CountResult> {
+async fn hold_count(
+    cfg: &HoldConfig,
+    n: usize,
+    tls: Option<&HoldTls>,
+    request: &Arc<Request>,
+    progress: &mut dyn Write,
+) -> io::Result<CountResult> {
     tokio::time::sleep(cfg.settle_before).await;
     let before_at = SystemTime::now();
     let (rss_before_kib, _) = tree_rss_kib(cfg.pid)?;
@@ -541,22 +641,30 @@ async fn hold_count(cfg: &HoldConfig, n: usize, request: &Arc<Request>, progress
 
     let t0 = Instant::now();
     let sem = Arc::new(Semaphore::new(cfg.concurrency));
-    let mut set: JoinSet<Result<TcpStream, Fail>> = JoinSet::new();
+    let mut set: JoinSet<Result<Opened, Fail>> = JoinSet::new();
     for i in 0..n {
         let due = t0 + Duration::from_secs_f64(i as f64 / cfg.ramp);
         tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
         let permit = sem.clone().acquire_owned().await.map_err(|e| io::Error::other(format!("semaphore: {e}")))?;
-        let (addr, req, timeout, partial) = (cfg.target.addr, request.clone(), cfg.timeout, cfg.partial_head);
+        let (addr, tls, req, timeout, partial) = (cfg.target.addr, tls.cloned(), request.clone(), cfg.timeout, cfg.partial_head);
         set.spawn(async move {
-            let r = open_one(addr, req, timeout, partial).await;
+            let r = open_one(addr, tls, req, timeout, partial).await;
             drop(permit);
             r
         });
     }
-    let mut held: Vec<TcpStream> = Vec::with_capacity(n);
+    let mut held: Vec<Stream> = Vec::with_capacity(n);
+    let (mut tls_full, mut tls_resumed) = (0u64, 0u64);
     while let Some(r) = set.join_next().await {
         match r {
-            Ok(Ok(s)) => held.push(s),
+            Ok(Ok((s, kind))) => {
+                match kind {
+                    Some(HandshakeKind::Resumed) => tls_resumed += 1,
+                    Some(_) => tls_full += 1,
+                    None => {}
+                }
+                held.push(s);
+            }
             Ok(Err(f)) => note(&f),
             Err(e) => note(&fail(FailKind::Read, format!("connection task: {e}"))),
         }
@@ -591,6 +699,8 @@ async fn hold_count(cfg: &HoldConfig, n: usize, request: &Arc<Request>, progress
         rss_after_kib,
         processes,
         open_s,
+        tls_full,
+        tls_resumed,
         before_at,
         held_at,
         after_at,
@@ -622,6 +732,8 @@ pub struct HoldMeta {
     /// Held connections were part-way through a head (`--partial-head`).
     pub partial_head: bool,
     pub nofile_limit: u64,
+    /// TLS as configured (`null` for http://): the same fields as `run`'s `meta.tls`.
+    pub tls: Option<crate::report::TlsMeta>,
 }
 
 /// One count in `hold --json`.
@@ -639,6 +751,8 @@ pub struct CountJson {
     pub after_ratio: Option<f64>,
     pub processes: usize,
     pub open_s: f64,
+    /// `https://`: TLS handshakes of the held connections, full and resumed (`null` for http://).
+    pub tls_handshakes: Option<BTreeMap<&'static str, u64>>,
     pub before_time: String,
     pub held_time: String,
     pub after_time: String,
@@ -665,7 +779,7 @@ pub fn hold_json(cfg: &HoldConfig, out: &HoldOutcome, command_line: &[String]) -
             command_line: command_line.to_vec(),
             start_time: rfc3339(out.started),
             end_time: rfc3339(out.ended),
-            url: format!("http://{}{}", cfg.target.authority, cfg.target.path),
+            url: cfg.target.url(),
             address: cfg.target.addr.to_string(),
             pid: cfg.pid,
             target_command: out.target_command.clone(),
@@ -676,6 +790,13 @@ pub fn hold_json(cfg: &HoldConfig, out: &HoldOutcome, command_line: &[String]) -
             timeout_s: cfg.timeout.as_secs_f64(),
             partial_head: cfg.partial_head,
             nofile_limit: out.nofile,
+            tls: cfg.tls.as_ref().map(|t| crate::report::TlsMeta {
+                server_name: t.server_name_str(),
+                verify: t.verify_label(),
+                insecure: matches!(t.verify, Verify::Insecure),
+                resume: t.resume,
+                alpn_offered: vec!["http/1.1"],
+            }),
         },
         valid: out.valid(),
         invalid_reasons: out.invalid_reasons(),
@@ -695,6 +816,7 @@ pub fn hold_json(cfg: &HoldConfig, out: &HoldOutcome, command_line: &[String]) -
                 after_ratio: c.after_ratio(),
                 processes: c.processes,
                 open_s: c.open_s,
+                tls_handshakes: cfg.tls.is_some().then(|| BTreeMap::from([("full", c.tls_full), ("resumed", c.tls_resumed)])),
                 before_time: rfc3339(c.before_at),
                 held_time: rfc3339(c.held_at),
                 after_time: rfc3339(c.after_at),
@@ -708,10 +830,9 @@ pub fn human(cfg: &HoldConfig, out: &HoldOutcome) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "loadgen {} hold http://{}{}: pid {} ({}); ramp {:.0}/s, {} in flight, settle {}",
+        "loadgen {} hold {}: pid {} ({}); ramp {:.0}/s, {} in flight, settle {}",
         env!("CARGO_PKG_VERSION"),
-        cfg.target.authority,
-        cfg.target.path,
+        cfg.target.url(),
         cfg.pid,
         if out.target_command.is_empty() { "?" } else { &out.target_command },
         cfg.ramp,
@@ -736,6 +857,17 @@ pub fn human(cfg: &HoldConfig, out: &HoldOutcome) -> String {
             c.kib_per_conn().map_or("—".into(), |v| format!("{v:.2}")),
             c.after_ratio().map_or("—".into(), |v| format!("{v:.3}")),
             c.processes
+        );
+    }
+    if let Some(t) = &cfg.tls {
+        let hs: Vec<String> = out.counts.iter().map(|c| format!("{} full + {} resumed", c.tls_full, c.tls_resumed)).collect();
+        let _ = writeln!(
+            s,
+            "  tls         held connections handshook {}; server name {}, verify {}, resume {}",
+            hs.join(", then "),
+            t.server_name_str(),
+            t.verify_label(),
+            if t.resume { "on" } else { "off" }
         );
     }
     if out.valid() {
@@ -820,6 +952,10 @@ mod tests {
     fn cfg(addr: std::net::SocketAddr, counts: &[usize]) -> HoldConfig {
         let a = HoldArgs {
             url: format!("http://{addr}/x"),
+            ca: None,
+            insecure: false,
+            sni: None,
+            resume: None,
             pid: std::process::id(),
             connections: counts.to_vec(),
             settle: Duration::from_millis(50),

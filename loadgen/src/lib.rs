@@ -17,9 +17,10 @@
 //! - [`stats`]: per-thread HdrHistograms and counters, merged after the run.
 //! - [`report`]: human summary, `--json`, `--hlog`.
 //! - [`ladder`]: highest rate under a P99 SLO.
-//! - [`upstream`]: the bundled benchmark origin; [`relay`]: the byte-relay floor; [`server`]:
-//!   their listener threads.
-//! - [`hold`]: resident memory per idle keep-alive connection of a target process.
+//! - [`upstream`]: the bundled benchmark origin; [`relay`]: the byte-relay floor (cleartext, or
+//!   terminating TLS); [`server`]: their listener threads.
+//! - [`hold`]: resident memory per idle keep-alive connection (cleartext or TLS) of a target
+//!   process.
 //! - [`sys`]: timerfd and CPU pinning; [`cli`]: arguments and exit codes.
 
 pub mod body;

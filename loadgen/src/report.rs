@@ -111,8 +111,11 @@ pub struct Meta {
     pub streams: Option<usize>,
     /// TLS as configured (`null` for http://).
     pub tls: Option<TlsMeta>,
-    /// `--new-connection-every` (`null`: connections are kept).
+    /// `--new-connection-every` (`null`: connections are kept; 1 with `--connect-rate`).
     pub new_connection_every: Option<u64>,
+    /// `--connect-rate`: new connections per second, one request each (`target_rate` is the
+    /// same number); `null` otherwise.
+    pub connect_rate: Option<f64>,
 }
 
 /// The client's TLS settings.
@@ -340,6 +343,7 @@ pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> R
                 alpn_offered: vec![if t.h2 { "h2" } else { "http/1.1" }],
             }),
             new_connection_every: (cfg.new_connection_every > 0).then_some(cfg.new_connection_every),
+            connect_rate: cfg.connect_rate.then_some(cfg.rate),
         },
         valid: out.validity.valid,
         invalid_reasons: out.validity.reasons.clone(),
@@ -410,6 +414,12 @@ pub fn human(cfg: &RunConfig, out: &RunOutcome) -> String {
     let mut s = String::new();
     let mode = if cfg.closed {
         "closed loop".to_string()
+    } else if cfg.connect_rate {
+        format!(
+            "open loop, {} connect rate {:.0} new connections/s (one request each)",
+            if cfg.arrival == Arrival::Poisson { "poisson" } else { "constant" },
+            cfg.rate
+        )
     } else {
         format!("open loop, {} arrivals at {:.0} req/s", if cfg.arrival == Arrival::Poisson { "poisson" } else { "constant" }, cfg.rate)
     };
@@ -421,7 +431,7 @@ pub fn human(cfg: &RunConfig, out: &RunOutcome) -> String {
         cfg.duration.as_secs_f64(),
         cfg.warmup.as_secs_f64(),
         cfg.threads,
-        cfg.connections,
+        if cfg.connect_rate { 0 } else { cfg.connections },
         if cfg.closed { cfg.connections } else { cfg.max_connections },
     );
     if out.rec.stopped {
@@ -446,14 +456,23 @@ pub fn human(cfg: &RunConfig, out: &RunOutcome) -> String {
             out.achieved_rate()
         );
     }
-    let _ = writeln!(
-        s,
-        "  requests    {} scheduled, {} sent in window, {} responses; {} waited for a connection, {} new connections, {} dropped, {} never sent",
-        r.scheduled, r.sent_in_window, r.responses, r.queued, r.new_conns, r.dropped, r.unsent
-    );
+    if cfg.connect_rate {
+        let _ = writeln!(
+            s,
+            "  requests    {} scheduled (a connection each), {} sent in window, {} responses; {} waited for one of the {} connections open at once, {} dropped, {} never sent",
+            r.scheduled, r.sent_in_window, r.responses, r.queued, cfg.max_connections, r.dropped, r.unsent
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "  requests    {} scheduled, {} sent in window, {} responses; {} waited for a connection, {} new connections, {} dropped, {} never sent",
+            r.scheduled, r.sent_in_window, r.responses, r.queued, r.new_conns, r.dropped, r.unsent
+        );
+    }
     let _ = writeln!(s, "  protocol    {}", protocol_line(cfg, out));
     if cfg.tls.is_some() || cfg.new_connection_every > 0 || !r.handshake.is_empty() {
         let churn = match cfg.new_connection_every {
+            _ if cfg.connect_rate => format!("new for every request at {:.0}/s (--connect-rate; none pre-opened)", cfg.rate),
             0 => "kept".to_string(),
             1 => "new for every request".to_string(),
             n => format!("new every {n} requests"),
@@ -557,6 +576,7 @@ mod tests {
             new_connection_every: 0,
             http2: false,
             streams: 1,
+            connect_rate: false,
         };
         let t0 = Instant::now();
         let mut rec = Recorder::new(t0, t0 + cfg.duration);

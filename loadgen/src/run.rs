@@ -20,6 +20,12 @@
 //! request (`--new-connection-every`, a reconnect after an error, a pool that grew) is recorded in
 //! the handshake histogram and stays inside that request's corrected latency.
 //!
+//! `--connect-rate R` is the same open loop with `rate` = R and a new connection for every
+//! request: nothing is pre-opened, each due request takes a free slot (or grows the slots up to
+//! `--max-connections`, or waits under the busy policy) whose connection was closed after its
+//! previous response, so it connects (and handshakes) from scratch, sends its one request, reads
+//! the response and closes. The slot tasks and their buffers are reused; the connections are not.
+//!
 //! Validity ([`assess`]): an open-loop run is INVALID when the generator did not apply the load
 //! it was asked for: more than 1 % of the scheduled requests were never sent (dropped by policy
 //! or queue overflow, or still unsent after the drain), or the generator's own send lag (P99
@@ -96,6 +102,10 @@ pub struct RunConfig {
     pub http2: bool,
     /// HTTP/2: concurrent streams (request slots) per connection.
     pub streams: usize,
+    /// `--connect-rate`: `rate` is new connections per second, each carrying one request
+    /// (`new_connection_every` is 1); nothing is pre-opened and `max_connections` bounds the
+    /// connections open at once.
+    pub connect_rate: bool,
 }
 
 impl RunConfig {
@@ -338,7 +348,8 @@ async fn thread_async(
     live: Arc<Vec<Live>>,
 ) -> io::Result<Recorder> {
     let threads = cfg.threads.max(1);
-    let n_conns = share(cfg.connections, threads, k);
+    // `--connect-rate`: every request opens its own connection, so none is opened before.
+    let n_conns = if cfg.connect_rate { 0 } else { share(cfg.connections, threads, k) };
     let max_conns = share(cfg.max_connections, threads, k).max(n_conns);
     let mut conns: Vec<Slot> = Vec::with_capacity(n_conns * if cfg.http2 { cfg.streams.max(1) } else { 1 });
     // Open connections before the clock starts; failures are retried (and counted) per request.

@@ -47,6 +47,10 @@ mod util {
             format!("http://{}/", self.addr)
         }
 
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
         /// `loadgen upstream --tls` with its generated certificate written to a temporary file;
         /// returns the server and the certificate's path (for `--ca`).
         pub fn upstream_tls(extra: &[&str]) -> (Server, std::path::PathBuf) {
@@ -717,6 +721,103 @@ mod relay {
         assert_eq!(j["status_codes"]["200"].as_f64(), Some(f(&j, "counts.responses")));
         assert!(f(&j, "counts.responses") >= 495.0);
     }
+
+    /// `relay --tls ARGS`, its generated certificate written for the client's `--ca`.
+    fn tls_relay(upstream: std::net::SocketAddr, extra: &[&str]) -> (Server, std::path::PathBuf) {
+        let ca = temp_path("relay-ca.pem");
+        let upstream = upstream.to_string();
+        let mut args = vec!["relay", "--listen", "127.0.0.1:0", "--upstream", &upstream, "--tls", "--cert-out", ca.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        (Server::start(&args), ca)
+    }
+
+    /// The TLS floor: `relay --tls` terminates TLS (ALPN http/1.1, its certificate verified
+    /// with `--ca`) and relays the plaintext to a cleartext `loadgen upstream`. Every request of
+    /// a fixed-rate run gets its 200 with its whole 3,000-byte body (the client reads the body
+    /// to its Content-Length: a short one would be a read error or a timeout), on kept
+    /// connections and with a new (resumed) TLS connection per request.
+    #[test]
+    fn tls_relay_terminates_tls_and_forwards_plaintext() {
+        let _g = timing_lock();
+        let up = Server::upstream(&["--body-bytes", "3000"]);
+        let (relay, ca) = tls_relay(up.addr, &[]);
+        let url = format!("https://localhost:{}/", relay.addr.port());
+        let ca_s = ca.to_str().unwrap();
+        let base = ["--url", &url, "--ca", ca_s, "--rate", "400", "--duration", "1s", "--warmup", "0s", "--connections", "4"];
+        for churn in [&[][..], &["--new-connection-every", "1"][..]] {
+            let mut args = base.to_vec();
+            args.extend_from_slice(churn);
+            let (code, stdout, j) = run_json(&args);
+            assert_eq!(code, 0, "{stdout}");
+            assert_eq!(f(&j, "counts.scheduled"), 400.0, "{stdout}");
+            assert_eq!(f(&j, "counts.responses"), 400.0, "{stdout}");
+            assert_eq!(j["status_codes"]["200"].as_f64(), Some(400.0), "{stdout}");
+            let errors: u64 = j["errors"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+            assert_eq!(errors, 0, "{stdout}");
+            let n = &j["tls_negotiated"][0];
+            assert_eq!((n["version"].as_str(), n["alpn"].as_str()), (Some("TLSv1.3"), Some("http/1.1")), "{stdout}");
+            if !churn.is_empty() {
+                // The 4 pre-opened connections carry their first request without a set-up.
+                assert_eq!(f(&j, "handshakes.full") + f(&j, "handshakes.resumed"), 396.0, "{stdout}");
+                assert!(f(&j, "handshakes.resumed") >= 300.0, "the relay's session tickets resume\n{stdout}");
+            }
+        }
+        let _ = std::fs::remove_file(&ca);
+    }
+
+    /// Byte-exact through the TLS relay: two pipelined requests in one TLS record, answered with
+    /// 40,000-byte bodies (several TLS records each), arrive complete and in order; when the
+    /// client closes, the relay closes too.
+    #[test]
+    fn tls_relay_is_byte_exact_over_many_records() {
+        use std::io::{Read, Write};
+        let up = Server::upstream(&["--body-bytes", "40000"]);
+        let (relay, ca) = tls_relay(up.addr, &[]);
+        let pem = std::fs::read(&ca).unwrap();
+        let _ = std::fs::remove_file(&ca);
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let tcp = std::net::TcpStream::connect(relay.addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        let req = b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let mut two = req.to_vec();
+        two.extend_from_slice(b"GET /b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        s.write_all(&two).unwrap();
+        s.flush().unwrap();
+        // ALPN: the relay offers http/1.1 only (it relays to an HTTP/1.1 upstream as is).
+        assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let mut got = Vec::new();
+        match s.read_to_end(&mut got) {
+            Ok(_) => {}
+            // The upstream's FIN reaches the client as a TCP close after close_notify, or not.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Err(e) => panic!("{e}"),
+        }
+        let text = String::from_utf8(got).unwrap();
+        let body = "x".repeat(40_000);
+        let parts: Vec<&str> = text.split("HTTP/1.1 200 OK\r\n").collect();
+        assert_eq!(parts.len(), 3, "two responses: {}", &text[..200.min(text.len())]);
+        assert_eq!(parts[0], "");
+        for (i, p) in parts[1..].iter().enumerate() {
+            let (head, got_body) = p.split_once("\r\n\r\n").unwrap();
+            assert!(head.contains("Content-Length: 40000"), "{head}");
+            assert_eq!(head.contains("Connection: close"), i == 1, "only the second response closes: {head}");
+            assert!(got_body == body, "response {i}: {} body bytes", got_body.len());
+        }
+    }
 }
 
 mod tls {
@@ -850,6 +951,152 @@ mod tls {
         assert!(service_p99 < 20_000.0, "service p99 {service_p99}us\n{stdout}");
         assert!(f(&j, "counts.queued") > 100.0, "requests waited for a connection during stalls");
         assert_eq!(j["status_codes"]["200"].as_f64(), Some(f(&j, "counts.responses")));
+    }
+}
+
+mod connect_rate {
+    use super::util::*;
+
+    fn errors_total(j: &serde_json::Value) -> u64 {
+        j["errors"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum()
+    }
+
+    /// `--connect-rate 300`: over cleartext and over TLS, the schedule holds within 3 % (sent and
+    /// answered), and every request in the window had a connection of its own: one set-up each
+    /// (TCP only in cleartext; full or resumed handshakes over TLS, none pre-opened), timed in
+    /// the handshake histogram and inside the corrected latency.
+    #[test]
+    fn connections_open_at_the_asked_rate_one_request_each() {
+        let _g = timing_lock();
+        let plain = Server::upstream(&[]);
+        let (tls, ca) = Server::upstream_tls(&[]);
+        let ca = ca.to_str().unwrap();
+        let (plain_url, tls_url) = (plain.url(), tls.https_url());
+        let runs: [(&str, &[&str]); 3] = [(&plain_url, &[]), (&tls_url, &["--ca", ca]), (&tls_url, &["--ca", ca, "--resume", "off"])];
+        for (url, extra) in runs {
+            // No warmup: a pre-opened connection would carry a request of the window without a
+            // set-up (and show as a missing handshake below).
+            let mut args = vec!["--url", url, "--connect-rate", "300", "--duration", "2s", "--warmup", "0s"];
+            args.extend_from_slice(extra);
+            let (code, stdout, j) = run_json(&args);
+            assert_eq!(code, 0, "{stdout}");
+            assert_eq!(j["valid"], true, "{stdout}");
+            for k in ["sent_rate", "achieved_rate"] {
+                let r = f(&j, k);
+                assert!((r - 300.0).abs() <= 9.0, "{k} {r}\n{stdout}");
+            }
+            let responses = f(&j, "counts.responses");
+            assert_eq!(responses, f(&j, "counts.scheduled"), "{stdout}");
+            assert_eq!(j["status_codes"]["200"].as_f64(), Some(responses), "{stdout}");
+            assert_eq!(errors_total(&j), 0, "{stdout}");
+            let setups = f(&j, "handshakes.tcp") + f(&j, "handshakes.full") + f(&j, "handshakes.resumed");
+            assert_eq!(setups, responses, "a connection per request, none pre-opened\n{stdout}");
+            assert_eq!(f(&j, "latency.handshake.count"), responses, "{stdout}");
+            assert!(f(&j, "latency.corrected.p50_us") >= f(&j, "latency.handshake.p50_us"), "{stdout}");
+            assert_eq!(j["meta"]["connect_rate"], 300.0);
+            assert_eq!(j["meta"]["new_connection_every"], 1);
+            assert!(stdout.contains("connect rate 300 new connections/s"), "{stdout}");
+            if url == tls_url {
+                assert_eq!(f(&j, "handshakes.tcp"), 0.0, "{stdout}");
+                if extra.contains(&"off") {
+                    assert_eq!(f(&j, "handshakes.full"), responses, "--resume off: all full\n{stdout}");
+                }
+                // Every handshake of the run was one of the window's: none was pre-opened.
+                assert_eq!(j["tls_negotiated"][0]["handshakes"].as_f64(), Some(responses), "{stdout}");
+            } else {
+                assert_eq!(f(&j, "handshakes.tcp"), responses, "{stdout}");
+            }
+        }
+    }
+
+    /// A refused port and a server that does not speak TLS: every scheduled connection is a
+    /// counted error with its cause, at the schedule's pace, and the run ends on time.
+    #[test]
+    fn failed_connections_are_counted_errors_not_hangs() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/");
+        let t0 = std::time::Instant::now();
+        let (code, stdout, j) =
+            run_json(&["--url", &url, "--connect-rate", "200", "--duration", "1s", "--warmup", "0s", "--timeout", "1s"]);
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(f(&j, "counts.scheduled"), 200.0, "{stdout}");
+        assert_eq!(f(&j, "errors.connect"), 200.0, "{stdout}");
+        assert_eq!(f(&j, "error_causes.refused"), 200.0, "{stdout}");
+        assert_eq!(errors_total(&j), 200, "{stdout}");
+        assert_eq!(f(&j, "counts.responses") + f(&j, "latency.handshake.count"), 0.0, "{stdout}");
+
+        let plain = Server::upstream(&[]);
+        let url = format!("https://{}/", plain.addr);
+        let (code, stdout, j) =
+            run_json(&["--url", &url, "--insecure", "--connect-rate", "100", "--duration", "1s", "--warmup", "0s", "--timeout", "1s"]);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(f(&j, "errors.handshake"), 100.0, "{stdout}");
+        assert_eq!(errors_total(&j), 100, "{stdout}");
+        assert_eq!(f(&j, "counts.responses"), 0.0, "{stdout}");
+    }
+
+    #[test]
+    fn connect_rate_usage_errors() {
+        for bad in [
+            &["--connect-rate", "10", "--rate", "10"][..],
+            &["--connect-rate", "10", "--closed"],
+            &["--connect-rate", "10", "--new-connection-every", "2"],
+            &["--connect-rate", "10", "--http2"],
+            &["--connect-rate", "0"],
+        ] {
+            let mut args = vec!["run", "--url", "http://127.0.0.1:9/"];
+            args.extend_from_slice(bad);
+            let out = loadgen(&args);
+            assert_eq!(out.status.code(), Some(2), "{bad:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+}
+
+mod hold {
+    use super::util::*;
+
+    /// `hold` over https against `upstream --tls`: 200 connections, each a TLS handshake (counted
+    /// full or resumed) and a verified GET, held idle and still open when the RSS is read, and
+    /// the upstream's resident memory grew with them (its TLS state and buffers). A wrong CA is
+    /// one clear handshake error (exit 1), a TLS option on http:// a usage error.
+    #[test]
+    fn holds_tls_connections_against_a_tls_upstream() {
+        let _g = timing_lock();
+        let (up, ca) = Server::upstream_tls(&[]);
+        let json = temp_path("hold.json");
+        let (url, pid) = (up.https_url(), up.pid().to_string());
+        let base = ["hold", "--url", &url, "--pid", &pid, "--connections", "200", "--settle", "300ms", "--settle-before", "100ms"];
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--ca", ca.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+        let out = loadgen(&args);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&json);
+        let c = &j["counts"][0];
+        assert_eq!((c["n_ok"].as_u64(), c["valid"].as_bool()), (Some(200), Some(true)), "{c}");
+        assert_eq!(c["failures"]["handshake"], 0, "{c}");
+        let hs = c["tls_handshakes"]["full"].as_u64().unwrap() + c["tls_handshakes"]["resumed"].as_u64().unwrap();
+        assert_eq!(hs, 200, "a handshake per held connection: {c}");
+        assert!(c["kib_per_conn"].as_f64().unwrap() > 1.0, "the upstream holds TLS state per connection: {c}");
+        assert!(j["meta"]["url"].as_str().unwrap().starts_with("https://localhost:"), "{}", j["meta"]);
+        assert_eq!(j["meta"]["tls"]["insecure"], false);
+        assert!(stdout.contains("held connections handshook"), "{stdout}");
+
+        let (_other, other_ca) = Server::upstream_tls(&[]);
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--ca", other_ca.to_str().unwrap()]);
+        let out = loadgen(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("(handshake)") && stderr.contains("certificate"), "{stderr}");
+
+        let plain_url = format!("http://{}/", up.addr);
+        let out = loadgen(&["hold", "--url", &plain_url, "--pid", &pid, "--insecure"]);
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
