@@ -3,6 +3,7 @@ schedstat ns) read before and after it; what is kept of loadgen's report."""
 
 import json
 import os
+import shlex
 import time
 
 from lib.procfs import CLK_TCK
@@ -11,18 +12,21 @@ from lib.procs import Fail, run_cmd
 from .spec import CONNECTIONS, DESC, REQ_TIMEOUT
 
 
-def trim_report(rep):
-    """Keep what the summary and a later reader need; drop the bulky per-second series."""
+def trim_report(rep, extra_keys=()):
+    """Keep what the summary and a later reader need; drop the bulky per-second series.
+    extra_keys: more top-level keys of the report to keep (the TLS comparison: handshakes)."""
     keep = {k: rep.get(k) for k in ("valid", "invalid_reasons", "target_rate", "sent_rate",
                                     "achieved_rate", "counts", "status_codes", "errors",
-                                    "error_causes", "latency")}
+                                    "error_causes", "latency") + tuple(extra_keys)}
     keep["histogram_corrected"] = rep.get("histograms", {}).get("corrected")
     return keep
 
 
 def loadgen_run(ctx, target, what, *, closed=False, rate=None, duration, warmup=0.0,
-                connections=CONNECTIONS):
-    """Run loadgen against target, reading the target's CPU from /proc before and after."""
+                connections=CONNECTIONS, extra_args=(), extra_keys=(), keep_command=False):
+    """Run loadgen against target, reading the target's CPU from /proc before and after.
+    The target's client_args (e.g. --ca over TLS) and extra_args are added to the command; with
+    neither closed nor a rate, extra_args must say how to send (e.g. --connect-rate R)."""
     jpath = os.path.join(ctx.tmpdir, f"lg-{ctx.seq()}.json")
     argv = ["taskset", "-c", DESC["loader_cpu"], ctx.bins["loadgen"], "run", "--url", target.url,
             "--duration", f"{duration}s", "--warmup", f"{warmup}s", "--connections", str(connections),
@@ -30,8 +34,9 @@ def loadgen_run(ctx, target, what, *, closed=False, rate=None, duration, warmup=
             "--allow-invalid"]
     if closed:
         argv.append("--closed")
-    else:
+    elif rate is not None:
         argv += ["--rate", str(int(round(rate)))]
+    argv += list(getattr(target, "client_args", ())) + list(extra_args)
     c0 = target.cpu()
     t0 = time.monotonic()
     r = run_cmd(argv, timeout=duration + warmup + 30, what=f"loadgen against {target.name} ({what})")
@@ -45,10 +50,12 @@ def loadgen_run(ctx, target, what, *, closed=False, rate=None, duration, warmup=
         rep = json.load(f)
     os.unlink(jpath)
     target.check_alive()
-    out = trim_report(rep)
+    out = trim_report(rep, extra_keys)
     # requests the target handled: every response (warmup 0, so the window is the whole run),
     # plus errored requests (they cost the target CPU too)
     nreq = rep["counts"]["responses"]
+    if keep_command:
+        out["command"] = shlex.join(argv)
     out["requests_handled"] = nreq
     out["wall_s"] = t1 - t0
     if target.pids:

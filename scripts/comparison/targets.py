@@ -30,23 +30,30 @@ def http_get_ok(addr, timeout=1.0):
     return head.startswith(b"HTTP/1.1 200") and len(body) == DESC["body_bytes"]
 
 
-def wait_ready(proc, addr, what, timeout):
+def wait_ready(proc, addr, what, timeout, ready=http_get_ok, scheme="http"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.alive():
             raise Fail(f"{what}: exited during start-up (code {proc.p.returncode}); log {proc.log_path}:\n"
                        f"{proc.log_tail()}")
-        if http_get_ok(addr):
+        if ready(addr):
             return
         time.sleep(0.1)
-    raise Fail(f"{what}: no 200 on http://{addr}/ within {timeout:.0f}s; log {proc.log_path}:\n"
+    raise Fail(f"{what}: no 200 on {scheme}://{addr}/ within {timeout:.0f}s; log {proc.log_path}:\n"
                f"{proc.log_tail()}")
 
 
 class Target:
-    """A running target (or `direct`, which is the upstream itself)."""
+    """A running target (or `direct`, which is the upstream itself).
 
-    def __init__(self, name, ctx, valgrind=None, for_memory=False):
+    Hooks for variants (the TLS comparison, comparison/tls.py): `configure(port)` returns the
+    (argv, env) to run instead of write_configs', `ready(addr)` the start-up check instead of
+    http_get_ok; `client_args` are added to every loadgen command against the target."""
+
+    scheme = "http"
+    client_args = ()
+
+    def __init__(self, name, ctx, valgrind=None, for_memory=False, configure=None, ready=http_get_ok):
         self.name = name
         self.ctx = ctx
         self.proc = None
@@ -56,15 +63,18 @@ class Target:
             return
         port = free_port()
         self.addr = f"127.0.0.1:{port}"
-        argv, env = write_configs(ctx.cfgdir, name, port, ctx.up_addr, ctx.bins,
-                                  for_valgrind=valgrind is not None, for_memory=for_memory)
+        if configure is None:
+            argv, env = write_configs(ctx.cfgdir, name, port, ctx.up_addr, ctx.bins,
+                                      for_valgrind=valgrind is not None, for_memory=for_memory)
+        else:
+            argv, env = configure(port)
         if valgrind is not None:
             argv = valgrind + argv
         argv = ["taskset", "-c", DESC["proxy_cpu"]] + argv
         self.argv, self.env = argv, env
         logp = os.path.join(ctx.logdir, f"{name}-{ctx.seq()}.log")
         self.proc = Proc(name, argv, logp, env=env)
-        wait_ready(self.proc, self.addr, name, timeout=90 if valgrind else 20)
+        wait_ready(self.proc, self.addr, name, timeout=90 if valgrind else 20, ready=ready, scheme=self.scheme)
         time.sleep(0.2 if valgrind is None else 1.0)  # let nginx fork its worker, Go settle
         self.pids = procfs.tree_pids(self.proc.pid)
 
