@@ -19,8 +19,8 @@ ECDSA, the memory variant of each config).
 
 Writes OUT/tls.json (every run: loadgen's report less its per-second series and histograms, the
 CPU readings, the exact loadgen command), OUT/configs/{ecdsa,rsa}/, OUT/certs/ (the commands,
-not the keys), OUT/memory/; then summarize_tls.py writes summary.md, summary.json, runs.csv and
-NOTES.md.
+not the keys), OUT/memory/ and a NOTES.md stub (hand-written part); then summarize_tls.py writes
+summary.md, summary.json, runs.csv, commands.md and noise.md.
 """
 
 import argparse
@@ -188,7 +188,8 @@ def calibrate(ctx, record, certs):
     rates = [r["achieved_rate"] for r in runs]
     base = sorted(rates)[len(rates) // 2]
     record["calibration"] = {"source": "traefik closed-loop over TLS (ECDSA, keep-alive), median",
-                             "runs_rps": rates, "rate_base": base, "commands": [r["command"] for r in runs]}
+                             "runs_rps": rates, "rate_base": base, "commands": [r["command"] for r in runs],
+                             "traefik_util": [r.get("cpu", {}).get("util") for r in runs]}
     log(f"calibrate: Traefik TLS max {', '.join(f'{x:.0f}' for x in rates)} req/s -> base {base:.0f}")
     return base
 
@@ -303,6 +304,11 @@ def main():
     record["meta"]["machine"]["loadavg_at_end"] = procfs.loadavg_text()
     write_json(out, record)
     log(f"done in {record['meta']['elapsed_s']:.0f}s; summarizing")
+    notes = os.path.join(out, "NOTES.md")
+    if not os.path.exists(notes):
+        with open(notes, "w") as f:
+            f.write(f"# NOTES ({mode} run)\n\nHand-written: what else ran on the machine, what to trust. "
+                    "The measured noise (load average, spread over rounds) is in [noise.md](noise.md).\n")
     r = subprocess.run([sys.executable, os.path.join(HERE, "summarize_tls.py"), out])
     if r.returncode != 0:
         raise Fail("summarize_tls.py failed")

@@ -4,8 +4,9 @@
     python3 scripts/summarize_tls.py DIR
 
 Writes DIR/summary.md (the tables), DIR/summary.json (the derived numbers), DIR/runs.csv (one
-line per loadgen run, with its exact command) and DIR/NOTES.md (noise: load average, the spread
-over rounds, what the figures do not say). Standard library only; can be re-run on a committed
+line per loadgen run, with its exact command), DIR/commands.md (the exact commands, one of each
+kind) and DIR/noise.md (load average, the spread over rounds, what the figures do not say).
+DIR/NOTES.md is the hand-written part (compare_tls.py leaves a stub). Standard library only; can be re-run on a committed
 tls.json at any time.
 
 Statistics as in the cleartext comparison (comparison/stats.py): per-round values reduced to
@@ -48,7 +49,7 @@ def us_per_hs(run):
 
 def hs_per_cpu_s(run):
     c = cpu_s(run)
-    return n_hs(run) / c if c else None
+    return n_hs(run) / c if c and n_hs(run) else None
 
 
 def errors(run):
@@ -105,6 +106,9 @@ def compute(d):
         runs_all += [p["rsa"][w] for p in per if "rsa" in p for w in ("full", "resumed")]
         s["runs"] = len(runs_all)
         s["invalid_runs"] = sum(1 for r in runs_all if not r["valid"])
+        s["invalid_reasons"] = sorted({why.split(":")[0] for r in runs_all for why in (r.get("invalid_reasons") or [])})
+        lags = [r["latency"]["send_lag"]["p99_us"] / 1000 for r in runs_all if r["latency"].get("send_lag")]
+        s["send_lag_p99_ms"] = stat(lags)
         s["errors"] = sum(errors(r) for r in runs_all)
         s["negotiated"] = sorted({f"{n['version']} {n['cipher_suite']}" for r in runs_all
                                   for n in (r.get("tls_negotiated") or [])})
@@ -146,9 +150,17 @@ def write_summary(d, targets, S, mem, out):
              f"Commit `{m['git']['commit'][:12]}`. Target on CPU {m['description']['proxy_cpu']}, loadgen and the "
              f"upstream on CPU {m['description']['loader_cpu']}; one worker each; HTTP/1.1, {m['description']['body_bytes']}-byte body; "
              "TLS terminated by the target with the same certificate (ECDSA P-256 or RSA-2048, one per process), "
-             "cleartext to the upstream. Method and column meanings: [scripts/README.md](../../../scripts/README.md#compare-tlssh-the-tls-comparison).")
+             "cleartext to the upstream. Method and column meanings: [scripts/README.md](../../../scripts/README.md#scriptscompare-tlssh-the-tls-comparison); "
+             "noise: [noise.md](noise.md) and [NOTES.md](NOTES.md).")
     L.append("")
-    L.append(f"Rates: Traefik's TLS keep-alive max {rates['rate_base']:,.0f} req/s ({d['calibration']['source']}); fixed rate "
+    cal = d["calibration"]
+    utils = [u for u in cal.get("traefik_util") or [] if u is not None]
+    if utils:
+        busy = f"Traefik {min(utils) * 100:.0f}–{max(utils) * 100:.0f} % busy"
+        busy += (": loader-bound, the fixed rate is below half Traefik's capacity" if max(utils) < 0.9 else "")
+    else:
+        busy = "Traefik's CPU during calibration not recorded (older run): see section 1's req/s max"
+    L.append(f"Rates: Traefik's TLS keep-alive max {rates['rate_base']:,.0f} req/s ({cal['source']}; {busy}); fixed rate "
              f"{rates['fixed_rate']:,.0f} req/s (50 %); full handshakes offered at {rates['full_rate']:,.0f}/s, resumed at "
              f"{rates['resumed_rate']:,.0f}/s (`--connect-rate`, {m['hs_max_connections']} connections at most); churn: "
              f"`--new-connection-every {rates['churn_every']}` at the fixed rate. Values: median [min–max] over rounds.")
@@ -158,7 +170,10 @@ def write_summary(d, targets, S, mem, out):
     rows = []
     for t in targets:
         s = S[t]
-        rows.append([LABEL[t], fmt(s["warm_max_rps"], 0), fmt(s["closed_us_per_req"]), fmt(s["closed_x_floor"], 2, "×"),
+        rps = fmt(s["warm_max_rps"], 0)
+        if s["warm_max_util"] and s["warm_max_util"]["median"] < 0.9:
+            rps = f"≥ {rps} (loader-bound: target {s['warm_max_util']['median'] * 100:.0f} % busy)"
+        rows.append([LABEL[t], rps, fmt(s["closed_us_per_req"]), fmt(s["closed_x_floor"], 2, "×"),
                      fmt(s["fixed_us_per_req"]), f"{fmt(s['fixed_us_per_req_user'])} + {fmt(s['fixed_us_per_req_sys'])}",
                      fmt(s["fixed_x_floor"], 2, "×"), fmt(s["fixed_x_less_than_traefik"], 2, "×"),
                      fmt(s["fixed_p50_ms"], 2), fmt(s["fixed_p99_ms"], 2)])
@@ -223,11 +238,17 @@ def write_summary(d, targets, S, mem, out):
     L.append("")
     L.append("## Validity")
     L.append("")
-    rows = [[LABEL[t], str(S[t]["runs"]), str(S[t]["invalid_runs"]), str(S[t]["errors"]), ", ".join(S[t]["negotiated"])]
+    rows = [[LABEL[t], str(S[t]["runs"]), str(S[t]["invalid_runs"]), "; ".join(S[t]["invalid_reasons"]) or "—",
+             fmt(S[t]["send_lag_p99_ms"], 2), str(S[t]["errors"]), ", ".join(S[t]["negotiated"])]
             for t in targets]
-    L.append(table(["target", "loadgen runs", "INVALID runs", "errors", "negotiated (all runs)"], rows))
+    L.append(table(["target", "loadgen runs", "INVALID runs", "why INVALID", "generator send lag P99 ms (over its runs)",
+                    "errors", "negotiated (all runs)"], rows))
     L.append("")
-    L.append("Every loadgen command is in `runs.csv`; the targets' configs in `configs/{ecdsa,rsa}/`; the "
+    L.append("INVALID is loadgen's verdict on itself (it could not keep its schedule: send lag P99 > 1 ms, or could not "
+             "send the load): the CPU per request or handshake of such a run is still the target's CPU over what it "
+             "served, but its latency figures include the generator's lateness.")
+    L.append("")
+    L.append("Every loadgen command is in `runs.csv` (one of each kind in `commands.md`); the targets' configs in `configs/{ecdsa,rsa}/`; the "
              "certificates' openssl commands in `certs/commands.txt`; every report in `tls.json`.")
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write("\n".join(L) + "\n")
@@ -269,7 +290,7 @@ def spread(st):
 
 def write_notes(d, targets, S, out):
     m = d["meta"]
-    L = ["# NOTES: noise and limits of this run", ""]
+    L = ["# Noise and limits of this run (written by scripts/summarize_tls.py; NOTES.md is the hand-written part)", ""]
     if m["mode"] == "smoke":
         L += ["**This is a smoke run** (`--smoke`: one short round, every phase): it proves the script works end "
               "to end; its figures are not a measurement.", ""]
@@ -300,8 +321,34 @@ def write_notes(d, targets, S, out):
           "set-ups are full: the `resumed fraction` column says how many; CPU per handshake is over all of them.",
           "- Peers run with their defaults for TLS apart from the certificate (nginx: tickets on and a 20 MB shared "
           "session cache; HAProxy: its default cache and tickets; Traefik: Go's defaults)."]
-    with open(os.path.join(out, "NOTES.md"), "w") as f:
+    with open(os.path.join(out, "noise.md"), "w") as f:
         f.write("\n".join(L) + "\n")
+
+
+def write_commands(d, out):
+    """commands.md: the exact commands of the run, one of each kind (every loadgen command is in runs.csv)."""
+    m = d["meta"]
+    L = ["# The exact commands of this run", "", f"Run: `{m['command_line']}`", "",
+         "Certificates (openssl; the keys are not kept):", "", "```"]
+    L += [c["command"] for c in m["certificates"].values()] + ["```", "", "Upstream (CPU 0, the whole run):", "",
+                                                               "```", m.get("upstream_command", "?"), "```", ""]
+    first = (d.get("rounds") or [{}])[0].get("results", {})
+    for t, res in first.items():
+        L += [f"## {t}", ""]
+        for kt in ("ecdsa", "rsa"):
+            r = res.get(kt)
+            if not r:
+                continue
+            env = " ".join(f"{k}={v}" for k, v in (r.get("env") or {}).items())
+            L += [f"Target ({kt}): `{(env + ' ') if env else ''}{r['command']}`", "", "```"]
+            L += [f"# {ph}\n{run['command']}" for ph, run in r.items() if isinstance(run, dict) and run.get("command")]
+            L += ["```", ""]
+    mem = (d.get("memory") or {}).get("targets") or {}
+    if mem:
+        L += ["## memory (loadgen hold)", "", "```"]
+        L += [f"# {t}\n{x['command']}" for t, x in mem.items() if x.get("command")] + ["```", ""]
+    with open(os.path.join(out, "commands.md"), "w") as f:
+        f.write("\n".join(L))
 
 
 def main():
@@ -318,6 +365,7 @@ def main():
     write_summary(d, targets, S, mem, out)
     write_csv(d, out)
     write_notes(d, targets, S, out)
+    write_commands(d, out)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump({"schema_version": 1, "kind": "compare-tls-summary", "targets": S, "memory": mem}, f, indent=1)
 
