@@ -8,8 +8,8 @@
 #
 # Same set-up as scripts/compare.sh (scripts/lib/setup.sh: builds the binaries if missing,
 # installs missing peers) plus openssl for the certificates; then scripts/compare_tls.py does the
-# measuring and scripts/summarize_tls.py the rendering. Default run ~15 min (5 rounds); --smoke
-# ~4 min (1 short round, every phase). Exit status non-zero, naming the peer, when a peer cannot
+# measuring and scripts/summarize_tls.py the rendering. Default run ~12–13 min (5 rounds, estimated); --smoke
+# ~2.5 min (1 short round, every phase). Exit status non-zero, naming the peer, when a peer cannot
 # be installed or started.
 set -euo pipefail
 cd "$(dirname "$0")/.."

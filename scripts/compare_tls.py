@@ -67,7 +67,7 @@ HS_MAX_CONNECTIONS = 64   # --connect-rate: connections being set up or answered
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="one short round (~4 min), to check the script")
+    ap.add_argument("--smoke", action="store_true", help="one short round (~2.5 min), to check the script")
     ap.add_argument("--rounds", type=int, help="interleaved rounds (full: 5, smoke: 1)")
     ap.add_argument("--out", help="results folder (default results/compare-tls/<date>-<host>[-smoke])")
     ap.add_argument("--targets", default=",".join(TLS_TARGETS), help="subset of " + ",".join(TLS_TARGETS))
