@@ -12,7 +12,7 @@
 use std::hint::black_box;
 use std::path::PathBuf;
 
-use gates::exchange::{Outcome, Route, exchange};
+use gates::exchange::{Outcome, Route, exchange, tls_floor};
 use gungraun::{Callgrind, LibraryBenchmarkConfig, library_benchmark, library_benchmark_group, main};
 
 fn env_number(name: &str) -> u64 {
@@ -79,9 +79,69 @@ fn proxied_2n(n: u64) -> Outcome {
 
 library_benchmark_group!(name = exchanges; benchmarks = direct_n, direct_2n, proxied_n, proxied_2n);
 
+// Phase 2 (TLS): the proxied path in cleartext and over TLS 1.3, and the floor, rustls alone doing
+// the same records in memory. The gate runs one group at a time (`GUNGRAUN_FILTER`).
+
+fn check_proxied_clear_n(o: Outcome) {
+    record("proxied_clear_n", o);
+}
+fn check_proxied_clear_2n(o: Outcome) {
+    record("proxied_clear_2n", o);
+}
+fn check_proxied_tls_n(o: Outcome) {
+    record("proxied_tls_n", o);
+}
+fn check_proxied_tls_2n(o: Outcome) {
+    record("proxied_tls_2n", o);
+}
+fn check_tls_floor_n(o: Outcome) {
+    record("tls_floor_n", o);
+}
+fn check_tls_floor_2n(o: Outcome) {
+    record("tls_floor_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_proxied_clear_n)]
+fn proxied_clear_n(n: u64) -> Outcome {
+    black_box(exchange(Route::Proxied, n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_proxied_clear_2n)]
+fn proxied_clear_2n(n: u64) -> Outcome {
+    black_box(exchange(Route::Proxied, n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_proxied_tls_n)]
+fn proxied_tls_n(n: u64) -> Outcome {
+    black_box(exchange(Route::ProxiedTls, n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_proxied_tls_2n)]
+fn proxied_tls_2n(n: u64) -> Outcome {
+    black_box(exchange(Route::ProxiedTls, n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_tls_floor_n)]
+fn tls_floor_n(n: u64) -> Outcome {
+    black_box(tls_floor(n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_tls_floor_2n)]
+fn tls_floor_2n(n: u64) -> Outcome {
+    black_box(tls_floor(n, body_bytes()))
+}
+
+library_benchmark_group!(name = tls; benchmarks = proxied_clear_n, proxied_clear_2n, proxied_tls_n, proxied_tls_2n, tls_floor_n, tls_floor_2n);
+
 main!(
     config = LibraryBenchmarkConfig::default()
         .env_clear(false)
         .tool(Callgrind::with_args(["--cache-sim=no"]));
-    library_benchmark_groups = exchanges
+    library_benchmark_groups = exchanges, tls
 );

@@ -60,9 +60,10 @@ const LEAK_SLACK: u64 = 16;
 fn runs(g: &AllocGate, prefix: &str) -> (Vec<Run>, Vec<(String, AllocError)>) {
     let mut runs = Vec::new();
     let mut invalid = Vec::new();
+    let default_shape = g.shape.as_deref().unwrap_or(DEFAULT_SHAPE);
     let default = |key: String, engine: &str| Run {
         key,
-        shape: DEFAULT_SHAPE.to_owned(),
+        shape: default_shape.to_owned(),
         engine: engine.to_owned(),
         limit: g.hard_limit,
         reason: None,
@@ -74,7 +75,7 @@ fn runs(g: &AllocGate, prefix: &str) -> (Vec<Run>, Vec<(String, AllocError)>) {
         runs.push(default(format!("{prefix}:alloc[{engine}]"), engine));
     }
     let mut seen: HashSet<&str> = g.report_engines.iter().map(String::as_str).collect();
-    seen.insert(DEFAULT_SHAPE);
+    seen.insert(default_shape);
     for s in &g.shapes {
         let key = format!("{prefix}:alloc[{}]", s.name);
         let reason = s.reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
@@ -196,6 +197,7 @@ mod tests {
 
     fn gate(shapes: Vec<AllocShape>) -> AllocGate {
         AllocGate {
+            shape: None,
             metric: "m".into(),
             unit: "u".into(),
             workload: "w".into(),
@@ -231,6 +233,18 @@ mod tests {
         assert_eq!(bad, ["phase1:alloc[431]", "phase1:alloc[404]", "phase1:alloc[get]"]);
         assert_eq!(invalid[0].1.to_string(), "contract: shape \"431\" has hard_limit 7 but no reason: a limit above 0 must say why");
         assert!(matches!(&invalid[2].1, AllocError::ShapeTwice(name) if name == "get"));
+    }
+
+    /// Phase 2's gate measures its own shape in the row `alloc` (`shape = "tls-get"`).
+    #[test]
+    fn the_gate_row_measures_the_contract_shape_and_it_cannot_be_listed_again() {
+        let mut g = gate(vec![shape("tls-get", 0.0, None), shape("get", 0.0, None)]);
+        g.shape = Some("tls-get".into());
+        g.report_engines.clear();
+        let (runs, invalid) = runs(&g, "phase2");
+        assert_eq!((runs[0].key.as_str(), runs[0].shape.as_str()), ("phase2:alloc", "tls-get"));
+        assert_eq!(runs.iter().filter(|r| r.shape == "get").count(), 1, "get is a shape like any other here");
+        assert!(matches!(&invalid[..], [(k, AllocError::ShapeTwice(s))] if k == "phase2:alloc[tls-get]" && s == "tls-get"), "{invalid:?}");
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub struct Contract {
     pub name: String,
     #[serde(default)]
     pub decisions: Vec<Decision>,
+    /// Required with a static gate; a contract without one (phase 2: its modules are in phase 1's
+    /// hot path, which covers every data-plane file) may leave it out.
+    #[serde(default)]
     pub hot_path: HotPath,
     #[serde(default)]
     pub prohibitions: Vec<Prohibition>,
@@ -33,7 +36,7 @@ pub struct Decision {
     pub protected_by: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HotPath {
     /// Globs relative to the workspace root (`**` any depth, `*` within a name).
@@ -147,6 +150,8 @@ pub struct StaticGate {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllocGate {
+    /// The probe's name for the gate's own shape, the row `alloc` (default `get`).
+    pub shape: Option<String>,
     pub metric: String,
     pub unit: String,
     pub workload: String,
@@ -158,7 +163,7 @@ pub struct AllocGate {
     #[serde(default)]
     pub report_engines: Vec<String>,
     /// Further request shapes (`[[gates.alloc.shapes]]`), each its own row `alloc[<name>]`;
-    /// the keys above are the default shape's (`get`).
+    /// the keys above are the gate's own shape's (`shape`).
     #[serde(default)]
     pub shapes: Vec<AllocShape>,
 }
@@ -188,6 +193,30 @@ pub struct InstructionsGate {
     pub body_bytes: usize,
     pub hard_limit: f64,
     pub soft_limit_pct: Option<f64>,
+    /// The bench group to run (`exchanges`, the default; `tls`).
+    pub group: Option<String>,
+    /// The figure is `target − base` per request, each from its bench functions `<name>_n` and
+    /// `<name>_2n` (default: `proxied − direct`).
+    pub base: Option<String>,
+    pub target: Option<String>,
+    /// A floor measured beside it (`<name>_n`, `<name>_2n`): the figure may be at most
+    /// `floor_ratio_limit` times the floor's per-request count.
+    pub floor: Option<String>,
+    pub floor_ratio_limit: Option<f64>,
+}
+
+impl InstructionsGate {
+    pub fn group(&self) -> &str {
+        self.group.as_deref().unwrap_or("exchanges")
+    }
+
+    pub fn base(&self) -> &str {
+        self.base.as_deref().unwrap_or("direct")
+    }
+
+    pub fn target(&self) -> &str {
+        self.target.as_deref().unwrap_or("proxied")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -352,6 +381,8 @@ pub enum Invalid {
     ProhibitionNotAPath { id: String, entry: String },
     #[error("hot_path.sampled_branch_marker {0:?} must be a non-empty identifier part (every name contains the empty string)")]
     Marker(String),
+    #[error("[hot_path] is scanned only by a static gate: this contract has [hot_path] paths but no [gates.static]")]
+    HotPathWithoutStaticGate,
     #[error("hot_path.exclude {0:?} needs a reason")]
     ExcludeWithoutReason(String),
     /// `key` is `allow` or `allow_attributes`.
@@ -394,7 +425,11 @@ pub fn load(file: &Path) -> Result<Contract, ContractError> {
             return Err(invalid(Invalid::ProhibitionNotAPath { id: p.id.clone(), entry: m.clone() }));
         }
     }
-    check_hot_path(&c.hot_path).map_err(invalid)?;
+    if c.gates.static_.is_some() {
+        check_hot_path(&c.hot_path).map_err(invalid)?;
+    } else if !c.hot_path.paths.is_empty() {
+        return Err(invalid(Invalid::HotPathWithoutStaticGate));
+    }
     c.file = file.to_path_buf();
     Ok(c)
 }

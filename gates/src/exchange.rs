@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::chain;
 use crate::harness::GET;
+use proxy::data::tls::record::{self, Keys};
 
 /// Exchanges before the measured ones (both request counts run them: they cancel out).
 pub const WARMUP: u64 = 200;
@@ -59,6 +60,8 @@ pub enum ExchangeError {
     ClosedMidBody,
     #[error("{0} bytes past the response (the bench sends one request at a time)")]
     PastResponse(usize),
+    #[error("tls")]
+    Tls(#[source] io::Error),
 }
 
 /// The sockets a run binds.
@@ -146,6 +149,9 @@ pub enum Route {
     ProxiedNoRoute,
     /// A broken proxy for the gate's own tests: its upstream is a closed port (502).
     ProxiedDeadUpstream,
+    /// Client → proxy over TLS 1.3 (a rustls handshake, then the proxy's record layer on the
+    /// client too: [`crate::tlsclient`]) → origin in cleartext.
+    ProxiedTls,
 }
 
 /// Runs `WARMUP + n` keep-alive GETs with `body_bytes` responses and reports what happened.
@@ -169,15 +175,32 @@ pub fn exchange(route: Route, n: u64, body_bytes: usize) -> Outcome {
 }
 
 async fn run(route: Route, n: u64, body_bytes: usize, served: Rc<Cell<u64>>) -> (u64, Option<String>) {
-    let target = match setup(route, body_bytes, served).await {
+    let tls = match route {
+        Route::ProxiedTls => match tls_setup() {
+            Ok(t) => Some(t),
+            Err(e) => return (0, Some(chain(&e))),
+        },
+        _ => None,
+    };
+    let target = match setup(route, body_bytes, served, tls.as_ref().map(|t| (t.cert.as_path(), t.key.as_path()))).await {
         Ok(t) => t,
         Err(e) => return (0, Some(chain(&e))),
     };
-    let mut s = match tokio::net::TcpStream::connect(target).await {
+    let s = match tokio::net::TcpStream::connect(target).await {
         Ok(s) => s,
         Err(source) => return (0, Some(chain(&ExchangeError::Connect { target, source }))),
     };
     let _ = s.set_nodelay(true);
+    let mut s = match &tls {
+        None => Stream::Plain(s),
+        Some(t) => match AsyncTls::handshake(s, &t.client).await {
+            Ok(c) => Stream::Tls(Box::new(c)),
+            Err(e) => return (0, Some(chain(&ExchangeError::Tls(e)))),
+        },
+    };
+    if let Some(t) = &tls {
+        let _ = std::fs::remove_dir_all(&t.dir);
+    }
     let mut buf = vec![0u8; 64 * 1024];
     let mut ok = 0;
     for _ in 0..WARMUP + n {
@@ -189,8 +212,23 @@ async fn run(route: Route, n: u64, body_bytes: usize, served: Rc<Cell<u64>>) -> 
     (ok, None)
 }
 
+/// The TLS route's certificate and client config.
+struct TlsSetup {
+    dir: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+fn tls_setup() -> Result<TlsSetup, ExchangeError> {
+    let dir = std::env::temp_dir().join(format!("gates-instr-tls-{}", std::process::id()));
+    let (cert, key, client) = crate::tlsclient::make_pki(&dir, true).map_err(ExchangeError::Tls)?;
+    Ok(TlsSetup { dir, cert, key, client })
+}
+
 /// Starts the origin (and the proxy's worker in front of it); returns the address to send to.
-async fn setup(route: Route, body_bytes: usize, served: Rc<Cell<u64>>) -> Result<SocketAddr, ExchangeError> {
+/// `tls`: the proxy's listener speaks TLS with this certificate and key.
+async fn setup(route: Route, body_bytes: usize, served: Rc<Cell<u64>>, tls: Option<(&Path, &Path)>) -> Result<SocketAddr, ExchangeError> {
     use proxy::config::{ServerIds, parse};
     use proxy::data::accept::accept_loop;
     use proxy::data::worker::{Shared, Worker};
@@ -202,7 +240,7 @@ async fn setup(route: Route, body_bytes: usize, served: Rc<Cell<u64>>) -> Result
     tokio::task::spawn_local(origin(origin_listener, body_bytes, served));
     let (upstream, host) = match route {
         Route::Direct => return Ok(origin_addr),
-        Route::Proxied => (origin_addr, ""),
+        Route::Proxied | Route::ProxiedTls => (origin_addr, ""),
         Route::ProxiedNoRoute => (origin_addr, "host = \"elsewhere.example\"\n"),
         Route::ProxiedDeadUpstream => {
             // A port that was just free: nothing listens there.
@@ -210,8 +248,11 @@ async fn setup(route: Route, body_bytes: usize, served: Rc<Cell<u64>>) -> Result
             (l.local_addr().map_err(address(Listener::DeadUpstream))?, "")
         }
     };
+    let tls = tls
+        .map(|(cert, key)| format!("[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n", cert.display(), key.display()))
+        .unwrap_or_default();
     let text = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\n{host}upstream = \"o\"\n[upstreams.o]\nservers = [\"{upstream}\"]\n"
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n{tls}[[routes]]\n{host}upstream = \"o\"\n[upstreams.o]\nservers = [\"{upstream}\"]\n"
     );
     let cfg = parse(Path::new("bench"), &text, &mut ServerIds::default()).map_err(ExchangeError::Config)?;
     let worker = Worker::new(Shared::new(cfg.snapshot), 0);
@@ -256,8 +297,222 @@ async fn origin(listener: tokio::net::TcpListener, body: usize, served: Rc<Cell<
     }
 }
 
+/// The client's connection: cleartext, or TLS through the proxy's record layer.
+enum Stream {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<AsyncTls>),
+}
+
+impl Stream {
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => s.write_all(bytes).await,
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+}
+
+/// [`crate::tlsclient::TlsClient`] on tokio: a rustls handshake, then records sealed and opened by
+/// the proxy's record layer in buffers owned for the connection's life.
+struct AsyncTls {
+    tcp: tokio::net::TcpStream,
+    rx: Keys,
+    tx: Keys,
+    rbuf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    plain: (usize, usize, usize),
+    wbuf: Box<[u8]>,
+}
+
+impl AsyncTls {
+    async fn handshake(mut tcp: tokio::net::TcpStream, config: &std::sync::Arc<rustls::ClientConfig>) -> io::Result<AsyncTls> {
+        let name = rustls::pki_types::ServerName::try_from(crate::tlsclient::SERVER_NAME).map_err(io::Error::other)?;
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::clone(config), name).map_err(io::Error::other)?;
+        let mut out = Vec::new();
+        let mut inbuf = vec![0u8; 32 * 1024];
+        loop {
+            while conn.wants_write() {
+                out.clear();
+                conn.write_tls(&mut out)?;
+                tcp.write_all(&out).await?;
+            }
+            if !conn.is_handshaking() {
+                break;
+            }
+            let n = tcp.read(&mut inbuf).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            conn.read_tls(&mut &inbuf[..n])?;
+            conn.process_new_packets().map_err(io::Error::other)?;
+        }
+        let tls13 = conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+        let secrets = conn.dangerous_extract_secrets().map_err(io::Error::other)?;
+        let keys =
+            |(seq, s): (u64, rustls::ConnectionTrafficSecrets)| Keys::new(seq, &s, tls13).map_err(|_| io::Error::other("cipher suite"));
+        Ok(AsyncTls {
+            tcp,
+            rx: keys(secrets.rx)?,
+            tx: keys(secrets.tx)?,
+            rbuf: vec![0; record::HEADER + record::MAX_CIPHERTEXT_12].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            plain: (0, 0, 0),
+            wbuf: vec![0; record::MAX_PLAINTEXT + record::MAX_OVERHEAD].into_boxed_slice(),
+        })
+    }
+
+    async fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let n = bytes.len().min(record::MAX_PLAINTEXT);
+            let len = self.tx.seal(record::APPLICATION_DATA, &bytes[..n], &mut self.wbuf).map_err(|_| io::Error::other("seal"))?;
+            self.tcp.write_all(&self.wbuf[..len]).await?;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let (a, b, rec_end) = self.plain;
+            if a < b {
+                let n = buf.len().min(b - a);
+                buf[..n].copy_from_slice(&self.rbuf[a..a + n]);
+                self.plain.0 += n;
+                if self.plain.0 == b {
+                    self.start = rec_end;
+                    self.plain = (0, 0, 0);
+                }
+                return Ok(n);
+            }
+            match record::record_len(&self.rbuf[self.start..self.end], self.rx.max_ciphertext()) {
+                Err(_) => return Err(io::Error::other("not a TLS record")),
+                Ok(Some(len)) if len <= self.end - self.start => {
+                    let at = self.start;
+                    let (typ, pa, pb) = self.rx.open(&mut self.rbuf[at..at + len]).map_err(|_| io::Error::other("record does not open"))?;
+                    if typ == record::APPLICATION_DATA {
+                        self.plain = (at + pa, at + pb, at + len);
+                    } else {
+                        self.start += len; // session tickets
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if self.start == self.end {
+                (self.start, self.end) = (0, 0);
+            } else if self.end == self.rbuf.len() {
+                self.rbuf.copy_within(self.start..self.end, 0);
+                (self.start, self.end) = (0, self.end - self.start);
+            }
+            let n = self.tcp.read(&mut self.rbuf[self.end..]).await?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.end += n;
+        }
+    }
+}
+
+/// The TLS floor: rustls alone, client and server in one process over memory (no sockets, no
+/// proxy), doing per exchange what the TLS path does to its records: the client encrypts the
+/// request, the server decrypts it, encrypts the response (the origin's head and `body_bytes`
+/// body) and the client decrypts it. After one handshake, `WARMUP + n` exchanges, each checked.
+pub fn tls_floor(n: u64, body_bytes: usize) -> Outcome {
+    let mut out = Outcome { proxied: false, requests: n, warmup: WARMUP, body_bytes, ..Outcome::default() };
+    match floor_run(n, body_bytes, &mut out) {
+        Ok(()) => {}
+        Err(e) => out.error = Some(chain(&ExchangeError::Tls(e))),
+    }
+    out
+}
+
+fn floor_run(n: u64, body_bytes: usize, out: &mut Outcome) -> io::Result<()> {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("gates-tls-floor-{}", std::process::id()));
+    let (cert, key, client_config) = crate::tlsclient::make_pki(&dir, true)?;
+    let chain_pem: Vec<rustls::pki_types::CertificateDer<'static>> = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_file_iter(&cert)
+            .map_err(io::Error::other)?
+            .collect::<Result<_, _>>()
+            .map_err(io::Error::other)?
+    };
+    let key_der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::PrivateKeyDer::from_pem_file(&key).map_err(io::Error::other)?
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let server_config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(chain_pem, key_der)
+        .map_err(io::Error::other)?;
+    let name = rustls::pki_types::ServerName::try_from(crate::tlsclient::SERVER_NAME).map_err(io::Error::other)?;
+    let mut client = rustls::ClientConnection::new(client_config, name).map_err(io::Error::other)?;
+    let mut server = rustls::ServerConnection::new(std::sync::Arc::new(server_config)).map_err(io::Error::other)?;
+    let mut wire = Vec::with_capacity(64 * 1024);
+    // Moves what `from` has to send into `to` and lets `to` process it.
+    fn pass(
+        from: &mut dyn FnMut(&mut Vec<u8>) -> io::Result<usize>,
+        to: &mut rustls::ConnectionCommon<impl rustls::SideData>,
+        wire: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        wire.clear();
+        while from(wire)? > 0 {}
+        let mut rd: &[u8] = wire;
+        while !rd.is_empty() {
+            to.read_tls(&mut rd)?;
+            to.process_new_packets().map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+    while client.is_handshaking() || server.is_handshaking() {
+        pass(&mut |w| client.write_tls(w), &mut server, &mut wire)?;
+        pass(&mut |w| server.write_tls(w), &mut client, &mut wire)?;
+    }
+    let mut response =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {body_bytes}\r\n\r\n").into_bytes();
+    response.resize(response.len() + body_bytes, b'x');
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..WARMUP + n {
+        client.writer().write_all(GET)?;
+        pass(&mut |w| client.write_tls(w), &mut server, &mut wire)?;
+        let got = server.reader().read(&mut buf)?;
+        if buf.get(..got) != Some(GET) {
+            return Err(io::Error::other("the server read another request"));
+        }
+        out.origin_served += 1;
+        server.writer().write_all(&response)?;
+        pass(&mut |w| server.write_tls(w), &mut client, &mut wire)?;
+        let mut total = 0;
+        loop {
+            match client.reader().read(&mut buf[total..]) {
+                Ok(0) => break,
+                Ok(k) => total += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if buf.get(..total) != Some(&response[..]) {
+            return Err(io::Error::other("the client read another response"));
+        }
+        out.ok += 1;
+    }
+    Ok(())
+}
+
 /// One GET; `Ok` only for a 200 whose Content-Length body is exactly `body_bytes`.
-async fn round_trip(s: &mut tokio::net::TcpStream, buf: &mut [u8], body_bytes: usize) -> Result<(), ExchangeError> {
+async fn round_trip(s: &mut Stream, buf: &mut [u8], body_bytes: usize) -> Result<(), ExchangeError> {
     s.write_all(GET).await.map_err(ExchangeError::Write)?;
     let mut filled = 0;
     loop {
@@ -309,12 +564,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_paths_verify_and_the_origin_counts_every_request() {
-        for route in [Route::Direct, Route::Proxied] {
+    fn every_path_verifies_and_the_origin_counts_every_request() {
+        for route in [Route::Direct, Route::Proxied, Route::ProxiedTls] {
             let o = exchange(route, 50, 1024);
             assert_eq!(o.verify(), Ok(()), "{o:?}");
             assert_eq!((o.ok, o.origin_served), (WARMUP + 50, WARMUP + 50));
         }
+    }
+
+    #[test]
+    fn the_tls_floor_exchanges_and_checks_every_record() {
+        let o = tls_floor(30, 1024);
+        assert_eq!(o.verify(), Ok(()), "{o:?}");
+        assert_eq!((o.ok, o.origin_served), (WARMUP + 30, WARMUP + 30));
     }
 
     /// The old bench counted these runs' instructions (fewer than a real proxy's) and passed them.
@@ -336,8 +598,8 @@ mod tests {
         let local = tokio::task::LocalSet::new();
         let served = Rc::new(Cell::new(0));
         let err = local.block_on(&rt, async move {
-            let target = setup(Route::Proxied, 100, served).await.expect("setup");
-            let mut s = tokio::net::TcpStream::connect(target).await.expect("connect");
+            let target = setup(Route::Proxied, 100, served, None).await.expect("setup");
+            let mut s = Stream::Plain(tokio::net::TcpStream::connect(target).await.expect("connect"));
             let mut buf = vec![0u8; 64 * 1024];
             round_trip(&mut s, &mut buf, 1024).await.expect_err("wrong length accepted")
         });

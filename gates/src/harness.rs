@@ -554,13 +554,48 @@ pub struct Response {
 
 /// A blocking client over one connection at a time: it connects on first use and again after
 /// a connection closed (no allocation either way: the buffer is its own for life).
-#[derive(Debug)]
 pub struct Client {
     addr: SocketAddr,
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
+    /// Speak TLS (after a rustls handshake, records through [`crate::tlsclient`]).
+    tls: Option<Arc<rustls::ClientConfig>>,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("addr", &self.addr).field("tls", &self.tls.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// The client's connection: cleartext or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<crate::tlsclient::TlsClient>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn invalid(what: &'static str) -> io::Error {
@@ -577,20 +612,29 @@ impl Client {
 
     /// A client for `addr` that connects on first use.
     pub fn new(addr: SocketAddr) -> Client {
-        Client { addr, stream: None, buf: vec![0; CLIENT_BUF].into_boxed_slice(), start: 0, end: 0 }
+        Client { addr, stream: None, tls: None, buf: vec![0; CLIENT_BUF].into_boxed_slice(), start: 0, end: 0 }
+    }
+
+    /// A client for `addr` that speaks TLS with `config` (see [`crate::tlsclient`]); connects on
+    /// first use.
+    pub fn new_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Client {
+        Client { tls: Some(config), ..Client::new(addr) }
     }
 
     pub fn is_connected(&self) -> bool {
         self.stream.is_some()
     }
 
-    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+    fn stream(&mut self) -> io::Result<&mut Stream> {
         if self.stream.is_none() {
             let s = TcpStream::connect(self.addr)?;
             s.set_nodelay(true)?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
             (self.start, self.end) = (0, 0);
-            self.stream = Some(s);
+            self.stream = Some(match &self.tls {
+                None => Stream::Plain(s),
+                Some(config) => Stream::Tls(Box::new(crate::tlsclient::TlsClient::handshake(s, config)?)),
+            });
         }
         self.stream.as_mut().ok_or_else(|| invalid("not connected"))
     }
@@ -758,9 +802,17 @@ pub struct ProxySetup {
 
 /// Starts the proxy in this process with one worker, one route to `origin` (see [`ProxySetup`]).
 pub fn start_proxy(origin: SocketAddr, engine: Engine, setup: &ProxySetup) -> io::Result<Running> {
+    start_proxy_tls(origin, engine, setup, None)
+}
+
+/// [`start_proxy`], the listener speaking TLS with `tls` (certificate and key PEM files) if given.
+pub fn start_proxy_tls(origin: SocketAddr, engine: Engine, setup: &ProxySetup, tls: Option<(&Path, &Path)>) -> io::Result<Running> {
     let host = setup.route_host.map(|h| format!("host = \"{h}\"\n")).unwrap_or_default();
+    let tls = tls
+        .map(|(cert, key)| format!("[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n", cert.display(), key.display()))
+        .unwrap_or_default();
     let text = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"origin\"\n{host}[upstreams.origin]\nservers = [\"{origin}\"]\n{}\n[limits]\n{}\n",
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n{tls}[[routes]]\nupstream = \"origin\"\n{host}[upstreams.origin]\nservers = [\"{origin}\"]\n{}\n[limits]\n{}\n",
         setup.upstream, setup.limits,
     );
     let cfg = config::parse(Path::new("<harness>"), &text, &mut ServerIds::default()).map_err(|e| io::Error::other(e.to_string()))?;

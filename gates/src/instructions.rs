@@ -128,6 +128,7 @@ fn measure(opts: &Options, g: &InstructionsGate) -> Result<Row, InstructionsErro
         .env("GATES_INSTR_REQUESTS", g.requests.to_string())
         .env("GATES_INSTR_BODY_BYTES", g.body_bytes.to_string())
         .env("GATES_INSTR_OUT", &outcomes)
+        .env("GUNGRAUN_FILTER", format!("*::{}::*", g.group()))
         .stdout(Stdio::piped())
         .stderr(if opts.verbose { Stdio::inherit() } else { Stdio::piped() });
     let out = cmd.output().map_err(InstructionsError::CargoBench)?;
@@ -148,9 +149,22 @@ fn measure(opts: &Options, g: &InstructionsGate) -> Result<Row, InstructionsErro
     judge(g, &counts, &read?)
 }
 
-/// The four outcome records the bench's teardowns wrote.
+/// The bench functions a gate reads: base and target at N and 2N, then the floor's if any.
+fn benches(g: &InstructionsGate) -> Vec<String> {
+    let mut names = Vec::new();
+    for p in [Some(g.base()), Some(g.target()), g.floor.as_deref()].into_iter().flatten() {
+        names.push(format!("{p}_n"));
+        names.push(format!("{p}_2n"));
+    }
+    names
+}
+
+/// The outcome records the bench's teardowns wrote (every file in `dir`).
 fn read_outcomes(dir: &Path) -> Result<Vec<(String, Outcome)>, InstructionsError> {
-    BENCHES
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json").map(str::to_owned)).collect())
+        .unwrap_or_default();
+    names
         .iter()
         .map(|name| {
             let p = dir.join(format!("{name}.json"));
@@ -165,8 +179,6 @@ fn read_outcomes(dir: &Path) -> Result<Vec<(String, Outcome)>, InstructionsError
         .collect()
 }
 
-const BENCHES: [&str; 4] = ["direct_n", "direct_2n", "proxied_n", "proxied_2n"];
-
 /// The row from the bench's counts and outcomes. A count is accepted only when its run was
 /// verified and used exactly the request count divided by; a proxy figure at or below the direct
 /// path's is an ERROR (it did less than forward the requests).
@@ -179,12 +191,13 @@ pub fn judge(g: &InstructionsGate, counts: &[(String, f64)], outcomes: &[(String
             .filter(|v| v.is_finite() && *v > 0.0)
             .ok_or_else(|| InstructionsError::NoCount(name.to_owned()))
     };
-    for (i, name) in BENCHES.iter().enumerate() {
-        let o = outcomes.iter().find(|(n, _)| n == name).map(|(_, o)| o).ok_or_else(|| InstructionsError::NoOutcome((*name).to_owned()))?;
+    let names = benches(g);
+    for (i, name) in names.iter().enumerate() {
+        let o = outcomes.iter().find(|(n, _)| n == name).map(|(_, o)| o).ok_or_else(|| InstructionsError::NoOutcome(name.clone()))?;
         let want = if i % 2 == 0 { g.requests } else { 2 * g.requests };
         if o.requests != want || o.body_bytes != g.body_bytes || o.proxied != name.starts_with("proxied") {
             return Err(InstructionsError::Miscounted {
-                bench: (*name).to_owned(),
+                bench: name.clone(),
                 requests: o.requests,
                 body_bytes: o.body_bytes,
                 proxied: o.proxied,
@@ -192,9 +205,10 @@ pub fn judge(g: &InstructionsGate, counts: &[(String, f64)], outcomes: &[(String
                 want_body_bytes: g.body_bytes,
             });
         }
-        o.verify().map_err(|source| InstructionsError::Unverified { bench: (*name).to_owned(), source })?;
+        o.verify().map_err(|source| InstructionsError::Unverified { bench: name.clone(), source })?;
     }
-    let (d1, d2, p1, p2) = (get("direct_n")?, get("direct_2n")?, get("proxied_n")?, get("proxied_2n")?);
+    let (base, target) = (g.base(), g.target());
+    let (d1, d2, p1, p2) = (get(&names[0])?, get(&names[1])?, get(&names[2])?, get(&names[3])?);
     let n = g.requests as f64;
     let direct = (d2 - d1) / n;
     let proxied = (p2 - p1) / n;
@@ -202,6 +216,22 @@ pub fn judge(g: &InstructionsGate, counts: &[(String, f64)], outcomes: &[(String
     if direct <= 0.0 || own <= 0.0 {
         return Err(InstructionsError::CheaperThanDirect { proxied, direct });
     }
+    // The floor beside it, and the figure as a multiple of it.
+    let floor = match (&g.floor, names.get(4), names.get(5)) {
+        (Some(_), Some(f1), Some(f2)) => Some((get(f2)? - get(f1)?) / n),
+        _ => None,
+    };
+    let ratio = floor.filter(|f| *f > 0.0).map(|f| own / f);
+    let ratio_ok = match (ratio, g.floor_ratio_limit) {
+        (Some(r), Some(limit)) => r <= limit,
+        (None, Some(_)) => false,
+        _ => true,
+    };
+    let floor_note = match (floor, ratio, g.floor_ratio_limit) {
+        (Some(f), Some(r), Some(limit)) => format!("; {r:.3}× the floor ({f:.0}/request; limit {limit}×)"),
+        (Some(f), Some(r), None) => format!("; {r:.3}× the floor ({f:.0}/request)"),
+        _ => String::new(),
+    };
     Ok(Row {
         key: String::new(),
         metric: g.metric.clone(),
@@ -211,15 +241,20 @@ pub fn judge(g: &InstructionsGate, counts: &[(String, f64)], outcomes: &[(String
         soft_limit_pct: g.soft_limit_pct,
         baseline: None,
         delta_pct: None,
-        status: if own <= g.hard_limit { Status::Pass } else { Status::Fail },
+        status: if own <= g.hard_limit && ratio_ok { Status::Pass } else { Status::Fail },
         note: format!(
-            "proxied {proxied:.0}/request − direct {direct:.0}/request (client, origin and proxy on one thread; every exchange verified)"
+            "{target} {proxied:.0}/request − {base} {direct:.0}/request (client, origin and proxy on one thread; every exchange verified){floor_note}"
         ),
         details: json!({
             "requests": g.requests,
+            "base": base,
+            "target": target,
             "direct_per_request": direct,
             "proxied_per_request": proxied,
-            "raw": { "direct_n": d1, "direct_2n": d2, "proxied_n": p1, "proxied_2n": p2 },
+            "floor_per_request": floor,
+            "floor_ratio": ratio,
+            "floor_ratio_limit": g.floor_ratio_limit,
+            "raw": counts.iter().filter(|(n, _)| names.contains(n)).map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "outcomes": outcomes.iter().map(|(n, o)| (n.clone(), json!(o))).collect::<serde_json::Map<_, _>>(),
             "gungraun": GUNGRAUN_VERSION,
         }),
@@ -260,6 +295,11 @@ mod tests {
             body_bytes: 1024,
             hard_limit: 13_500.0,
             soft_limit_pct: Some(2.0),
+            group: None,
+            base: None,
+            target: None,
+            floor: None,
+            floor_ratio_limit: None,
         }
     }
 
@@ -278,7 +318,7 @@ mod tests {
     }
 
     fn counts(d1: f64, d2: f64, p1: f64, p2: f64) -> Vec<(String, f64)> {
-        BENCHES.iter().map(|n| (*n).to_owned()).zip([d1, d2, p1, p2]).collect()
+        benches(&gate()).into_iter().zip([d1, d2, p1, p2]).collect()
     }
 
     fn outcomes() -> Vec<(String, Outcome)> {
@@ -315,6 +355,32 @@ mod tests {
         assert!(judge(&gate(), &counts(1e6, 1.5e6, 2e6, 2.4e6), &outcomes()).is_err_and(|e| e.to_string().contains("broken")));
         // A count missing or zero.
         assert!(judge(&gate(), &counts(1e6, 1.5e6, 0.0, 3.2e6), &outcomes()).is_err());
+    }
+
+    /// Phase 2's shape: target − base beside a floor; the ratio to the floor is a limit of its own.
+    #[test]
+    fn a_figure_beside_a_floor_fails_above_its_ratio_limit() {
+        let g = InstructionsGate {
+            base: Some("proxied_clear".into()),
+            target: Some("proxied_tls".into()),
+            floor: Some("tls_floor".into()),
+            floor_ratio_limit: Some(1.0),
+            hard_limit: 1e9,
+            ..gate()
+        };
+        let names = benches(&g);
+        assert_eq!(names, ["proxied_clear_n", "proxied_clear_2n", "proxied_tls_n", "proxied_tls_2n", "tls_floor_n", "tls_floor_2n"]);
+        let outcomes: Vec<_> = names.iter().enumerate().map(|(i, n)| outcome(n, if i % 2 == 0 { 100 } else { 200 })).collect();
+        // TLS adds 1,000/request; the floor does it in 1,250: 0.8×, PASS.
+        let c: Vec<_> = names.iter().cloned().zip([1e6, 2e6, 1.1e6, 2.2e6, 5e5, 6.25e5]).collect();
+        let r = judge(&g, &c, &outcomes).expect("row");
+        assert_eq!((r.measured, r.status), (Some(1_000.0), Status::Pass));
+        // The floor does it in 800: 1.25×, FAIL though far below the hard limit.
+        let c: Vec<_> = names.iter().cloned().zip([1e6, 2e6, 1.1e6, 2.2e6, 5e5, 5.8e5]).collect();
+        let r = judge(&g, &c, &outcomes).expect("row");
+        assert_eq!(r.status, Status::Fail, "{}", r.note);
+        // A floor bench missing: no figure.
+        assert!(judge(&g, &c[..5], &outcomes).is_err());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - [`memory`]: resident memory per idle keep-alive connection, and after they leave.
 //! - [`baseline`], [`report`]: soft limits against a stored baseline; table, markdown, JSON.
 //! - [`exchange`]: the instruction gate's verified workload.
-//! - [`harness`]: the allocation-free in-process client and origin the probes use.
+//! - [`harness`]: the allocation-free in-process client and origin the probes use;
+//!   [`tlsclient`]: its TLS (rustls handshake, the proxy's record layer after it).
 //! - [`error`]: the runner's errors ([`Error`]) and [`error::Chain`], an error with its causes.
 
 pub mod alloc;
@@ -25,5 +26,6 @@ pub mod report;
 pub mod resolve;
 pub mod runner;
 pub mod scan;
+pub mod tlsclient;
 
 pub use error::Error;

@@ -111,7 +111,7 @@ fn alloc_gate_fails_on_one_planted_allocation_per_request_and_on_one_in_ten() {
     let _m = counting();
     for (plant, want) in [("alloc", Some(1.0)), ("alloc/10", Some(0.1)), ("format", None)] {
         let out = out_dir(&format!("alloc-{}", plant.replace('/', "-")));
-        let (code, report) = gates(&["--only", "alloc", "--plant", plant], &out, &root());
+        let (code, report) = gates(&["--phase", "1", "--only", "alloc", "--plant", plant], &out, &root());
         let r = row(&report, "phase1:alloc");
         assert_eq!(code, 1, "{plant}: {r:#}");
         assert_eq!(r["status"], "FAIL", "{plant}: {r:#}");
@@ -224,7 +224,7 @@ fn alloc_shape_rows(report: &Value) -> Vec<(String, &Value)> {
 /// `hit` nor in `unasserted` must PASS.
 fn alloc_shapes_with_plant(plant: &str, hit: &[&str], unasserted: &[&str]) {
     let out = out_dir(&format!("alloc-shapes-{}", plant.replace(['@', '/', ':'], "-")));
-    let (code, report) = gates(&["--only", "alloc", "--plant", plant], &out, &root());
+    let (code, report) = gates(&["--phase", "1", "--only", "alloc", "--plant", plant], &out, &root());
     let rows = alloc_shape_rows(&report);
     for want in hit.iter().chain(unasserted).chain(&["get"]) {
         assert!(rows.iter().any(|(s, _)| s == want), "{plant}: no alloc row for shape {want}: {report:#}");
@@ -281,6 +281,59 @@ fn alloc_gate_counts_one_planted_allocation_per_exchange_in_every_shape() {
         "upgrade",
     ];
     alloc_shapes_with_plant("alloc", &every, &[]);
+}
+
+/// Phase 2 (TLS). `alloc@tls-record` fires for every record the proxy seals: each TLS row gains
+/// at least one allocation per exchange (its response's record) and fails, the handshake row
+/// too. `alloc@handshake` fires once per completed handshake: only the row that opens a
+/// connection per exchange sees it, exactly one more per connection, just above its limit.
+#[test]
+fn tls_alloc_rows_fail_on_one_planted_allocation_per_record_or_per_handshake() {
+    let _m = counting();
+    let rows = [
+        ("tls-get", "phase2:alloc", 0.0),
+        ("tls12-get", "phase2:alloc[tls12-get]", 0.0),
+        ("tls-post", "phase2:alloc[tls-post]", 0.0),
+        ("tls-handshake", "phase2:alloc[tls-handshake]", 196.0),
+    ];
+    for (plant, hit) in
+        [("alloc@tls-record", &["tls-get", "tls12-get", "tls-post", "tls-handshake"][..]), ("alloc@handshake", &["tls-handshake"][..])]
+    {
+        let out = out_dir(&format!("alloc-tls-{}", plant.replace(['@', '/', ':'], "-")));
+        let (code, report) = gates(&["--phase", "2", "--only", "alloc", "--plant", plant], &out, &root());
+        for (shape, key, clean) in rows {
+            let r = row(&report, key);
+            let m = r["measured"].as_f64().expect("measured");
+            if hit.contains(&shape) {
+                assert_eq!(r["status"], "FAIL", "{plant} must turn {shape} red: {r:#}");
+                assert!(m - clean >= 0.99, "{plant}: at least one planted allocation per exchange in {shape}: {r:#}");
+                if plant == "alloc@handshake" {
+                    assert!((m - clean - 1.0).abs() < 0.05, "exactly one per connection: {r:#}");
+                }
+            } else {
+                assert_eq!(r["status"], "PASS", "{plant} must not reach {shape}: {r:#}");
+            }
+        }
+        assert_eq!(code, 1, "{report:#}");
+    }
+}
+
+/// Phase 2's instruction gate judges what TLS adds beside rustls alone: ~400 instructions more per
+/// sealed record (`instr@tls-record:100`, ~3 % of what TLS adds) fails it, on the hard limit and on
+/// the ratio to the floor; ~80 more (`instr@tls-record:20`) stays under both.
+#[test]
+fn tls_instruction_gate_fails_on_a_few_hundred_instructions_per_record() {
+    let _m = counting();
+    let out = out_dir("instr-tls-above");
+    let (code, report) = gates(&["--phase", "2", "--only", "instructions", "--plant", "instr@tls-record:100"], &out, &root());
+    let r = row(&report, "phase2:instructions");
+    assert_eq!((code, r["status"].as_str()), (1, Some("FAIL")), "{r:#}");
+    let ratio = r["details"]["floor_ratio"].as_f64().expect("ratio");
+    assert!(ratio > r["details"]["floor_ratio_limit"].as_f64().expect("limit"), "the ratio alone fails it: {r:#}");
+    let out = out_dir("instr-tls-below");
+    let (code, report) = gates(&["--phase", "2", "--only", "instructions", "--plant", "instr@tls-record:20"], &out, &root());
+    let r = row(&report, "phase2:instructions");
+    assert_eq!((code, r["status"].as_str()), (0, Some("PASS")), "{r:#}");
 }
 
 /// The memory gate with `PROXY_PLANTED`, one round (`--memory-rounds 1`: a plant every round

@@ -139,9 +139,18 @@ struct Shape {
     expect: Expect,
     direct: Direct,
     per: PerExchange,
+    /// The client speaks TLS to the proxy (the proxy to the origin: cleartext).
+    tls: Tls,
     /// Defaults for a manual run (the gate passes the contract's figures).
     requests: u64,
     warmup: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    Off,
+    V13,
+    V12,
 }
 
 const OK_LEN: Expect = Expect { status: 200, body: Body::Full, chunked: false, closes: false };
@@ -164,12 +173,51 @@ const KEEPALIVE_GET: Shape = Shape {
     expect: OK_LEN,
     direct: Direct::Path(OK_LEN),
     per: WARM,
+    tls: Tls::Off,
     requests: 10_000,
     warmup: 1_000,
 };
 
+/// What the TLS shapes have no direct path for.
+const TLS_DIRECT: Direct = Direct::None(
+    "the origin speaks cleartext; the client's TLS is allocation-free by construction after its handshake (gates/src/tlsclient.rs), so any allocation counted is the proxy's",
+);
+
 const SHAPES: &[Shape] = &[
     KEEPALIVE_GET,
+    Shape {
+        name: "tls-get",
+        what: "keep-alive GET over TLS 1.3 (AES-128-GCM or whatever the client and the proxy agree first), Content-Length response",
+        tls: Tls::V13,
+        direct: TLS_DIRECT,
+        ..KEEPALIVE_GET
+    },
+    Shape {
+        name: "tls12-get",
+        what: "keep-alive GET over TLS 1.2 (ECDHE with AES-GCM), Content-Length response",
+        tls: Tls::V12,
+        direct: TLS_DIRECT,
+        ..KEEPALIVE_GET
+    },
+    Shape {
+        name: "tls-post",
+        what: "keep-alive POST with a Content-Length request body over TLS 1.3, Content-Length response",
+        req: Req::PostLength,
+        per: PerExchange { body: true, ..WARM },
+        tls: Tls::V13,
+        direct: TLS_DIRECT,
+        ..KEEPALIVE_GET
+    },
+    Shape {
+        name: "tls-handshake",
+        what: "a new TLS 1.3 connection per exchange (full handshake, Ed25519 certificate), one GET, client closes: what a TLS connection costs, the client's rustls handshake included",
+        client_closes: true,
+        tls: Tls::V13,
+        direct: TLS_DIRECT,
+        requests: 500,
+        warmup: 50,
+        ..KEEPALIVE_GET
+    },
     Shape {
         name: "chunked-request",
         what: "keep-alive POST with a chunked request body (chunks of 256 B), Content-Length response",
@@ -584,8 +632,19 @@ fn run_shape(s: &Shape, a: &Args) -> Result<Value, ProbeError> {
         (Direct::None(why), _) => (None, format!("n/a: {why}")),
     };
 
-    let running = harness::start_proxy(upstream, a.engine, &s.setup).map_err(ProbeError::Proxy)?;
-    let mut via = Client::new(running.addrs[0]);
+    let pki = match s.tls {
+        Tls::Off => None,
+        v => {
+            let dir = std::env::temp_dir().join(format!("gates-alloc-tls-{}", std::process::id()));
+            Some(gates::tlsclient::make_pki(&dir, v == Tls::V13).map_err(ProbeError::Proxy)?)
+        }
+    };
+    let tls_files = pki.as_ref().map(|(c, k, _)| (c.as_path(), k.as_path()));
+    let running = harness::start_proxy_tls(upstream, a.engine, &s.setup, tls_files).map_err(ProbeError::Proxy)?;
+    let mut via = match &pki {
+        None => Client::new(running.addrs[0]),
+        Some((_, _, config)) => Client::new_tls(running.addrs[0], std::sync::Arc::clone(config)),
+    };
     let proxied = measure(&mut via, &traffic(s.expect, s.client_closes), origin.as_ref(), Some(&running), warmup, n);
     drop(via);
     running.stop();
@@ -618,6 +677,7 @@ fn run_shape(s: &Shape, a: &Args) -> Result<Value, ProbeError> {
         "warmup": warmup,
         "body_bytes": a.body_bytes,
         "status": s.expect.status,
+        "tls": match s.tls { Tls::Off => "off", Tls::V13 => "1.3", Tls::V12 => "1.2" },
         "responses_checked": proxied.checked,
         "allocs_per_request": proxied.blocks as f64 / nf,
         "bytes_per_request": proxied.bytes as f64 / nf,

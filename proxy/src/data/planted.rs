@@ -37,6 +37,10 @@ pub enum Site {
     Request,
     Chunked,
     Error,
+    /// A TLS record sealed (data::tls: every response record).
+    TlsRecord,
+    /// A TLS handshake completed.
+    Handshake,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +91,9 @@ fn parse_one(item: &str) -> Result<Plant, String> {
         "request" => Site::Request,
         "chunked" => Site::Chunked,
         "error" => Site::Error,
-        other => return Err(format!("{item:?}: unknown site {other:?} (request, chunked, error)")),
+        "tls-record" => Site::TlsRecord,
+        "handshake" => Site::Handshake,
+        other => return Err(format!("{item:?}: unknown site {other:?} (request, chunked, error, tls-record, handshake)")),
     };
     let need = |v: Option<u64>| v.ok_or_else(|| format!("{item:?}: {kind} needs ':VALUE'"));
     let kind = match kind {

@@ -66,6 +66,11 @@ async fn handshake(
     let mut conn = UnbufferedServerConnection::new(config).map_err(|_| TlsFailure::Handshake)?;
     let mut early = Vec::new();
     let mut first = true;
+    // rustls is handed whole records, one more each time it is blocked: it then never reads past
+    // its handshake, so a request that came with the client's last flight stays in `rbuf` for the
+    // record layer (rustls would decrypt it into a buffer of its own: an allocation, and one
+    // that depends on how the bytes happened to arrive).
+    let mut given = 0;
     loop {
         if first && !rbuf.is_empty() {
             // Bytes that are not a TLS handshake record (plain HTTP on a TLS port): say so apart.
@@ -74,8 +79,11 @@ async fn handshake(
             }
             first = false;
         }
-        let UnbufferedStatus { discard, state } = conn.process_tls_records(rbuf.filled_mut());
-        let mut need_read = false;
+        let Some(input) = rbuf.filled_mut().get_mut(..given) else {
+            return Err(TlsFailure::Handshake);
+        };
+        let UnbufferedStatus { discard, state } = conn.process_tls_records(input);
+        let mut need_more = false;
         let mut transmit = false;
         match state {
             Err(_) => {
@@ -100,8 +108,10 @@ async fn handshake(
                 t.done();
                 transmit = true;
             }
-            Ok(ConnectionState::BlockedHandshake) => need_read = true,
+            Ok(ConnectionState::BlockedHandshake) => need_more = true,
             Ok(ConnectionState::ReadTraffic(mut r)) => {
+                // Application data inside the records given (a client that sent it in the same
+                // record as its Finished, which TLS does not allow in separate records anyway).
                 while let Some(rec) = r.next_record() {
                     let rec = rec.map_err(|_| TlsFailure::Handshake)?;
                     early.extend_from_slice(rec.payload);
@@ -117,27 +127,42 @@ async fn handshake(
             Ok(_) => return Err(TlsFailure::Handshake),
         }
         rbuf.consume(discard);
+        given -= discard.min(given);
         if transmit {
             write_all(tcp, wbuf).await?;
         }
-        if need_read {
+        if need_more {
             if !wbuf.is_empty() {
                 write_all(tcp, wbuf).await?;
             }
-            if rbuf.spare().is_empty() {
-                return Err(TlsFailure::Handshake); // a flight larger than a record buffer
-            }
-            loop {
-                tcp.readable().await.map_err(|_| TlsFailure::Closed)?;
-                match tcp.try_read(rbuf.spare()) {
-                    Ok(0) => return Err(TlsFailure::Closed),
-                    Ok(n) => {
-                        rbuf.advance(n);
-                        break;
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => return Err(TlsFailure::Closed),
+            given = next_record(tcp, rbuf, given).await?;
+        }
+    }
+}
+
+/// Where the record after the first `given` bytes of `rbuf` ends, reading from the socket until
+/// it is whole. Bytes that are not a record header are handed over whole: rustls says why.
+async fn next_record(tcp: &TcpStream, rbuf: &mut Buf, given: usize) -> Result<usize, TlsFailure> {
+    loop {
+        let rest = rbuf.filled().get(given..).unwrap_or_default();
+        match record::handshake_record_len(rest) {
+            Ok(Some(n)) if n <= rest.len() => return Ok(given + n),
+            Ok(_) => {}
+            Err(_) => return Ok(rbuf.len()),
+        }
+        if rbuf.spare().is_empty() {
+            return Err(TlsFailure::Handshake); // a record larger than a record buffer
+        }
+        loop {
+            tcp.readable().await.map_err(|_| TlsFailure::Closed)?;
+            match tcp.try_read(rbuf.spare()) {
+                Ok(0) => return Err(TlsFailure::Closed),
+                Ok(n) => {
+                    rbuf.advance(n);
+                    break;
                 }
+                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Err(TlsFailure::Closed),
             }
         }
     }
@@ -224,6 +249,8 @@ impl TlsStream {
         let rx = Keys::new(secrets.rx.0, &secrets.rx.1, tls13).map_err(|_| TlsFailure::Handshake)?;
         let tx = Keys::new(secrets.tx.0, &secrets.tx.1, tls13).map_err(|_| TlsFailure::Handshake)?;
         worker.metrics().tls_handshake(resumed);
+        #[cfg(feature = "planted")]
+        crate::data::planted::at(crate::data::planted::Site::Handshake, 0);
         let mut s = TlsStream {
             worker,
             tcp,
@@ -355,6 +382,8 @@ impl TlsStream {
     /// Seals one record into `wbuf` (which must have room: callers check).
     #[inline]
     fn seal(&mut self, typ: u8, plain: &[u8]) -> io::Result<()> {
+        #[cfg(feature = "planted")]
+        crate::data::planted::at(crate::data::planted::Site::TlsRecord, plain.len());
         if self.wbuf.capacity() == 0 {
             self.wbuf = pool::take_write();
         }

@@ -14,6 +14,7 @@ use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, 
 use rustls::ConnectionTrafficSecrets;
 
 /// Content types (RFC 8446 §5.1).
+pub const CHANGE_CIPHER_SPEC: u8 = 20;
 pub const ALERT: u8 = 21;
 pub const HANDSHAKE: u8 = 22;
 pub const APPLICATION_DATA: u8 = 23;
@@ -225,6 +226,20 @@ pub fn record_len(buf: &[u8], max: usize) -> Result<Option<usize>, RecordError> 
     Ok(Some(HEADER + len))
 }
 
+/// [`record_len`] during the handshake, where a TLS 1.3 client also sends a ChangeCipherSpec
+/// record (type 20, for middleboxes).
+#[inline]
+pub fn handshake_record_len(buf: &[u8]) -> Result<Option<usize>, RecordError> {
+    match buf.first_chunk::<HEADER>() {
+        Some(h) if h[0] == CHANGE_CIPHER_SPEC => {
+            let mut as_alert = *h;
+            as_alert[0] = ALERT;
+            record_len(&as_alert, MAX_CIPHERTEXT_12)
+        }
+        _ => record_len(buf, MAX_CIPHERTEXT_12),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -284,5 +299,8 @@ mod tests {
         assert_eq!(record_len(&[23, 3, 3, 0xff, 0xff], MAX_CIPHERTEXT_13), Err(RecordError::Malformed));
         assert_eq!(record_len(&[23, 3, 3], MAX_CIPHERTEXT_13), Ok(None));
         assert_eq!(record_len(&[23, 3, 3, 0, 20], MAX_CIPHERTEXT_13), Ok(Some(25)));
+        // ChangeCipherSpec only during the handshake.
+        assert_eq!(record_len(&[20, 3, 3, 0, 1, 1], MAX_CIPHERTEXT_13), Err(RecordError::Malformed));
+        assert_eq!(handshake_record_len(&[20, 3, 3, 0, 1, 1]), Ok(Some(6)));
     }
 }
