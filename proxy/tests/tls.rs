@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rustls::crypto::ring::cipher_suite;
 
-use crate::support::tls::{Pki, TlsClient, cert_entry, peer_leaf, tls_connect};
+use crate::support::tls::{Pki, TlsClient, cert_entry, peer_leaf, tls_connect, write_ticket_keys, write_ticket_lines};
 use crate::support::{Proxy, Upstream, temp_dir, wait_until};
 
 /// A proxy whose one listener speaks TLS with `certs` (entries of `certificates`) and `extra`
@@ -370,4 +370,99 @@ fn a_handshake_message_after_the_handshake_ends_the_connection_and_is_counted() 
         assert!(closed, "{version:?}: the connection is closed");
     }
     assert!(wait_until(Duration::from_secs(3), || proxy.metric("proxy_tls_failures_total{kind=\"renegotiation\"}") == 2.0));
+}
+
+/// Connects with `config` (whose session cache holds what earlier connections left) and says how
+/// the handshake went, after a request (which also makes the client read TLS 1.3 tickets).
+fn handshake_kind(proxy: &Proxy, config: &Arc<rustls::ClientConfig>) -> rustls::HandshakeKind {
+    let mut c = tls_connect(proxy.addr, Some("localhost"), config).unwrap();
+    assert_eq!(get(&mut c, "/").status, 200);
+    c.stream.conn.handshake_kind().unwrap()
+}
+
+#[test]
+fn ticket_keys_from_one_file_let_a_session_from_one_process_resume_on_another() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let dir_a = temp_dir();
+    let pki = Pki::new(&dir_a);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let shared = dir_a.join("ticket.keys");
+    write_ticket_keys(&shared, 3);
+    let other = dir_a.join("other.keys");
+    write_ticket_keys(&other, 3);
+    let up = Upstream::ok();
+    let keys = |p: &std::path::Path| format!("ticket_keys = \"{}\"", p.display());
+    let a = tls_proxy(&dir_a, &up, &[cert_entry(&leaf)], &keys(&shared));
+    let b = tls_proxy(&temp_dir(), &up, &[cert_entry(&leaf)], &keys(&shared));
+    let c = tls_proxy(&temp_dir(), &up, &[cert_entry(&leaf)], &keys(&other));
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // A session made on A resumes on B: both encrypt with the file's first key.
+        let config = Arc::new(pki.client_with(&[version], None));
+        assert_eq!(handshake_kind(&a, &config), Full);
+        assert_eq!(handshake_kind(&b, &config), Resumed, "{version:?}: A's session on B");
+        // ... and not on C, whose file holds other keys: a full handshake, no failure.
+        let config = Arc::new(pki.client_with(&[version], None));
+        assert_eq!(handshake_kind(&a, &config), Full);
+        assert_eq!(handshake_kind(&c, &config), Full, "{version:?}: A's session on C");
+    }
+    assert_eq!(b.metric("proxy_tls_handshakes_total{kind=\"resumed\"}"), 2.0);
+    assert_eq!(c.metric("proxy_tls_handshakes_total{kind=\"resumed\"}"), 0.0);
+    assert_eq!(c.metric("proxy_tls_handshakes_total{kind=\"full\"}"), 2.0);
+    assert_eq!(c.metric("proxy_tls_failures_total{kind=\"handshake\"}"), 0.0);
+}
+
+#[test]
+fn rotating_ticket_keys_by_reload_keeps_old_tickets_until_their_key_leaves_the_file() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let file = dir.join("ticket.keys");
+    let k1 = write_ticket_keys(&file, 1);
+    let up = Upstream::ok();
+    let a = tls_proxy(&dir, &up, &[cert_entry(&leaf)], &format!("ticket_keys = \"{}\"", file.display()));
+    let old = Arc::new(pki.client_with(&[&rustls::version::TLS13], None));
+    assert_eq!(handshake_kind(&a, &old), Full); // tickets under k1
+
+    // Rotate: a new key first, k1 still listed.
+    let k2 = write_ticket_keys(&dir.join("k2"), 1);
+    write_ticket_lines(&file, &[k2[0].clone(), k1[0].clone()]);
+    let (status, body) = a.admin("POST", "/reload", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(handshake_kind(&a, &old), Resumed, "a ticket under the old key still resumes");
+
+    // New tickets are made with the new first key: a process that has only k2 resumes them.
+    let fresh = Arc::new(pki.client_with(&[&rustls::version::TLS13], None));
+    assert_eq!(handshake_kind(&a, &fresh), Full);
+    let k2_file = dir.join("k2-only.keys");
+    write_ticket_lines(&k2_file, &k2);
+    let b = tls_proxy(&temp_dir(), &up, &[cert_entry(&leaf)], &format!("ticket_keys = \"{}\"", k2_file.display()));
+    assert_eq!(handshake_kind(&b, &fresh), Resumed, "the new ticket is under k2");
+
+    // k2 leaves the file: its tickets no longer resume (a full handshake, not a failure).
+    write_ticket_keys(&file, 1);
+    let (status, body) = a.admin("POST", "/reload", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(handshake_kind(&a, &fresh), Full, "a ticket under a dropped key");
+
+    // A bad file is refused with the file and the reason; the running keys stay.
+    std::fs::write(&file, "not a key\n").unwrap();
+    let (status, body) = a.admin("POST", "/reload", "");
+    assert_ne!(status, 200);
+    assert!(body.contains("ticket.keys: line 1: a key is 160 hex digits"), "{body}");
+    assert_eq!(a.metric("proxy_tls_failures_total{kind=\"handshake\"}"), 0.0);
+}
+
+#[test]
+fn without_ticket_keys_the_process_keys_survive_a_reload() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "");
+    let config = Arc::new(pki.client_with(&[&rustls::version::TLS13], None));
+    assert_eq!(handshake_kind(&proxy, &config), rustls::HandshakeKind::Full);
+    let (status, body) = proxy.admin("POST", "/reload", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(handshake_kind(&proxy, &config), rustls::HandshakeKind::Resumed);
 }
