@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rustls::crypto::ring::cipher_suite;
 
-use crate::support::tls::{Pki, TlsClient, cert_entry, peer_leaf, tls_connect, write_ticket_keys, write_ticket_lines};
+use crate::support::tls::{Pki, TlsClient, cert_entry, peer_leaf, refused, tls_connect, write_ticket_keys, write_ticket_lines};
 use crate::support::{Proxy, Upstream, temp_dir, wait_until};
 
 /// A proxy whose one listener speaks TLS with `certs` (entries of `certificates`) and `extra`
@@ -465,4 +465,104 @@ fn without_ticket_keys_the_process_keys_survive_a_reload() {
     let (status, body) = proxy.admin("POST", "/reload", "");
     assert_eq!(status, 200, "{body}");
     assert_eq!(handshake_kind(&proxy, &config), rustls::HandshakeKind::Resumed);
+}
+
+#[test]
+fn client_certificates_required_refuses_none_and_a_foreign_ca_and_optional_lets_none_in() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    // Client certificates come from their own CA; a third CA's certificate must not pass.
+    let clients = Pki::new(&dir);
+    let ca = clients.write_ca("clients-ca.pem");
+    let good = clients.client_leaf("alice", "alice.clients.test");
+    let foreign = Pki::new(&dir).client_leaf("mallory", "mallory.clients.test");
+    let up = Upstream::ok();
+    let required = tls_proxy(&dir, &up, &[cert_entry(&leaf)], &format!("client_ca = \"{}\"\nclient_auth = \"required\"", ca.display()));
+    let optional =
+        tls_proxy(&temp_dir(), &up, &[cert_entry(&leaf)], &format!("client_ca = \"{}\"\nclient_auth = \"optional\"", ca.display()));
+
+    let with_good = Arc::new(pki.client_with_cert(&good));
+    let with_foreign = Arc::new(pki.client_with_cert(&foreign));
+    let none13 = Arc::new(pki.client_with(&[&rustls::version::TLS13], None));
+    let none12 = Arc::new(pki.client_with(&[&rustls::version::TLS12], None));
+    let m = |p: &Proxy| p.metric("proxy_tls_failures_total{kind=\"handshake\"}");
+
+    let mut c = tls_connect(required.addr, Some("localhost"), &with_good).unwrap();
+    assert_eq!(get(&mut c, "/").status, 200, "a certificate from client_ca");
+    assert!(refused(required.addr, Some("localhost"), &none13), "TLS 1.3 without a certificate");
+    assert!(refused(required.addr, Some("localhost"), &none12), "TLS 1.2 without a certificate");
+    assert!(refused(required.addr, Some("localhost"), &with_foreign), "a certificate from another CA");
+    // Counted: the TLS 1.2 refusal. The TLS 1.3 ones are not yet (see the ignored test below).
+    assert!(wait_until(Duration::from_secs(3), || m(&required) >= 1.0), "handshake failures: {}", m(&required));
+    assert_eq!(required.metric("proxy_tls_handshakes_total{kind=\"full\"}"), 1.0, "only the verified client finished");
+    assert_eq!(get(&mut c, "/").status, 200, "the verified connection still serves");
+
+    let mut c = tls_connect(optional.addr, Some("localhost"), &with_good).unwrap();
+    assert_eq!(get(&mut c, "/").status, 200, "optional: a certificate from client_ca");
+    let mut c = tls_connect(optional.addr, Some("localhost"), &none13).unwrap();
+    assert_eq!(get(&mut c, "/").status, 200, "optional: no certificate");
+    assert!(refused(optional.addr, Some("localhost"), &with_foreign), "optional: a certificate presented is still verified");
+    assert_eq!(optional.metric("proxy_tls_handshakes_total{kind=\"full\"}"), 2.0, "the foreign certificate did not finish");
+    assert_eq!(up.requests().len(), 4, "no refused connection reached the upstream");
+}
+
+/// Every refused client certificate is counted as a handshake failure, and none panics the
+/// connection's task. Fails today for TLS 1.3: the client's Certificate and Finished come in one
+/// record; rustls rejects the Certificate with the Finished still pending in its deframer, and
+/// `data::tls::send_alert` then calls `process_tls_records` with an empty buffer, so rustls's
+/// deframer indexes out of it and panics (`msgs/deframer/buffers.rs:59`): the connection closes
+/// without an alert and is not counted. Passing the read buffer's remaining bytes instead of an
+/// empty slice should fix it (proxy/src/data is another change's).
+#[test]
+#[ignore = "data::tls::send_alert: rustls deframer panic after a TLS 1.3 client-certificate error"]
+fn every_refused_client_certificate_is_counted_and_nothing_panics() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let clients = Pki::new(&dir);
+    let ca = clients.write_ca("clients-ca.pem");
+    let foreign = Pki::new(&dir).client_leaf("mallory", "mallory.clients.test");
+    let up = Upstream::ok();
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], &format!("client_ca = \"{}\"", ca.display()));
+    assert!(refused(proxy.addr, Some("localhost"), &Arc::new(pki.client_with(&[&rustls::version::TLS13], None))));
+    assert!(refused(proxy.addr, Some("localhost"), &Arc::new(pki.client_with_cert(&foreign))));
+    let m = || proxy.metric("proxy_tls_failures_total{kind=\"handshake\"}");
+    assert!(wait_until(Duration::from_secs(3), || m() == 2.0), "handshake failures: {}", m());
+    assert!(!proxy.stderr().contains("panicked"), "{}", proxy.stderr());
+}
+
+#[test]
+fn a_listener_limited_to_one_suite_and_one_group_negotiates_them_and_refuses_clients_without() {
+    use rustls::crypto::ring::kx_group;
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy =
+        tls_proxy(&dir, &up, &[cert_entry(&leaf)], "cipher_suites = [\"TLS13_CHACHA20_POLY1305_SHA256\"]\nkx_groups = [\"secp384r1\"]");
+    // rustls's client prefers AES-GCM and sends an X25519 key share: the listener gets ChaCha20
+    // and P-384 (after a HelloRetryRequest) all the same.
+    let mut c = tls_connect(proxy.addr, Some("localhost"), &Arc::new(pki.client())).unwrap();
+    assert_eq!(c.stream.conn.negotiated_cipher_suite(), Some(cipher_suite::TLS13_CHACHA20_POLY1305_SHA256));
+    assert_eq!(c.stream.conn.negotiated_key_exchange_group().map(|g| g.name()), Some(rustls::NamedGroup::secp384r1));
+    assert_eq!(get(&mut c, "/").status, 200);
+    let aes_only = Arc::new(pki.client_with(&[&rustls::version::TLS13], Some(cipher_suite::TLS13_AES_128_GCM_SHA256)));
+    assert!(tls_connect(proxy.addr, Some("localhost"), &aes_only).is_err(), "a client without the suite");
+    let x25519_only = Arc::new(pki.client_with_groups(&[kx_group::X25519]));
+    assert!(tls_connect(proxy.addr, Some("localhost"), &x25519_only).is_err(), "a client without the group");
+    let tls12 = Arc::new(pki.client_with(&[&rustls::version::TLS12], None));
+    assert!(tls_connect(proxy.addr, Some("localhost"), &tls12).is_err(), "TLS 1.2: no suite left for it");
+    let m = || proxy.metric("proxy_tls_failures_total{kind=\"handshake\"}");
+    assert!(wait_until(Duration::from_secs(3), || m() == 3.0), "handshake failures: {}", m());
+
+    // A TLS 1.2 suite alone: a client offering 1.3 and 1.2 settles on 1.2 with it.
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "cipher_suites = [\"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\"]");
+    let mut c = tls_connect(proxy.addr, Some("localhost"), &Arc::new(pki.client())).unwrap();
+    assert_eq!(c.stream.conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    assert_eq!(c.stream.conn.negotiated_cipher_suite(), Some(cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384));
+    assert_eq!(get(&mut c, "/").status, 200);
 }
