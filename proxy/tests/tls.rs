@@ -13,7 +13,7 @@ use std::time::Duration;
 use rustls::crypto::ring::cipher_suite;
 
 use crate::support::tls::{Pki, TlsClient, cert_entry, peer_leaf, refused, tls_connect, write_ticket_keys, write_ticket_lines};
-use crate::support::{Proxy, Upstream, temp_dir, wait_until};
+use crate::support::{Proxy, Upstream, run_proxy_cmd, temp_dir, wait_until};
 
 /// A proxy whose one listener speaks TLS with `certs` (entries of `certificates`) and `extra`
 /// lines in `[listeners.tls]`, in front of `upstream`, with the admin API on.
@@ -565,4 +565,29 @@ fn a_listener_limited_to_one_suite_and_one_group_negotiates_them_and_refuses_cli
     assert_eq!(c.stream.conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
     assert_eq!(c.stream.conn.negotiated_cipher_suite(), Some(cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384));
     assert_eq!(get(&mut c, "/").status, 200);
+}
+
+/// `proxy/examples/tls.toml` is valid once the files it names exist: its commented commands (the
+/// lines from `mkdir -p certs` to the next bare `#`) are run as written in a copy's directory, and
+/// `proxy check` accepts the copy.
+#[test]
+fn the_tls_example_is_valid_once_its_commented_commands_made_its_files() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tls.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let script: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("#   mkdir -p certs"))
+        .take_while(|l| *l != "#")
+        .map(|l| l.strip_prefix("#   ").unwrap_or_else(|| panic!("not a command line: {l}")))
+        .collect();
+    assert!(script.len() > 5, "the commands in the example's header");
+    let dir = temp_dir();
+    let copy = dir.join("tls.toml");
+    std::fs::write(&copy, &text).unwrap();
+    let out = std::process::Command::new("sh").arg("-ec").arg(script.join("\n")).current_dir(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, stdout, stderr) = run_proxy_cmd(&["check", "--config", copy.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(std::fs::read_to_string(dir.join("certs/ticket.keys")).unwrap().lines().count(), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
