@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use rustls::crypto::ring::cipher_suite;
 
-use crate::support::tls::{Pki, TlsClient, cert_entry, peer_leaf, tls_connect};
-use crate::support::{Proxy, Upstream, temp_dir, wait_until};
+use crate::support::tls::{Pki, TlsClient, cert_entry, peer_leaf, refused, tls_connect, write_ticket_keys, write_ticket_lines};
+use crate::support::{Proxy, Upstream, run_proxy_cmd, temp_dir, wait_until};
 
 /// A proxy whose one listener speaks TLS with `certs` (entries of `certificates`) and `extra`
 /// lines in `[listeners.tls]`, in front of `upstream`, with the admin API on.
@@ -370,4 +370,224 @@ fn a_handshake_message_after_the_handshake_ends_the_connection_and_is_counted() 
         assert!(closed, "{version:?}: the connection is closed");
     }
     assert!(wait_until(Duration::from_secs(3), || proxy.metric("proxy_tls_failures_total{kind=\"renegotiation\"}") == 2.0));
+}
+
+/// Connects with `config` (whose session cache holds what earlier connections left) and says how
+/// the handshake went, after a request (which also makes the client read TLS 1.3 tickets).
+fn handshake_kind(proxy: &Proxy, config: &Arc<rustls::ClientConfig>) -> rustls::HandshakeKind {
+    let mut c = tls_connect(proxy.addr, Some("localhost"), config).unwrap();
+    assert_eq!(get(&mut c, "/").status, 200);
+    c.stream.conn.handshake_kind().unwrap()
+}
+
+#[test]
+fn ticket_keys_from_one_file_let_a_session_from_one_process_resume_on_another() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let dir_a = temp_dir();
+    let pki = Pki::new(&dir_a);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let shared = dir_a.join("ticket.keys");
+    write_ticket_keys(&shared, 3);
+    let other = dir_a.join("other.keys");
+    write_ticket_keys(&other, 3);
+    let up = Upstream::ok();
+    let keys = |p: &std::path::Path| format!("ticket_keys = \"{}\"", p.display());
+    let a = tls_proxy(&dir_a, &up, &[cert_entry(&leaf)], &keys(&shared));
+    let b = tls_proxy(&temp_dir(), &up, &[cert_entry(&leaf)], &keys(&shared));
+    let c = tls_proxy(&temp_dir(), &up, &[cert_entry(&leaf)], &keys(&other));
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // A session made on A resumes on B: both encrypt with the file's first key.
+        let config = Arc::new(pki.client_with(&[version], None));
+        assert_eq!(handshake_kind(&a, &config), Full);
+        assert_eq!(handshake_kind(&b, &config), Resumed, "{version:?}: A's session on B");
+        // ... and not on C, whose file holds other keys: a full handshake, no failure.
+        let config = Arc::new(pki.client_with(&[version], None));
+        assert_eq!(handshake_kind(&a, &config), Full);
+        assert_eq!(handshake_kind(&c, &config), Full, "{version:?}: A's session on C");
+    }
+    assert_eq!(b.metric("proxy_tls_handshakes_total{kind=\"resumed\"}"), 2.0);
+    assert_eq!(c.metric("proxy_tls_handshakes_total{kind=\"resumed\"}"), 0.0);
+    assert_eq!(c.metric("proxy_tls_handshakes_total{kind=\"full\"}"), 2.0);
+    assert_eq!(c.metric("proxy_tls_failures_total{kind=\"handshake\"}"), 0.0);
+}
+
+#[test]
+fn rotating_ticket_keys_by_reload_keeps_old_tickets_until_their_key_leaves_the_file() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let file = dir.join("ticket.keys");
+    let k1 = write_ticket_keys(&file, 1);
+    let up = Upstream::ok();
+    let a = tls_proxy(&dir, &up, &[cert_entry(&leaf)], &format!("ticket_keys = \"{}\"", file.display()));
+    let old = Arc::new(pki.client_with(&[&rustls::version::TLS13], None));
+    assert_eq!(handshake_kind(&a, &old), Full); // tickets under k1
+
+    // Rotate: a new key first, k1 still listed.
+    let k2 = write_ticket_keys(&dir.join("k2"), 1);
+    write_ticket_lines(&file, &[k2[0].clone(), k1[0].clone()]);
+    let (status, body) = a.admin("POST", "/reload", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(handshake_kind(&a, &old), Resumed, "a ticket under the old key still resumes");
+
+    // New tickets are made with the new first key: a process that has only k2 resumes them.
+    let fresh = Arc::new(pki.client_with(&[&rustls::version::TLS13], None));
+    assert_eq!(handshake_kind(&a, &fresh), Full);
+    let k2_file = dir.join("k2-only.keys");
+    write_ticket_lines(&k2_file, &k2);
+    let b = tls_proxy(&temp_dir(), &up, &[cert_entry(&leaf)], &format!("ticket_keys = \"{}\"", k2_file.display()));
+    assert_eq!(handshake_kind(&b, &fresh), Resumed, "the new ticket is under k2");
+
+    // k2 leaves the file: its tickets no longer resume (a full handshake, not a failure).
+    write_ticket_keys(&file, 1);
+    let (status, body) = a.admin("POST", "/reload", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(handshake_kind(&a, &fresh), Full, "a ticket under a dropped key");
+
+    // A bad file is refused with the file and the reason; the running keys stay.
+    std::fs::write(&file, "not a key\n").unwrap();
+    let (status, body) = a.admin("POST", "/reload", "");
+    assert_ne!(status, 200);
+    assert!(body.contains("ticket.keys: line 1: a key is 160 hex digits"), "{body}");
+    assert_eq!(a.metric("proxy_tls_failures_total{kind=\"handshake\"}"), 0.0);
+}
+
+#[test]
+fn without_ticket_keys_the_process_keys_survive_a_reload() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "");
+    let config = Arc::new(pki.client_with(&[&rustls::version::TLS13], None));
+    assert_eq!(handshake_kind(&proxy, &config), rustls::HandshakeKind::Full);
+    let (status, body) = proxy.admin("POST", "/reload", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(handshake_kind(&proxy, &config), rustls::HandshakeKind::Resumed);
+}
+
+#[test]
+fn client_certificates_required_refuses_none_and_a_foreign_ca_and_optional_lets_none_in() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    // Client certificates come from their own CA; a third CA's certificate must not pass.
+    let clients = Pki::new(&dir);
+    let ca = clients.write_ca("clients-ca.pem");
+    let good = clients.client_leaf("alice", "alice.clients.test");
+    let foreign = Pki::new(&dir).client_leaf("mallory", "mallory.clients.test");
+    let up = Upstream::ok();
+    let required = tls_proxy(&dir, &up, &[cert_entry(&leaf)], &format!("client_ca = \"{}\"\nclient_auth = \"required\"", ca.display()));
+    let optional =
+        tls_proxy(&temp_dir(), &up, &[cert_entry(&leaf)], &format!("client_ca = \"{}\"\nclient_auth = \"optional\"", ca.display()));
+
+    let with_good = Arc::new(pki.client_with_cert(&good));
+    let with_foreign = Arc::new(pki.client_with_cert(&foreign));
+    let none13 = Arc::new(pki.client_with(&[&rustls::version::TLS13], None));
+    let none12 = Arc::new(pki.client_with(&[&rustls::version::TLS12], None));
+    let m = |p: &Proxy| p.metric("proxy_tls_failures_total{kind=\"handshake\"}");
+
+    let mut c = tls_connect(required.addr, Some("localhost"), &with_good).unwrap();
+    assert_eq!(get(&mut c, "/").status, 200, "a certificate from client_ca");
+    assert!(refused(required.addr, Some("localhost"), &none13), "TLS 1.3 without a certificate");
+    assert!(refused(required.addr, Some("localhost"), &none12), "TLS 1.2 without a certificate");
+    assert!(refused(required.addr, Some("localhost"), &with_foreign), "a certificate from another CA");
+    // Counted: the TLS 1.2 refusal. The TLS 1.3 ones are not yet (see the ignored test below).
+    assert!(wait_until(Duration::from_secs(3), || m(&required) >= 1.0), "handshake failures: {}", m(&required));
+    assert_eq!(required.metric("proxy_tls_handshakes_total{kind=\"full\"}"), 1.0, "only the verified client finished");
+    assert_eq!(get(&mut c, "/").status, 200, "the verified connection still serves");
+
+    let mut c = tls_connect(optional.addr, Some("localhost"), &with_good).unwrap();
+    assert_eq!(get(&mut c, "/").status, 200, "optional: a certificate from client_ca");
+    let mut c = tls_connect(optional.addr, Some("localhost"), &none13).unwrap();
+    assert_eq!(get(&mut c, "/").status, 200, "optional: no certificate");
+    assert!(refused(optional.addr, Some("localhost"), &with_foreign), "optional: a certificate presented is still verified");
+    assert_eq!(optional.metric("proxy_tls_handshakes_total{kind=\"full\"}"), 2.0, "the foreign certificate did not finish");
+    assert_eq!(up.requests().len(), 4, "no refused connection reached the upstream");
+}
+
+/// Every refused client certificate is counted as a handshake failure, and none panics the
+/// connection's task. Fails today for TLS 1.3: the client's Certificate and Finished come in one
+/// record; rustls rejects the Certificate with the Finished still pending in its deframer, and
+/// `data::tls::send_alert` then calls `process_tls_records` with an empty buffer, so rustls's
+/// deframer indexes out of it and panics (`msgs/deframer/buffers.rs:59`): the connection closes
+/// without an alert and is not counted. Passing the read buffer's remaining bytes instead of an
+/// empty slice should fix it (proxy/src/data is another change's).
+#[test]
+#[ignore = "data::tls::send_alert: rustls deframer panic after a TLS 1.3 client-certificate error"]
+fn every_refused_client_certificate_is_counted_and_nothing_panics() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let clients = Pki::new(&dir);
+    let ca = clients.write_ca("clients-ca.pem");
+    let foreign = Pki::new(&dir).client_leaf("mallory", "mallory.clients.test");
+    let up = Upstream::ok();
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], &format!("client_ca = \"{}\"", ca.display()));
+    assert!(refused(proxy.addr, Some("localhost"), &Arc::new(pki.client_with(&[&rustls::version::TLS13], None))));
+    assert!(refused(proxy.addr, Some("localhost"), &Arc::new(pki.client_with_cert(&foreign))));
+    let m = || proxy.metric("proxy_tls_failures_total{kind=\"handshake\"}");
+    assert!(wait_until(Duration::from_secs(3), || m() == 2.0), "handshake failures: {}", m());
+    assert!(!proxy.stderr().contains("panicked"), "{}", proxy.stderr());
+}
+
+#[test]
+fn a_listener_limited_to_one_suite_and_one_group_negotiates_them_and_refuses_clients_without() {
+    use rustls::crypto::ring::kx_group;
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy =
+        tls_proxy(&dir, &up, &[cert_entry(&leaf)], "cipher_suites = [\"TLS13_CHACHA20_POLY1305_SHA256\"]\nkx_groups = [\"secp384r1\"]");
+    // rustls's client prefers AES-GCM and sends an X25519 key share: the listener gets ChaCha20
+    // and P-384 (after a HelloRetryRequest) all the same.
+    let mut c = tls_connect(proxy.addr, Some("localhost"), &Arc::new(pki.client())).unwrap();
+    assert_eq!(c.stream.conn.negotiated_cipher_suite(), Some(cipher_suite::TLS13_CHACHA20_POLY1305_SHA256));
+    assert_eq!(c.stream.conn.negotiated_key_exchange_group().map(|g| g.name()), Some(rustls::NamedGroup::secp384r1));
+    assert_eq!(get(&mut c, "/").status, 200);
+    let aes_only = Arc::new(pki.client_with(&[&rustls::version::TLS13], Some(cipher_suite::TLS13_AES_128_GCM_SHA256)));
+    assert!(tls_connect(proxy.addr, Some("localhost"), &aes_only).is_err(), "a client without the suite");
+    let x25519_only = Arc::new(pki.client_with_groups(&[kx_group::X25519]));
+    assert!(tls_connect(proxy.addr, Some("localhost"), &x25519_only).is_err(), "a client without the group");
+    let tls12 = Arc::new(pki.client_with(&[&rustls::version::TLS12], None));
+    assert!(tls_connect(proxy.addr, Some("localhost"), &tls12).is_err(), "TLS 1.2: no suite left for it");
+    let m = || proxy.metric("proxy_tls_failures_total{kind=\"handshake\"}");
+    assert!(wait_until(Duration::from_secs(3), || m() == 3.0), "handshake failures: {}", m());
+
+    // A TLS 1.2 suite alone: a client offering 1.3 and 1.2 settles on 1.2 with it.
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "cipher_suites = [\"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\"]");
+    let mut c = tls_connect(proxy.addr, Some("localhost"), &Arc::new(pki.client())).unwrap();
+    assert_eq!(c.stream.conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    assert_eq!(c.stream.conn.negotiated_cipher_suite(), Some(cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384));
+    assert_eq!(get(&mut c, "/").status, 200);
+}
+
+/// `proxy/examples/tls.toml` is valid once the files it names exist: its commented commands (the
+/// lines from `mkdir -p certs` to the next bare `#`) are run as written in a copy's directory, and
+/// `proxy check` accepts the copy.
+#[test]
+fn the_tls_example_is_valid_once_its_commented_commands_made_its_files() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tls.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let script: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("#   mkdir -p certs"))
+        .take_while(|l| *l != "#")
+        .map(|l| l.strip_prefix("#   ").unwrap_or_else(|| panic!("not a command line: {l}")))
+        .collect();
+    assert!(script.len() > 5, "the commands in the example's header");
+    let dir = temp_dir();
+    let copy = dir.join("tls.toml");
+    std::fs::write(&copy, &text).unwrap();
+    let out = std::process::Command::new("sh").arg("-ec").arg(script.join("\n")).current_dir(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, stdout, stderr) = run_proxy_cmd(&["check", "--config", copy.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(std::fs::read_to_string(dir.join("certs/ticket.keys")).unwrap().lines().count(), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -53,6 +53,11 @@ pub struct ListenerTls {
     pub strict_sni: Option<bool>,
     pub min_version: Option<Spanned<String>>,
     pub handshake_timeout: Option<Spanned<String>>,
+    pub ticket_keys: Option<Spanned<String>>,
+    pub client_ca: Option<Spanned<String>>,
+    pub client_auth: Option<Spanned<String>>,
+    pub cipher_suites: Option<Spanned<Vec<Spanned<String>>>>,
+    pub kx_groups: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -60,8 +60,27 @@ impl Pki {
         self.leaf_with(file, names, key)
     }
 
+    /// An ECDSA P-256 client certificate (extended key usage: client authentication) for `name`.
+    pub fn client_leaf(&self, file: &str, name: &str) -> Leaf {
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.leaf_params(file, params, KeyPair::generate().unwrap())
+    }
+
+    /// The CA certificate written as `<file>` (PEM) in the directory: a `client_ca` file.
+    pub fn write_ca(&self, file: &str) -> PathBuf {
+        let path = self.dir.join(file);
+        std::fs::write(&path, self.ca.pem()).unwrap();
+        path
+    }
+
     fn leaf_with(&self, file: &str, names: &[&str], key: KeyPair) -> Leaf {
         let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        self.leaf_params(file, params, key)
+    }
+
+    fn leaf_params(&self, file: &str, params: CertificateParams, key: KeyPair) -> Leaf {
         let cert = params.signed_by(&key, &self.ca).unwrap();
         let cert_path = self.dir.join(format!("{file}.pem"));
         let key_path = self.dir.join(format!("{file}.key"));
@@ -75,6 +94,39 @@ impl Pki {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca_der()).unwrap();
         let mut c = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        c
+    }
+
+    /// A client config presenting `leaf` (its chain and key files) as its client certificate.
+    pub fn client_with_cert(&self, leaf: &Leaf) -> ClientConfig {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let chain = CertificateDer::pem_file_iter(&leaf.cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca_der()).unwrap();
+        let mut c = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        c
+    }
+
+    /// A client config offering only the key-exchange `groups`.
+    pub fn client_with_groups(&self, groups: &[&'static dyn rustls::crypto::SupportedKxGroup]) -> ClientConfig {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.kx_groups = groups.to_vec();
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca_der()).unwrap();
+        let mut c = ClientConfig::builder_with_provider(Arc::new(provider))
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
@@ -108,6 +160,38 @@ impl Pki {
 /// A `[listeners.tls]` certificate entry for a leaf.
 pub fn cert_entry(leaf: &Leaf) -> String {
     format!("{{ cert = \"{}\", key = \"{}\" }}", leaf.cert.display(), leaf.key.display())
+}
+
+/// Writes a `ticket_keys` file of `count` random keys (80 bytes as hex, one per line) and
+/// returns its lines, newest first.
+pub fn write_ticket_keys(path: &Path, count: usize) -> Vec<String> {
+    use ring::rand::SecureRandom;
+    let rng = ring::rand::SystemRandom::new();
+    let keys: Vec<String> = (0..count)
+        .map(|_| {
+            let mut k = [0u8; 80];
+            rng.fill(&mut k).unwrap();
+            k.iter().map(|b| format!("{b:02x}")).collect()
+        })
+        .collect();
+    write_ticket_lines(path, &keys);
+    keys
+}
+
+/// Writes `keys` (hex lines, newest first) as a `ticket_keys` file with a comment line.
+pub fn write_ticket_lines(path: &Path, keys: &[String]) {
+    std::fs::write(path, format!("# session-ticket keys, newest first\n{}\n", keys.join("\n"))).unwrap();
+}
+
+/// Whether the proxy refuses a connection with `config`: the handshake fails, or (TLS 1.3, where
+/// the client finishes before the server has checked its certificate) the first request gets no
+/// response.
+pub fn refused(addr: SocketAddr, name: Option<&str>, config: &Arc<ClientConfig>) -> bool {
+    let Ok(mut c) = tls_connect(addr, name, config) else { return true };
+    if c.try_send(b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n").is_err() {
+        return true;
+    }
+    c.read_response().is_err()
 }
 
 /// Connects and completes the handshake for `name` (the SNI; `None` sends none: an IP name).
