@@ -508,14 +508,12 @@ fn client_certificates_required_refuses_none_and_a_foreign_ca_and_optional_lets_
 }
 
 /// Every refused client certificate is counted as a handshake failure, and none panics the
-/// connection's task. Fails today for TLS 1.3: the client's Certificate and Finished come in one
-/// record; rustls rejects the Certificate with the Finished still pending in its deframer, and
-/// `data::tls::send_alert` then calls `process_tls_records` with an empty buffer, so rustls's
-/// deframer indexes out of it and panics (`msgs/deframer/buffers.rs:59`): the connection closes
-/// without an alert and is not counted. Passing the read buffer's remaining bytes instead of an
-/// empty slice should fix it (proxy/src/data is another change's).
+/// connection's task. In TLS 1.3 the client's Certificate and Finished come in one record; rustls
+/// rejects the Certificate with the Finished still pending in its deframer. `data::tls::send_alert`
+/// once called `process_tls_records` with an empty buffer then, and rustls's deframer indexed out
+/// of it and panicked (`msgs/deframer/buffers.rs:59`): the connection closed without an alert and
+/// was not counted. It now hands rustls the bytes it still holds.
 #[test]
-#[ignore = "data::tls::send_alert: rustls deframer panic after a TLS 1.3 client-certificate error"]
 fn every_refused_client_certificate_is_counted_and_nothing_panics() {
     let dir = temp_dir();
     let pki = Pki::new(&dir);

@@ -89,7 +89,8 @@ async fn handshake(
             Err(_) => {
                 // rustls queued an alert for the peer: send it, best effort, then fail.
                 rbuf.consume(discard);
-                let _ = send_alert(&mut conn, tcp, wbuf).await;
+                given -= discard.min(given);
+                let _ = send_alert(&mut conn, tcp, rbuf, given, wbuf).await;
                 return Err(TlsFailure::Handshake);
             }
             Ok(ConnectionState::EncodeTlsData(mut e)) => match e.encode(wbuf.spare()) {
@@ -169,19 +170,32 @@ async fn next_record(tcp: &TcpStream, rbuf: &mut Buf, given: usize) -> Result<us
 }
 
 /// After a failed handshake: encodes and sends the alert rustls queued, if any.
-async fn send_alert(conn: &mut UnbufferedServerConnection, tcp: &TcpStream, wbuf: &mut Buf) -> Result<(), TlsFailure> {
+///
+/// rustls must be handed the same bytes it was given before, less what it said to discard: it
+/// may hold its place in a handshake message still in them (a TLS 1.3 client's Certificate and
+/// Finished in one record, the Certificate refused), and indexes out of range on an empty slice.
+async fn send_alert(conn: &mut UnbufferedServerConnection, tcp: &TcpStream, rbuf: &mut Buf, mut given: usize, wbuf: &mut Buf) -> Result<(), TlsFailure> {
     wbuf.clear();
-    let mut empty = [0u8; 0];
     for _ in 0..4 {
-        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut empty);
-        match state {
+        let Some(input) = rbuf.filled_mut().get_mut(..given) else { break };
+        let UnbufferedStatus { discard, state } = conn.process_tls_records(input);
+        let done = match state {
             Ok(ConnectionState::EncodeTlsData(mut e)) => {
                 if let Ok(n) = e.encode(wbuf.spare()) {
                     wbuf.advance(n);
                 }
+                false
             }
-            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-            _ => break,
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                t.done();
+                false
+            }
+            _ => true,
+        };
+        rbuf.consume(discard);
+        given -= discard.min(given);
+        if done {
+            break;
         }
     }
     write_all(tcp, wbuf).await
