@@ -246,6 +246,9 @@ pub struct LatencyGate {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FloorGate {
+    /// The client speaks TLS 1.3 to the proxy and to the relay floor (`loadgen relay --tls`).
+    #[serde(default)]
+    pub tls: bool,
     pub metric: String,
     pub unit: String,
     pub workload: String,

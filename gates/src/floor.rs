@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::contract::FloorGate;
 use crate::error::chain;
-use crate::runner::{ChildGuard, LoadRun, Options, Row, RunnerError, Stage, Status, error_row, median, scratch_dir, start_stage, which};
+use crate::runner::{ChildGuard, LoadRun, Options, Row, RunnerError, Stage, Status, error_row, median, scratch_dir, start_stage_tls, which};
 
 /// What keeps the floor rows from a figure: the stage, strace, schedstat, errors under load.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,7 @@ impl Drop for Setup {
 
 fn setup(opts: &Options, g: &FloorGate, what: &str) -> Result<Setup, RunnerError> {
     let tmp = scratch_dir(what)?;
-    let stage = start_stage(opts, g.body_bytes, &tmp)?;
+    let stage = start_stage_tls(opts, g.body_bytes, &tmp, "", g.tls)?;
     let (relay, relay_addr) = stage.start_relay()?;
     Ok(Setup { stage, relay, relay_addr, tmp })
 }

@@ -22,6 +22,8 @@ use crate::scan;
 pub enum RunnerError {
     #[error("cannot run cargo")]
     Cargo(#[source] std::io::Error),
+    #[error("making the TLS certificate")]
+    Pki(#[source] std::io::Error),
     /// `last_line`: the last line cargo printed on stderr.
     #[error("cargo build -p {package} --bin {bin} failed: {last_line}")]
     Build { package: String, bin: String, last_line: String },
@@ -383,6 +385,9 @@ pub struct Stage {
     pub proxy_addr: String,
     pub loadgen: PathBuf,
     pub pin: bool,
+    /// The proxy's listener (and the relay) speak TLS with this certificate and key, made at start
+    /// for [`crate::tlsclient::SERVER_NAME`]; loadgen trusts it (`--ca`).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// One open-loop loadgen run against `addr`.
@@ -397,9 +402,13 @@ pub struct LoadRun<'a> {
 impl Stage {
     /// Starts the byte-relay floor (`loadgen relay`) in front of the upstream, pinned where the
     /// proxy is: the same CPU, the same hop.
+    /// Over TLS (a TLS stage) it terminates TLS with the proxy's certificate (`relay --tls`).
     pub fn start_relay(&self) -> Result<(ChildGuard, String), RunnerError> {
         let mut rl = pinned(self.pin, "1", &self.loadgen);
         rl.args(["relay", "--listen", "127.0.0.1:0", "--upstream", &self.upstream_addr]);
+        if let Some((cert, key)) = &self.tls {
+            rl.arg("--tls").arg("--cert").arg(cert).arg("--key").arg(key);
+        }
         spawn_listening(rl, "loadgen relay")
     }
 
@@ -407,7 +416,12 @@ impl Stage {
     /// to `json`, and returns that report. Invalid runs are reported, not refused.
     pub fn load(&self, run: &LoadRun<'_>, extra: &[&str], json: &Path) -> Result<Value, RunnerError> {
         let mut cmd = Command::new(&self.loadgen);
-        cmd.args(["run", "--url", &format!("http://{}/", run.addr), "--rate", &run.rate.to_string()])
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        cmd.args(["run", "--url", &format!("{scheme}://{}/", run.addr), "--rate", &run.rate.to_string()]);
+        if let Some((cert, _)) = &self.tls {
+            cmd.arg("--ca").arg(cert).args(["--sni", crate::tlsclient::SERVER_NAME]);
+        }
+        cmd
             .args(["--duration", run.duration, "--warmup", run.warmup, "--connections", &run.connections.to_string()])
             .args(extra)
             .arg("--json")
@@ -433,6 +447,12 @@ pub fn start_stage(opts: &Options, body_bytes: usize, tmp: &Path) -> Result<Stag
 /// [`start_stage`] with `extra_config` (TOML: `[limits]` and the like) appended to the proxy's
 /// config.
 pub fn start_stage_with(opts: &Options, body_bytes: usize, tmp: &Path, extra_config: &str) -> Result<Stage, RunnerError> {
+    start_stage_tls(opts, body_bytes, tmp, extra_config, false)
+}
+
+/// [`start_stage_with`], the proxy's listener speaking TLS 1.3 when `tls` (a certificate made in
+/// `tmp`).
+pub fn start_stage_tls(opts: &Options, body_bytes: usize, tmp: &Path, extra_config: &str, tls: bool) -> Result<Stage, RunnerError> {
     let proxy = cargo_build(opts, "proxy", "proxy")?;
     let loadgen = cargo_build_plain(opts, "loadgen", "loadgen")?;
     let pin = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 && which("taskset");
@@ -441,16 +461,27 @@ pub fn start_stage_with(opts: &Options, body_bytes: usize, tmp: &Path, extra_con
     up_cmd.args(["upstream", "--listen", "127.0.0.1:0", "--body-bytes", &body_bytes.to_string()]);
     let (upstream, upstream_addr) = spawn_listening(up_cmd, "loadgen upstream")?;
 
+    let tls = match tls {
+        false => None,
+        true => {
+            let (cert, key, _) = crate::tlsclient::make_pki(&tmp.join("pki"), true).map_err(RunnerError::Pki)?;
+            Some((cert, key))
+        }
+    };
+    let listener_tls = match &tls {
+        Some((cert, key)) => format!("[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n", cert.display(), key.display()),
+        None => String::new(),
+    };
     let cfg = tmp.join("proxy.toml");
     let text = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"o\"\n[upstreams.o]\nservers = [\"{upstream_addr}\"]\nidle_pool_size = 256\n{extra_config}"
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n{listener_tls}[[routes]]\nupstream = \"o\"\n[upstreams.o]\nservers = [\"{upstream_addr}\"]\nidle_pool_size = 256\n{extra_config}"
     );
     std::fs::write(&cfg, text).map_err(|source| RunnerError::Write { path: cfg.clone(), source })?;
     let mut px_cmd = pinned(pin, "1", &proxy);
     px_cmd.arg("--config").arg(&cfg).args(["--workers", "1"]);
     opts.plant_env(&mut px_cmd);
     let (proxy, proxy_addr) = spawn_listening(px_cmd, "proxy")?;
-    Ok(Stage { upstream, upstream_addr, proxy, proxy_addr, loadgen, pin })
+    Ok(Stage { upstream, upstream_addr, proxy, proxy_addr, loadgen, pin, tls })
 }
 
 /// loadgen fell behind its own schedule (send lag on free connections, or it stopped

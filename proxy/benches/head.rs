@@ -61,7 +61,7 @@ fn head(c: &mut Criterion) {
             let buf = black_box(REQUEST);
             let _ = req.parse(buf, &snap.limits);
             let route = snap.router.lookup(req.route_host(buf), req.route_path(buf)).expect("route");
-            rewrite::request_head(&mut out, buf, &req, route, b"127.0.0.1", b"http", &snap.via);
+            rewrite::request_head(&mut out, buf, &req, route, b"127.0.0.1", false, &snap.via);
             out.len()
         })
     });

@@ -15,8 +15,8 @@ use tokio::net::TcpStream;
 
 /// A client connection's byte stream.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
-    /// The scheme the client used, for `X-Forwarded-Proto`.
-    const SCHEME: &'static [u8];
+    /// The client speaks TLS (`X-Forwarded-Proto: https`).
+    const TLS: bool;
 
     /// Ready when a read would not block: bytes (or the end) wait in the socket or, over TLS, a
     /// record already received.
@@ -44,7 +44,7 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
 }
 
 impl ClientIo for TcpStream {
-    const SCHEME: &'static [u8] = b"http";
+    const TLS: bool = false;
 
     #[inline]
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

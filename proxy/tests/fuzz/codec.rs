@@ -158,7 +158,7 @@ pub fn check_head(input: &[u8], p: &HeadParams) -> Result<bool, String> {
     let route =
         Route { id: 0, prefix: if strip { b"/a".as_slice().into() } else { b"/".as_slice().into() }, strip_prefix: strip, group: 0 };
     let mut out = Vec::new();
-    rewrite::request_head(&mut out, input, &h, &route, CLIENT_IP, b"http", VIA);
+    rewrite::request_head(&mut out, input, &h, &route, CLIENT_IP, false, VIA);
     if parse_head_only(&out, "request", &mut problems).is_none() {
         return Err(problems.join("\n"));
     }

@@ -472,7 +472,7 @@ impl<S: ClientIo> Active<'_, S> {
         };
         let group = &snap.groups[route.group];
         self.route = route.id;
-        rewrite::request_head(&mut self.s.out, filled, &self.s.req, route, self.ip, S::SCHEME, &snap.via);
+        rewrite::request_head(&mut self.s.out, filled, &self.s.req, route, self.ip, S::TLS, &snap.via);
 
         // Body bytes that arrived with the head go out in the same write.
         let mut body = ReqBody::new(self.s.req.framing, limits.max_body_bytes);

@@ -18,8 +18,8 @@ pub enum ClientConn {
 }
 
 /// Request line + forwarded fields + X-Forwarded-* + Via (+ upgrade), then the blank line.
-/// `scheme`: what the client spoke (`http`, `https`), for `X-Forwarded-Proto`.
-pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, route: &Route, client_ip: &[u8], scheme: &[u8], via: &[u8]) {
+/// `tls`: the client spoke TLS (`X-Forwarded-Proto: https`).
+pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, route: &Route, client_ip: &[u8], tls: bool, via: &[u8]) {
     out.clear();
     out.extend_from_slice(req.method.of(buf));
     out.push(b' ');
@@ -63,9 +63,7 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, route: &Ro
         }
     }
     out.extend_from_slice(client_ip);
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-    out.extend_from_slice(scheme);
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(if tls { b"\r\nX-Forwarded-Proto: https\r\n" } else { b"\r\nX-Forwarded-Proto: http\r\n" });
     if let Some(host) = req.host {
         field(out, b"X-Forwarded-Host", host.of(buf));
     }
@@ -175,7 +173,7 @@ mod tests {
         let b = b"GET /api/x?y HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nTE: trailers\r\nKeep-Alive: 5\r\nA:  b \r\n\r\n";
         let req = parse(b);
         let mut out = Vec::new();
-        request_head(&mut out, b, &req, &route("/api", true), b"127.0.0.1", b"http", b"1.1 fastproxy");
+        request_head(&mut out, b, &req, &route("/api", true), b"127.0.0.1", false, b"1.1 fastproxy");
         let want = "GET /x?y HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nA: b\r\nX-Forwarded-For: 1.2.3.4, 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nVia: 1.1 fastproxy\r\n\r\n";
         assert_eq!(String::from_utf8_lossy(&out), want);
     }
@@ -184,10 +182,10 @@ mod tests {
     fn strip_to_root_and_absolute_form() {
         let b = b"GET /api?q HTTP/1.1\r\nHost: h\r\n\r\n";
         let mut out = Vec::new();
-        request_head(&mut out, b, &parse(b), &route("/api", true), b"::1", b"http", b"1.1 p");
+        request_head(&mut out, b, &parse(b), &route("/api", true), b"::1", false, b"1.1 p");
         assert!(out.starts_with(b"GET /?q HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&out));
         let b = b"GET http://h HTTP/1.1\r\nHost: h\r\n\r\n";
-        request_head(&mut out, b, &parse(b), &route("/", false), b"::1", b"http", b"1.1 p");
+        request_head(&mut out, b, &parse(b), &route("/", false), b"::1", false, b"1.1 p");
         assert!(out.starts_with(b"GET / HTTP/1.1\r\n"));
     }
 
@@ -197,7 +195,7 @@ mod tests {
     fn http10_without_host_gets_an_empty_host() {
         let b = b"GET /old HTTP/1.0\r\nX-A: 1\r\n\r\n";
         let mut out = Vec::new();
-        request_head(&mut out, b, &parse(b), &route("/", false), b"::1", b"http", b"1.1 p");
+        request_head(&mut out, b, &parse(b), &route("/", false), b"::1", false, b"1.1 p");
         let want = "GET /old HTTP/1.1\r\nX-A: 1\r\nHost: \r\nX-Forwarded-For: ::1\r\nX-Forwarded-Proto: http\r\nVia: 1.1 p\r\n\r\n";
         assert_eq!(String::from_utf8_lossy(&out), want);
     }

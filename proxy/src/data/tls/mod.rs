@@ -438,7 +438,7 @@ impl Drop for TlsStream {
 }
 
 impl ClientIo for TlsStream {
-    const SCHEME: &'static [u8] = b"https";
+    const TLS: bool = true;
 
     #[inline]
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
