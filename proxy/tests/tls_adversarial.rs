@@ -94,7 +94,12 @@ impl Fixture {
     /// How many requests the upstream has seen that did not come from a bystander or from
     /// setting up an established connection.
     fn stray_requests(&self) -> Vec<String> {
-        self.up.requests().into_iter().map(|r| r.target).filter(|t| t != "/bystander" && t != "/established" && t != "/ok").collect()
+        self.up
+            .requests()
+            .into_iter()
+            .map(|r| r.target)
+            .filter(|t| !matches!(t.as_str(), "/bystander" | "/established" | "/ok" | "/after-flood" | "/after-key-updates"))
+            .collect()
     }
 
     /// The checks after every batch: alive, no panic, the bystander serves.
@@ -475,4 +480,442 @@ fn send_and_close(addr: SocketAddr, bytes: &[u8]) -> Result<(), String> {
     let _ = (&s).write_all(bytes);
     let _ = s.shutdown(Shutdown::Write);
     closes(&s).map(|_| ())
+}
+
+/// A handshake flood: 200 connections each send half a ClientHello and stay, then all leave;
+/// then 4 threads make 50 full handshakes each (a request on each). The counters add up, the
+/// bystander serves throughout, and the proxy's resident set returns near where it started.
+#[test]
+fn a_handshake_flood_is_counted_and_its_memory_returns() {
+    let mut f = fixture("");
+    let mut bystander = f.bystander();
+    let hello = client_hello(&f.config, "localhost");
+    // Warm up (the worker's pools, the allocator's arenas) before the baseline.
+    for _ in 0..20 {
+        f.bystander();
+    }
+    let (before, hs_before) = f.counters();
+    let rss_start = rss_kib(f.proxy.pid());
+
+    let half: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let s = f.raw();
+            (&s).write_all(&hello[..hello.len() / 2]).unwrap();
+            s
+        })
+        .collect();
+    assert_eq!(get(&mut bystander, "/bystander").status, 200, "serves while 200 handshakes hang");
+    let rss_peak = rss_kib(f.proxy.pid());
+    drop(half);
+    let closed = |c: &[f64; 7]| c[3] - before[3];
+    assert!(wait_until(Duration::from_secs(3), || closed(&f.counters().0) == 200.0), "{:?}", moved(&before, &f.counters().0));
+
+    let addr = f.proxy.addr;
+    let config = &f.config;
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            s.spawn(move || {
+                for i in 0..50 {
+                    // A fresh config per connection: full handshakes, not resumptions.
+                    let fresh = Arc::new((**config).clone());
+                    let mut c = tls_connect(addr, Some("localhost"), &fresh).unwrap_or_else(|e| panic!("thread {t} #{i}: {e}"));
+                    assert_eq!(get(&mut c, "/ok").status, 200);
+                }
+            });
+        }
+    });
+    let (after, hs_after) = f.counters();
+    assert_eq!(hs_after - hs_before, 200.0, "200 handshakes");
+    assert_eq!(moved(&before, &after), vec![("closed_in_handshake", 200.0)], "only the half hellos failed");
+    assert_eq!(f.up.requests().iter().filter(|r| r.target == "/ok").count(), 200);
+    f.still_well(&mut bystander, "after the flood");
+
+    let settled = wait_until(Duration::from_secs(5), || rss_kib(f.proxy.pid()) < rss_start + 20 * 1024);
+    let rss_end = rss_kib(f.proxy.pid());
+    eprintln!("proxy VmRSS: start {rss_start} KiB, 200 half handshakes {rss_peak} KiB, end {rss_end} KiB");
+    assert!(settled, "VmRSS {rss_start} KiB -> {rss_end} KiB after the flood left");
+}
+
+/// A ClientHello one byte every 100 ms is closed at the 500 ms handshake timeout and counted.
+#[test]
+fn a_slow_handshake_is_closed_at_the_handshake_timeout() {
+    let mut f = fixture("");
+    let mut bystander = f.bystander();
+    let hello = client_hello(&f.config, "localhost");
+    let (before, _) = f.counters();
+    let s = f.raw();
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let result = std::thread::scope(|scope| {
+        let w = s.try_clone().unwrap();
+        let stop = &stop;
+        let hello = &hello;
+        scope.spawn(move || {
+            for b in hello.iter() {
+                if stop.load(Ordering::Relaxed) || (&w).write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let r = closes(&s);
+        stop.store(true, Ordering::Relaxed);
+        r
+    });
+    let took = started.elapsed();
+    assert!(result.is_ok(), "{result:?}");
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_millis(1500), "closed after {took:?}");
+    assert!(wait_until(Duration::from_secs(2), || f.counters().0[0] == before[0] + 1.0));
+    assert_eq!(moved(&before, &f.counters().0), vec![("handshake_timeout", 1.0)]);
+    f.still_well(&mut bystander, "after the slow handshake");
+}
+
+/// A TLS client on a plaintext listener: its ClientHello gets the HTTP parser's 400 or a close,
+/// at once (the client waits for a ServerHello and sends nothing more). Nothing reaches the
+/// upstream, and the listener keeps serving HTTP.
+#[test]
+fn a_client_hello_on_a_plaintext_listener_gets_a_400_or_a_close_not_a_hang() {
+    let up = Upstream::ok();
+    let proxy = Proxy::start(&crate::support::config(&[up.addr], "", ""));
+    let pki = Pki::new(&temp_dir());
+    let hello = client_hello(&Arc::new(pki.client()), "localhost");
+    for (what, bytes) in [("a ClientHello", hello.clone()), ("a lone 0x16", vec![HANDSHAKE]), ("a record header", hello[..5].to_vec())] {
+        let s = TcpStream::connect_timeout(&proxy.addr, CLOSE_WITHIN).unwrap();
+        s.set_read_timeout(Some(CLOSE_WITHIN)).unwrap();
+        (&s).write_all(&bytes).unwrap();
+        let started = Instant::now();
+        let got = closes(&s).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 400"), "{what}: {}", crate::support::show(&got));
+        assert!(started.elapsed() < Duration::from_secs(2), "{what}: closed after {:?}", started.elapsed());
+    }
+    // A real rustls client: its handshake fails (no hang) rather than waiting.
+    assert!(tls_connect(proxy.addr, Some("localhost"), &Arc::new(pki.client())).is_err());
+    assert!(up.requests().is_empty());
+    let mut c = proxy.connect();
+    assert_eq!(c.get("/").unwrap().status, 200, "the listener still serves HTTP");
+}
+
+/// Plain HTTP on the TLS port, a pipelined burst of 100 requests in one write: closed, counted
+/// once as not_tls, and none reaches the upstream.
+#[test]
+fn a_pipelined_plaintext_burst_on_the_tls_port_is_closed_and_counted_once() {
+    let mut f = fixture("");
+    let mut bystander = f.bystander();
+    let (before, _) = f.counters();
+    let burst: Vec<u8> = (0..100).flat_map(|i| format!("GET /plain-{i} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()).collect();
+    let s = f.raw();
+    (&s).write_all(&burst).unwrap();
+    let got = closes(&s).unwrap();
+    assert!(!got.starts_with(b"HTTP/1.1 200"), "{}", crate::support::show(&got));
+    assert!(wait_until(Duration::from_secs(2), || f.counters().0[1] == before[1] + 1.0));
+    assert_eq!(moved(&before, &f.counters().0), vec![("not_tls", 1.0)]);
+    f.still_well(&mut bystander, "after the plaintext burst");
+}
+
+/// A bad record after the handshake, sealed with the client's own keys where it needs to be.
+struct RecordCase {
+    name: &'static str,
+    tls13: bool,
+    /// The bytes to send, given the client's sending keys.
+    bytes: fn(&mut Keys) -> Vec<u8>,
+    /// Close the sending side after them (a truncation).
+    then_eof: bool,
+    /// The failure kind it must count (`None`: a clean close, nothing counted).
+    kind: Option<&'static str>,
+}
+
+fn sealed(tx: &mut Keys, typ: u8, plain: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; plain.len() + 64];
+    let n = tx.seal(typ, plain, &mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+const REQUEST: &[u8] = b"GET /after-bad-record HTTP/1.1\r\nHost: x\r\n\r\n";
+
+fn record_cases() -> Vec<RecordCase> {
+    let c = |name, tls13, bytes, then_eof, kind| RecordCase { name, tls13, bytes, then_eof, kind };
+    vec![
+        c("length shorter than a tag", true, |_| vec![APPLICATION_DATA, 3, 3, 0, 5, 1, 2, 3, 4, 5], false, Some("record")),
+        c("length 0", true, |_| vec![APPLICATION_DATA, 3, 3, 0, 0], false, Some("record")),
+        c(
+            "length one more than sealed",
+            true,
+            |tx| {
+                let mut r = sealed(tx, APPLICATION_DATA, REQUEST);
+                let n = be16(&r[3..]) + 1;
+                r[3..5].copy_from_slice(&(n as u16).to_be_bytes());
+                r.push(0);
+                r
+            },
+            false,
+            Some("record"),
+        ),
+        c(
+            "length one less than sealed",
+            true,
+            |tx| {
+                let mut r = sealed(tx, APPLICATION_DATA, REQUEST);
+                let n = be16(&r[3..]) - 1;
+                r[3..5].copy_from_slice(&(n as u16).to_be_bytes());
+                r
+            },
+            false,
+            Some("record"),
+        ),
+        c(
+            "length more than sent, then EOF",
+            true,
+            |tx| {
+                let mut r = sealed(tx, APPLICATION_DATA, REQUEST);
+                r[3..5].copy_from_slice(&1000u16.to_be_bytes());
+                r
+            },
+            true,
+            Some("record"),
+        ),
+        c("a record header alone, then EOF", true, |_| vec![APPLICATION_DATA, 3, 3, 0, 40], true, Some("record")),
+        c(
+            "unknown outer content type",
+            true,
+            |tx| {
+                let mut r = sealed(tx, APPLICATION_DATA, REQUEST);
+                r[0] = 99;
+                r
+            },
+            false,
+            Some("record"),
+        ),
+        c("unknown inner content type", true, |tx| sealed(tx, 99, REQUEST), false, Some("record")),
+        c("change_cipher_spec after the handshake", true, |_| vec![20, 3, 3, 0, 1, 1], false, Some("record")),
+        c(
+            "record version 2.0",
+            true,
+            |tx| {
+                let mut r = sealed(tx, APPLICATION_DATA, REQUEST);
+                r[1] = 2;
+                r
+            },
+            false,
+            Some("record"),
+        ),
+        c(
+            "larger than 2^14 + 256 (TLS 1.3)",
+            true,
+            |_| {
+                let mut r = vec![APPLICATION_DATA, 3, 3];
+                r.extend_from_slice(&((1u16 << 14) + 257).to_be_bytes());
+                r.extend(std::iter::repeat_n(0u8, (1 << 14) + 257));
+                r
+            },
+            false,
+            Some("record"),
+        ),
+        c(
+            "larger than 2^14 + 2048 (TLS 1.2)",
+            false,
+            |_| {
+                let mut r = vec![APPLICATION_DATA, 3, 3];
+                r.extend_from_slice(&((1u16 << 14) + 2049).to_be_bytes());
+                r.extend(std::iter::repeat_n(0u8, (1 << 14) + 2049));
+                r
+            },
+            false,
+            Some("record"),
+        ),
+        c(
+            "more plaintext than 2^14 in one record",
+            true,
+            |tx| {
+                // Sealed by hand: Keys::seal refuses more than 2^14.
+                let _ = tx;
+                let mut r = vec![APPLICATION_DATA, 3, 3];
+                r.extend_from_slice(&((1u16 << 14) + 100).to_be_bytes());
+                r.extend(std::iter::repeat_n(7u8, (1 << 14) + 100));
+                r
+            },
+            false,
+            Some("record"),
+        ),
+        c("a handshake_failure alert", true, |tx| sealed(tx, ALERT, &[2, 40]), false, Some("alert")),
+        c("a warning alert other than close_notify", true, |tx| sealed(tx, ALERT, &[1, 90]), false, Some("alert")),
+        c("an alert of one byte", true, |tx| sealed(tx, ALERT, &[2]), false, Some("alert")),
+        c("a TLS 1.2 fatal alert", false, |tx| sealed(tx, ALERT, &[2, 80]), false, Some("alert")),
+        c("a TLS 1.2 ClientHello (renegotiation)", false, |tx| sealed(tx, HANDSHAKE, &[1, 0, 0, 0]), false, Some("renegotiation")),
+        c("a TLS 1.2 plaintext ClientHello", false, |_| vec![HANDSHAKE, 3, 3, 0, 4, 1, 0, 0, 0], false, Some("record")),
+        c("a TLS 1.3 ClientHello", true, |tx| sealed(tx, HANDSHAKE, &[1, 0, 0, 0]), false, Some("renegotiation")),
+        c("a KeyUpdate with request_update 2", true, |tx| sealed(tx, HANDSHAKE, &[24, 0, 0, 1, 2]), false, Some("renegotiation")),
+        c("a KeyUpdate with a long body", true, |tx| sealed(tx, HANDSHAKE, &[24, 0, 0, 2, 1, 0]), false, Some("renegotiation")),
+        c("a KeyUpdate in TLS 1.2", false, |tx| sealed(tx, HANDSHAKE, &[24, 0, 0, 1, 0]), false, Some("renegotiation")),
+        c("an empty handshake record", true, |tx| sealed(tx, HANDSHAKE, &[]), false, Some("renegotiation")),
+        c(
+            "close_notify, then a request",
+            true,
+            |tx| {
+                let mut r = sealed(tx, ALERT, &[1, 0]);
+                r.extend(sealed(tx, APPLICATION_DATA, REQUEST));
+                r
+            },
+            false,
+            None,
+        ),
+        c(
+            "TLS 1.2 close_notify, then a request",
+            false,
+            |tx| {
+                let mut r = sealed(tx, ALERT, &[1, 0]);
+                r.extend(sealed(tx, APPLICATION_DATA, REQUEST));
+                r
+            },
+            false,
+            None,
+        ),
+        c(
+            "a replayed record",
+            true,
+            |tx| {
+                let r = sealed(tx, APPLICATION_DATA, b"GET /after-bad-record HTTP/1.1\r\n");
+                [r.clone(), r].concat()
+            },
+            false,
+            Some("record"),
+        ),
+    ]
+}
+
+/// The table of bad records after the handshake: each connection is closed, the right kind
+/// counted (nothing for close_notify), nothing reaches the upstream, the bystander serves.
+#[test]
+fn bad_records_after_the_handshake_are_closed_and_counted_by_kind() {
+    let mut f = fixture("");
+    let mut bystander = f.bystander();
+    for case in record_cases() {
+        let (sock, mut tx, _rx) = f.established(case.tls13);
+        let (before, _) = f.counters();
+        let _ = (&sock).write_all(&(case.bytes)(&mut tx));
+        if case.then_eof {
+            sock.shutdown(Shutdown::Write).unwrap();
+        }
+        if let Err(e) = closes(&sock) {
+            panic!("{}: {e}", case.name);
+        }
+        match case.kind {
+            Some(kind) => {
+                let i = KINDS.iter().position(|k| *k == kind).unwrap();
+                assert!(wait_until(Duration::from_secs(2), || f.counters().0[i] > before[i]), "{}: {kind} not counted", case.name);
+                assert_eq!(moved(&before, &f.counters().0), vec![(kind, 1.0)], "{}", case.name);
+            }
+            None => {
+                std::thread::sleep(crate::support::SETTLE);
+                assert_eq!(moved(&before, &f.counters().0), vec![], "{}", case.name);
+            }
+        }
+        f.still_well(&mut bystander, case.name);
+    }
+}
+
+/// Reads records from `sock` with `rx` until the plaintext holds a whole response head.
+fn read_response_head(sock: &TcpStream, rx: &mut Keys) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    let mut plain = Vec::new();
+    let mut b = [0u8; 16 * 1024];
+    let mut s = sock;
+    loop {
+        while buf.len() >= 5 && buf.len() >= 5 + be16(&buf[3..]) {
+            let n = 5 + be16(&buf[3..]);
+            let mut rec: Vec<u8> = buf.drain(..n).collect();
+            let (typ, a, z) = rx.open(&mut rec).map_err(|e| format!("{e:?}"))?;
+            if typ == APPLICATION_DATA {
+                plain.extend_from_slice(&rec[a..z]);
+            } else {
+                return Err(format!("a record of type {typ}: {:?}", &rec[a..z]));
+            }
+        }
+        if crate::support::find(&plain, b"\r\n\r\n").is_some() {
+            return Ok(plain);
+        }
+        match s.read(&mut b) {
+            Ok(0) => return Err(format!("closed; plaintext so far {}", crate::support::show(&plain))),
+            Ok(n) => buf.extend_from_slice(&b[..n]),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// 1,000,000 empty application-data records (TLS 1.3), sent as fast as the socket takes them,
+/// then a request: the proxy does not spin, its memory does not grow, the bystander is served
+/// meanwhile, and the connection either answers the request or is closed and counted.
+#[test]
+fn a_flood_of_empty_records_neither_spins_nor_grows_nor_starves_others() {
+    let mut f = fixture("");
+    let mut bystander = f.bystander();
+    let (sock, mut tx, mut rx) = f.established(true);
+    let rss_start = rss_kib(f.proxy.pid());
+    let (before, _) = f.counters();
+    let mut flood = Vec::with_capacity(1_000_000 * 22);
+    for _ in 0..1_000_000 {
+        flood.extend(sealed(&mut tx, APPLICATION_DATA, &[]));
+    }
+    flood.extend(sealed(&mut tx, APPLICATION_DATA, b"GET /after-flood HTTP/1.1\r\nHost: x\r\n\r\n"));
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    std::thread::scope(|s| {
+        let w = sock.try_clone().unwrap();
+        let flood = &flood;
+        let writer = s.spawn(move || (&w).write_all(flood));
+        while !writer.is_finished() {
+            let t = Instant::now();
+            assert_eq!(get(&mut bystander, "/bystander").status, 200, "the bystander during the flood");
+            slowest = slowest.max(t.elapsed());
+        }
+        writer.join().unwrap().unwrap();
+    });
+    let reply = read_response_head(&sock, &mut rx);
+    eprintln!(
+        "empty-record flood: {:?} to send, slowest bystander request {slowest:?}, reply {:?}, VmRSS {rss_start} -> {} KiB",
+        started.elapsed(),
+        reply.as_ref().map(|p| String::from_utf8_lossy(&p[..12.min(p.len())]).into_owned()),
+        rss_kib(f.proxy.pid())
+    );
+    match reply {
+        Ok(head) => assert!(head.starts_with(b"HTTP/1.1 200"), "{}", crate::support::show(&head)),
+        Err(e) => {
+            assert!(closes(&sock).is_ok(), "neither answered nor closed: {e}");
+            assert!(wait_until(Duration::from_secs(2), || f.counters().0[4] > before[4]), "closed but not counted: {e}");
+        }
+    }
+    assert!(slowest < Duration::from_millis(500), "a bystander request took {slowest:?} during the flood");
+    assert!(rss_kib(f.proxy.pid()) < rss_start + 20 * 1024, "VmRSS grew");
+    f.still_well(&mut bystander, "after the empty-record flood");
+}
+
+/// A KeyUpdate flood: 3,000 KeyUpdates with update_requested from rustls's client (each moves
+/// its sending key), sent in one burst, then a request. The proxy follows every update, answers
+/// (RFC 8446 §4.6.3: at least once before its next application data), and serves the request;
+/// its memory stays bounded and the bystander is served.
+#[test]
+fn a_key_update_flood_is_followed_and_the_connection_still_serves() {
+    let f = fixture("");
+    let mut bystander = f.bystander();
+    let rss_start = rss_kib(f.proxy.pid());
+    let mut c = tls_connect(f.proxy.addr, Some("localhost"), &f.config).unwrap();
+    assert_eq!(get(&mut c, "/established").status, 200);
+    let (before, _) = f.counters();
+    for _ in 0..3000 {
+        c.stream.conn.refresh_traffic_keys().unwrap();
+    }
+    let mut burst = Vec::new();
+    while c.stream.conn.wants_write() {
+        c.stream.conn.write_tls(&mut burst).unwrap();
+    }
+    c.stream.sock.write_all(&burst).unwrap();
+    c.send(b"GET /after-key-updates HTTP/1.1\r\nHost: x\r\n\r\n");
+    let resp = c.read_response();
+    let (after, _) = f.counters();
+    assert!(resp.is_ok(), "the request after 3,000 key updates: {resp:?}; failures moved {:?}", moved(&before, &after));
+    assert_eq!(resp.unwrap().status, 200);
+    assert_eq!(moved(&before, &after), vec![]);
+    assert!(rss_kib(f.proxy.pid()) < rss_start + 20 * 1024, "VmRSS grew");
+    assert_eq!(get(&mut bystander, "/bystander").status, 200);
+    assert!(!f.proxy.stderr().contains("panicked"));
 }
