@@ -239,6 +239,10 @@ pub struct TlsStream {
     eof: bool,
     /// We sent close_notify.
     closed: bool,
+    /// We answered a KeyUpdate that requested one and have sent no application data since: more
+    /// requests are covered by that answer (RFC 8446 §4.6.3), so a burst of them cannot fill
+    /// `wbuf` with answers.
+    update_answered: bool,
     /// A record error ended the connection (counted once, on drop).
     failed: Option<TlsFailure>,
 }
@@ -278,6 +282,7 @@ impl TlsStream {
             early_read: 0,
             eof: false,
             closed: false,
+            update_answered: false,
             failed: None,
         };
         s.release_read();
@@ -371,8 +376,9 @@ impl TlsStream {
             },
             Err(_) => return Err(self.fail(TlsFailure::Record)),
         }
-        if request {
+        if request && !self.update_answered {
             self.update_tx()?;
+            self.update_answered = true;
         }
         Ok(())
     }
@@ -521,6 +527,7 @@ impl ClientIo for TlsStream {
             self.seal(APPLICATION_DATA, &buf[done..done + n])?;
             done += n;
         }
+        self.update_answered = false;
         self.flush_pending()?;
         Ok(done)
     }
