@@ -919,3 +919,72 @@ fn a_key_update_flood_is_followed_and_the_connection_still_serves() {
     assert_eq!(get(&mut bystander, "/bystander").status, 200);
     assert!(!f.proxy.stderr().contains("panicked"));
 }
+
+/// Sends `flood` on `sock` from a thread while the bystander makes requests; returns how long the
+/// flood took to send and the slowest bystander request meanwhile.
+fn bystander_during(sock: &TcpStream, flood: &[u8], bystander: &mut TlsClient) -> (Duration, Duration) {
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    std::thread::scope(|s| {
+        let w = sock.try_clone().unwrap();
+        w.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let writer = s.spawn(move || (&w).write_all(flood));
+        while !writer.is_finished() {
+            let t = Instant::now();
+            assert_eq!(get(bystander, "/bystander").status, 200, "the bystander during the flood");
+            slowest = slowest.max(t.elapsed());
+        }
+        if let Err(e) = writer.join().unwrap() {
+            eprintln!("the flood's write ended: {e}");
+        }
+    });
+    (started.elapsed(), slowest)
+}
+
+/// One connection's flood of records that carry no data must not monopolize the worker: 4
+/// million empty application-data records (88 MB, sealed beforehand, sent as fast as the socket
+/// takes them) while a bystander on the same worker makes requests, each answered within 100 ms.
+/// (The flooding connection may be closed and counted instead of reading them all.)
+#[test]
+fn a_sustained_empty_record_flood_does_not_starve_the_worker() {
+    let mut f = fixture("");
+    let mut bystander = f.bystander();
+    let (sock, mut tx, _rx) = f.established(true);
+    let one = 5 + 1 + 16; // header, inner content type, tag
+    let mut flood = vec![0u8; 4_000_000 * one];
+    for rec in flood.chunks_mut(one) {
+        let n = tx.seal(APPLICATION_DATA, &[], rec).unwrap_or_else(|_| {
+            let mut out = [0u8; 64];
+            let n = tx.seal(APPLICATION_DATA, &[], &mut out).unwrap();
+            rec.copy_from_slice(&out[..n]);
+            n
+        });
+        assert_eq!(n, one);
+    }
+    let (took, slowest) = bystander_during(&sock, &flood, &mut bystander);
+    eprintln!("sustained empty-record flood: {took:?} to send, slowest bystander request {slowest:?}, failures {:?}", f.counters().0);
+    assert!(slowest < Duration::from_millis(100), "a bystander request took {slowest:?} during a {took:?} flood");
+    f.still_well(&mut bystander, "after the sustained empty-record flood");
+}
+
+/// The same with 100,000 KeyUpdates from rustls's client in one burst: the bystander is answered
+/// within 100 ms throughout.
+#[test]
+fn a_sustained_key_update_flood_does_not_starve_the_worker() {
+    let mut f = fixture("");
+    let mut bystander = f.bystander();
+    let mut c = tls_connect(f.proxy.addr, Some("localhost"), &f.config).unwrap();
+    assert_eq!(get(&mut c, "/established").status, 200);
+    for _ in 0..100_000 {
+        c.stream.conn.refresh_traffic_keys().unwrap();
+    }
+    let mut flood = Vec::new();
+    while c.stream.conn.wants_write() {
+        c.stream.conn.write_tls(&mut flood).unwrap();
+    }
+    let sock = c.stream.sock.try_clone().unwrap();
+    let (took, slowest) = bystander_during(&sock, &flood, &mut bystander);
+    eprintln!("sustained key-update flood: {} bytes, {took:?} to send, slowest bystander request {slowest:?}", flood.len());
+    assert!(slowest < Duration::from_millis(100), "a bystander request took {slowest:?} during a {took:?} flood");
+    f.still_well(&mut bystander, "after the sustained key-update flood");
+}
