@@ -1024,3 +1024,66 @@ fn a_sustained_key_update_flood_does_not_starve_the_worker() {
     assert!(wait_until(Duration::from_secs(2), || f.counters().0[4] == 1.0), "closed as a record failure");
     f.still_well(&mut bystander, "after the sustained key-update flood");
 }
+
+/// The failure kinds a mutated hello may be counted under, by its name in the table: bytes that
+/// do not start with a handshake record are `not_tls`; a hello cut short, or one the proxy could
+/// answer (then the client closed), `closed_in_handshake`; the rest `handshake` or, where the
+/// mutation left a hello rustls accepts, `closed_in_handshake`.
+fn allowed_kinds(name: &str) -> &'static [&'static str] {
+    const NOT_TLS: &[&str] = &["not_tls"];
+    const CLOSED: &[&str] = &["closed_in_handshake"];
+    const REFUSED: &[&str] = &["handshake"];
+    const EITHER: &[&str] = &["handshake", "closed_in_handshake"];
+    const ANY: &[&str] = &["handshake", "closed_in_handshake", "not_tls"];
+    match name {
+        n if n.starts_with("truncated") => CLOSED,
+        n if n.starts_with("bit flips") => ANY,
+        "SSLv2 hello"
+        | "SSLv2 header, 3-byte form"
+        | "random bytes"
+        | "zeros"
+        | "an alert first"
+        | "change_cipher_spec first"
+        | "application data first" => NOT_TLS,
+        "a lone 0x16" | "record header only" | "one byte per record" | "seven bytes per record" => CLOSED,
+        "no cipher suites"
+        | "only unknown cipher suites"
+        | "no compression methods"
+        | "empty handshake record"
+        | "ClientHello of length 0"
+        | "ClientHello announcing 16 MiB"
+        | "two hellos in one record"
+        | "odd cipher suites length"
+        | "SNI list cut short" => REFUSED,
+        n if n.starts_with("handshake type") => REFUSED,
+        _ => EITHER,
+    }
+}
+
+/// Each mutated hello alone (one at a time, so each one's counter can be told apart): counted
+/// once, under a kind its bytes call for.
+#[test]
+fn each_malformed_hello_is_counted_once_under_the_kind_its_bytes_call_for() {
+    let mut f = fixture("");
+    let mut bystander = f.bystander();
+    let hello = client_hello(&f.config, "localhost");
+    let mut wrong = Vec::new();
+    let mut tally: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (name, bytes) in hello_mutations(&hello) {
+        let (before, _) = f.counters();
+        if let Err(e) = send_and_close(f.proxy.addr, &bytes) {
+            wrong.push(format!("{name}: {e}"));
+            continue;
+        }
+        let total = |c: &[f64; 7]| c.iter().sum::<f64>();
+        wait_until(Duration::from_secs(2), || total(&f.counters().0) > total(&before));
+        let m = moved(&before, &f.counters().0);
+        match m.as_slice() {
+            [(kind, 1.0)] if allowed_kinds(&name).contains(kind) => *tally.entry(kind).or_default() += 1,
+            _ => wrong.push(format!("{name}: counted {m:?}, expected one of {:?}", allowed_kinds(&name))),
+        }
+    }
+    eprintln!("malformed hellos by kind: {tally:?}");
+    assert!(wrong.is_empty(), "{} cases:\n{}", wrong.len(), wrong.join("\n"));
+    f.still_well(&mut bystander, "after the mutated hellos, one at a time");
+}
