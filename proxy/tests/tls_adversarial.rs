@@ -35,13 +35,18 @@ struct Fixture {
 /// A proxy with one TLS listener (`handshake_timeout = 500ms`, `extra` lines in
 /// `[listeners.tls]`) in front of a recording upstream, with the admin API on.
 fn fixture(extra: &str) -> Fixture {
+    fixture_with(extra, "")
+}
+
+/// [`fixture`] with `tables` (whole TOML tables, `[limits]` say) added to the config.
+fn fixture_with(extra: &str, tables: &str) -> Fixture {
     let dir = temp_dir();
     let pki = Pki::new(&dir);
     let leaf = pki.leaf("site", &["localhost"]);
     let up = Upstream::ok();
     let config = format!(
         "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{}]\n\
-         handshake_timeout = \"500ms\"\n{extra}\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"u\"\n\n[upstreams.u]\nservers = [\"{}\"]\n",
+         handshake_timeout = \"500ms\"\n{extra}\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"u\"\n\n[upstreams.u]\nservers = [\"{}\"]\n\n{tables}\n",
         cert_entry(&leaf),
         up.addr
     );
@@ -1086,4 +1091,52 @@ fn each_malformed_hello_is_counted_once_under_the_kind_its_bytes_call_for() {
     eprintln!("malformed hellos by kind: {tally:?}");
     assert!(wrong.is_empty(), "{} cases:\n{}", wrong.len(), wrong.join("\n"));
     f.still_well(&mut bystander, "after the mutated hellos, one at a time");
+}
+
+/// 100 established connections each send most of a record (a header announcing 16,000 bytes,
+/// then 8,000) and go quiet: the proxy holds a bounded buffer for each (VmRSS within +20 MiB)
+/// and closes each at its client idle timeout (2 s), while a bystander that keeps making requests
+/// is served throughout. Nothing reaches the upstream.
+#[test]
+fn partial_records_after_the_handshake_hold_bounded_memory_and_are_closed_by_the_idle_timeout() {
+    let mut f = fixture_with("", "[limits]\nclient_idle_timeout = \"2s\"\nheader_read_timeout = \"2s\"");
+    let mut bystander = f.bystander();
+    let rss_start = rss_kib(f.proxy.pid());
+    let mut partial = vec![APPLICATION_DATA, 3, 3];
+    partial.extend_from_slice(&16000u16.to_be_bytes());
+    partial.extend(std::iter::repeat_n(0x5a, 8000));
+    let socks: Vec<TcpStream> = (0..100)
+        .map(|i| {
+            if i % 10 == 0 {
+                // Not idle long enough for the idle timeout.
+                assert_eq!(get(&mut bystander, "/bystander").status, 200);
+            }
+            let (sock, _, _) = f.established(true);
+            (&sock).write_all(&partial).unwrap();
+            sock.set_nonblocking(true).unwrap();
+            sock
+        })
+        .collect();
+    let sent = Instant::now();
+    assert_eq!(get(&mut bystander, "/bystander").status, 200);
+    let rss_peak = rss_kib(f.proxy.pid());
+    let mut open: Vec<&TcpStream> = socks.iter().collect();
+    let mut b = [0u8; 1024];
+    while !open.is_empty() && sent.elapsed() < Duration::from_secs(5) {
+        open.retain(|s| {
+            let mut s = *s;
+            matches!(s.read(&mut b), Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut))
+        });
+        assert_eq!(get(&mut bystander, "/bystander").status, 200, "the bystander while partial records wait");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = sent.elapsed();
+    eprintln!(
+        "partial records: VmRSS {rss_start} KiB, {rss_peak} KiB with 100 waiting; all closed after {took:?}; failures {:?}",
+        f.counters().0
+    );
+    assert!(open.is_empty(), "{} connections still open after {took:?}", open.len());
+    assert!(took > Duration::from_millis(1500), "closed before the idle timeout: {took:?}");
+    assert!(rss_peak < rss_start + 20 * 1024, "VmRSS {rss_start} -> {rss_peak} KiB");
+    f.still_well(&mut bystander, "after the partial records");
 }
