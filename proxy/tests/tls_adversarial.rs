@@ -982,7 +982,8 @@ fn bystander_during(sock: &TcpStream, flood: &[u8], bystander: &mut TlsClient) -
 
 /// One connection's flood of records that carry no data must not monopolize the worker: 4
 /// million empty application-data records (88 MB, sealed beforehand, sent as fast as the socket
-/// takes them) while a bystander on the same worker makes requests, each answered within 100 ms.
+/// takes them) while a bystander on the same worker makes requests, each answered within 200 ms
+/// (before the limit on records without data, one request waited for the whole flood: 405 ms).
 /// The flooding connection is closed after 32 of them, counted as a record failure.
 #[test]
 fn a_sustained_empty_record_flood_does_not_starve_the_worker() {
@@ -1002,20 +1003,21 @@ fn a_sustained_empty_record_flood_does_not_starve_the_worker() {
     }
     let (took, slowest) = bystander_during(&sock, &flood, &mut bystander);
     eprintln!("sustained empty-record flood: {took:?} to send, slowest bystander request {slowest:?}, failures {:?}", f.counters().0);
-    assert!(slowest < Duration::from_millis(100), "a bystander request took {slowest:?} during a {took:?} flood");
+    assert!(slowest < Duration::from_millis(200), "a bystander request took {slowest:?} during a {took:?} flood");
     assert!(wait_until(Duration::from_secs(2), || f.counters().0[4] == 1.0), "closed as a record failure");
     f.still_well(&mut bystander, "after the sustained empty-record flood");
 }
 
-/// The same with 100,000 KeyUpdates from rustls's client in one burst: the bystander is answered
-/// within 100 ms throughout, the flooding connection closed and counted.
+/// The same with 150,000 KeyUpdates from rustls's client in one burst: the bystander is answered
+/// within 200 ms throughout (before the limit: 288 ms, the whole flood), the flooding connection
+/// closed and counted.
 #[test]
 fn a_sustained_key_update_flood_does_not_starve_the_worker() {
     let mut f = fixture("");
     let mut bystander = f.bystander();
     let mut c = tls_connect(f.proxy.addr, Some("localhost"), &f.config).unwrap();
     assert_eq!(get(&mut c, "/established").status, 200);
-    for _ in 0..100_000 {
+    for _ in 0..150_000 {
         c.stream.conn.refresh_traffic_keys().unwrap();
     }
     let mut flood = Vec::new();
@@ -1025,7 +1027,7 @@ fn a_sustained_key_update_flood_does_not_starve_the_worker() {
     let sock = c.stream.sock.try_clone().unwrap();
     let (took, slowest) = bystander_during(&sock, &flood, &mut bystander);
     eprintln!("sustained key-update flood: {} bytes, {took:?} to send, slowest bystander request {slowest:?}", flood.len());
-    assert!(slowest < Duration::from_millis(100), "a bystander request took {slowest:?} during a {took:?} flood");
+    assert!(slowest < Duration::from_millis(200), "a bystander request took {slowest:?} during a {took:?} flood");
     assert!(wait_until(Duration::from_secs(2), || f.counters().0[4] == 1.0), "closed as a record failure");
     f.still_well(&mut bystander, "after the sustained key-update flood");
 }
