@@ -23,3 +23,4 @@ mod keepalive;
 mod routing;
 mod semantics;
 mod tls;
+mod tls_adversarial;

@@ -31,6 +31,9 @@ use crate::data::metrics::TlsFailure;
 use crate::data::worker::Worker;
 use record::{ALERT, APPLICATION_DATA, HANDSHAKE, Keys, MAX_OVERHEAD, MAX_PLAINTEXT};
 
+/// How many records without application data (empty, key updates) a peer may send in a row.
+const MAX_RECORDS_WITHOUT_DATA: u8 = 32;
+
 /// Completes the server side of a handshake on `tcp` within `timeout`. Off the request path:
 /// once per connection (what it allocates is rustls's and is counted per handshake by the alloc
 /// gate, not per request).
@@ -239,6 +242,13 @@ pub struct TlsStream {
     eof: bool,
     /// We sent close_notify.
     closed: bool,
+    /// We answered a KeyUpdate that requested one and have sent no application data since: more
+    /// requests are covered by that answer (RFC 8446 §4.6.3), so a burst of them cannot fill
+    /// `wbuf` with answers.
+    update_answered: bool,
+    /// Records opened since the last one that carried application data (empty records, key
+    /// updates): at most [`MAX_RECORDS_WITHOUT_DATA`] in a row.
+    records_without_data: u8,
     /// A record error ended the connection (counted once, on drop).
     failed: Option<TlsFailure>,
 }
@@ -278,6 +288,8 @@ impl TlsStream {
             early_read: 0,
             eof: false,
             closed: false,
+            update_answered: false,
+            records_without_data: 0,
             failed: None,
         };
         s.release_read();
@@ -332,11 +344,22 @@ impl TlsStream {
             Ok(r) => r,
             Err(_) => return Err(self.fail(TlsFailure::Record)),
         };
+        if typ == APPLICATION_DATA && b > a {
+            self.records_without_data = 0;
+            self.plain = (a as u32, b as u32, len as u32);
+            return Ok(());
+        }
+        // Records that carry no data cost a decryption (a key update, a key derivation too) and
+        // end no read: a stream of them would hold the worker in `try_read` for as long as it
+        // lasts, starving every other connection. A limit, as BoringSSL's (32 empty records, 32
+        // key updates).
+        if matches!(typ, APPLICATION_DATA | HANDSHAKE) {
+            self.records_without_data = self.records_without_data.saturating_add(1);
+        }
+        if self.records_without_data > MAX_RECORDS_WITHOUT_DATA {
+            return Err(self.fail(TlsFailure::Record));
+        }
         match typ {
-            APPLICATION_DATA if b > a => {
-                self.plain = (a as u32, b as u32, len as u32);
-                return Ok(());
-            }
             APPLICATION_DATA => {}
             ALERT => {
                 // close_notify ends the stream; any other alert ends the connection.
@@ -371,8 +394,9 @@ impl TlsStream {
             },
             Err(_) => return Err(self.fail(TlsFailure::Record)),
         }
-        if request {
+        if request && !self.update_answered {
             self.update_tx()?;
+            self.update_answered = true;
         }
         Ok(())
     }
@@ -521,6 +545,7 @@ impl ClientIo for TlsStream {
             self.seal(APPLICATION_DATA, &buf[done..done + n])?;
             done += n;
         }
+        self.update_answered = false;
         self.flush_pending()?;
         Ok(done)
     }
