@@ -23,7 +23,9 @@ use serde_json::{Value, json};
 
 use crate::contract::FloorGate;
 use crate::error::chain;
-use crate::runner::{ChildGuard, LoadRun, Options, Row, RunnerError, Stage, Status, error_row, median, scratch_dir, start_stage_tls, which};
+use crate::runner::{
+    ChildGuard, LoadRun, Options, Row, RunnerError, Stage, Status, error_row, median, scratch_dir, start_stage_tls, which,
+};
 
 /// What keeps the floor rows from a figure: the stage, strace, schedstat, errors under load.
 #[derive(Debug, thiserror::Error)]

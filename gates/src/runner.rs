@@ -421,8 +421,7 @@ impl Stage {
         if let Some((cert, _)) = &self.tls {
             cmd.arg("--ca").arg(cert).args(["--sni", crate::tlsclient::SERVER_NAME]);
         }
-        cmd
-            .args(["--duration", run.duration, "--warmup", run.warmup, "--connections", &run.connections.to_string()])
+        cmd.args(["--duration", run.duration, "--warmup", run.warmup, "--connections", &run.connections.to_string()])
             .args(extra)
             .arg("--json")
             .arg(json)
@@ -469,7 +468,9 @@ pub fn start_stage_tls(opts: &Options, body_bytes: usize, tmp: &Path, extra_conf
         }
     };
     let listener_tls = match &tls {
-        Some((cert, key)) => format!("[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n", cert.display(), key.display()),
+        Some((cert, key)) => {
+            format!("[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n", cert.display(), key.display())
+        }
         None => String::new(),
     };
     let cfg = tmp.join("proxy.toml");

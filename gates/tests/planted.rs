@@ -203,6 +203,19 @@ fn syscall_gate_sees_one_extra_syscall_every_ten_requests() {
     assert!(r["note"].as_str().is_some_and(|n| n.contains("non-waiting")), "{r:#}");
 }
 
+/// Phase 2's syscall gate over TLS: one extra call per sealed record (a response each) shows
+/// against the TLS relay's non-waiting calls.
+#[test]
+fn tls_syscall_gate_fails_with_one_planted_syscall_per_record() {
+    let _m = timing();
+    let out = out_dir("syscalls-tls");
+    let (code, report) = gates(&["--phase", "2", "--only", "syscalls", "--plant", "syscall@tls-record"], &out, &root());
+    let r = row(&report, "phase2:syscalls");
+    assert_eq!((code, r["status"].as_str()), (1, Some("FAIL")), "{r:#}");
+    let getpid = r["details"]["by_syscall_per_request"]["getpid"].as_f64();
+    assert!(getpid.is_some_and(|n| n >= 0.99), "a planted getpid per response record: {r:#}");
+}
+
 /// The alloc gate's rows for the native engine, each with the probe shape it measures (`get` is
 /// the default row `phase1:alloc`); the controls (`alloc[hyper]`) are left out.
 fn alloc_shape_rows(report: &Value) -> Vec<(String, &Value)> {

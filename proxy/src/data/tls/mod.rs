@@ -22,7 +22,7 @@ use rustls::kernel::KernelConnection;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::data::buf::Buf;
@@ -177,7 +177,13 @@ async fn next_record(tcp: &TcpStream, rbuf: &mut Buf, given: usize) -> Result<us
 /// rustls must be handed the same bytes it was given before, less what it said to discard: it
 /// may hold its place in a handshake message still in them (a TLS 1.3 client's Certificate and
 /// Finished in one record, the Certificate refused), and indexes out of range on an empty slice.
-async fn send_alert(conn: &mut UnbufferedServerConnection, tcp: &TcpStream, rbuf: &mut Buf, mut given: usize, wbuf: &mut Buf) -> Result<(), TlsFailure> {
+async fn send_alert(
+    conn: &mut UnbufferedServerConnection,
+    tcp: &TcpStream,
+    rbuf: &mut Buf,
+    mut given: usize,
+    wbuf: &mut Buf,
+) -> Result<(), TlsFailure> {
     wbuf.clear();
     for _ in 0..4 {
         let Some(input) = rbuf.filled_mut().get_mut(..given) else { break };
@@ -503,6 +509,7 @@ impl ClientIo for TlsStream {
             if self.rbuf.capacity() == 0 {
                 self.rbuf = pool::take_read();
             }
+            let room = self.rbuf.spare().len();
             match self.tcp.try_read(self.rbuf.spare()) {
                 Ok(0) if self.rbuf.is_empty() => {
                     // The end without close_notify: the framing of HTTP says whether a message
@@ -511,7 +518,15 @@ impl ClientIo for TlsStream {
                     return Ok(0);
                 }
                 Ok(0) => return Err(self.fail(TlsFailure::Record)), // cut mid-record
-                Ok(n) => self.rbuf.advance(n),
+                Ok(n) => {
+                    self.rbuf.advance(n);
+                    if n < room {
+                        // A short read drained the socket (epoll is edge-triggered): forget its
+                        // readiness now, as tokio's own reads do, so the next read waits for an
+                        // event instead of paying a recvfrom that returns EAGAIN.
+                        let _ = self.tcp.try_io(Interest::READABLE, || Err::<(), _>(io::Error::from(ErrorKind::WouldBlock)));
+                    }
+                }
                 Err(e) => {
                     self.release_read();
                     return Err(e);
