@@ -12,19 +12,14 @@ use std::time::Duration;
 
 use rustls::crypto::ring::cipher_suite;
 
-use crate::support::tls::{Pki, TlsClient, cert_entry, peer_leaf, refused, tls_connect, write_ticket_keys, write_ticket_lines};
+use crate::support::tls::{
+    Pki, Site, TlsClient, cert_entry, peer_leaf, refused, site, tls_connect, tls_proxy_with, write_ticket_keys, write_ticket_lines,
+};
 use crate::support::{Proxy, Upstream, run_proxy_cmd, temp_dir, wait_until};
 
-/// A proxy whose one listener speaks TLS with `certs` (entries of `certificates`) and `extra`
-/// lines in `[listeners.tls]`, in front of `upstream`, with the admin API on.
+/// A TLS proxy in front of `upstream` (see [`tls_proxy_with`]).
 fn tls_proxy(dir: &std::path::Path, upstream: &Upstream, certs: &[String], extra: &str) -> Proxy {
-    let config = format!(
-        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{}]\n{extra}\n\n\
-         [[routes]]\npath_prefix = \"/\"\nupstream = \"u\"\n\n[upstreams.u]\nservers = [\"{}\"]\n",
-        certs.join(", "),
-        upstream.addr
-    );
-    Proxy::start_in(dir, &config, 1)
+    tls_proxy_with(dir, upstream, certs, extra, "")
 }
 
 fn get(c: &mut TlsClient, path: &str) -> crate::support::Response {
@@ -33,11 +28,7 @@ fn get(c: &mut TlsClient, path: &str) -> crate::support::Response {
 
 #[test]
 fn http11_over_tls_keeps_the_connection_and_says_https_upstream() {
-    let dir = temp_dir();
-    let pki = Pki::new(&dir);
-    let leaf = pki.leaf("site", &["localhost"]);
-    let up = Upstream::ok();
-    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "");
+    let Site { pki, leaf: _leaf, up, proxy } = site("");
     let config = Arc::new(pki.client());
     let mut c = tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
     assert_eq!(c.stream.conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
@@ -99,11 +90,7 @@ fn large_bodies_cross_in_both_directions_over_tls_12_and_13_with_every_cipher_su
 
 #[test]
 fn a_key_update_from_the_client_is_followed_in_both_directions() {
-    let dir = temp_dir();
-    let pki = Pki::new(&dir);
-    let leaf = pki.leaf("site", &["localhost"]);
-    let up = Upstream::ok();
-    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "");
+    let Site { pki, leaf: _leaf, up: _up, proxy } = site("");
     let config = Arc::new(pki.client());
     let mut c = tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
     assert_eq!(get(&mut c, "/a").status, 200);
@@ -193,11 +180,7 @@ fn one_name_with_ecdsa_and_rsa_certificates_serves_each_client_what_it_can_verif
 
 #[test]
 fn a_second_connection_resumes_the_session() {
-    let dir = temp_dir();
-    let pki = Pki::new(&dir);
-    let leaf = pki.leaf("site", &["localhost"]);
-    let up = Upstream::ok();
-    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "");
+    let Site { pki, leaf: _leaf, up: _up, proxy } = site("");
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
         // One client config (its session cache) for both connections.
         let config = Arc::new(pki.client_with(&[version], None));
@@ -215,11 +198,7 @@ fn a_second_connection_resumes_the_session() {
 
 #[test]
 fn min_version_1_3_refuses_a_tls_12_client() {
-    let dir = temp_dir();
-    let pki = Pki::new(&dir);
-    let leaf = pki.leaf("site", &["localhost"]);
-    let up = Upstream::ok();
-    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "min_version = \"1.3\"");
+    let Site { pki, leaf: _leaf, up: _up, proxy } = site("min_version = \"1.3\"");
     let old = Arc::new(pki.client_with(&[&rustls::version::TLS12], None));
     assert!(tls_connect(proxy.addr, Some("localhost"), &old).is_err());
     let new = Arc::new(pki.client_with(&[&rustls::version::TLS13], None));
@@ -259,11 +238,7 @@ fn a_reload_brings_new_certificates_to_new_connections_and_keeps_the_old_ones_se
 /// is counted by kind, and leaves a connection made before it serving.
 #[test]
 fn bad_tls_input_is_closed_counted_and_disturbs_no_other_connection() {
-    let dir = temp_dir();
-    let pki = Pki::new(&dir);
-    let leaf = pki.leaf("site", &["localhost"]);
-    let up = Upstream::ok();
-    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "handshake_timeout = \"500ms\"");
+    let Site { pki, leaf: _leaf, up, proxy } = site("handshake_timeout = \"500ms\"");
     let config = Arc::new(pki.client());
     let mut bystander = tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
     assert_eq!(get(&mut bystander, "/").status, 200);
@@ -346,11 +321,7 @@ fn bad_tls_input_is_closed_counted_and_disturbs_no_other_connection() {
 #[test]
 fn a_handshake_message_after_the_handshake_ends_the_connection_and_is_counted() {
     use proxy::data::tls::record::{HANDSHAKE, Keys};
-    let dir = temp_dir();
-    let pki = Pki::new(&dir);
-    let leaf = pki.leaf("site", &["localhost"]);
-    let up = Upstream::ok();
-    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "");
+    let Site { pki, leaf: _leaf, up: _up, proxy } = site("");
     for (version, tls13) in [(&rustls::version::TLS12, false), (&rustls::version::TLS13, true)] {
         let mut config = pki.client_with(&[version], None);
         config.enable_secret_extraction = true;
@@ -455,11 +426,7 @@ fn rotating_ticket_keys_by_reload_keeps_old_tickets_until_their_key_leaves_the_f
 
 #[test]
 fn without_ticket_keys_the_process_keys_survive_a_reload() {
-    let dir = temp_dir();
-    let pki = Pki::new(&dir);
-    let leaf = pki.leaf("site", &["localhost"]);
-    let up = Upstream::ok();
-    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "");
+    let Site { pki, leaf: _leaf, up: _up, proxy } = site("");
     let config = Arc::new(pki.client_with(&[&rustls::version::TLS13], None));
     assert_eq!(handshake_kind(&proxy, &config), rustls::HandshakeKind::Full);
     let (status, body) = proxy.admin("POST", "/reload", "");

@@ -16,7 +16,7 @@ use proxy::data::tls::record::{ALERT, APPLICATION_DATA, HANDSHAKE, Keys};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
-use crate::support::tls::{Pki, TlsClient, cert_entry, tls_connect};
+use crate::support::tls::{Pki, Site, TlsClient, site_with, tls_connect};
 use crate::support::{Proxy, Upstream, temp_dir, wait_until};
 
 /// The failure kinds `/metrics` reports, in the proxy's order.
@@ -40,17 +40,7 @@ fn fixture(extra: &str) -> Fixture {
 
 /// [`fixture`] with `tables` (whole TOML tables, `[limits]` say) added to the config.
 fn fixture_with(extra: &str, tables: &str) -> Fixture {
-    let dir = temp_dir();
-    let pki = Pki::new(&dir);
-    let leaf = pki.leaf("site", &["localhost"]);
-    let up = Upstream::ok();
-    let config = format!(
-        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{}]\n\
-         handshake_timeout = \"500ms\"\n{extra}\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"u\"\n\n[upstreams.u]\nservers = [\"{}\"]\n\n{tables}\n",
-        cert_entry(&leaf),
-        up.addr
-    );
-    let proxy = Proxy::start_in(&dir, &config, 1);
+    let Site { pki, up, proxy, .. } = site_with(&format!("handshake_timeout = \"500ms\"\n{extra}"), tables);
     let config = Arc::new(pki.client());
     Fixture { pki, up, proxy, config }
 }

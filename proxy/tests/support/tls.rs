@@ -13,6 +13,9 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use super::client::{Client, IO_TIMEOUT};
+use super::config::temp_dir;
+use super::process::Proxy;
+use super::upstream::Upstream;
 
 /// A TLS client connection as the tests use it.
 pub type TlsClient = Client<StreamOwned<ClientConnection, TcpStream>>;
@@ -220,4 +223,40 @@ pub fn peer_leaf(c: &TlsClient) -> Option<CertificateDer<'static>> {
 /// Sets the socket's read timeout under a TLS client.
 pub fn set_tls_read_timeout(c: &TlsClient, t: Duration) {
     c.stream.sock.set_read_timeout(Some(t)).unwrap();
+}
+
+/// A proxy whose one listener speaks TLS with `certs` (entries of `certificates`) and `extra`
+/// lines in `[listeners.tls]`, in front of `upstream`, with the admin API on and `tables` (whole
+/// TOML tables, `[limits]` say) appended.
+pub fn tls_proxy_with(dir: &Path, upstream: &Upstream, certs: &[String], extra: &str, tables: &str) -> Proxy {
+    let config = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{}]\n{extra}\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"u\"\n\n[upstreams.u]\nservers = [\"{}\"]\n\n{tables}\n",
+        certs.join(", "),
+        upstream.addr
+    );
+    Proxy::start_in(dir, &config, 1)
+}
+
+/// The common set-up: a CA, an ECDSA leaf for `localhost`, an upstream answering 200 and a TLS
+/// proxy in front of it with `extra` lines in `[listeners.tls]`.
+pub struct Site {
+    pub pki: Pki,
+    pub leaf: Leaf,
+    pub up: Upstream,
+    pub proxy: Proxy,
+}
+
+pub fn site(extra: &str) -> Site {
+    site_with(extra, "")
+}
+
+/// [`site`] with `tables` appended to the config.
+pub fn site_with(extra: &str, tables: &str) -> Site {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy = tls_proxy_with(&dir, &up, &[cert_entry(&leaf)], extra, tables);
+    Site { pki, leaf, up, proxy }
 }
