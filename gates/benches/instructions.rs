@@ -12,7 +12,7 @@
 use std::hint::black_box;
 use std::path::PathBuf;
 
-use gates::exchange::{Outcome, Route, exchange, tls_floor};
+use gates::exchange::{Conn, Outcome, Route, connections, exchange, tls_floor, tls_floor_handshakes};
 use gungraun::{Callgrind, LibraryBenchmarkConfig, library_benchmark, library_benchmark_group, main};
 
 fn env_number(name: &str) -> u64 {
@@ -139,9 +139,110 @@ fn tls_floor_2n(n: u64) -> Outcome {
 
 library_benchmark_group!(name = tls; benchmarks = proxied_clear_n, proxied_clear_2n, proxied_tls_n, proxied_tls_2n, tls_floor_n, tls_floor_2n);
 
+// Phase 2, per connection: a new connection per exchange through the proxy (one GET, then the
+// client closes), in cleartext and over TLS 1.3 with a full or a resumed handshake each time, and
+// the floors, rustls alone doing the same handshakes and exchange in memory.
+
+fn check_proxied_clear_conn_n(o: Outcome) {
+    record("proxied_clear_conn_n", o);
+}
+fn check_proxied_clear_conn_2n(o: Outcome) {
+    record("proxied_clear_conn_2n", o);
+}
+fn check_proxied_tls_full_n(o: Outcome) {
+    record("proxied_tls_full_n", o);
+}
+fn check_proxied_tls_full_2n(o: Outcome) {
+    record("proxied_tls_full_2n", o);
+}
+fn check_proxied_tls_resumed_n(o: Outcome) {
+    record("proxied_tls_resumed_n", o);
+}
+fn check_proxied_tls_resumed_2n(o: Outcome) {
+    record("proxied_tls_resumed_2n", o);
+}
+fn check_tls_floor_full_n(o: Outcome) {
+    record("tls_floor_full_n", o);
+}
+fn check_tls_floor_full_2n(o: Outcome) {
+    record("tls_floor_full_2n", o);
+}
+fn check_tls_floor_resumed_n(o: Outcome) {
+    record("tls_floor_resumed_n", o);
+}
+fn check_tls_floor_resumed_2n(o: Outcome) {
+    record("tls_floor_resumed_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_proxied_clear_conn_n)]
+fn proxied_clear_conn_n(n: u64) -> Outcome {
+    black_box(connections(Conn::Clear, n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_proxied_clear_conn_2n)]
+fn proxied_clear_conn_2n(n: u64) -> Outcome {
+    black_box(connections(Conn::Clear, n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_proxied_tls_full_n)]
+fn proxied_tls_full_n(n: u64) -> Outcome {
+    black_box(connections(Conn::TlsFull, n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_proxied_tls_full_2n)]
+fn proxied_tls_full_2n(n: u64) -> Outcome {
+    black_box(connections(Conn::TlsFull, n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_proxied_tls_resumed_n)]
+fn proxied_tls_resumed_n(n: u64) -> Outcome {
+    black_box(connections(Conn::TlsResumed, n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_proxied_tls_resumed_2n)]
+fn proxied_tls_resumed_2n(n: u64) -> Outcome {
+    black_box(connections(Conn::TlsResumed, n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_tls_floor_full_n)]
+fn tls_floor_full_n(n: u64) -> Outcome {
+    black_box(tls_floor_handshakes(false, n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_tls_floor_full_2n)]
+fn tls_floor_full_2n(n: u64) -> Outcome {
+    black_box(tls_floor_handshakes(false, n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_tls_floor_resumed_n)]
+fn tls_floor_resumed_n(n: u64) -> Outcome {
+    black_box(tls_floor_handshakes(true, n, body_bytes()))
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_tls_floor_resumed_2n)]
+fn tls_floor_resumed_2n(n: u64) -> Outcome {
+    black_box(tls_floor_handshakes(true, n, body_bytes()))
+}
+
+library_benchmark_group!(
+    name = tls_handshakes;
+    benchmarks = proxied_clear_conn_n, proxied_clear_conn_2n, proxied_tls_full_n, proxied_tls_full_2n, proxied_tls_resumed_n,
+        proxied_tls_resumed_2n, tls_floor_full_n, tls_floor_full_2n, tls_floor_resumed_n, tls_floor_resumed_2n
+);
+
 main!(
     config = LibraryBenchmarkConfig::default()
         .env_clear(false)
         .tool(Callgrind::with_args(["--cache-sim=no"]));
-    library_benchmark_groups = exchanges, tls
+    library_benchmark_groups = exchanges, tls, tls_handshakes
 );

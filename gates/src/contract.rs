@@ -203,9 +203,60 @@ pub struct InstructionsGate {
     /// `floor_ratio_limit` times the floor's per-request count.
     pub floor: Option<String>,
     pub floor_ratio_limit: Option<f64>,
+    /// Further figures of the same gate (`[[gates.instructions.rows]]`), each its own row
+    /// `instructions@<name>`; the keys above are the gate's own row's (`instructions`).
+    #[serde(default)]
+    pub rows: Vec<InstructionsRow>,
+}
+
+/// One more row of the instruction gate: its own bench functions and limits; `metric`, `unit`,
+/// `workload` default to the gate's. Rows that name the same `group` are judged from one run of
+/// that group, so they must ask for the same `requests` and `body_bytes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstructionsRow {
+    /// The row key's suffix: `phase2:instructions@<name>`.
+    pub name: String,
+    pub metric: Option<String>,
+    pub unit: Option<String>,
+    pub workload: Option<String>,
+    pub requests: u64,
+    pub body_bytes: usize,
+    pub group: String,
+    pub base: String,
+    pub target: String,
+    pub floor: Option<String>,
+    pub floor_ratio_limit: Option<f64>,
+    pub hard_limit: f64,
+    pub soft_limit_pct: Option<f64>,
 }
 
 impl InstructionsGate {
+    /// Every row of the gate as a gate of its own, with its key's suffix (`""` for the gate's own
+    /// row, `@<name>` for each of `rows`).
+    pub fn all_rows(&self) -> Vec<(String, InstructionsGate)> {
+        let mut out = vec![(String::new(), InstructionsGate { rows: Vec::new(), ..self.clone() })];
+        for r in &self.rows {
+            let g = InstructionsGate {
+                metric: r.metric.clone().unwrap_or_else(|| self.metric.clone()),
+                unit: r.unit.clone().unwrap_or_else(|| self.unit.clone()),
+                workload: r.workload.clone().unwrap_or_else(|| self.workload.clone()),
+                requests: r.requests,
+                body_bytes: r.body_bytes,
+                hard_limit: r.hard_limit,
+                soft_limit_pct: r.soft_limit_pct,
+                group: Some(r.group.clone()),
+                base: Some(r.base.clone()),
+                target: Some(r.target.clone()),
+                floor: r.floor.clone(),
+                floor_ratio_limit: r.floor_ratio_limit,
+                rows: Vec::new(),
+            };
+            out.push((format!("@{}", r.name), g));
+        }
+        out
+    }
+
     pub fn group(&self) -> &str {
         self.group.as_deref().unwrap_or("exchanges")
     }
@@ -397,6 +448,12 @@ pub enum Invalid {
     AllowedTwice { key: &'static str, entry: String },
     #[error("hot_path.allow_attributes may not name `path`: #[path] pulls a file the scan does not see into the hot path")]
     PathAttribute,
+    #[error("gates.instructions.rows: {0:?} must be a non-empty name of letters, digits and '-', used once")]
+    InstructionsRowName(String),
+    #[error(
+        "gates.instructions: the rows of group {group:?} ask for different requests or body_bytes (one run of a group serves them all)"
+    )]
+    InstructionsGroupMismatch { group: String },
 }
 
 /// Reads and checks one contract file.
@@ -428,6 +485,9 @@ pub fn load(file: &Path) -> Result<Contract, ContractError> {
             return Err(invalid(Invalid::ProhibitionNotAPath { id: p.id.clone(), entry: m.clone() }));
         }
     }
+    if let Some(g) = &c.gates.instructions {
+        check_instruction_rows(g).map_err(invalid)?;
+    }
     if c.gates.static_.is_some() {
         check_hot_path(&c.hot_path).map_err(invalid)?;
     } else if !c.hot_path.paths.is_empty() {
@@ -435,6 +495,24 @@ pub fn load(file: &Path) -> Result<Contract, ContractError> {
     }
     c.file = file.to_path_buf();
     Ok(c)
+}
+
+/// Row names are unique key suffixes; rows of one bench group share its request count.
+fn check_instruction_rows(g: &InstructionsGate) -> Result<(), Invalid> {
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &g.rows {
+        let ok = !r.name.is_empty() && r.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !ok || !seen.insert(r.name.as_str()) {
+            return Err(Invalid::InstructionsRowName(r.name.clone()));
+        }
+    }
+    let rows = g.all_rows();
+    for (_, a) in &rows {
+        if rows.iter().any(|(_, b)| a.group() == b.group() && (a.requests, a.body_bytes) != (b.requests, b.body_bytes)) {
+            return Err(Invalid::InstructionsGroupMismatch { group: a.group().to_owned() });
+        }
+    }
+    Ok(())
 }
 
 /// `a::b::c`: identifiers separated by `::`.
@@ -538,6 +616,50 @@ mod tests {
         let c = &all[0];
         assert!(c.gates.alloc.is_some() && c.gates.static_.is_some() && c.gates.latency.is_some());
         assert!(c.decisions.iter().all(|d| !d.protected_by.is_empty()));
+    }
+
+    /// Phase 2's instruction gate: its own row and the two per-connection rows, one group.
+    #[test]
+    fn instruction_rows_inherit_and_share_their_group() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let all = load_all(root).unwrap();
+        let g = all.iter().find(|c| c.phase == 2).and_then(|c| c.gates.instructions.as_ref()).unwrap();
+        let rows = g.all_rows();
+        let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["", "@tls-full-handshake", "@tls-resumed-handshake"]);
+        assert_eq!((rows[0].1.group(), rows[0].1.base(), rows[0].1.soft_limit_pct), ("tls", "proxied_clear", Some(2.0)));
+        let full = &rows[1].1;
+        assert_eq!(
+            (full.group(), full.base(), full.target(), full.floor.as_deref()),
+            ("tls_handshakes", "proxied_clear_conn", "proxied_tls_full", Some("tls_floor_full"))
+        );
+        assert_eq!(full.soft_limit_pct, None, "a row's soft limit is its own, not the gate's");
+        assert!(full.rows.is_empty() && rows[0].1.rows.is_empty());
+    }
+
+    #[test]
+    fn instruction_rows_with_a_bad_name_or_a_split_group_are_refused() {
+        let dir = std::env::temp_dir().join(format!("gates-contract-rows-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("phase9.toml");
+        let gate = "schema_version = 1\nphase = 9\nname = \"x\"\n[gates.instructions]\nmetric = \"m\"\nunit = \"u\"\nworkload = \"w\"\nrequests = 10\nbody_bytes = 1\nhard_limit = 1\n";
+        let row = |name: &str, requests: u64| {
+            format!(
+                "[[gates.instructions.rows]]\nname = \"{name}\"\ngroup = \"g\"\nbase = \"b\"\ntarget = \"t\"\nrequests = {requests}\nbody_bytes = 1\nhard_limit = 1\n"
+            )
+        };
+        std::fs::write(&f, format!("{gate}{}{}", row("a", 10), row("b", 10))).unwrap();
+        assert_eq!(load(&f).unwrap().gates.instructions.unwrap().rows.len(), 2);
+        for (text, want) in [
+            (format!("{gate}{}{}", row("a", 10), row("a", 10)), "\"a\" must be a non-empty name"),
+            (format!("{gate}{}", row("a b", 10)), "\"a b\" must be"),
+            (format!("{gate}{}{}", row("a", 10), row("b", 20)), "group \"g\" ask for different requests"),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let e = load(&f).unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

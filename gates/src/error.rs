@@ -20,6 +20,9 @@ pub enum Error {
     BaselineWithPlant,
     #[error("no contracts/phase*.toml under {}", .0.display())]
     NoContracts(PathBuf),
+    /// `--instruction-groups` names a group no selected contract's instruction gate has.
+    #[error("--instruction-groups: no instruction row of the selected contracts is measured by group {name:?} (known: {known})")]
+    UnknownInstructionGroup { name: String, known: String },
     #[error("invalid contract")]
     Contract(#[from] ContractError),
     #[error(transparent)]

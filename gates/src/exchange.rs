@@ -62,6 +62,9 @@ pub enum ExchangeError {
     PastResponse(usize),
     #[error("tls")]
     Tls(#[source] io::Error),
+    /// A handshake that was not the one the run measures (`index`: the connection, from 0).
+    #[error("connection {index}: {what}")]
+    Handshake { index: u64, what: String },
 }
 
 /// The sockets a run binds.
@@ -117,6 +120,11 @@ pub struct Outcome {
     pub origin_served: u64,
     /// The first thing that went wrong, if anything did.
     pub error: Option<String>,
+    /// Runs of a TLS handshake per connection: what every handshake was (cipher suite, key
+    /// exchange, full or resumed, session tickets received), the same for each connection; the
+    /// gate refuses a target and a floor whose handshakes differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake: Option<String>,
 }
 
 impl Outcome {
@@ -301,6 +309,9 @@ async fn origin(listener: tokio::net::TcpListener, body: usize, served: Rc<Cell<
 enum Stream {
     Plain(tokio::net::TcpStream),
     Tls(Box<AsyncTls>),
+    /// rustls for the whole connection (the per-connection runs: the client must process the
+    /// session tickets to resume with them).
+    Rustls(Box<RustlsStream>),
 }
 
 impl Stream {
@@ -308,6 +319,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => s.write_all(bytes).await,
             Stream::Tls(s) => s.write_all(bytes).await,
+            Stream::Rustls(s) => s.write_all(bytes).await,
         }
     }
 
@@ -315,6 +327,74 @@ impl Stream {
         match self {
             Stream::Plain(s) => s.read(buf).await,
             Stream::Tls(s) => s.read(buf).await,
+            Stream::Rustls(s) => s.read(buf).await,
+        }
+    }
+}
+
+/// A client TLS connection that stays rustls's (handshake, session tickets, records), on tokio.
+struct RustlsStream {
+    tcp: tokio::net::TcpStream,
+    conn: rustls::ClientConnection,
+    out: Vec<u8>,
+    inbuf: Box<[u8]>,
+}
+
+impl RustlsStream {
+    async fn handshake(tcp: tokio::net::TcpStream, config: &std::sync::Arc<rustls::ClientConfig>) -> io::Result<RustlsStream> {
+        let name = rustls::pki_types::ServerName::try_from(crate::tlsclient::SERVER_NAME).map_err(io::Error::other)?;
+        let conn = rustls::ClientConnection::new(std::sync::Arc::clone(config), name).map_err(io::Error::other)?;
+        let mut s = RustlsStream { tcp, conn, out: Vec::with_capacity(4096), inbuf: vec![0u8; 32 * 1024].into_boxed_slice() };
+        loop {
+            s.flush().await?;
+            if !s.conn.is_handshaking() {
+                return Ok(s);
+            }
+            if s.fill().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Sends what rustls has to send.
+    async fn flush(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            self.out.clear();
+            self.conn.write_tls(&mut self.out)?;
+            self.tcp.write_all(&self.out).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads from the socket into rustls and processes it; the bytes read (0: the end).
+    async fn fill(&mut self) -> io::Result<usize> {
+        let n = self.tcp.read(&mut self.inbuf).await?;
+        let mut rd = &self.inbuf[..n];
+        while !rd.is_empty() {
+            self.conn.read_tls(&mut rd)?;
+            self.conn.process_new_packets().map_err(io::Error::other)?;
+        }
+        Ok(n)
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        self.conn.writer().write_all(bytes)?;
+        self.flush().await
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::io::Read;
+        loop {
+            match self.conn.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if self.fill().await? == 0 {
+                return Ok(0);
+            }
+            self.flush().await?;
         }
     }
 }
@@ -461,21 +541,6 @@ fn floor_run(n: u64, body_bytes: usize, out: &mut Outcome) -> io::Result<()> {
     let mut client = rustls::ClientConnection::new(client_config, name).map_err(io::Error::other)?;
     let mut server = rustls::ServerConnection::new(std::sync::Arc::new(server_config)).map_err(io::Error::other)?;
     let mut wire = Vec::with_capacity(64 * 1024);
-    // Moves what `from` has to send into `to` and lets `to` process it.
-    fn pass(
-        from: &mut dyn FnMut(&mut Vec<u8>) -> io::Result<usize>,
-        to: &mut rustls::ConnectionCommon<impl rustls::SideData>,
-        wire: &mut Vec<u8>,
-    ) -> io::Result<()> {
-        wire.clear();
-        while from(wire)? > 0 {}
-        let mut rd: &[u8] = wire;
-        while !rd.is_empty() {
-            to.read_tls(&mut rd)?;
-            to.process_new_packets().map_err(io::Error::other)?;
-        }
-        Ok(())
-    }
     while client.is_handshaking() || server.is_handshaking() {
         pass(&mut |w| client.write_tls(w), &mut server, &mut wire)?;
         pass(&mut |w| server.write_tls(w), &mut client, &mut wire)?;
@@ -509,6 +574,297 @@ fn floor_run(n: u64, body_bytes: usize, out: &mut Outcome) -> io::Result<()> {
         out.ok += 1;
     }
     Ok(())
+}
+
+/// Moves what `from` has to send into `to` and lets `to` process it (the floors' wire).
+fn pass(
+    from: &mut dyn FnMut(&mut Vec<u8>) -> io::Result<usize>,
+    to: &mut rustls::ConnectionCommon<impl rustls::SideData>,
+    wire: &mut Vec<u8>,
+) -> io::Result<()> {
+    wire.clear();
+    while from(wire)? > 0 {}
+    let mut rd: &[u8] = wire;
+    while !rd.is_empty() {
+        to.read_tls(&mut rd)?;
+        to.process_new_packets().map_err(io::Error::other)?;
+    }
+    Ok(())
+}
+
+/// What each connection of a per-connection run ([`connections`]) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conn {
+    /// Cleartext through the proxy: the base the TLS runs are measured against.
+    Clear,
+    /// TLS 1.3 through the proxy, a full handshake each time.
+    TlsFull,
+    /// TLS 1.3 through the proxy, resuming with a session ticket of an earlier connection.
+    TlsResumed,
+}
+
+/// Connections made (and checked) before the measured ones in a per-connection run; the first
+/// one of a resuming run is a full handshake that leaves the tickets the next ones resume with.
+pub const CONN_WARMUP: u64 = 20;
+
+/// The client's session store: rustls's memory cache, counting the TLS 1.3 session tickets it
+/// is given. With `resume` false it hands none back, so every handshake is full while the
+/// tickets are still received and kept as a resuming client does (the target and its floor do
+/// the same).
+#[derive(Debug)]
+pub struct TicketCount {
+    inner: rustls::client::ClientSessionMemoryCache,
+    resume: bool,
+    tickets: std::sync::atomic::AtomicU64,
+}
+
+impl TicketCount {
+    pub fn tickets(&self) -> u64 {
+        self.tickets.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl rustls::client::ClientSessionStore for TicketCount {
+    fn set_kx_hint(&self, server_name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: rustls::pki_types::ServerName<'static>, value: rustls::client::Tls12ClientSessionValue) {
+        self.inner.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, server_name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(&self, server_name: rustls::pki_types::ServerName<'static>, value: rustls::client::Tls13ClientSessionValue) {
+        self.tickets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(&self, server_name: &rustls::pki_types::ServerName<'static>) -> Option<rustls::client::Tls13ClientSessionValue> {
+        if self.resume { self.inner.take_tls13_ticket(server_name) } else { None }
+    }
+}
+
+/// `config` with a [`TicketCount`] session store (resuming when `resume`).
+fn ticket_client(config: &rustls::ClientConfig, resume: bool) -> (std::sync::Arc<rustls::ClientConfig>, std::sync::Arc<TicketCount>) {
+    let store = std::sync::Arc::new(TicketCount {
+        inner: rustls::client::ClientSessionMemoryCache::new(32),
+        resume,
+        tickets: std::sync::atomic::AtomicU64::new(0),
+    });
+    let mut c = config.clone();
+    c.resumption =
+        rustls::client::Resumption::store(std::sync::Arc::clone(&store) as std::sync::Arc<dyn rustls::client::ClientSessionStore>);
+    (std::sync::Arc::new(c), store)
+}
+
+/// Checks that every handshake of a per-connection run is the one it measures: full, or resumed
+/// after the first; the same cipher suite, key exchange group and number of session tickets each
+/// time.
+struct Handshakes {
+    resume: bool,
+    first: Option<(rustls::CipherSuite, rustls::NamedGroup, u64)>,
+    tickets: u64,
+}
+
+impl Handshakes {
+    fn new(resume: bool) -> Handshakes {
+        Handshakes { resume, first: None, tickets: 0 }
+    }
+
+    /// Connection `index`, after its response was read; `tickets`: the store's count now.
+    fn check(&mut self, index: u64, conn: &rustls::ClientConnection, tickets: u64) -> Result<(), ExchangeError> {
+        let what = |what: String| ExchangeError::Handshake { index, what };
+        let want = if self.resume && index > 0 { rustls::HandshakeKind::Resumed } else { rustls::HandshakeKind::Full };
+        if conn.handshake_kind() != Some(want) {
+            return Err(what(format!("a {:?} handshake, expected {want:?}", conn.handshake_kind())));
+        }
+        let suite = conn.negotiated_cipher_suite().map(|s| s.suite()).ok_or_else(|| what("no cipher suite".into()))?;
+        let group = conn.negotiated_key_exchange_group().map(|g| g.name()).ok_or_else(|| what("no key exchange".into()))?;
+        let got = (suite, group, tickets - self.tickets);
+        self.tickets = tickets;
+        match self.first {
+            None => self.first = Some(got),
+            Some(first) if first != got => return Err(what(format!("{got:?}, the first connection {first:?}"))),
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// What every handshake was, for [`Outcome::handshake`].
+    fn describe(&self) -> Option<String> {
+        let (suite, group, tickets) = self.first?;
+        let kind = if self.resume { "resumed (the run's first connection full)" } else { "full" };
+        Some(format!("TLS 1.3 {suite:?}, {group:?}, Ed25519 certificate, {kind}, {tickets} session tickets per connection"))
+    }
+}
+
+/// A new connection per exchange through the proxy (`CONN_WARMUP + n` of them, one GET each,
+/// then the client closes), each verified; over TLS each handshake is checked too.
+pub fn connections(kind: Conn, n: u64, body_bytes: usize) -> Outcome {
+    let mut out = Outcome { proxied: true, requests: n, warmup: CONN_WARMUP, body_bytes, ..Outcome::default() };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.error = Some(chain(&ExchangeError::Runtime(e)));
+            return out;
+        }
+    };
+    let served = Rc::new(Cell::new(0u64));
+    let local = tokio::task::LocalSet::new();
+    let (ok, result) = local.block_on(&rt, run_connections(kind, n, body_bytes, Rc::clone(&served)));
+    out.ok = ok;
+    match result {
+        Ok(handshake) => out.handshake = handshake,
+        Err(e) => out.error = Some(chain(&e)),
+    }
+    out.origin_served = served.get();
+    out
+}
+
+async fn run_connections(kind: Conn, n: u64, body_bytes: usize, served: Rc<Cell<u64>>) -> (u64, Result<Option<String>, ExchangeError>) {
+    let tls = match kind {
+        Conn::Clear => None,
+        Conn::TlsFull | Conn::TlsResumed => match tls_setup() {
+            Ok(t) => Some(t),
+            Err(e) => return (0, Err(e)),
+        },
+    };
+    let target = match setup(Route::Proxied, body_bytes, served, tls.as_ref().map(|t| (t.cert.as_path(), t.key.as_path()))).await {
+        Ok(t) => t,
+        Err(e) => return (0, Err(e)),
+    };
+    if let Some(t) = &tls {
+        let _ = std::fs::remove_dir_all(&t.dir);
+    }
+    let client = tls.as_ref().map(|t| ticket_client(&t.client, kind == Conn::TlsResumed));
+    let mut handshakes = Handshakes::new(kind == Conn::TlsResumed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut ok = 0;
+    for index in 0..CONN_WARMUP + n {
+        let s = match tokio::net::TcpStream::connect(target).await {
+            Ok(s) => s,
+            Err(source) => return (ok, Err(ExchangeError::Connect { target, source })),
+        };
+        let _ = s.set_nodelay(true);
+        let mut s = match &client {
+            None => Stream::Plain(s),
+            Some((config, _)) => match RustlsStream::handshake(s, config).await {
+                Ok(c) => Stream::Rustls(Box::new(c)),
+                Err(e) => return (ok, Err(ExchangeError::Tls(e))),
+            },
+        };
+        if let Err(e) = round_trip(&mut s, &mut buf, body_bytes).await {
+            return (ok, Err(e));
+        }
+        if let (Stream::Rustls(c), Some((_, store))) = (&s, &client)
+            && let Err(e) = handshakes.check(index, &c.conn, store.tickets())
+        {
+            return (ok, Err(e));
+        }
+        ok += 1;
+    }
+    (ok, Ok(handshakes.describe()))
+}
+
+/// The server config of the handshake floors: what the proxy's TLS listener compiles to
+/// (proxy/src/config/tls.rs) for one certificate: rustls's ring provider with its default suites
+/// and groups, TLS 1.3 and 1.2, ALPN `http/1.1`, no early data, a ring ticketer, rustls's default
+/// number of TLS 1.3 session tickets (2), secrets extractable. The proxy picks the certificate
+/// with its SNI map; here rustls's single-certificate resolver.
+fn floor_server_config(cert: &Path, key: &Path) -> io::Result<std::sync::Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<rustls::pki_types::CertificateDer<'static>> = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .map_err(io::Error::other)?
+        .collect::<Result<_, _>>()
+        .map_err(io::Error::other)?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).map_err(io::Error::other)?;
+    let mut c = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(io::Error::other)?;
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    c.enable_secret_extraction = true;
+    c.max_early_data_size = 0;
+    c.ticketer = rustls::crypto::ring::Ticketer::new().map_err(io::Error::other)?;
+    Ok(std::sync::Arc::new(c))
+}
+
+/// The handshake floor: rustls alone, a new client and server in memory per exchange (no sockets,
+/// no proxy), the same handshake as [`connections`] over TLS (full, or resumed with a ticket of
+/// an earlier connection), then the same request and response, each checked.
+pub fn tls_floor_handshakes(resume: bool, n: u64, body_bytes: usize) -> Outcome {
+    let mut out = Outcome { proxied: false, requests: n, warmup: CONN_WARMUP, body_bytes, ..Outcome::default() };
+    match floor_handshakes(resume, n, body_bytes, &mut out) {
+        Ok(handshake) => out.handshake = handshake,
+        Err(e) => out.error = Some(chain(&e)),
+    }
+    out
+}
+
+fn floor_handshakes(resume: bool, n: u64, body_bytes: usize, out: &mut Outcome) -> Result<Option<String>, ExchangeError> {
+    use std::io::{Read, Write};
+    let tls = |e| ExchangeError::Tls(e);
+    let dir = std::env::temp_dir().join(format!("gates-tls-floor-hs-{}", std::process::id()));
+    let made = crate::tlsclient::make_pki(&dir, true);
+    let server_config =
+        made.as_ref().map_err(|e| io::Error::new(e.kind(), e.to_string())).and_then(|(cert, key, _)| floor_server_config(cert, key));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_, _, client_config) = made.map_err(tls)?;
+    let server_config = server_config.map_err(tls)?;
+    let (client_config, store) = ticket_client(&client_config, resume);
+    let name = rustls::pki_types::ServerName::try_from(crate::tlsclient::SERVER_NAME).map_err(|e| tls(io::Error::other(e)))?;
+    let mut response =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {body_bytes}\r\n\r\n").into_bytes();
+    response.resize(response.len() + body_bytes, b'x');
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut wire = Vec::with_capacity(64 * 1024);
+    let mut handshakes = Handshakes::new(resume);
+    for index in 0..CONN_WARMUP + n {
+        let mut client =
+            rustls::ClientConnection::new(std::sync::Arc::clone(&client_config), name.clone()).map_err(|e| tls(io::Error::other(e)))?;
+        let mut server = rustls::ServerConnection::new(std::sync::Arc::clone(&server_config)).map_err(|e| tls(io::Error::other(e)))?;
+        while client.is_handshaking() || server.is_handshaking() {
+            pass(&mut |w| client.write_tls(w), &mut server, &mut wire).map_err(tls)?;
+            pass(&mut |w| server.write_tls(w), &mut client, &mut wire).map_err(tls)?;
+        }
+        client.writer().write_all(GET).map_err(tls)?;
+        pass(&mut |w| client.write_tls(w), &mut server, &mut wire).map_err(tls)?;
+        let got = server.reader().read(&mut buf).map_err(tls)?;
+        if buf.get(..got) != Some(GET) {
+            return Err(tls(io::Error::other("the server read another request")));
+        }
+        out.origin_served += 1;
+        server.writer().write_all(&response).map_err(tls)?;
+        pass(&mut |w| server.write_tls(w), &mut client, &mut wire).map_err(tls)?;
+        let mut total = 0;
+        loop {
+            match client.reader().read(&mut buf[total..]) {
+                Ok(0) => break,
+                Ok(k) => total += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(tls(e)),
+            }
+        }
+        if buf.get(..total) != Some(&response[..]) {
+            return Err(tls(io::Error::other("the client read another response")));
+        }
+        handshakes.check(index, &client, store.tickets())?;
+        out.ok += 1;
+    }
+    Ok(handshakes.describe())
 }
 
 /// One GET; `Ok` only for a 200 whose Content-Length body is exactly `body_bytes`.
@@ -572,6 +928,25 @@ mod tests {
         }
     }
 
+    /// The per-connection runs and their floors: every connection verified, every handshake the
+    /// kind asked for, and the target's handshakes the same as the floor's.
+    #[test]
+    fn per_connection_runs_and_their_floors_verify_and_match() {
+        let clear = connections(Conn::Clear, 5, 1024);
+        assert_eq!(clear.verify(), Ok(()), "{clear:?}");
+        assert_eq!((clear.ok, clear.origin_served, clear.handshake), (CONN_WARMUP + 5, CONN_WARMUP + 5, None));
+        for resume in [false, true] {
+            let kind = if resume { Conn::TlsResumed } else { Conn::TlsFull };
+            let t = connections(kind, 5, 1024);
+            assert_eq!(t.verify(), Ok(()), "{t:?}");
+            let f = tls_floor_handshakes(resume, 5, 1024);
+            assert_eq!(f.verify(), Ok(()), "{f:?}");
+            assert_eq!(f.ok, CONN_WARMUP + 5);
+            assert!(t.handshake.as_deref().is_some_and(|h| h.contains("2 session tickets")), "{t:?}");
+            assert_eq!(t.handshake, f.handshake);
+        }
+    }
+
     #[test]
     fn the_tls_floor_exchanges_and_checks_every_record() {
         let o = tls_floor(30, 1024);
@@ -609,7 +984,8 @@ mod tests {
 
     #[test]
     fn a_broken_outcome_is_refused() {
-        let good = Outcome { proxied: true, requests: 10, warmup: 2, body_bytes: 5, ok: 12, origin_served: 12, error: None };
+        let good =
+            Outcome { proxied: true, requests: 10, warmup: 2, body_bytes: 5, ok: 12, origin_served: 12, error: None, handshake: None };
         assert_eq!(good.verify(), Ok(()));
         let bad = [
             Outcome { ok: 11, ..good.clone() },

@@ -63,6 +63,10 @@ pub enum InstructionsError {
         "proxied {proxied:.0}/request vs direct {direct:.0}/request: a proxy cannot cost less than the direct path; the measurement is broken"
     )]
     CheaperThanDirect { proxied: f64, direct: f64 },
+    /// A per-connection TLS figure whose floor did another handshake (suite, key exchange, full
+    /// or resumed, session tickets): the ratio would compare two different things.
+    #[error("{target_bench} did {target:?}, its floor {floor_bench} {floor:?}")]
+    DifferentHandshakes { target_bench: String, target: Option<String>, floor_bench: String, floor: Option<String> },
     #[error("gungraun JSON")]
     GungraunJson(#[source] serde_json::Error),
     #[error("no Ir metric for {0} in gungraun's JSON")]
@@ -72,14 +76,35 @@ pub enum InstructionsError {
 }
 
 pub fn gate(opts: &Options, g: &InstructionsGate, prefix: &str) -> Vec<Row> {
-    let key = format!("{prefix}:instructions");
-    match measure(opts, g) {
-        Ok(mut row) => {
-            row.key = key;
-            vec![row]
+    let rows = g.all_rows();
+    // One run of each bench group serves every row that names it (the contract checked that
+    // they ask for the same request count), in the contract's order.
+    let mut groups: Vec<&InstructionsGate> = Vec::new();
+    let wanted = |group: &str| opts.instruction_groups.as_ref().is_none_or(|w| w.iter().any(|x| x == group));
+    for (_, r) in &rows {
+        if wanted(r.group()) && !groups.iter().any(|x| x.group() == r.group()) {
+            groups.push(r);
         }
-        Err(e) => vec![error_row(key, &g.metric, &g.unit, Some(g.hard_limit), chain(&e))],
     }
+    let mut out = Vec::new();
+    for first in groups {
+        let run = run_group(opts, first);
+        for (suffix, r) in rows.iter().filter(|(_, r)| r.group() == first.group()) {
+            let key = format!("{prefix}:instructions{suffix}");
+            let judged = match &run {
+                Ok((counts, Ok(outcomes))) => judge(r, counts, outcomes).map_err(|e| chain(&e)),
+                Ok((_, Err(e))) | Err(e) => Err(chain(e)),
+            };
+            out.push(match judged {
+                Ok(mut row) => {
+                    row.key = key;
+                    row
+                }
+                Err(e) => error_row(key, &r.metric, &r.unit, Some(r.hard_limit), e),
+            });
+        }
+    }
+    out
 }
 
 /// Finds `gungraun-runner` of the right version, installing it into `target/tools` if needed.
@@ -111,7 +136,12 @@ pub fn ensure_runner(root: &Path, verbose: bool) -> Result<PathBuf, Instructions
     Ok(tools.join("bin"))
 }
 
-fn measure(opts: &Options, g: &InstructionsGate) -> Result<Row, InstructionsError> {
+/// Counts and outcomes of one run of a bench group; the outcomes may be missing (an error the
+/// rows report) while the counts are there.
+type GroupRun = (Vec<(String, f64)>, Result<Vec<(String, Outcome)>, InstructionsError>);
+
+/// Runs the bench group of `g` once (its `requests` and `body_bytes`).
+fn run_group(opts: &Options, g: &InstructionsGate) -> Result<GroupRun, InstructionsError> {
     if !which("valgrind") {
         return Err(InstructionsError::NoValgrind);
     }
@@ -146,7 +176,7 @@ fn measure(opts: &Options, g: &InstructionsGate) -> Result<Row, InstructionsErro
         });
     }
     let counts = parse_counts(&String::from_utf8_lossy(&out.stdout))?;
-    judge(g, &counts, &read?)
+    Ok((counts, read))
 }
 
 /// The bench functions a gate reads: base and target at N and 2N, then the floor's if any.
@@ -207,6 +237,17 @@ pub fn judge(g: &InstructionsGate, counts: &[(String, f64)], outcomes: &[(String
         }
         o.verify().map_err(|source| InstructionsError::Unverified { bench: name.clone(), source })?;
     }
+    // The target's handshakes and the floor's must be the same ones (runs without a handshake
+    // per connection record none: `None` on both sides).
+    if g.floor.is_some() {
+        let handshake = |name: &String| outcomes.iter().find(|(n, _)| n == name).and_then(|(_, o)| o.handshake.clone());
+        for (t, f) in [(&names[2], &names[4]), (&names[3], &names[5])] {
+            let (target, floor) = (handshake(t), handshake(f));
+            if target != floor {
+                return Err(InstructionsError::DifferentHandshakes { target_bench: t.clone(), target, floor_bench: f.clone(), floor });
+            }
+        }
+    }
     let (base, target) = (g.base(), g.target());
     let (d1, d2, p1, p2) = (get(&names[0])?, get(&names[1])?, get(&names[2])?, get(&names[3])?);
     let n = g.requests as f64;
@@ -254,6 +295,7 @@ pub fn judge(g: &InstructionsGate, counts: &[(String, f64)], outcomes: &[(String
             "floor_per_request": floor,
             "floor_ratio": ratio,
             "floor_ratio_limit": g.floor_ratio_limit,
+            "handshake": names.get(2).and_then(|t| outcomes.iter().find(|(n, _)| n == t)).and_then(|(_, o)| o.handshake.clone()),
             "raw": counts.iter().filter(|(n, _)| names.contains(n)).map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "outcomes": outcomes.iter().map(|(n, o)| (n.clone(), json!(o))).collect::<serde_json::Map<_, _>>(),
             "gungraun": GUNGRAUN_VERSION,
@@ -300,6 +342,7 @@ mod tests {
             target: None,
             floor: None,
             floor_ratio_limit: None,
+            rows: Vec::new(),
         }
     }
 
@@ -313,6 +356,7 @@ mod tests {
             ok: total,
             origin_served: total,
             error: None,
+            handshake: None,
         };
         (name.to_owned(), o)
     }
@@ -381,6 +425,32 @@ mod tests {
         assert_eq!(r.status, Status::Fail, "{}", r.note);
         // A floor bench missing: no figure.
         assert!(judge(&g, &c[..5], &outcomes).is_err());
+    }
+
+    /// A per-connection figure is compared with its floor only when both did the same handshakes.
+    #[test]
+    fn a_floor_that_did_another_handshake_is_refused() {
+        let g = InstructionsGate {
+            base: Some("proxied_clear_conn".into()),
+            target: Some("proxied_tls_full".into()),
+            floor: Some("tls_floor_full".into()),
+            floor_ratio_limit: Some(1.0),
+            hard_limit: 1e9,
+            ..gate()
+        };
+        let names = benches(&g);
+        let mut outcomes: Vec<_> = names.iter().enumerate().map(|(i, n)| outcome(n, if i % 2 == 0 { 100 } else { 200 })).collect();
+        let full = Some("TLS 1.3 TLS13_AES_256_GCM_SHA384, X25519, Ed25519 certificate, full, 2 session tickets per connection".to_owned());
+        for o in &mut outcomes[2..] {
+            o.1.handshake.clone_from(&full);
+        }
+        let c: Vec<_> = names.iter().cloned().zip([1e6, 2e6, 1.1e6, 2.2e6, 5e5, 6.25e5]).collect();
+        let r = judge(&g, &c, &outcomes).expect("row");
+        assert_eq!(r.details["handshake"].as_str(), full.as_deref());
+        outcomes[5].1.handshake = Some(full.as_deref().unwrap_or_default().replace("2 session", "1 session"));
+        let e = judge(&g, &c, &outcomes).expect_err("another handshake accepted");
+        assert!(matches!(e, InstructionsError::DifferentHandshakes { .. }), "{e}");
+        assert!(e.to_string().starts_with("proxied_tls_full_2n did"), "{e}");
     }
 
     #[test]

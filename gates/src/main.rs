@@ -53,6 +53,10 @@ struct Cli {
     /// planted tests use 1: a plant every round must catch, caught in one).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     memory_rounds: Option<u32>,
+    /// Only the instruction gate's rows measured by these bench groups (comma-separated; each
+    /// row's `group` in contracts/*.toml: `exchanges`, `tls`, `tls_handshakes`).
+    #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
+    instruction_groups: Option<Vec<String>>,
     /// Show build output and timings.
     #[arg(long, short)]
     verbose: bool,
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         only: cli.only.clone(),
         plant: cli.plant.clone(),
         memory_rounds: cli.memory_rounds,
+        instruction_groups: cli.instruction_groups.clone(),
         verbose: cli.verbose,
     };
     let out = cli.out.clone().unwrap_or_else(|| opts.root.join("results").join("gates"));
@@ -96,6 +101,18 @@ fn main() -> ExitCode {
         Ok(_) => return fail(&Error::NoContracts(opts.root.clone()), 2),
         Err(e) => return fail(&e.into(), 2),
     };
+    if let Some(names) = &opts.instruction_groups {
+        let selected = contracts.iter().filter(|c| opts.phases.as_ref().is_none_or(|p| p.contains(&c.phase)));
+        let mut known: Vec<String> = selected
+            .filter_map(|c| c.gates.instructions.as_ref())
+            .flat_map(|g| g.all_rows().into_iter().map(|(_, r)| r.group().to_owned()))
+            .collect();
+        known.sort();
+        known.dedup();
+        if let Some(name) = names.iter().find(|n| !known.contains(n)) {
+            return fail(&Error::UnknownInstructionGroup { name: name.clone(), known: known.join(", ") }, 2);
+        }
+    }
     let baseline_path = cli.baseline.clone().unwrap_or_else(|| opts.root.join("results/gates/baseline.json"));
     // A missing file is not a usage error (a static-only run needs none), but every row with a
     // soft limit is then an ERROR: its soft limit cannot be checked. Unreadable or invalid: exit 2.

@@ -549,7 +549,15 @@ mod tests {
         assert_eq!(sequence(&g), [1000, 1000, 10000, 1000, 10000, 1000, 10000]);
         assert_eq!(sequence(&MemoryGate { warmup: 0, rounds: 1, ..g.clone() }), [1000, 10000]);
         let rows = gate(
-            &Options { root: ".".into(), phases: None, only: None, plant: None, memory_rounds: None, verbose: false },
+            &Options {
+                root: ".".into(),
+                phases: None,
+                only: None,
+                plant: None,
+                memory_rounds: None,
+                instruction_groups: None,
+                verbose: false,
+            },
             &MemoryGate { after_ratio_limit: 0.0, ..g },
             "phase1",
         );

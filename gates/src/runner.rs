@@ -112,6 +112,8 @@ pub struct Options {
     pub plant: Option<String>,
     /// Rounds of the memory gate, instead of the contract's (`--memory-rounds`).
     pub memory_rounds: Option<u32>,
+    /// Only the instruction rows of these bench groups (`--instruction-groups`); `None`: all.
+    pub instruction_groups: Option<Vec<String>>,
     pub verbose: bool,
 }
 

@@ -34,7 +34,8 @@ fn reliability_script_verdicts() {
 
 #[test]
 fn shared_plumbing_and_comparison_modules() {
-    let opts = Options { root: root(), phases: None, only: None, plant: None, memory_rounds: None, verbose: false };
+    let opts =
+        Options { root: root(), phases: None, only: None, plant: None, memory_rounds: None, instruction_groups: None, verbose: false };
     let loadgen = cargo_build_plain(&opts, "loadgen", "loadgen").expect("build loadgen");
     let probe = PathBuf::from(env!("CARGO_BIN_EXE_probe"));
     unittest(&root().join("scripts/tests"), &[("PROBE_BIN", &probe), ("LOADGEN_BIN", &loadgen)]);
