@@ -586,7 +586,10 @@ fn certificate_reloads_under_load_fail_no_request() {
                         }
                     };
                     for _ in 0..5 {
-                        match c.try_send(b"GET /load HTTP/1.1\r\nHost: test.local\r\n\r\n").map_err(|e| e.to_string()).and_then(|()| c.read_response())
+                        match c
+                            .try_send(b"GET /load HTTP/1.1\r\nHost: test.local\r\n\r\n")
+                            .map_err(|e| e.to_string())
+                            .and_then(|()| c.read_response())
                         {
                             Ok(r) if r.status == 200 => {
                                 served.fetch_add(1, Ordering::SeqCst);

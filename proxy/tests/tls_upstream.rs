@@ -22,7 +22,8 @@ fn verified_tls_upstream_sends_sni_and_reuses_one_pooled_connection() {
     let leaf = pki.leaf("origin", &["origin.test"]);
     let origin = TlsOrigin::start(&pki, &leaf, false);
     let ca = pki.write_ca("ca.pem");
-    let proxy = proxy_to_tls_origin(&dir, origin.addr, &format!("tls = true\ntls_server_name = \"origin.test\"\ntls_ca = \"{}\"", ca.display()));
+    let proxy =
+        proxy_to_tls_origin(&dir, origin.addr, &format!("tls = true\ntls_server_name = \"origin.test\"\ntls_ca = \"{}\"", ca.display()));
     let mut c = proxy.connect();
     for i in 1..=30 {
         let r = get(&mut c, "/x");
@@ -43,7 +44,8 @@ fn bodies_cross_the_upstream_tls_records_both_ways() {
     let leaf = pki.leaf("origin", &["origin.test"]);
     let origin = TlsOrigin::start(&pki, &leaf, false);
     let ca = pki.write_ca("ca.pem");
-    let proxy = proxy_to_tls_origin(&dir, origin.addr, &format!("tls = true\ntls_server_name = \"origin.test\"\ntls_ca = \"{}\"", ca.display()));
+    let proxy =
+        proxy_to_tls_origin(&dir, origin.addr, &format!("tls = true\ntls_server_name = \"origin.test\"\ntls_ca = \"{}\"", ca.display()));
     let mut c = proxy.connect();
     // A 1 MiB response: ~64 records read and relayed.
     let r = get(&mut c, "/pad/1048576");
@@ -94,7 +96,8 @@ fn a_server_signed_by_another_ca_or_for_another_name_is_refused() {
     let stranger = other.leaf("stranger", &["origin.test"]);
     let origin = TlsOrigin::start(&other, &stranger, false);
     let ca = pki.write_ca("ca.pem");
-    let proxy = proxy_to_tls_origin(&dir, origin.addr, &format!("tls = true\ntls_server_name = \"origin.test\"\ntls_ca = \"{}\"", ca.display()));
+    let proxy =
+        proxy_to_tls_origin(&dir, origin.addr, &format!("tls = true\ntls_server_name = \"origin.test\"\ntls_ca = \"{}\"", ca.display()));
     let mut c = proxy.connect();
     let r = get(&mut c, "/x");
     assert_eq!(r.status, 502);
@@ -106,7 +109,8 @@ fn a_server_signed_by_another_ca_or_for_another_name_is_refused() {
     // Right CA, wrong name.
     let leaf = pki.leaf("origin", &["origin.test"]);
     let origin = TlsOrigin::start(&pki, &leaf, false);
-    let proxy = proxy_to_tls_origin(&dir, origin.addr, &format!("tls = true\ntls_server_name = \"elsewhere.test\"\ntls_ca = \"{}\"", ca.display()));
+    let proxy =
+        proxy_to_tls_origin(&dir, origin.addr, &format!("tls = true\ntls_server_name = \"elsewhere.test\"\ntls_ca = \"{}\"", ca.display()));
     assert_eq!(get(&mut proxy.connect(), "/x").status, 502);
     assert_eq!(origin.conns().len(), 0);
 }
