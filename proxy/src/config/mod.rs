@@ -398,13 +398,7 @@ impl Compiler<'_> {
             Some(_) => {
                 let s = |v: &Option<Spanned<String>>| v.as_ref().map(|x| x.get_ref().clone()).unwrap_or_default();
                 let insecure = g.tls_insecure_skip_verify.as_ref().is_some_and(|v| *v.get_ref());
-                format!(
-                    "tls|{}|{}|{}|{}|{insecure}",
-                    s(&g.tls_server_name),
-                    s(&g.tls_ca),
-                    s(&g.tls_client_cert),
-                    s(&g.tls_client_key)
-                )
+                format!("tls|{}|{}|{}|{}|{insecure}", s(&g.tls_server_name), s(&g.tls_ca), s(&g.tls_client_cert), s(&g.tls_client_key))
             }
         };
         let mut servers = Vec::with_capacity(g.servers.len());

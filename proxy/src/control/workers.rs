@@ -34,7 +34,9 @@ pub enum Engine {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("the hyper baseline engine speaks cleartext HTTP/1.1 only: remove [listeners.tls] and tls = true in upstream groups, or use the native engine")]
+    #[error(
+        "the hyper baseline engine speaks cleartext HTTP/1.1 only: remove [listeners.tls] and tls = true in upstream groups, or use the native engine"
+    )]
     HyperTls,
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },

@@ -30,10 +30,10 @@ pub async fn connect(worker: &Worker, server: Server, group: &UpstreamGroup) -> 
         Some(t) => {
             let name = t.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(server.addr.ip().into()));
             match tls::connect(tcp, Arc::clone(&t.config), name, group.connect_timeout).await {
-            Ok(s) => {
-                worker.metrics().upstream_tls_handshake(s.resumed);
-                UpstreamStream::Tls(Box::new(s))
-            }
+                Ok(s) => {
+                    worker.metrics().upstream_tls_handshake(s.resumed);
+                    UpstreamStream::Tls(Box::new(s))
+                }
                 Err(_) => return Err(ProxyError::UpstreamTls),
             }
         }

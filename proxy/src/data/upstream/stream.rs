@@ -47,7 +47,11 @@ impl ClientIo for UpstreamStream {
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             UpstreamStream::Plain(s) => s.try_write(buf),
-            UpstreamStream::Tls(s) => s.try_write(buf),
+            UpstreamStream::Tls(s) => {
+                #[cfg(feature = "planted")]
+                crate::data::planted::at(crate::data::planted::Site::UpstreamTls, buf.len());
+                s.try_write(buf)
+            }
         }
     }
 
