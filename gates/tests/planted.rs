@@ -297,9 +297,11 @@ fn alloc_gate_counts_one_planted_allocation_per_exchange_in_every_shape() {
 }
 
 /// Phase 2 (TLS). `alloc@tls-record` fires for every record the proxy seals: each TLS row gains
-/// at least one allocation per exchange (its response's record) and fails, the handshake row
-/// too. `alloc@handshake` fires once per completed handshake: only the row that opens a
-/// connection per exchange sees it, exactly one more per connection, just above its limit.
+/// at least one allocation per exchange (its response's record, or over TLS to the upstream its
+/// request's) and fails, the handshake row too. `alloc@handshake` fires once per completed
+/// handshake on a listener: only the row that opens a connection per exchange sees it, exactly
+/// one more per connection, just above its limit. `alloc@upstream-tls` fires for each write to
+/// an upstream TLS connection: only the row whose workload takes that path sees it.
 #[test]
 fn tls_alloc_rows_fail_on_one_planted_allocation_per_record_or_per_handshake() {
     let _m = counting();
@@ -308,10 +310,13 @@ fn tls_alloc_rows_fail_on_one_planted_allocation_per_record_or_per_handshake() {
         ("tls12-get", "phase2:alloc[tls12-get]", 0.0),
         ("tls-post", "phase2:alloc[tls-post]", 0.0),
         ("tls-handshake", "phase2:alloc[tls-handshake]", 196.0),
+        ("tls-upstream", "phase2:alloc[tls-upstream]", 0.0),
     ];
-    for (plant, hit) in
-        [("alloc@tls-record", &["tls-get", "tls12-get", "tls-post", "tls-handshake"][..]), ("alloc@handshake", &["tls-handshake"][..])]
-    {
+    for (plant, hit) in [
+        ("alloc@tls-record", &["tls-get", "tls12-get", "tls-post", "tls-handshake", "tls-upstream"][..]),
+        ("alloc@handshake", &["tls-handshake"][..]),
+        ("alloc@upstream-tls", &["tls-upstream"][..]),
+    ] {
         let out = out_dir(&format!("alloc-tls-{}", plant.replace(['@', '/', ':'], "-")));
         let (code, report) = gates(&["--phase", "2", "--only", "alloc", "--plant", plant], &out, &root());
         for (shape, key, clean) in rows {

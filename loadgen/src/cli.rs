@@ -292,6 +292,11 @@ pub struct RelayArgs {
     /// --tls: the private key (PEM) of --cert.
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Relay HTTP/2: serve h2c (prior knowledge; with --tls, h2 by ALPN) and send each stream
+    /// over one multiplexed h2c connection to the upstream per client connection (headers,
+    /// body and trailers as they are): the floor of an HTTP/2 proxy built on the `h2` crate.
+    #[arg(long)]
+    pub h2: bool,
 }
 
 #[derive(Args, Debug)]
@@ -664,14 +669,14 @@ fn cmd_relay(a: RelayArgs) -> Result<i32, Failure> {
             _ => ServerCert::Generate { cert_out: a.cert_out },
         };
         // The floor of an HTTP/1.1 proxy's TLS path: ALPN http/1.1 only (the plaintext goes to
-        // an HTTP/1.1 upstream as it is).
+        // an HTTP/1.1 upstream as it is); with --h2, h2 only.
         let mut config = (*tls::server_config(&cert).map_err(Failure::Usage)?).clone();
-        config.alpn_protocols = vec![tls::ALPN_HTTP11.to_vec()];
+        config.alpn_protocols = vec![if a.h2 { tls::ALPN_H2 } else { tls::ALPN_HTTP11 }.to_vec()];
         Some(std::sync::Arc::new(config))
     } else {
         None
     };
-    let cfg = RelayConfig { listen: a.listen, upstream: a.upstream, threads: a.threads, cpus: a.cpus, tls };
+    let cfg = RelayConfig { listen: a.listen, upstream: a.upstream, threads: a.threads, cpus: a.cpus, tls, h2: a.h2 };
     relay::run_relay(&cfg, announce).map_err(|e| Failure::Runtime(format!("relay on {}: {e}", a.listen)))?;
     Ok(0)
 }

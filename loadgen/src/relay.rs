@@ -11,6 +11,13 @@
 //! connection, which is opened while the handshake runs (so a set-up costs max(handshake,
 //! connect), not their sum). Nothing else: no handshake timeout, no HTTP.
 //!
+//! `--h2` makes it the HTTP/2 floor (issues 15 and 17): an `h2` crate server (h2c by prior
+//! knowledge; with `--tls`, h2 by ALPN) whose every stream is sent, as it came (pseudo-headers,
+//! fields, body, trailers), over one multiplexed h2c connection to the upstream per client
+//! connection, and the response back the same way; request and response bodies stream with the
+//! `h2` crate's flow control (capacity released as data is forwarded). No routing, no header
+//! rules: what a proxy built on `h2` cannot do with less.
+//!
 //! Allocation per connection: the two 16 KiB copy buffers, the rustls connection state (boxed
 //! by `tokio-rustls`) and its handshake messages. Per request, once established, the relay code
 //! allocates nothing; rustls 0.23's buffered API does, twice per TLS record: decryption is in
@@ -23,6 +30,12 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -35,6 +48,8 @@ pub struct RelayConfig {
     pub cpus: Vec<usize>,
     /// Terminate TLS from clients with this config (`--tls`); `None`: copy bytes as they are.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Relay HTTP/2 streams over an h2c upstream connection (`--h2`) instead of bytes.
+    pub h2: bool,
 }
 
 const BUF: usize = 16 * 1024;
@@ -43,6 +58,7 @@ const BUF: usize = 16 * 1024;
 pub fn run_relay(cfg: &RelayConfig, on_bound: impl FnOnce(SocketAddr)) -> io::Result<()> {
     let upstream = cfg.upstream;
     let tls = cfg.tls.clone();
+    let h2 = cfg.h2;
     crate::server::serve_threads(cfg.listen, cfg.threads, &cfg.cpus, "relay", on_bound, move |l| {
         let acceptor = tls.clone().map(TlsAcceptor::from);
         async move {
@@ -53,9 +69,22 @@ pub fn run_relay(cfg: &RelayConfig, on_bound: impl FnOnce(SocketAddr)) -> io::Re
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 };
-                match &acceptor {
-                    None => tokio::task::spawn_local(relay(c, upstream)),
-                    Some(a) => tokio::task::spawn_local(relay_tls(a.clone(), c, upstream)),
+                match (&acceptor, h2) {
+                    (None, false) => tokio::task::spawn_local(relay(c, upstream)),
+                    (Some(a), false) => tokio::task::spawn_local(relay_tls(a.clone(), c, upstream)),
+                    (None, true) => {
+                        let _ = c.set_nodelay(true);
+                        tokio::task::spawn_local(relay_h2(c, upstream))
+                    }
+                    (Some(a), true) => {
+                        let a = a.clone();
+                        tokio::task::spawn_local(async move {
+                            let _ = c.set_nodelay(true);
+                            if let Ok(tls) = a.accept(c).await {
+                                relay_h2(tls, upstream).await;
+                            }
+                        })
+                    }
                 };
             }
         }
@@ -81,4 +110,91 @@ async fn relay_tls(acceptor: TlsAcceptor, client: TcpStream, upstream: SocketAdd
     };
     let _ = up.set_nodelay(true);
     let _ = tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut up, BUF, BUF).await;
+}
+
+/// `--h2`: serves HTTP/2 on `client` and sends each stream over one h2c connection to `upstream`.
+async fn relay_h2<S: AsyncRead + AsyncWrite + Unpin + 'static>(client: S, upstream: SocketAddr) {
+    let (server, up) =
+        tokio::join!(h2::server::Builder::new().max_concurrent_streams(1000).handshake::<_, Bytes>(client), TcpStream::connect(upstream));
+    let (Ok(mut server), Ok(up)) = (server, up) else {
+        return;
+    };
+    let _ = up.set_nodelay(true);
+    let Ok((send, conn)) = h2::client::handshake(up).await else {
+        return;
+    };
+    tokio::task::spawn_local(async move {
+        let _ = conn.await;
+    });
+    while let Some(r) = server.accept().await {
+        let Ok((req, respond)) = r else { break };
+        tokio::task::spawn_local(relay_stream(req, respond, send.clone()));
+    }
+}
+
+/// One stream: the request to the upstream, then its response back, bodies and trailers
+/// streamed. A failure on either side resets the other side's stream.
+async fn relay_stream(req: http::Request<RecvStream>, mut respond: SendResponse<Bytes>, send: SendRequest<Bytes>) {
+    let (parts, body) = req.into_parts();
+    let end = body.is_end_stream();
+    let Ok(mut send) = send.ready().await else {
+        respond.send_reset(Reason::REFUSED_STREAM);
+        return;
+    };
+    let Ok((response, up_body)) = send.send_request(http::Request::from_parts(parts, ()), end) else {
+        respond.send_reset(Reason::REFUSED_STREAM);
+        return;
+    };
+    let upload = async move {
+        if !end {
+            forward(body, up_body).await;
+        }
+    };
+    let (_, response) = tokio::join!(upload, response);
+    let Ok(response) = response else {
+        respond.send_reset(Reason::INTERNAL_ERROR);
+        return;
+    };
+    let (parts, body) = response.into_parts();
+    let end = body.is_end_stream();
+    let Ok(down) = respond.send_response(http::Response::from_parts(parts, ()), end) else {
+        return;
+    };
+    if !end {
+        forward(body, down).await;
+    }
+}
+
+/// Copies a body's data and trailers from `rx` to `tx`, waiting for send capacity (flow control)
+/// and releasing the receive capacity of what was forwarded. A reset or error resets `tx`.
+async fn forward(mut rx: RecvStream, mut tx: SendStream<Bytes>) {
+    while let Some(d) = rx.data().await {
+        let Ok(mut d) = d else {
+            tx.send_reset(Reason::CANCEL);
+            return;
+        };
+        let n = d.len();
+        while !d.is_empty() {
+            tx.reserve_capacity(d.len());
+            let cap = match std::future::poll_fn(|cx| tx.poll_capacity(cx)).await {
+                Some(Ok(c)) if c > 0 => c,
+                Some(Ok(_)) => continue,
+                _ => return,
+            };
+            let chunk = d.split_to(cap.min(d.len()));
+            if tx.send_data(chunk, false).is_err() {
+                return;
+            }
+        }
+        let _ = rx.flow_control().release_capacity(n);
+    }
+    match rx.trailers().await {
+        Ok(Some(t)) => {
+            let _ = tx.send_trailers(t);
+        }
+        Ok(None) => {
+            let _ = tx.send_data(Bytes::new(), true);
+        }
+        Err(_) => tx.send_reset(Reason::CANCEL),
+    }
 }

@@ -1124,6 +1124,92 @@ mod h2 {
         assert_eq!(j["meta"]["streams"].as_u64(), Some(streams), "{stdout}");
     }
 
+    /// `relay --h2` (the HTTP/2 floor) in front of `loadgen upstream`: streams relayed over its
+    /// h2c connection to the upstream, cleanly at a fixed rate with several streams per
+    /// connection; 100,000-byte POST bodies (past the 65,535-byte initial window, so the relay
+    /// must release capacity as it forwards) arrive whole; over TLS it negotiates ALPN h2.
+    #[test]
+    fn h2_relay_forwards_streams_over_h2c_and_over_tls() {
+        let _g = timing_lock();
+        let up = Server::upstream(&[]);
+        let upstream = up.addr.to_string();
+        let relay = Server::start(&["relay", "--listen", "127.0.0.1:0", "--upstream", &upstream, "--h2"]);
+        let url = relay.url();
+        let (code, stdout, j) = run_json(&[
+            "--url",
+            &url,
+            "--http2",
+            "--streams",
+            "4",
+            "--connections",
+            "2",
+            "--rate",
+            "400",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+        ]);
+        assert_clean_h2_run(code, &stdout, &j, 4);
+
+        let (code, stdout, j) = run_json(&[
+            "--url",
+            &url,
+            "--http2",
+            "--streams",
+            "2",
+            "--connections",
+            "1",
+            "--rate",
+            "40",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--method",
+            "POST",
+            "--body-bytes",
+            "100000",
+        ]);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(j["status_codes"]["200"].as_f64(), Some(40.0), "{stdout}");
+        assert_eq!(errors_total(&j), 0, "{stdout}");
+
+        let ca = temp_path("h2-relay-ca.pem");
+        let relay = Server::start(&[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--h2",
+            "--tls",
+            "--cert-out",
+            ca.to_str().unwrap(),
+        ]);
+        let url = format!("https://localhost:{}/", relay.addr.port());
+        let (code, stdout, j) = run_json(&[
+            "--url",
+            &url,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--http2",
+            "--streams",
+            "4",
+            "--connections",
+            "2",
+            "--rate",
+            "400",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+        ]);
+        assert_clean_h2_run(code, &stdout, &j, 4);
+        assert_eq!(j["tls_negotiated"][0]["alpn"].as_str(), Some("h2"), "{stdout}");
+        let _ = std::fs::remove_file(&ca);
+    }
+
     /// h2c (prior knowledge) against `loadgen upstream` at a modest fixed rate, one stream per
     /// connection and then 10 streams on each of 3 connections.
     #[test]

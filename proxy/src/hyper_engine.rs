@@ -104,6 +104,11 @@ async fn handle(
     let via = HeaderValue::from_bytes(&snap.via).unwrap_or(HeaderValue::from_static("1.1 fastproxy"));
     headers.append(header::VIA, via.clone());
 
+    if group.tls.is_some() {
+        // The baseline engine speaks cleartext only; a reload may have added a TLS group (start
+        // refuses one): never send its requests in cleartext.
+        return Ok(error(ProxyError::UpstreamTls));
+    }
     worker.begin(server.id);
     let result = tokio::time::timeout(group.response_header_timeout, client.request(req)).await;
     worker.end(server.id);

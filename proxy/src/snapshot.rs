@@ -145,6 +145,17 @@ pub struct UpstreamGroup {
     /// Idle connections kept per worker per server.
     pub idle_pool_size: usize,
     pub idle_timeout: Duration,
+    /// `tls = true`: connections to the servers speak TLS (`None`: cleartext).
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How a group's connections speak TLS: the client config (roots or CA file, client certificate,
+/// the session cache reconnects resume from) and the name the servers are verified as (sent as
+/// SNI when a DNS name; `None`: each server's IP address).
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 /// Defaults for the upstream-group keys a config may leave out.

@@ -262,3 +262,44 @@ fn idle_pool_size_caps_the_connections_kept_per_server() {
     thread::sleep(Duration::from_millis(100));
     assert_eq!((0..3).filter(|&i| up.is_closed(i)).count(), 2, "the one kept connection was closed too");
 }
+
+/// Two routes to two upstreams on one client connection; `first` answers route `/a`.
+fn two_upstreams(first: Upstream) -> (Upstream, Upstream, Proxy) {
+    let second = Upstream::start(|_| Reply::Send(ok(b"real")));
+    let config = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n\
+         [[routes]]\npath_prefix = \"/a\"\nupstream = \"a\"\n\n[[routes]]\npath_prefix = \"/b\"\nupstream = \"b\"\n\n\
+         [upstreams.a]\nservers = [\"{}\"]\n\n[upstreams.b]\nservers = [\"{}\"]\n",
+        first.addr, second.addr
+    );
+    let proxy = Proxy::start(&config);
+    (first, second, proxy)
+}
+
+/// Bytes an upstream sends past its response (here a whole second response nobody asked for)
+/// belong to that upstream connection, which is then not reused: they must never be read as the
+/// answer to the client's next request, which goes to another upstream.
+#[test]
+fn bytes_an_upstream_sends_past_its_response_never_answer_the_next_request() {
+    let extra = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged".to_vec();
+    let (_a, b, proxy) = two_upstreams(Upstream::start(move |_| Reply::SendClose(extra.clone())));
+    let mut c = proxy.connect();
+    let r = c.roundtrip(b"GET /a HTTP/1.1\r\nHost: t.test\r\n\r\n");
+    assert_eq!((r.status, &r.body[..]), (200, &b"a"[..]), "{}", show(&r.raw));
+    let r = c.roundtrip(b"GET /b HTTP/1.1\r\nHost: t.test\r\n\r\n");
+    assert_eq!((r.status, &r.body[..]), (200, &b"real"[..]), "the second answer is upstream b's: {}", show(&r.raw));
+    assert!(b.wait_requests(1, Duration::from_secs(2)));
+}
+
+/// The same after a response head that does not parse (a 502, the client connection kept): what
+/// the bad upstream sent is dropped with its connection.
+#[test]
+fn an_invalid_upstream_response_leaves_nothing_for_the_next_request() {
+    let (_a, b, proxy) = two_upstreams(Upstream::start(|_| Reply::SendClose(b"\x15\x03\x03\x00\x02\x02\x46garbage".to_vec())));
+    let mut c = proxy.connect();
+    let r = c.roundtrip(b"GET /a HTTP/1.1\r\nHost: t.test\r\n\r\n");
+    assert_eq!(r.status, 502, "{}", show(&r.raw));
+    let r = c.roundtrip(b"GET /b HTTP/1.1\r\nHost: t.test\r\n\r\n");
+    assert_eq!((r.status, &r.body[..]), (200, &b"real"[..]), "{}", show(&r.raw));
+    assert!(b.wait_requests(1, Duration::from_secs(2)));
+}

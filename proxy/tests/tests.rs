@@ -12,6 +12,7 @@
 //! - `faults`: broken, slow and dying upstreams; slow clients.
 //! - `keepalive`: connection reuse on both sides, pipelining, closing rules.
 //! - `cli`: `proxy check` messages.
+//! - `tls`, `tls_adversarial`: TLS termination; `tls_upstream`: TLS to the upstream (`tls = true`).
 #![allow(clippy::unwrap_used)] // reason: tests fail loudly on unexpected states; that is the point
 
 mod support;
@@ -24,3 +25,4 @@ mod routing;
 mod semantics;
 mod tls;
 mod tls_adversarial;
+mod tls_upstream;

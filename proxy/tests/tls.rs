@@ -556,3 +556,66 @@ fn the_tls_example_is_valid_once_its_commented_commands_made_its_files() {
     assert_eq!(std::fs::read_to_string(dir.join("certs/ticket.keys")).unwrap().lines().count(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Certificates reloaded ten times while four clients keep making TLS connections (a handshake
+/// each, full or resumed, then five requests): not one request or handshake fails, and new
+/// connections end up with the last certificate.
+#[test]
+fn certificate_reloads_under_load_fail_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let mut leaf = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy = tls_proxy(&dir, &up, &[cert_entry(&leaf)], "");
+    let config = Arc::new(pki.client());
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, served, failures, config, addr) =
+                (Arc::clone(&stop), Arc::clone(&served), Arc::clone(&failures), Arc::clone(&config), proxy.addr);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let mut c = match tls_connect(addr, Some("localhost"), &config) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            failures.lock().unwrap().push(format!("handshake: {e}"));
+                            continue;
+                        }
+                    };
+                    for _ in 0..5 {
+                        match c
+                            .try_send(b"GET /load HTTP/1.1\r\nHost: test.local\r\n\r\n")
+                            .map_err(|e| e.to_string())
+                            .and_then(|()| c.read_response())
+                        {
+                            Ok(r) if r.status == 200 => {
+                                served.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok(r) => failures.lock().unwrap().push(format!("status {}", r.status)),
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(150));
+        leaf = pki.leaf("site", &["localhost"]);
+        let (status, body) = proxy.admin("POST", "/reload", "");
+        assert_eq!(status, 200, "{body}");
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "{} failures, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(served.load(Ordering::SeqCst) >= 100, "only {} requests served", served.load(Ordering::SeqCst));
+    let fresh = tls_connect(proxy.addr, Some("localhost"), &Arc::new(pki.client())).unwrap();
+    assert_eq!(peer_leaf(&fresh).unwrap(), leaf.der, "new connections get the last certificate");
+}

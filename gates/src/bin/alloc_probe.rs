@@ -141,6 +141,10 @@ struct Shape {
     per: PerExchange,
     /// The client speaks TLS to the proxy (the proxy to the origin: cleartext).
     tls: Tls,
+    /// The proxy's upstream group speaks TLS 1.3 (`tls = true`, verified) to a second proxy in
+    /// this process that terminates it in front of the origin: both TLS ends are the proxy's, so
+    /// every allocation counted is one of the two proxies'.
+    upstream_tls: bool,
     /// Defaults for a manual run (the gate passes the contract's figures).
     requests: u64,
     warmup: u64,
@@ -174,6 +178,7 @@ const KEEPALIVE_GET: Shape = Shape {
     direct: Direct::Path(OK_LEN),
     per: WARM,
     tls: Tls::Off,
+    upstream_tls: false,
     requests: 10_000,
     warmup: 1_000,
 };
@@ -216,6 +221,15 @@ const SHAPES: &[Shape] = &[
         direct: TLS_DIRECT,
         requests: 500,
         warmup: 50,
+        ..KEEPALIVE_GET
+    },
+    Shape {
+        name: "tls-upstream",
+        what: "keep-alive GET from a cleartext client; the proxy's upstream group speaks TLS 1.3 (tls = true, verified against the certificate) to a second in-process proxy that terminates TLS in front of the origin",
+        upstream_tls: true,
+        direct: Direct::None(
+            "the hop to the origin is a second proxy terminating TLS (its own rows gate it at 0): any allocation counted is one of the two proxies'",
+        ),
         ..KEEPALIVE_GET
     },
     Shape {
@@ -640,7 +654,23 @@ fn run_shape(s: &Shape, a: &Args) -> Result<Value, ProbeError> {
         }
     };
     let tls_files = pki.as_ref().map(|(c, k, _)| (c.as_path(), k.as_path()));
-    let running = harness::start_proxy_tls(upstream, a.engine, &s.setup, tls_files).map_err(ProbeError::Proxy)?;
+    // With `upstream_tls`: a second proxy terminating TLS in front of the origin, and the
+    // measured proxy's group speaking TLS to it, verified against its certificate.
+    let (terminator, upstream, setup) = if s.upstream_tls {
+        let dir = std::env::temp_dir().join(format!("gates-alloc-upstream-tls-{}", std::process::id()));
+        let (cert, key, _) = gates::tlsclient::make_pki(&dir, true).map_err(ProbeError::Proxy)?;
+        let terminator = harness::start_proxy_tls(upstream, a.engine, &NO_SETUP, Some((&cert, &key))).map_err(ProbeError::Proxy)?;
+        let to = terminator.addrs[0];
+        // Leaked once: the probe is one short process, and the setup's lines are `&'static`.
+        let lines: &'static str = Box::leak(
+            format!("tls = true\ntls_server_name = \"{}\"\ntls_ca = \"{}\"\n", gates::tlsclient::SERVER_NAME, cert.display())
+                .into_boxed_str(),
+        );
+        (Some(terminator), to, ProxySetup { upstream: lines, ..s.setup })
+    } else {
+        (None, upstream, s.setup)
+    };
+    let running = harness::start_proxy_tls(upstream, a.engine, &setup, tls_files).map_err(ProbeError::Proxy)?;
     let mut via = match &pki {
         None => Client::new(running.addrs[0]),
         Some((_, _, config)) => Client::new_tls(running.addrs[0], std::sync::Arc::clone(config)),
@@ -648,6 +678,9 @@ fn run_shape(s: &Shape, a: &Args) -> Result<Value, ProbeError> {
     let proxied = measure(&mut via, &traffic(s.expect, s.client_closes), origin.as_ref(), Some(&running), warmup, n);
     drop(via);
     running.stop();
+    if let Some(t) = terminator {
+        t.stop();
+    }
     let proxied = proxied?;
 
     // What the origin saw must be exactly the shape's exchanges.
@@ -678,6 +711,7 @@ fn run_shape(s: &Shape, a: &Args) -> Result<Value, ProbeError> {
         "body_bytes": a.body_bytes,
         "status": s.expect.status,
         "tls": match s.tls { Tls::Off => "off", Tls::V13 => "1.3", Tls::V12 => "1.2" },
+        "upstream_tls": s.upstream_tls,
         "responses_checked": proxied.checked,
         "allocs_per_request": proxied.blocks as f64 / nf,
         "bytes_per_request": proxied.bytes as f64 / nf,

@@ -8,6 +8,7 @@
 
 mod raw;
 mod tls;
+mod upstream_tls;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -110,13 +111,22 @@ impl fmt::Display for Where<'_> {
 /// counters indexed by id survive a reload for servers that stay.
 #[derive(Debug, Default)]
 pub struct ServerIds {
-    ids: HashMap<SocketAddr, usize>,
+    /// Keyed by address and how the connection speaks: a cleartext and a TLS group (or two TLS
+    /// groups verifying different names, with different CAs or client certificates) may name the
+    /// same address, and the pool must never hand one's connection to the other.
+    ids: HashMap<(SocketAddr, Box<str>), usize>,
 }
 
 impl ServerIds {
+    /// The id of a cleartext server.
     pub fn id(&mut self, addr: SocketAddr) -> usize {
+        self.id_for(addr, "")
+    }
+
+    /// The id of a server reached as `transport` says ("" for cleartext).
+    pub fn id_for(&mut self, addr: SocketAddr, transport: &str) -> usize {
         let next = self.ids.len();
-        *self.ids.entry(addr).or_insert(next)
+        *self.ids.entry((addr, transport.into())).or_insert(next)
     }
 }
 
@@ -381,13 +391,23 @@ impl Compiler<'_> {
         if g.servers.is_empty() {
             return self.err(None, format!("{key}.servers"), "at least one server is required".into());
         }
+        let tls = self.upstream_tls(g, &key)?;
+        // How the group's connections speak, as far as the pool must tell them apart.
+        let transport = match &tls {
+            None => String::new(),
+            Some(_) => {
+                let s = |v: &Option<Spanned<String>>| v.as_ref().map(|x| x.get_ref().clone()).unwrap_or_default();
+                let insecure = g.tls_insecure_skip_verify.as_ref().is_some_and(|v| *v.get_ref());
+                format!("tls|{}|{}|{}|{}|{insecure}", s(&g.tls_server_name), s(&g.tls_ca), s(&g.tls_client_cert), s(&g.tls_client_key))
+            }
+        };
         let mut servers = Vec::with_capacity(g.servers.len());
         for (i, s) in g.servers.iter().enumerate() {
             let addr = self.socket_addr(s, format!("{key}.servers[{i}]"))?;
             if addr.port() == 0 {
                 return self.err(Some(s.span()), format!("{key}.servers[{i}]"), "port 0 is not a server address".into());
             }
-            servers.push(Server { addr, id: self.ids.id(addr) });
+            servers.push(Server { addr, id: self.ids.id_for(addr, &transport) });
         }
         let balance = match g.balance.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
             None | Some(("round_robin", _)) => Balance::RoundRobin,
@@ -418,6 +438,7 @@ impl Compiler<'_> {
                 1 << 16,
             )? as usize,
             idle_timeout: self.duration(g.idle_timeout.as_ref(), &format!("{key}.idle_timeout"), d.idle_timeout)?,
+            tls,
         })
     }
 

@@ -98,6 +98,13 @@ pub struct Upstream {
     pub response_header_timeout: Option<Spanned<String>>,
     pub idle_pool_size: Option<Spanned<i64>>,
     pub idle_timeout: Option<Spanned<String>>,
+    /// TLS to the servers (see config/upstream_tls.rs).
+    pub tls: Option<Spanned<bool>>,
+    pub tls_server_name: Option<Spanned<String>>,
+    pub tls_ca: Option<Spanned<String>>,
+    pub tls_client_cert: Option<Spanned<String>>,
+    pub tls_client_key: Option<Spanned<String>>,
+    pub tls_insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -111,12 +111,12 @@ impl Compiler<'_> {
         Ok(TlsListener { config: Arc::new(config), handshake_timeout })
     }
 
-    fn fail(&self, key: String, message: String) -> ConfigError {
+    pub(super) fn fail(&self, key: String, message: String) -> ConfigError {
         ConfigError { file: self.path.to_path_buf(), line: None, key: Some(key), message }
     }
 
     /// A file path from the config, relative to the config file's directory.
-    fn config_relative(&self, p: &str) -> PathBuf {
+    pub(super) fn config_relative(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
             return p.to_path_buf();
@@ -129,7 +129,7 @@ impl Compiler<'_> {
 
     /// Loads one `{ cert, key }` pair: the chain, the key, that they match, and the names the
     /// leaf certificate is valid for (lower-case).
-    fn certified_key(&self, c: &raw::Certificate, key: &str) -> Result<(CertifiedKey, Vec<String>), ConfigError> {
+    pub(super) fn certified_key(&self, c: &raw::Certificate, key: &str) -> Result<(CertifiedKey, Vec<String>), ConfigError> {
         let cert_path = self.config_relative(c.cert.get_ref());
         let key_path = self.config_relative(c.key.get_ref());
         let bad = |span: std::ops::Range<usize>, k: &str, path: &Path, why: String| ConfigError {
@@ -263,11 +263,27 @@ impl Compiler<'_> {
             }
             return Ok(None);
         };
-        let path = self.config_relative(ca.get_ref());
+        let roots = self.ca_file(ca, &format!("{key}.client_ca"))?;
         let bad = |why: String| ConfigError {
             file: self.path.to_path_buf(),
             line: Some(super::line_of(self.text, ca.span().start)),
             key: Some(format!("{key}.client_ca")),
+            message: why,
+        };
+        let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider));
+        if !required {
+            builder = builder.allow_unauthenticated();
+        }
+        builder.build().map(Some).map_err(|e| bad(format!("{e}")))
+    }
+
+    /// The CA certificates of a PEM file (`client_ca`, an upstream's `tls_ca`), each checked.
+    pub(super) fn ca_file(&self, ca: &toml::Spanned<String>, key: &str) -> Result<rustls::RootCertStore, ConfigError> {
+        let path = self.config_relative(ca.get_ref());
+        let bad = |why: String| ConfigError {
+            file: self.path.to_path_buf(),
+            line: Some(super::line_of(self.text, ca.span().start)),
+            key: Some(key.to_string()),
             message: format!("{}: {why}", path.display()),
         };
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
@@ -281,11 +297,7 @@ impl Compiler<'_> {
         for (i, c) in certs.into_iter().enumerate() {
             roots.add(c).map_err(|e| bad(format!("certificate {} is not a usable CA certificate ({e})", i + 1)))?;
         }
-        let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider));
-        if !required {
-            builder = builder.allow_unauthenticated();
-        }
-        builder.build().map(Some).map_err(|e| bad(format!("{e}")))
+        Ok(roots)
     }
 
     /// `ticket_keys`: the session-ticket keys from a file (see [`FileTicketer`]).

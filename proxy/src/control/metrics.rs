@@ -125,6 +125,15 @@ pub fn render(shared: &Shared, p: &ProcessValues) -> String {
         let _ = writeln!(out, "proxy_tls_failures_total{{kind=\"{name}\"}} {}", t.tls_failures[k]);
     }
 
+    header(
+        &mut out,
+        "proxy_upstream_tls_handshakes_total",
+        "counter",
+        "TLS handshakes with upstream servers (groups with tls = true), by kind (full or resumed from the session cache). A failed one is counted in proxy_errors_total{kind=\"upstream_tls\"}.",
+    );
+    let _ = writeln!(out, "proxy_upstream_tls_handshakes_total{{kind=\"full\"}} {}", t.upstream_tls_full);
+    let _ = writeln!(out, "proxy_upstream_tls_handshakes_total{{kind=\"resumed\"}} {}", t.upstream_tls_resumed);
+
     header(&mut out, "proxy_errors_total", "counter", "Failed requests by kind.");
     for (k, (_, name)) in ERROR_KINDS.iter().enumerate() {
         let _ = writeln!(out, "proxy_errors_total{{kind=\"{name}\"}} {}", t.errors[k]);

@@ -34,7 +34,9 @@ pub enum Engine {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("the hyper baseline engine serves cleartext HTTP/1.1 only: remove [listeners.tls] or use the native engine")]
+    #[error(
+        "the hyper baseline engine speaks cleartext HTTP/1.1 only: remove [listeners.tls] and tls = true in upstream groups, or use the native engine"
+    )]
     HyperTls,
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
@@ -136,7 +138,9 @@ pub fn start(config: Config, workers: usize, engine: Engine) -> Result<Running, 
 /// [`start`], with the access log's channel when it is on.
 pub fn start_with(config: Config, workers: usize, engine: Engine, access_log: Option<AccessLog>) -> Result<Running, StartError> {
     let workers = if workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { workers };
-    if engine == Engine::Hyper && config.snapshot.listeners.iter().any(|l| l.tls.is_some()) {
+    if engine == Engine::Hyper
+        && (config.snapshot.listeners.iter().any(|l| l.tls.is_some()) || config.snapshot.groups.iter().any(|g| g.tls.is_some()))
+    {
         return Err(StartError::HyperTls);
     }
     let (per_worker, addrs) = bind_all(&config.listeners, workers)?;

@@ -20,6 +20,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("upstream connection refused or unreachable")]
     UpstreamConnect,
+    #[error("upstream TLS handshake failed (verification, protocol or timeout)")]
+    UpstreamTls,
     #[error("upstream connect timed out")]
     ConnectTimeout,
     #[error("upstream response head not received in time")]
@@ -48,7 +50,9 @@ impl ProxyError {
             Self::BodyTooLarge => b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             Self::RequestTimeout => b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             Self::NoRoute => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
-            Self::UpstreamConnect | Self::BadResponse | Self::UpstreamClosed => b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+            Self::UpstreamConnect | Self::UpstreamTls | Self::BadResponse | Self::UpstreamClosed => {
+                b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n"
+            }
             Self::ConnectTimeout | Self::ResponseTimeout => b"HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 0\r\n\r\n",
             Self::ExpectationFailed => b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             Self::UpstreamBroken | Self::ClientGone => return None,
@@ -60,7 +64,13 @@ impl ProxyError {
     pub fn keeps_client(self) -> bool {
         matches!(
             self,
-            Self::NoRoute | Self::UpstreamConnect | Self::BadResponse | Self::UpstreamClosed | Self::ConnectTimeout | Self::ResponseTimeout
+            Self::NoRoute
+                | Self::UpstreamConnect
+                | Self::UpstreamTls
+                | Self::BadResponse
+                | Self::UpstreamClosed
+                | Self::ConnectTimeout
+                | Self::ResponseTimeout
         )
     }
 
@@ -73,7 +83,7 @@ impl ProxyError {
             Self::BodyTooLarge => 413,
             Self::RequestTimeout => 408,
             Self::NoRoute => 404,
-            Self::UpstreamConnect | Self::BadResponse | Self::UpstreamClosed | Self::UpstreamBroken => 502,
+            Self::UpstreamConnect | Self::UpstreamTls | Self::BadResponse | Self::UpstreamClosed | Self::UpstreamBroken => 502,
             Self::ConnectTimeout | Self::ResponseTimeout => 504,
             Self::ExpectationFailed => 417,
             Self::ClientGone => 499,

@@ -29,7 +29,7 @@ pub const LATENCY_BOUNDS_US: [u64; 14] =
 const BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
 
 /// Every [`ProxyError`], in the order of [`error_index`], with its metric label.
-pub const ERROR_KINDS: [(ProxyError, &str); 14] = [
+pub const ERROR_KINDS: [(ProxyError, &str); 15] = [
     (ProxyError::BadRequest, "bad_request"),
     (ProxyError::UriTooLong, "uri_too_long"),
     (ProxyError::HeadersTooLarge, "headers_too_large"),
@@ -44,6 +44,7 @@ pub const ERROR_KINDS: [(ProxyError, &str); 14] = [
     (ProxyError::UpstreamBroken, "upstream_broken"),
     (ProxyError::ClientGone, "client_gone"),
     (ProxyError::ExpectationFailed, "expectation_failed"),
+    (ProxyError::UpstreamTls, "upstream_tls"),
 ];
 
 /// Why a TLS connection failed: in its handshake, or in a record after it.
@@ -94,6 +95,7 @@ fn error_index(e: ProxyError) -> usize {
         ProxyError::UpstreamBroken => 11,
         ProxyError::ClientGone => 12,
         ProxyError::ExpectationFailed => 13,
+        ProxyError::UpstreamTls => 14,
     }
 }
 
@@ -118,6 +120,9 @@ pub struct WorkerMetrics {
     tls_full: AtomicU64,
     tls_resumed: AtomicU64,
     tls_failures: [AtomicU64; TLS_FAILURES.len()],
+    /// TLS handshakes with upstream servers, full and resumed.
+    upstream_tls_full: AtomicU64,
+    upstream_tls_resumed: AtomicU64,
 }
 
 /// Adds `n` to a counter this thread alone writes: a plain load and store, no locked RMW.
@@ -144,6 +149,8 @@ impl Default for WorkerMetrics {
             tls_full: AtomicU64::new(0),
             tls_resumed: AtomicU64::new(0),
             tls_failures: std::array::from_fn(|_| AtomicU64::new(0)),
+            upstream_tls_full: AtomicU64::new(0),
+            upstream_tls_resumed: AtomicU64::new(0),
         }
     }
 }
@@ -153,6 +160,12 @@ impl WorkerMetrics {
     #[inline]
     pub fn tls_handshake(&self, resumed: bool) {
         add(if resumed { &self.tls_resumed } else { &self.tls_full }, 1);
+    }
+
+    /// A TLS handshake with an upstream server completed (per upstream connection).
+    #[inline]
+    pub fn upstream_tls_handshake(&self, resumed: bool) {
+        add(if resumed { &self.upstream_tls_resumed } else { &self.upstream_tls_full }, 1);
     }
 
     /// A TLS connection failed (per connection).
@@ -252,6 +265,8 @@ impl WorkerMetrics {
         for (k, v) in self.tls_failures.iter().enumerate() {
             into.tls_failures[k] += v.load(Relaxed);
         }
+        into.upstream_tls_full += self.upstream_tls_full.load(Relaxed);
+        into.upstream_tls_resumed += self.upstream_tls_resumed.load(Relaxed);
     }
 }
 
@@ -273,6 +288,8 @@ pub struct Totals {
     pub tls_full: u64,
     pub tls_resumed: u64,
     pub tls_failures: [u64; TLS_FAILURES.len()],
+    pub upstream_tls_full: u64,
+    pub upstream_tls_resumed: u64,
 }
 
 impl Default for Totals {
@@ -293,6 +310,8 @@ impl Default for Totals {
             tls_full: 0,
             tls_resumed: 0,
             tls_failures: [0; TLS_FAILURES.len()],
+            upstream_tls_full: 0,
+            upstream_tls_resumed: 0,
         }
     }
 }

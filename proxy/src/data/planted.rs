@@ -21,7 +21,8 @@
 //!
 //! `SITE` is where it fires: `request` (default: the start of every proxied exchange),
 //! `chunked` (a response relayed with chunked framing), `error` (an error response sent by the
-//! proxy). `/EVERY` fires it on one request in `EVERY` at that site. Unknown text aborts the
+//! proxy), `tls-record` (a TLS record sealed, either side), `handshake` (a TLS listener's
+//! handshake completed), `upstream-tls` (bytes written to an upstream TLS connection). `/EVERY` fires it on one request in `EVERY` at that site. Unknown text aborts the
 //! process at the first request with a message: a planted run that plants nothing would prove
 //! nothing.
 //!
@@ -39,8 +40,10 @@ pub enum Site {
     Error,
     /// A TLS record sealed (data::tls: every response record).
     TlsRecord,
-    /// A TLS handshake completed.
+    /// A TLS handshake completed (on a TLS listener).
     Handshake,
+    /// Bytes written to an upstream TLS connection (a group with `tls = true`).
+    UpstreamTls,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +96,8 @@ fn parse_one(item: &str) -> Result<Plant, String> {
         "error" => Site::Error,
         "tls-record" => Site::TlsRecord,
         "handshake" => Site::Handshake,
-        other => return Err(format!("{item:?}: unknown site {other:?} (request, chunked, error, tls-record, handshake)")),
+        "upstream-tls" => Site::UpstreamTls,
+        other => return Err(format!("{item:?}: unknown site {other:?} (request, chunked, error, tls-record, handshake, upstream-tls)")),
     };
     let need = |v: Option<u64>| v.ok_or_else(|| format!("{item:?}: {kind} needs ':VALUE'"));
     let kind = match kind {

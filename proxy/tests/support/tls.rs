@@ -260,3 +260,150 @@ pub fn site_with(extra: &str, tables: &str) -> Site {
     let proxy = tls_proxy_with(&dir, &up, &[cert_entry(&leaf)], extra, tables);
     Site { pki, leaf, up, proxy }
 }
+
+/// What a [`TlsOrigin`] saw of one connection.
+#[derive(Debug, Clone, Default)]
+pub struct OriginConn {
+    /// The SNI the client sent.
+    pub sni: Option<String>,
+    pub resumed: bool,
+    /// The client presented a certificate (verified: the origin's config requires a valid one
+    /// when it asks).
+    pub client_cert: bool,
+    pub requests: usize,
+}
+
+/// A TLS origin (rustls server, blocking threads): HTTP/1.1 keep-alive; reads a request's
+/// `Content-Length` body; answers 200 with the body `sni=..;resumed=..;client_cert=..;conn=N;req=M;body=B`
+/// padded to `pad` bytes when the path is `/pad/<pad>`. Every connection is recorded.
+pub struct TlsOrigin {
+    pub addr: SocketAddr,
+    pub conns: Arc<std::sync::Mutex<Vec<OriginConn>>>,
+    /// Handshakes that failed on the origin's side.
+    pub failed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TlsOrigin {
+    /// Serves `leaf`; with `client_ca`, requires client certificates signed by `pki`'s CA.
+    pub fn start(pki: &Pki, leaf: &Leaf, require_client_cert: bool) -> TlsOrigin {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let chain = CertificateDer::pem_file_iter(&leaf.cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider)).with_safe_default_protocol_versions().unwrap();
+        let builder = if require_client_cert {
+            let mut roots = RootCertStore::empty();
+            roots.add(pki.ca_der()).unwrap();
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+            builder.with_client_cert_verifier(v)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_single_cert(chain, key).unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<std::sync::Mutex<Vec<OriginConn>>> = Arc::default();
+        let failed: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (c2, f2) = (Arc::clone(&conns), Arc::clone(&failed));
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                let (config, conns, failed) = (Arc::clone(&config), Arc::clone(&c2), Arc::clone(&f2));
+                std::thread::spawn(move || serve_origin_conn(tcp, config, conns, failed));
+            }
+        });
+        TlsOrigin { addr, conns, failed }
+    }
+
+    pub fn conns(&self) -> Vec<OriginConn> {
+        self.conns.lock().unwrap().clone()
+    }
+}
+
+fn serve_origin_conn(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    conns: Arc<std::sync::Mutex<Vec<OriginConn>>>,
+    failed: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut tls = StreamOwned::new(rustls::ServerConnection::new(config).unwrap(), tcp);
+    while tls.conn.is_handshaking() {
+        if tls.conn.complete_io(&mut tls.sock).is_err() {
+            failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return;
+        }
+    }
+    let info = OriginConn {
+        sni: tls.conn.server_name().map(str::to_string),
+        resumed: tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        client_cert: tls.conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+        requests: 0,
+    };
+    let index = {
+        let mut c = conns.lock().unwrap();
+        c.push(info.clone());
+        c.len() - 1
+    };
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        // One request head, then its Content-Length body.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match tls.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            match tls.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + length);
+        let req = {
+            let mut c = conns.lock().unwrap();
+            c[index].requests += 1;
+            c[index].requests
+        };
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let mut body = format!(
+            "sni={};resumed={};client_cert={};conn={index};req={req};body={length}",
+            info.sni.as_deref().unwrap_or("-"),
+            info.resumed,
+            info.client_cert
+        )
+        .into_bytes();
+        if let Some(pad) = path.strip_prefix("/pad/").and_then(|p| p.parse::<usize>().ok()) {
+            body.resize(pad.max(body.len()), b'x');
+        }
+        let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        out.extend_from_slice(&body);
+        if tls.write_all(&out).and_then(|()| tls.flush()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A proxy with a cleartext listener in front of `origin` over TLS, with `group` lines in the
+/// upstream group (after `tls = true`, unless `group` sets `tls` itself).
+pub fn proxy_to_tls_origin(dir: &Path, origin: SocketAddr, group: &str) -> Proxy {
+    let config = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"u\"\n\n[upstreams.u]\nservers = [\"{origin}\"]\n{group}\n"
+    );
+    Proxy::start_in(dir, &config, 1)
+}

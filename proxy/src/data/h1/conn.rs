@@ -490,6 +490,10 @@ impl<S: ClientIo> Active<'_, S> {
         // Replaying is safe when every request byte is still in `out` and the method allows it.
         let replayable = body_done && (self.s.req.idempotent || body.is_none());
 
+        // What the last exchange's upstream left in the buffer (bytes past its response, or a
+        // response that did not parse) went with that connection: it must never be read as this
+        // request's answer.
+        self.s.up.clear();
         let server = self.worker.pick(route.group, group);
         let worker = Rc::clone(&self.worker);
         let _in_flight = InFlight::new(&worker, server.id);

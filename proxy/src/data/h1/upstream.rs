@@ -26,6 +26,7 @@ use crate::data::h1::head::{Framing, Parsed};
 use crate::data::h1::rewrite::{self, ClientConn, HeadFor};
 use crate::data::io::ClientIo;
 use crate::data::upstream::pool::UpstreamConn;
+use crate::data::upstream::stream::UpstreamStream;
 use crate::snapshot::{Limits, Snapshot, UpstreamGroup};
 
 /// Why sending a request over one upstream connection failed.
@@ -41,6 +42,13 @@ impl From<ProxyError> for SendError {
     }
 }
 
+/// Writes all of `bytes` to the upstream and flushes (over TLS the last record may wait in the
+/// stream until flushed; on a plain socket the flush is nothing).
+async fn send_all(stream: &mut UpstreamStream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
 impl<S: ClientIo> Active<'_, S> {
     /// Sends the request (head and body) and reads until a final response head is parsed in
     /// the upstream buffer; interim responses are relayed on the way.
@@ -53,8 +61,9 @@ impl<S: ClientIo> Active<'_, S> {
         deadline: u64,
     ) -> Result<(), SendError> {
         match write_now(&mut up.stream, &self.s.out) {
-            Ok(n) if n == self.s.out.len() => {}
-            Ok(n) => match self.worker.timers.within(self.timer_slot, deadline, up.stream.write_all(&self.s.out[n..])).await {
+            // Over TLS the last record may still wait for the socket: `try_flush` says.
+            Ok(n) if n == self.s.out.len() && matches!(up.stream.try_flush(), Ok(true)) => {}
+            Ok(n) => match self.worker.timers.within(self.timer_slot, deadline, send_all(&mut up.stream, &self.s.out[n..])).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(SendError::Stale),
                 Err(_) => return Err(ProxyError::ResponseTimeout.into()),
@@ -119,7 +128,7 @@ impl<S: ClientIo> Active<'_, S> {
             let avail = self.s.buf.filled();
             let mut done = false;
             let n = body.take(avail, &mut done)?;
-            if up.stream.write_all(&avail[..n]).await.is_err() {
+            if send_all(&mut up.stream, &avail[..n]).await.is_err() {
                 return Err(ProxyError::UpstreamClosed.into());
             }
             self.s.buf.consume(n);
@@ -251,7 +260,7 @@ impl<S: ClientIo> Active<'_, S> {
         progress.responded = true;
         self.write_client_out(snap.limits.client_idle_timeout).await?;
         if !self.s.buf.is_empty() {
-            if up.stream.write_all(self.s.buf.filled()).await.is_err() {
+            if send_all(&mut up.stream, self.s.buf.filled()).await.is_err() {
                 return Ok(false);
             }
             self.s.buf.clear();

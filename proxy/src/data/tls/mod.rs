@@ -1,8 +1,10 @@
-//! TLS termination: the handshake (rustls, unbuffered API, in the worker's pooled buffers) and
-//! the stream the protocols then speak over ([`TlsStream`], a [`ClientIo`]). Hot path.
+//! TLS on both sides: the handshake (rustls, unbuffered API, in the worker's pooled buffers) and
+//! the stream then spoken over ([`TlsStream`], a [`ClientIo`]). Hot path.
 //!
-//! Sits below a protocol: the accept loop completes the handshake here and hands the stream to
-//! the protocol ALPN chose. After the handshake the records are sealed and opened by
+//! Sits below a protocol: the accept loop completes a server handshake here ([`accept`]) and
+//! hands the stream to the protocol ALPN chose; the upstream side opens client connections here
+//! ([`connect`]) for groups with `tls = true`. The two sides differ only in the handshake and in
+//! what may follow it ([`Side`]): a client keeps the session tickets a server sends. After the handshake the records are sealed and opened by
 //! [`record`] in the connection's own buffers, so a request over a warm TLS connection allocates
 //! nothing (rustls alone allocates per record). The buffers are the worker's ([`pool`]): a
 //! connection holds a record buffer only while bytes wait in it, so an idle TLS connection keeps
@@ -18,10 +20,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
+use rustls::pki_types::ServerName;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
-use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
-use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedConnectionCommon, UnbufferedStatus};
+use rustls::{ClientConfig, ExtractedSecrets, HandshakeKind, ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -38,15 +42,45 @@ const MAX_RECORDS_WITHOUT_DATA: u8 = 32;
 /// once per connection (what it allocates is rustls's and is counted per handshake by the alloc
 /// gate, not per request).
 pub async fn accept(worker: &Rc<Worker>, tcp: TcpStream, config: Arc<ServerConfig>, timeout: Duration) -> Result<TlsStream, TlsFailure> {
+    let conn = UnbufferedServerConnection::new(config).map_err(|_| TlsFailure::Handshake)?;
+    let stream = establish::<ServerConnectionData>(Some(Rc::clone(worker)), tcp, conn, timeout).await?;
+    worker.metrics().tls_handshake(stream.resumed);
+    #[cfg(feature = "planted")]
+    crate::data::planted::at(crate::data::planted::Site::Handshake, 0);
+    Ok(stream)
+}
+
+/// Completes the client side of a handshake with an upstream server on `tcp` within `timeout`,
+/// verifying it as `config` says under `name` (also the SNI sent, when a DNS name). Off the
+/// request path: once per upstream connection, which the worker's pool then reuses; a reconnect
+/// resumes with a ticket from `config`'s session store. Record errors on an upstream connection
+/// are not counted in the listener metrics: the exchange fails with a 502, counted there.
+pub async fn connect(
+    tcp: TcpStream,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    timeout: Duration,
+) -> Result<TlsStream<ClientConnectionData>, TlsFailure> {
+    let conn = UnbufferedClientConnection::new(config, name).map_err(|_| TlsFailure::Handshake)?;
+    establish::<ClientConnectionData>(None, tcp, conn, timeout).await
+}
+
+/// The handshake within `timeout` in pooled buffers, then the stream.
+async fn establish<S: Side>(
+    worker: Option<Rc<Worker>>,
+    tcp: TcpStream,
+    conn: S::Conn,
+    timeout: Duration,
+) -> Result<TlsStream<S>, TlsFailure> {
     let mut rbuf = pool::take_read();
     let mut wbuf = pool::take_write();
-    let result = match tokio::time::timeout(timeout, handshake(&tcp, config, &mut rbuf, &mut wbuf)).await {
+    let result = match tokio::time::timeout(timeout, handshake::<S>(&tcp, conn, &mut rbuf, &mut wbuf)).await {
         Ok(r) => r,
         Err(_) => Err(TlsFailure::Timeout),
     };
     match result {
         Ok((conn, early)) => {
-            let stream = TlsStream::new(Rc::clone(worker), tcp, conn, rbuf, early);
+            let stream = TlsStream::new(worker, tcp, conn, rbuf, early);
             pool::give_write(wbuf);
             stream
         }
@@ -58,15 +92,59 @@ pub async fn accept(worker: &Rc<Worker>, tcp: TcpStream, config: Arc<ServerConfi
     }
 }
 
+/// What differs between the server and the client side of a TLS connection.
+pub trait Side: Sized {
+    /// rustls's unbuffered connection of this side.
+    type Conn: std::ops::DerefMut<Target = UnbufferedConnectionCommon<Self>>;
+    /// The peer speaks first (a server waits for a ClientHello; a client sends one).
+    const WAITS_FOR_PEER: bool;
+
+    fn process<'c, 'i>(conn: &'c mut Self::Conn, input: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self>;
+
+    fn into_kernel(conn: Self::Conn) -> Result<(ExtractedSecrets, KernelConnection<Self>), rustls::Error>;
+
+    /// A NewSessionTicket after the handshake (`payload` without the message header): a client
+    /// keeps it for resumption (true); a server never expects one (false: the connection ends).
+    fn session_ticket(kernel: &mut KernelConnection<Self>, payload: &[u8]) -> bool;
+}
+
+impl Side for ServerConnectionData {
+    type Conn = UnbufferedServerConnection;
+    const WAITS_FOR_PEER: bool = true;
+
+    fn process<'c, 'i>(conn: &'c mut Self::Conn, input: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self> {
+        conn.process_tls_records(input)
+    }
+
+    fn into_kernel(conn: Self::Conn) -> Result<(ExtractedSecrets, KernelConnection<Self>), rustls::Error> {
+        conn.dangerous_into_kernel_connection()
+    }
+
+    fn session_ticket(_: &mut KernelConnection<Self>, _: &[u8]) -> bool {
+        false
+    }
+}
+
+impl Side for ClientConnectionData {
+    type Conn = UnbufferedClientConnection;
+    const WAITS_FOR_PEER: bool = false;
+
+    fn process<'c, 'i>(conn: &'c mut Self::Conn, input: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self> {
+        conn.process_tls_records(input)
+    }
+
+    fn into_kernel(conn: Self::Conn) -> Result<(ExtractedSecrets, KernelConnection<Self>), rustls::Error> {
+        conn.dangerous_into_kernel_connection()
+    }
+
+    fn session_ticket(kernel: &mut KernelConnection<Self>, payload: &[u8]) -> bool {
+        kernel.handle_new_session_ticket(payload).is_ok()
+    }
+}
+
 /// Drives rustls until it can send application data. Returns the connection and the
-/// application data that came with the client's last flight (usually none).
-async fn handshake(
-    tcp: &TcpStream,
-    config: Arc<ServerConfig>,
-    rbuf: &mut Buf,
-    wbuf: &mut Buf,
-) -> Result<(UnbufferedServerConnection, Vec<u8>), TlsFailure> {
-    let mut conn = UnbufferedServerConnection::new(config).map_err(|_| TlsFailure::Handshake)?;
+/// application data that came with the peer's last flight (usually none).
+async fn handshake<S: Side>(tcp: &TcpStream, mut conn: S::Conn, rbuf: &mut Buf, wbuf: &mut Buf) -> Result<(S::Conn, Vec<u8>), TlsFailure> {
     let mut early = Vec::new();
     let mut first = true;
     // rustls is handed whole records, one more each time it is blocked: it then never reads past
@@ -75,7 +153,7 @@ async fn handshake(
     // that depends on how the bytes happened to arrive).
     let mut given = 0;
     loop {
-        if first && !rbuf.is_empty() {
+        if S::WAITS_FOR_PEER && first && !rbuf.is_empty() {
             // Bytes that are not a TLS handshake record (plain HTTP on a TLS port): say so apart.
             if rbuf.filled()[0] != HANDSHAKE {
                 return Err(TlsFailure::NotTls);
@@ -85,7 +163,7 @@ async fn handshake(
         let Some(input) = rbuf.filled_mut().get_mut(..given) else {
             return Err(TlsFailure::Handshake);
         };
-        let UnbufferedStatus { discard, state } = conn.process_tls_records(input);
+        let UnbufferedStatus { discard, state } = S::process(&mut conn, input);
         let mut need_more = false;
         let mut transmit = false;
         match state {
@@ -93,7 +171,7 @@ async fn handshake(
                 // rustls queued an alert for the peer: send it, best effort, then fail.
                 rbuf.consume(discard);
                 given -= discard.min(given);
-                let _ = send_alert(&mut conn, tcp, rbuf, given, wbuf).await;
+                let _ = send_alert::<S>(&mut conn, tcp, rbuf, given, wbuf).await;
                 return Err(TlsFailure::Handshake);
             }
             Ok(ConnectionState::EncodeTlsData(mut e)) => match e.encode(wbuf.spare()) {
@@ -177,36 +255,20 @@ async fn next_record(tcp: &TcpStream, rbuf: &mut Buf, given: usize) -> Result<us
 /// rustls must be handed the same bytes it was given before, less what it said to discard: it
 /// may hold its place in a handshake message still in them (a TLS 1.3 client's Certificate and
 /// Finished in one record, the Certificate refused), and indexes out of range on an empty slice.
-async fn send_alert(
-    conn: &mut UnbufferedServerConnection,
-    tcp: &TcpStream,
-    rbuf: &mut Buf,
-    mut given: usize,
-    wbuf: &mut Buf,
-) -> Result<(), TlsFailure> {
+/// It is asked once only: the handshake loop encodes and sends everything rustls queues before it
+/// hands rustls more records, so the alert is all that is queued; a second call would deframe the
+/// same bad bytes again and queue a second fatal alert (a debug assertion in rustls: found by
+/// tls_adversarial's mutated hellos, whose connections a debug build dropped uncounted).
+async fn send_alert<S: Side>(conn: &mut S::Conn, tcp: &TcpStream, rbuf: &mut Buf, given: usize, wbuf: &mut Buf) -> Result<(), TlsFailure> {
     wbuf.clear();
-    for _ in 0..4 {
-        let Some(input) = rbuf.filled_mut().get_mut(..given) else { break };
-        let UnbufferedStatus { discard, state } = conn.process_tls_records(input);
-        let done = match state {
-            Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                if let Ok(n) = e.encode(wbuf.spare()) {
-                    wbuf.advance(n);
-                }
-                false
-            }
-            Ok(ConnectionState::TransmitTlsData(t)) => {
-                t.done();
-                false
-            }
-            _ => true,
-        };
-        rbuf.consume(discard);
-        given -= discard.min(given);
-        if done {
-            break;
-        }
+    let Some(input) = rbuf.filled_mut().get_mut(..given) else { return Ok(()) };
+    let UnbufferedStatus { discard, state } = S::process(conn, input);
+    if let Ok(ConnectionState::EncodeTlsData(mut e)) = state
+        && let Ok(n) = e.encode(wbuf.spare())
+    {
+        wbuf.advance(n);
     }
+    rbuf.consume(discard);
     write_all(tcp, wbuf).await
 }
 
@@ -225,14 +287,19 @@ async fn write_all(tcp: &TcpStream, wbuf: &mut Buf) -> Result<(), TlsFailure> {
 }
 
 /// A TLS connection after its handshake: a [`ClientIo`] whose reads decrypt and whose writes
-/// encrypt, record by record, in pooled buffers.
-pub struct TlsStream {
-    worker: Rc<Worker>,
+/// encrypt, record by record, in pooled buffers. A client connection's (`S` =
+/// [`ClientConnectionData`]) is an upstream connection.
+pub struct TlsStream<S: Side = ServerConnectionData> {
+    /// Where a record error is counted on drop: the listener's worker (none upstream).
+    worker: Option<Rc<Worker>>,
     tcp: TcpStream,
     rx: Keys,
     tx: Keys,
-    /// rustls's part after the handshake: new traffic secrets on a TLS 1.3 key update.
-    kernel: Box<KernelConnection<ServerConnectionData>>,
+    /// rustls's part after the handshake: new traffic secrets on a TLS 1.3 key update, and (on
+    /// the client side) the session tickets the server sends.
+    kernel: Box<KernelConnection<S>>,
+    /// The handshake resumed a session.
+    pub resumed: bool,
     /// Received ciphertext: a partial record, or the record whose plaintext is being read. Empty
     /// (no memory) while none waits.
     rbuf: Buf,
@@ -259,34 +326,26 @@ pub struct TlsStream {
     failed: Option<TlsFailure>,
 }
 
-impl std::fmt::Debug for TlsStream {
+impl<S: Side> std::fmt::Debug for TlsStream<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsStream").field("rx", &self.rx).field("tx", &self.tx).finish_non_exhaustive()
     }
 }
 
-impl TlsStream {
-    fn new(
-        worker: Rc<Worker>,
-        tcp: TcpStream,
-        conn: UnbufferedServerConnection,
-        rbuf: Buf,
-        early: Vec<u8>,
-    ) -> Result<TlsStream, TlsFailure> {
+impl<S: Side> TlsStream<S> {
+    fn new(worker: Option<Rc<Worker>>, tcp: TcpStream, conn: S::Conn, rbuf: Buf, early: Vec<u8>) -> Result<Self, TlsFailure> {
         let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
         let tls13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
-        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(|_| TlsFailure::Handshake)?;
+        let (secrets, kernel) = S::into_kernel(conn).map_err(|_| TlsFailure::Handshake)?;
         let rx = Keys::new(secrets.rx.0, &secrets.rx.1, tls13).map_err(|_| TlsFailure::Handshake)?;
         let tx = Keys::new(secrets.tx.0, &secrets.tx.1, tls13).map_err(|_| TlsFailure::Handshake)?;
-        worker.metrics().tls_handshake(resumed);
-        #[cfg(feature = "planted")]
-        crate::data::planted::at(crate::data::planted::Site::Handshake, 0);
         let mut s = TlsStream {
             worker,
             tcp,
             rx,
             tx,
             kernel: Box::new(kernel),
+            resumed,
             rbuf,
             plain: (0, 0, 0),
             wbuf: Buf::empty(),
@@ -382,17 +441,49 @@ impl TlsStream {
         Ok(())
     }
 
-    /// A handshake message after the handshake: TLS 1.3 KeyUpdate is applied; anything else (a TLS
-    /// 1.2 renegotiation, a message a server never expects) ends the connection.
+    /// The handshake messages of a record after the handshake: a TLS 1.3 KeyUpdate is applied, a
+    /// NewSessionTicket goes to the client side's session store; anything else (a TLS 1.2
+    /// renegotiation, a message this side never expects, one split across records) ends the
+    /// connection.
     #[cold]
     fn handshake_message(&mut self, a: usize, b: usize) -> io::Result<()> {
-        let msg = self.rbuf.filled().get(a..b).unwrap_or_default();
         let tls13 = self.rx.framing == record::Framing::Tls13;
-        // KeyUpdate: type 24, length 1, request_update 0 or 1 (RFC 8446 §4.6.3).
-        let request = match msg {
-            [24, 0, 0, 1, r @ (0 | 1)] if tls13 => *r == 1,
-            _ => return Err(self.fail(TlsFailure::Renegotiation)),
-        };
+        if a == b {
+            // An empty handshake record: not allowed (RFC 8446 §5.1), never a keep-alive.
+            return Err(self.fail(TlsFailure::Renegotiation));
+        }
+        let mut at = a;
+        while at < b {
+            let msg = self.rbuf.filled().get(at..b).unwrap_or_default();
+            let [typ, l0, l1, l2, ..] = *msg else {
+                return Err(self.fail(TlsFailure::Renegotiation));
+            };
+            let len = u32::from_be_bytes([0, l0, l1, l2]) as usize;
+            let Some(body) = msg.get(4..4 + len) else {
+                return Err(self.fail(TlsFailure::Renegotiation));
+            };
+            match (typ, body) {
+                // KeyUpdate: request_update 0 or 1 (RFC 8446 §4.6.3), the record's last message.
+                (24, [r @ (0 | 1)]) if tls13 && at + 5 == b => {
+                    let request = *r == 1;
+                    self.key_update(request)?;
+                }
+                // NewSessionTicket (RFC 8446 §4.6.1).
+                (4, _) if tls13 => {
+                    if !S::session_ticket(&mut self.kernel, body) {
+                        return Err(self.fail(TlsFailure::Renegotiation));
+                    }
+                }
+                _ => return Err(self.fail(TlsFailure::Renegotiation)),
+            }
+            at += 4 + len;
+        }
+        Ok(())
+    }
+
+    /// The peer's KeyUpdate: its next key, and an answer if it asked for one.
+    #[cold]
+    fn key_update(&mut self, request: bool) -> io::Result<()> {
         match self.kernel.update_rx_secret() {
             Ok((seq, secrets)) => match Keys::new(seq, &secrets, true) {
                 Ok(k) => self.rx = k,
@@ -457,17 +548,17 @@ impl TlsStream {
     }
 }
 
-impl Drop for TlsStream {
+impl<S: Side> Drop for TlsStream<S> {
     fn drop(&mut self) {
-        if let Some(kind) = self.failed {
-            self.worker.metrics().tls_failure(kind);
+        if let (Some(kind), Some(worker)) = (self.failed, &self.worker) {
+            worker.metrics().tls_failure(kind);
         }
         pool::give_read(std::mem::replace(&mut self.rbuf, Buf::empty()));
         pool::give_write(std::mem::replace(&mut self.wbuf, Buf::empty()));
     }
 }
 
-impl ClientIo for TlsStream {
+impl<S: Side> ClientIo for TlsStream<S> {
     const TLS: bool = true;
 
     #[inline]
@@ -575,7 +666,7 @@ impl ClientIo for TlsStream {
     }
 }
 
-impl TlsStream {
+impl<S: Side> TlsStream<S> {
     #[cold]
     fn read_early(&mut self, buf: &mut [u8]) -> usize {
         let rest = &self.early[self.early_read..];
@@ -596,7 +687,7 @@ impl TlsStream {
     }
 }
 
-impl AsyncRead for TlsStream {
+impl<S: Side> AsyncRead for TlsStream<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
@@ -617,7 +708,7 @@ impl AsyncRead for TlsStream {
     }
 }
 
-impl AsyncWrite for TlsStream {
+impl<S: Side> AsyncWrite for TlsStream<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         loop {

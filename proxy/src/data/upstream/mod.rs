@@ -5,7 +5,10 @@
 //!
 //! - [`pool`]: idle upstream connections per server (they hold no buffer: an exchange reads into
 //!   its client connection's working set).
-//! - [`connect`]: a new connection, within the group's connect timeout, on a pool miss.
+//! - [`connect`]: a new connection, within the group's connect timeout, on a pool miss; TLS to
+//!   the server for a group with `tls = true`.
+//! - [`stream`]: an upstream connection's byte stream, cleartext or TLS.
 
 pub mod connect;
 pub mod pool;
+pub mod stream;

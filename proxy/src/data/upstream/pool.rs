@@ -10,25 +10,30 @@ use std::net::SocketAddr;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::data::io::ClientIo;
+use crate::data::upstream::stream::UpstreamStream;
+
 /// An open connection to an upstream server. It holds no buffer: the exchange using it reads into
-/// the client connection's working set, so an idle pooled connection costs only its socket.
+/// the client connection's working set, so an idle pooled connection costs only its socket (and,
+/// over TLS, its keys: TLS record buffers are lent only while bytes wait in them).
 #[derive(Debug)]
 pub struct UpstreamConn {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub server_id: usize,
     pub addr: SocketAddr,
 }
 
 impl UpstreamConn {
-    pub fn new(stream: TcpStream, server_id: usize, addr: SocketAddr) -> Self {
+    pub fn new(stream: UpstreamStream, server_id: usize, addr: SocketAddr) -> Self {
         UpstreamConn { stream, server_id, addr }
     }
 
     /// Whether an idle connection still looks usable: no EOF, no unexpected bytes. Uses the
     /// readiness tokio already has; a syscall happens only when the socket was marked readable.
+    /// Over TLS the probe's read opens what records came (session tickets, key updates): only
+    /// application data, an alert or the end make the connection unusable.
     fn still_open(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         match self.stream.poll_read_ready(&mut cx) {
