@@ -18,6 +18,7 @@
 //! | `hold` | an idle keep-alive connection never gives its working set back (memory gate) |
 //! | `leak` | a working set given back to the pool is leaked instead: never reused, never freed (memory gate; `leak/100` leaks one in a hundred) |
 //! | `conn:BYTES` | every client connection carries `BYTES` more (written, so resident) for its whole life, freed when it closes (memory gate: a connection grown just past the limit) |
+//! | `tls-hold` | a TLS connection keeps its record read buffer (~16.7 KiB, the pages its records touched resident) instead of giving it back when no ciphertext waits in it: an idle TLS connection holds a buffer (phase 2 memory gate) |
 //!
 //! `SITE` is where it fires: `request` (default: the start of every proxied exchange),
 //! `chunked` (a response relayed with chunked framing), `error` (an error response sent by the
@@ -55,6 +56,7 @@ enum Kind {
     Hold,
     Leak,
     Conn(u64),
+    TlsHold,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -107,8 +109,11 @@ fn parse_one(item: &str) -> Result<Plant, String> {
         "hold" => Kind::Hold,
         "leak" => Kind::Leak,
         "conn" => Kind::Conn(need(value)?),
+        "tls-hold" => Kind::TlsHold,
         other => {
-            return Err(format!("{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep, hold, leak, conn)"));
+            return Err(format!(
+                "{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep, hold, leak, conn, tls-hold)"
+            ));
         }
     };
     Ok(Plant { kind, site, every })
@@ -173,7 +178,7 @@ pub fn at(site: Site, len: usize) {
             }
             Kind::Sleep(us) => std::thread::sleep(std::time::Duration::from_micros(us)),
             // Behaviour switches, asked for where they apply (see below), not fired at a site.
-            Kind::Hold | Kind::Leak | Kind::Conn(_) => {}
+            Kind::Hold | Kind::Leak | Kind::Conn(_) | Kind::TlsHold => {}
         }
     }
 }
@@ -212,6 +217,12 @@ pub fn leaks_working_set() -> bool {
     switch(Kind::Leak)
 }
 
+/// `tls-hold`: a TLS connection keeps its empty record read buffer (asked each time it would
+/// give it back).
+pub fn tls_keeps_read_buffer() -> bool {
+    switch(Kind::TlsHold)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,9 +237,9 @@ mod tests {
         assert_eq!(got[3].kind, Kind::Instr(300));
         assert_eq!((got[4].kind, got[4].site), (Kind::Sleep(2000), Site::Chunked));
         assert!(parse("conn").is_err(), "conn without :BYTES accepted");
-        let p = parse("hold, leak/100").expect("valid");
+        let p = parse("hold, leak/100, tls-hold").expect("valid");
         let got: Vec<Plant> = p.plants.iter().flatten().copied().collect();
-        assert_eq!((got[0].kind, got[1].kind, got[1].every), (Kind::Hold, Kind::Leak, 100));
+        assert_eq!((got[0].kind, got[1].kind, got[1].every, got[2].kind), (Kind::Hold, Kind::Leak, 100, Kind::TlsHold));
         for bad in ["alloc@nowhere", "instr", "spin:x", "syscall/0", "teleport", "a,b,c,d,e,f,g,h,i"] {
             assert!(parse(bad).is_err(), "{bad} accepted");
         }

@@ -306,6 +306,10 @@ impl TlsStream {
     #[inline]
     fn release_read(&mut self) {
         if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            #[cfg(feature = "planted")]
+            if crate::data::planted::tls_keeps_read_buffer() {
+                return; // kept while idle: the planted regression the phase 2 memory gate must catch
+            }
             pool::give_read(std::mem::replace(&mut self.rbuf, Buf::empty()));
         }
     }
