@@ -419,7 +419,7 @@ fn memory_gate_fails_when_a_few_working_sets_are_leaked() {
 }
 
 /// Phase 2's memory gate (idle TLS connections): with `tls-hold` a TLS connection keeps its record
-/// read buffer (16.7 KiB, the pages its handshake and request records touched resident) instead of
+/// read buffer (18,437 bytes; the pages its handshake and request records touched resident) instead of
 /// giving it back once no ciphertext waits in it, the reversal of "an idle TLS connection holds its
 /// keys and no buffer". Both counts fail. The planted build with nothing live (`--plant none`) is
 /// the same binary, and passes: the rows move by the plant alone.

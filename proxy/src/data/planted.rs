@@ -18,7 +18,7 @@
 //! | `hold` | an idle keep-alive connection never gives its working set back (memory gate) |
 //! | `leak` | a working set given back to the pool is leaked instead: never reused, never freed (memory gate; `leak/100` leaks one in a hundred) |
 //! | `conn:BYTES` | every client connection carries `BYTES` more (written, so resident) for its whole life, freed when it closes (memory gate: a connection grown just past the limit) |
-//! | `tls-hold` | a TLS connection keeps its record read buffer (~16.7 KiB, the pages its records touched resident) instead of giving it back when no ciphertext waits in it: an idle TLS connection holds a buffer (phase 2 memory gate) |
+//! | `tls-hold` | a TLS connection keeps its record read buffer (18,437 bytes, `pool::READ_BUF`; the pages its records touched resident) instead of giving it back when no ciphertext waits in it: an idle TLS connection holds a buffer (phase 2 memory gate) |
 //!
 //! `SITE` is where it fires: `request` (default: the start of every proxied exchange),
 //! `chunked` (a response relayed with chunked framing), `error` (an error response sent by the
