@@ -18,7 +18,7 @@
 //! | `hold` | an idle keep-alive connection never gives its working set back (memory gate) |
 //! | `leak` | a working set given back to the pool is leaked instead: never reused, never freed (memory gate; `leak/100` leaks one in a hundred) |
 //! | `conn:BYTES` | every client connection carries `BYTES` more (written, so resident) for its whole life, freed when it closes (memory gate: a connection grown just past the limit) |
-//! | `tls-hold` | a TLS connection keeps its record read buffer (18,437 bytes, `pool::READ_BUF`; the pages its records touched resident) instead of giving it back when no ciphertext waits in it: an idle TLS connection holds a buffer (phase 2 memory gate) |
+//! | `tls-hold:BYTES` | every TLS connection holds `BYTES` more (written, so resident) beside its keys for its whole life, freed when it closes, as one that kept the touched pages of its record read buffer would: an idle TLS connection holds a buffer (phase 2 memory gate). Set up once per handshake, so the per-request path of a planted build is the clean one's |
 //!
 //! `SITE` is where it fires: `request` (default: the start of every proxied exchange),
 //! `chunked` (a response relayed with chunked framing), `error` (an error response sent by the
@@ -56,7 +56,7 @@ enum Kind {
     Hold,
     Leak,
     Conn(u64),
-    TlsHold,
+    TlsHold(u64),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,10 +74,6 @@ struct Plan {
     plants: [Option<Plant>; MAX],
     /// Per-plant counters for `/EVERY`.
     seen: [AtomicU64; MAX],
-    /// `tls-hold` is planted. A flag, not a [`switch`]: it is asked on every TLS read that
-    /// empties the read buffer, and the instruction gate's planted tests measure those builds
-    /// (a walk over the plants there cost ~200 instructions per request over TLS).
-    tls_hold: bool,
 }
 
 fn parse_one(item: &str) -> Result<Plant, String> {
@@ -113,7 +109,7 @@ fn parse_one(item: &str) -> Result<Plant, String> {
         "hold" => Kind::Hold,
         "leak" => Kind::Leak,
         "conn" => Kind::Conn(need(value)?),
-        "tls-hold" => Kind::TlsHold,
+        "tls-hold" => Kind::TlsHold(need(value)?),
         other => {
             return Err(format!(
                 "{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep, hold, leak, conn, tls-hold)"
@@ -124,23 +120,19 @@ fn parse_one(item: &str) -> Result<Plant, String> {
 }
 
 fn parse(spec: &str) -> Result<Plan, String> {
-    let mut plan = Plan { plants: [None; MAX], seen: Default::default(), tls_hold: false };
+    let mut plan = Plan { plants: [None; MAX], seen: Default::default() };
     // "none": the planted build with nothing live (the reference a plant is measured against).
     for (i, item) in spec.split(',').map(str::trim).filter(|s| !s.is_empty() && *s != "none").enumerate() {
         let slot = plan.plants.get_mut(i).ok_or_else(|| format!("at most {MAX} plants"))?;
         let plant = parse_one(item)?;
-        if plant.kind == Kind::TlsHold {
-            if plant.every != 1 || plant.site != Site::Request {
-                return Err(format!("{item:?}: tls-hold applies to every TLS connection (no '@SITE', no '/EVERY')"));
-            }
-            plan.tls_hold = true;
+        if matches!(plant.kind, Kind::TlsHold(_)) && (plant.every != 1 || plant.site != Site::Request) {
+            return Err(format!("{item:?}: tls-hold applies to every TLS connection (no '@SITE', no '/EVERY')"));
         }
         *slot = Some(plant);
     }
     Ok(plan)
 }
 
-#[inline]
 fn plan() -> &'static Plan {
     static PLAN: OnceLock<Plan> = OnceLock::new();
     PLAN.get_or_init(|| {
@@ -190,7 +182,7 @@ pub fn at(site: Site, len: usize) {
             }
             Kind::Sleep(us) => std::thread::sleep(std::time::Duration::from_micros(us)),
             // Behaviour switches, asked for where they apply (see below), not fired at a site.
-            Kind::Hold | Kind::Leak | Kind::Conn(_) | Kind::TlsHold => {}
+            Kind::Hold | Kind::Leak | Kind::Conn(_) | Kind::TlsHold(_) => {}
         }
     }
 }
@@ -229,11 +221,13 @@ pub fn leaks_working_set() -> bool {
     switch(Kind::Leak)
 }
 
-/// `tls-hold`: a TLS connection keeps its empty record read buffer (asked each time it would
-/// give it back).
-#[inline]
-pub fn tls_keeps_read_buffer() -> bool {
-    plan().tls_hold
+/// `tls-hold:BYTES`: the bytes a TLS connection holds beside its keys for its life (asked once,
+/// when its handshake completes); `None` when not planted.
+pub fn tls_held_bytes() -> Option<usize> {
+    plan().plants.iter().flatten().find_map(|p| match p.kind {
+        Kind::TlsHold(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -250,11 +244,20 @@ mod tests {
         assert_eq!(got[3].kind, Kind::Instr(300));
         assert_eq!((got[4].kind, got[4].site), (Kind::Sleep(2000), Site::Chunked));
         assert!(parse("conn").is_err(), "conn without :BYTES accepted");
-        let p = parse("hold, leak/100, tls-hold").expect("valid");
+        let p = parse("hold, leak/100, tls-hold:4096").expect("valid");
         let got: Vec<Plant> = p.plants.iter().flatten().copied().collect();
-        assert_eq!((got[0].kind, got[1].kind, got[1].every, got[2].kind), (Kind::Hold, Kind::Leak, 100, Kind::TlsHold));
-        assert!(parse("tls-hold").is_ok_and(|p| p.tls_hold) && parse("hold").is_ok_and(|p| !p.tls_hold));
-        for bad in ["alloc@nowhere", "instr", "spin:x", "syscall/0", "teleport", "a,b,c,d,e,f,g,h,i", "tls-hold/2", "tls-hold@error"] {
+        assert_eq!((got[0].kind, got[1].kind, got[1].every, got[2].kind), (Kind::Hold, Kind::Leak, 100, Kind::TlsHold(4096)));
+        for bad in [
+            "alloc@nowhere",
+            "instr",
+            "spin:x",
+            "syscall/0",
+            "teleport",
+            "a,b,c,d,e,f,g,h,i",
+            "tls-hold",
+            "tls-hold/2:4096",
+            "tls-hold@error:4096",
+        ] {
             assert!(parse(bad).is_err(), "{bad} accepted");
         }
         assert!(parse("").is_ok_and(|p| p.plants.iter().all(Option::is_none)));

@@ -298,6 +298,13 @@ impl TlsStream {
             records_without_data: 0,
             failed: None,
         };
+        #[cfg(feature = "planted")]
+        if let Some(n) = crate::data::planted::tls_held_bytes().filter(|_| s.early.is_empty()) {
+            // `tls-hold:BYTES`: written (resident), then emptied; the capacity stays for the
+            // connection's life (`early` is only ever read up to its length).
+            s.early.resize(n, 0xA5);
+            s.early.clear();
+        }
         s.release_read();
         Ok(s)
     }
@@ -306,10 +313,6 @@ impl TlsStream {
     #[inline]
     fn release_read(&mut self) {
         if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-            #[cfg(feature = "planted")]
-            if crate::data::planted::tls_keeps_read_buffer() {
-                return; // kept while idle: the planted regression the phase 2 memory gate must catch
-            }
             pool::give_read(std::mem::replace(&mut self.rbuf, Buf::empty()));
         }
     }
