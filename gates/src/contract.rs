@@ -328,6 +328,11 @@ pub struct FloorGate {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryGate {
+    /// The proxy's listener terminates TLS (a certificate made at start, as the syscall gate's
+    /// TLS stage) and every held connection handshakes first (`loadgen hold` over `https://`,
+    /// trusting it with `--ca`): memory per idle TLS connection (phase 2).
+    #[serde(default)]
+    pub tls: bool,
     /// Metric and unit of the `per_conn` rows (the `after_release` row is a ratio).
     pub metric: String,
     pub unit: String,

@@ -13,6 +13,12 @@
 //! against `after_ratio_limit`. A count in which any connection failed (connect, read, a status
 //! other than 200, closed while held, ...) is not a measurement of N connections: its rows are
 //! ERROR, as are missing, zero or non-finite RSS figures and a negative per-connection figure.
+//!
+//! With `tls` (phase 2) the proxy's listener terminates TLS with a certificate made at start (the
+//! syscall gate's TLS stage, [`start_stage_tls`]) and `loadgen hold` opens `https://` connections
+//! trusting it (`--ca`, `--sni`): each does a full or resumed TLS handshake, then its verified
+//! GET, then idles as a TLS connection. A count whose report does not say that every connection
+//! handshook (full + resumed = N) is not a measurement of N TLS connections: ERROR.
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -21,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::contract::MemoryGate;
 use crate::error::chain;
-use crate::runner::{Options, Row, RunnerError, Status, error_row, pinned, scratch_dir, start_stage_with};
+use crate::runner::{Options, Row, RunnerError, Status, error_row, pinned, scratch_dir, start_stage_tls};
 
 /// Why the memory gate measured nothing, or why a count is not a measurement; shown as every
 /// row's note ([`chain`]).
@@ -58,6 +64,10 @@ pub enum MemoryError {
     Unverified { missing: u64, connections: u64, note: String },
     #[error("RSS {0} is missing, zero or not a number in loadgen hold's report")]
     Rss(&'static str),
+    #[error("invalid: loadgen hold reports {handshakes} for {connections} connections, not a TLS handshake each")]
+    NotTls { handshakes: String, connections: u64 },
+    #[error("the TLS stage has no certificate for loadgen hold to trust")]
+    NoCertificate,
 }
 
 /// File descriptors the proxy needs beside the held connections (listener, upstream pool, epoll,
@@ -78,6 +88,9 @@ pub struct Held {
     pub rss_before_kib: f64,
     pub rss_held_kib: f64,
     pub rss_after_kib: f64,
+    /// `https://`: the held connections' TLS handshakes, (full, resumed); `None` when the report
+    /// has none (cleartext).
+    pub tls_handshakes: Option<(u64, u64)>,
 }
 
 impl Held {
@@ -110,6 +123,8 @@ impl Held {
         if let Some(first) = c["first_failure"].as_str() {
             failure_note = format!("{failure_note}; first: {first}");
         }
+        let hs = &c["tls_handshakes"];
+        let tls_handshakes = hs["full"].as_u64().zip(hs["resumed"].as_u64());
         Some(Held {
             connections: n,
             n_ok: c["n_ok"].as_u64().unwrap_or(0),
@@ -118,11 +133,13 @@ impl Held {
             rss_before_kib: kib("rss_before_kib"),
             rss_held_kib: kib("rss_held_kib"),
             rss_after_kib: kib("rss_after_kib"),
+            tls_handshakes,
         })
     }
 
-    /// The count is a measurement of `connections` idle connections, or why not.
-    fn verified(&self) -> Result<(), MemoryError> {
+    /// The count is a measurement of `connections` idle connections (each a TLS connection that
+    /// handshook, full or resumed, when `tls`), or why not.
+    fn verified(&self, tls: bool) -> Result<(), MemoryError> {
         if self.failures > 0 || self.n_ok != self.connections {
             return Err(MemoryError::Unverified {
                 missing: self.connections.saturating_sub(self.n_ok),
@@ -130,7 +147,23 @@ impl Held {
                 note: if self.failure_note.is_empty() { "no failure reported".to_owned() } else { self.failure_note.clone() },
             });
         }
+        if tls {
+            let handshook = self.tls_handshakes.map(|(f, r)| f.saturating_add(r));
+            if handshook != Some(self.connections) {
+                return Err(MemoryError::NotTls {
+                    handshakes: self
+                        .tls_handshakes
+                        .map_or_else(|| "no TLS handshakes".to_owned(), |(f, r)| format!("{f} full + {r} resumed handshakes")),
+                    connections: self.connections,
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// ` (F full + R resumed handshakes)` for a TLS count, empty otherwise.
+    fn handshakes_note(&self) -> String {
+        self.tls_handshakes.map_or_else(String::new, |(f, r)| format!(" ({f} full + {r} resumed handshakes)"))
     }
 }
 
@@ -144,15 +177,16 @@ fn mib(kib: f64) -> f64 {
 
 /// The `per_conn@N` verdict: (status, KiB per connection, note).
 pub fn judge_per_conn(limit: f64, n: u64, h: Option<&Held>) -> (Status, Option<f64>, String) {
-    judge_per_conn_as(limit, n, h, "idle keep-alive connections")
+    judge_per_conn_as(limit, n, h, "idle keep-alive connections", false)
 }
 
-/// [`judge_per_conn`] for connections held as `what` says (the note's wording).
-pub fn judge_per_conn_as(limit: f64, n: u64, h: Option<&Held>, what: &str) -> (Status, Option<f64>, String) {
+/// [`judge_per_conn`] for connections held as `what` says (the note's wording); with `tls`, a
+/// count is a measurement only when every connection handshook.
+pub fn judge_per_conn_as(limit: f64, n: u64, h: Option<&Held>, what: &str, tls: bool) -> (Status, Option<f64>, String) {
     let Some(h) = h else {
         return (Status::Error, None, format!("loadgen hold reported no figures for {n} connections"));
     };
-    let figures = h.verified().and_then(|()| Ok((positive("before", h.rss_before_kib)?, positive("held", h.rss_held_kib)?)));
+    let figures = h.verified(tls).and_then(|()| Ok((positive("before", h.rss_before_kib)?, positive("held", h.rss_held_kib)?)));
     let (before, held) = match figures {
         Ok(f) => f,
         Err(e) => return (Status::Error, None, chain(&e)),
@@ -167,9 +201,10 @@ pub fn judge_per_conn_as(limit: f64, n: u64, h: Option<&Held>, what: &str) -> (S
     }
     let per = (per * 1000.0).round() / 1000.0;
     let note = format!(
-        "RSS {:.1} MiB before, {:.1} MiB with {n} {what} (+{:.1} MiB: {per:.2} KiB each; limit {limit})",
+        "RSS {:.1} MiB before, {:.1} MiB with {n} {what}{} (+{:.1} MiB: {per:.2} KiB each; limit {limit})",
         mib(before),
         mib(held),
+        h.handshakes_note(),
         mib(held - before)
     );
     (if per <= limit { Status::Pass } else { Status::Fail }, Some(per), note)
@@ -177,11 +212,17 @@ pub fn judge_per_conn_as(limit: f64, n: u64, h: Option<&Held>, what: &str) -> (S
 
 /// The `after_release@N` verdict: (status, after ÷ before, note).
 pub fn judge_after_release(limit: f64, n: u64, h: Option<&Held>) -> (Status, Option<f64>, String) {
+    judge_after_release_as(limit, n, h, false)
+}
+
+/// [`judge_after_release`]; with `tls`, a count is a measurement only when every connection
+/// handshook.
+pub fn judge_after_release_as(limit: f64, n: u64, h: Option<&Held>, tls: bool) -> (Status, Option<f64>, String) {
     let Some(h) = h else {
         return (Status::Error, None, format!("loadgen hold reported no figures for {n} connections"));
     };
     let figures = h
-        .verified()
+        .verified(tls)
         .and_then(|()| Ok((positive("before", h.rss_before_kib)?, positive("held", h.rss_held_kib)?, positive("after", h.rss_after_kib)?)));
     let (before, held, after) = match figures {
         Ok(f) => f,
@@ -189,8 +230,9 @@ pub fn judge_after_release(limit: f64, n: u64, h: Option<&Held>) -> (Status, Opt
     };
     let ratio = ((after / before) * 1000.0).round() / 1000.0;
     let note = format!(
-        "RSS {:.1} MiB before {n} connections, {:.1} MiB held, {:.1} MiB after they closed ({:+.1} MiB kept; limit ×{limit})",
+        "RSS {:.1} MiB before {n} {}connections, {:.1} MiB held, {:.1} MiB after they closed ({:+.1} MiB kept; limit ×{limit})",
         mib(before),
+        if tls { "TLS " } else { "" },
         mib(held),
         mib(after),
         mib(after - before)
@@ -264,6 +306,7 @@ fn nofile(pid: u32) -> Option<u64> {
 }
 
 const AFTER_METRIC: &str = "proxy RSS after the largest crowd of idle keep-alive connections closed ÷ RSS before it came";
+const AFTER_METRIC_TLS: &str = "proxy RSS after the largest crowd of idle TLS keep-alive connections closed ÷ RSS before it came";
 const AFTER_UNIT: &str = "ratio";
 const PARTIAL_METRIC: &str = "proxy RSS per keep-alive client connection part-way through its next request head";
 
@@ -272,11 +315,12 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
     let per_key = |n: u64| format!("{prefix}:memory:per_conn@{n}");
     let after_key = format!("{prefix}:memory:after_release@{largest}");
     let partial_key = |n: u64| format!("{prefix}:memory:partial_head@{n}");
+    let after_metric = if g.tls { AFTER_METRIC_TLS } else { AFTER_METRIC };
     let errors = |e: MemoryError| -> Vec<Row> {
         let e = chain(&e);
         let mut rows: Vec<Row> =
             g.connections.iter().map(|&n| error_row(per_key(n), &g.metric, &g.unit, Some(g.per_conn_kib_limit), e.clone())).collect();
-        rows.push(error_row(after_key.clone(), AFTER_METRIC, AFTER_UNIT, Some(g.after_ratio_limit), e.clone()));
+        rows.push(error_row(after_key.clone(), after_metric, AFTER_UNIT, Some(g.after_ratio_limit), e.clone()));
         for &n in &g.partial_head_connections {
             rows.push(error_row(partial_key(n), PARTIAL_METRIC, &g.unit, Some(g.partial_head_kib_limit), e.clone()));
         }
@@ -291,7 +335,7 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
         // The proxy inherits this runner's open-file limit: raise the soft limit to the hard one
         // first, as `loadgen hold` does for itself (a 1,024 default cannot hold 10,000).
         loadgen::hold::raise_nofile().map_err(MemoryError::RaiseNofile)?;
-        let stage = start_stage_with(opts, g.body_bytes, &tmp, &g.proxy_config)?;
+        let stage = start_stage_tls(opts, g.body_bytes, &tmp, &g.proxy_config, g.tls)?;
         let pid = stage.proxy.0.id();
         let largest = largest.max(g.partial_head_connections.iter().copied().max().unwrap_or(0));
         if let Some(limit) = nofile(pid).filter(|&l| l < largest + PROXY_FD_MARGIN) {
@@ -301,9 +345,14 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
             let json_path = tmp.join(name);
             let counts: Vec<String> = counts.iter().map(u64::to_string).collect();
             let mut cmd = pinned(stage.pin, "0", &stage.loadgen);
-            cmd.args(["hold", "--url", &format!("http://{}/", stage.proxy_addr), "--pid", &pid.to_string()])
-                .args(["--connections", &counts.join(","), "--settle", &g.settle, "--allow-failures", "--json"])
-                .arg(&json_path);
+            let scheme = if g.tls { "https" } else { "http" };
+            cmd.args(["hold", "--url", &format!("{scheme}://{}/", stage.proxy_addr), "--pid", &pid.to_string()]);
+            if g.tls {
+                // Full handshakes, then resumed ones from loadgen's session cache (its default).
+                let (cert, _) = stage.tls.as_ref().ok_or(MemoryError::NoCertificate)?;
+                cmd.arg("--ca").arg(cert).args(["--sni", crate::tlsclient::SERVER_NAME]);
+            }
+            cmd.args(["--connections", &counts.join(","), "--settle", &g.settle, "--allow-failures", "--json"]).arg(&json_path);
             if partial {
                 cmd.arg("--partial-head");
             }
@@ -322,7 +371,7 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
         let partial_counts: Vec<u64> = (0..g.rounds).flat_map(|_| g.partial_head_connections.iter().copied()).collect();
         let partial = if partial_counts.is_empty() { Value::Null } else { hold("partial.json", &partial_counts, true)? };
         let _ = std::fs::remove_dir_all(&tmp);
-        Ok((report, partial, json!({ "pinned": stage.pin, "proxy_pid": pid })))
+        Ok((report, partial, json!({ "pinned": stage.pin, "proxy_pid": pid, "tls": g.tls })))
     };
     let (report, partial, stage) = match run() {
         Ok(r) => r,
@@ -355,19 +404,20 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
     let held = |round: usize, i: usize, n: u64| Held::at(&report, warmed + round * per_round + i, n);
     let rounds = g.rounds as usize;
     let mut rows = Vec::new();
+    let idle = if g.tls { "idle TLS keep-alive connections" } else { "idle keep-alive connections" };
     for (i, &n) in g.connections.iter().enumerate() {
-        let verdicts = (0..rounds).map(|r| judge_per_conn(g.per_conn_kib_limit, n, held(r, i, n).as_ref())).collect();
+        let verdicts = (0..rounds).map(|r| judge_per_conn_as(g.per_conn_kib_limit, n, held(r, i, n).as_ref(), idle, g.tls)).collect();
         rows.push(row(per_key(n), &g.metric, &g.unit, g.per_conn_kib_limit, combine_rounds(verdicts), n));
     }
     let i = g.connections.iter().position(|&c| c == largest).unwrap_or(0);
-    let verdicts = (0..rounds).map(|r| judge_after_release(g.after_ratio_limit, largest, held(r, i, largest).as_ref())).collect();
-    rows.push(row(after_key, AFTER_METRIC, AFTER_UNIT, g.after_ratio_limit, combine_rounds(verdicts), largest));
+    let verdicts = (0..rounds).map(|r| judge_after_release_as(g.after_ratio_limit, largest, held(r, i, largest).as_ref(), g.tls)).collect();
+    rows.push(row(after_key, after_metric, AFTER_UNIT, g.after_ratio_limit, combine_rounds(verdicts), largest));
     let per_round = g.partial_head_connections.len();
     for (i, &n) in g.partial_head_connections.iter().enumerate() {
         let verdicts = (0..rounds)
             .map(|r| {
                 let h = Held::at(&partial, r * per_round + i, n);
-                judge_per_conn_as(g.partial_head_kib_limit, n, h.as_ref(), "connections part-way through a request head")
+                judge_per_conn_as(g.partial_head_kib_limit, n, h.as_ref(), "connections part-way through a request head", g.tls)
             })
             .collect();
         let (status, measured, note) = combine_rounds(verdicts);
@@ -410,6 +460,7 @@ mod tests {
             rss_before_kib: before,
             rss_held_kib: held,
             rss_after_kib: after,
+            tls_handshakes: None,
         }
     }
 
@@ -521,8 +572,36 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_count_is_a_measurement_only_when_every_connection_handshook() {
+        let tls = |full: u64, resumed: u64| Held { tls_handshakes: Some((full, resumed)), ..held(1000, 8000.0, 12_600.0, 8080.0) };
+        let (s, m, note) = judge_per_conn_as(6.0, 1000, Some(&tls(74, 926)), "idle TLS keep-alive connections", true);
+        assert_eq!((s, m), (Status::Pass, Some(4.6)), "{note}");
+        assert!(note.contains("1000 idle TLS keep-alive connections (74 full + 926 resumed handshakes)"), "{note}");
+        let (s, m, note) = judge_after_release_as(1.1, 1000, Some(&tls(74, 926)), true);
+        assert_eq!((s, m), (Status::Pass, Some(1.01)), "{note}");
+        assert!(note.contains("1000 TLS connections"), "{note}");
+        // Fewer handshakes than connections, or none reported (a cleartext run): not a
+        // measurement of N TLS connections.
+        for h in [tls(70, 920), held(1000, 8000.0, 12_600.0, 8080.0)] {
+            let (s, m, note) = judge_per_conn_as(6.0, 1000, Some(&h), "idle TLS keep-alive connections", true);
+            assert_eq!((s, m), (Status::Error, None), "{note}");
+            assert!(note.starts_with("invalid: loadgen hold reports"), "{note}");
+            assert_eq!(judge_after_release_as(1.1, 1000, Some(&h), true).0, Status::Error);
+        }
+        // A cleartext gate does not ask for handshakes.
+        assert_eq!(judge_per_conn(6.0, 1000, Some(&held(1000, 8000.0, 12_600.0, 8080.0))).0, Status::Pass);
+        // Handshakes are read from loadgen hold's report.
+        let v = json!({"counts": [{"connections": 1000, "n_ok": 1000, "failures": {}, "rss_before_kib": 8000,
+            "rss_held_kib": 12600, "rss_after_kib": 8100, "tls_handshakes": {"full": 74, "resumed": 926}}]});
+        assert_eq!(Held::at(&v, 0, 1000).and_then(|h| h.tls_handshakes), Some((74, 926)));
+        let v = json!({"counts": [{"connections": 1000, "n_ok": 1000, "tls_handshakes": null}]});
+        assert_eq!(Held::at(&v, 0, 1000).map(|h| h.tls_handshakes), Some(None));
+    }
+
+    #[test]
     fn the_contract_is_checked() {
         let g = MemoryGate {
+            tls: false,
             metric: "m".into(),
             unit: "KiB/connection".into(),
             workload: "w".into(),

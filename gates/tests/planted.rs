@@ -394,12 +394,17 @@ fn tls_handshake_instruction_rows_fail_on_a_few_thousand_instructions_per_handsh
 const ABOVE_HANDSHAKE: u64 = 22_000;
 const BELOW_HANDSHAKE: u64 = 4_000;
 
-/// The memory gate with `PROXY_PLANTED`, one round (`--memory-rounds 1`: a plant every round
-/// must catch, caught in one; `combine_rounds` fails a row only when every round fails). RSS is
-/// the proxy's own, so the counting tests running beside these do not move it.
+/// Phase 1's memory gate with `PROXY_PLANTED`, one round (`--memory-rounds 1`: a plant every
+/// round must catch, caught in one; `combine_rounds` fails a row only when every round fails).
+/// RSS is the proxy's own, so the counting tests running beside these do not move it.
 fn memory_gate(plant: &str, name: &str) -> (i32, Value) {
+    memory_gate_of("1", plant, name)
+}
+
+/// [`memory_gate`] for the contract of `phase` (phase 2's measures idle TLS connections).
+fn memory_gate_of(phase: &str, plant: &str, name: &str) -> (i32, Value) {
     let out = out_dir(name);
-    gates(&["--only", "memory", "--plant", plant, "--memory-rounds", "1"], &out, &root())
+    gates(&["--phase", phase, "--only", "memory", "--plant", plant, "--memory-rounds", "1"], &out, &root())
 }
 
 fn memory_rows<'a>(report: &'a Value, what: &str) -> Vec<&'a Value> {
@@ -456,4 +461,33 @@ fn memory_gate_fails_when_a_few_working_sets_are_leaked() {
     let after = memory_rows(&report, ":memory:after_release@");
     assert_eq!(after.len(), 1, "{report:#}");
     assert_eq!(after[0]["status"], "FAIL", "{:#}", after[0]);
+}
+
+/// Phase 2's memory gate (idle TLS connections): with `tls-hold:4096` every TLS connection holds
+/// a page more (written, resident) for its life, what one that kept the touched page of its record
+/// read buffer would hold: ~4.2 KiB per idle TLS connection becomes ~8, the reversal of "an idle
+/// TLS connection holds its keys and no buffer". Both counts fail. The planted build with nothing
+/// live (`--plant none`) is the same binary, and passes: the rows move by the plant alone.
+#[test]
+fn tls_memory_gate_fails_when_idle_tls_connections_hold_a_page_more() {
+    let _m = counting();
+    let (code, report) = memory_gate_of("2", "none", "memory-tls-none");
+    let clean = memory_rows(&report, "phase2:memory:");
+    assert_eq!(clean.len(), 3, "{report:#}");
+    for r in &clean {
+        assert_eq!(r["status"], "PASS", "{r:#}");
+    }
+    assert_eq!(code, 0, "{report:#}");
+    let clean_per_conn: Vec<f64> = memory_rows(&report, "phase2:memory:per_conn@").iter().filter_map(|r| r["measured"].as_f64()).collect();
+
+    let (code, report) = memory_gate_of("2", "tls-hold:4096", "memory-tls-hold");
+    assert_eq!(code, 1, "{report:#}");
+    let per_conn = memory_rows(&report, "phase2:memory:per_conn@");
+    assert_eq!(per_conn.len(), 2, "{report:#}");
+    for (r, clean) in per_conn.iter().zip(&clean_per_conn) {
+        assert_eq!(r["status"], "FAIL", "{r:#}");
+        let m = r["measured"].as_f64().expect("measured");
+        assert!(m > r["limit"].as_f64().expect("limit") && m > clean + 3.0, "a page more each: {r:#}");
+        assert!(r["note"].as_str().is_some_and(|n| n.contains("idle TLS keep-alive connections")), "{r:#}");
+    }
 }

@@ -18,6 +18,7 @@
 //! | `hold` | an idle keep-alive connection never gives its working set back (memory gate) |
 //! | `leak` | a working set given back to the pool is leaked instead: never reused, never freed (memory gate; `leak/100` leaks one in a hundred) |
 //! | `conn:BYTES` | every client connection carries `BYTES` more (written, so resident) for its whole life, freed when it closes (memory gate: a connection grown just past the limit) |
+//! | `tls-hold:BYTES` | every TLS connection holds `BYTES` more (written, so resident) beside its keys for its whole life, freed when it closes, as one that kept the touched pages of its record read buffer would: an idle TLS connection holds a buffer (phase 2 memory gate). Set up once per handshake, so the per-request path of a planted build is the clean one's |
 //!
 //! `SITE` is where it fires: `request` (default: the start of every proxied exchange),
 //! `chunked` (a response relayed with chunked framing), `error` (an error response sent by the
@@ -58,6 +59,7 @@ enum Kind {
     Hold,
     Leak,
     Conn(u64),
+    TlsHold(u64),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -111,8 +113,11 @@ fn parse_one(item: &str) -> Result<Plant, String> {
         "hold" => Kind::Hold,
         "leak" => Kind::Leak,
         "conn" => Kind::Conn(need(value)?),
+        "tls-hold" => Kind::TlsHold(need(value)?),
         other => {
-            return Err(format!("{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep, hold, leak, conn)"));
+            return Err(format!(
+                "{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep, hold, leak, conn, tls-hold)"
+            ));
         }
     };
     Ok(Plant { kind, site, every })
@@ -123,7 +128,11 @@ fn parse(spec: &str) -> Result<Plan, String> {
     // "none": the planted build with nothing live (the reference a plant is measured against).
     for (i, item) in spec.split(',').map(str::trim).filter(|s| !s.is_empty() && *s != "none").enumerate() {
         let slot = plan.plants.get_mut(i).ok_or_else(|| format!("at most {MAX} plants"))?;
-        *slot = Some(parse_one(item)?);
+        let plant = parse_one(item)?;
+        if matches!(plant.kind, Kind::TlsHold(_)) && (plant.every != 1 || plant.site != Site::Request) {
+            return Err(format!("{item:?}: tls-hold applies to every TLS connection (no '@SITE', no '/EVERY')"));
+        }
+        *slot = Some(plant);
     }
     Ok(plan)
 }
@@ -177,7 +186,7 @@ pub fn at(site: Site, len: usize) {
             }
             Kind::Sleep(us) => std::thread::sleep(std::time::Duration::from_micros(us)),
             // Behaviour switches, asked for where they apply (see below), not fired at a site.
-            Kind::Hold | Kind::Leak | Kind::Conn(_) => {}
+            Kind::Hold | Kind::Leak | Kind::Conn(_) | Kind::TlsHold(_) => {}
         }
     }
 }
@@ -216,6 +225,15 @@ pub fn leaks_working_set() -> bool {
     switch(Kind::Leak)
 }
 
+/// `tls-hold:BYTES`: the bytes a TLS connection holds beside its keys for its life (asked once,
+/// when its handshake completes); `None` when not planted.
+pub fn tls_held_bytes() -> Option<usize> {
+    plan().plants.iter().flatten().find_map(|p| match p.kind {
+        Kind::TlsHold(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,10 +248,20 @@ mod tests {
         assert_eq!(got[3].kind, Kind::Instr(300));
         assert_eq!((got[4].kind, got[4].site), (Kind::Sleep(2000), Site::Chunked));
         assert!(parse("conn").is_err(), "conn without :BYTES accepted");
-        let p = parse("hold, leak/100").expect("valid");
+        let p = parse("hold, leak/100, tls-hold:4096").expect("valid");
         let got: Vec<Plant> = p.plants.iter().flatten().copied().collect();
-        assert_eq!((got[0].kind, got[1].kind, got[1].every), (Kind::Hold, Kind::Leak, 100));
-        for bad in ["alloc@nowhere", "instr", "spin:x", "syscall/0", "teleport", "a,b,c,d,e,f,g,h,i"] {
+        assert_eq!((got[0].kind, got[1].kind, got[1].every, got[2].kind), (Kind::Hold, Kind::Leak, 100, Kind::TlsHold(4096)));
+        for bad in [
+            "alloc@nowhere",
+            "instr",
+            "spin:x",
+            "syscall/0",
+            "teleport",
+            "a,b,c,d,e,f,g,h,i",
+            "tls-hold",
+            "tls-hold/2:4096",
+            "tls-hold@error:4096",
+        ] {
             assert!(parse(bad).is_err(), "{bad} accepted");
         }
         assert!(parse("").is_ok_and(|p| p.plants.iter().all(Option::is_none)));

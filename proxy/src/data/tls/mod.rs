@@ -357,6 +357,13 @@ impl<S: Side> TlsStream<S> {
             records_without_data: 0,
             failed: None,
         };
+        #[cfg(feature = "planted")]
+        if let Some(n) = crate::data::planted::tls_held_bytes().filter(|_| s.early.is_empty()) {
+            // `tls-hold:BYTES`: written (resident), then emptied; the capacity stays for the
+            // connection's life (`early` is only ever read up to its length).
+            s.early.resize(n, 0xA5);
+            s.early.clear();
+        }
         s.release_read();
         Ok(s)
     }
