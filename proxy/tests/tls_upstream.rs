@@ -223,3 +223,27 @@ fn tls_options_are_checked_when_the_config_loads() {
         assert!(said.contains(message), "{group}: {said}");
     }
 }
+
+/// A server that accepts the connection and never answers the ClientHello: the handshake is
+/// bounded by the group's `connect_timeout` and the request gets a 504, the client connection
+/// kept.
+#[test]
+fn a_server_that_never_finishes_the_handshake_is_a_connect_timeout() {
+    let dir = temp_dir();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        // Accept and hold (read nothing, write nothing) until the proxy gives up.
+        let (s, _) = silent.accept().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        drop(s);
+    });
+    let proxy = proxy_to_tls_origin(&dir, addr, "tls = true\ntls_insecure_skip_verify = true\nconnect_timeout = \"300ms\"");
+    let mut c = proxy.connect();
+    let started = std::time::Instant::now();
+    let r = get(&mut c, "/x");
+    assert_eq!(r.status, 504, "{}", body(&r));
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500), "bounded by connect_timeout: {:?}", started.elapsed());
+    assert_eq!(proxy.metric("proxy_errors_total{kind=\"connect_timeout\"}"), 1.0);
+    held.join().unwrap();
+}

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::data::error::ProxyError;
+use crate::data::metrics::TlsFailure;
 use crate::data::tls;
 use crate::data::upstream::pool::UpstreamConn;
 use crate::data::upstream::stream::UpstreamStream;
@@ -34,6 +35,8 @@ pub async fn connect(worker: &Worker, server: Server, group: &UpstreamGroup) -> 
                     worker.metrics().upstream_tls_handshake(s.resumed);
                     UpstreamStream::Tls(Box::new(s))
                 }
+                // A server that accepts but never finishes the handshake: a connect timeout (504).
+                Err(TlsFailure::Timeout) => return Err(ProxyError::ConnectTimeout),
                 Err(_) => return Err(ProxyError::UpstreamTls),
             }
         }
