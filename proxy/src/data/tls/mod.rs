@@ -43,8 +43,8 @@ const MAX_RECORDS_WITHOUT_DATA: u8 = 32;
 /// gate, not per request).
 pub async fn accept(worker: &Rc<Worker>, tcp: TcpStream, config: Arc<ServerConfig>, timeout: Duration) -> Result<TlsStream, TlsFailure> {
     let conn = UnbufferedServerConnection::new(config).map_err(|_| TlsFailure::Handshake)?;
-    let stream = establish::<ServerConnectionData>(Some(Rc::clone(worker)), tcp, conn, timeout).await?;
-    worker.metrics().tls_handshake(stream.resumed);
+    let (stream, resumed) = establish::<ServerConnectionData>(Some(Rc::clone(worker)), tcp, conn, timeout).await?;
+    worker.metrics().tls_handshake(resumed);
     #[cfg(feature = "planted")]
     crate::data::planted::at(crate::data::planted::Site::Handshake, 0);
     Ok(stream)
@@ -60,18 +60,19 @@ pub async fn connect(
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
     timeout: Duration,
-) -> Result<TlsStream<ClientConnectionData>, TlsFailure> {
+) -> Result<(TlsStream<ClientConnectionData>, bool), TlsFailure> {
     let conn = UnbufferedClientConnection::new(config, name).map_err(|_| TlsFailure::Handshake)?;
     establish::<ClientConnectionData>(None, tcp, conn, timeout).await
 }
 
-/// The handshake within `timeout` in pooled buffers, then the stream.
+/// The handshake within `timeout` in pooled buffers, then the stream and whether the handshake
+/// resumed a session.
 async fn establish<S: Side>(
     worker: Option<Rc<Worker>>,
     tcp: TcpStream,
     conn: S::Conn,
     timeout: Duration,
-) -> Result<TlsStream<S>, TlsFailure> {
+) -> Result<(TlsStream<S>, bool), TlsFailure> {
     let mut rbuf = pool::take_read();
     let mut wbuf = pool::take_write();
     let result = match tokio::time::timeout(timeout, handshake::<S>(&tcp, conn, &mut rbuf, &mut wbuf)).await {
@@ -298,8 +299,6 @@ pub struct TlsStream<S: Side = ServerConnectionData> {
     /// rustls's part after the handshake: new traffic secrets on a TLS 1.3 key update, and (on
     /// the client side) the session tickets the server sends.
     kernel: Box<KernelConnection<S>>,
-    /// The handshake resumed a session.
-    pub resumed: bool,
     /// Received ciphertext: a partial record, or the record whose plaintext is being read. Empty
     /// (no memory) while none waits.
     rbuf: Buf,
@@ -333,7 +332,7 @@ impl<S: Side> std::fmt::Debug for TlsStream<S> {
 }
 
 impl<S: Side> TlsStream<S> {
-    fn new(worker: Option<Rc<Worker>>, tcp: TcpStream, conn: S::Conn, rbuf: Buf, early: Vec<u8>) -> Result<Self, TlsFailure> {
+    fn new(worker: Option<Rc<Worker>>, tcp: TcpStream, conn: S::Conn, rbuf: Buf, early: Vec<u8>) -> Result<(Self, bool), TlsFailure> {
         let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
         let tls13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
         let (secrets, kernel) = S::into_kernel(conn).map_err(|_| TlsFailure::Handshake)?;
@@ -345,7 +344,6 @@ impl<S: Side> TlsStream<S> {
             rx,
             tx,
             kernel: Box::new(kernel),
-            resumed,
             rbuf,
             plain: (0, 0, 0),
             wbuf: Buf::empty(),
@@ -365,7 +363,7 @@ impl<S: Side> TlsStream<S> {
             s.early.clear();
         }
         s.release_read();
-        Ok(s)
+        Ok((s, resumed))
     }
 
     /// Gives the read buffer back when nothing waits in it.

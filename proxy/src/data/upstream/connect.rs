@@ -31,8 +31,8 @@ pub async fn connect(worker: &Worker, server: Server, group: &UpstreamGroup) -> 
         Some(t) => {
             let name = t.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(server.addr.ip().into()));
             match tls::connect(tcp, Arc::clone(&t.config), name, group.connect_timeout).await {
-                Ok(s) => {
-                    worker.metrics().upstream_tls_handshake(s.resumed);
+                Ok((s, resumed)) => {
+                    worker.metrics().upstream_tls_handshake(resumed);
                     UpstreamStream::Tls(Box::new(s))
                 }
                 // A server that accepts but never finishes the handshake: a connect timeout (504).

@@ -27,7 +27,7 @@ impl ClientIo for UpstreamStream {
     /// Not a client connection: `X-Forwarded-Proto` is the client's, never asked of this stream.
     const TLS: bool = false;
 
-    #[inline]
+    #[inline(always)]
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             UpstreamStream::Plain(s) => s.poll_read_ready(cx),
@@ -35,7 +35,7 @@ impl ClientIo for UpstreamStream {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             UpstreamStream::Plain(s) => s.try_read(buf),
@@ -43,7 +43,7 @@ impl ClientIo for UpstreamStream {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             UpstreamStream::Plain(s) => s.try_write(buf),
@@ -55,7 +55,7 @@ impl ClientIo for UpstreamStream {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_flush(&mut self) -> io::Result<bool> {
         match self {
             UpstreamStream::Plain(_) => Ok(true),
@@ -65,7 +65,7 @@ impl ClientIo for UpstreamStream {
 }
 
 impl AsyncRead for UpstreamStream {
-    #[inline]
+    #[inline(always)]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
@@ -75,7 +75,7 @@ impl AsyncRead for UpstreamStream {
 }
 
 impl AsyncWrite for UpstreamStream {
-    #[inline]
+    #[inline(always)]
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
@@ -83,7 +83,7 @@ impl AsyncWrite for UpstreamStream {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
