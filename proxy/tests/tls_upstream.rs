@@ -15,15 +15,22 @@ fn body(r: &Response) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
-#[test]
-fn verified_tls_upstream_sends_sni_and_reuses_one_pooled_connection() {
+/// A TLS origin for `origin.test` (no client certificates asked) and a proxy whose group reaches
+/// it verified against the test CA by that name, with `extra` lines in the group.
+fn verified_origin(extra: &str) -> (TlsOrigin, crate::support::Proxy) {
     let dir = temp_dir();
     let pki = Pki::new(&dir);
     let leaf = pki.leaf("origin", &["origin.test"]);
     let origin = TlsOrigin::start(&pki, &leaf, false);
     let ca = pki.write_ca("ca.pem");
-    let proxy =
-        proxy_to_tls_origin(&dir, origin.addr, &format!("tls = true\ntls_server_name = \"origin.test\"\ntls_ca = \"{}\"", ca.display()));
+    let group = format!("tls = true\ntls_server_name = \"origin.test\"\ntls_ca = \"{}\"\n{extra}", ca.display());
+    let proxy = proxy_to_tls_origin(&dir, origin.addr, &group);
+    (origin, proxy)
+}
+
+#[test]
+fn verified_tls_upstream_sends_sni_and_reuses_one_pooled_connection() {
+    let (origin, proxy) = verified_origin("");
     let mut c = proxy.connect();
     for i in 1..=30 {
         let r = get(&mut c, "/x");
@@ -39,13 +46,7 @@ fn verified_tls_upstream_sends_sni_and_reuses_one_pooled_connection() {
 
 #[test]
 fn bodies_cross_the_upstream_tls_records_both_ways() {
-    let dir = temp_dir();
-    let pki = Pki::new(&dir);
-    let leaf = pki.leaf("origin", &["origin.test"]);
-    let origin = TlsOrigin::start(&pki, &leaf, false);
-    let ca = pki.write_ca("ca.pem");
-    let proxy =
-        proxy_to_tls_origin(&dir, origin.addr, &format!("tls = true\ntls_server_name = \"origin.test\"\ntls_ca = \"{}\"", ca.display()));
+    let (origin, proxy) = verified_origin("");
     let mut c = proxy.connect();
     // A 1 MiB response: ~64 records read and relayed.
     let r = get(&mut c, "/pad/1048576");
@@ -64,17 +65,8 @@ fn bodies_cross_the_upstream_tls_records_both_ways() {
 
 #[test]
 fn a_replaced_connection_resumes_its_session() {
-    let dir = temp_dir();
-    let pki = Pki::new(&dir);
-    let leaf = pki.leaf("origin", &["origin.test"]);
-    let origin = TlsOrigin::start(&pki, &leaf, false);
-    let ca = pki.write_ca("ca.pem");
     // No idle connection is kept: every request opens a new one.
-    let proxy = proxy_to_tls_origin(
-        &dir,
-        origin.addr,
-        &format!("tls = true\ntls_server_name = \"origin.test\"\ntls_ca = \"{}\"\nidle_pool_size = 0", ca.display()),
-    );
+    let (origin, proxy) = verified_origin("idle_pool_size = 0");
     let mut c = proxy.connect();
     for i in 0..4 {
         let r = get(&mut c, "/x");
