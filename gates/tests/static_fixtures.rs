@@ -428,6 +428,38 @@ fn a_protocol_may_not_use_its_sibling_or_the_accept_loop() {
     caught(&v, conn, 3, Some("layering"));
 }
 
+/// HTTP/2 reaches HTTP/1.1 upstreams through HTTP/1.1's codec and client side (allowed), never
+/// its server side (the connection loop, its working sets, its relay) nor TLS.
+#[test]
+fn http2_may_use_http11s_client_side_but_not_its_server_side() {
+    let stream = "proxy/src/data/h2/stream.rs";
+    let v = scan(
+        "layer-h2",
+        &[
+            ("proxy/src/data/mod.rs", "pub mod h1;\npub mod h2;\npub mod tls;\n"),
+            ("proxy/src/data/h1/mod.rs", "pub mod client;\npub mod head;\npub mod conn;\npub mod scratch;\npub mod upstream;\n"),
+            ("proxy/src/data/h1/client.rs", "pub struct ClientSet;\n"),
+            ("proxy/src/data/h1/head.rs", "pub struct ResponseHead;\n"),
+            ("proxy/src/data/h1/conn.rs", "pub struct Active;\n"),
+            ("proxy/src/data/h1/scratch.rs", "pub struct Scratch;\n"),
+            ("proxy/src/data/h1/upstream.rs", "pub struct SendError;\n"),
+            ("proxy/src/data/tls/mod.rs", "pub struct TlsStream;\n"),
+            ("proxy/src/data/h2/mod.rs", "pub mod stream;\n"),
+            (
+                stream,
+                "use crate::data::h1::client::ClientSet;\nuse crate::data::h1::head::ResponseHead;\nuse crate::data::h1::conn::Active;\nuse super::super::h1::scratch::Scratch;\nuse crate::data::h1::upstream::SendError;\nuse crate::data::tls::TlsStream;\n\npub fn f(_: &ClientSet, _: &ResponseHead, _: &Active, _: &Scratch, _: &SendError, _: &TlsStream) {}\n",
+            ),
+        ],
+    );
+    for line in [3, 4, 5, 6] {
+        caught(&v, stream, line, Some("layering"));
+    }
+    assert!(
+        !v.iter().any(|x| x.file == Path::new(stream) && (x.line == 1 || x.line == 2)),
+        "the codec and client side are allowed: {v:#?}"
+    );
+}
+
 #[test]
 fn the_accept_loop_may_use_a_protocol_and_the_shared_parts() {
     let v = scan(

@@ -24,6 +24,51 @@ pub struct Snapshot {
     /// cleartext). Certificates reload with the snapshot; whether a listener speaks TLS at all is
     /// fixed when it is bound, like its address.
     pub listeners: Box<[ListenerSnap]>,
+    /// `[http2]`: the settings of HTTP/2 client connections (applied to new connections).
+    pub http2: Http2,
+}
+
+/// `[http2]`: what an HTTP/2 client connection is allowed (RFC 9113 §6.5.2 settings, and the
+/// bounds that keep the known attacks cheap). Read when a connection starts.
+#[derive(Debug, Clone)]
+pub struct Http2 {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams past it are refused (REFUSED_STREAM).
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_INITIAL_WINDOW_SIZE: what a client may send on one stream before we read it.
+    pub initial_stream_window: u32,
+    /// The connection's receive window (a WINDOW_UPDATE after the preface).
+    pub initial_connection_window: u32,
+    /// SETTINGS_MAX_FRAME_SIZE.
+    pub max_frame_size: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: a decoded header block past it is refused (HPACK bombs,
+    /// CONTINUATION floods).
+    pub max_header_list_size: u32,
+    /// Streams a client may open and reset before they are accepted (CVE-2023-44487, rapid
+    /// reset): past it the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+    pub max_pending_reset_streams: usize,
+    /// Streams this proxy may reset for a client's protocol errors before the connection ends
+    /// with GOAWAY (the same attack through malformed streams).
+    pub max_local_error_resets: usize,
+    /// Ping an idle-looking client this often (`None`: never); no answer within
+    /// `keepalive_timeout` closes the connection.
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Http2 {
+    fn default() -> Self {
+        Http2 {
+            max_concurrent_streams: 128,
+            initial_stream_window: 256 * 1024,
+            initial_connection_window: 1024 * 1024,
+            max_frame_size: 16 * 1024,
+            max_header_list_size: 16 * 1024,
+            max_pending_reset_streams: 20,
+            max_local_error_resets: 1024,
+            keepalive_interval: None,
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
 }
 
 /// One configured listener as the accept loop sees it.
@@ -31,6 +76,8 @@ pub struct Snapshot {
 pub struct ListenerSnap {
     pub address: SocketAddr,
     pub tls: Option<TlsListener>,
+    /// Cleartext HTTP/2 with prior knowledge accepted beside HTTP/1.1 (`h2c = true`).
+    pub h2c: bool,
 }
 
 /// A TLS listener's settings: the rustls config (certificates through [`Sni`]) and the

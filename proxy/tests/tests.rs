@@ -13,6 +13,7 @@
 //! - `keepalive`: connection reuse on both sides, pipelining, closing rules.
 //! - `cli`: `proxy check` messages.
 //! - `tls`, `tls_adversarial`: TLS termination; `tls_upstream`: TLS to the upstream (`tls = true`).
+//! - `h2`: HTTP/2 from clients (h2c prior knowledge, ALPN h2), to HTTP/1.1 upstreams.
 #![allow(clippy::unwrap_used)] // reason: tests fail loudly on unexpected states; that is the point
 
 mod support;
@@ -20,6 +21,7 @@ mod support;
 mod adversarial;
 mod cli;
 mod faults;
+mod h2;
 mod keepalive;
 mod routing;
 mod semantics;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::snapshot::{Balance, HostMatch, Limits, ListenerSnap, Route, Router, Server, Snapshot, UpstreamGroup};
+use crate::snapshot::{Balance, HostMatch, Http2, Limits, ListenerSnap, Route, Router, Server, Snapshot, UpstreamGroup};
 
 /// Hard ceiling for `limits.max_headers`: the parser's header array is sized for it.
 pub const MAX_HEADERS_CEILING: usize = 256;
@@ -229,10 +229,19 @@ impl Compiler<'_> {
                 Some(t) => Some(self.listener_tls(t, &format!("listeners[{i}].tls"))?),
                 None => None,
             };
-            listener_snaps.push(ListenerSnap { address: addr, tls });
+            let h2c = l.h2c.as_ref().is_some_and(|v| *v.get_ref());
+            if let (true, Some(_), Some(v)) = (h2c, &l.tls, &l.h2c) {
+                return self.err(
+                    Some(v.span()),
+                    format!("listeners[{i}].h2c"),
+                    "h2c is cleartext HTTP/2; a TLS listener offers HTTP/2 by ALPN (tls.http2, on by default)".into(),
+                );
+            }
+            listener_snaps.push(ListenerSnap { address: addr, tls, h2c });
         }
 
         let limits = self.limits(raw.limits.unwrap_or_default(), raw.memory.unwrap_or_default())?;
+        let http2 = self.http2(raw.http2.unwrap_or_default(), &limits)?;
 
         // Upstream groups, in name order so that indices are deterministic.
         let mut names: Vec<&String> = raw.upstreams.keys().collect();
@@ -311,6 +320,7 @@ impl Compiler<'_> {
                 via: format!("1.1 {name}").into_bytes().into_boxed_slice(),
                 trace_sample_every,
                 listeners: listener_snaps.into_boxed_slice(),
+                http2,
             },
             drain_timeout,
             watch_config,
@@ -383,6 +393,67 @@ impl Compiler<'_> {
                 as usize,
             release_idle_after: self.duration(m.release_idle_after.as_ref(), "memory.release_idle_after", d.release_idle_after)?,
             pool_max: self.positive_or_zero(m.pool_max.as_ref(), "memory.pool_max", d.pool_max as u64, 1 << 16)? as usize,
+        })
+    }
+
+    /// `[http2]`, each setting within what RFC 9113 allows. `max_header_list_size` defaults to
+    /// `limits.max_request_head_bytes`, so a head is bounded alike over both protocols.
+    fn http2(&self, h: raw::Http2, limits: &Limits) -> Result<Http2, ConfigError> {
+        let d = Http2::default();
+        const MAX_WINDOW: u64 = (1 << 31) - 1;
+        let max_frame_size = self.positive(h.max_frame_size.as_ref(), "http2.max_frame_size", d.max_frame_size as u64, (1 << 24) - 1)?;
+        if max_frame_size < 16_384 {
+            return self.err(
+                h.max_frame_size.as_ref().map(|s| s.span()),
+                "http2.max_frame_size".into(),
+                format!("{max_frame_size} is below 16384, the smallest maximum frame size HTTP/2 allows"),
+            );
+        }
+        let keepalive_interval = match &h.keepalive_interval {
+            Some(v) if v.get_ref() == "off" => None,
+            Some(_) => Some(self.duration(h.keepalive_interval.as_ref(), "http2.keepalive_interval", Duration::ZERO)?),
+            None => d.keepalive_interval,
+        };
+        Ok(Http2 {
+            max_concurrent_streams: self.positive(
+                h.max_concurrent_streams.as_ref(),
+                "http2.max_concurrent_streams",
+                d.max_concurrent_streams as u64,
+                1 << 16,
+            )? as u32,
+            initial_stream_window: self.positive(
+                h.initial_stream_window.as_ref(),
+                "http2.initial_stream_window",
+                d.initial_stream_window as u64,
+                MAX_WINDOW,
+            )? as u32,
+            initial_connection_window: self.positive(
+                h.initial_connection_window.as_ref(),
+                "http2.initial_connection_window",
+                d.initial_connection_window as u64,
+                MAX_WINDOW,
+            )? as u32,
+            max_frame_size: max_frame_size as u32,
+            max_header_list_size: self.positive(
+                h.max_header_list_size.as_ref(),
+                "http2.max_header_list_size",
+                limits.max_request_head_bytes as u64,
+                1 << 24,
+            )? as u32,
+            max_pending_reset_streams: self.positive(
+                h.max_pending_reset_streams.as_ref(),
+                "http2.max_pending_reset_streams",
+                d.max_pending_reset_streams as u64,
+                1 << 16,
+            )? as usize,
+            max_local_error_resets: self.positive(
+                h.max_local_error_resets.as_ref(),
+                "http2.max_local_error_resets",
+                d.max_local_error_resets as u64,
+                1 << 20,
+            )? as usize,
+            keepalive_interval,
+            keepalive_timeout: self.duration(h.keepalive_timeout.as_ref(), "http2.keepalive_timeout", d.keepalive_timeout)?,
         })
     }
 
@@ -571,6 +642,36 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("limits.max_connections"), "{e}");
         let e = check(&format!("{BASE}[limits]\nmax_request_line_bytes = 9000\nmax_request_head_bytes = 8000\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("limits.max_request_line_bytes"), "{e}");
+    }
+
+    #[test]
+    fn http2_section_and_h2c() {
+        let d = check(BASE).unwrap();
+        assert_eq!(d.snapshot.http2.max_concurrent_streams, 128);
+        assert_eq!(d.snapshot.http2.max_header_list_size, 16 * 1024, "defaults to limits.max_request_head_bytes");
+        assert!(!d.snapshot.listeners[0].h2c);
+        let c = check(&format!(
+            "{BASE}[http2]\nmax_concurrent_streams = 10\ninitial_stream_window = 65535\nmax_frame_size = 32768\nkeepalive_interval = \"30s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.snapshot.http2.max_concurrent_streams, 10);
+        assert_eq!(c.snapshot.http2.initial_stream_window, 65_535);
+        assert_eq!(c.snapshot.http2.max_frame_size, 32_768);
+        assert_eq!(c.snapshot.http2.keepalive_interval, Some(Duration::from_secs(30)));
+        for (bad, key) in [
+            ("max_frame_size = 1000", "http2.max_frame_size"),
+            ("max_frame_size = 16777216", "http2.max_frame_size"),
+            ("initial_stream_window = 2147483648", "http2.initial_stream_window"),
+            ("max_concurrent_streams = 0", "http2.max_concurrent_streams"),
+            ("keepalive_interval = \"soon\"", "http2.keepalive_interval"),
+        ] {
+            let e = check(&format!("{BASE}[http2]\n{bad}\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{bad}: {e}");
+        }
+        let e = check(&format!("{BASE}[http2]\npush = true\n")).unwrap_err();
+        assert!(e.message.contains("push"), "{e}");
+        let c = check(&BASE.replace("address = \"127.0.0.1:0\"\n", "address = \"127.0.0.1:0\"\nh2c = true\n")).unwrap();
+        assert!(c.snapshot.listeners[0].h2c);
     }
 
     #[test]

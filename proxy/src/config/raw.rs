@@ -20,6 +20,7 @@ pub struct Raw {
     pub admin: Option<Admin>,
     pub log: Option<Log>,
     pub observability: Option<Observability>,
+    pub http2: Option<Http2>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -43,6 +44,8 @@ pub struct Memory {
 pub struct Listener {
     pub address: Spanned<String>,
     pub tls: Option<ListenerTls>,
+    /// Cleartext HTTP/2 with prior knowledge beside HTTP/1.1 (the preface decides).
+    pub h2c: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +61,8 @@ pub struct ListenerTls {
     pub client_auth: Option<Spanned<String>>,
     pub cipher_suites: Option<Spanned<Vec<Spanned<String>>>>,
     pub kx_groups: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Offer HTTP/2 by ALPN (default true).
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,4 +131,19 @@ pub struct Log {
 #[serde(deny_unknown_fields)]
 pub struct Observability {
     pub trace_sample_rate: Option<Spanned<f64>>,
+}
+
+/// `[http2]`: the settings of every HTTP/2 client connection.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2 {
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+    pub initial_stream_window: Option<Spanned<i64>>,
+    pub initial_connection_window: Option<Spanned<i64>>,
+    pub max_frame_size: Option<Spanned<i64>>,
+    pub max_header_list_size: Option<Spanned<i64>>,
+    pub max_pending_reset_streams: Option<Spanned<i64>>,
+    pub max_local_error_resets: Option<Spanned<i64>>,
+    pub keepalive_interval: Option<Spanned<String>>,
+    pub keepalive_timeout: Option<Spanned<String>>,
 }

@@ -30,8 +30,10 @@ use crate::snapshot::{Sni, TlsListener};
 /// The default `handshake_timeout`.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the handshake offers by ALPN: only what the proxy serves (HTTP/2 comes with phase 2b).
-const ALPN: &[&[u8]] = &[b"http/1.1"];
+/// What the handshake offers by ALPN, in the server's order of preference: HTTP/2 first unless
+/// `tls.http2 = false`. A client that offers neither (or no ALPN at all) speaks HTTP/1.1.
+const ALPN_H2: &[&[u8]] = &[b"h2", b"http/1.1"];
+const ALPN_H1: &[&[u8]] = &[b"http/1.1"];
 
 /// Without `ticket_keys`: the session-ticket keys of this process: made once, kept across reloads (a reload must not
 /// invalidate every ticket out there), rotated by rustls every six hours.
@@ -95,7 +97,8 @@ impl Compiler<'_> {
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(Arc::new(sni));
-        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        let alpn = if t.http2.unwrap_or(true) { ALPN_H2 } else { ALPN_H1 };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         // The record layer after the handshake is the proxy's own (data::tls::record).
         config.enable_secret_extraction = true;
         config.max_early_data_size = 0;

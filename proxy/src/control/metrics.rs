@@ -11,7 +11,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use crate::config::RouteInfo;
-use crate::data::metrics::{CLASSES, ERROR_KINDS, LATENCY_BOUNDS_US, MAX_ROUTE_SLOTS, ROUTE_NONE, ROUTE_OTHER, TLS_FAILURES, Totals};
+use crate::data::metrics::{
+    CLASSES, ERROR_KINDS, H2_EVENTS, LATENCY_BOUNDS_US, MAX_ROUTE_SLOTS, ROUTE_NONE, ROUTE_OTHER, TLS_FAILURES, Totals,
+};
 use crate::data::worker::Shared;
 
 /// Process-level values the exporter adds beside the worker counters.
@@ -133,6 +135,16 @@ pub fn render(shared: &Shared, p: &ProcessValues) -> String {
     );
     let _ = writeln!(out, "proxy_upstream_tls_handshakes_total{{kind=\"full\"}} {}", t.upstream_tls_full);
     let _ = writeln!(out, "proxy_upstream_tls_handshakes_total{{kind=\"resumed\"}} {}", t.upstream_tls_resumed);
+
+    header(
+        &mut out,
+        "proxy_h2_events_total",
+        "counter",
+        "HTTP/2 client connections and streams: connections set up or failed, streams (requests) accepted, streams reset by either side, connections ended by a protocol error (GOAWAY) or an unanswered keep-alive ping.",
+    );
+    for (k, (_, name)) in H2_EVENTS.iter().enumerate() {
+        let _ = writeln!(out, "proxy_h2_events_total{{event=\"{name}\"}} {}", t.h2[k]);
+    }
 
     header(&mut out, "proxy_errors_total", "counter", "Failed requests by kind.");
     for (k, (_, name)) in ERROR_KINDS.iter().enumerate() {

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use crate::data::h1::{conn, scratch};
+use crate::data::h1::{client, conn, scratch};
+use crate::data::h2;
 use crate::data::tls;
 use crate::data::worker::{ConnPermit, Worker};
 use crate::snapshot::TlsListener;
@@ -20,9 +21,9 @@ use crate::snapshot::TlsListener;
 /// at start (its certificates then follow every reload).
 pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, index: usize) {
     worker.timers.start();
-    let (address, started_tls) = match worker.snapshot().listeners.get(index) {
-        Some(l) => (l.address, l.tls.clone()),
-        None => (SocketAddr::from(([0, 0, 0, 0], 0)), None),
+    let (address, started_tls, h2c) = match worker.snapshot().listeners.get(index) {
+        Some(l) => (l.address, l.tls.clone(), l.h2c),
+        None => (SocketAddr::from(([0, 0, 0, 0], 0)), None, false),
     };
     loop {
         match listener.accept().await {
@@ -32,6 +33,9 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, index: usize
                 if let Some(permit) = ConnPermit::try_acquire(&worker.shared, snap.limits.max_connections) {
                     let _ = stream.set_nodelay(true);
                     match &started_tls {
+                        None if h2c => {
+                            tokio::task::spawn_local(serve_h2c(Rc::clone(&worker), stream, peer, permit));
+                        }
                         None => {
                             tokio::task::spawn_local(conn::serve(Rc::clone(&worker), stream, peer, permit));
                         }
@@ -48,11 +52,45 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, index: usize
 }
 
 /// A TLS connection: the handshake (boxed: its state is rustls's and goes when it is done, so
-/// the connection's task stays the size of the HTTP/1.1 loop), then HTTP/1.1 over the stream.
+/// the connection's task stays the size of the HTTP/1.1 loop), then HTTP/2 if ALPN chose it
+/// (boxed: an HTTP/2 connection's state is larger than an idle HTTP/1.1 one's), else HTTP/1.1.
 async fn serve_tls(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, permit: ConnPermit, tls: TlsListener) {
     match Box::pin(tls::accept(&worker, stream, tls.config, tls.handshake_timeout)).await {
+        Ok(stream) if stream.alpn_h2() => Box::pin(h2::conn::serve(worker, stream, peer, permit)).await,
         Ok(stream) => conn::serve(worker, stream, peer, permit).await,
         Err(kind) => worker.metrics().tls_failure(kind),
+    }
+}
+
+/// A cleartext connection on an `h2c` listener: HTTP/2 if its first bytes are the HTTP/2
+/// preface (prior knowledge, RFC 9113 §3.3), else HTTP/1.1 (`Upgrade: h2c` is never honoured:
+/// the HTTP/1.1 parser drops it). The bytes are peeked, not read: whichever protocol serves the
+/// connection reads them itself. A client that sends nothing within the header timeout is
+/// closed. Per connection, off the request path.
+async fn serve_h2c(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, permit: ConnPermit) {
+    let mut first = [0u8; h2::PREFACE.len()];
+    let until = Instant::now() + worker.snapshot().limits.header_read_timeout;
+    let is_h2 = loop {
+        let n = match tokio::time::timeout_at(until, stream.peek(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return,
+        };
+        if first[..n] != h2::PREFACE[..n] {
+            break false;
+        }
+        if n == h2::PREFACE.len() {
+            break true;
+        }
+        // A prefix of the preface so far: wait for more (peek returns at once while bytes wait).
+        if tokio::time::timeout_at(until, stream.readable()).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    if is_h2 {
+        Box::pin(h2::conn::serve(worker, stream, peer, permit)).await;
+    } else {
+        conn::serve(worker, stream, peer, permit).await;
     }
 }
 
@@ -81,7 +119,7 @@ pub async fn pool_sweeper(worker: Rc<Worker>) {
         let (freed, spare, created) = scratch::sweep(snap.limits.pool_max);
         worker.metrics().working_sets(spare as u64, created);
         let (freed_tls, _, _) = tls::pool::sweep();
-        let freed = freed + freed_tls;
+        let freed = freed + freed_tls + client::sweep(snap.limits.pool_max);
         let table = worker.timers.trim() + worker.drain.trim();
         if freed > 0 || table < slots {
             crate::allocator::release_thread_cache();

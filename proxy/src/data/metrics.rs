@@ -79,6 +79,39 @@ pub const TLS_FAILURES: [(TlsFailure, &str); 7] = [
     (TlsFailure::Renegotiation, "renegotiation"),
 ];
 
+/// What is counted of HTTP/2 client connections (`proxy_h2_events_total{event}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum H2Event {
+    /// A client connection completed the HTTP/2 preface and settings exchange.
+    Connection,
+    /// A client connection failed before that (bad preface, timeout).
+    HandshakeFailed,
+    /// A stream opened by a client and accepted (one request).
+    Stream,
+    /// A stream the client reset before its exchange ended.
+    ResetByClient,
+    /// A stream this proxy reset (the upstream broke mid-response, a slow reader, a body past
+    /// its limit, a body the client stopped sending).
+    ResetByProxy,
+    /// A connection ended by a protocol error: GOAWAY with an error code (rapid reset, a
+    /// CONTINUATION flood or HPACK bomb, a flow-control violation, too many bad streams).
+    ConnectionError,
+    /// A connection closed because its keep-alive ping went unanswered.
+    PingTimeout,
+}
+
+/// Every [`H2Event`] with its metric label, in index order.
+pub const H2_EVENTS: [(H2Event, &str); 7] = [
+    (H2Event::Connection, "connection"),
+    (H2Event::HandshakeFailed, "handshake_failed"),
+    (H2Event::Stream, "stream"),
+    (H2Event::ResetByClient, "reset_by_client"),
+    (H2Event::ResetByProxy, "reset_by_proxy"),
+    (H2Event::ConnectionError, "connection_error"),
+    (H2Event::PingTimeout, "ping_timeout"),
+];
+
 fn error_index(e: ProxyError) -> usize {
     match e {
         ProxyError::BadRequest => 0,
@@ -123,6 +156,8 @@ pub struct WorkerMetrics {
     /// TLS handshakes with upstream servers, full and resumed.
     upstream_tls_full: AtomicU64,
     upstream_tls_resumed: AtomicU64,
+    /// HTTP/2 client connections and streams, by [`H2Event`].
+    h2: [AtomicU64; H2_EVENTS.len()],
 }
 
 /// Adds `n` to a counter this thread alone writes: a plain load and store, no locked RMW.
@@ -151,6 +186,7 @@ impl Default for WorkerMetrics {
             tls_failures: std::array::from_fn(|_| AtomicU64::new(0)),
             upstream_tls_full: AtomicU64::new(0),
             upstream_tls_resumed: AtomicU64::new(0),
+            h2: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -166,6 +202,12 @@ impl WorkerMetrics {
     #[inline]
     pub fn upstream_tls_handshake(&self, resumed: bool) {
         add(if resumed { &self.upstream_tls_resumed } else { &self.upstream_tls_full }, 1);
+    }
+
+    /// An HTTP/2 connection or stream event.
+    #[inline]
+    pub fn h2(&self, event: H2Event) {
+        add(&self.h2[event as usize], 1);
     }
 
     /// A TLS connection failed (per connection).
@@ -267,6 +309,9 @@ impl WorkerMetrics {
         }
         into.upstream_tls_full += self.upstream_tls_full.load(Relaxed);
         into.upstream_tls_resumed += self.upstream_tls_resumed.load(Relaxed);
+        for (k, v) in self.h2.iter().enumerate() {
+            into.h2[k] += v.load(Relaxed);
+        }
     }
 }
 
@@ -290,6 +335,7 @@ pub struct Totals {
     pub tls_failures: [u64; TLS_FAILURES.len()],
     pub upstream_tls_full: u64,
     pub upstream_tls_resumed: u64,
+    pub h2: [u64; H2_EVENTS.len()],
 }
 
 impl Default for Totals {
@@ -312,6 +358,7 @@ impl Default for Totals {
             tls_failures: [0; TLS_FAILURES.len()],
             upstream_tls_full: 0,
             upstream_tls_resumed: 0,
+            h2: [0; H2_EVENTS.len()],
         }
     }
 }

@@ -13,14 +13,18 @@
 //!   responses, the access-log record.
 //!
 //! One module per protocol, siblings that share the above and never use each other:
-//! - [`h1`]: HTTP/1.1 (the codec over `httparse` and the connection loop). TLS, HTTP/2 and
-//!   HTTP/3 will be `tls`, `h2` and `h3` beside it.
+//! - [`h1`]: HTTP/1.1 (the codec over `httparse`, the connection loop, the client side).
+//! - [`h2`]: HTTP/2 from clients (the `h2` crate), to HTTP/1.1 upstreams through `h1`'s client
+//!   side. HTTP/3 will be `h3` beside them.
+//!
+//! Below the protocols: [`tls`] (TLS on both sides) and [`io`] (the stream a protocol serves).
 
 pub mod accept;
 pub mod access;
 pub mod buf;
 pub mod error;
 pub mod h1;
+pub mod h2;
 pub mod io;
 pub mod metrics;
 #[cfg(feature = "planted")]

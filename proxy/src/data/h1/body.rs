@@ -68,8 +68,9 @@ impl ResBody {
 
     /// Validates the body bytes at the front of `avail`; returns how many input bytes belong to
     /// the body and whether it ended. Chunk data is appended to `dechunked` only when
-    /// de-chunking (the one case where body bytes are copied instead of passed through).
-    pub fn take(&mut self, avail: &[u8], dechunked: &mut Vec<u8>) -> Result<(usize, bool), ProxyError> {
+    /// de-chunking (the one case where body bytes are copied instead of passed through): the
+    /// output buffer of an HTTP/1.0 client, or the frame an HTTP/2 stream sends next.
+    pub fn take<B: bytes::BufMut>(&mut self, avail: &[u8], dechunked: &mut B) -> Result<(usize, bool), ProxyError> {
         match self {
             ResBody::Length(left) => {
                 let n = (*left).min(avail.len() as u64) as usize;
@@ -81,7 +82,7 @@ impl ResBody {
                 let step = dec
                     .feed(avail, |s, e| {
                         if dechunk {
-                            dechunked.extend_from_slice(&avail[s..e]);
+                            dechunked.put_slice(&avail[s..e]);
                         }
                     })
                     .map_err(|_| ProxyError::BadResponse)?;

@@ -17,9 +17,13 @@
 //! The client side:
 //! - [`upstream`]: the request written to the upstream connection, its body streamed, the
 //!   response head read and the response relayed (zero-copy), or a tunnel after a 101.
+//! - [`client`]: the same side for a client of another protocol (HTTP/2): a working set of its
+//!   own, borrowed per exchange, and the reads and writes of the exchange; the protocol frames
+//!   what it reads for its client.
 
 pub mod body;
 pub mod chunked;
+pub mod client;
 pub mod conn;
 pub mod head;
 pub mod rewrite;

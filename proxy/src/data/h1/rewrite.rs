@@ -75,6 +75,96 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], req: &RequestHead, route: &Ro
     out.extend_from_slice(b"\r\n");
 }
 
+/// How the body of a request forwarded from another protocol ([`forwarded_request_head`]) is
+/// framed on the HTTP/1.1 upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardBody {
+    /// No body, and none announced: nothing is written (a `content-length` field among the
+    /// fields frames it as the client sent it).
+    AsFields,
+    /// No body on a method that usually has one: `Content-Length: 0`.
+    EmptyLength,
+    /// A body of unknown length: `Transfer-Encoding: chunked` (the caller frames the chunks).
+    Chunked,
+}
+
+/// A request of another protocol (HTTP/2, HTTP/3) as an HTTP/1.1 head: the request line,
+/// `Host` from the authority, the fields as received (`cookie` fields joined into one, RFC 9113
+/// §8.2.3; `host`, `x-forwarded-proto` and `x-forwarded-host` re-emitted), `X-Forwarded-*`,
+/// `Via` and the body framing, then the blank line. The fields are those the protocol accepted:
+/// connection-specific ones (RFC 9113 §8.2.2) never reach here.
+#[allow(clippy::too_many_arguments)]
+pub fn forwarded_request_head<'f, F, I>(
+    out: &mut Vec<u8>,
+    method: &[u8],
+    path: &[u8],
+    authority: &[u8],
+    fields: F,
+    route: &Route,
+    client_ip: &[u8],
+    tls: bool,
+    via: &[u8],
+    body: ForwardBody,
+) where
+    F: Fn() -> I,
+    I: Iterator<Item = (&'f [u8], &'f [u8])>,
+{
+    out.clear();
+    out.extend_from_slice(method);
+    out.push(b' ');
+    let mut path = path;
+    if route.strip_prefix {
+        path = path.get(route.prefix.len()..).unwrap_or(b"");
+    }
+    if path.first() != Some(&b'/') && path != b"*" {
+        out.push(b'/');
+    }
+    out.extend_from_slice(path);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // The authority, else a `host` field (RFC 9113 §8.3.1 lets a client send either).
+    let host = if authority.is_empty() { fields().find(|(n, _)| *n == b"host").map_or(b"".as_slice(), |(_, v)| v) } else { authority };
+    field(out, b"Host", host);
+    let mut cookies = 0;
+    for (name, value) in fields() {
+        match name {
+            b"host" | b"x-forwarded-for" | b"x-forwarded-proto" | b"x-forwarded-host" => {}
+            b"cookie" => cookies += 1,
+            _ => field(out, name, value),
+        }
+    }
+    if cookies > 0 {
+        out.extend_from_slice(b"cookie: ");
+        let mut first = true;
+        for (_, value) in fields().filter(|(n, _)| *n == b"cookie") {
+            if !first {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(value);
+            first = false;
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for (_, value) in fields().filter(|(n, _)| *n == b"x-forwarded-for") {
+        if !value.is_empty() {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(client_ip);
+    out.extend_from_slice(if tls { b"\r\nX-Forwarded-Proto: https\r\n" } else { b"\r\nX-Forwarded-Proto: http\r\n" });
+    if !host.is_empty() {
+        field(out, b"X-Forwarded-Host", host);
+    }
+    field(out, b"Via", via);
+    match body {
+        ForwardBody::AsFields => {}
+        ForwardBody::EmptyLength => out.extend_from_slice(b"Content-Length: 0\r\n"),
+        ForwardBody::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// What the response head written by [`response_head`] introduces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadFor {
@@ -197,6 +287,49 @@ mod tests {
         let mut out = Vec::new();
         request_head(&mut out, b, &parse(b), &route("/", false), b"::1", false, b"1.1 p");
         let want = "GET /old HTTP/1.1\r\nX-A: 1\r\nHost: \r\nX-Forwarded-For: ::1\r\nX-Forwarded-Proto: http\r\nVia: 1.1 p\r\n\r\n";
+        assert_eq!(String::from_utf8_lossy(&out), want);
+    }
+
+    #[test]
+    fn a_request_from_another_protocol() {
+        let fields: &[(&[u8], &[u8])] = &[
+            (b"accept", b"*/*"),
+            (b"cookie", b"a=1"),
+            (b"x-forwarded-for", b"1.2.3.4"),
+            (b"x-forwarded-proto", b"https"),
+            (b"cookie", b"b=2"),
+            (b"te", b"trailers"),
+        ];
+        let mut out = Vec::new();
+        forwarded_request_head(
+            &mut out,
+            b"POST",
+            b"/api/x?y",
+            b"h:8443",
+            || fields.iter().copied(),
+            &route("/api", true),
+            b"::1",
+            true,
+            b"1.1 p",
+            ForwardBody::Chunked,
+        );
+        let want = "POST /x?y HTTP/1.1\r\nHost: h:8443\r\naccept: */*\r\nte: trailers\r\ncookie: a=1; b=2\r\nX-Forwarded-For: 1.2.3.4, ::1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: h:8443\r\nVia: 1.1 p\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(String::from_utf8_lossy(&out), want);
+        // No authority: the host field; a body-less POST says so.
+        let fields: &[(&[u8], &[u8])] = &[(b"host", b"example")];
+        forwarded_request_head(
+            &mut out,
+            b"POST",
+            b"/",
+            b"",
+            || fields.iter().copied(),
+            &route("/", false),
+            b"::1",
+            false,
+            b"1.1 p",
+            ForwardBody::EmptyLength,
+        );
+        let want = "POST / HTTP/1.1\r\nHost: example\r\nX-Forwarded-For: ::1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: example\r\nVia: 1.1 p\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(String::from_utf8_lossy(&out), want);
     }
 

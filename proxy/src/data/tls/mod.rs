@@ -323,6 +323,8 @@ pub struct TlsStream<S: Side = ServerConnectionData> {
     records_without_data: u8,
     /// A record error ended the connection (counted once, on drop).
     failed: Option<TlsFailure>,
+    /// The handshake chose HTTP/2 by ALPN.
+    h2: bool,
 }
 
 impl<S: Side> std::fmt::Debug for TlsStream<S> {
@@ -335,6 +337,7 @@ impl<S: Side> TlsStream<S> {
     fn new(worker: Option<Rc<Worker>>, tcp: TcpStream, conn: S::Conn, rbuf: Buf, early: Vec<u8>) -> Result<(Self, bool), TlsFailure> {
         let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
         let tls13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
+        let h2 = conn.alpn_protocol() == Some(b"h2".as_slice());
         let (secrets, kernel) = S::into_kernel(conn).map_err(|_| TlsFailure::Handshake)?;
         let rx = Keys::new(secrets.rx.0, &secrets.rx.1, tls13).map_err(|_| TlsFailure::Handshake)?;
         let tx = Keys::new(secrets.tx.0, &secrets.tx.1, tls13).map_err(|_| TlsFailure::Handshake)?;
@@ -354,6 +357,7 @@ impl<S: Side> TlsStream<S> {
             update_answered: false,
             records_without_data: 0,
             failed: None,
+            h2,
         };
         #[cfg(feature = "planted")]
         if let Some(n) = crate::data::planted::tls_held_bytes().filter(|_| s.early.is_empty()) {
@@ -364,6 +368,12 @@ impl<S: Side> TlsStream<S> {
         }
         s.release_read();
         Ok((s, resumed))
+    }
+
+    /// The handshake chose HTTP/2 (ALPN `h2`): the accept loop hands the stream to `data::h2`.
+    #[inline]
+    pub fn alpn_h2(&self) -> bool {
+        self.h2
     }
 
     /// Gives the read buffer back when nothing waits in it.

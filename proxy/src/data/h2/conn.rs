@@ -1,0 +1,233 @@
+//! One HTTP/2 client connection. Hot path (per connection; a stream is one request, see
+//! [`super::stream`]).
+//!
+//! The `h2` server connection is driven here, on the connection's task: every frame in and out
+//! passes through `poll_accept`, which also hands over each new stream; the stream runs in a task
+//! of its own on the same worker thread, so a slow upstream holds back its stream, never the
+//! connection. Besides, this task watches:
+//! - the drain: GOAWAY with the last stream id, then the open streams finish and it closes;
+//! - the idle timeout (`limits.client_idle_timeout` without an open stream; the first request is
+//!   due within `limits.header_read_timeout` of the preface);
+//! - keep-alive pings (`http2.keepalive_interval`), when configured: a client that does not
+//!   answer within `http2.keepalive_timeout` is gone.
+//!
+//! The bounds on what a client may do are the `[http2]` settings, enforced by `h2`: streams past
+//! `max_concurrent_streams` are refused, a header block past `max_header_list_size` is refused
+//! (an HPACK bomb or a CONTINUATION flood ends there), streams reset before they are accepted
+//! are capped (rapid reset), as are streams reset for protocol errors; SETTINGS and PING are
+//! answered one at a time (the reads stop until the answer is written).
+
+use std::cell::Cell;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use h2::server::{Builder, Connection};
+use h2::{Ping, PingPong, Reason};
+use http::HeaderValue;
+
+use crate::data::io::ClientIo;
+use crate::data::metrics::H2Event;
+use crate::data::worker::{ConnPermit, Worker};
+
+/// What every stream of a connection reads: the client's address (`X-Forwarded-For`, access
+/// log), whether it spoke TLS, the `Via` value as a header value (made once per connection), and
+/// the connection's open streams and idle deadline, which the streams keep up to date.
+#[derive(Debug)]
+pub struct ConnInfo {
+    ip: [u8; 48],
+    ip_len: u8,
+    pub tls: bool,
+    pub via: HeaderValue,
+    /// Streams accepted and not yet finished.
+    open: Cell<usize>,
+    /// When the connection is idle past its timeout, if no stream is open by then.
+    idle_until: Cell<u64>,
+}
+
+impl ConnInfo {
+    pub fn ip(&self) -> &[u8] {
+        &self.ip[..self.ip_len as usize]
+    }
+
+    /// A stream ends: with none left open, the idle timeout counts from now.
+    pub fn stream_done(&self, worker: &Worker) {
+        self.open.set(self.open.get().saturating_sub(1));
+        if self.open.get() == 0 {
+            self.idle_until.set(worker.timers.deadline(worker.snapshot().limits.client_idle_timeout));
+        }
+    }
+}
+
+/// The connection's slots in the worker's timer table and drain signal, released on drop.
+struct Slots<'w> {
+    worker: &'w Worker,
+    timer: usize,
+    ping: usize,
+    drain: usize,
+}
+
+impl Drop for Slots<'_> {
+    fn drop(&mut self) {
+        self.worker.timers.release(self.timer);
+        self.worker.timers.release(self.ping);
+        self.worker.drain.release(self.drain);
+    }
+}
+
+/// What woke the connection's task. (Moved out at once; boxing the large variant would allocate
+/// per stream for nothing.)
+#[allow(clippy::large_enum_variant)]
+enum Event {
+    Stream(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>),
+    /// The connection ended: cleanly (`None`) or with a protocol error.
+    Closed(Option<h2::Error>),
+    Drain,
+    Idle,
+    PingDue,
+    PingTimeout,
+}
+
+/// Serves one client connection that speaks HTTP/2 (after a TLS handshake that chose `h2`, or
+/// with the cleartext preface seen on an `h2c` listener) until it closes.
+pub async fn serve<S: ClientIo + 'static>(worker: Rc<Worker>, io: S, peer: SocketAddr, permit: ConnPermit) {
+    let _permit = permit;
+    worker.metrics().connection();
+    let snap = worker.snapshot();
+    let settings = snap.http2.clone();
+    let limits = &snap.limits;
+    let slots = Slots { worker: &worker, timer: worker.timers.register(), ping: worker.timers.register(), drain: worker.drain.register() };
+    let timers = &worker.timers;
+    timers.observe(tokio::time::Instant::now());
+
+    let mut builder = Builder::new();
+    builder
+        .initial_window_size(settings.initial_stream_window)
+        .initial_connection_window_size(settings.initial_connection_window)
+        .max_frame_size(settings.max_frame_size)
+        .max_header_list_size(settings.max_header_list_size)
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_pending_accept_reset_streams(settings.max_pending_reset_streams)
+        .max_local_error_reset_streams(Some(settings.max_local_error_resets));
+    // The preface and the settings exchange, within the header timeout.
+    let handshake = builder.handshake::<S, Bytes>(io);
+    let mut conn: Connection<S, Bytes> = match timers.within(slots.timer, timers.deadline(limits.header_read_timeout), handshake).await {
+        Ok(Ok(c)) => c,
+        _ => {
+            worker.metrics().h2(H2Event::HandshakeFailed);
+            return;
+        }
+    };
+    worker.metrics().h2(H2Event::Connection);
+
+    let mut ip = [0u8; 48];
+    let ip_len = {
+        let mut w: &mut [u8] = &mut ip;
+        let before = w.len();
+        // Formatted once per connection into a fixed array (no allocation).
+        let _ = write!(w, "{}", peer.ip().to_canonical());
+        (before - w.len()) as u8
+    };
+    let info = Rc::new(ConnInfo {
+        ip,
+        ip_len,
+        tls: S::TLS,
+        // Validated when the config was loaded (a server name of token bytes).
+        via: HeaderValue::from_bytes(&snap.via).unwrap_or(HeaderValue::from_static("1.1 proxy")),
+        open: Cell::new(0),
+        idle_until: Cell::new(timers.deadline(limits.header_read_timeout)),
+    });
+    drop(snap);
+
+    let mut pings: Option<PingPong> = settings.keepalive_interval.and_then(|_| conn.ping_pong());
+    let mut ping_due = settings.keepalive_interval.map_or(u64::MAX, |i| timers.deadline(i));
+    let mut pong_due: Option<u64> = None;
+    let mut draining = false;
+    loop {
+        let event = std::future::poll_fn(|cx| {
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => return Poll::Ready(Event::Stream(req, respond)),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Event::Closed(Some(e))),
+                Poll::Ready(None) => return Poll::Ready(Event::Closed(None)),
+                Poll::Pending => {}
+            }
+            if !draining && worker.drain.poll_drained(slots.drain, cx).is_ready() {
+                return Poll::Ready(Event::Drain);
+            }
+            if info.open.get() == 0 {
+                if timers.poll_expired(slots.timer, info.idle_until.get(), cx).is_ready() {
+                    return Poll::Ready(Event::Idle);
+                }
+            } else {
+                timers.disarm(slots.timer);
+            }
+            if let Some(p) = pings.as_mut() {
+                match pong_due {
+                    Some(due) => {
+                        if let Poll::Ready(r) = p.poll_pong(cx) {
+                            timers.disarm(slots.ping);
+                            return Poll::Ready(if r.is_ok() { Event::PingDue } else { Event::PingTimeout });
+                        }
+                        if timers.poll_expired(slots.ping, due, cx).is_ready() {
+                            return Poll::Ready(Event::PingTimeout);
+                        }
+                    }
+                    None => {
+                        if timers.poll_expired(slots.ping, ping_due, cx).is_ready() {
+                            return Poll::Ready(Event::PingDue);
+                        }
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Stream(req, respond) => {
+                worker.metrics().h2(H2Event::Stream);
+                info.open.set(info.open.get() + 1);
+                tokio::task::spawn_local(super::stream::serve(Rc::clone(&worker), Rc::clone(&info), req, respond));
+            }
+            Event::Closed(None) => return,
+            Event::Closed(Some(e)) => {
+                if e.is_go_away() || e.is_library() {
+                    worker.metrics().h2(H2Event::ConnectionError);
+                }
+                return;
+            }
+            Event::Drain => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            Event::Idle => {
+                // A stream may have opened and closed since the timer was armed: the deadline
+                // it left is the one that counts.
+                if info.open.get() == 0 && info.idle_until.get() <= timers.deadline(std::time::Duration::ZERO) {
+                    if draining {
+                        conn.abrupt_shutdown(Reason::NO_ERROR);
+                    } else {
+                        draining = true;
+                        conn.graceful_shutdown();
+                    }
+                    // A client that does not read the GOAWAY gets one more idle period.
+                    info.idle_until.set(timers.deadline(worker.snapshot().limits.client_idle_timeout));
+                }
+            }
+            Event::PingDue => {
+                if let (Some(p), Some(interval)) = (pings.as_mut(), settings.keepalive_interval) {
+                    if pong_due.take().is_some() {
+                        ping_due = timers.deadline(interval);
+                    } else if p.send_ping(Ping::opaque()).is_ok() {
+                        pong_due = Some(timers.deadline(settings.keepalive_timeout));
+                    }
+                }
+            }
+            Event::PingTimeout => {
+                worker.metrics().h2(H2Event::PingTimeout);
+                return;
+            }
+        }
+    }
+}

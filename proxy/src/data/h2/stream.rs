@@ -1,0 +1,484 @@
+//! One HTTP/2 stream: one request, routed on the snapshot like an HTTP/1.1 one (`:authority`
+//! as Host), sent to an HTTP/1.1 upstream through the worker's pool (`h1::client`), its response
+//! relayed under HTTP/2 flow control. Hot path.
+//!
+//! Bodies stream both ways without being collected. The request body's window is given back to
+//! the client only once its bytes were written upstream, so a slow upstream slows the client
+//! down (flow control is the back-pressure); a response body is read from the upstream only as
+//! fast as the client's window takes it, through one bounded buffer per stream.
+//!
+//! Errors map as on HTTP/1.1: before the response started, the same status (an empty body);
+//! after, the stream is reset (RST_STREAM), the HTTP/2 form of closing a connection mid-body.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::header::{CONTENT_LENGTH, HOST, VIA};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use tokio::time::Instant;
+
+use crate::data::access::AccessRecord;
+use crate::data::error::ProxyError;
+use crate::data::h1::body::ResBody;
+use crate::data::h1::client::{self, ClientSet, SendError};
+use crate::data::h1::head::{Framing, Kind};
+use crate::data::h1::rewrite::{self, ForwardBody};
+use crate::data::h2::conn::ConnInfo;
+use crate::data::metrics::{H2Event, ROUTE_NONE};
+use crate::data::upstream::connect::connect;
+use crate::data::upstream::pool::UpstreamConn;
+use crate::data::worker::Worker;
+use crate::snapshot::{Snapshot, UpstreamGroup};
+
+/// Serves one stream to its end, then counts it.
+pub async fn serve(worker: Rc<Worker>, info: Rc<ConnInfo>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+    let snap = worker.snapshot();
+    let started = Instant::now();
+    worker.timers.observe(started);
+    worker.metrics().start();
+    let mut access = None;
+    if worker.shared.access_log.is_some() {
+        access = Some(access_start(&req, &info, worker.index));
+    }
+    let mut ex = Exchange {
+        worker: &worker,
+        info: &info,
+        slot: worker.timers.register(),
+        set: client::take(),
+        route: ROUTE_NONE,
+        responded: false,
+        status: 0,
+    };
+    let result = ex.run(&snap, req, &mut respond, started).await;
+    let status = match result {
+        Ok(()) => ex.status,
+        Err(e) => e.status(),
+    };
+    let elapsed = started.elapsed();
+    worker.metrics().finish(ex.route, status, elapsed);
+    if let Err(e) = result {
+        worker.metrics().error(e);
+        if !ex.responded {
+            answer_error(&worker, &mut respond, e);
+        }
+    }
+    if let Some(mut r) = access {
+        r.status = status;
+        r.latency = elapsed;
+        r.route = if ex.route == ROUTE_NONE { u16::MAX } else { ex.route.min(u16::MAX as usize - 1) as u16 };
+        if let Some(log) = &worker.shared.access_log
+            && !log.send(r)
+        {
+            worker.metrics().access_log_dropped();
+        }
+    }
+    let Exchange { slot, set, .. } = ex;
+    worker.timers.release(slot);
+    client::give(set);
+    info.stream_done(&worker);
+}
+
+/// The request line copied into a fixed-size access-log record (no allocation).
+fn access_start(req: &Request<RecvStream>, info: &ConnInfo, worker: usize) -> AccessRecord {
+    let host = req.uri().authority().map_or(b"".as_slice(), |a| a.as_str().as_bytes());
+    let mut r = AccessRecord::new(req.method().as_str().as_bytes(), host, req.uri().path().as_bytes(), info.ip(), worker);
+    r.time = std::time::SystemTime::now();
+    r
+}
+
+/// An error before any response: the status it maps to, with an empty body; a client that is
+/// gone or an upstream that broke gets the stream reset.
+#[cold]
+fn answer_error(worker: &Worker, respond: &mut SendResponse<Bytes>, e: ProxyError) {
+    if e.response().is_none() {
+        if e != ProxyError::ClientGone {
+            worker.metrics().h2(H2Event::ResetByProxy);
+            respond.send_reset(Reason::INTERNAL_ERROR);
+        }
+        return;
+    }
+    let mut res = Response::new(());
+    *res.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    res.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    if respond.send_response(res, true).is_err() {
+        worker.metrics().h2(H2Event::ResetByClient);
+    }
+}
+
+/// Counts a request in flight to one server on this worker for as long as it lives.
+struct InFlight<'a> {
+    worker: &'a Worker,
+    server: usize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.worker.end(self.server);
+    }
+}
+
+struct Exchange<'a> {
+    worker: &'a Worker,
+    info: &'a ConnInfo,
+    /// The stream's slot in the worker's timer table.
+    slot: usize,
+    set: ClientSet,
+    route: usize,
+    /// Response headers went to the client: an error can only reset the stream now.
+    responded: bool,
+    status: u16,
+}
+
+/// Methods whose request may be replayed on a fresh connection when a pooled one was stale.
+fn idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+impl Exchange<'_> {
+    async fn run(
+        &mut self,
+        snap: &Snapshot,
+        req: Request<RecvStream>,
+        respond: &mut SendResponse<Bytes>,
+        started: Instant,
+    ) -> Result<(), ProxyError> {
+        #[cfg(feature = "planted")]
+        crate::data::planted::at(crate::data::planted::Site::Request, 0);
+        let limits = &snap.limits;
+        let (parts, mut body) = req.into_parts();
+        // CONNECT (a tunnel, or extended CONNECT for WebSockets) is not offered over HTTP/2.
+        if parts.method == Method::CONNECT {
+            return Err(ProxyError::BadRequest);
+        }
+        let authority = parts.uri.authority().map_or(b"".as_slice(), |a| a.as_str().as_bytes());
+        let host = if authority.is_empty() { parts.headers.get(HOST).map_or(b"".as_slice(), |v| v.as_bytes()) } else { authority };
+        let target = parts.uri.path_and_query().map_or(b"/".as_slice(), |p| p.as_str().as_bytes());
+        // The same bounds as an HTTP/1.1 head (the header list's size is `h2`'s to bound).
+        if target.len() + parts.method.as_str().len() + 11 > limits.max_request_line_bytes {
+            return Err(ProxyError::UriTooLong);
+        }
+        if parts.headers.len() > limits.max_headers {
+            return Err(ProxyError::HeadersTooLarge);
+        }
+        let Some(route) = snap.router.lookup(host, parts.uri.path().as_bytes()) else {
+            return Err(ProxyError::NoRoute);
+        };
+        self.route = route.id;
+        let group = &snap.groups[route.group];
+
+        // `h2` has checked that DATA adds up to a `content-length` that parses.
+        let length = match parts.headers.get(CONTENT_LENGTH) {
+            None => None,
+            Some(v) => Some(parse_length(v.as_bytes()).ok_or(ProxyError::BadRequest)?),
+        };
+        if length.is_some_and(|n| n > limits.max_body_bytes) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+        let framing = match (body.is_end_stream(), length) {
+            (_, Some(_)) => ForwardBody::AsFields,
+            (true, None) if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => ForwardBody::EmptyLength,
+            (true, None) => ForwardBody::AsFields,
+            (false, None) => ForwardBody::Chunked,
+        };
+        let fields = || parts.headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        rewrite::forwarded_request_head(
+            &mut self.set.out,
+            parts.method.as_str().as_bytes(),
+            target,
+            authority,
+            fields,
+            route,
+            self.info.ip(),
+            self.info.tls,
+            &snap.via,
+            framing,
+        );
+        let is_head = parts.method == Method::HEAD;
+        let replayable = body.is_end_stream() && idempotent(&parts.method);
+
+        let server = self.worker.pick(route.group, group);
+        self.worker.begin(server.id);
+        let _in_flight = InFlight { worker: self.worker, server: server.id };
+        let pooled = self.worker.pool.borrow_mut().checkout(server.id, group.idle_timeout, started);
+        let (mut up, mut reused) = match pooled {
+            Some(c) => {
+                self.worker.metrics().upstream_reused();
+                (c, true)
+            }
+            None => (connect(self.worker, server, group).await?, false),
+        };
+        let timers = &self.worker.timers;
+        let mut deadline = timers.deadline(group.response_header_timeout);
+        loop {
+            match self.send(&mut up, &mut body, framing, limits.max_body_bytes, limits.client_idle_timeout, is_head, deadline).await {
+                Ok(()) => break,
+                Err(SendError::Stale) if reused && replayable => {
+                    self.worker.metrics().retry();
+                    up = connect(self.worker, server, group).await?;
+                    reused = false;
+                    timers.observe(Instant::now());
+                    deadline = timers.deadline(group.response_header_timeout);
+                }
+                Err(SendError::Stale) => return Err(ProxyError::UpstreamClosed),
+                Err(SendError::Proxy(e)) => return Err(e),
+            }
+        }
+        drop(body);
+        self.respond(up, group, respond, is_head, limits.client_idle_timeout).await
+    }
+
+    /// Writes the request head and streams the body, then reads the response head.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &mut self,
+        up: &mut UpstreamConn,
+        body: &mut RecvStream,
+        framing: ForwardBody,
+        max_body: u64,
+        idle: Duration,
+        is_head: bool,
+        deadline: u64,
+    ) -> Result<(), SendError> {
+        let timers = &self.worker.timers;
+        client::send(timers, self.slot, &mut up.stream, &self.set.out, deadline).await?;
+        if !body.is_end_stream() {
+            let chunked = framing == ForwardBody::Chunked;
+            let mut total: u64 = 0;
+            loop {
+                let next = match timers.within(self.slot, timers.deadline(idle), body.data()).await {
+                    Err(_) => return Err(ProxyError::RequestTimeout.into()),
+                    Ok(None) => break,
+                    Ok(Some(Err(_))) => {
+                        self.worker.metrics().h2(H2Event::ResetByClient);
+                        return Err(ProxyError::ClientGone.into());
+                    }
+                    Ok(Some(Ok(data))) => data,
+                };
+                let n = next.len();
+                total += n as u64;
+                if total > max_body {
+                    return Err(ProxyError::BodyTooLarge.into());
+                }
+                if n == 0 {
+                    continue;
+                }
+                let sent = if chunked {
+                    let out = &mut self.set.out;
+                    out.clear();
+                    hex(out, n);
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(&next);
+                    out.extend_from_slice(b"\r\n");
+                    client::send(timers, self.slot, &mut up.stream, out, timers.deadline(idle)).await
+                } else {
+                    client::send(timers, self.slot, &mut up.stream, &next, timers.deadline(idle)).await
+                };
+                // The upstream took the bytes: the client may send that much more.
+                let _ = body.flow_control().release_capacity(n);
+                match sent {
+                    Ok(()) => {}
+                    Err(SendError::Stale) => return Err(ProxyError::UpstreamClosed.into()),
+                    Err(e) => return Err(e),
+                }
+            }
+            if chunked {
+                // The last chunk, with the request's trailers if it had any (gRPC's are on the
+                // response; a request's are rare but legal).
+                let trailers = match timers.within(self.slot, timers.deadline(idle), body.trailers()).await {
+                    Err(_) => return Err(ProxyError::RequestTimeout.into()),
+                    Ok(Err(_)) => return Err(ProxyError::ClientGone.into()),
+                    Ok(Ok(t)) => t,
+                };
+                let out = &mut self.set.out;
+                out.clear();
+                out.extend_from_slice(b"0\r\n");
+                if let Some(t) = &trailers {
+                    for (name, value) in t {
+                        out.extend_from_slice(name.as_str().as_bytes());
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(value.as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                out.extend_from_slice(b"\r\n");
+                match client::send(timers, self.slot, &mut up.stream, out, timers.deadline(idle)).await {
+                    Ok(()) => {}
+                    Err(SendError::Stale) => return Err(ProxyError::UpstreamClosed.into()),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let mut answered = false;
+        client::read_response_head(timers, self.slot, &mut self.set, &mut up.stream, is_head, deadline, &mut answered).await
+    }
+
+    /// Sends the response head parsed at the front of the upstream buffer, then its body.
+    async fn respond(
+        &mut self,
+        mut up: UpstreamConn,
+        group: &UpstreamGroup,
+        respond: &mut SendResponse<Bytes>,
+        is_head: bool,
+        idle: Duration,
+    ) -> Result<(), ProxyError> {
+        let res = &self.set.res;
+        // No upgrade over HTTP/2: a 101 to a request that asked for none is invalid anyway.
+        if res.status == 101 {
+            return Err(ProxyError::BadResponse);
+        }
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::from_u16(res.status).map_err(|_| ProxyError::BadResponse)?;
+        let buf = self.set.up.filled();
+        let headers = response.headers_mut();
+        for f in &res.fields.list {
+            // Hop-by-hop fields (and those `Connection` names) have no place in HTTP/2.
+            if f.drop || matches!(f.kind, Kind::TransferEncoding | Kind::Connection | Kind::KeepAlive | Kind::Upgrade | Kind::Te) {
+                continue;
+            }
+            let name = HeaderName::from_bytes(f.name.of(buf)).map_err(|_| ProxyError::BadResponse)?;
+            let value = HeaderValue::from_bytes(f.value.of(buf)).map_err(|_| ProxyError::BadResponse)?;
+            headers.append(name, value);
+        }
+        headers.append(VIA, self.info.via.clone());
+        self.status = res.status;
+        let framing = res.framing;
+        let keep_alive = res.keep_alive;
+        self.set.up.consume(res.len);
+        let no_body = is_head || matches!(framing, Framing::None | Framing::Length(0));
+        let mut send = respond.send_response(response, no_body).map_err(|_| ProxyError::ClientGone)?;
+        self.responded = true;
+        let done = match ResBody::new(framing, true) {
+            Some(b) if !no_body => self.relay_body(&mut up, b, &mut send, group, idle).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = done {
+            // Mid-body: the stream is reset, so the client never takes a cut body as whole.
+            if e != ProxyError::ClientGone {
+                self.worker.metrics().h2(H2Event::ResetByProxy);
+                send.send_reset(Reason::INTERNAL_ERROR);
+            } else {
+                send.send_reset(Reason::CANCEL);
+            }
+            return Err(e);
+        }
+        if keep_alive && framing != Framing::UntilClose && self.set.up.is_empty() {
+            self.worker.pool.borrow_mut().checkin(up, group.idle_pool_size, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Relays the response body from the upstream buffer, de-chunked, one frame per read.
+    async fn relay_body(
+        &mut self,
+        up: &mut UpstreamConn,
+        mut body: ResBody,
+        send: &mut SendStream<Bytes>,
+        group: &UpstreamGroup,
+        idle: Duration,
+    ) -> Result<(), ProxyError> {
+        let timers = &self.worker.timers;
+        loop {
+            let mut done = false;
+            if !self.set.up.is_empty() {
+                let set = &mut self.set;
+                let (n, end) = body.take(set.up.filled(), &mut set.body).map_err(|_| ProxyError::UpstreamBroken)?;
+                if !body.dechunks() {
+                    set.body.put_slice(&set.up.filled()[..n]);
+                }
+                set.up.consume(n);
+                done = end;
+            }
+            if !self.set.body.is_empty() || done {
+                let frame = self.set.body.split().freeze();
+                self.send_data(send, frame, done, idle).await?;
+            }
+            if done {
+                return Ok(());
+            }
+            match client::read_more(timers, self.slot, &mut self.set, &mut up.stream, timers.deadline(group.response_header_timeout)).await
+            {
+                Ok(0) if matches!(body, ResBody::UntilClose) => {
+                    return self.send_data(send, Bytes::new(), true, idle).await;
+                }
+                Ok(n) if n > 0 => {}
+                _ => return Err(ProxyError::UpstreamBroken),
+            }
+        }
+    }
+
+    /// Sends `data` as the client's flow-control window allows, waiting for it to open for at
+    /// most `idle` at a time (a client that never opens it is gone: the stream is reset).
+    async fn send_data(&self, send: &mut SendStream<Bytes>, mut data: Bytes, end: bool, idle: Duration) -> Result<(), ProxyError> {
+        if data.is_empty() {
+            return send.send_data(data, end).map_err(|_| ProxyError::ClientGone);
+        }
+        let timers = &self.worker.timers;
+        while !data.is_empty() {
+            send.reserve_capacity(data.len());
+            let mut cap = send.capacity();
+            if cap == 0 {
+                cap = match timers.within(self.slot, timers.deadline(idle), std::future::poll_fn(|cx| send.poll_capacity(cx))).await {
+                    Ok(Some(Ok(n))) => n,
+                    _ => return Err(ProxyError::ClientGone),
+                };
+                if cap == 0 {
+                    continue;
+                }
+            }
+            let chunk = data.split_to(cap.min(data.len()));
+            send.send_data(chunk, end && data.is_empty()).map_err(|_| ProxyError::ClientGone)?;
+        }
+        Ok(())
+    }
+}
+
+/// A `content-length` value: digits only.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + (b - b'0') as u64;
+    }
+    Some(n)
+}
+
+/// `n` in hexadecimal (a chunk size).
+fn hex(out: &mut Vec<u8>, n: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut started = false;
+    for shift in (0..usize::BITS / 4).rev() {
+        let d = (n >> (shift * 4)) & 0xf;
+        if d != 0 || started || shift == 0 {
+            out.push(DIGITS[d]);
+            started = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_and_chunk_sizes() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"1234"), Some(1234));
+        assert_eq!(parse_length(b""), None);
+        assert_eq!(parse_length(b"+1"), None);
+        assert_eq!(parse_length(b"99999999999999999999"), None);
+        let mut out = Vec::new();
+        for (n, want) in [(0usize, "0"), (1, "1"), (255, "ff"), (16_384, "4000"), (1 << 20, "100000")] {
+            out.clear();
+            hex(&mut out, n);
+            assert_eq!(out, want.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! HTTP/2 from clients (issue 17): prior-knowledge h2c on an `h2c = true` listener (HTTP/1.1
+//! still served there), HTTP/2 chosen by ALPN on a TLS listener, each stream routed and
+//! forwarded to an HTTP/1.1 upstream like an HTTP/1.1 request; bodies both ways under flow
+//! control; errors as statuses before the response and as RST_STREAM after; the header rules of
+//! RFC 9113 §8.2; the drain's GOAWAY. The client is the `h2` crate on a tokio runtime.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{Method, Request, Response};
+use tokio::net::TcpStream;
+
+use crate::support::tls::{Pki, cert_entry};
+use crate::support::{Proxy, Reply, Upstream, config, response, temp_dir};
+
+/// Runs an async test body on a current-thread runtime (the tests are plain `#[test]`s).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+/// A proxy with an `h2c = true` listener in front of `up`; `extra`: whole tables appended.
+fn h2c_proxy(up: &Upstream, extra: &str) -> Proxy {
+    let text = config(&[up.addr], "", "").replace("address = \"127.0.0.1:0\"\n", "address = \"127.0.0.1:0\"\nh2c = true\n");
+    let text = format!("[admin]\naddress = \"127.0.0.1:0\"\n\n{text}\n{extra}");
+    Proxy::start_in(&temp_dir(), &text, 1)
+}
+
+/// An HTTP/2 client connection over cleartext (prior knowledge); the connection is driven by a
+/// spawned task.
+async fn h2c_connect(addr: SocketAddr) -> SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// Sends a request (body sent whole, then end of stream) and reads the whole response.
+async fn exchange(send: &mut SendRequest<Bytes>, req: Request<()>, body: &[u8]) -> (Response<()>, Vec<u8>, Option<http::HeaderMap>) {
+    let mut send = send.clone().ready().await.unwrap();
+    let (resp, mut stream) = send.send_request(req, body.is_empty()).unwrap();
+    if !body.is_empty() {
+        stream.reserve_capacity(body.len());
+        let mut rest = Bytes::copy_from_slice(body);
+        while !rest.is_empty() {
+            let cap = std::future::poll_fn(|cx| stream.poll_capacity(cx)).await.unwrap().unwrap();
+            let chunk = rest.split_to(cap.min(rest.len()));
+            stream.send_data(chunk, rest.is_empty()).unwrap();
+        }
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp).await.expect("response in time").expect("response");
+    let (parts, mut recv) = resp.into_parts();
+    let mut got = Vec::new();
+    while let Some(d) = recv.data().await {
+        let d = d.expect("body data");
+        got.extend_from_slice(&d);
+        let _ = recv.flow_control().release_capacity(d.len());
+    }
+    let trailers = recv.trailers().await.unwrap();
+    (Response::from_parts(parts, ()), got, trailers)
+}
+
+fn get(path: &str) -> Request<()> {
+    Request::builder().uri(format!("http://a.test{path}")).body(()).unwrap()
+}
+
+#[test]
+fn h2c_prior_knowledge_streams_are_routed_and_forwarded_as_http11() {
+    let up = Upstream::start(|r| Reply::Send(response("200 OK", &["X-Up: 1", "Connection: keep-alive"], r.target.as_bytes())));
+    let proxy = h2c_proxy(&up, "");
+    block_on(async {
+        let mut c = h2c_connect(proxy.addr).await;
+        for i in 0..20 {
+            let (resp, body, _) = exchange(&mut c, get(&format!("/n{i}?q=1")), b"").await;
+            assert_eq!(resp.status(), 200);
+            assert_eq!(body, format!("/n{i}?q=1").as_bytes());
+            assert_eq!(resp.headers().get("x-up").unwrap(), "1");
+            assert_eq!(resp.headers().get("via").unwrap(), "1.1 fastproxy");
+            assert!(resp.headers().get("connection").is_none(), "no connection-specific field over HTTP/2");
+        }
+    });
+    assert!(up.wait_requests(20, Duration::from_secs(3)));
+    let reqs = up.requests();
+    assert!(reqs.iter().all(|r| r.conn == 0), "the upstream connection is pooled and reused");
+    let r = &reqs[0];
+    assert_eq!(r.method, "GET");
+    assert_eq!(r.header("host"), Some("a.test"), ":authority is the Host");
+    assert_eq!(r.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(r.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(r.header("x-forwarded-host"), Some("a.test"));
+    assert_eq!(r.header("via"), Some("1.1 fastproxy"));
+    assert!(r.raw.starts_with(b"GET /n0?q=1 HTTP/1.1\r\nHost: a.test\r\n"), "{}", String::from_utf8_lossy(&r.raw));
+    assert_eq!(proxy.metric("proxy_h2_events_total{event=\"connection\"}"), 1.0);
+    assert_eq!(proxy.metric("proxy_h2_events_total{event=\"stream\"}"), 20.0);
+}
+
+#[test]
+fn an_h2c_listener_still_serves_http11() {
+    let up = Upstream::ok();
+    let proxy = h2c_proxy(&up, "");
+    let mut c = crate::support::Client::connect(proxy.addr);
+    let r = c.roundtrip(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert_eq!(r.status, 200);
+    // The cleartext upgrade is never honoured: the Upgrade field does not reach the upstream.
+    let r = c.roundtrip(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert!(up.wait_requests(2, Duration::from_secs(3)));
+    assert_eq!(up.requests()[1].header("upgrade"), None);
+    assert_eq!(proxy.metric("proxy_h2_events_total{event=\"connection\"}"), 0.0);
+}
+
+#[test]
+fn request_bodies_stream_upstream_chunked_or_by_length_and_large_responses_follow_flow_control() {
+    // Echoes the request body; `/big` answers 1 MiB (more than the client's 64 KiB window).
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let reply = big.clone();
+    let up = Upstream::start(move |r| {
+        if r.target == "/big" {
+            Reply::Send(response("200 OK", &[], &reply))
+        } else if r.target == "/chunked" {
+            Reply::Send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec())
+        } else {
+            Reply::Send(response("200 OK", &[], &r.body))
+        }
+    });
+    let proxy = h2c_proxy(&up, "");
+    let body: Vec<u8> = (0..300 * 1024).map(|i| (i % 253) as u8).collect();
+    block_on(async {
+        let mut c = h2c_connect(proxy.addr).await;
+        // No content-length: chunked upstream.
+        let req = Request::builder().method(Method::POST).uri("http://a.test/echo").body(()).unwrap();
+        let (resp, got, _) = exchange(&mut c, req, &body).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(got.len(), body.len());
+        assert!(got == body, "the body crossed intact");
+        // With content-length: forwarded as sent.
+        let req = Request::builder().method(Method::PUT).uri("http://a.test/echo").header("content-length", body.len()).body(()).unwrap();
+        let (resp, got, _) = exchange(&mut c, req, &body).await;
+        assert_eq!(resp.status(), 200);
+        assert!(got == body);
+        let (resp, got, _) = exchange(&mut c, get("/big"), b"").await;
+        assert_eq!(resp.status(), 200);
+        assert!(got == big, "1 MiB relayed whole ({} bytes)", got.len());
+        let (_, got, _) = exchange(&mut c, get("/chunked"), b"").await;
+        assert_eq!(got, b"hello world", "a chunked response is de-chunked into DATA");
+        // A POST without a body says so upstream.
+        let req = Request::builder().method(Method::POST).uri("http://a.test/empty").body(()).unwrap();
+        let (resp, got, _) = exchange(&mut c, req, b"").await;
+        assert_eq!(resp.status(), 200);
+        assert!(got.is_empty());
+    });
+    assert!(up.wait_requests(5, Duration::from_secs(3)));
+    let reqs = up.requests();
+    assert_eq!(reqs[0].header("transfer-encoding"), Some("chunked"));
+    assert_eq!(reqs[0].body.len(), body.len());
+    assert_eq!(reqs[1].header("content-length"), Some(&*body.len().to_string()));
+    assert_eq!(reqs[1].header("transfer-encoding"), None);
+    assert_eq!(reqs[4].header("content-length"), Some("0"));
+}
+
+#[test]
+fn cookies_are_joined_and_errors_map_to_statuses() {
+    let up = Upstream::start(|r| if r.target == "/hang" { Reply::Hang } else { Reply::Send(response("200 OK", &[], b"ok")) });
+    let text = config(&[up.addr], "", "response_header_timeout = \"300ms\"")
+        .replace("address = \"127.0.0.1:0\"\n", "address = \"127.0.0.1:0\"\nh2c = true\n")
+        .replace("path_prefix = \"/\"", "path_prefix = \"/\"\nhost = \"a.test\"");
+    let proxy = Proxy::start_in(&temp_dir(), &format!("[admin]\naddress = \"127.0.0.1:0\"\n\n{text}"), 1);
+    block_on(async {
+        let mut c = h2c_connect(proxy.addr).await;
+        let req = Request::builder().uri("http://a.test/c").header("cookie", "a=1").header("cookie", "b=2").body(()).unwrap();
+        let (resp, _, _) = exchange(&mut c, req, b"").await;
+        assert_eq!(resp.status(), 200);
+        let (resp, _, _) = exchange(&mut c, Request::builder().uri("http://other.test/").body(()).unwrap(), b"").await;
+        assert_eq!(resp.status(), 404, "no route for this :authority");
+        let (resp, _, _) = exchange(&mut c, get("/hang"), b"").await;
+        assert_eq!(resp.status(), 504, "response_header_timeout");
+        // The connection carries on after errors.
+        let (resp, _, _) = exchange(&mut c, get("/after"), b"").await;
+        assert_eq!(resp.status(), 200);
+    });
+    let reqs = up.requests();
+    assert_eq!(reqs[0].header("cookie"), Some("a=1; b=2"), "RFC 9113 §8.2.3");
+    assert_eq!(reqs[0].headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")).count(), 1);
+    assert_eq!(proxy.metric("proxy_errors_total{kind=\"no_route\"}"), 1.0);
+    assert_eq!(proxy.metric("proxy_errors_total{kind=\"response_timeout\"}"), 1.0);
+}
+
+#[test]
+fn an_upstream_that_breaks_mid_body_resets_the_stream_not_the_connection() {
+    let up = Upstream::start(|r| {
+        if r.target == "/cut" {
+            Reply::SendClose(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-part".to_vec())
+        } else {
+            Reply::Send(response("200 OK", &[], b"ok"))
+        }
+    });
+    let proxy = h2c_proxy(&up, "");
+    block_on(async {
+        let mut c = h2c_connect(proxy.addr).await;
+        let mut s = c.clone().ready().await.unwrap();
+        let (resp, _) = s.send_request(get("/cut"), true).unwrap();
+        // The head went out before the upstream broke; the reset may reach the client before
+        // it reads the head (h2 then reports the reset in place of the response): either way
+        // the stream ends in RST_STREAM, never as a complete response.
+        let (got, reset) = match resp.await {
+            Err(e) => (Vec::new(), e.reason()),
+            Ok(resp) => {
+                assert_eq!(resp.status(), 200, "the head had gone out");
+                let mut recv = resp.into_body();
+                let mut got = Vec::new();
+                let mut reset = None;
+                while let Some(d) = recv.data().await {
+                    match d {
+                        Ok(d) => got.extend_from_slice(&d),
+                        Err(e) => {
+                            reset = e.reason();
+                            break;
+                        }
+                    }
+                }
+                (got, reset)
+            }
+        };
+        assert!(b"only-part".starts_with(&got), "{got:?}");
+        assert_eq!(reset, Some(h2::Reason::INTERNAL_ERROR), "a cut body ends in RST_STREAM, never a clean end");
+        let (resp, body, _) = exchange(&mut c, get("/fine"), b"").await;
+        assert_eq!((resp.status().as_u16(), body.as_slice()), (200, b"ok".as_slice()), "the connection serves on");
+    });
+    assert_eq!(proxy.metric("proxy_h2_events_total{event=\"reset_by_proxy\"}"), 1.0);
+    assert_eq!(proxy.metric("proxy_errors_total{kind=\"upstream_broken\"}"), 1.0);
+}
+
+#[test]
+fn connection_specific_and_malformed_fields_are_refused_per_stream() {
+    // RFC 9113 §8.2.2: `connection`, `te` other than `trailers`; §8.2.1: uppercase names;
+    // §8.3.1: a missing :path. Each is a stream error (RST_STREAM PROTOCOL_ERROR) that never
+    // reaches the upstream, and the connection serves on.
+    let up = Upstream::ok();
+    let proxy = h2c_proxy(&up, "");
+    block_on(async {
+        let mut c = h2c_connect(proxy.addr).await;
+        for (name, value) in
+            [("connection", "close"), ("te", "gzip"), ("keep-alive", "5"), ("transfer-encoding", "chunked"), ("upgrade", "x")]
+        {
+            let mut s = c.clone().ready().await.unwrap();
+            let req = Request::builder().uri("http://a.test/bad").header(name, value).body(()).unwrap();
+            // h2's client refuses to send some of these itself: either way nothing goes upstream.
+            if let Ok((resp, _)) = s.send_request(req, true) {
+                let r = resp.await;
+                assert!(r.is_err(), "{name}: {value} must be refused, got {:?}", r.map(|r| r.status()));
+            }
+        }
+        let (resp, _, _) = exchange(&mut c, get("/fine"), b"").await;
+        assert_eq!(resp.status(), 200);
+    });
+    assert!(up.wait_requests(1, Duration::from_secs(3)));
+    assert_eq!(up.requests().len(), 1, "only the good request reached the upstream");
+}
+
+#[test]
+fn alpn_chooses_h2_or_http11_on_a_tls_listener() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("site", &["localhost"]);
+    let up = Upstream::ok();
+    let proxy = crate::support::tls::tls_proxy_with(&dir, &up, &[cert_entry(&leaf)], "", "");
+    let mut h2_config = pki.client();
+    h2_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let h2_config = Arc::new(h2_config);
+    block_on(async {
+        let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&h2_config));
+        let tls = connector.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (send, conn) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut send = send;
+        for _ in 0..5 {
+            let (resp, body, _) = exchange(&mut send, Request::builder().uri("https://localhost/x").body(()).unwrap(), b"").await;
+            assert_eq!(resp.status(), 200);
+            assert_eq!(body, b"ok");
+        }
+    });
+    // A client offering only http/1.1 still gets HTTP/1.1.
+    let h1_config = Arc::new(pki.client());
+    let mut c = crate::support::tls::tls_connect(proxy.addr, Some("localhost"), &h1_config).unwrap();
+    assert_eq!(c.stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let r = c.roundtrip(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert!(up.wait_requests(6, Duration::from_secs(3)));
+    assert!(up.requests().iter().all(|r| r.header("x-forwarded-proto") == Some("https")));
+    assert_eq!(proxy.metric("proxy_h2_events_total{event=\"stream\"}"), 5.0);
+
+    // `tls.http2 = false`: ALPN offers only http/1.1.
+    let proxy = crate::support::tls::tls_proxy_with(&dir, &up, &[cert_entry(&leaf)], "http2 = false", "");
+    let c = crate::support::tls::tls_connect(proxy.addr, Some("localhost"), &h2_config).unwrap();
+    assert_eq!(c.stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+}
+
+#[test]
+fn too_many_concurrent_streams_are_refused_and_a_drain_sends_goaway_after_open_streams_finish() {
+    let up = Upstream::start(|r| {
+        if r.target == "/slow" {
+            Reply::Delay(Duration::from_millis(600), response("200 OK", &[], b"slow"))
+        } else {
+            Reply::Send(response("200 OK", &[], b"ok"))
+        }
+    });
+    let mut proxy = h2c_proxy(&up, "[http2]\nmax_concurrent_streams = 2\n");
+    block_on(async {
+        let c = h2c_connect(proxy.addr).await;
+        // The client learns the limit from SETTINGS and holds its third stream back itself;
+        // the two in flight both complete.
+        let mut a = c.clone().ready().await.unwrap();
+        let (ra, _) = a.send_request(get("/slow"), true).unwrap();
+        let mut b = c.clone().ready().await.unwrap();
+        let (rb, _) = b.send_request(get("/slow"), true).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Drain while both are open: GOAWAY, the streams finish, then the connection closes.
+        proxy.signal(nix::sys::signal::Signal::SIGTERM);
+        let ra = ra.await.expect("an open stream finishes through the drain");
+        let rb = rb.await.expect("an open stream finishes through the drain");
+        assert_eq!((ra.status().as_u16(), rb.status().as_u16()), (200, 200));
+        let mut body = ra.into_body();
+        let mut got = Vec::new();
+        while let Some(d) = body.data().await {
+            got.extend_from_slice(&d.unwrap());
+        }
+        assert_eq!(got, b"slow");
+    });
+    assert!(proxy.wait_exit(Duration::from_secs(5)).is_some(), "the proxy exits once its streams are done");
+}
