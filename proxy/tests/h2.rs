@@ -21,6 +21,19 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
+/// Waits without blocking the runtime (the client's connection task must keep running) until
+/// `cond` holds, for at most `within`.
+async fn until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + within;
+    while !cond() {
+        if tokio::time::Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 /// A proxy with an `h2c = true` listener in front of `up`; `extra`: whole tables appended.
 fn h2c_proxy(up: &Upstream, extra: &str) -> Proxy {
     let text = config(&[up.addr], "", "").replace("address = \"127.0.0.1:0\"\n", "address = \"127.0.0.1:0\"\nh2c = true\n");
@@ -335,4 +348,25 @@ fn too_many_concurrent_streams_are_refused_and_a_drain_sends_goaway_after_open_s
         assert_eq!(got, b"slow");
     });
     assert!(proxy.wait_exit(Duration::from_secs(5)).is_some(), "the proxy exits once its streams are done");
+}
+
+#[test]
+fn a_stream_the_client_resets_stops_its_upstream_exchange() {
+    let up = Upstream::start(|r| if r.target == "/hang" { Reply::Hang } else { Reply::Send(response("200 OK", &[], b"ok")) });
+    let proxy = h2c_proxy(&up, "");
+    block_on(async {
+        let mut c = h2c_connect(proxy.addr).await;
+        let mut s = c.clone().ready().await.unwrap();
+        let (_resp, mut stream) = s.send_request(get("/hang"), false).unwrap();
+        assert!(until(Duration::from_secs(3), || !up.requests().is_empty() || up.accepted() > 0).await, "the request reached the upstream");
+        assert!(until(Duration::from_secs(3), || !up.received(0).is_empty()).await);
+        stream.send_reset(h2::Reason::CANCEL);
+        // The proxy closes the upstream connection at once (it is not left waiting for an
+        // answer nobody will read, nor pooled with a response pending).
+        assert!(until(Duration::from_secs(3), || up.is_closed(0)).await, "the upstream connection of the reset stream was closed");
+        let (resp, body, _) = exchange(&mut c, get("/after"), b"").await;
+        assert_eq!((resp.status().as_u16(), body.as_slice()), (200, b"ok".as_slice()));
+    });
+    assert_eq!(proxy.metric("proxy_h2_events_total{event=\"reset_by_client\"}"), 1.0);
+    assert_eq!(proxy.metric("proxy_errors_total{kind=\"client_gone\"}"), 1.0);
 }

@@ -52,7 +52,26 @@ pub async fn serve(worker: Rc<Worker>, info: Rc<ConnInfo>, req: Request<RecvStre
         responded: false,
         status: 0,
     };
-    let result = ex.run(&snap, req, &mut respond, started).await;
+    // Until the response head is ready, a client that resets the stream ends the exchange at
+    // once: the upstream connection in use is closed, not left to finish work nobody will read
+    // (rapid reset, CVE-2023-44487, then costs the upstream nothing more than the reset streams
+    // the `h2` bound lets through). After it, a reset shows as a failed send.
+    let prepared = {
+        let request = ex.request(&snap, req, started);
+        let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
+        tokio::select! {
+            biased;
+            r = request => r,
+            _ = reset => {
+                worker.metrics().h2(H2Event::ResetByClient);
+                Err(ProxyError::ClientGone)
+            }
+        }
+    };
+    let result = match prepared {
+        Ok((up, group, is_head)) => ex.respond(up, &snap.groups[group], &mut respond, is_head, snap.limits.client_idle_timeout).await,
+        Err(e) => Err(e),
+    };
     let status = match result {
         Ok(()) => ex.status,
         Err(e) => e.status(),
@@ -138,13 +157,14 @@ fn idempotent(m: &Method) -> bool {
 }
 
 impl Exchange<'_> {
-    async fn run(
+    /// Routes the request, sends it upstream (head and body) and reads the response head:
+    /// `(the upstream connection, its group's index, whether the request was a HEAD)`.
+    async fn request(
         &mut self,
         snap: &Snapshot,
         req: Request<RecvStream>,
-        respond: &mut SendResponse<Bytes>,
         started: Instant,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<(UpstreamConn, usize, bool), ProxyError> {
         #[cfg(feature = "planted")]
         crate::data::planted::at(crate::data::planted::Site::Request, 0);
         let limits = &snap.limits;
@@ -226,8 +246,7 @@ impl Exchange<'_> {
                 Err(SendError::Proxy(e)) => return Err(e),
             }
         }
-        drop(body);
-        self.respond(up, group, respond, is_head, limits.client_idle_timeout).await
+        Ok((up, route.group, is_head))
     }
 
     /// Writes the request head and streams the body, then reads the response head.
