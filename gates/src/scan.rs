@@ -857,12 +857,13 @@ impl Scanner<'_> {
             }
             return;
         }
-        if next_bang {
-            self.check_macro(segs, span);
+        let first = segs[0].as_str();
+        // A keyword is never a macro name: `if !done` in a `select!` branch is a negation.
+        if segs.len() == 1 && resolve::KEYWORDS.contains(&first) {
             return;
         }
-        let first = segs[0].as_str();
-        if segs.len() == 1 && resolve::KEYWORDS.contains(&first) {
+        if next_bang {
+            self.check_macro(segs, span);
             return;
         }
         if segs.len() > 1 && resolve::KEYWORDS.contains(&first) && !matches!(first, "crate" | "self" | "super" | "Self") {
@@ -1205,6 +1206,12 @@ mod tests {
             let (v, _) = scan_contract(root(), &c, std::slice::from_ref(f)).unwrap();
             assert!(v.iter().any(|v| v.prohibition == "std-mutex" && v.file.ends_with("planted.rs")), "feature {f}: {v:#?}");
         }
+    }
+
+    #[test]
+    fn a_select_branch_precondition_is_not_a_macro() {
+        let got = scan("async fn f() { tokio::select! { r = a(), if !done => {} _ = b() => {} } }");
+        assert!(got.iter().all(|(_, item)| !item.contains("::if")), "{got:#?}");
     }
 
     #[test]

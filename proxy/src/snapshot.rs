@@ -194,6 +194,9 @@ pub struct UpstreamGroup {
     pub idle_timeout: Duration,
     /// `tls = true`: connections to the servers speak TLS (`None`: cleartext).
     pub tls: Option<UpstreamTls>,
+    /// `protocol = "h2c"` or `"h2"`: requests go to the servers over HTTP/2, multiplexed on a few
+    /// connections per worker per server (`data::upstream::session`); else HTTP/1.1 (the pool).
+    pub h2: bool,
 }
 
 /// How a group's connections speak TLS: the client config (roots or CA file, client certificate,

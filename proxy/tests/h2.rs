@@ -370,3 +370,241 @@ fn a_stream_the_client_resets_stops_its_upstream_exchange() {
     assert_eq!(proxy.metric("proxy_h2_events_total{event=\"reset_by_client\"}"), 1.0);
     assert_eq!(proxy.metric("proxy_errors_total{kind=\"client_gone\"}"), 1.0);
 }
+
+/// What an [`H2Origin`] saw of one stream.
+#[derive(Debug, Clone)]
+struct OriginStream {
+    conn: usize,
+    method: String,
+    uri: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    trailers: Vec<(String, String)>,
+}
+
+/// An HTTP/2 origin (the `h2` crate's server, cleartext prior knowledge) on its own thread: for
+/// each stream it reads the whole body and trailers, then answers 200 with the body echoed, a
+/// header `x-origin-conn` and the trailers `grpc-status: 0` and `x-body-len` (gRPC's shape);
+/// `/big` answers 1 MiB without trailers; `/reset` resets the stream after the head.
+struct H2Origin {
+    addr: SocketAddr,
+    seen: Arc<std::sync::Mutex<Vec<OriginStream>>>,
+    conns: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl H2Origin {
+    fn start() -> H2Origin {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (seen2, conns2) = (Arc::clone(&seen), Arc::clone(&conns));
+        std::thread::spawn(move || {
+            block_on(async move {
+                let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                let local = tokio::task::LocalSet::new();
+                local
+                    .run_until(async move {
+                        loop {
+                            let Ok((tcp, _)) = l.accept().await else { return };
+                            let n = conns2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let seen = Arc::clone(&seen2);
+                            tokio::task::spawn_local(async move {
+                                let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
+                                while let Some(Ok((req, respond))) = conn.accept().await {
+                                    tokio::task::spawn_local(origin_stream(n, req, respond, Arc::clone(&seen)));
+                                }
+                            });
+                        }
+                    })
+                    .await;
+            });
+        });
+        H2Origin { addr, seen, conns }
+    }
+
+    fn streams(&self) -> Vec<OriginStream> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn origin_stream(
+    conn: usize,
+    req: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    seen: Arc<std::sync::Mutex<Vec<OriginStream>>>,
+) {
+    let (parts, mut body) = req.into_parts();
+    let mut got = Vec::new();
+    while let Some(Ok(d)) = body.data().await {
+        got.extend_from_slice(&d);
+        let _ = body.flow_control().release_capacity(d.len());
+    }
+    let trailers = body.trailers().await.ok().flatten();
+    let pairs = |m: &http::HeaderMap| m.iter().map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+    let path = parts.uri.path().to_owned();
+    seen.lock().unwrap().push(OriginStream {
+        conn,
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: pairs(&parts.headers),
+        body: got.clone(),
+        trailers: trailers.as_ref().map(pairs).unwrap_or_default(),
+    });
+    let res = Response::builder().status(200).header("x-origin-conn", conn.to_string()).body(()).unwrap();
+    let Ok(mut send) = respond.send_response(res, false) else { return };
+    if path == "/reset" {
+        // Part of a body, time for the proxy to relay the head, then the reset.
+        let _ = send.send_data(Bytes::from_static(b"partial"), false);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        send.send_reset(h2::Reason::INTERNAL_ERROR);
+        return;
+    }
+    let out: Vec<u8> = if path == "/big" { (0..1024 * 1024).map(|i| (i % 251) as u8).collect() } else { got };
+    let mut out = Bytes::from(out);
+    while !out.is_empty() {
+        send.reserve_capacity(out.len());
+        let Some(Ok(cap)) = std::future::poll_fn(|cx| send.poll_capacity(cx)).await else { return };
+        let chunk = out.split_to(cap.min(out.len()));
+        let _ = send.send_data(chunk, false);
+    }
+    if path == "/big" {
+        let _ = send.send_data(Bytes::new(), true);
+        return;
+    }
+    let mut t = http::HeaderMap::new();
+    t.insert("grpc-status", "0".parse().unwrap());
+    t.insert("x-body-len", seen.lock().unwrap().last().unwrap().body.len().to_string().parse().unwrap());
+    let _ = send.send_trailers(t);
+}
+
+fn h2_upstream_proxy(origin: &H2Origin, route_extra: &str) -> Proxy {
+    let text = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\nh2c = true\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"o\"\n{route_extra}\n\n[upstreams.o]\nservers = [\"{}\"]\nprotocol = \"h2c\"\n",
+        origin.addr
+    );
+    Proxy::start_in(&temp_dir(), &text, 1)
+}
+
+#[test]
+fn grpc_style_h2c_to_h2c_relays_trailers_both_ways_and_multiplexes_one_upstream_connection() {
+    let origin = H2Origin::start();
+    let proxy = h2_upstream_proxy(&origin, "");
+    block_on(async {
+        let c = h2c_connect(proxy.addr).await;
+        // Ten concurrent unary calls: a body, trailers back.
+        let mut calls = Vec::new();
+        for i in 0..10 {
+            let mut s = c.clone().ready().await.unwrap();
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(format!("http://a.test/pkg.Svc/Call{i}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let (resp, mut body) = s.send_request(req, false).unwrap();
+            let msg = Bytes::from(format!("message-{i}"));
+            body.send_data(msg, false).unwrap();
+            let mut t = http::HeaderMap::new();
+            t.insert("x-req-trailer", format!("{i}").parse().unwrap());
+            body.send_trailers(t).unwrap();
+            calls.push(resp);
+        }
+        for (i, resp) in calls.into_iter().enumerate() {
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers().get("via").unwrap(), "1.1 fastproxy");
+            let mut body = resp.into_body();
+            let mut got = Vec::new();
+            while let Some(d) = body.data().await {
+                let d = d.unwrap();
+                got.extend_from_slice(&d);
+                let _ = body.flow_control().release_capacity(d.len());
+            }
+            assert_eq!(got, format!("message-{i}").as_bytes());
+            let t = body.trailers().await.unwrap().expect("trailers relayed");
+            assert_eq!(t.get("grpc-status").unwrap(), "0");
+            assert_eq!(t.get("x-body-len").unwrap(), &*format!("message-{i}").len().to_string());
+        }
+        // A large response follows both windows.
+        let mut c2 = c.clone();
+        let (resp, got, t) = exchange(&mut c2, get("/big"), b"").await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(got.len(), 1024 * 1024);
+        assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+        assert!(t.is_none());
+    });
+    let streams = origin.streams();
+    assert_eq!(streams.len(), 11);
+    assert_eq!(origin.conns.load(std::sync::atomic::Ordering::SeqCst), 1, "all streams multiplexed on one upstream connection");
+    let s = streams.iter().find(|s| s.uri.ends_with("/pkg.Svc/Call3")).unwrap();
+    assert_eq!(s.method, "POST");
+    assert_eq!(s.uri, "http://a.test/pkg.Svc/Call3");
+    assert_eq!(s.body, b"message-3");
+    assert!(s.trailers.contains(&("x-req-trailer".into(), "3".into())), "request trailers relayed: {:?}", s.trailers);
+    let h = |n: &str| s.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    assert_eq!(h("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(h("x-forwarded-proto"), Some("http"));
+    assert_eq!(h("x-forwarded-host"), Some("a.test"));
+    assert_eq!(h("via"), Some("1.1 fastproxy"));
+    assert_eq!(h("te"), Some("trailers"));
+    assert_eq!(h("content-type"), Some("application/grpc"));
+    let _ = s.conn;
+}
+
+#[test]
+fn an_h2_upstream_reset_mid_response_resets_the_client_stream_and_strip_prefix_applies() {
+    let origin = H2Origin::start();
+    let text = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\nh2c = true\n\n\
+         [[routes]]\npath_prefix = \"/api\"\nstrip_prefix = true\nupstream = \"o\"\n\n[upstreams.o]\nservers = [\"{}\"]\nprotocol = \"h2c\"\n",
+        origin.addr
+    );
+    let proxy = Proxy::start_in(&temp_dir(), &text, 1);
+    block_on(async {
+        let mut c = h2c_connect(proxy.addr).await;
+        let mut s = c.clone().ready().await.unwrap();
+        let (resp, _) = s.send_request(get("/api/reset"), true).unwrap();
+        let outcome = match resp.await {
+            Err(e) => e.reason(),
+            Ok(r) => {
+                let mut b = r.into_body();
+                let mut reason = None;
+                while let Some(d) = b.data().await {
+                    if let Err(e) = d {
+                        reason = e.reason();
+                        break;
+                    }
+                }
+                reason
+            }
+        };
+        assert_eq!(outcome, Some(h2::Reason::INTERNAL_ERROR));
+        let (resp, _, _) = exchange(&mut c, get("/api/x?q=1"), b"").await;
+        assert_eq!(resp.status(), 200);
+    });
+    let streams = origin.streams();
+    assert!(streams.iter().any(|s| s.uri == "http://a.test/x?q=1"), "{streams:?}");
+    assert_eq!(proxy.metric("proxy_h2_events_total{event=\"reset_by_proxy\"}"), 1.0);
+}
+
+#[test]
+fn upstream_protocol_is_checked_against_tls() {
+    let (code, _, err) = crate::support::run_proxy_cmd(&["check", "--config", &*crate::support::write_temp(
+        "p.toml",
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"o\"\n[upstreams.o]\nservers = [\"127.0.0.1:9\"]\nprotocol = \"h2\"\n",
+    )
+    .to_string_lossy()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("upstreams.o.protocol") && err.contains("tls = true"), "{err}");
+    let (code, _, err) = crate::support::run_proxy_cmd(&["check", "--config", &*crate::support::write_temp(
+        "p.toml",
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"o\"\n[upstreams.o]\nservers = [\"127.0.0.1:9\"]\nprotocol = \"spdy\"\n",
+    )
+    .to_string_lossy()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unknown protocol \"spdy\""), "{err}");
+}

@@ -462,7 +462,33 @@ impl Compiler<'_> {
         if g.servers.is_empty() {
             return self.err(None, format!("{key}.servers"), "at least one server is required".into());
         }
-        let tls = self.upstream_tls(g, &key)?;
+        let tls_on = g.tls.as_ref().is_some_and(|t| *t.get_ref());
+        let h2 = match g.protocol.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+            None | Some(("http1", _)) => false,
+            Some(("h2c", span)) if tls_on => {
+                return self.err(
+                    Some(span),
+                    format!("{key}.protocol"),
+                    "\"h2c\" is HTTP/2 in cleartext: with tls = true use \"h2\"".into(),
+                );
+            }
+            Some(("h2", span)) if !tls_on => {
+                return self.err(
+                    Some(span),
+                    format!("{key}.protocol"),
+                    "\"h2\" is HTTP/2 over TLS: set tls = true, or use \"h2c\" for cleartext HTTP/2".into(),
+                );
+            }
+            Some(("h2c" | "h2", _)) => true,
+            Some((other, span)) => {
+                return self.err(
+                    Some(span),
+                    format!("{key}.protocol"),
+                    format!("unknown protocol \"{other}\" (expected \"http1\", \"h2c\" or \"h2\")"),
+                );
+            }
+        };
+        let tls = self.upstream_tls(g, &key, h2)?;
         // How the group's connections speak, as far as the pool must tell them apart.
         let transport = match &tls {
             None => String::new(),
@@ -472,6 +498,7 @@ impl Compiler<'_> {
                 format!("tls|{}|{}|{}|{}|{insecure}", s(&g.tls_server_name), s(&g.tls_ca), s(&g.tls_client_cert), s(&g.tls_client_key))
             }
         };
+        let transport = if h2 { format!("h2|{transport}") } else { transport };
         let mut servers = Vec::with_capacity(g.servers.len());
         for (i, s) in g.servers.iter().enumerate() {
             let addr = self.socket_addr(s, format!("{key}.servers[{i}]"))?;
@@ -510,6 +537,7 @@ impl Compiler<'_> {
             )? as usize,
             idle_timeout: self.duration(g.idle_timeout.as_ref(), &format!("{key}.idle_timeout"), d.idle_timeout)?,
             tls,
+            h2,
         })
     }
 

@@ -103,6 +103,8 @@ pub struct Upstream {
     pub response_header_timeout: Option<Spanned<String>>,
     pub idle_pool_size: Option<Spanned<i64>>,
     pub idle_timeout: Option<Spanned<String>>,
+    /// `"http1"` (default), `"h2c"` or `"h2"` (HTTP/2 over TLS: needs `tls = true`).
+    pub protocol: Option<Spanned<String>>,
     /// TLS to the servers (see config/upstream_tls.rs).
     pub tls: Option<Spanned<bool>>,
     pub tls_server_name: Option<Spanned<String>>,

@@ -46,7 +46,8 @@ fn session_cache() -> Arc<dyn ClientSessionStore> {
 impl Compiler<'_> {
     /// The group's TLS, or `None` for cleartext; TLS options without `tls = true` are an error
     /// (they would silently do nothing).
-    pub(super) fn upstream_tls(&self, g: &raw::Upstream, key: &str) -> Result<Option<UpstreamTls>, ConfigError> {
+    /// `h2`: the group speaks HTTP/2 (`protocol = "h2"`): ALPN offers `h2` only.
+    pub(super) fn upstream_tls(&self, g: &raw::Upstream, key: &str, h2: bool) -> Result<Option<UpstreamTls>, ConfigError> {
         let on = g.tls.as_ref().is_some_and(|t| *t.get_ref());
         if !on {
             let stray = [
@@ -96,7 +97,7 @@ impl Compiler<'_> {
                 return self.err(Some(k.span()), format!("{key}.tls_client_cert"), "tls_client_key needs tls_client_cert".into());
             }
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = if h2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] };
         // The record layer after the handshake is the proxy's own (data::tls::record).
         config.enable_secret_extraction = true;
         config.resumption = rustls::client::Resumption::store(session_cache());

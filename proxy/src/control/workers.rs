@@ -35,7 +35,7 @@ pub enum Engine {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "the hyper baseline engine speaks cleartext HTTP/1.1 only: remove [listeners.tls] and tls = true in upstream groups, or use the native engine"
+        "the hyper baseline engine speaks cleartext HTTP/1.1 only: remove [listeners.tls], h2c = true, and tls = true and protocol in upstream groups, or use the native engine"
     )]
     HyperTls,
     #[error("cannot listen on {addr}: {source}")]
@@ -139,7 +139,8 @@ pub fn start(config: Config, workers: usize, engine: Engine) -> Result<Running, 
 pub fn start_with(config: Config, workers: usize, engine: Engine, access_log: Option<AccessLog>) -> Result<Running, StartError> {
     let workers = if workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { workers };
     if engine == Engine::Hyper
-        && (config.snapshot.listeners.iter().any(|l| l.tls.is_some()) || config.snapshot.groups.iter().any(|g| g.tls.is_some()))
+        && (config.snapshot.listeners.iter().any(|l| l.tls.is_some() || l.h2c)
+            || config.snapshot.groups.iter().any(|g| g.tls.is_some() || g.h2))
     {
         return Err(StartError::HyperTls);
     }

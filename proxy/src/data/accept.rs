@@ -116,6 +116,7 @@ pub async fn pool_sweeper(worker: Rc<Worker>) {
         let snap = worker.snapshot();
         let max_idle = |id: usize| snap.groups.iter().find_map(|g| g.servers.iter().any(|s| s.id == id).then_some(g.idle_timeout));
         worker.pool.borrow_mut().sweep(max_idle, Instant::now());
+        worker.sessions.borrow_mut().sweep(max_idle, Instant::now());
         let (freed, spare, created) = scratch::sweep(snap.limits.pool_max);
         worker.metrics().working_sets(spare as u64, created);
         let (freed_tls, _, _) = tls::pool::sweep();

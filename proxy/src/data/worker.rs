@@ -18,6 +18,7 @@ use crate::data::metrics::WorkerMetrics;
 use crate::data::slots::SlotTable;
 use crate::data::timer::Timers;
 use crate::data::upstream::pool::Pool;
+use crate::data::upstream::session::Sessions;
 use crate::snapshot::{Balance, Server, Snapshot, UpstreamGroup};
 
 /// What all workers share: the published snapshot and process-wide counters touched only per
@@ -139,6 +140,8 @@ pub struct Worker {
     #[allow(clippy::redundant_allocation)] // reason: see above; one allocation per reload, not per request
     current: RefCell<Rc<Arc<Snapshot>>>,
     pub pool: RefCell<Pool>,
+    /// HTTP/2 sessions to the servers of groups that speak HTTP/2.
+    pub sessions: RefCell<Sessions>,
     /// Round-robin position per upstream group index.
     rr: RefCell<Vec<usize>>,
     /// In-flight requests per server id (this worker's view; for least-in-flight).
@@ -168,6 +171,7 @@ impl Worker {
             cache: RefCell::new(cache),
             current: RefCell::new(current),
             pool: RefCell::new(Pool::default()),
+            sessions: RefCell::new(Sessions::default()),
             rr: RefCell::new(Vec::new()),
             in_flight: RefCell::new(Vec::new()),
             rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1)),

@@ -30,8 +30,9 @@ use crate::data::h2::conn::ConnInfo;
 use crate::data::metrics::{H2Event, ROUTE_NONE};
 use crate::data::upstream::connect::connect;
 use crate::data::upstream::pool::UpstreamConn;
+use crate::data::upstream::session;
 use crate::data::worker::Worker;
-use crate::snapshot::{Snapshot, UpstreamGroup};
+use crate::snapshot::{Route, Snapshot, UpstreamGroup};
 
 /// Serves one stream to its end, then counts it.
 pub async fn serve(worker: Rc<Worker>, info: Rc<ConnInfo>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
@@ -69,7 +70,10 @@ pub async fn serve(worker: Rc<Worker>, info: Rc<ConnInfo>, req: Request<RecvStre
         }
     };
     let result = match prepared {
-        Ok((up, group, is_head)) => ex.respond(up, &snap.groups[group], &mut respond, is_head, snap.limits.client_idle_timeout).await,
+        Ok(Prepared::H1 { up, group, is_head }) => {
+            ex.respond(up, &snap.groups[group], &mut respond, is_head, snap.limits.client_idle_timeout).await
+        }
+        Ok(Prepared::H2 { route, parts, body }) => ex.forward_h2(&snap, route, parts, body, &mut respond).await,
         Err(e) => Err(e),
     };
     let status = match result {
@@ -139,6 +143,14 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Where a routed stream goes next.
+enum Prepared<'s> {
+    /// Sent to an HTTP/1.1 upstream, whose response head is parsed in the working set.
+    H1 { up: UpstreamConn, group: usize, is_head: bool },
+    /// For an HTTP/2 upstream: forwarded as a stream (`forward_h2`).
+    H2 { route: &'s Route, parts: http::request::Parts, body: RecvStream },
+}
+
 struct Exchange<'a> {
     worker: &'a Worker,
     info: &'a ConnInfo,
@@ -159,12 +171,7 @@ fn idempotent(m: &Method) -> bool {
 impl Exchange<'_> {
     /// Routes the request, sends it upstream (head and body) and reads the response head:
     /// `(the upstream connection, its group's index, whether the request was a HEAD)`.
-    async fn request(
-        &mut self,
-        snap: &Snapshot,
-        req: Request<RecvStream>,
-        started: Instant,
-    ) -> Result<(UpstreamConn, usize, bool), ProxyError> {
+    async fn request<'s>(&mut self, snap: &'s Snapshot, req: Request<RecvStream>, started: Instant) -> Result<Prepared<'s>, ProxyError> {
         #[cfg(feature = "planted")]
         crate::data::planted::at(crate::data::planted::Site::Request, 0);
         let limits = &snap.limits;
@@ -188,6 +195,14 @@ impl Exchange<'_> {
         };
         self.route = route.id;
         let group = &snap.groups[route.group];
+        if group.h2 {
+            // HTTP/2 to the upstream: the stream is forwarded as it is, after the client's reset
+            // watch (its body streams while the response comes: see `forward_h2`).
+            if parts.headers.len() > limits.max_headers {
+                return Err(ProxyError::HeadersTooLarge);
+            }
+            return Ok(Prepared::H2 { route, parts, body });
+        }
 
         // `h2` has checked that DATA adds up to a `content-length` that parses.
         let length = match parts.headers.get(CONTENT_LENGTH) {
@@ -246,7 +261,7 @@ impl Exchange<'_> {
                 Err(SendError::Proxy(e)) => return Err(e),
             }
         }
-        Ok((up, route.group, is_head))
+        Ok(Prepared::H1 { up, group: route.group, is_head })
     }
 
     /// Writes the request head and streams the body, then reads the response head.
@@ -451,6 +466,242 @@ impl Exchange<'_> {
             send.send_data(chunk, end && data.is_empty()).map_err(|_| ProxyError::ClientGone)?;
         }
         Ok(())
+    }
+}
+
+/// HTTP/2 to the upstream (a group with `protocol = "h2c"` or `"h2"`).
+impl Exchange<'_> {
+    /// Forwards the stream to a stream on an upstream session: the client's head with
+    /// `X-Forwarded-*` and `Via` (the prefix stripped when the route says so), the body pumped
+    /// while the response is awaited and relayed (a server may answer before the body ends:
+    /// gRPC streams both ways), the response's body and trailers relayed back under both sides'
+    /// flow control. A client reset or a reset from the server ends both streams.
+    async fn forward_h2(
+        &mut self,
+        snap: &Snapshot,
+        route: &Route,
+        mut parts: http::request::Parts,
+        body: RecvStream,
+        respond: &mut SendResponse<Bytes>,
+    ) -> Result<(), ProxyError> {
+        let limits = &snap.limits;
+        let group = &snap.groups[route.group];
+        let idle = limits.client_idle_timeout;
+        if let Some(v) = parts.headers.get(CONTENT_LENGTH)
+            && parse_length(v.as_bytes()).is_none_or(|n| n > limits.max_body_bytes)
+        {
+            return Err(if parse_length(v.as_bytes()).is_none() { ProxyError::BadRequest } else { ProxyError::BodyTooLarge });
+        }
+        self.upstream_head(route, group, &mut parts)?;
+
+        let server = self.worker.pick(route.group, group);
+        self.worker.begin(server.id);
+        let _in_flight = InFlight { worker: self.worker, server: server.id };
+        let (send_req, _stream_slot) = session::stream(self.worker, server, group).await?;
+        let timers = &self.worker.timers;
+        let mut send_req = match timers.within(self.slot, timers.deadline(group.connect_timeout), send_req.ready()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => return Err(ProxyError::UpstreamClosed),
+            Err(_) => return Err(ProxyError::ConnectTimeout),
+        };
+        let end = body.is_end_stream();
+        let (response, up_send) = send_req.send_request(Request::from_parts(parts, ()), end).map_err(|_| ProxyError::UpstreamClosed)?;
+
+        // The request body flows on its own timer slot while the response is awaited.
+        let pump_slot = timers.register();
+        let _release = SlotGuard { worker: self.worker, slot: pump_slot };
+        let pump = pump_body(self.worker, pump_slot, body, up_send, limits.max_body_bytes, idle);
+        let mut pump = std::pin::pin!(pump);
+        let mut pump_done = end;
+        let response = timers.within(self.slot, timers.deadline(group.response_header_timeout), response);
+        let mut response = std::pin::pin!(response);
+        let response = loop {
+            tokio::select! {
+                biased;
+                r = &mut pump, if !pump_done => {
+                    r?;
+                    pump_done = true;
+                }
+                r = &mut response => break r,
+                _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
+                    self.worker.metrics().h2(H2Event::ResetByClient);
+                    return Err(ProxyError::ClientGone);
+                }
+            }
+        };
+        let response = match response {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) if e.reason() == Some(Reason::REFUSED_STREAM) => return Err(ProxyError::UpstreamClosed),
+            Ok(Err(_)) => return Err(ProxyError::BadResponse),
+            Err(_) => return Err(ProxyError::ResponseTimeout),
+        };
+        let (mut head, mut up_body) = response.into_parts();
+        head.headers.append(VIA, self.info.via.clone());
+        self.status = head.status.as_u16();
+        let done = up_body.is_end_stream();
+        let mut send = respond.send_response(Response::from_parts(head, ()), done).map_err(|_| ProxyError::ClientGone)?;
+        self.responded = true;
+        if done {
+            return Ok(());
+        }
+        let relayed = async {
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    r = &mut pump, if !pump_done => {
+                        r?;
+                        pump_done = true;
+                        continue;
+                    }
+                    d = timers.within(self.slot, timers.deadline(group.response_header_timeout), up_body.data()) => d,
+                };
+                match next {
+                    Ok(None) => break,
+                    Ok(Some(Ok(data))) => {
+                        let n = data.len();
+                        self.send_data(&mut send, data, false, idle).await?;
+                        let _ = up_body.flow_control().release_capacity(n);
+                    }
+                    // A reset from the server, or a body that stalled past the timeout.
+                    Ok(Some(Err(_))) | Err(_) => return Err(ProxyError::UpstreamBroken),
+                }
+            }
+            match timers.within(self.slot, timers.deadline(group.response_header_timeout), up_body.trailers()).await {
+                Ok(Ok(Some(trailers))) => send.send_trailers(trailers).map_err(|_| ProxyError::ClientGone),
+                Ok(Ok(None)) => send.send_data(Bytes::new(), true).map_err(|_| ProxyError::ClientGone),
+                _ => Err(ProxyError::UpstreamBroken),
+            }
+        };
+        match relayed.await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if e == ProxyError::ClientGone {
+                    send.send_reset(Reason::CANCEL);
+                } else {
+                    self.worker.metrics().h2(H2Event::ResetByProxy);
+                    send.send_reset(Reason::INTERNAL_ERROR);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The request head as the upstream sees it: scheme of the group's transport, the route's
+    /// prefix stripped, `X-Forwarded-For` (the client's list plus its address),
+    /// `X-Forwarded-Proto`, `X-Forwarded-Host` (the authority) and `Via`.
+    fn upstream_head(&mut self, route: &Route, group: &UpstreamGroup, parts: &mut http::request::Parts) -> Result<(), ProxyError> {
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = Some(if group.tls.is_some() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
+        if uri.authority.is_none() {
+            // RFC 9113 §8.3.1: a host field stands for the authority; the upstream gets it so.
+            if let Some(h) = parts.headers.get(HOST).and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok()) {
+                uri.authority = Some(h);
+            }
+        }
+        if route.strip_prefix
+            && let Some(pq) = &uri.path_and_query
+        {
+            let rest = pq.as_str().get(route.prefix.len()..).unwrap_or("");
+            let out = &mut self.set.out;
+            out.clear();
+            if !rest.starts_with('/') {
+                out.push(b'/');
+            }
+            out.extend_from_slice(rest.as_bytes());
+            uri.path_and_query = Some(http::uri::PathAndQuery::try_from(out.as_slice()).map_err(|_| ProxyError::BadRequest)?);
+        }
+        let authority = uri.authority.clone();
+        parts.uri = http::Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest)?;
+        let headers = &mut parts.headers;
+        headers.remove(HOST);
+        let out = &mut self.set.out;
+        out.clear();
+        for v in headers.get_all(X_FORWARDED_FOR) {
+            if !v.is_empty() {
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(self.info.ip());
+        let xff = HeaderValue::from_bytes(out).map_err(|_| ProxyError::BadRequest)?;
+        headers.insert(X_FORWARDED_FOR, xff);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if self.info.tls { "https" } else { "http" }));
+        headers.remove(X_FORWARDED_HOST);
+        if let Some(a) = authority
+            && let Ok(v) = HeaderValue::from_str(a.as_str())
+        {
+            headers.insert(X_FORWARDED_HOST, v);
+        }
+        headers.append(VIA, self.info.via.clone());
+        Ok(())
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Releases a timer slot registered for one stream.
+struct SlotGuard<'a> {
+    worker: &'a Worker,
+    slot: usize,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.worker.timers.release(self.slot);
+    }
+}
+
+/// Pumps a client's request body to the upstream stream as the upstream's window allows; the
+/// client's window is given back as the bytes go (its trailers follow, or the end of the stream).
+async fn pump_body(
+    worker: &Worker,
+    slot: usize,
+    mut body: RecvStream,
+    mut up: SendStream<Bytes>,
+    max_body: u64,
+    idle: Duration,
+) -> Result<(), ProxyError> {
+    let timers = &worker.timers;
+    let mut total: u64 = 0;
+    loop {
+        let mut data = match timers.within(slot, timers.deadline(idle), body.data()).await {
+            Err(_) => return Err(ProxyError::RequestTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                worker.metrics().h2(H2Event::ResetByClient);
+                return Err(ProxyError::ClientGone);
+            }
+            Ok(Some(Ok(d))) => d,
+        };
+        let n = data.len();
+        total += n as u64;
+        if total > max_body {
+            return Err(ProxyError::BodyTooLarge);
+        }
+        while !data.is_empty() {
+            up.reserve_capacity(data.len());
+            let mut cap = up.capacity();
+            if cap == 0 {
+                cap = match timers.within(slot, timers.deadline(idle), std::future::poll_fn(|cx| up.poll_capacity(cx))).await {
+                    Ok(Some(Ok(c))) => c,
+                    _ => return Err(ProxyError::UpstreamBroken),
+                };
+                if cap == 0 {
+                    continue;
+                }
+            }
+            let chunk = data.split_to(cap.min(data.len()));
+            up.send_data(chunk, false).map_err(|_| ProxyError::UpstreamBroken)?;
+        }
+        let _ = body.flow_control().release_capacity(n);
+    }
+    match timers.within(slot, timers.deadline(idle), body.trailers()).await {
+        Ok(Ok(Some(t))) => up.send_trailers(t).map_err(|_| ProxyError::UpstreamBroken),
+        Ok(Ok(None)) => up.send_data(Bytes::new(), true).map_err(|_| ProxyError::UpstreamBroken),
+        Ok(Err(_)) => Err(ProxyError::ClientGone),
+        Err(_) => Err(ProxyError::RequestTimeout),
     }
 }
 
