@@ -14,6 +14,8 @@
 //! - `cli`: `proxy check` messages.
 //! - `tls`, `tls_adversarial`: TLS termination; `tls_upstream`: TLS to the upstream (`tls = true`).
 //! - `h2`: HTTP/2 from clients (h2c prior knowledge, ALPN h2), to HTTP/1.1 upstreams.
+//! - `h2_attacks`: hostile HTTP/2 clients on raw frames (rapid reset, CONTINUATION and
+//!   SETTINGS/PING floods, HPACK bomb, slow windows, malformed fields, frame-level violations).
 #![allow(clippy::unwrap_used)] // reason: tests fail loudly on unexpected states; that is the point
 
 mod support;
@@ -22,6 +24,7 @@ mod adversarial;
 mod cli;
 mod faults;
 mod h2;
+mod h2_attacks;
 mod keepalive;
 mod routing;
 mod semantics;
