@@ -608,3 +608,47 @@ fn upstream_protocol_is_checked_against_tls() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("unknown protocol \"spdy\""), "{err}");
 }
+
+#[test]
+fn http11_clients_reach_an_h2c_upstream_with_chunked_bodies_and_trailers_translated() {
+    let origin = H2Origin::start();
+    let proxy = h2_upstream_proxy(&origin, "");
+    let mut c = crate::support::Client::connect(proxy.addr);
+    // GET: the origin answers with a body and trailers; no content-length: chunked, with the
+    // trailers in the last chunk.
+    let r = c.roundtrip(b"GET /g?x=1 HTTP/1.1\r\nHost: a.test\r\nTE: trailers\r\nX-A: 1\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.header("via"), Some("1.1 fastproxy"));
+    assert!(r.body.is_empty());
+    // A chunked request body goes up de-chunked; the echo comes back.
+    let r = c.roundtrip(b"POST /p HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"hello world");
+    // Content-Length body; a big response.
+    let r = c.roundtrip(b"PUT /p HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc");
+    assert_eq!(r.body, b"abc");
+    let r = c.roundtrip(b"GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert_eq!(r.body.len(), 1024 * 1024);
+    // HTTP/1.0: close-delimited.
+    let mut c10 = crate::support::Client::connect(proxy.addr);
+    c10.send(b"GET /big HTTP/1.0\r\nHost: a.test\r\n\r\n");
+    let (raw, _) = c10.read_to_close();
+    assert!(raw.starts_with(b"HTTP/1.1 200 OK\r\n"), "{}", String::from_utf8_lossy(&raw[..200.min(raw.len())]));
+    let at = crate::support::find(&raw, b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(raw.len() - at, 1024 * 1024, "the whole body, delimited by the close");
+    assert_eq!(raw.last(), Some(&(((1024 * 1024 - 1) % 251) as u8)));
+
+    let streams = origin.streams();
+    assert_eq!(streams.len(), 5, "{streams:?}");
+    let g = &streams[0];
+    assert_eq!(g.uri, "http://a.test/g?x=1");
+    let h = |s: &OriginStream, n: &str| s.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    assert_eq!(h(g, "x-a").as_deref(), Some("1"));
+    assert_eq!(h(g, "te").as_deref(), Some("trailers"));
+    assert_eq!(h(g, "x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(h(g, "host"), None, "the Host is the authority");
+    assert_eq!(streams[1].body, b"hello world");
+    assert_eq!(h(&streams[1], "transfer-encoding"), None);
+    assert_eq!(origin.conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

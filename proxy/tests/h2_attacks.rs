@@ -8,7 +8,6 @@
 //! (frame type and error code asserted), reaches the upstream only as it may, keeps the proxy's
 //! memory bounded (VmRSS before and after) and leaves other clients served.
 //!
-//! `#[ignore = "proxy bug: ..."]` marks a test that shows a defect of the proxy, `#[ignore =
 //! "h2 0.4.20 deviation: ..."]` an error code of the `h2` crate other than RFC 9113's; run them
 //! with `--include-ignored`.
 
@@ -710,16 +709,17 @@ fn a_ping_flood_from_a_client_that_never_reads_is_held_back_with_bounded_memory(
 }
 
 #[test]
-#[ignore = "proxy bug: an HTTP/2 connection whose client never reads (writes blocked) is never closed: still held 25 s after a ping flood with client_idle_timeout = 1s"]
 fn a_flooding_client_that_never_reads_is_disconnected_after_the_idle_timeout() {
-    // After the flood the connection has no stream and its writes are blocked: the idle timeout
-    // (1 s) must end it even so, GOAWAY unsent. Seen through the proxy's descriptors.
+    // After the flood the connection has no stream and its writes are blocked: the timeout for
+    // its first request (header_read_timeout, 1 s) sends GOAWAY, which cannot leave, and one
+    // idle period later (client_idle_timeout, 1 s) the connection is closed even so. Seen
+    // through the proxy's descriptors.
     let (up, _) = upstream();
-    let proxy = h2c_proxy(&up, "client_idle_timeout = \"1s\"", "");
+    let proxy = h2c_proxy(&up, "client_idle_timeout = \"1s\"\nheader_read_timeout = \"1s\"", "");
     let one = frame(PING, 0, 0, b"12345678");
     let c = flood_without_reading(&proxy, &one, "ping flood (idle 1s)");
     let ours = c.s.local_addr().unwrap();
-    assert!(proxy_holds(&proxy, ours), "the proxy has the connection before the timeout");
+    // (With 1 s timeouts the connection may be gone before the flood's writes even blocked.)
     let started = Instant::now();
     let gone = wait_until(Duration::from_secs(5), || !proxy_holds(&proxy, ours));
     eprintln!("never-reading client dropped: {gone} after {:?}", started.elapsed());
@@ -776,7 +776,6 @@ fn a_zero_window_that_never_opens_resets_the_stream_after_the_idle_timeout() {
 }
 
 #[test]
-#[ignore = "proxy bug: a stream reset because the client's window stayed shut is not counted as reset_by_proxy (sent as CANCEL, counted as nothing)"]
 fn a_zero_window_reset_is_counted_as_reset_by_proxy() {
     let (up, _) = upstream();
     let proxy = zero_window(&up);
@@ -969,7 +968,6 @@ fn content_length_that_disagrees_with_data_is_a_stream_error_and_no_complete_req
 }
 
 #[test]
-#[ignore = "proxy bug: DATA that reaches content-length is forwarded as a complete request before END_STREAM; more DATA after it (RFC 9113 §8.1.1 malformed) is refused to the client, but the upstream already has a complete request"]
 fn data_beyond_a_satisfied_content_length_never_leaves_a_complete_request_upstream() {
     // content-length 5: DATA "01234" (the announced length, no END_STREAM), a pause, then DATA
     // "5" with END_STREAM; and content-length 0 without END_STREAM, then DATA. Both requests
@@ -1310,7 +1308,6 @@ fn hanging_upstream() -> Upstream {
 }
 
 #[test]
-#[ignore = "proxy bug: a client's RST_STREAM does not cancel the upstream exchange: the upstream connection stays busy until response_header_timeout"]
 fn a_client_reset_cancels_the_upstream_exchange() {
     // The stream's request is upstream, unanswered; the client cancels it. The proxy must stop
     // waiting for the answer and close (not pool) that upstream connection at once.
@@ -1326,7 +1323,6 @@ fn a_client_reset_cancels_the_upstream_exchange() {
 }
 
 #[test]
-#[ignore = "proxy bug: streams opened and reset one by one (each accepted before its reset) leave their upstream exchanges running: more in flight upstream than max_concurrent_streams"]
 fn reset_streams_never_leave_more_exchanges_upstream_than_max_concurrent_streams() {
     // The rapid reset variant that stays under `max_pending_reset_streams`: each stream is
     // accepted before its RST_STREAM arrives, so h2 no longer counts it, while the proxy's

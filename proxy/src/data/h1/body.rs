@@ -45,6 +45,26 @@ impl ReqBody {
             },
         }
     }
+
+    /// As [`ReqBody::take`], appending the body's data (a chunked body de-chunked) to `data`:
+    /// a request going upstream over HTTP/2, whose DATA frames carry no chunk framing.
+    pub fn take_data<B: bytes::BufMut>(&mut self, avail: &[u8], data: &mut B, done: &mut bool) -> Result<usize, ProxyError> {
+        match self {
+            ReqBody::Length(_) => {
+                let n = self.take(avail, done)?;
+                data.put_slice(&avail[..n]);
+                Ok(n)
+            }
+            ReqBody::Chunked(c) => match c.feed(avail, |s, e| data.put_slice(&avail[s..e])) {
+                Ok(step) => {
+                    *done = step.done;
+                    Ok(step.consumed)
+                }
+                Err(ChunkError::Malformed) => Err(ProxyError::BadRequest),
+                Err(ChunkError::TooLarge) => Err(ProxyError::BodyTooLarge),
+            },
+        }
+    }
 }
 
 /// The response body still to be relayed to the client.

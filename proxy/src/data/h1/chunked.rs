@@ -5,6 +5,20 @@
 //! chunk data lies (for the rare de-chunking case) and when the body ended. Strict: 1–16 hex
 //! digits, CRLF only, extensions limited in length, trailers validated like header bytes.
 
+/// Writes `n` in hexadecimal: the size line of a chunk (without its CRLF), for a body this
+/// proxy frames itself (a body that came over HTTP/2 going to an HTTP/1.1 peer).
+pub fn size_line(out: &mut Vec<u8>, n: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut started = false;
+    for shift in (0..usize::BITS / 4).rev() {
+        let d = (n >> (shift * 4)) & 0xf;
+        if d != 0 || started || shift == 0 {
+            out.push(DIGITS[d]);
+            started = true;
+        }
+    }
+}
+
 /// Why a chunked body was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkError {
@@ -210,6 +224,16 @@ fn is_token(b: u8) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn size_lines() {
+        let mut out = Vec::new();
+        for (n, want) in [(0usize, "0"), (1, "1"), (255, "ff"), (16_384, "4000"), (1 << 20, "100000")] {
+            out.clear();
+            size_line(&mut out, n);
+            assert_eq!(out, want.as_bytes());
+        }
+    }
 
     fn run(input: &[u8]) -> Result<(Step, Vec<u8>), ChunkError> {
         let mut c = Chunked::new(1 << 20);

@@ -103,7 +103,7 @@ struct Conn<S> {
 pub(super) struct Active<'c, S> {
     pub(super) worker: Rc<Worker>,
     pub(super) client: &'c mut S,
-    ip: &'c [u8],
+    pub(super) ip: &'c [u8],
     drain_slot: usize,
     pub(super) timer_slot: usize,
     pub(super) s: Scratch,
@@ -472,6 +472,9 @@ impl<S: ClientIo> Active<'_, S> {
         };
         let group = &snap.groups[route.group];
         self.route = route.id;
+        if group.h2 {
+            return self.exchange_h2(snap, route, group, progress).await;
+        }
         rewrite::request_head(&mut self.s.out, filled, &self.s.req, route, self.ip, S::TLS, &snap.via);
 
         // Body bytes that arrived with the head go out in the same write.

@@ -20,6 +20,8 @@
 //! - [`client`]: the same side for a client of another protocol (HTTP/2): a working set of its
 //!   own, borrowed per exchange, and the reads and writes of the exchange; the protocol frames
 //!   what it reads for its client.
+//! - [`to_h2`]: an HTTP/1.1 client's request to an upstream group that speaks HTTP/2, on the
+//!   worker's session to the server (`data::upstream::session`).
 
 pub mod body;
 pub mod chunked;
@@ -28,4 +30,5 @@ pub mod conn;
 pub mod head;
 pub mod rewrite;
 pub mod scratch;
+pub mod to_h2;
 pub mod upstream;

@@ -227,8 +227,9 @@ pub fn interim_head(out: &mut Vec<u8>, buf: &[u8], res: &ResponseHead) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `name: value` and CRLF.
 #[inline]
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

@@ -25,7 +25,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use h2::server::{Builder, Connection};
-use h2::{Ping, PingPong, Reason};
+use h2::{Ping, PingPong};
 use http::HeaderValue;
 
 use crate::data::io::ClientIo;
@@ -145,6 +145,8 @@ pub async fn serve<S: ClientIo + 'static>(worker: Rc<Worker>, io: S, peer: Socke
     let mut ping_due = settings.keepalive_interval.map_or(u64::MAX, |i| timers.deadline(i));
     let mut pong_due: Option<u64> = None;
     let mut draining = false;
+    // GOAWAY asked of h2 (by the drain or the idle timeout): the next idle expiry closes.
+    let mut goaway_sent = false;
     loop {
         let event = std::future::poll_fn(|cx| {
             match conn.poll_accept(cx) {
@@ -199,19 +201,22 @@ pub async fn serve<S: ClientIo + 'static>(worker: Rc<Worker>, io: S, peer: Socke
             }
             Event::Drain => {
                 draining = true;
+                goaway_sent = true;
                 conn.graceful_shutdown();
             }
             Event::Idle => {
                 // A stream may have opened and closed since the timer was armed: the deadline
                 // it left is the one that counts.
                 if info.open.get() == 0 && info.idle_until.get() <= timers.deadline(std::time::Duration::ZERO) {
-                    if draining {
-                        conn.abrupt_shutdown(Reason::NO_ERROR);
-                    } else {
-                        draining = true;
-                        conn.graceful_shutdown();
+                    if goaway_sent {
+                        // A whole idle period after the GOAWAY and still here: a client that
+                        // does not read (the GOAWAY may never have left) is closed, not waited
+                        // for.
+                        return;
                     }
-                    // A client that does not read the GOAWAY gets one more idle period.
+                    draining = true;
+                    goaway_sent = true;
+                    conn.graceful_shutdown();
                     info.idle_until.set(timers.deadline(worker.snapshot().limits.client_idle_timeout));
                 }
             }

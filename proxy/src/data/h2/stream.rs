@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::data::access::AccessRecord;
 use crate::data::error::ProxyError;
 use crate::data::h1::body::ResBody;
+use crate::data::h1::chunked;
 use crate::data::h1::client::{self, ClientSet, SendError};
 use crate::data::h1::head::{Framing, Kind};
 use crate::data::h1::rewrite::{self, ForwardBody};
@@ -126,9 +127,8 @@ fn answer_error(worker: &Worker, respond: &mut SendResponse<Bytes>, e: ProxyErro
     let mut res = Response::new(());
     *res.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
     res.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-    if respond.send_response(res, true).is_err() {
-        worker.metrics().h2(H2Event::ResetByClient);
-    }
+    // The stream may be gone already (reset by the client, or by `h2` for a malformed body).
+    let _ = respond.send_response(res, true);
 }
 
 /// Counts a request in flight to one server on this worker for as long as it lives.
@@ -248,7 +248,10 @@ impl Exchange<'_> {
         let timers = &self.worker.timers;
         let mut deadline = timers.deadline(group.response_header_timeout);
         loop {
-            match self.send(&mut up, &mut body, framing, limits.max_body_bytes, limits.client_idle_timeout, is_head, deadline).await {
+            match self
+                .send(&mut up, &mut body, (framing, length), limits.max_body_bytes, limits.client_idle_timeout, is_head, deadline)
+                .await
+            {
                 Ok(()) => break,
                 Err(SendError::Stale) if reused && replayable => {
                     self.worker.metrics().retry();
@@ -270,25 +273,40 @@ impl Exchange<'_> {
         &mut self,
         up: &mut UpstreamConn,
         body: &mut RecvStream,
-        framing: ForwardBody,
+        (framing, length): (ForwardBody, Option<u64>),
         max_body: u64,
         idle: Duration,
         is_head: bool,
         deadline: u64,
     ) -> Result<(), SendError> {
         let timers = &self.worker.timers;
+        if length == Some(0) && !body.is_end_stream() {
+            // `content-length: 0` on a stream still open: the request is whole only at its
+            // END_STREAM (DATA would make it malformed, RFC 9113 §8.1.1), and its head alone
+            // would be a whole request upstream: wait for the end first.
+            loop {
+                match timers.within(self.slot, timers.deadline(idle), body.data()).await {
+                    Err(_) => return Err(ProxyError::RequestTimeout.into()),
+                    Ok(None) => break,
+                    Ok(Some(Ok(d))) if d.is_empty() => {}
+                    Ok(Some(Ok(_))) => return Err(ProxyError::BadRequest.into()),
+                    Ok(Some(Err(e))) => return Err(body_error(self.worker, &e).into()),
+                }
+            }
+        }
         client::send(timers, self.slot, &mut up.stream, &self.set.out, deadline).await?;
         if !body.is_end_stream() {
             let chunked = framing == ForwardBody::Chunked;
             let mut total: u64 = 0;
+            // The body's last byte, held back until the client's END_STREAM: a body that
+            // reaches its `content-length` is a whole request upstream, and more DATA after it
+            // (which `h2` refuses) must not have made one.
+            let mut held: Option<u8> = None;
             loop {
                 let next = match timers.within(self.slot, timers.deadline(idle), body.data()).await {
                     Err(_) => return Err(ProxyError::RequestTimeout.into()),
                     Ok(None) => break,
-                    Ok(Some(Err(_))) => {
-                        self.worker.metrics().h2(H2Event::ResetByClient);
-                        return Err(ProxyError::ClientGone.into());
-                    }
+                    Ok(Some(Err(e))) => return Err(body_error(self.worker, &e).into()),
                     Ok(Some(Ok(data))) => data,
                 };
                 let n = next.len();
@@ -302,17 +320,27 @@ impl Exchange<'_> {
                 let sent = if chunked {
                     let out = &mut self.set.out;
                     out.clear();
-                    hex(out, n);
+                    chunked::size_line(out, n);
                     out.extend_from_slice(b"\r\n");
                     out.extend_from_slice(&next);
                     out.extend_from_slice(b"\r\n");
                     client::send(timers, self.slot, &mut up.stream, out, timers.deadline(idle)).await
+                } else if length == Some(total) && !body.is_end_stream() {
+                    held = next.last().copied();
+                    client::send(timers, self.slot, &mut up.stream, &next[..n - 1], timers.deadline(idle)).await
                 } else {
                     client::send(timers, self.slot, &mut up.stream, &next, timers.deadline(idle)).await
                 };
                 // The upstream took the bytes: the client may send that much more.
                 let _ = body.flow_control().release_capacity(n);
                 match sent {
+                    Ok(()) => {}
+                    Err(SendError::Stale) => return Err(ProxyError::UpstreamClosed.into()),
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(b) = held {
+                match client::send(timers, self.slot, &mut up.stream, &[b], timers.deadline(idle)).await {
                     Ok(()) => {}
                     Err(SendError::Stale) => return Err(ProxyError::UpstreamClosed.into()),
                     Err(e) => return Err(e),
@@ -456,7 +484,13 @@ impl Exchange<'_> {
             if cap == 0 {
                 cap = match timers.within(self.slot, timers.deadline(idle), std::future::poll_fn(|cx| send.poll_capacity(cx))).await {
                     Ok(Some(Ok(n))) => n,
-                    _ => return Err(ProxyError::ClientGone),
+                    Ok(_) => return Err(ProxyError::ClientGone),
+                    Err(_) => {
+                        // The client kept its window shut for the idle timeout: the proxy
+                        // resets the stream (CANCEL).
+                        self.worker.metrics().h2(H2Event::ResetByProxy);
+                        return Err(ProxyError::ClientGone);
+                    }
                 };
                 if cap == 0 {
                     continue;
@@ -669,10 +703,7 @@ async fn pump_body(
         let mut data = match timers.within(slot, timers.deadline(idle), body.data()).await {
             Err(_) => return Err(ProxyError::RequestTimeout),
             Ok(None) => break,
-            Ok(Some(Err(_))) => {
-                worker.metrics().h2(H2Event::ResetByClient);
-                return Err(ProxyError::ClientGone);
-            }
+            Ok(Some(Err(e))) => return Err(body_error(worker, &e)),
             Ok(Some(Ok(d))) => d,
         };
         let n = data.len();
@@ -705,6 +736,19 @@ async fn pump_body(
     }
 }
 
+/// A request body that ended in an error: the client reset the stream (`client_gone`, counted
+/// as its reset), or `h2` found it malformed (a `content-length` that DATA does not match, a
+/// flow-control violation) and reset it itself (`bad_request`, counted as the proxy's reset).
+fn body_error(worker: &Worker, e: &h2::Error) -> ProxyError {
+    if e.is_remote() {
+        worker.metrics().h2(H2Event::ResetByClient);
+        ProxyError::ClientGone
+    } else {
+        worker.metrics().h2(H2Event::ResetByProxy);
+        ProxyError::BadRequest
+    }
+}
+
 /// A `content-length` value: digits only.
 fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 {
@@ -720,35 +764,16 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     Some(n)
 }
 
-/// `n` in hexadecimal (a chunk size).
-fn hex(out: &mut Vec<u8>, n: usize) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut started = false;
-    for shift in (0..usize::BITS / 4).rev() {
-        let d = (n >> (shift * 4)) & 0xf;
-        if d != 0 || started || shift == 0 {
-            out.push(DIGITS[d]);
-            started = true;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn lengths_and_chunk_sizes() {
+    fn lengths() {
         assert_eq!(parse_length(b"0"), Some(0));
         assert_eq!(parse_length(b"1234"), Some(1234));
         assert_eq!(parse_length(b""), None);
         assert_eq!(parse_length(b"+1"), None);
         assert_eq!(parse_length(b"99999999999999999999"), None);
-        let mut out = Vec::new();
-        for (n, want) in [(0usize, "0"), (1, "1"), (255, "ff"), (16_384, "4000"), (1 << 20, "100000")] {
-            out.clear();
-            hex(&mut out, n);
-            assert_eq!(out, want.as_bytes());
-        }
     }
 }
