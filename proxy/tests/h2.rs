@@ -553,6 +553,8 @@ fn grpc_style_h2c_to_h2c_relays_trailers_both_ways_and_multiplexes_one_upstream_
     assert_eq!(h("te"), Some("trailers"));
     assert_eq!(h("content-type"), Some("application/grpc"));
     let _ = s.conn;
+    assert_eq!(proxy.metric("proxy_h2_events_total{event=\"upstream_session\"}"), 1.0);
+    assert_eq!(proxy.metric("proxy_h2_events_total{event=\"upstream_stream\"}"), 11.0);
 }
 
 #[test]
@@ -589,6 +591,7 @@ fn an_h2_upstream_reset_mid_response_resets_the_client_stream_and_strip_prefix_a
     let streams = origin.streams();
     assert!(streams.iter().any(|s| s.uri == "http://a.test/x?q=1"), "{streams:?}");
     assert_eq!(proxy.metric("proxy_h2_events_total{event=\"reset_by_proxy\"}"), 1.0);
+    assert_eq!(proxy.metric("proxy_h2_events_total{event=\"upstream_reset\"}"), 1.0);
 }
 
 #[test]
@@ -651,4 +654,26 @@ fn http11_clients_reach_an_h2c_upstream_with_chunked_bodies_and_trailers_transla
     assert_eq!(streams[1].body, b"hello world");
     assert_eq!(h(&streams[1], "transfer-encoding"), None);
     assert_eq!(origin.conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_reload_applies_to_the_next_stream_of_an_open_connection_and_metrics_count_by_protocol() {
+    let a = Upstream::start(|_| Reply::Send(response("200 OK", &[], b"a")));
+    let b = Upstream::start(|_| Reply::Send(response("200 OK", &[], b"b")));
+    let proxy = h2c_proxy(&a, "");
+    block_on(async {
+        let mut c = h2c_connect(proxy.addr).await;
+        let (_, body, _) = exchange(&mut c, get("/"), b"").await;
+        assert_eq!(body, b"a");
+        let text = std::fs::read_to_string(&proxy.config).unwrap().replace(&a.addr.to_string(), &b.addr.to_string());
+        std::fs::write(&proxy.config, text).unwrap();
+        assert_eq!(proxy.admin("POST", "/reload", "").0, 200);
+        let (_, body, _) = exchange(&mut c, get("/"), b"").await;
+        assert_eq!(body, b"b", "the next stream on the same connection runs on the new routes");
+    });
+    let mut h1 = crate::support::Client::connect(proxy.addr);
+    assert_eq!(h1.roundtrip(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").status, 200);
+    assert_eq!(proxy.metric("proxy_h2_events_total{event=\"connection\"}"), 1.0);
+    assert_eq!(proxy.metric("proxy_requests_by_protocol_total{protocol=\"h2\"}"), 2.0);
+    assert_eq!(proxy.metric("proxy_requests_by_protocol_total{protocol=\"http1\"}"), 1.0);
 }

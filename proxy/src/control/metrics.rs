@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use crate::config::RouteInfo;
 use crate::data::metrics::{
-    CLASSES, ERROR_KINDS, H2_EVENTS, LATENCY_BOUNDS_US, MAX_ROUTE_SLOTS, ROUTE_NONE, ROUTE_OTHER, TLS_FAILURES, Totals,
+    CLASSES, ERROR_KINDS, H2_EVENTS, H2Event, LATENCY_BOUNDS_US, MAX_ROUTE_SLOTS, ROUTE_NONE, ROUTE_OTHER, TLS_FAILURES, Totals,
 };
 use crate::data::worker::Shared;
 
@@ -140,11 +140,21 @@ pub fn render(shared: &Shared, p: &ProcessValues) -> String {
         &mut out,
         "proxy_h2_events_total",
         "counter",
-        "HTTP/2 client connections and streams: connections set up or failed, streams (requests) accepted, streams reset by either side, connections ended by a protocol error (GOAWAY) or an unanswered keep-alive ping.",
+        "HTTP/2: client connections set up or failed, streams (requests) accepted, streams reset by either side, connections ended by a protocol error (GOAWAY) or an unanswered keep-alive ping; sessions and streams opened to upstream servers, and upstream streams the server reset or refused.",
     );
     for (k, (_, name)) in H2_EVENTS.iter().enumerate() {
         let _ = writeln!(out, "proxy_h2_events_total{{event=\"{name}\"}} {}", t.h2[k]);
     }
+    header(
+        &mut out,
+        "proxy_requests_by_protocol_total",
+        "counter",
+        "Requests answered, by the protocol the client spoke (the same requests as proxy_requests_total).",
+    );
+    let total: u64 = t.requests.iter().flatten().sum();
+    let h2 = t.h2[H2Event::Stream as usize];
+    let _ = writeln!(out, "proxy_requests_by_protocol_total{{protocol=\"http1\"}} {}", total.saturating_sub(h2));
+    let _ = writeln!(out, "proxy_requests_by_protocol_total{{protocol=\"h2\"}} {h2}");
 
     header(&mut out, "proxy_errors_total", "counter", "Failed requests by kind.");
     for (k, (_, name)) in ERROR_KINDS.iter().enumerate() {

@@ -99,10 +99,16 @@ pub enum H2Event {
     ConnectionError,
     /// A connection closed because its keep-alive ping went unanswered.
     PingTimeout,
+    /// An HTTP/2 session opened to an upstream server (`protocol = "h2c"` or `"h2"`).
+    UpstreamSession,
+    /// A stream opened on an upstream session (one request).
+    UpstreamStream,
+    /// An upstream stream that ended in a reset from the server (or refused: REFUSED_STREAM).
+    UpstreamReset,
 }
 
 /// Every [`H2Event`] with its metric label, in index order.
-pub const H2_EVENTS: [(H2Event, &str); 7] = [
+pub const H2_EVENTS: [(H2Event, &str); 10] = [
     (H2Event::Connection, "connection"),
     (H2Event::HandshakeFailed, "handshake_failed"),
     (H2Event::Stream, "stream"),
@@ -110,6 +116,9 @@ pub const H2_EVENTS: [(H2Event, &str); 7] = [
     (H2Event::ResetByProxy, "reset_by_proxy"),
     (H2Event::ConnectionError, "connection_error"),
     (H2Event::PingTimeout, "ping_timeout"),
+    (H2Event::UpstreamSession, "upstream_session"),
+    (H2Event::UpstreamStream, "upstream_stream"),
+    (H2Event::UpstreamReset, "upstream_reset"),
 ];
 
 fn error_index(e: ProxyError) -> usize {

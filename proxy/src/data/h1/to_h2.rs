@@ -23,6 +23,7 @@ use crate::data::h1::conn::{Active, Progress, write_within};
 use crate::data::h1::head::Kind;
 use crate::data::h1::rewrite::field;
 use crate::data::io::ClientIo;
+use crate::data::metrics::H2Event;
 use crate::data::upstream::session;
 use crate::snapshot::{Route, Snapshot, UpstreamGroup};
 
@@ -62,6 +63,7 @@ impl<S: ClientIo> Active<'_, S> {
             Err(_) => return Err(ProxyError::ConnectTimeout),
         };
         let (response, up_send) = send_req.send_request(request, body.is_none()).map_err(|_| ProxyError::UpstreamClosed)?;
+        self.worker.metrics().h2(H2Event::UpstreamStream);
         match body.as_mut() {
             Some(b) => self.pump_h1_body(b, up_send, limits.client_idle_timeout, progress).await?,
             None => progress.request_done = true,
@@ -69,7 +71,12 @@ impl<S: ClientIo> Active<'_, S> {
         let timers = &self.worker.timers;
         let response = match timers.within(self.timer_slot, timers.deadline(group.response_header_timeout), response).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => return Err(ProxyError::BadResponse),
+            Ok(Err(e)) => {
+                if e.is_reset() {
+                    self.worker.metrics().h2(H2Event::UpstreamReset);
+                }
+                return Err(ProxyError::BadResponse);
+            }
             Err(_) => return Err(ProxyError::ResponseTimeout),
         };
         let (head, up_body) = response.into_parts();
@@ -232,7 +239,13 @@ impl<S: ClientIo> Active<'_, S> {
             let data = match timers.within(self.timer_slot, timers.deadline(stall), body.data()).await {
                 Ok(None) => break,
                 Ok(Some(Ok(d))) => d,
-                Ok(Some(Err(_))) | Err(_) => return Err(ProxyError::UpstreamBroken),
+                Ok(Some(Err(e))) => {
+                    if e.is_reset() {
+                        self.worker.metrics().h2(H2Event::UpstreamReset);
+                    }
+                    return Err(ProxyError::UpstreamBroken);
+                }
+                Err(_) => return Err(ProxyError::UpstreamBroken),
             };
             let n = data.len();
             if n == 0 {

@@ -540,6 +540,7 @@ impl Exchange<'_> {
         };
         let end = body.is_end_stream();
         let (response, up_send) = send_req.send_request(Request::from_parts(parts, ()), end).map_err(|_| ProxyError::UpstreamClosed)?;
+        self.worker.metrics().h2(H2Event::UpstreamStream);
 
         // The request body flows on its own timer slot while the response is awaited.
         let pump_slot = timers.register();
@@ -565,7 +566,10 @@ impl Exchange<'_> {
         };
         let response = match response {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) if e.reason() == Some(Reason::REFUSED_STREAM) => return Err(ProxyError::UpstreamClosed),
+            Ok(Err(e)) if e.is_reset() => {
+                self.worker.metrics().h2(H2Event::UpstreamReset);
+                return Err(if e.reason() == Some(Reason::REFUSED_STREAM) { ProxyError::UpstreamClosed } else { ProxyError::BadResponse });
+            }
             Ok(Err(_)) => return Err(ProxyError::BadResponse),
             Err(_) => return Err(ProxyError::ResponseTimeout),
         };
@@ -597,7 +601,13 @@ impl Exchange<'_> {
                         let _ = up_body.flow_control().release_capacity(n);
                     }
                     // A reset from the server, or a body that stalled past the timeout.
-                    Ok(Some(Err(_))) | Err(_) => return Err(ProxyError::UpstreamBroken),
+                    Ok(Some(Err(e))) => {
+                        if e.is_reset() {
+                            self.worker.metrics().h2(H2Event::UpstreamReset);
+                        }
+                        return Err(ProxyError::UpstreamBroken);
+                    }
+                    Err(_) => return Err(ProxyError::UpstreamBroken),
                 }
             }
             match timers.within(self.slot, timers.deadline(group.response_header_timeout), up_body.trailers()).await {

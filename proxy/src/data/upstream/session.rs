@@ -22,6 +22,7 @@ use h2::client::{Builder, Connection, SendRequest};
 use tokio::time::Instant;
 
 use crate::data::error::ProxyError;
+use crate::data::metrics::H2Event;
 use crate::data::upstream::connect::connect;
 use crate::data::upstream::stream::UpstreamStream;
 use crate::data::worker::Worker;
@@ -216,6 +217,7 @@ async fn open(worker: &Worker, server: Server, group: &UpstreamGroup) -> Result<
         Ok(Err(_)) => return Err(ProxyError::UpstreamConnect),
         Err(_) => return Err(ProxyError::ConnectTimeout),
     };
+    worker.metrics().h2(H2Event::UpstreamSession);
     let state = Rc::new(SessionState { open: Cell::new(1), dead: Cell::new(false), idle_since: Cell::new(Instant::now()) });
     tokio::task::spawn_local(drive(connection, Rc::clone(&state)));
     let slot = StreamSlot { state: Rc::clone(&state) };
