@@ -394,6 +394,26 @@ struct H2Origin {
 
 impl H2Origin {
     fn start() -> H2Origin {
+        Self::start_with(None)
+    }
+
+    /// The same origin over TLS (ALPN `h2` only) with `leaf`'s certificate.
+    fn start_tls(leaf: &crate::support::tls::Leaf) -> H2Origin {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_file_iter(&leaf.cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
+
+    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> H2Origin {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = std_listener.local_addr().unwrap();
         std_listener.set_nonblocking(true).unwrap();
@@ -410,10 +430,14 @@ impl H2Origin {
                             let Ok((tcp, _)) = l.accept().await else { return };
                             let n = conns2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             let seen = Arc::clone(&seen2);
+                            let tls = tls.clone();
                             tokio::task::spawn_local(async move {
-                                let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
-                                while let Some(Ok((req, respond))) = conn.accept().await {
-                                    tokio::task::spawn_local(origin_stream(n, req, respond, Arc::clone(&seen)));
+                                match tls {
+                                    None => serve_origin(n, tcp, seen).await,
+                                    Some(acceptor) => {
+                                        let Ok(stream) = acceptor.accept(tcp).await else { return };
+                                        serve_origin(n, stream, seen).await;
+                                    }
                                 }
                             });
                         }
@@ -426,6 +450,17 @@ impl H2Origin {
 
     fn streams(&self) -> Vec<OriginStream> {
         self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn serve_origin<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static>(
+    n: usize,
+    io: T,
+    seen: Arc<std::sync::Mutex<Vec<OriginStream>>>,
+) {
+    let Ok(mut conn) = h2::server::handshake(io).await else { return };
+    while let Some(Ok((req, respond))) = conn.accept().await {
+        tokio::task::spawn_local(origin_stream(n, req, respond, Arc::clone(&seen)));
     }
 }
 
@@ -676,4 +711,37 @@ fn a_reload_applies_to_the_next_stream_of_an_open_connection_and_metrics_count_b
     assert_eq!(proxy.metric("proxy_h2_events_total{event=\"connection\"}"), 1.0);
     assert_eq!(proxy.metric("proxy_requests_by_protocol_total{protocol=\"h2\"}"), 2.0);
     assert_eq!(proxy.metric("proxy_requests_by_protocol_total{protocol=\"http1\"}"), 1.0);
+}
+
+#[test]
+fn h2_over_tls_to_an_upstream_verified_by_its_ca_with_alpn_h2() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let leaf = pki.leaf("origin", &["origin.test"]);
+    let ca = pki.write_ca("ca.pem");
+    let origin = H2Origin::start_tls(&leaf);
+    let text = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\nh2c = true\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"o\"\n\n[upstreams.o]\nservers = [\"{}\"]\nprotocol = \"h2\"\ntls = true\n\
+         tls_ca = \"{}\"\ntls_server_name = \"origin.test\"\n",
+        origin.addr,
+        ca.display()
+    );
+    let proxy = Proxy::start_in(&dir, &text, 1);
+    block_on(async {
+        let mut c = h2c_connect(proxy.addr).await;
+        for i in 0..3 {
+            let req = Request::builder().method(Method::POST).uri(format!("http://a.test/t{i}")).body(()).unwrap();
+            let (resp, body, trailers) = exchange(&mut c, req, b"over-tls").await;
+            assert_eq!(resp.status(), 200);
+            assert_eq!(body, b"over-tls");
+            assert_eq!(trailers.unwrap().get("grpc-status").unwrap(), "0");
+        }
+    });
+    let mut h1 = crate::support::Client::connect(proxy.addr);
+    let r = h1.roundtrip(b"GET /h1 HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert_eq!(r.status, 200, "an HTTP/1.1 client reaches the same HTTP/2-over-TLS upstream");
+    assert_eq!(origin.conns.load(std::sync::atomic::Ordering::SeqCst), 1, "one TLS connection carries every stream");
+    assert!(origin.streams().iter().all(|s| s.uri.starts_with("https://a.test/")), "{:?}", origin.streams());
+    assert_eq!(proxy.metric("proxy_upstream_tls_handshakes_total{kind=\"full\"}"), 1.0);
 }

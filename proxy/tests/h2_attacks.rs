@@ -1351,3 +1351,45 @@ fn reset_streams_never_leave_more_exchanges_upstream_than_max_concurrent_streams
     assert_rss_bounded(&proxy, rss, "open-then-reset");
     assert!(in_flight <= 10, "{in_flight} upstream exchanges in flight for streams the client reset (max_concurrent_streams = 10)");
 }
+
+/// `[http2] keepalive_interval`: the proxy pings an HTTP/2 client; one that never answers is
+/// closed after `keepalive_timeout` (counted as `ping_timeout`), while one that answers (the
+/// `h2` crate acknowledges every PING) keeps its connection across many intervals.
+#[test]
+fn a_client_that_never_answers_keepalive_pings_is_closed_and_one_that_answers_is_kept() {
+    let (up, _) = upstream();
+    let proxy = h2c_proxy(&up, "", "[http2]\nkeepalive_interval = \"300ms\"\nkeepalive_timeout = \"300ms\"\n");
+    let mut raw = Raw::open(proxy.addr);
+    let started = Instant::now();
+    let deadline = started + VERDICT;
+    let mut pings = 0;
+    let end = loop {
+        match raw.read_frame(deadline) {
+            Ok(f) if f.ty == PING && f.flags & ACK == 0 => pings += 1, // never acknowledged
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(end, End::Closed), "the silent client's connection is closed: {end:?}, frames {:?}", raw.seen);
+    assert!(pings >= 1, "the proxy pinged");
+    eprintln!("silent client closed after {:?} ({pings} ping(s))", started.elapsed());
+    assert!(wait_until(Duration::from_secs(3), || proxy.metric("proxy_h2_events_total{event=\"ping_timeout\"}") == 1.0));
+
+    // A client that answers: requests keep working across several intervals on one connection.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let mut s = send.clone().ready().await.expect("the answering client's connection is kept");
+            let (resp, _) = s.send_request(http::Request::builder().uri("http://a.test/").body(()).unwrap(), true).unwrap();
+            assert_eq!(resp.await.unwrap().status(), 200);
+        }
+    });
+    assert_eq!(proxy.metric("proxy_h2_events_total{event=\"ping_timeout\"}"), 1.0);
+    assert_eq!(proxy.metric("proxy_h2_events_total{event=\"connection\"}"), 2.0);
+}
