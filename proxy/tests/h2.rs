@@ -745,3 +745,50 @@ fn h2_over_tls_to_an_upstream_verified_by_its_ca_with_alpn_h2() {
     assert!(origin.streams().iter().all(|s| s.uri.starts_with("https://a.test/")), "{:?}", origin.streams());
     assert_eq!(proxy.metric("proxy_upstream_tls_handshakes_total{kind=\"full\"}"), 1.0);
 }
+
+#[test]
+fn two_content_lengths_are_refused_and_framing_fields_never_travel_as_trailers() {
+    let up = Upstream::start(|r| Reply::Send(response("200 OK", &[], &r.body)));
+    let proxy = h2c_proxy(&up, "");
+    block_on(async {
+        let mut c = h2c_connect(proxy.addr).await;
+        // Two content-length fields: `h2` resets the stream when they differ; when they agree
+        // the proxy refuses them itself (400), as its HTTP/1.1 parser does, rather than pass a
+        // repeated field to an HTTP/1.1 upstream.
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("http://a.test/two")
+            .header("content-length", "3")
+            .header("content-length", "3")
+            .body(())
+            .unwrap();
+        let mut s = c.clone().ready().await.unwrap();
+        let (resp, mut body) = s.send_request(req, false).unwrap();
+        let _ = body.send_data(Bytes::from_static(b"abc"), true);
+        let status = resp.await.map(|r| r.status().as_u16()).map_err(|e| format!("{e:?}"));
+        assert_eq!(status.as_ref().ok(), Some(&400), "refused by the proxy itself: {status:?}");
+        // Request trailers that would reframe or reroute (content-length, host,
+        // transfer-encoding) are dropped from the HTTP/1.1 trailer section; others pass.
+        let mut s = c.clone().ready().await.unwrap();
+        let req = Request::builder().method(Method::POST).uri("http://a.test/t").body(()).unwrap();
+        let (resp, mut body) = s.send_request(req, false).unwrap();
+        body.send_data(Bytes::from_static(b"xyz"), false).unwrap();
+        let mut t = http::HeaderMap::new();
+        t.insert("content-length", "99".parse().unwrap());
+        t.insert("host", "evil.test".parse().unwrap());
+        t.insert("x-checksum", "abc".parse().unwrap());
+        body.send_trailers(t).unwrap();
+        assert_eq!(resp.await.unwrap().status(), 200);
+        let (resp, _, _) = exchange(&mut c, get("/after"), b"").await;
+        assert_eq!(resp.status(), 200);
+    });
+    let reqs = up.requests();
+    assert!(
+        up.received_all().iter().all(|bytes| crate::support::find(bytes, b"/two").is_none()),
+        "no byte of the request with two lengths went upstream"
+    );
+    let t = reqs.iter().find(|r| r.target == "/t").unwrap();
+    let raw = String::from_utf8_lossy(&t.raw);
+    assert!(raw.ends_with("0\r\nx-checksum: abc\r\n\r\n"), "{raw}");
+    assert_eq!(t.body, b"xyz");
+}

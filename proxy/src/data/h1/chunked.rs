@@ -19,6 +19,29 @@ pub fn size_line(out: &mut Vec<u8>, n: usize) {
     }
 }
 
+/// Trailer fields that must not travel in an HTTP/1.1 trailer section: framing, routing and
+/// connection fields (RFC 9110 §6.5.1), which a lenient upstream might act on.
+pub fn forbidden_trailer(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"content-length"
+            | b"transfer-encoding"
+            | b"host"
+            | b"connection"
+            | b"keep-alive"
+            | b"te"
+            | b"trailer"
+            | b"upgrade"
+            | b"proxy-connection"
+            | b"content-encoding"
+            | b"content-type"
+            | b"content-range"
+            | b"authorization"
+            | b"set-cookie"
+            | b"cookie"
+    )
+}
+
 /// Why a chunked body was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkError {

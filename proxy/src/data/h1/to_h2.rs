@@ -275,6 +275,9 @@ impl<S: ClientIo> Active<'_, S> {
             out.extend_from_slice(b"0\r\n");
             if let Some(t) = &trailers {
                 for (name, value) in t {
+                    if chunked::forbidden_trailer(name.as_str().as_bytes()) {
+                        continue;
+                    }
                     field(out, name.as_str().as_bytes(), value.as_bytes());
                 }
             }

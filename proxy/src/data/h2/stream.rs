@@ -195,22 +195,12 @@ impl Exchange<'_> {
         };
         self.route = route.id;
         let group = &snap.groups[route.group];
+
+        let length = content_length(&parts.headers, limits.max_body_bytes)?;
         if group.h2 {
             // HTTP/2 to the upstream: the stream is forwarded as it is, after the client's reset
             // watch (its body streams while the response comes: see `forward_h2`).
-            if parts.headers.len() > limits.max_headers {
-                return Err(ProxyError::HeadersTooLarge);
-            }
             return Ok(Prepared::H2 { route, parts, body });
-        }
-
-        // `h2` has checked that DATA adds up to a `content-length` that parses.
-        let length = match parts.headers.get(CONTENT_LENGTH) {
-            None => None,
-            Some(v) => Some(parse_length(v.as_bytes()).ok_or(ProxyError::BadRequest)?),
-        };
-        if length.is_some_and(|n| n > limits.max_body_bytes) {
-            return Err(ProxyError::BodyTooLarge);
         }
         let framing = match (body.is_end_stream(), length) {
             (_, Some(_)) => ForwardBody::AsFields,
@@ -359,6 +349,9 @@ impl Exchange<'_> {
                 out.extend_from_slice(b"0\r\n");
                 if let Some(t) = &trailers {
                     for (name, value) in t {
+                        if chunked::forbidden_trailer(name.as_str().as_bytes()) {
+                            continue;
+                        }
                         out.extend_from_slice(name.as_str().as_bytes());
                         out.extend_from_slice(b": ");
                         out.extend_from_slice(value.as_bytes());
@@ -521,11 +514,6 @@ impl Exchange<'_> {
         let limits = &snap.limits;
         let group = &snap.groups[route.group];
         let idle = limits.client_idle_timeout;
-        if let Some(v) = parts.headers.get(CONTENT_LENGTH)
-            && parse_length(v.as_bytes()).is_none_or(|n| n > limits.max_body_bytes)
-        {
-            return Err(if parse_length(v.as_bytes()).is_none() { ProxyError::BadRequest } else { ProxyError::BodyTooLarge });
-        }
         self.upstream_head(route, group, &mut parts)?;
 
         let server = self.worker.pick(route.group, group);
@@ -756,6 +744,22 @@ fn body_error(worker: &Worker, e: &h2::Error) -> ProxyError {
     } else {
         worker.metrics().h2(H2Event::ResetByProxy);
         ProxyError::BadRequest
+    }
+}
+
+/// The request's `content-length`: one field of digits (`h2` checks that DATA adds up to the
+/// first one, so a second, different one would frame the body otherwise upstream: refused, as
+/// HTTP/1.1 refuses it), at most `max`.
+fn content_length(headers: &http::HeaderMap, max: u64) -> Result<Option<u64>, ProxyError> {
+    let mut all = headers.get_all(CONTENT_LENGTH).iter();
+    let Some(v) = all.next() else { return Ok(None) };
+    if all.next().is_some() {
+        return Err(ProxyError::BadRequest);
+    }
+    match parse_length(v.as_bytes()) {
+        None => Err(ProxyError::BadRequest),
+        Some(n) if n > max => Err(ProxyError::BodyTooLarge),
+        Some(n) => Ok(Some(n)),
     }
 }
 
