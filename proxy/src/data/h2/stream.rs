@@ -387,6 +387,11 @@ impl Exchange<'_> {
         let mut response = Response::new(());
         *response.status_mut() = StatusCode::from_u16(res.status).map_err(|_| ProxyError::BadResponse)?;
         let buf = self.set.up.filled();
+        // The head's bytes once, as shared bytes in the stream's reused frame buffer: every
+        // relayed value is a slice of them (a value of its own would be an allocation per field).
+        self.set.body.clear();
+        self.set.body.put_slice(buf.get(..res.len).unwrap_or(buf));
+        let head = self.set.body.split().freeze();
         let headers = response.headers_mut();
         for f in &res.fields.list {
             // Hop-by-hop fields (and those `Connection` names) have no place in HTTP/2.
@@ -394,7 +399,9 @@ impl Exchange<'_> {
                 continue;
             }
             let name = HeaderName::from_bytes(f.name.of(buf)).map_err(|_| ProxyError::BadResponse)?;
-            let value = HeaderValue::from_bytes(f.value.of(buf)).map_err(|_| ProxyError::BadResponse)?;
+            let value =
+                head.get(f.value.start as usize..f.value.end as usize).map(|_| head.slice(f.value.start as usize..f.value.end as usize));
+            let value = value.and_then(|v| HeaderValue::from_maybe_shared(v).ok()).ok_or(ProxyError::BadResponse)?;
             headers.append(name, value);
         }
         headers.append(VIA, self.info.via.clone());
