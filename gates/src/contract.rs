@@ -361,6 +361,18 @@ pub struct MemoryGate {
     /// KiB of proxy RSS per connection part-way through a head.
     #[serde(default)]
     pub partial_head_kib_limit: f64,
+    /// Connection counts held as idle HTTP/2 connections (`loadgen hold --http2`: ALPN h2 over
+    /// TLS; needs `tls`), by the same proxy after the rows above, a warm-up of `warmup` first,
+    /// then the counts in turn, once per round: each its own `http2@N` row, and
+    /// `http2_after_release@<largest>`. Empty: not measured.
+    #[serde(default)]
+    pub http2_connections: Vec<u64>,
+    /// KiB of proxy RSS per idle HTTP/2 connection.
+    #[serde(default)]
+    pub http2_kib_limit: f64,
+    /// RSS after the largest crowd of HTTP/2 connections left ÷ RSS before it came.
+    #[serde(default)]
+    pub http2_after_ratio_limit: f64,
     /// Idleness before the held figure is read, and again after closing (loadgen hold --settle).
     pub settle: String,
     pub body_bytes: usize,

@@ -798,6 +798,8 @@ pub struct ProxySetup {
     pub upstream: &'static str,
     /// Lines of `[limits]`, e.g. `max_body_bytes = 1024`.
     pub limits: &'static str,
+    /// Lines of the listener's `[[listeners]]` table, e.g. `h2c = true`.
+    pub listener: &'static str,
 }
 
 /// Starts the proxy in this process with one worker, one route to `origin` (see [`ProxySetup`]).
@@ -812,8 +814,8 @@ pub fn start_proxy_tls(origin: SocketAddr, engine: Engine, setup: &ProxySetup, t
         .map(|(cert, key)| format!("[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n", cert.display(), key.display()))
         .unwrap_or_default();
     let text = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n{tls}[[routes]]\nupstream = \"origin\"\n{host}[upstreams.origin]\nservers = [\"{origin}\"]\n{}\n[limits]\n{}\n",
-        setup.upstream, setup.limits,
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n{}{tls}[[routes]]\nupstream = \"origin\"\n{host}[upstreams.origin]\nservers = [\"{origin}\"]\n{}\n[limits]\n{}\n",
+        setup.listener, setup.upstream, setup.limits,
     );
     let cfg = config::parse(Path::new("<harness>"), &text, &mut ServerIds::default()).map_err(|e| io::Error::other(e.to_string()))?;
     workers::start(cfg, 1, engine).map_err(|e| io::Error::other(e.to_string()))

@@ -10,6 +10,7 @@
 //! - [`baseline`], [`report`]: soft limits against a stored baseline; table, markdown, JSON.
 //! - [`exchange`]: the instruction gate's verified workload.
 //! - [`harness`]: the allocation-free in-process client and origin the probes use;
+//!   [`h2raw`]: its HTTP/2 client (raw frames, pre-encoded requests);
 //!   [`tlsclient`]: its TLS (rustls handshake, the proxy's record layer after it).
 //! - [`error`]: the runner's errors ([`Error`]) and [`error::Chain`], an error with its causes.
 
@@ -19,6 +20,7 @@ pub mod contract;
 pub mod error;
 pub mod exchange;
 pub mod floor;
+pub mod h2raw;
 pub mod harness;
 pub mod instructions;
 pub mod memory;

@@ -19,6 +19,13 @@
 //! trusting it (`--ca`, `--sni`): each does a full or resumed TLS handshake, then its verified
 //! GET, then idles as a TLS connection. A count whose report does not say that every connection
 //! handshook (full + resumed = N) is not a measurement of N TLS connections: ERROR.
+//!
+//! With `http2_connections` (phase 2, needs `tls`) the same proxy then holds idle HTTP/2
+//! connections (`loadgen hold --http2`: ALPN h2, the preface and SETTINGS exchange, one verified
+//! GET on a stream, then idle with no stream open): a warm-up crowd of `warmup`, then the counts
+//! in turn, once per round. Rows `memory:http2@N` (KiB per idle HTTP/2 connection against
+//! `http2_kib_limit`) and `memory:http2_after_release@<largest>` (after ÷ before against
+//! `http2_after_ratio_limit`), judged as the rows above.
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -68,6 +75,8 @@ pub enum MemoryError {
     NotTls { handshakes: String, connections: u64 },
     #[error("the TLS stage has no certificate for loadgen hold to trust")]
     NoCertificate,
+    #[error("contract: memory.http2_connections needs tls = true (HTTP/2 by ALPN; the stage has no h2c listener)")]
+    Http2WithoutTls,
 }
 
 /// File descriptors the proxy needs beside the held connections (listener, upstream pool, epoll,
@@ -293,6 +302,19 @@ fn check_contract(g: &MemoryGate) -> Result<(), MemoryError> {
     if !g.partial_head_connections.is_empty() && !positive_limit {
         return Err(MemoryError::NotPositive("partial_head_kib_limit"));
     }
+    if !g.http2_connections.is_empty() {
+        if g.http2_connections.contains(&0) {
+            return Err(MemoryError::NoCounts);
+        }
+        if !g.tls {
+            return Err(MemoryError::Http2WithoutTls);
+        }
+        for (k, v) in [("http2_kib_limit", g.http2_kib_limit), ("http2_after_ratio_limit", g.http2_after_ratio_limit)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(MemoryError::NotPositive(k));
+            }
+        }
+    }
     humantime::parse_duration(g.settle.trim()).map_err(|e| MemoryError::Settle(g.settle.clone(), e))?;
     Ok(())
 }
@@ -309,12 +331,17 @@ const AFTER_METRIC: &str = "proxy RSS after the largest crowd of idle keep-alive
 const AFTER_METRIC_TLS: &str = "proxy RSS after the largest crowd of idle TLS keep-alive connections closed ÷ RSS before it came";
 const AFTER_UNIT: &str = "ratio";
 const PARTIAL_METRIC: &str = "proxy RSS per keep-alive client connection part-way through its next request head";
+const HTTP2_METRIC: &str = "proxy RSS per idle HTTP/2 client connection over TLS (ALPN h2; preface, SETTINGS and one GET, then idle) ((held − before) ÷ connections; VmRSS)";
+const HTTP2_AFTER_METRIC: &str = "proxy RSS after the largest crowd of idle HTTP/2 connections closed ÷ RSS before it came";
 
 pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
     let largest = g.connections.iter().copied().max().unwrap_or(0);
     let per_key = |n: u64| format!("{prefix}:memory:per_conn@{n}");
     let after_key = format!("{prefix}:memory:after_release@{largest}");
     let partial_key = |n: u64| format!("{prefix}:memory:partial_head@{n}");
+    let h2_key = |n: u64| format!("{prefix}:memory:http2@{n}");
+    let h2_largest = g.http2_connections.iter().copied().max().unwrap_or(0);
+    let h2_after_key = format!("{prefix}:memory:http2_after_release@{h2_largest}");
     let after_metric = if g.tls { AFTER_METRIC_TLS } else { AFTER_METRIC };
     let errors = |e: MemoryError| -> Vec<Row> {
         let e = chain(&e);
@@ -324,24 +351,30 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
         for &n in &g.partial_head_connections {
             rows.push(error_row(partial_key(n), PARTIAL_METRIC, &g.unit, Some(g.partial_head_kib_limit), e.clone()));
         }
+        for &n in &g.http2_connections {
+            rows.push(error_row(h2_key(n), HTTP2_METRIC, &g.unit, Some(g.http2_kib_limit), e.clone()));
+        }
+        if !g.http2_connections.is_empty() {
+            rows.push(error_row(h2_after_key.clone(), HTTP2_AFTER_METRIC, AFTER_UNIT, Some(g.http2_after_ratio_limit), e.clone()));
+        }
         rows
     };
     if let Err(e) = check_contract(g) {
         return errors(e);
     }
     let g = &MemoryGate { rounds: opts.memory_rounds.unwrap_or(g.rounds), ..g.clone() };
-    let run = || -> Result<(Value, Value, Value), MemoryError> {
+    let run = || -> Result<(Value, Value, Value, Value), MemoryError> {
         let tmp = scratch_dir("memory")?;
         // The proxy inherits this runner's open-file limit: raise the soft limit to the hard one
         // first, as `loadgen hold` does for itself (a 1,024 default cannot hold 10,000).
         loadgen::hold::raise_nofile().map_err(MemoryError::RaiseNofile)?;
         let stage = start_stage_tls(opts, g.body_bytes, &tmp, &g.proxy_config, g.tls)?;
         let pid = stage.proxy.0.id();
-        let largest = largest.max(g.partial_head_connections.iter().copied().max().unwrap_or(0));
+        let largest = largest.max(g.partial_head_connections.iter().copied().max().unwrap_or(0)).max(h2_largest);
         if let Some(limit) = nofile(pid).filter(|&l| l < largest + PROXY_FD_MARGIN) {
             return Err(MemoryError::ProxyNofile { limit, largest, needed: largest + PROXY_FD_MARGIN });
         }
-        let hold = |name: &str, counts: &[u64], partial: bool| -> Result<Value, MemoryError> {
+        let hold = |name: &str, counts: &[u64], partial: bool, http2: bool| -> Result<Value, MemoryError> {
             let json_path = tmp.join(name);
             let counts: Vec<String> = counts.iter().map(u64::to_string).collect();
             let mut cmd = pinned(stage.pin, "0", &stage.loadgen);
@@ -356,6 +389,9 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
             if partial {
                 cmd.arg("--partial-head");
             }
+            if http2 {
+                cmd.arg("--http2");
+            }
             let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(MemoryError::Spawn)?;
             if !out.status.success() {
                 let err = String::from_utf8_lossy(&out.stderr);
@@ -365,15 +401,17 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
             let text = std::fs::read_to_string(&json_path).map_err(|e| MemoryError::ReadReport(json_path.clone(), e))?;
             serde_json::from_str(&text).map_err(MemoryError::Report)
         };
-        let report = hold("hold.json", &sequence(g), false)?;
+        let report = hold("hold.json", &sequence(g), false, false)?;
         // Then the same proxy holds connections part-way through a head, the counts in turn,
         // once per round.
         let partial_counts: Vec<u64> = (0..g.rounds).flat_map(|_| g.partial_head_connections.iter().copied()).collect();
-        let partial = if partial_counts.is_empty() { Value::Null } else { hold("partial.json", &partial_counts, true)? };
+        let partial = if partial_counts.is_empty() { Value::Null } else { hold("partial.json", &partial_counts, true, false)? };
+        // Then idle HTTP/2 connections: a warm-up crowd, then the counts in turn, once per round.
+        let h2 = if g.http2_connections.is_empty() { Value::Null } else { hold("http2.json", &http2_sequence(g), false, true)? };
         let _ = std::fs::remove_dir_all(&tmp);
-        Ok((report, partial, json!({ "pinned": stage.pin, "proxy_pid": pid, "tls": g.tls })))
+        Ok((report, partial, h2, json!({ "pinned": stage.pin, "proxy_pid": pid, "tls": g.tls })))
     };
-    let (report, partial, stage) = match run() {
+    let (report, partial, h2, stage) = match run() {
         Ok(r) => r,
         Err(e) => return errors(e),
     };
@@ -436,6 +474,38 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
             details: json!({ "stage": stage, "settle": g.settle, "rounds": counts, "hold_meta": partial["meta"] }),
         });
     }
+    let per_round = g.http2_connections.len();
+    let h2_counts = |i: usize| -> Value {
+        Value::Array((0..rounds).map(|r| h2["counts"].get(warmed + r * per_round + i).cloned().unwrap_or(Value::Null)).collect())
+    };
+    let h2_row = |key: String, metric: &str, unit: &str, limit: f64, (status, measured, note): (Status, Option<f64>, String), i: usize| {
+        Row {
+            key,
+            metric: metric.to_owned(),
+            unit: unit.to_owned(),
+            measured,
+            limit: Some(limit),
+            soft_limit_pct: None,
+            baseline: None,
+            delta_pct: None,
+            status,
+            note,
+            details: json!({ "stage": stage, "settle": g.settle, "warmup": if warmed > 0 { h2["counts"].get(0).cloned().unwrap_or(Value::Null) } else { Value::Null }, "rounds": h2_counts(i), "hold_meta": h2["meta"] }),
+        }
+    };
+    let h2_held = |round: usize, i: usize, n: u64| Held::at(&h2, warmed + round * per_round + i, n);
+    for (i, &n) in g.http2_connections.iter().enumerate() {
+        let verdicts = (0..rounds)
+            .map(|r| judge_per_conn_as(g.http2_kib_limit, n, h2_held(r, i, n).as_ref(), "idle HTTP/2 connections over TLS", g.tls))
+            .collect();
+        rows.push(h2_row(h2_key(n), HTTP2_METRIC, &g.unit, g.http2_kib_limit, combine_rounds(verdicts), i));
+    }
+    if let Some(i) = g.http2_connections.iter().position(|&c| c == h2_largest) {
+        let verdicts = (0..rounds)
+            .map(|r| judge_after_release_as(g.http2_after_ratio_limit, h2_largest, h2_held(r, i, h2_largest).as_ref(), g.tls))
+            .collect();
+        rows.push(h2_row(h2_after_key, HTTP2_AFTER_METRIC, AFTER_UNIT, g.http2_after_ratio_limit, combine_rounds(verdicts), i));
+    }
     rows
 }
 
@@ -444,6 +514,13 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
 pub fn sequence(g: &MemoryGate) -> Vec<u64> {
     let warm = (g.warmup > 0).then_some(g.warmup);
     warm.into_iter().chain((0..g.rounds).flat_map(|_| g.connections.iter().copied())).collect()
+}
+
+/// The HTTP/2 counts `loadgen hold --http2` is asked for: a warm-up crowd (as [`sequence`]),
+/// then every round's counts in turn.
+pub fn http2_sequence(g: &MemoryGate) -> Vec<u64> {
+    let warm = (g.warmup > 0).then_some(g.warmup);
+    warm.into_iter().chain((0..g.rounds).flat_map(|_| g.http2_connections.iter().copied())).collect()
 }
 
 #[cfg(test)]
@@ -610,6 +687,9 @@ mod tests {
             rounds: 3,
             partial_head_connections: vec![],
             partial_head_kib_limit: 0.0,
+            http2_connections: vec![],
+            http2_kib_limit: 0.0,
+            http2_after_ratio_limit: 0.0,
             per_conn_kib_limit: 1.0,
             after_ratio_limit: 1.1,
             settle: "2.5s".into(),
@@ -627,6 +707,12 @@ mod tests {
         assert!(check_contract(&MemoryGate { partial_head_connections: vec![0], partial_head_kib_limit: 4.0, ..g.clone() }).is_err());
         assert_eq!(sequence(&g), [1000, 1000, 10000, 1000, 10000, 1000, 10000]);
         assert_eq!(sequence(&MemoryGate { warmup: 0, rounds: 1, ..g.clone() }), [1000, 10000]);
+        let h2 = MemoryGate { http2_connections: vec![1000, 10000], http2_kib_limit: 12.0, http2_after_ratio_limit: 1.1, ..g.clone() };
+        assert!(matches!(check_contract(&h2), Err(MemoryError::Http2WithoutTls)), "HTTP/2 rows need the TLS stage");
+        assert!(check_contract(&MemoryGate { tls: true, ..h2.clone() }).is_ok());
+        assert!(check_contract(&MemoryGate { tls: true, http2_kib_limit: 0.0, ..h2.clone() }).is_err(), "no limit");
+        assert_eq!(http2_sequence(&h2), [1000, 1000, 10000, 1000, 10000, 1000, 10000]);
+        assert!(http2_sequence(&g).len() == 1, "the warm-up alone when no HTTP/2 count is asked (never run)");
         let rows = gate(
             &Options {
                 root: ".".into(),

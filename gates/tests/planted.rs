@@ -301,25 +301,20 @@ fn alloc_gate_counts_one_planted_allocation_per_exchange_in_every_shape() {
 /// request's) and fails, the handshake row too. `alloc@handshake` fires once per completed
 /// handshake on a listener: only the row that opens a connection per exchange sees it, exactly
 /// one more per connection, just above its limit. `alloc@upstream-tls` fires for each write to
-/// an upstream TLS connection: only the row whose workload takes that path sees it.
+/// an upstream TLS connection: only the row whose workload takes that path sees it. The HTTP/2
+/// rows (7 per stream, limit 7.5) pass under each but `alloc@tls-record`, which reaches the one
+/// over TLS (`h2-tls-get`): these runs are their clean pass; `alloc@h2-stream` is their plant.
 #[test]
 fn tls_alloc_rows_fail_on_one_planted_allocation_per_record_or_per_handshake() {
     let _m = counting();
-    let rows = [
-        ("tls-get", "phase2:alloc", 0.0),
-        ("tls12-get", "phase2:alloc[tls12-get]", 0.0),
-        ("tls-post", "phase2:alloc[tls-post]", 0.0),
-        ("tls-handshake", "phase2:alloc[tls-handshake]", 196.0),
-        ("tls-upstream", "phase2:alloc[tls-upstream]", 0.0),
-    ];
     for (plant, hit) in [
-        ("alloc@tls-record", &["tls-get", "tls12-get", "tls-post", "tls-handshake", "tls-upstream"][..]),
+        ("alloc@tls-record", &["tls-get", "tls12-get", "tls-post", "tls-handshake", "tls-upstream", "h2-tls-get"][..]),
         ("alloc@handshake", &["tls-handshake"][..]),
         ("alloc@upstream-tls", &["tls-upstream"][..]),
     ] {
         let out = out_dir(&format!("alloc-tls-{}", plant.replace(['@', '/', ':'], "-")));
         let (code, report) = gates(&["--phase", "2", "--only", "alloc", "--plant", plant], &out, &root());
-        for (shape, key, clean) in rows {
+        for (shape, key, clean) in PHASE2_ALLOC_ROWS {
             let r = row(&report, key);
             let m = r["measured"].as_f64().expect("measured");
             if hit.contains(&shape) {
@@ -334,6 +329,42 @@ fn tls_alloc_rows_fail_on_one_planted_allocation_per_record_or_per_handshake() {
         }
         assert_eq!(code, 1, "{report:#}");
     }
+}
+
+/// Phase 2's alloc rows: (probe shape, row key, clean figure per exchange).
+const PHASE2_ALLOC_ROWS: [(&str, &str, f64); 9] = [
+    ("tls-get", "phase2:alloc", 0.0),
+    ("tls12-get", "phase2:alloc[tls12-get]", 0.0),
+    ("tls-post", "phase2:alloc[tls-post]", 0.0),
+    ("tls-handshake", "phase2:alloc[tls-handshake]", 196.0),
+    ("tls-upstream", "phase2:alloc[tls-upstream]", 0.0),
+    ("h2c-get", "phase2:alloc[h2c-get]", 7.0),
+    ("h2c-post", "phase2:alloc[h2c-post]", 7.0),
+    ("h2c-get-10", "phase2:alloc[h2c-get-10]", 7.0),
+    ("h2-tls-get", "phase2:alloc[h2-tls-get]", 7.0),
+];
+
+/// HTTP/2 (issue 17): `alloc@h2-stream` fires once per HTTP/2 stream the proxy accepts (data::h2::
+/// conn): every HTTP/2 row counts one allocation more per stream (7 + 1 above the 7.5 limits,
+/// sequential, 10 concurrent, POST and over TLS alike) and fails; no HTTP/1.1 row sees it. One
+/// gates run; the rows' clean pass is in the TLS test's runs above.
+#[test]
+fn h2_alloc_rows_fail_on_one_planted_allocation_per_stream() {
+    let _m = counting();
+    let plant = "alloc@h2-stream";
+    let out = out_dir("alloc-h2-stream");
+    let (code, report) = gates(&["--phase", "2", "--only", "alloc", "--plant", plant], &out, &root());
+    for (shape, key, clean) in PHASE2_ALLOC_ROWS {
+        let r = row(&report, key);
+        let m = r["measured"].as_f64().expect("measured");
+        if shape.starts_with("h2") {
+            assert_eq!(r["status"], "FAIL", "{plant} must turn {shape} red: {r:#}");
+            assert!((m - clean - 1.0).abs() < 0.05, "{plant}: exactly one planted allocation per stream in {shape}: {r:#}");
+        } else {
+            assert_eq!(r["status"], "PASS", "{plant} must not reach {shape}: {r:#}");
+        }
+    }
+    assert_eq!(code, 1, "{report:#}");
 }
 
 /// Phase 2's instruction gate judges what TLS adds beside rustls alone: ~400 instructions more per
@@ -476,7 +507,8 @@ fn tls_memory_gate_fails_when_idle_tls_connections_hold_a_page_more() {
     let _m = counting();
     let (code, report) = memory_gate_of("2", "none", "memory-tls-none");
     let clean = memory_rows(&report, "phase2:memory:");
-    assert_eq!(clean.len(), 3, "{report:#}");
+    // The TLS rows and the HTTP/2 rows (their clean pass: see the h2-hold test below).
+    assert_eq!(clean.len(), 6, "{report:#}");
     for r in &clean {
         assert_eq!(r["status"], "PASS", "{r:#}");
     }
@@ -492,5 +524,27 @@ fn tls_memory_gate_fails_when_idle_tls_connections_hold_a_page_more() {
         let m = r["measured"].as_f64().expect("measured");
         assert!(m > r["limit"].as_f64().expect("limit") && m > clean + 3.0, "a page more each: {r:#}");
         assert!(r["note"].as_str().is_some_and(|n| n.contains("idle TLS keep-alive connections")), "{r:#}");
+    }
+}
+
+/// Phase 2's HTTP/2 memory rows (idle HTTP/2 connections over TLS, ~33 KiB each, limit 38): with
+/// `h2-hold:8192` every HTTP/2 connection holds 8 KiB more (written, resident) for its life: both
+/// counts fail, and the HTTP/1.1 TLS rows of the same run pass (the plant reaches HTTP/2 alone).
+/// The rows' clean pass is the `none` run of the TLS test above (the same planted binary).
+#[test]
+fn h2_memory_rows_fail_when_idle_http2_connections_hold_more() {
+    let _m = counting();
+    let (code, report) = memory_gate_of("2", "h2-hold:8192", "memory-h2-hold");
+    assert_eq!(code, 1, "{report:#}");
+    let h2 = memory_rows(&report, "phase2:memory:http2@");
+    assert_eq!(h2.len(), 2, "{report:#}");
+    for r in h2 {
+        assert_eq!(r["status"], "FAIL", "{r:#}");
+        let m = r["measured"].as_f64().expect("measured");
+        assert!(m > r["limit"].as_f64().expect("limit") && m > 38.0, "8 KiB more each: {r:#}");
+        assert!(r["note"].as_str().is_some_and(|n| n.contains("idle HTTP/2 connections")), "{r:#}");
+    }
+    for r in memory_rows(&report, "phase2:memory:per_conn@") {
+        assert_eq!(r["status"], "PASS", "h2-hold must not reach HTTP/1.1 connections: {r:#}");
     }
 }

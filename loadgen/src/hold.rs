@@ -31,6 +31,13 @@
 //! cache), then the verified GET, then idles as a TLS connection; what the target spends per
 //! idle TLS connection is measured. Full and resumed handshakes are counted per count; a failed
 //! handshake is a `handshake` failure. The connections are closed without `close_notify` (FIN).
+//!
+//! `--http2`: each connection speaks HTTP/2 (the `h2` crate): ALPN `h2` over TLS on `https://`,
+//! prior knowledge (h2c) on `http://`. It completes the preface and SETTINGS exchange, sends its
+//! one GET on stream 1 and reads the whole response (a `200`, its body to the end), then idles as
+//! an HTTP/2 connection with no stream open; the `h2` connection is driven by a task of its own
+//! (it would answer a PING). A connection whose driver ended (the target closed it, or sent GOAWAY
+//! and closed) while held is `closed_while_held`.
 
 use crate::body::{BodySkipper, Framing};
 use crate::cli::{EXIT_INVALID, EXIT_USAGE, OnOff, parse_duration};
@@ -111,6 +118,10 @@ pub struct HoldArgs {
     /// the rest). The target's header timeout must outlast the hold.
     #[arg(long)]
     pub partial_head: bool,
+    /// Speak HTTP/2: ALPN h2 on https://, prior knowledge (h2c) on http://; each connection does
+    /// its one verified GET on a stream, then idles with no stream open.
+    #[arg(long, conflicts_with = "partial_head")]
+    pub http2: bool,
 }
 
 /// `2000/s` or `2000`: connections per second, positive and finite.
@@ -139,6 +150,8 @@ pub struct HoldConfig {
     pub partial_head: bool,
     /// TLS settings (`https://`); `None` for plain TCP.
     pub tls: Option<ClientSettings>,
+    /// `--http2`.
+    pub http2: bool,
 }
 
 impl HoldConfig {
@@ -153,7 +166,7 @@ impl HoldConfig {
             };
             let name = a.sni.as_deref().unwrap_or(&target.host);
             let server_name = crate::tls::server_name(name).map_err(|e| if a.sni.is_some() { format!("--sni: {e}") } else { e })?;
-            Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off), h2: false })
+            Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off), h2: a.http2 })
         } else {
             if a.ca.is_some() || a.insecure || a.sni.is_some() || a.resume.is_some() {
                 return Err("--ca, --insecure, --sni and --resume need an https:// URL".into());
@@ -185,6 +198,7 @@ impl HoldConfig {
             timeout: a.timeout,
             partial_head: a.partial_head,
             tls,
+            http2: a.http2,
         })
     }
 }
@@ -441,7 +455,7 @@ impl HoldTls {
 }
 
 /// Connects and, over TLS, completes the handshake (saying whether it was resumed).
-async fn connect(addr: std::net::SocketAddr, tls: Option<&HoldTls>) -> Result<Opened, Fail> {
+async fn connect(addr: std::net::SocketAddr, tls: Option<&HoldTls>) -> Result<(Stream, Option<HandshakeKind>), Fail> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| fail(FailKind::Connect, format!("connect to {addr}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let Some(t) = tls else {
@@ -457,7 +471,58 @@ async fn connect(addr: std::net::SocketAddr, tls: Option<&HoldTls>) -> Result<Op
 }
 
 /// An open connection and how its TLS handshake went (`None`: cleartext).
-type Opened = (Stream, Option<HandshakeKind>);
+type Opened = (Held, Option<HandshakeKind>);
+
+/// A connection held idle: HTTP/1.1 (the stream itself) or HTTP/2 (`--http2`).
+enum Held {
+    H1(Stream),
+    H2(H2Held),
+}
+
+/// An idle HTTP/2 connection: its request handle and the task driving the connection, which
+/// sets `ended` when the connection ends. Dropping it closes the connection.
+struct H2Held {
+    _send: h2::client::SendRequest<bytes::Bytes>,
+    driver: tokio::task::JoinHandle<()>,
+    ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for H2Held {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// The HTTP/2 preface and settings over `s`, one GET on a stream (a `200` with its body read to
+/// the end, capacity released), then the connection left idle.
+async fn open_h2(s: Stream, url: &str) -> Result<H2Held, Fail> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (send, conn) = h2::client::Builder::new()
+        .enable_push(false)
+        .handshake::<_, bytes::Bytes>(s)
+        .await
+        .map_err(|e| fail(FailKind::Handshake, format!("HTTP/2 preface and settings: {e}")))?;
+    let ended = Arc::new(AtomicBool::new(false));
+    let flag = ended.clone();
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+        flag.store(true, Ordering::SeqCst);
+    });
+    let held = H2Held { _send: send.clone(), driver, ended };
+    let mut send = send.ready().await.map_err(|e| fail(FailKind::Write, format!("HTTP/2 stream: {e}")))?;
+    let req = http::Request::builder().method("GET").uri(url).body(()).map_err(|e| fail(FailKind::Write, format!("request: {e}")))?;
+    let (response, _) = send.send_request(req, true).map_err(|e| fail(FailKind::Write, format!("HTTP/2 request: {e}")))?;
+    let response = response.await.map_err(|e| fail(FailKind::Read, format!("HTTP/2 response: {e}")))?;
+    if response.status() != 200 {
+        return Err(fail(FailKind::Status, format!("status {} (200 expected)", response.status().as_u16())));
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| fail(FailKind::Read, format!("HTTP/2 response body: {e}")))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Ok(held)
+}
 
 /// Connects (and handshakes), sends `request`, reads and verifies the whole response; returns
 /// the open, idle stream.
@@ -467,9 +532,13 @@ async fn open_one(
     request: Arc<Request>,
     timeout: Duration,
     partial_head: bool,
+    h2_url: Option<Arc<str>>,
 ) -> Result<Opened, Fail> {
     let opened = async {
         let (mut s, kind) = connect(addr, tls.as_ref()).await?;
+        if let Some(url) = &h2_url {
+            return Ok((Held::H2(open_h2(s, url).await?), kind));
+        }
         exchange(&mut s, &request).await?;
         if partial_head {
             // All of the next request's head but its final CRLF (the GET has no body: its bytes
@@ -477,7 +546,7 @@ async fn open_one(
             let head = &request.bytes[..request.bytes.len().saturating_sub(2)];
             write_flush(&mut s, head).await.map_err(|e| fail(FailKind::Write, format!("write of the partial head: {e}")))?;
         }
-        Ok((s, kind))
+        Ok((Held::H1(s), kind))
     };
     match tokio::time::timeout(timeout, opened).await {
         Ok(r) => r,
@@ -552,7 +621,14 @@ async fn read_some(s: &mut Stream, buf: &mut [u8], when: &str) -> Result<usize, 
 /// Is a held connection still open and silent? (`Err` with the reason when not.) Over TLS the
 /// TCP socket under it is read: any byte (a TLS record: data, an alert, `close_notify`) means the
 /// target did not leave it idle.
-fn still_open(s: &Stream) -> Result<(), String> {
+fn still_open(h: &Held) -> Result<(), String> {
+    let s = match h {
+        Held::H1(s) => s,
+        Held::H2(h) if h.ended.load(std::sync::atomic::Ordering::SeqCst) => {
+            return Err("the target ended a held HTTP/2 connection".into());
+        }
+        Held::H2(_) => return Ok(()),
+    };
     let tcp = match s {
         Stream::Tcp(t) => t,
         Stream::Tls(t) => t.get_ref().0,
@@ -599,7 +675,7 @@ pub fn run(cfg: &HoldConfig, progress: &mut dyn Write) -> io::Result<HoldOutcome
         let request = Arc::new(cfg.request.clone());
         // One verified exchange first: a target that does not answer is one clear error, and its
         // first-request costs are paid before anything is measured.
-        match open_one(cfg.target.addr, tls.clone(), request.clone(), cfg.timeout, false).await {
+        match open_one(cfg.target.addr, tls.clone(), request.clone(), cfg.timeout, false, h2_url(cfg)).await {
             Ok(s) => drop(s),
             Err(f) => {
                 return Err(io::Error::other(format!(
@@ -617,6 +693,11 @@ pub fn run(cfg: &HoldConfig, progress: &mut dyn Write) -> io::Result<HoldOutcome
         Ok::<_, io::Error>(out)
     })?;
     Ok(HoldOutcome { started, ended: SystemTime::now(), nofile, target_command, counts })
+}
+
+/// `--http2`: the URL each connection's GET asks for (`None`: HTTP/1.1).
+fn h2_url(cfg: &HoldConfig) -> Option<Arc<str>> {
+    cfg.http2.then(|| Arc::from(cfg.target.url()))
 }
 
 async fn hold_count(
@@ -647,13 +728,14 @@ async fn hold_count(
         tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
         let permit = sem.clone().acquire_owned().await.map_err(|e| io::Error::other(format!("semaphore: {e}")))?;
         let (addr, tls, req, timeout, partial) = (cfg.target.addr, tls.cloned(), request.clone(), cfg.timeout, cfg.partial_head);
+        let url = h2_url(cfg);
         set.spawn(async move {
-            let r = open_one(addr, tls, req, timeout, partial).await;
+            let r = open_one(addr, tls, req, timeout, partial, url).await;
             drop(permit);
             r
         });
     }
-    let mut held: Vec<Stream> = Vec::with_capacity(n);
+    let mut held: Vec<Held> = Vec::with_capacity(n);
     let (mut tls_full, mut tls_resumed) = (0u64, 0u64);
     while let Some(r) = set.join_next().await {
         match r {
@@ -731,6 +813,8 @@ pub struct HoldMeta {
     pub timeout_s: f64,
     /// Held connections were part-way through a head (`--partial-head`).
     pub partial_head: bool,
+    /// Held connections spoke HTTP/2 (`--http2`).
+    pub http2: bool,
     pub nofile_limit: u64,
     /// TLS as configured (`null` for http://): the same fields as `run`'s `meta.tls`.
     pub tls: Option<crate::report::TlsMeta>,
@@ -789,13 +873,14 @@ pub fn hold_json(cfg: &HoldConfig, out: &HoldOutcome, command_line: &[String]) -
             concurrency: cfg.concurrency,
             timeout_s: cfg.timeout.as_secs_f64(),
             partial_head: cfg.partial_head,
+            http2: cfg.http2,
             nofile_limit: out.nofile,
             tls: cfg.tls.as_ref().map(|t| crate::report::TlsMeta {
                 server_name: t.server_name_str(),
                 verify: t.verify_label(),
                 insecure: matches!(t.verify, Verify::Insecure),
                 resume: t.resume,
-                alpn_offered: vec!["http/1.1"],
+                alpn_offered: vec![if cfg.http2 { "h2" } else { "http/1.1" }],
             }),
         },
         valid: out.valid(),
@@ -966,6 +1051,7 @@ mod tests {
             json: None,
             allow_failures: false,
             partial_head: false,
+            http2: false,
         };
         HoldConfig::from_args(&a).unwrap()
     }

@@ -25,6 +25,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use gates::error::Chain;
+use gates::h2raw::{H2Raw, H2Req};
 use gates::harness::{self, Client, FILL, Origin, OriginCounts, OriginMode, ProxySetup, Response};
 use proxy::control::workers::{Engine, Running};
 use serde_json::{Value, json};
@@ -145,6 +146,9 @@ struct Shape {
     /// this process that terminates it in front of the origin: both TLS ends are the proxy's, so
     /// every allocation counted is one of the two proxies'.
     upstream_tls: bool,
+    /// The client speaks HTTP/2 (`gates::h2raw`: h2c by prior knowledge, or ALPN h2 with `tls`);
+    /// `depth` is then the number of concurrent streams per exchange.
+    h2: bool,
     /// Defaults for a manual run (the gate passes the contract's figures).
     requests: u64,
     warmup: u64,
@@ -162,7 +166,9 @@ const OK_CHUNKED: Expect = Expect { status: 200, body: Body::Full, chunked: true
 const fn error(status: u16, closes: bool) -> Expect {
     Expect { status, body: Body::Empty, chunked: false, closes }
 }
-const NO_SETUP: ProxySetup = ProxySetup { route_host: None, upstream: "", limits: "" };
+const NO_SETUP: ProxySetup = ProxySetup { route_host: None, upstream: "", limits: "", listener: "" };
+/// The listener of the h2c shapes: prior-knowledge HTTP/2 beside HTTP/1.1.
+const H2C: ProxySetup = ProxySetup { listener: "h2c = true\n", ..NO_SETUP };
 
 /// The default shape (`phase1:alloc`), and what every other shape is unless it says otherwise.
 const KEEPALIVE_GET: Shape = Shape {
@@ -179,6 +185,7 @@ const KEEPALIVE_GET: Shape = Shape {
     per: WARM,
     tls: Tls::Off,
     upstream_tls: false,
+    h2: false,
     requests: 10_000,
     warmup: 1_000,
 };
@@ -188,8 +195,48 @@ const TLS_DIRECT: Direct = Direct::None(
     "the origin speaks cleartext; the client's TLS is allocation-free by construction after its handshake (gates/src/tlsclient.rs), so any allocation counted is the proxy's",
 );
 
+/// What the HTTP/2 shapes have no direct path for.
+const H2_DIRECT: Direct = Direct::None(
+    "the origin speaks HTTP/1.1; the client writes pre-encoded frames and reads into its own buffer, allocating nothing per request (gates/src/h2raw.rs), so any allocation counted is the proxy's",
+);
+
 const SHAPES: &[Shape] = &[
     KEEPALIVE_GET,
+    Shape {
+        name: "h2c-get",
+        what: "HTTP/2 by prior knowledge (h2c): GETs on one connection, one stream after another, Content-Length response from the HTTP/1.1 origin",
+        setup: H2C,
+        h2: true,
+        direct: H2_DIRECT,
+        ..KEEPALIVE_GET
+    },
+    Shape {
+        name: "h2c-post",
+        what: "h2c: POSTs with a content-length request body (one DATA frame), one stream after another on one connection",
+        setup: H2C,
+        req: Req::PostLength,
+        per: PerExchange { body: true, ..WARM },
+        h2: true,
+        direct: H2_DIRECT,
+        ..KEEPALIVE_GET
+    },
+    Shape {
+        name: "h2c-get-10",
+        what: "h2c: 10 concurrent GET streams written together on one connection, per request (10 pooled upstream connections)",
+        setup: H2C,
+        depth: 10,
+        h2: true,
+        direct: H2_DIRECT,
+        ..KEEPALIVE_GET
+    },
+    Shape {
+        name: "h2-tls-get",
+        what: "HTTP/2 over TLS 1.3 (ALPN h2): GETs on one connection, one stream after another",
+        tls: Tls::V13,
+        h2: true,
+        direct: H2_DIRECT,
+        ..KEEPALIVE_GET
+    },
     Shape {
         name: "tls-get",
         what: "keep-alive GET over TLS 1.3 (AES-128-GCM or whatever the client and the proxy agree first), Content-Length response",
@@ -607,11 +654,109 @@ fn engine_name(e: Engine) -> &'static str {
     }
 }
 
+/// Lets the proxy's worker finish what the last exchange started (a stream's task ends after
+/// the client has its response), so its allocations fall on their side of a boundary.
+fn quiesce() {
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// An HTTP/2 shape: one connection (`gates::h2raw`), `depth` streams per exchange.
+fn run_h2_shape(s: &Shape, a: &Args, n: u64, warmup: u64) -> Result<Value, ProbeError> {
+    let shape = s.name;
+    let origin = Origin::start_mode(s.origin.unwrap_or(OriginMode::Length), a.body_bytes).map_err(ProbeError::Origin)?;
+    let pki = match s.tls {
+        Tls::Off => None,
+        v => {
+            let dir = std::env::temp_dir().join(format!("gates-alloc-h2-{}", std::process::id()));
+            let (cert, key, config) = gates::tlsclient::make_pki(&dir, v == Tls::V13).map_err(ProbeError::Proxy)?;
+            let mut h2 = (*config).clone();
+            h2.alpn_protocols = vec![b"h2".to_vec()];
+            Some((cert, key, std::sync::Arc::new(h2)))
+        }
+    };
+    let tls_files = pki.as_ref().map(|(c, k, _)| (c.as_path(), k.as_path()));
+    let running = harness::start_proxy_tls(origin.addr, a.engine, &s.setup, tls_files).map_err(ProbeError::Proxy)?;
+    let req = match s.req {
+        Req::PostLength => H2Req::PostLength,
+        _ => H2Req::Get,
+    };
+    let measured = (|| {
+        let mut c = H2Raw::connect(running.addrs[0], pki.as_ref().map(|p| &p.2), req, a.body_bytes)
+            .map_err(|source| ProbeError::Send { shape, source })?;
+        let batches = |k: u64| k.div_ceil(s.depth as u64);
+        for _ in 0..batches(warmup) {
+            c.exchange(s.depth).map_err(|source| ProbeError::Response { shape, source })?;
+        }
+        quiesce();
+        let o_before = origin.stats.snapshot();
+        let checked_before = c.checked;
+        let before = dhat::HeapStats::get();
+        for _ in 0..batches(n) {
+            c.exchange(s.depth).map_err(|source| ProbeError::Response { shape, source })?;
+        }
+        quiesce();
+        let after = dhat::HeapStats::get();
+        let o_after = origin.stats.snapshot();
+        Ok::<_, ProbeError>(Delta {
+            checked: c.checked - checked_before,
+            blocks: after.total_blocks - before.total_blocks,
+            bytes: after.total_bytes - before.total_bytes,
+            live_blocks: after.curr_blocks as i64 - before.curr_blocks as i64,
+            origin: o_after.since(o_before),
+        })
+    })();
+    running.stop();
+    let d = measured?;
+    let body = if s.per.body { a.body_bytes as u64 } else { 0 };
+    let want = OriginCounts { accepted: 0, requests: n, answered: n, dropped: 0, body_bytes: body * n, echoed: 0 };
+    if d.checked != n {
+        return Err(ProbeError::Unchecked { shape, checked: d.checked, exchanges: n });
+    }
+    if d.origin != want {
+        return Err(ProbeError::OriginSaw { shape, exchanges: n, saw: d.origin, expected: want });
+    }
+    let nf = n as f64;
+    let why = match s.direct {
+        Direct::None(why) => why,
+        Direct::Path(_) => "not measured for HTTP/2",
+    };
+    Ok(json!({
+        "shape": s.name,
+        "workload": s.what,
+        "engine": engine_name(a.engine),
+        "requests": n,
+        "warmup": warmup,
+        "body_bytes": a.body_bytes,
+        "status": s.expect.status,
+        "http": "2",
+        "streams_per_exchange": s.depth,
+        "tls": match s.tls { Tls::Off => "off", Tls::V13 => "1.3", Tls::V12 => "1.2" },
+        "upstream_tls": false,
+        "responses_checked": d.checked,
+        "allocs_per_request": d.blocks as f64 / nf,
+        "bytes_per_request": d.bytes as f64 / nf,
+        "total_blocks": d.blocks,
+        "total_bytes": d.bytes,
+        "live_blocks_delta": d.live_blocks,
+        "control": format!("n/a: {why}"),
+        "control_allocs_per_request": Value::Null,
+        "control_bytes_per_request": Value::Null,
+        "upstream_connections_opened": d.origin.accepted,
+        "origin": {
+            "accepted": d.origin.accepted, "requests": d.origin.requests, "answered": d.origin.answered,
+            "dropped": d.origin.dropped, "body_bytes": d.origin.body_bytes, "echoed": d.origin.echoed,
+        },
+    }))
+}
+
 fn run_shape(s: &Shape, a: &Args) -> Result<Value, ProbeError> {
     let n = a.requests.unwrap_or(s.requests);
     let warmup = a.warmup.unwrap_or(s.warmup);
     if !n.is_multiple_of(s.depth as u64) {
         return Err(ProbeError::NotMultiple { shape: s.name, depth: s.depth });
+    }
+    if s.h2 {
+        return run_h2_shape(s, a, n, warmup);
     }
     let origin = match s.origin {
         Some(mode) => Some(Origin::start_mode(mode, a.body_bytes).map_err(ProbeError::Origin)?),

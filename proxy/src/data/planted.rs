@@ -18,12 +18,14 @@
 //! | `hold` | an idle keep-alive connection never gives its working set back (memory gate) |
 //! | `leak` | a working set given back to the pool is leaked instead: never reused, never freed (memory gate; `leak/100` leaks one in a hundred) |
 //! | `conn:BYTES` | every client connection carries `BYTES` more (written, so resident) for its whole life, freed when it closes (memory gate: a connection grown just past the limit) |
+//! | `h2-hold:BYTES` | every HTTP/2 client connection holds `BYTES` more (written, so resident) for its whole life, freed when it closes (phase 2 memory gate, its `http2` rows). Set up once per connection, after the HTTP/2 handshake |
 //! | `tls-hold:BYTES` | every TLS connection holds `BYTES` more (written, so resident) beside its keys for its whole life, freed when it closes, as one that kept the touched pages of its record read buffer would: an idle TLS connection holds a buffer (phase 2 memory gate). Set up once per handshake, so the per-request path of a planted build is the clean one's |
 //!
 //! `SITE` is where it fires: `request` (default: the start of every proxied exchange),
 //! `chunked` (a response relayed with chunked framing), `error` (an error response sent by the
 //! proxy), `tls-record` (a TLS record sealed, either side), `handshake` (a TLS listener's
-//! handshake completed), `upstream-tls` (bytes written to an upstream TLS connection). `/EVERY` fires it on one request in `EVERY` at that site. Unknown text aborts the
+//! handshake completed), `upstream-tls` (bytes written to an upstream TLS connection), `h2-stream` (an HTTP/2 stream
+//! accepted: once per HTTP/2 request, beside `request`, which fires for HTTP/1.1 and HTTP/2 alike). `/EVERY` fires it on one request in `EVERY` at that site. Unknown text aborts the
 //! process at the first request with a message: a planted run that plants nothing would prove
 //! nothing.
 //!
@@ -45,6 +47,8 @@ pub enum Site {
     Handshake,
     /// Bytes written to an upstream TLS connection (a group with `tls = true`).
     UpstreamTls,
+    /// An HTTP/2 stream accepted (data::h2::conn: once per HTTP/2 request).
+    H2Stream,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +64,7 @@ enum Kind {
     Leak,
     Conn(u64),
     TlsHold(u64),
+    H2Hold(u64),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -99,7 +104,12 @@ fn parse_one(item: &str) -> Result<Plant, String> {
         "tls-record" => Site::TlsRecord,
         "handshake" => Site::Handshake,
         "upstream-tls" => Site::UpstreamTls,
-        other => return Err(format!("{item:?}: unknown site {other:?} (request, chunked, error, tls-record, handshake, upstream-tls)")),
+        "h2-stream" => Site::H2Stream,
+        other => {
+            return Err(format!(
+                "{item:?}: unknown site {other:?} (request, chunked, error, tls-record, handshake, upstream-tls, h2-stream)"
+            ));
+        }
     };
     let need = |v: Option<u64>| v.ok_or_else(|| format!("{item:?}: {kind} needs ':VALUE'"));
     let kind = match kind {
@@ -114,9 +124,10 @@ fn parse_one(item: &str) -> Result<Plant, String> {
         "leak" => Kind::Leak,
         "conn" => Kind::Conn(need(value)?),
         "tls-hold" => Kind::TlsHold(need(value)?),
+        "h2-hold" => Kind::H2Hold(need(value)?),
         other => {
             return Err(format!(
-                "{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep, hold, leak, conn, tls-hold)"
+                "{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep, hold, leak, conn, tls-hold, h2-hold)"
             ));
         }
     };
@@ -129,8 +140,8 @@ fn parse(spec: &str) -> Result<Plan, String> {
     for (i, item) in spec.split(',').map(str::trim).filter(|s| !s.is_empty() && *s != "none").enumerate() {
         let slot = plan.plants.get_mut(i).ok_or_else(|| format!("at most {MAX} plants"))?;
         let plant = parse_one(item)?;
-        if matches!(plant.kind, Kind::TlsHold(_)) && (plant.every != 1 || plant.site != Site::Request) {
-            return Err(format!("{item:?}: tls-hold applies to every TLS connection (no '@SITE', no '/EVERY')"));
+        if matches!(plant.kind, Kind::TlsHold(_) | Kind::H2Hold(_)) && (plant.every != 1 || plant.site != Site::Request) {
+            return Err(format!("{item:?}: tls-hold and h2-hold apply to every TLS or HTTP/2 connection (no '@SITE', no '/EVERY')"));
         }
         *slot = Some(plant);
     }
@@ -186,7 +197,7 @@ pub fn at(site: Site, len: usize) {
             }
             Kind::Sleep(us) => std::thread::sleep(std::time::Duration::from_micros(us)),
             // Behaviour switches, asked for where they apply (see below), not fired at a site.
-            Kind::Hold | Kind::Leak | Kind::Conn(_) | Kind::TlsHold(_) => {}
+            Kind::Hold | Kind::Leak | Kind::Conn(_) | Kind::TlsHold(_) | Kind::H2Hold(_) => {}
         }
     }
 }
@@ -234,6 +245,15 @@ pub fn tls_held_bytes() -> Option<usize> {
     })
 }
 
+/// `h2-hold:BYTES`: the bytes an HTTP/2 connection holds for its life (written, so resident;
+/// asked once, when its HTTP/2 handshake completes); `None` when not planted.
+pub fn h2_held_bytes() -> Option<Box<[u8]>> {
+    plan().plants.iter().flatten().find_map(|p| match p.kind {
+        Kind::H2Hold(n) => Some(vec![0xA5u8; usize::try_from(n).unwrap_or(usize::MAX)].into_boxed_slice()),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,9 +268,10 @@ mod tests {
         assert_eq!(got[3].kind, Kind::Instr(300));
         assert_eq!((got[4].kind, got[4].site), (Kind::Sleep(2000), Site::Chunked));
         assert!(parse("conn").is_err(), "conn without :BYTES accepted");
-        let p = parse("hold, leak/100, tls-hold:4096").expect("valid");
+        let p = parse("hold, leak/100, tls-hold:4096, h2-hold:8192, alloc@h2-stream").expect("valid");
         let got: Vec<Plant> = p.plants.iter().flatten().copied().collect();
         assert_eq!((got[0].kind, got[1].kind, got[1].every, got[2].kind), (Kind::Hold, Kind::Leak, 100, Kind::TlsHold(4096)));
+        assert_eq!((got[3].kind, got[4].kind, got[4].site), (Kind::H2Hold(8192), Kind::Alloc, Site::H2Stream));
         for bad in [
             "alloc@nowhere",
             "instr",
@@ -261,6 +282,8 @@ mod tests {
             "tls-hold",
             "tls-hold/2:4096",
             "tls-hold@error:4096",
+            "h2-hold",
+            "h2-hold/2:4096",
         ] {
             assert!(parse(bad).is_err(), "{bad} accepted");
         }

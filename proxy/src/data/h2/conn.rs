@@ -121,6 +121,8 @@ pub async fn serve<S: ClientIo + 'static>(worker: Rc<Worker>, io: S, peer: Socke
         }
     };
     worker.metrics().h2(H2Event::Connection);
+    #[cfg(feature = "planted")]
+    let _planted = crate::data::planted::h2_held_bytes();
 
     let mut ip = [0u8; 48];
     let ip_len = {
@@ -188,6 +190,8 @@ pub async fn serve<S: ClientIo + 'static>(worker: Rc<Worker>, io: S, peer: Socke
         .await;
         match event {
             Event::Stream(req, respond) => {
+                #[cfg(feature = "planted")]
+                crate::data::planted::at(crate::data::planted::Site::H2Stream, 0);
                 worker.metrics().h2(H2Event::Stream);
                 info.open.set(info.open.get() + 1);
                 tokio::task::spawn_local(super::stream::serve(Rc::clone(&worker), Rc::clone(&info), req, respond));
