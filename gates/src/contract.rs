@@ -203,6 +203,10 @@ pub struct InstructionsGate {
     /// `floor_ratio_limit` times the floor's per-request count.
     pub floor: Option<String>,
     pub floor_ratio_limit: Option<f64>,
+    /// The floor's figure is its bench's per-request count minus the base's (a floor that, like
+    /// the target, runs between the same client and origin as the base: HTTP/2's relay).
+    #[serde(default)]
+    pub floor_minus_base: bool,
     /// Further figures of the same gate (`[[gates.instructions.rows]]`), each its own row
     /// `instructions@<name>`; the keys above are the gate's own row's (`instructions`).
     #[serde(default)]
@@ -227,6 +231,8 @@ pub struct InstructionsRow {
     pub target: String,
     pub floor: Option<String>,
     pub floor_ratio_limit: Option<f64>,
+    #[serde(default)]
+    pub floor_minus_base: bool,
     pub hard_limit: f64,
     pub soft_limit_pct: Option<f64>,
 }
@@ -250,6 +256,7 @@ impl InstructionsGate {
                 target: Some(r.target.clone()),
                 floor: r.floor.clone(),
                 floor_ratio_limit: r.floor_ratio_limit,
+                floor_minus_base: r.floor_minus_base,
                 rows: Vec::new(),
             };
             out.push((format!("@{}", r.name), g));

@@ -23,7 +23,8 @@
 //! `SITE` is where it fires: `request` (default: the start of every proxied exchange),
 //! `chunked` (a response relayed with chunked framing), `error` (an error response sent by the
 //! proxy), `tls-record` (a TLS record sealed, either side), `handshake` (a TLS listener's
-//! handshake completed), `upstream-tls` (bytes written to an upstream TLS connection). `/EVERY` fires it on one request in `EVERY` at that site. Unknown text aborts the
+//! handshake completed), `upstream-tls` (bytes written to an upstream TLS connection), `h2-stream`
+//! (an HTTP/2 client stream taken up by the proxy: the start of its exchange). `/EVERY` fires it on one request in `EVERY` at that site. Unknown text aborts the
 //! process at the first request with a message: a planted run that plants nothing would prove
 //! nothing.
 //!
@@ -45,6 +46,8 @@ pub enum Site {
     Handshake,
     /// Bytes written to an upstream TLS connection (a group with `tls = true`).
     UpstreamTls,
+    /// An HTTP/2 client stream's exchange started (data::h2::stream).
+    H2Stream,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +102,12 @@ fn parse_one(item: &str) -> Result<Plant, String> {
         "tls-record" => Site::TlsRecord,
         "handshake" => Site::Handshake,
         "upstream-tls" => Site::UpstreamTls,
-        other => return Err(format!("{item:?}: unknown site {other:?} (request, chunked, error, tls-record, handshake, upstream-tls)")),
+        "h2-stream" => Site::H2Stream,
+        other => {
+            return Err(format!(
+                "{item:?}: unknown site {other:?} (request, chunked, error, tls-record, handshake, upstream-tls, h2-stream)"
+            ));
+        }
     };
     let need = |v: Option<u64>| v.ok_or_else(|| format!("{item:?}: {kind} needs ':VALUE'"));
     let kind = match kind {
@@ -248,6 +256,8 @@ mod tests {
         assert_eq!(got[3].kind, Kind::Instr(300));
         assert_eq!((got[4].kind, got[4].site), (Kind::Sleep(2000), Site::Chunked));
         assert!(parse("conn").is_err(), "conn without :BYTES accepted");
+        let p = parse("instr@h2-stream:500").expect("valid");
+        assert_eq!(p.plants[0].map(|p| (p.kind, p.site)), Some((Kind::Instr(500), Site::H2Stream)));
         let p = parse("hold, leak/100, tls-hold:4096").expect("valid");
         let got: Vec<Plant> = p.plants.iter().flatten().copied().collect();
         assert_eq!((got[0].kind, got[1].kind, got[1].every, got[2].kind), (Kind::Hold, Kind::Leak, 100, Kind::TlsHold(4096)));

@@ -173,6 +173,8 @@ impl Exchange<'_> {
     /// `(the upstream connection, its group's index, whether the request was a HEAD)`.
     async fn request<'s>(&mut self, snap: &'s Snapshot, req: Request<RecvStream>, started: Instant) -> Result<Prepared<'s>, ProxyError> {
         #[cfg(feature = "planted")]
+        crate::data::planted::at(crate::data::planted::Site::H2Stream, 0);
+        #[cfg(feature = "planted")]
         crate::data::planted::at(crate::data::planted::Site::Request, 0);
         let limits = &snap.limits;
         let (parts, mut body) = req.into_parts();
