@@ -638,7 +638,7 @@ mod tests {
         let g = all.iter().find(|c| c.phase == 2).and_then(|c| c.gates.instructions.as_ref()).unwrap();
         let rows = g.all_rows();
         let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["", "@tls-full-handshake", "@tls-resumed-handshake"]);
+        assert_eq!(keys, ["", "@tls-full-handshake", "@tls-resumed-handshake", "@h2-streams-1", "@h2-streams-10", "@h2-streams-100"]);
         assert_eq!((rows[0].1.group(), rows[0].1.base(), rows[0].1.soft_limit_pct), ("tls", "proxied_clear", Some(2.0)));
         let full = &rows[1].1;
         assert_eq!(
@@ -647,6 +647,9 @@ mod tests {
         );
         assert_eq!(full.soft_limit_pct, None, "a row's soft limit is its own, not the gate's");
         assert!(full.rows.is_empty() && rows[0].1.rows.is_empty());
+        assert!(!full.floor_minus_base, "a floor's own figure unless the row says otherwise");
+        let h2 = &rows[3].1;
+        assert_eq!((h2.group(), h2.base(), h2.floor.as_deref(), h2.floor_minus_base), ("h2", "h2_direct_s1", Some("h2_relay_s1"), true));
     }
 
     #[test]
