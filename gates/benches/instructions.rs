@@ -12,7 +12,7 @@
 use std::hint::black_box;
 use std::path::PathBuf;
 
-use gates::exchange::{Conn, Outcome, Route, connections, exchange, tls_floor, tls_floor_handshakes};
+use gates::exchange::{Conn, H2Path, Outcome, Route, connections, exchange, h2_exchange, tls_floor, tls_floor_handshakes};
 use gungraun::{Callgrind, LibraryBenchmarkConfig, library_benchmark, library_benchmark_group, main};
 
 fn env_number(name: &str) -> u64 {
@@ -240,9 +240,200 @@ library_benchmark_group!(
         proxied_tls_resumed_2n, tls_floor_full_n, tls_floor_full_2n, tls_floor_resumed_n, tls_floor_resumed_2n
 );
 
+// Phase 2, HTTP/2 (issue 17): GETs on one HTTP/2 connection with 1, 10 or 100 streams in flight,
+// the same h2 client straight to the h2c origin (the base), through the proxy (h2c listener, h2c
+// upstream group) and through the floor, a relay built on the `h2` crate alone.
+
+fn check_h2_direct_s1_n(o: Outcome) {
+    record("h2_direct_s1_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_h2_direct_s1_n)]
+fn h2_direct_s1_n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Direct, 1, n, body_bytes()))
+}
+
+fn check_h2_direct_s1_2n(o: Outcome) {
+    record("h2_direct_s1_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_h2_direct_s1_2n)]
+fn h2_direct_s1_2n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Direct, 1, n, body_bytes()))
+}
+
+fn check_proxied_h2_s1_n(o: Outcome) {
+    record("proxied_h2_s1_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_proxied_h2_s1_n)]
+fn proxied_h2_s1_n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Proxied, 1, n, body_bytes()))
+}
+
+fn check_proxied_h2_s1_2n(o: Outcome) {
+    record("proxied_h2_s1_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_proxied_h2_s1_2n)]
+fn proxied_h2_s1_2n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Proxied, 1, n, body_bytes()))
+}
+
+fn check_h2_relay_s1_n(o: Outcome) {
+    record("h2_relay_s1_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_h2_relay_s1_n)]
+fn h2_relay_s1_n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Relay, 1, n, body_bytes()))
+}
+
+fn check_h2_relay_s1_2n(o: Outcome) {
+    record("h2_relay_s1_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_h2_relay_s1_2n)]
+fn h2_relay_s1_2n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Relay, 1, n, body_bytes()))
+}
+
+fn check_h2_direct_s10_n(o: Outcome) {
+    record("h2_direct_s10_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_h2_direct_s10_n)]
+fn h2_direct_s10_n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Direct, 10, n, body_bytes()))
+}
+
+fn check_h2_direct_s10_2n(o: Outcome) {
+    record("h2_direct_s10_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_h2_direct_s10_2n)]
+fn h2_direct_s10_2n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Direct, 10, n, body_bytes()))
+}
+
+fn check_proxied_h2_s10_n(o: Outcome) {
+    record("proxied_h2_s10_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_proxied_h2_s10_n)]
+fn proxied_h2_s10_n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Proxied, 10, n, body_bytes()))
+}
+
+fn check_proxied_h2_s10_2n(o: Outcome) {
+    record("proxied_h2_s10_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_proxied_h2_s10_2n)]
+fn proxied_h2_s10_2n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Proxied, 10, n, body_bytes()))
+}
+
+fn check_h2_relay_s10_n(o: Outcome) {
+    record("h2_relay_s10_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_h2_relay_s10_n)]
+fn h2_relay_s10_n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Relay, 10, n, body_bytes()))
+}
+
+fn check_h2_relay_s10_2n(o: Outcome) {
+    record("h2_relay_s10_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_h2_relay_s10_2n)]
+fn h2_relay_s10_2n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Relay, 10, n, body_bytes()))
+}
+
+fn check_h2_direct_s100_n(o: Outcome) {
+    record("h2_direct_s100_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_h2_direct_s100_n)]
+fn h2_direct_s100_n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Direct, 100, n, body_bytes()))
+}
+
+fn check_h2_direct_s100_2n(o: Outcome) {
+    record("h2_direct_s100_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_h2_direct_s100_2n)]
+fn h2_direct_s100_2n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Direct, 100, n, body_bytes()))
+}
+
+fn check_proxied_h2_s100_n(o: Outcome) {
+    record("proxied_h2_s100_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_proxied_h2_s100_n)]
+fn proxied_h2_s100_n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Proxied, 100, n, body_bytes()))
+}
+
+fn check_proxied_h2_s100_2n(o: Outcome) {
+    record("proxied_h2_s100_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_proxied_h2_s100_2n)]
+fn proxied_h2_s100_2n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Proxied, 100, n, body_bytes()))
+}
+
+fn check_h2_relay_s100_n(o: Outcome) {
+    record("h2_relay_s100_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_h2_relay_s100_n)]
+fn h2_relay_s100_n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Relay, 100, n, body_bytes()))
+}
+
+fn check_h2_relay_s100_2n(o: Outcome) {
+    record("h2_relay_s100_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_h2_relay_s100_2n)]
+fn h2_relay_s100_2n(n: u64) -> Outcome {
+    black_box(h2_exchange(H2Path::Relay, 100, n, body_bytes()))
+}
+
+library_benchmark_group!(
+    name = h2;
+    benchmarks = h2_direct_s1_n, h2_direct_s1_2n, proxied_h2_s1_n, proxied_h2_s1_2n, h2_relay_s1_n, h2_relay_s1_2n,
+        h2_direct_s10_n, h2_direct_s10_2n, proxied_h2_s10_n, proxied_h2_s10_2n, h2_relay_s10_n, h2_relay_s10_2n,
+        h2_direct_s100_n, h2_direct_s100_2n, proxied_h2_s100_n, proxied_h2_s100_2n, h2_relay_s100_n, h2_relay_s100_2n
+);
+
 main!(
     config = LibraryBenchmarkConfig::default()
         .env_clear(false)
         .tool(Callgrind::with_args(["--cache-sim=no"]));
-    library_benchmark_groups = exchanges, tls, tls_handshakes
+    library_benchmark_groups = exchanges, tls, tls_handshakes, h2
 );

@@ -203,6 +203,10 @@ pub struct InstructionsGate {
     /// `floor_ratio_limit` times the floor's per-request count.
     pub floor: Option<String>,
     pub floor_ratio_limit: Option<f64>,
+    /// The floor's figure is its bench's per-request count minus the base's (a floor that, like
+    /// the target, runs between the same client and origin as the base: HTTP/2's relay).
+    #[serde(default)]
+    pub floor_minus_base: bool,
     /// Further figures of the same gate (`[[gates.instructions.rows]]`), each its own row
     /// `instructions@<name>`; the keys above are the gate's own row's (`instructions`).
     #[serde(default)]
@@ -227,6 +231,8 @@ pub struct InstructionsRow {
     pub target: String,
     pub floor: Option<String>,
     pub floor_ratio_limit: Option<f64>,
+    #[serde(default)]
+    pub floor_minus_base: bool,
     pub hard_limit: f64,
     pub soft_limit_pct: Option<f64>,
 }
@@ -250,6 +256,7 @@ impl InstructionsGate {
                 target: Some(r.target.clone()),
                 floor: r.floor.clone(),
                 floor_ratio_limit: r.floor_ratio_limit,
+                floor_minus_base: r.floor_minus_base,
                 rows: Vec::new(),
             };
             out.push((format!("@{}", r.name), g));
@@ -643,7 +650,7 @@ mod tests {
         let g = all.iter().find(|c| c.phase == 2).and_then(|c| c.gates.instructions.as_ref()).unwrap();
         let rows = g.all_rows();
         let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["", "@tls-full-handshake", "@tls-resumed-handshake"]);
+        assert_eq!(keys, ["", "@tls-full-handshake", "@tls-resumed-handshake", "@h2-streams-1", "@h2-streams-10", "@h2-streams-100"]);
         assert_eq!((rows[0].1.group(), rows[0].1.base(), rows[0].1.soft_limit_pct), ("tls", "proxied_clear", Some(2.0)));
         let full = &rows[1].1;
         assert_eq!(
@@ -652,6 +659,9 @@ mod tests {
         );
         assert_eq!(full.soft_limit_pct, None, "a row's soft limit is its own, not the gate's");
         assert!(full.rows.is_empty() && rows[0].1.rows.is_empty());
+        assert!(!full.floor_minus_base, "a floor's own figure unless the row says otherwise");
+        let h2 = &rows[3].1;
+        assert_eq!((h2.group(), h2.base(), h2.floor.as_deref(), h2.floor_minus_base), ("h2", "h2_direct_s1", Some("h2_relay_s1"), true));
     }
 
     #[test]

@@ -65,6 +65,12 @@ pub enum ExchangeError {
     /// A handshake that was not the one the run measures (`index`: the connection, from 0).
     #[error("connection {index}: {what}")]
     Handshake { index: u64, what: String },
+    /// A step of an HTTP/2 run ([`h2_exchange`]) that failed: `what` names it.
+    #[error("http/2 {what}")]
+    H2 { what: &'static str, source: h2::Error },
+    /// An HTTP/2 response stream ended without its body.
+    #[error("http/2 response body of {got} bytes ended early, expected {expected}")]
+    H2ShortBody { got: usize, expected: usize },
 }
 
 /// The sockets a run binds.
@@ -867,6 +873,291 @@ fn floor_handshakes(resume: bool, n: u64, body_bytes: usize, out: &mut Outcome) 
     Ok(handshakes.describe())
 }
 
+/// Which path an HTTP/2 run ([`h2_exchange`]) measures. The same client and origin on every path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H2Path {
+    /// h2 client → h2c origin.
+    Direct,
+    /// h2 client → the proxy (an `h2c = true` listener; the route's group `protocol = "h2c"`) →
+    /// origin.
+    Proxied,
+    /// h2 client → the floor: a relay built on the `h2` crate alone ([`h2_relay`]) → origin.
+    Relay,
+}
+
+/// Windows of the HTTP/2 client connections (the bench client's and the relay's to the origin):
+/// what the proxy's upstream sessions use (proxy/src/data/upstream/session.rs), so the client
+/// and every hop send the same WINDOW_UPDATEs on each path.
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+const H2_CONN_WINDOW: u32 = 4 << 20;
+
+/// Requests before the measured ones in an HTTP/2 run (both request counts run them): a round of
+/// the largest number of streams in flight. Fewer than [`WARMUP`]: the HTTP/2 group runs 18
+/// benchmarks under callgrind.
+pub const H2_WARMUP: u64 = 100;
+
+/// `H2_WARMUP + n` GETs, each with a `body_bytes` response, on one HTTP/2 connection keeping
+/// `streams` of them in flight (a new stream as soon as one ends), every response verified
+/// (status 200, exactly `body_bytes` of body) and every request counted by the origin.
+///
+/// Client: the `h2` crate's, `streams` tasks sharing one connection, the same on every path so
+/// that its cost cancels in the differences. Origin: an `h2` server answering each stream with
+/// 200, `content-length` and the body in one DATA frame that ends the stream.
+pub fn h2_exchange(path: H2Path, streams: u64, n: u64, body_bytes: usize) -> Outcome {
+    let mut out = Outcome { proxied: path == H2Path::Proxied, requests: n, warmup: H2_WARMUP, body_bytes, ..Outcome::default() };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.error = Some(chain(&ExchangeError::Runtime(e)));
+            return out;
+        }
+    };
+    let served = Rc::new(Cell::new(0u64));
+    let local = tokio::task::LocalSet::new();
+    let (ok, error) = local.block_on(&rt, run_h2(path, streams.max(1), H2_WARMUP + n, body_bytes, Rc::clone(&served)));
+    out.ok = ok;
+    out.error = error;
+    out.origin_served = served.get();
+    out
+}
+
+/// The client side of an HTTP/2 run: streams started, verified responses, the first error.
+struct H2Client {
+    total: u64,
+    started: Cell<u64>,
+    ok: Cell<u64>,
+    error: std::cell::RefCell<Option<String>>,
+}
+
+async fn run_h2(path: H2Path, streams: u64, total: u64, body_bytes: usize, served: Rc<Cell<u64>>) -> (u64, Option<String>) {
+    let target = match h2_setup(path, body_bytes, served).await {
+        Ok(t) => t,
+        Err(e) => return (0, Some(chain(&e))),
+    };
+    let s = match tokio::net::TcpStream::connect(target).await {
+        Ok(s) => s,
+        Err(source) => return (0, Some(chain(&ExchangeError::Connect { target, source }))),
+    };
+    let _ = s.set_nodelay(true);
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW)
+        .handshake::<_, bytes::Bytes>(s)
+        .await;
+    let (client, conn) = match handshake {
+        Ok(pair) => pair,
+        Err(source) => return (0, Some(chain(&ExchangeError::H2 { what: "client handshake", source }))),
+    };
+    let conn = tokio::task::spawn_local(async move {
+        let _ = conn.await;
+    });
+    let uri = match http::Uri::try_from(format!("http://{target}/")) {
+        Ok(u) => u,
+        Err(_) => return (0, Some("bench uri".to_owned())),
+    };
+    let state = Rc::new(H2Client { total, started: Cell::new(0), ok: Cell::new(0), error: std::cell::RefCell::new(None) });
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| tokio::task::spawn_local(h2_client_task(client.clone(), uri.clone(), body_bytes, Rc::clone(&state))))
+        .collect();
+    drop(client);
+    for t in tasks {
+        let _ = t.await;
+    }
+    conn.abort();
+    let error = state.error.borrow_mut().take();
+    (state.ok.get(), error)
+}
+
+/// One of the client's `streams` tasks: takes the next request while any is left.
+async fn h2_client_task(mut client: h2::client::SendRequest<bytes::Bytes>, uri: http::Uri, body_bytes: usize, st: Rc<H2Client>) {
+    while st.error.borrow().is_none() && st.started.get() < st.total {
+        st.started.set(st.started.get() + 1);
+        match h2_round_trip(&mut client, &uri, body_bytes).await {
+            Ok(()) => st.ok.set(st.ok.get() + 1),
+            Err(e) => {
+                st.error.borrow_mut().get_or_insert_with(|| chain(&e));
+                return;
+            }
+        }
+    }
+}
+
+/// One GET on a new stream; `Ok` only for a 200 whose body is exactly `body_bytes`.
+async fn h2_round_trip(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    uri: &http::Uri,
+    body_bytes: usize,
+) -> Result<(), ExchangeError> {
+    let h2 = |what| move |source| ExchangeError::H2 { what, source };
+    std::future::poll_fn(|cx| client.poll_ready(cx)).await.map_err(h2("client ready"))?;
+    let mut req = http::Request::new(());
+    *req.uri_mut() = uri.clone();
+    let (response, _) = client.send_request(req, true).map_err(h2("send request"))?;
+    let response = response.await.map_err(h2("response"))?;
+    if response.status() != http::StatusCode::OK {
+        return Err(ExchangeError::Status(response.status().as_u16()));
+    }
+    let mut body = response.into_body();
+    let mut got = 0;
+    while let Some(data) = body.data().await {
+        let data = data.map_err(h2("response body"))?;
+        got += data.len();
+        if got > body_bytes {
+            return Err(ExchangeError::BodyLength { got, expected: body_bytes });
+        }
+        let _ = body.flow_control().release_capacity(data.len());
+    }
+    if got != body_bytes {
+        return Err(ExchangeError::H2ShortBody { got, expected: body_bytes });
+    }
+    Ok(())
+}
+
+/// Starts the origin and what `path` puts in front of it; returns the address to send to.
+async fn h2_setup(path: H2Path, body_bytes: usize, served: Rc<Cell<u64>>) -> Result<SocketAddr, ExchangeError> {
+    use proxy::config::{ServerIds, parse};
+    use proxy::data::accept::accept_loop;
+    use proxy::data::worker::{Shared, Worker};
+
+    let bind = |listener| move |source| ExchangeError::Bind { listener, source };
+    let address = |listener| move |source| ExchangeError::Address { listener, source };
+    let origin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(bind(Listener::Origin))?;
+    let origin_addr = origin_listener.local_addr().map_err(address(Listener::Origin))?;
+    tokio::task::spawn_local(h2_origin(origin_listener, body_bytes, served));
+    if path == H2Path::Direct {
+        return Ok(origin_addr);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(bind(Listener::Proxy))?;
+    let addr = listener.local_addr().map_err(address(Listener::Proxy))?;
+    if path == H2Path::Relay {
+        tokio::task::spawn_local(h2_relay(listener, origin_addr));
+        return Ok(addr);
+    }
+    let text = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\nh2c = true\n[[routes]]\nupstream = \"o\"\n[upstreams.o]\nservers = [\"{origin_addr}\"]\nprotocol = \"h2c\"\n"
+    );
+    let cfg = parse(Path::new("bench"), &text, &mut ServerIds::default()).map_err(ExchangeError::Config)?;
+    let worker = Worker::new(Shared::new(cfg.snapshot), 0);
+    // As in `setup`: the wall-clock tick kept out so the count stays exact.
+    worker.timers.never_tick();
+    tokio::task::spawn_local(accept_loop(Rc::clone(&worker), listener, 0));
+    Ok(addr)
+}
+
+/// An HTTP/2 origin: each stream answered with 200, `content-length` and `body` bytes in one
+/// DATA frame that ends the stream; counts them.
+async fn h2_origin(listener: tokio::net::TcpListener, body: usize, served: Rc<Cell<u64>>) {
+    let data = bytes::Bytes::from(vec![b'x'; body]);
+    let length = http::HeaderValue::from(body);
+    while let Ok((s, _)) = listener.accept().await {
+        let (data, length, served) = (data.clone(), length.clone(), Rc::clone(&served));
+        tokio::task::spawn_local(async move {
+            let _ = s.set_nodelay(true);
+            let Ok(mut conn) = h2::server::handshake(s).await else { return };
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                served.set(served.get() + 1);
+                let mut res = http::Response::new(());
+                res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+                res.headers_mut().insert(http::header::CONTENT_LENGTH, length.clone());
+                if let Ok(mut send) = respond.send_response(res, data.is_empty()) {
+                    let _ = send.send_data(data.clone(), true);
+                }
+            }
+        });
+    }
+}
+
+/// The floor of the HTTP/2 rows: a relay built on the `h2` crate alone. One client connection to
+/// the origin (opened first, the same windows as the proxy's upstream sessions), then an `h2`
+/// server on the one client connection (the proxy's default `[http2]` settings); each stream, on
+/// a task of its own as in the proxy, goes out on the origin connection with the client's head
+/// as it came, and the response's head, body and trailers come back under both sides' flow
+/// control. Nothing else: no routing, no header rewrites, no timers, no metrics.
+pub async fn h2_relay(listener: tokio::net::TcpListener, origin: SocketAddr) {
+    let Ok(up) = tokio::net::TcpStream::connect(origin).await else { return };
+    let _ = up.set_nodelay(true);
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW)
+        .handshake::<_, bytes::Bytes>(up)
+        .await;
+    let Ok((send, conn)) = handshake else { return };
+    tokio::task::spawn_local(async move {
+        let _ = conn.await;
+    });
+    let Ok((s, _)) = listener.accept().await else { return };
+    let _ = s.set_nodelay(true);
+    // The proxy's `[http2]` defaults (docs/configuration.md).
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(256 << 10)
+        .initial_connection_window_size(1 << 20)
+        .max_frame_size(16384)
+        .max_header_list_size(16384)
+        .max_concurrent_streams(128)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(Some(1024));
+    let Ok(mut conn) = builder.handshake::<_, bytes::Bytes>(s).await else { return };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let up = send.clone();
+        tokio::task::spawn_local(async move {
+            if relay_stream(up, req, &mut respond).await.is_err() {
+                respond.send_reset(h2::Reason::INTERNAL_ERROR);
+            }
+        });
+    }
+}
+
+/// One stream of [`h2_relay`]. The request body (none for the bench's GETs) is relayed before
+/// the response is awaited: enough for this workload, not for a server that answers before the
+/// request ends.
+async fn relay_stream(
+    mut up: h2::client::SendRequest<bytes::Bytes>,
+    req: http::Request<h2::RecvStream>,
+    respond: &mut h2::server::SendResponse<bytes::Bytes>,
+) -> Result<(), h2::Error> {
+    let (parts, mut body) = req.into_parts();
+    std::future::poll_fn(|cx| up.poll_ready(cx)).await?;
+    let end = body.is_end_stream();
+    let (response, mut up_send) = up.send_request(http::Request::from_parts(parts, ()), end)?;
+    if !end {
+        relay_body(&mut body, &mut up_send).await?;
+    }
+    let (head, mut up_body) = response.await?.into_parts();
+    let done = up_body.is_end_stream();
+    let mut send = respond.send_response(http::Response::from_parts(head, ()), done)?;
+    if !done && let Err(e) = relay_body(&mut up_body, &mut send).await {
+        send.send_reset(h2::Reason::INTERNAL_ERROR);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Relays a body and its trailers (an empty DATA frame ending the stream when there are none),
+/// each DATA frame sent as the receiver's window allows and its window given back once sent.
+async fn relay_body(from: &mut h2::RecvStream, to: &mut h2::SendStream<bytes::Bytes>) -> Result<(), h2::Error> {
+    while let Some(data) = from.data().await {
+        let mut data = data?;
+        let n = data.len();
+        while !data.is_empty() {
+            to.reserve_capacity(data.len());
+            let mut cap = to.capacity();
+            if cap == 0 {
+                cap = std::future::poll_fn(|cx| to.poll_capacity(cx)).await.ok_or(h2::Reason::CANCEL)??;
+                if cap == 0 {
+                    continue;
+                }
+            }
+            to.send_data(data.split_to(cap.min(data.len())), false)?;
+        }
+        let _ = from.flow_control().release_capacity(n);
+    }
+    match from.trailers().await? {
+        Some(t) => to.send_trailers(t),
+        None => to.send_data(bytes::Bytes::new(), true),
+    }
+}
+
 /// One GET; `Ok` only for a 200 whose Content-Length body is exactly `body_bytes`.
 async fn round_trip(s: &mut Stream, buf: &mut [u8], body_bytes: usize) -> Result<(), ExchangeError> {
     s.write_all(GET).await.map_err(ExchangeError::Write)?;
@@ -944,6 +1235,18 @@ mod tests {
             assert_eq!(f.ok, CONN_WARMUP + 5);
             assert!(t.handshake.as_deref().is_some_and(|h| h.contains("2 session tickets")), "{t:?}");
             assert_eq!(t.handshake, f.handshake);
+        }
+    }
+
+    /// The HTTP/2 runs: every path verifies at 1, 10 and 100 streams in flight.
+    #[test]
+    fn every_http2_path_verifies() {
+        for path in [H2Path::Direct, H2Path::Proxied, H2Path::Relay] {
+            for streams in [1, 10, 100] {
+                let o = h2_exchange(path, streams, 30, 1024);
+                assert_eq!(o.verify(), Ok(()), "{path:?} {streams}: {o:?}");
+                assert_eq!((o.ok, o.origin_served), (H2_WARMUP + 30, H2_WARMUP + 30));
+            }
         }
     }
 

@@ -259,7 +259,7 @@ pub fn judge(g: &InstructionsGate, counts: &[(String, f64)], outcomes: &[(String
     }
     // The floor beside it, and the figure as a multiple of it.
     let floor = match (&g.floor, names.get(4), names.get(5)) {
-        (Some(_), Some(f1), Some(f2)) => Some((get(f2)? - get(f1)?) / n),
+        (Some(_), Some(f1), Some(f2)) => Some((get(f2)? - get(f1)?) / n - if g.floor_minus_base { direct } else { 0.0 }),
         _ => None,
     };
     let ratio = floor.filter(|f| *f > 0.0).map(|f| own / f);
@@ -295,6 +295,7 @@ pub fn judge(g: &InstructionsGate, counts: &[(String, f64)], outcomes: &[(String
             "floor_per_request": floor,
             "floor_ratio": ratio,
             "floor_ratio_limit": g.floor_ratio_limit,
+            "floor_minus_base": g.floor_minus_base,
             "handshake": names.get(2).and_then(|t| outcomes.iter().find(|(n, _)| n == t)).and_then(|(_, o)| o.handshake.clone()),
             "raw": counts.iter().filter(|(n, _)| names.contains(n)).map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "outcomes": outcomes.iter().map(|(n, o)| (n.clone(), json!(o))).collect::<serde_json::Map<_, _>>(),
@@ -342,6 +343,7 @@ mod tests {
             target: None,
             floor: None,
             floor_ratio_limit: None,
+            floor_minus_base: false,
             rows: Vec::new(),
         }
     }
@@ -425,6 +427,14 @@ mod tests {
         assert_eq!(r.status, Status::Fail, "{}", r.note);
         // A floor bench missing: no figure.
         assert!(judge(&g, &c[..5], &outcomes).is_err());
+        // A floor between the same client and origin as the base: the base is taken off it too.
+        // The target adds 1,000 over the base (10,000/request); the floor bench counts 11,250,
+        // so the floor is 1,250: 0.8×.
+        let g = InstructionsGate { floor_minus_base: true, ..g };
+        let c: Vec<_> = names.iter().cloned().zip([1e6, 2e6, 1.1e6, 2.2e6, 5e5, 1.625e6]).collect();
+        let r = judge(&g, &c, &outcomes).expect("row");
+        assert_eq!((r.measured, r.status), (Some(1_000.0), Status::Pass), "{}", r.note);
+        assert_eq!(r.details["floor_per_request"].as_f64(), Some(1_250.0));
     }
 
     /// A per-connection figure is compared with its floor only when both did the same handshakes.

@@ -428,6 +428,45 @@ fn tls_handshake_instruction_rows_fail_on_a_few_thousand_instructions_per_handsh
 const ABOVE_HANDSHAKE: u64 = 22_000;
 const BELOW_HANDSHAKE: u64 = 4_000;
 
+/// Phase 2's HTTP/2 rows judge the proxy's own instructions per request, at 1, 10 and 100
+/// streams in flight, beside a relay built on h2 alone: `instr@h2-stream:N` burns ~4 N
+/// instructions at the start of each HTTP/2 stream's exchange. The planted build with nothing
+/// live leaves 1,045-1,146 instructions under the hard limits and 750-1,200 under the ratio
+/// limits (contracts/phase2.toml; the 100-stream figure and its floor move by up to ~0.6 % run to
+/// run): 700 iterations (~2,800) fail all three rows, on the ratio as well as the hard limit; 25
+/// (~100) pass all three. Only the group `h2` runs (~15 s a run).
+#[test]
+fn h2_instruction_rows_fail_on_a_thousand_instructions_per_stream() {
+    let _m = counting();
+    let keys = ["phase2:instructions@h2-streams-1", "phase2:instructions@h2-streams-10", "phase2:instructions@h2-streams-100"];
+    let run = |plant: &str| {
+        let out = out_dir(&format!("instr-h2-{}", plant.replace(['@', ':'], "-")));
+        gates(&["--phase", "2", "--only", "instructions", "--instruction-groups", "h2", "--plant", plant], &out, &root())
+    };
+    let above = format!("instr@h2-stream:{ABOVE_H2_STREAM}");
+    let (code, report) = run(&above);
+    for key in keys {
+        let r = row(&report, key);
+        assert_eq!(r["status"], "FAIL", "{above}: {r:#}");
+        assert!(r["measured"].as_f64() > r["limit"].as_f64(), "over the hard limit: {r:#}");
+        let ratio = r["details"]["floor_ratio"].as_f64().expect("ratio");
+        assert!(ratio > r["details"]["floor_ratio_limit"].as_f64().expect("limit"), "the ratio alone fails it: {r:#}");
+    }
+    assert_eq!(code, 1, "{report:#}");
+    assert!(report["rows"].as_array().is_some_and(|rows| rows.len() == 3), "only the group asked for: {report:#}");
+    let below = format!("instr@h2-stream:{BELOW_H2_STREAM}");
+    let (code, report) = run(&below);
+    for key in keys {
+        let r = row(&report, key);
+        assert_eq!(r["status"], "PASS", "{below}: {r:#}");
+    }
+    assert_eq!(code, 0, "{report:#}");
+}
+
+/// Planted loop iterations per HTTP/2 stream (~4.04 instructions each): see the test above.
+const ABOVE_H2_STREAM: u64 = 700;
+const BELOW_H2_STREAM: u64 = 25;
+
 /// Phase 1's memory gate with `PROXY_PLANTED`, one round (`--memory-rounds 1`: a plant every
 /// round must catch, caught in one; `combine_rounds` fails a row only when every round fails).
 /// RSS is the proxy's own, so the counting tests running beside these do not move it.

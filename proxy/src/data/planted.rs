@@ -268,6 +268,8 @@ mod tests {
         assert_eq!(got[3].kind, Kind::Instr(300));
         assert_eq!((got[4].kind, got[4].site), (Kind::Sleep(2000), Site::Chunked));
         assert!(parse("conn").is_err(), "conn without :BYTES accepted");
+        let p = parse("instr@h2-stream:500").expect("valid");
+        assert_eq!(p.plants[0].map(|p| (p.kind, p.site)), Some((Kind::Instr(500), Site::H2Stream)));
         let p = parse("hold, leak/100, tls-hold:4096, h2-hold:8192, alloc@h2-stream").expect("valid");
         let got: Vec<Plant> = p.plants.iter().flatten().copied().collect();
         assert_eq!((got[0].kind, got[1].kind, got[1].every, got[2].kind), (Kind::Hold, Kind::Leak, 100, Kind::TlsHold(4096)));
