@@ -468,7 +468,7 @@ impl Default for ResponseHead {
 }
 
 /// Content-Length: 1 to 19 digits, nothing else (no sign, no list, no spaces inside).
-fn parse_content_length(v: &[u8]) -> Option<u64> {
+pub fn parse_content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 {
         return None;
     }

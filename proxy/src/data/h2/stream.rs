@@ -25,7 +25,7 @@ use crate::data::error::ProxyError;
 use crate::data::h1::body::ResBody;
 use crate::data::h1::chunked;
 use crate::data::h1::client::{self, ClientSet, SendError};
-use crate::data::h1::head::{Framing, Kind};
+use crate::data::h1::head::{Framing, Kind, parse_content_length};
 use crate::data::h1::rewrite::{self, ForwardBody};
 use crate::data::h2::conn::ConnInfo;
 use crate::data::metrics::{H2Event, ROUTE_NONE};
@@ -763,26 +763,11 @@ fn content_length(headers: &http::HeaderMap, max: u64) -> Result<Option<u64>, Pr
     if all.next().is_some() {
         return Err(ProxyError::BadRequest);
     }
-    match parse_length(v.as_bytes()) {
+    match parse_content_length(v.as_bytes()) {
         None => Err(ProxyError::BadRequest),
         Some(n) if n > max => Err(ProxyError::BodyTooLarge),
         Some(n) => Ok(Some(n)),
     }
-}
-
-/// A `content-length` value: digits only.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &b in v {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + (b - b'0') as u64;
-    }
-    Some(n)
 }
 
 #[cfg(test)]
@@ -791,10 +776,10 @@ mod tests {
 
     #[test]
     fn lengths() {
-        assert_eq!(parse_length(b"0"), Some(0));
-        assert_eq!(parse_length(b"1234"), Some(1234));
-        assert_eq!(parse_length(b""), None);
-        assert_eq!(parse_length(b"+1"), None);
-        assert_eq!(parse_length(b"99999999999999999999"), None);
+        assert_eq!(parse_content_length(b"0"), Some(0));
+        assert_eq!(parse_content_length(b"1234"), Some(1234));
+        assert_eq!(parse_content_length(b""), None);
+        assert_eq!(parse_content_length(b"+1"), None);
+        assert_eq!(parse_content_length(b"99999999999999999999"), None);
     }
 }
