@@ -297,6 +297,16 @@ pub struct LatencyGate {
     pub hard_limit: f64,
     pub soft_limit_pct: Option<f64>,
     pub errors_limit: u64,
+    /// HTTP/2 with this many concurrent streams per connection (h2c, prior knowledge): loadgen
+    /// runs `--http2 --streams N`, the proxy's listener takes h2c and its upstream group speaks
+    /// h2c to the origin, and the floor is the relay built on `h2` alone (`loadgen relay --h2`).
+    /// Absent: HTTP/1.1, the byte relay.
+    pub http2_streams: Option<u32>,
+    /// In a noisy round (the floor's P99 over `floor_p99_limit`), the proxy counts as worse beyond
+    /// doubt when its P99 is over this many times the floor's beside it (default
+    /// [`crate::runner::NOISY_FAIL_RATIO`], 1.5): the clean tree's ratio in noisy rounds differs
+    /// by protocol.
+    pub noisy_fail_ratio: Option<f64>,
 }
 
 /// The distance-to-the-floor rows (`syscalls`, `floor`): the proxy against the byte relay
@@ -478,6 +488,10 @@ pub enum Invalid {
         "gates.instructions: the rows of group {group:?} ask for different requests or body_bytes (one run of a group serves them all)"
     )]
     InstructionsGroupMismatch { group: String },
+    #[error("gates.latency.http2_streams must be at least 1")]
+    NoStreams,
+    #[error("gates.latency.noisy_fail_ratio {0} must be a number above 1 (the proxy's P99 as a multiple of the floor's)")]
+    NoisyFailRatio(String),
 }
 
 /// Reads and checks one contract file.
@@ -511,6 +525,12 @@ pub fn load(file: &Path) -> Result<Contract, ContractError> {
     }
     if let Some(g) = &c.gates.instructions {
         check_instruction_rows(g).map_err(invalid)?;
+    }
+    if c.gates.latency.as_ref().is_some_and(|g| g.http2_streams == Some(0)) {
+        return Err(invalid(Invalid::NoStreams));
+    }
+    if let Some(r) = c.gates.latency.as_ref().and_then(|g| g.noisy_fail_ratio).filter(|r| !(r.is_finite() && *r > 1.0)) {
+        return Err(invalid(Invalid::NoisyFailRatio(r.to_string())));
     }
     if c.gates.static_.is_some() {
         check_hot_path(&c.hot_path).map_err(invalid)?;
@@ -685,6 +705,31 @@ mod tests {
             std::fs::write(&f, text).unwrap();
             let e = load(&f).unwrap_err();
             assert!(e.to_string().contains(want), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Phase 2's latency gate runs over HTTP/2 with streams; zero streams is refused.
+    #[test]
+    fn the_latency_gate_over_http2_needs_streams() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let all = load_all(root).unwrap();
+        assert_eq!(all.iter().find(|c| c.phase == 1).and_then(|c| c.gates.latency.as_ref()).unwrap().http2_streams, None);
+        let h2 = all.iter().find(|c| c.phase == 2).and_then(|c| c.gates.latency.as_ref()).unwrap();
+        assert!(h2.http2_streams.is_some_and(|n| n > 1), "{h2:?}");
+        let dir = std::env::temp_dir().join(format!("gates-contract-latency-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("phase9.toml");
+        let gate = "schema_version = 1\nphase = 9\nname = \"x\"\n[gates.latency]\nmetric = \"m\"\nunit = \"u\"\nworkload = \"w\"\nrate = 1\nconnections = 1\nduration = \"1s\"\nwarmup = \"1s\"\nrounds = 1\nbody_bytes = 1\nmax_lag = \"1ms\"\nfloor_p99_limit = 1\nhard_limit = 1\nerrors_limit = 0\n";
+        std::fs::write(&f, format!("{gate}http2_streams = 4\n")).unwrap();
+        assert_eq!(load(&f).unwrap().gates.latency.unwrap().http2_streams, Some(4));
+        std::fs::write(&f, format!("{gate}http2_streams = 0\n")).unwrap();
+        let e = load(&f).unwrap_err();
+        assert!(e.to_string().contains("http2_streams must be at least 1"), "{e}");
+        for bad in ["1.0", "0.5", "nan"] {
+            std::fs::write(&f, format!("{gate}noisy_fail_ratio = {bad}\n")).unwrap();
+            let e = load(&f).unwrap_err();
+            assert!(e.to_string().contains("noisy_fail_ratio"), "{bad}: {e}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -168,11 +168,26 @@ const INSTR_PER_ITERATION: f64 = 4.04;
 fn latency_gate_fails_with_a_planted_cpu_step() {
     let _m = timing();
     let out = out_dir("spin");
-    let (code, report) = gates(&["--only", "latency", "--plant", "spin:400"], &out, &root());
+    let (code, report) = gates(&["--phase", "1", "--only", "latency", "--plant", "spin:400"], &out, &root());
     let r = row(&report, "phase1:latency");
     assert_eq!(code, 1, "{r:#}");
     assert_eq!(r["status"], "FAIL", "400 µs of CPU per request must breach +300 µs over the floor: {r:#}");
     assert!(r["measured"].as_f64().is_some_and(|n| n > 300.0), "{r:#}");
+}
+
+/// The HTTP/2 latency row (phase 2: h2c end to end, beside the relay built on `h2` alone): the
+/// same CPU step at the start of every stream's exchange (`spin` fires at `request`, which HTTP/2
+/// streams pass as HTTP/1.1 exchanges do) breaches it; the row's key says which protocol it ran.
+#[test]
+fn h2_latency_gate_fails_with_a_planted_cpu_step() {
+    let _m = timing();
+    let out = out_dir("h2-spin");
+    let (code, report) = gates(&["--phase", "2", "--only", "latency", "--plant", "spin:400"], &out, &root());
+    let r = row(&report, "phase2:latency");
+    assert_eq!(code, 1, "{r:#}");
+    assert_eq!(r["status"], "FAIL", "400 µs of CPU per HTTP/2 stream must breach the limit over the h2 relay: {r:#}");
+    assert!(r["measured"].as_f64().is_some_and(|n| n > 300.0), "{r:#}");
+    assert!(r["details"]["http2_streams"].as_u64().is_some_and(|n| n > 1), "the row ran over HTTP/2 with streams: {r:#}");
 }
 
 #[test]
