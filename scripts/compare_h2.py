@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """The HTTP/2 comparison (issue 17): this project's proxy beside Traefik, nginx, HAProxy and the
-HTTP/2 relay floor (`loadgen relay --h2`), measured in the same run. Called by
-scripts/compare-h2.sh; see scripts/README.md. Targets and configs: comparison/h2.py.
+HTTP/2 relay floor (`loadgen relay --h2`; `--tls --upstream-http1` in the TLS cases), measured in
+the same run. Called by scripts/compare-h2.sh; see scripts/README.md. Targets and configs:
+comparison/h2.py.
 
 Method (that of compare.py and compare_tls.py, whose modules this reuses): the target on CPU 1,
-loadgen and the origin (`loadgen upstream`, 1 KiB body) on CPU 0 (taskset); interleaved rounds
-(the target order rotated by one each round); each target started fresh once per round and
-family; its CPU is utime+stime of its processes from /proc/PID/stat read around every loadgen
+loadgen and the origins (`loadgen upstream`, 1 KiB body; the h2c case's with `--trailers`) on
+CPU 0 (taskset); interleaved rounds (the target order rotated by one each round); each target
+started fresh once per round and family; its CPU is utime+stime of its processes from /proc/PID/stat read around every loadgen
 run (no warmup inside a run, so every request is in the denominator), divided by the responses;
 ratios taken within a round, then median [min–max] over rounds.
 
@@ -16,16 +17,17 @@ open-loop run at the fixed rate: CPU per request and corrected P99):
   tls-s10   the same, 10 streams per connection on 2 connections
   tls-s100  the same, 100 streams on 1 connection (--skip s100 leaves it out)
   h2c-grpc  h2c prior knowledge, POST of 64 bytes with content-type application/grpc, 10 streams
-            on 2 connections, h2c to the origin (gRPC-style; the origin sends no trailers)
+            on 2 connections, h2c to the origin (gRPC-style; the origin, `upstream --trailers`,
+            ends every response with trailers grpc-status: 0, grpc-message: ok)
 RSS (VmRSS and VmHWM of the target's processes) is read after each family's load, per round.
 
 Fixed rate: half Traefik's closed-loop max on tls-s1 (calibrated at the start), or --rate.
 
 Writes OUT/h2.json (every run: loadgen's report less its per-second series, the CPU readings, the
 exact command), OUT/configs/{tls,h2c}/, OUT/certs/commands.txt, OUT/checks.txt (each target's
-curl start-up check: HTTP version, status, body size), a NOTES.md stub; then
-`compare_h2.py --summarize OUT` writes summary.md, summary.json, runs.csv and commands.md (it can
-be re-run on a committed h2.json).
+curl start-up check: HTTP version, status, body size; in the h2c case also nghttp's trailer
+check), a NOTES.md stub; then `compare_h2.py --summarize OUT` writes summary.md, summary.json,
+runs.csv and commands.md (it can be re-run on a committed h2.json).
 """
 
 import argparse
@@ -74,6 +76,8 @@ MODES = {
 GOAL = {"traefik_x": 3.0, "nginx_div": 1.0, "haproxy_div": 1.0}
 FLOOR_SPREAD_MAX = 0.25   # (max-min)/median of the floor's CPU per request above this: INCONCLUSIVE
 MIN_ROUNDS = 3            # fewer rounds: INCONCLUSIVE (no spread to judge)
+# what the origin check must see from a target in each family (the probe's words, comparison/h2.py)
+ORIGIN_EXPECTED = {"tls": "http/1.1", "h2c": "h2c (HTTP/2 preface)"}
 
 
 # ---------------------------------------------------------------- measuring
@@ -100,7 +104,7 @@ def parse_args():
 
 def measure(args, targets):
     from comparison.ctx import Ctx
-    from comparison.h2 import H2Target
+    from comparison.h2 import H2Target, trailers_check
     from comparison.loadruns import loadgen_run
     from comparison.record import git_info, machine_info, tool_versions, utc_stamp
     from comparison.spec import DESC, REQ_TIMEOUT
@@ -140,15 +144,23 @@ def measure(args, targets):
         f.write(certs["ecdsa"]["command"] + "\n")
     ca = certs["ecdsa"]["cert"]
 
-    # the origin: HTTP/1.1 and h2c on one port, 1 KiB body, on the loader CPU
-    port = free_port()
-    up_addr = f"127.0.0.1:{port}"
-    up_argv = ["taskset", "-c", DESC["loader_cpu"], bins["loadgen"], "upstream", "--listen", up_addr,
-               "--body-bytes", str(BODY_BYTES), "--threads", "1", "--cpus", DESC["loader_cpu"]]
-    up = Proc("upstream", up_argv, os.path.join(ctx.logdir, "upstream.log"))
-    wait_ready(up, up_addr, "upstream (loadgen upstream)", timeout=20,
-               ready=lambda a: __import__("comparison.h2", fromlist=["port_open"]).port_open(a))
-    ctx.up_addr = up_addr
+    # the origins, on the loader CPU, 1 KiB body, HTTP/1.1 and h2c on one port: the TLS cases'
+    # (HTTP/1.1 is what every target speaks to it), and the h2c case's with --trailers (every
+    # response ends with grpc-status: 0, grpc-message: ok: trailers each target must relay)
+    origins, up_cmds, ups = {}, {}, []
+    for fam in families:
+        port = free_port()
+        origins[fam] = f"127.0.0.1:{port}"
+        argv = ["taskset", "-c", DESC["loader_cpu"], bins["loadgen"], "upstream", "--listen", origins[fam],
+                "--body-bytes", str(BODY_BYTES), "--threads", "1", "--cpus", DESC["loader_cpu"]]
+        if fam == "h2c":
+            argv.append("--trailers")
+        up = Proc(f"upstream-{fam}", argv, os.path.join(ctx.logdir, f"upstream-{fam}.log"))
+        wait_ready(up, origins[fam], f"upstream (loadgen upstream) of the {fam} cases", timeout=20,
+                   ready=lambda a: __import__("comparison.h2", fromlist=["port_open"]).port_open(a))
+        up_cmds[fam] = shlex.join(argv)
+        ups.append(up)
+    ctx.up_addr = origins[families[0]]
 
     versions = tool_versions(bins)
     record = {
@@ -156,7 +168,9 @@ def measure(args, targets):
         "meta": {"command_line": args.command_line or shlex.join(sys.argv), "start_time": utc_stamp(now),
                  "mode": mode, "params": p, "targets": targets, "cases": {c: CASES[c] for c in cases},
                  "skip": sorted(skip), "body_bytes": BODY_BYTES, "post_bytes": POST_BYTES,
-                 "request_timeout": REQ_TIMEOUT, "description": DESC, "upstream_command": shlex.join(up_argv),
+                 "request_timeout": REQ_TIMEOUT, "description": DESC, "upstream_command": up_cmds[families[0]],
+                 "upstream_commands": up_cmds, "origin_trailers": {f: f == "h2c" for f in families},
+                 "floor": {"tls": "loadgen relay --h2 --tls --upstream-http1", "h2c": "loadgen relay --h2"},
                  "certificate": certs["ecdsa"]["command"],
                  "pinning": {"target": f"CPU {DESC['proxy_cpu']} (taskset)",
                              "loadgen_and_upstream": f"CPU {DESC['loader_cpu']} (taskset + --cpus)"},
@@ -182,12 +196,20 @@ def measure(args, targets):
                            extra_keys=("handshakes", "tls_negotiated"), **kw)
 
     checks = []
+    record["trailers_relayed"] = {}
 
     def start(name, family):
+        ctx.up_addr = origins[family]
         t = H2Target(name, ctx, certs, family)
         method = "POST" if family == "h2c" else "GET"
         line = t.check(ca, BODY_BYTES, method)
         checks.append(f"{name} {family}: {line}")
+        if family == "h2c":
+            relayed, tline = trailers_check(t.url, POST_BYTES)
+            checks.append(f"{name} {family} trailers: {tline}")
+            record["trailers_relayed"].setdefault(name, []).append(relayed)
+            if relayed is False:
+                log(f"trailers: {name} did not relay the origin's trailers: {tline}")
         return t
 
     # what each target speaks to its origin (a probe in the origin's place, one request)
@@ -198,6 +220,9 @@ def measure(args, targets):
             seen = origin_protocol(name, fam, ctx, certs)
             record["origin_protocol"][f"{name} {fam}"] = seen
             log(f"origin check: {name} ({fam}) sends its origin {', '.join(seen) or 'nothing'}")
+            if name == "relay" and seen != [ORIGIN_EXPECTED[fam]]:
+                raise Fail(f"the floor ({fam}) sent its origin {seen or 'nothing'}, not {ORIGIN_EXPECTED[fam]}: "
+                           "is the loadgen binary older than --upstream-http1?")
 
     # calibration: Traefik's closed-loop max on tls-s1
     if args.rate:
@@ -231,8 +256,9 @@ def measure(args, targets):
         for name in order:
             res = {}
             for fam in families:
-                if not up.alive():
-                    raise Fail(f"upstream died: {up.log_tail()}")
+                for up in ups:
+                    if not up.alive():
+                        raise Fail(f"upstream died: {up.log_tail()}")
                 t = start(name, fam)
                 res[f"start_{fam}"] = {"command": shlex.join(t.argv), "env": t.env, "pids": t.pids}
                 try:
@@ -255,9 +281,11 @@ def measure(args, targets):
         rounds.append(rr)
         record["rounds"] = rounds
         write_json()
-    up.stop()
+    for up in ups:
+        up.stop()
     with open(os.path.join(out, "checks.txt"), "w") as f:
-        f.write("# each target's start-up check (curl over HTTP/2: HTTP version, status, body bytes)\n")
+        f.write("# each target's start-up check (curl over HTTP/2: HTTP version, status, body bytes; "
+                "h2c: nghttp, the trailers that came back)\n")
         f.write("\n".join(checks) + "\n")
     record["meta"]["end_time"] = utc_stamp()
     record["meta"]["elapsed_s"] = time.monotonic() - t_start
@@ -368,6 +396,8 @@ def summarize(out):
         d = json.load(f)
     targets, cases, S, M = compute(d)
     m = d["meta"]
+    # runs from before `relay --upstream-http1` and `upstream --trailers` render as they were
+    new_floor = "floor" in m
     nr = len(d.get("rounds", []))
     rate = d.get("fixed_rate")
     cal = d.get("calibration", {})
@@ -377,9 +407,13 @@ def summarize(out):
               "works; its figures are not the comparison and must not be quoted as such.**", ""]
     L += [f"`{m['command_line']}` — {m['mode']} mode, {nr} round(s), {m.get('elapsed_s', 0):.0f} s; load average at "
           f"start `{m['machine']['loadavg_at_start']}`, at end `{m['machine'].get('loadavg_at_end', '?')}`. Commit "
-          f"`{m['git']['commit'][:12]}`. Target on CPU {m['description']['proxy_cpu']}, loadgen and the origin on CPU "
-          f"{m['description']['loader_cpu']} (taskset); one worker each; origin `loadgen upstream` with a "
-          f"{m['body_bytes']}-byte body (HTTP/1.1 and h2c on one port); TLS: the same ECDSA P-256 certificate for "
+          f"`{m['git']['commit'][:12]}`. Target on CPU {m['description']['proxy_cpu']}, loadgen and the origin{'s' if new_floor else ''} on CPU "
+          f"{m['description']['loader_cpu']} (taskset); one worker each; "
+          + (f"origins `loadgen upstream` with a {m['body_bytes']}-byte body (HTTP/1.1 and h2c on one port), the h2c "
+             "case's with `--trailers` (every response ends with `grpc-status: 0`, `grpc-message: ok`); "
+             if new_floor else
+             f"origin `loadgen upstream` with a {m['body_bytes']}-byte body (HTTP/1.1 and h2c on one port); ")
+          + "TLS: the same ECDSA P-256 certificate for "
           f"every target. Method: [scripts/README.md](../../../scripts/README.md#scriptscompare-h2sh-the-http2-comparison); "
           f"raw data: [h2.json](h2.json) (every run, its command and CPU readings), [runs.csv](runs.csv), "
           f"[commands.md](commands.md), [checks.txt](checks.txt), [configs/](configs/); notes: [NOTES.md](NOTES.md).", "",
@@ -390,10 +424,16 @@ def summarize(out):
           "P99: corrected latency (from the intended send time). "
           "× floor: ÷ the relay's CPU per request; × less than Traefik: Traefik's ÷ the target's; ÷ nginx, "
           "÷ HAProxy: the target's ÷ theirs (≤ 1 = at or below).", "",
-          "The floor is `loadgen relay --h2` (`--tls` in the TLS cases): an `h2` crate server that sends each "
-          "stream over **one h2c connection to the origin per client connection**. It cannot relay to an HTTP/1.1 "
-          "origin, so in the TLS cases its origin leg is h2c while every other target's is HTTP/1.1: there it is a "
-          "floor for the client side (TLS + HTTP/2 framing), not the same work.", "",
+          *(["The floor is an `h2` crate server, `loadgen relay --h2`. In the TLS cases (`--tls --upstream-http1`) it "
+             "sends each stream as **one HTTP/1.1 request on a keep-alive connection from a pool per client "
+             "connection** (a new connection when all are busy), the same origin leg as every other target's; in "
+             "the h2c case it sends each stream over one h2c connection to the origin per client connection, "
+             "trailers included. No routing, no header rules: the same work, done with the least code.", ""]
+            if new_floor else
+            ["The floor is `loadgen relay --h2` (`--tls` in the TLS cases): an `h2` crate server that sends each "
+             "stream over **one h2c connection to the origin per client connection**. It cannot relay to an HTTP/1.1 "
+             "origin, so in the TLS cases its origin leg is h2c while every other target's is HTTP/1.1: there it is a "
+             "floor for the client side (TLS + HTTP/2 framing), not the same work.", ""]),
           f"Goal (issue 17): this proxy ≥ {GOAL['traefik_x']:.0f}× less CPU per request than Traefik, at or below nginx and "
           f"HAProxy. Verdict rule: INCONCLUSIVE with fewer than {MIN_ROUNDS} rounds or when the floor's CPU per request "
           f"moved more than {FLOOR_SPREAD_MAX:.0%} ((max−min)/median) over the rounds; else PASS or FAIL on the medians "
@@ -440,7 +480,9 @@ def summarize(out):
     if op:
         L += ["What each target sent its origin (checked before the rounds: the target started once with a probe "
               "listener as its origin, one request, the probe records the first bytes of each connection): "
-              + "; ".join(f"{k}: {', '.join(v) or 'nothing'}" for k, v in op.items()) + ".", ""]
+              + "; ".join(f"{k}: {', '.join(v) or 'nothing'}" for k, v in op.items()) + "."
+              + ("" if not new_floor or all(v == [ORIGIN_EXPECTED[k.rsplit(' ', 1)[1]]] for k, v in op.items())
+                 else " — **not what every case intends (TLS: HTTP/1.1, h2c: h2c): check the configs**"), ""]
     L += ["## RSS after the load", "",
           "VmRSS (and VmHWM, the peak) of the target's processes read right after its last run of the family, "
           "before it is stopped (nginx: master + worker). MiB.", ""]
@@ -450,10 +492,33 @@ def summarize(out):
         rows.append([LABEL[t]] + [f"{fmt(mm[f]['rss_mib'])} (peak {fmt(mm[f]['hwm_mib'])})" if f in mm else "—"
                                   for f in ("tls", "h2c")])
     L += table(["target", "after the TLS cases", "after the h2c case"], rows) + [""]
-    L += ["## Not measured here", "",
-          "- Trailers: `loadgen upstream` answers HTTP/2 with HEADERS + DATA and no trailers, so the gRPC-style case "
-          "does not carry `grpc-status` back; its cost of relaying trailers is not in these figures.",
-          "- The floor's origin leg in the TLS cases (h2c, not HTTP/1.1): see above.", ""]
+    if new_floor:
+        tr = d.get("trailers_relayed") or {}
+        if "h2c-grpc" in cases:
+            def said(name):
+                v = tr.get(name) or []
+                if v and all(x is True for x in v):
+                    return "relayed"
+                if any(x is False for x in v):
+                    return f"**not relayed** ({sum(x is False for x in v)} of {len(v)} start-up checks)"
+                return "not checked (nghttp missing)" if v else "not checked"
+            rows = [[LABEL[t], said(t)] for t in targets]
+            L += ["## Trailers in the h2c case", "",
+                  "The h2c case's origin ends every response with trailers (`grpc-status: 0`, `grpc-message: ok`, a "
+                  "HEADERS frame after the DATA). At each start of a target in the h2c family one gRPC-style POST with "
+                  "`nghttp -v` checks that they reached the client ([checks.txt](checks.txt)):", ""]
+            L += table(["target", "trailers"], rows) + [""]
+            if any(said(t) != "relayed" for t in targets):
+                L += ["A target that did not relay them did less work per request than the others in that case: "
+                      "its figures there are not the same work.", ""]
+        L += ["## Not measured here", "",
+              "- Trailers in the TLS cases: their HTTP/1.1 origin answers with a `content-length` body and no trailers.",
+              "- Request trailers (the client sends none).", ""]
+    else:
+        L += ["## Not measured here", "",
+              "- Trailers: `loadgen upstream` answers HTTP/2 with HEADERS + DATA and no trailers, so the gRPC-style case "
+              "does not carry `grpc-status` back; its cost of relaying trailers is not in these figures.",
+              "- The floor's origin leg in the TLS cases (h2c, not HTTP/1.1): see above.", ""]
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write("\n".join(L))
     with open(os.path.join(out, "summary.json"), "w") as f:
@@ -477,7 +542,11 @@ def summarize(out):
                                     f"{x['latency']['corrected']['p50_us'] / 1000:.3f}",
                                     f"{x['latency']['corrected']['p99_us'] / 1000:.3f}", errs(x), x.get("valid"),
                                     x.get("command")])
-    C = ["# Commands of this run", "", f"Origin: `{m['upstream_command']}`", "", f"Certificate: `{m['certificate']}`", ""]
+    if m.get("upstream_commands"):
+        C = ["# Commands of this run", ""] + [f"Origin of the {fam} cases: `{cmd}`" for fam, cmd in m["upstream_commands"].items()]
+        C += ["", f"Certificate: `{m['certificate']}`", ""]
+    else:
+        C = ["# Commands of this run", "", f"Origin: `{m['upstream_command']}`", "", f"Certificate: `{m['certificate']}`", ""]
     if d.get("rounds"):
         r0 = d["rounds"][0]["results"]
         for t in targets:

@@ -254,6 +254,11 @@ pub struct UpstreamArgs {
     /// Serve HTTP/1.1 only: no h2c preface detection, no ALPN h2 (an origin without HTTP/2).
     #[arg(long)]
     pub http1_only: bool,
+    /// gRPC-shaped responses: content-type application/grpc and trailers grpc-status: 0,
+    /// grpc-message: ok after every body (HTTP/2: a trailing HEADERS frame; HTTP/1.1: a chunked
+    /// body with that trailer section, whatever the request's TE).
+    #[arg(long)]
+    pub trailers: bool,
     /// --tls: write the generated certificate (PEM) here, for clients' --ca.
     #[arg(long, requires = "tls", conflicts_with = "cert")]
     pub cert_out: Option<PathBuf>,
@@ -297,6 +302,11 @@ pub struct RelayArgs {
     /// body and trailers as they are): the floor of an HTTP/2 proxy built on the `h2` crate.
     #[arg(long)]
     pub h2: bool,
+    /// --h2: send each stream to the upstream as one HTTP/1.1 request on a keep-alive connection
+    /// from a pool per client connection (a new one when all are busy) instead of over h2c:
+    /// the floor of a proxy relaying HTTP/2 clients to an HTTP/1.1 origin.
+    #[arg(long, requires = "h2")]
+    pub upstream_http1: bool,
 }
 
 #[derive(Args, Debug)]
@@ -653,6 +663,7 @@ fn cmd_upstream(a: UpstreamArgs) -> Result<i32, Failure> {
         threads: a.threads,
         cpus: a.cpus,
         http1_only: a.http1_only,
+        trailers: a.trailers,
     };
     upstream::run_upstream(&cfg, announce).map_err(|e| Failure::Runtime(format!("upstream on {}: {e}", a.listen)))?;
     Ok(0)
@@ -676,7 +687,15 @@ fn cmd_relay(a: RelayArgs) -> Result<i32, Failure> {
     } else {
         None
     };
-    let cfg = RelayConfig { listen: a.listen, upstream: a.upstream, threads: a.threads, cpus: a.cpus, tls, h2: a.h2 };
+    let cfg = RelayConfig {
+        listen: a.listen,
+        upstream: a.upstream,
+        threads: a.threads,
+        cpus: a.cpus,
+        tls,
+        h2: a.h2,
+        upstream_http1: a.upstream_http1,
+    };
     relay::run_relay(&cfg, announce).map_err(|e| Failure::Runtime(format!("relay on {}: {e}", a.listen)))?;
     Ok(0)
 }

@@ -18,7 +18,8 @@
 //! - [`report`]: human summary, `--json`, `--hlog`.
 //! - [`ladder`]: highest rate under a P99 SLO.
 //! - [`upstream`]: the bundled benchmark origin; [`relay`]: the byte-relay floor (cleartext, or
-//!   terminating TLS); [`server`]: their listener threads.
+//!   terminating TLS, or HTTP/2 streams; [`relay_h1`]: HTTP/2 streams to an HTTP/1.1 origin);
+//!   [`server`]: their listener threads.
 //! - [`hold`]: resident memory per idle keep-alive connection (cleartext or TLS) of a target
 //!   process.
 //! - [`sys`]: timerfd and CPU pinning; [`cli`]: arguments and exit codes.
@@ -30,6 +31,7 @@ pub mod h2client;
 pub mod hold;
 pub mod ladder;
 pub mod relay;
+pub mod relay_h1;
 pub mod report;
 pub mod run;
 pub mod schedule;

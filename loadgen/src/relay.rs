@@ -18,6 +18,10 @@
 //! `h2` crate's flow control (capacity released as data is forwarded). No routing, no header
 //! rules: what a proxy built on `h2` cannot do with less.
 //!
+//! `--h2 --upstream-http1` keeps the HTTP/2 side and sends each stream as one HTTP/1.1 request
+//! on a keep-alive connection from a per-client-connection pool instead ([`crate::relay_h1`]):
+//! the floor of a proxy that relays HTTP/2 clients to an HTTP/1.1 origin.
+//!
 //! Allocation per connection: the two 16 KiB copy buffers, the rustls connection state (boxed
 //! by `tokio-rustls`) and its handshake messages. Per request, once established, the relay code
 //! allocates nothing; rustls 0.23's buffered API does, twice per TLS record: decryption is in
@@ -50,6 +54,9 @@ pub struct RelayConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Relay HTTP/2 streams over an h2c upstream connection (`--h2`) instead of bytes.
     pub h2: bool,
+    /// With `h2`: send each stream as an HTTP/1.1 request on pooled keep-alive connections
+    /// (`--upstream-http1`) instead of over h2c.
+    pub upstream_http1: bool,
 }
 
 const BUF: usize = 16 * 1024;
@@ -59,6 +66,7 @@ pub fn run_relay(cfg: &RelayConfig, on_bound: impl FnOnce(SocketAddr)) -> io::Re
     let upstream = cfg.upstream;
     let tls = cfg.tls.clone();
     let h2 = cfg.h2;
+    let h1up = cfg.upstream_http1;
     crate::server::serve_threads(cfg.listen, cfg.threads, &cfg.cpus, "relay", on_bound, move |l| {
         let acceptor = tls.clone().map(TlsAcceptor::from);
         async move {
@@ -74,14 +82,14 @@ pub fn run_relay(cfg: &RelayConfig, on_bound: impl FnOnce(SocketAddr)) -> io::Re
                     (Some(a), false) => tokio::task::spawn_local(relay_tls(a.clone(), c, upstream)),
                     (None, true) => {
                         let _ = c.set_nodelay(true);
-                        tokio::task::spawn_local(relay_h2(c, upstream))
+                        tokio::task::spawn_local(relay_h2(c, upstream, h1up))
                     }
                     (Some(a), true) => {
                         let a = a.clone();
                         tokio::task::spawn_local(async move {
                             let _ = c.set_nodelay(true);
                             if let Ok(tls) = a.accept(c).await {
-                                relay_h2(tls, upstream).await;
+                                relay_h2(tls, upstream, h1up).await;
                             }
                         })
                     }
@@ -112,8 +120,20 @@ async fn relay_tls(acceptor: TlsAcceptor, client: TcpStream, upstream: SocketAdd
     let _ = tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut up, BUF, BUF).await;
 }
 
-/// `--h2`: serves HTTP/2 on `client` and sends each stream over one h2c connection to `upstream`.
-async fn relay_h2<S: AsyncRead + AsyncWrite + Unpin + 'static>(client: S, upstream: SocketAddr) {
+/// `--h2`: serves HTTP/2 on `client` and sends each stream over one h2c connection to `upstream`
+/// (or, with `h1up`, as an HTTP/1.1 request on a pooled connection).
+async fn relay_h2<S: AsyncRead + AsyncWrite + Unpin + 'static>(client: S, upstream: SocketAddr, h1up: bool) {
+    if h1up {
+        let Ok(mut server) = h2::server::Builder::new().max_concurrent_streams(1000).handshake::<_, Bytes>(client).await else {
+            return;
+        };
+        let pool = crate::relay_h1::Pool::new(upstream);
+        while let Some(r) = server.accept().await {
+            let Ok((req, respond)) = r else { break };
+            tokio::task::spawn_local(crate::relay_h1::stream(req, respond, pool.clone()));
+        }
+        return;
+    }
     let (server, up) =
         tokio::join!(h2::server::Builder::new().max_concurrent_streams(1000).handshake::<_, Bytes>(client), TcpStream::connect(upstream));
     let (Ok(mut server), Ok(up)) = (server, up) else {

@@ -23,6 +23,13 @@
 //! served as h2c (prior knowledge), a TLS connection that negotiated ALPN `h2` as h2; each
 //! stream gets the same `200` and body, with `--delay` and the stall applied per response.
 //! `--http1-only` turns both off.
+//!
+//! `--trailers` makes every response gRPC-shaped: `content-type: application/grpc` and a trailer
+//! section `grpc-status: 0`, `grpc-message: ok` after the body, over HTTP/2 a trailing HEADERS
+//! frame (the DATA frames then do not end the stream), over HTTP/1.1 a chunked body (one chunk,
+//! then the trailers; announced by `trailer: grpc-status, grpc-message`) whatever the request's
+//! `TE` says: gRPC over HTTP/1.1 is not a thing, the option exists so that a proxy relaying
+//! HTTP/2 to an HTTP/1.1 origin has trailers to carry. HEAD responses are the head alone.
 
 use crate::body::{BodySkipper, Framing};
 use crate::client::{has_token, last_token_is, parse_u64};
@@ -54,6 +61,8 @@ pub struct UpstreamConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// HTTP/1.1 only (no h2c detection; the TLS config then offers no ALPN h2).
     pub http1_only: bool,
+    /// Trailers after every response body (`--trailers`; see the module docs).
+    pub trailers: bool,
 }
 
 /// Pre-serialized responses.
@@ -63,20 +72,45 @@ struct Responses {
     keep_head_len: usize,
     close: Vec<u8>,
     close_head_len: usize,
+    /// The body alone (HTTP/2 sends it in DATA frames).
+    body: bytes::Bytes,
 }
 
+/// The trailer section `--trailers` sends (HTTP/1.1 form; HTTP/2 sends the same fields).
+const TRAILERS: &[(&str, &str)] = &[("grpc-status", "0"), ("grpc-message", "ok")];
+
 impl Responses {
-    fn new(body_bytes: usize) -> Self {
+    fn new(body_bytes: usize, trailers: bool) -> Self {
         let body = vec![b'x'; body_bytes];
         let build = |extra: &str| {
-            let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {body_bytes}\r\nContent-Type: text/plain\r\n{extra}\r\n").into_bytes();
+            let mut v = if trailers {
+                format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/grpc\r\nTrailer: grpc-status, grpc-message\r\n{extra}\r\n"
+                )
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {body_bytes}\r\nContent-Type: text/plain\r\n{extra}\r\n")
+            }
+            .into_bytes();
             let head = v.len();
-            v.extend_from_slice(&body);
+            if trailers {
+                if body_bytes > 0 {
+                    v.extend_from_slice(format!("{body_bytes:x}\r\n").as_bytes());
+                    v.extend_from_slice(&body);
+                    v.extend_from_slice(b"\r\n");
+                }
+                v.extend_from_slice(b"0\r\n");
+                for (k, val) in TRAILERS {
+                    v.extend_from_slice(format!("{k}: {val}\r\n").as_bytes());
+                }
+                v.extend_from_slice(b"\r\n");
+            } else {
+                v.extend_from_slice(&body);
+            }
             (v, head)
         };
         let (keep, keep_head_len) = build("");
         let (close, close_head_len) = build("Connection: close\r\n");
-        Self { keep, keep_head_len, close, close_head_len }
+        Self { keep, keep_head_len, close, close_head_len, body: body.into() }
     }
 }
 
@@ -89,7 +123,7 @@ pub fn run_upstream(cfg: &UpstreamConfig, on_bound: impl FnOnce(SocketAddr)) -> 
 
 async fn accept_loop(l: std::net::TcpListener, cfg: UpstreamConfig, start: Instant) -> io::Result<()> {
     let l = TcpListener::from_std(l)?;
-    let resp = Rc::new(Responses::new(cfg.body_bytes));
+    let resp = Rc::new(Responses::new(cfg.body_bytes, cfg.trailers));
     let acceptor = cfg.tls.clone().map(TlsAcceptor::from);
     let cfg = Rc::new(cfg);
     loop {
@@ -255,7 +289,7 @@ async fn h2_conn<S: AsyncRead + AsyncWrite + Unpin + 'static>(s: S, resp: Rc<Res
     let Ok(mut c) = h2::server::Builder::new().max_concurrent_streams(1000).handshake::<_, bytes::Bytes>(s).await else {
         return;
     };
-    let body = bytes::Bytes::copy_from_slice(&resp.keep[resp.keep_head_len..]);
+    let body = resp.body.clone();
     while let Some(r) = c.accept().await {
         let Ok((req, respond)) = r else { break };
         tokio::task::spawn_local(h2_stream(req, respond, body.clone(), cfg.clone(), start));
@@ -285,12 +319,23 @@ async fn h2_stream(
     stall(&cfg, start).await;
     let mut r = http::Response::new(());
     r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()));
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
-    let end = head || body.is_empty();
+    let content_type = if cfg.trailers { "application/grpc" } else { "text/plain" };
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    let trailers = cfg.trailers && !head;
+    let end = head || (body.is_empty() && !trailers);
     if let Ok(mut tx) = respond.send_response(r, end)
         && !end
     {
-        let _ = tx.send_data(body, true);
+        if !body.is_empty() {
+            let _ = tx.send_data(body, !trailers);
+        }
+        if trailers {
+            let mut t = http::HeaderMap::new();
+            for (k, v) in TRAILERS {
+                t.insert(*k, http::HeaderValue::from_static(v));
+            }
+            let _ = tx.send_trailers(t);
+        }
     }
 }
 
@@ -477,7 +522,7 @@ mod tests {
 
     #[test]
     fn head_response_has_no_body() {
-        let r = Responses::new(5);
+        let r = Responses::new(5, false);
         assert!(response_bytes(&r, true, false).ends_with(b"text/plain\r\n\r\n"));
         assert!(response_bytes(&r, false, true).ends_with(b"Connection: close\r\n\r\nxxxxx"));
         // One response is written from the template; a batch is assembled in order.
@@ -492,5 +537,21 @@ mod tests {
         assert_eq!(o.bytes(&r), &want[..]);
         o.clear();
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn trailers_make_a_chunked_body_with_a_trailer_section() {
+        let r = Responses::new(20, true);
+        let keep = std::str::from_utf8(&r.keep).unwrap();
+        assert!(keep.starts_with("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/grpc\r\n"), "{keep}");
+        assert!(keep.ends_with(&format!("\r\n\r\n14\r\n{}\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\n", "x".repeat(20))), "{keep}");
+        assert!(!keep.contains("Content-Length"));
+        assert!(response_bytes(&r, true, false).ends_with(b"grpc-message\r\n\r\n"));
+        let empty = Responses::new(0, true);
+        assert!(empty.keep.ends_with(b"\r\n\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\n"));
+        let mut sk = BodySkipper::new(Framing::Chunked);
+        let body = &r.close[r.close_head_len..];
+        assert_eq!(sk.feed(body), Ok(body.len()));
+        assert!(sk.is_done());
     }
 }

@@ -1210,6 +1210,67 @@ mod h2 {
         let _ = std::fs::remove_file(&ca);
     }
 
+    /// `relay --h2 --upstream-http1` (the floor of the HTTP/2 comparison's TLS cases) in front of
+    /// `loadgen upstream --http1-only`: clean at a fixed rate over h2c and over TLS (ALPN h2),
+    /// several streams per connection, and with POST bodies past the initial window.
+    #[test]
+    fn h2_relay_to_an_http1_origin_is_clean_over_h2c_and_tls() {
+        let _g = timing_lock();
+        let up = Server::upstream(&["--http1-only", "--body-bytes", "1024"]);
+        let upstream = up.addr.to_string();
+        let relay = Server::start(&["relay", "--listen", "127.0.0.1:0", "--upstream", &upstream, "--h2", "--upstream-http1"]);
+        let url = relay.url();
+        let common = ["--http2", "--streams", "4", "--connections", "2", "--rate", "400", "--duration", "2s", "--warmup", "500ms"];
+        let mut args = vec!["--url", url.as_str()];
+        args.extend_from_slice(&common);
+        let (code, stdout, j) = run_json(&args);
+        assert_clean_h2_run(code, &stdout, &j, 4);
+
+        let (code, stdout, j) = run_json(&[
+            "--url",
+            &url,
+            "--http2",
+            "--streams",
+            "2",
+            "--connections",
+            "1",
+            "--rate",
+            "40",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--method",
+            "POST",
+            "--body-bytes",
+            "100000",
+        ]);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(j["status_codes"]["200"].as_f64(), Some(40.0), "{stdout}");
+        assert_eq!(errors_total(&j), 0, "{stdout}");
+
+        let ca = temp_path("h2-h1-relay-ca.pem");
+        let relay = Server::start(&[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--h2",
+            "--upstream-http1",
+            "--tls",
+            "--cert-out",
+            ca.to_str().unwrap(),
+        ]);
+        let url = format!("https://localhost:{}/", relay.addr.port());
+        let mut args = vec!["--url", url.as_str(), "--ca", ca.to_str().unwrap()];
+        args.extend_from_slice(&common);
+        let (code, stdout, j) = run_json(&args);
+        assert_clean_h2_run(code, &stdout, &j, 4);
+        assert_eq!(j["tls_negotiated"][0]["alpn"].as_str(), Some("h2"), "{stdout}");
+        let _ = std::fs::remove_file(&ca);
+    }
+
     /// h2c (prior knowledge) against `loadgen upstream` at a modest fixed rate, one stream per
     /// connection and then 10 streams on each of 3 connections.
     #[test]
@@ -1396,6 +1457,297 @@ mod h2 {
     }
 }
 
+/// `relay --h2 --upstream-http1` and `upstream --trailers`, driven by an `h2` crate client in the
+/// test, with a test origin that shows what the relay sent it and counts its connections.
+mod h2_to_h1 {
+    use super::util::*;
+    use bytes::Bytes;
+    use loadgen::body::{BodySkipper, Framing};
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// An HTTP/1.1 origin (std threads) that answers each request with the request's own bytes
+    /// (head and body as received) as a `content-length` body, on keep-alive connections; except
+    /// `/bad-head` (a status line that is not HTTP, then close) and `/bad-chunk` (a good head, then
+    /// a chunk size that is not hex, then close). Returns its address and its accepted-connection
+    /// count.
+    fn echo_origin() -> (SocketAddr, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let n = accepted.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                n.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || serve_echo(s));
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn serve_echo(mut s: TcpStream) {
+        let mut buf = Vec::new();
+        let mut b = [0u8; 16384];
+        loop {
+            let (head_len, framing, path) = loop {
+                let mut fields = [httparse::EMPTY_HEADER; 64];
+                let mut r = httparse::Request::new(&mut fields);
+                if let Ok(httparse::Status::Complete(n)) = r.parse(&buf) {
+                    let get = |name: &str| {
+                        r.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value).to_string())
+                    };
+                    let framing = match (get("transfer-encoding"), get("content-length")) {
+                        (Some(_), _) => Framing::Chunked,
+                        (None, Some(l)) => Framing::Length(l.parse().unwrap()),
+                        (None, None) => Framing::None,
+                    };
+                    break (n, framing, r.path.unwrap().to_string());
+                }
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => buf.extend_from_slice(&b[..k]),
+                }
+            };
+            let mut body = BodySkipper::new(framing);
+            let mut used = head_len;
+            loop {
+                used += body.feed(&buf[used..]).unwrap();
+                if body.is_done() {
+                    break;
+                }
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => buf.extend_from_slice(&b[..k]),
+                }
+            }
+            let req: Vec<u8> = buf.drain(..used).collect();
+            let resp = match path.as_str() {
+                "/bad-head" => b"HTTP/1.1 abc\r\n\r\n".to_vec(),
+                "/bad-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+                _ => {
+                    let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Origin: echo\r\n\r\n", req.len()).into_bytes();
+                    v.extend_from_slice(&req);
+                    v
+                }
+            };
+            if s.write_all(&resp).is_err() || path.starts_with("/bad") {
+                return;
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    struct Reply {
+        status: u16,
+        headers: http::HeaderMap,
+        body: Vec<u8>,
+        trailers: Option<http::HeaderMap>,
+    }
+
+    impl Reply {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.body).to_string()
+        }
+    }
+
+    /// Sends one request (headers, then each of `data` as a DATA frame, then `trailers`) and
+    /// reads the whole response.
+    async fn request(
+        send: &h2::client::SendRequest<Bytes>,
+        req: http::Request<()>,
+        data: &[&[u8]],
+        trailers: Option<http::HeaderMap>,
+    ) -> Result<Reply, h2::Error> {
+        let mut send = send.clone().ready().await?;
+        let end = data.is_empty() && trailers.is_none();
+        let (resp, mut tx) = send.send_request(req, end)?;
+        for (i, d) in data.iter().enumerate() {
+            tx.send_data(Bytes::copy_from_slice(d), i + 1 == data.len() && trailers.is_none())?;
+        }
+        if let Some(t) = trailers {
+            tx.send_trailers(t)?;
+        }
+        let resp = resp.await?;
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+        let mut rx = resp.into_body();
+        let mut body = Vec::new();
+        while let Some(d) = rx.data().await {
+            let d = d?;
+            let _ = rx.flow_control().release_capacity(d.len());
+            body.extend_from_slice(&d);
+        }
+        let trailers = rx.trailers().await?;
+        Ok(Reply { status, headers, body, trailers })
+    }
+
+    fn req(method: &str, addr: SocketAddr, path: &str, fields: &[(&str, &str)]) -> http::Request<()> {
+        let mut b = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+        for (k, v) in fields {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    /// Runs `f` with an h2c client connection to `addr`, on a current-thread runtime, within 20 s.
+    fn with_h2<F, Fut>(addr: SocketAddr, f: F)
+    where
+        F: FnOnce(h2::client::SendRequest<Bytes>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            tokio::time::timeout(Duration::from_secs(20), f(send)).await.expect("timed out");
+        });
+    }
+
+    fn relay_to(upstream: SocketAddr) -> Server {
+        Server::start(&["relay", "--listen", "127.0.0.1:0", "--upstream", &upstream.to_string(), "--h2", "--upstream-http1"])
+    }
+
+    /// A GET, a POST with a content-length, a POST without one (chunked, with trailers) and a
+    /// 100,000-byte POST each arrive at the origin as one HTTP/1.1 request (method, path, host
+    /// from :authority, the fields, the body framed as said), and the origin's response comes
+    /// back whole; sequential streams share one origin connection, concurrent ones open more,
+    /// which are reused afterwards.
+    #[test]
+    fn streams_become_http1_requests_on_pooled_connections() {
+        let (origin, accepted) = echo_origin();
+        let relay = relay_to(origin);
+        let addr = relay.addr;
+        with_h2(addr, |send| async move {
+            let r = request(&send, req("GET", addr, "/a?q=1", &[("x-test", "1")]), &[], None).await.unwrap();
+            assert_eq!(r.status, 200, "{r:?}");
+            assert_eq!(r.headers["x-origin"], "echo");
+            let t = r.text();
+            assert!(t.starts_with(&format!("GET /a?q=1 HTTP/1.1\r\nhost: {addr}\r\n")), "{t}");
+            assert!(t.contains("\r\nx-test: 1\r\n") && t.ends_with("\r\n\r\n"), "{t}");
+            assert!(!t.contains("transfer-encoding") && !t.contains("content-length"), "{t}");
+            assert_eq!(r.trailers, None);
+
+            let r = request(&send, req("POST", addr, "/p", &[("content-length", "5")]), &[b"hello"], None).await.unwrap();
+            let t = r.text();
+            assert!(t.starts_with("POST /p HTTP/1.1\r\n") && t.ends_with("\r\ncontent-length: 5\r\n\r\nhello"), "{t}");
+
+            let mut tr = http::HeaderMap::new();
+            tr.insert("x-t", http::HeaderValue::from_static("yes"));
+            let r = request(&send, req("POST", addr, "/c", &[("te", "trailers")]), &[b"abc", b"defg"], Some(tr)).await.unwrap();
+            let t = r.text();
+            assert!(t.contains("\r\nte: trailers\r\n"), "{t}");
+            assert!(t.ends_with("\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\nx-t: yes\r\n\r\n"), "{t}");
+
+            let big = vec![b'y'; 100_000];
+            let r = request(&send, req("POST", addr, "/big", &[("content-length", "100000")]), &[&big], None).await.unwrap();
+            assert_eq!(r.status, 200);
+            assert!(r.body.ends_with(&big) && r.body.len() < 100_000 + 200, "{}", r.body.len());
+            assert_eq!(accepted.load(Ordering::SeqCst), 1, "sequential streams share one origin connection");
+
+            let tasks: Vec<_> = (0..5)
+                .map(|_| {
+                    let send = send.clone();
+                    tokio::spawn(async move {
+                        let big = vec![b'z'; 50_000];
+                        request(&send, req("POST", addr, "/x", &[("content-length", "50000")]), &[&big], None).await.unwrap().status
+                    })
+                })
+                .collect();
+            for t in tasks {
+                assert_eq!(t.await.unwrap(), 200);
+            }
+            let after_concurrent = accepted.load(Ordering::SeqCst);
+            assert!((1..=6).contains(&after_concurrent), "{after_concurrent}");
+            for _ in 0..10 {
+                assert_eq!(request(&send, req("GET", addr, "/", &[]), &[], None).await.unwrap().status, 200);
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), after_concurrent, "idle pooled connections are reused");
+        });
+    }
+
+    /// A response head that is not HTTP is a 502; a bad chunk after a good head resets the
+    /// stream; an origin that refuses connections is a 502; the relay (and the client's
+    /// connection) carry on.
+    #[test]
+    fn malformed_upstream_responses_are_502_or_reset_not_a_panic() {
+        let (origin, _) = echo_origin();
+        let relay = relay_to(origin);
+        let addr = relay.addr;
+        with_h2(addr, |send| async move {
+            let r = request(&send, req("GET", addr, "/bad-head", &[]), &[], None).await.unwrap();
+            assert_eq!((r.status, r.body.len()), (502, 0), "{r:?}");
+            let e = request(&send, req("GET", addr, "/bad-chunk", &[]), &[], None).await.unwrap_err();
+            assert_eq!(e.reason(), Some(h2::Reason::INTERNAL_ERROR), "{e}");
+            let r = request(&send, req("GET", addr, "/fine", &[]), &[], None).await.unwrap();
+            assert_eq!(r.status, 200, "{r:?}");
+        });
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let relay = relay_to(closed);
+        let addr = relay.addr;
+        with_h2(addr, |send| async move {
+            let r = request(&send, req("GET", addr, "/", &[]), &[], None).await.unwrap();
+            assert_eq!(r.status, 502, "{r:?}");
+        });
+    }
+
+    fn assert_grpc_trailers(r: &Reply, body_bytes: usize) {
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.headers["content-type"], "application/grpc", "{r:?}");
+        assert_eq!(r.body, vec![b'x'; body_bytes]);
+        let t = r.trailers.as_ref().unwrap_or_else(|| panic!("no trailers: {r:?}"));
+        assert_eq!((t["grpc-status"].as_bytes(), t["grpc-message"].as_bytes()), (&b"0"[..], &b"ok"[..]), "{t:?}");
+    }
+
+    /// `upstream --trailers` sends `grpc-status: 0` and `grpc-message: ok` after every body: over
+    /// h2c as trailers (HEAD: the head alone), over HTTP/1.1 as a chunked body's trailer section
+    /// (which `loadgen run` reads as a response), and `relay --h2 --upstream-http1` in front of
+    /// `upstream --http1-only --trailers` relays them as HTTP/2 trailers, for a GET and a POST.
+    #[test]
+    fn upstream_trailers_over_h2_and_h1_and_through_the_relay() {
+        let up = Server::upstream(&["--trailers", "--body-bytes", "100"]);
+        let addr = up.addr;
+        with_h2(addr, |send| async move {
+            let r = request(&send, req("GET", addr, "/", &[]), &[], None).await.unwrap();
+            assert_grpc_trailers(&r, 100);
+            let r = request(&send, req("POST", addr, "/", &[("content-type", "application/grpc")]), &[b"12345"], None).await.unwrap();
+            assert_grpc_trailers(&r, 100);
+            let r = request(&send, req("HEAD", addr, "/", &[]), &[], None).await.unwrap();
+            assert_eq!((r.status, r.body.len(), r.trailers), (200, 0, None));
+        });
+
+        let h1 = Server::upstream(&["--http1-only", "--trailers", "--body-bytes", "5"]);
+        let mut s = TcpStream::connect(h1.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let want: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/grpc\r\n\
+            Trailer: grpc-status, grpc-message\r\n\r\n5\r\nxxxxx\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\n";
+        let mut got = vec![0u8; want.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+        let url = h1.url();
+        let (code, stdout, j) = run_json(&["--url", &url, "--rate", "100", "--duration", "1s", "--warmup", "0s", "--connections", "2"]);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(j["status_codes"]["200"].as_f64(), Some(100.0), "{stdout}");
+
+        let h1 = Server::upstream(&["--http1-only", "--trailers", "--body-bytes", "100"]);
+        let relay = relay_to(h1.addr);
+        let addr = relay.addr;
+        with_h2(addr, |send| async move {
+            let r = request(&send, req("GET", addr, "/", &[]), &[], None).await.unwrap();
+            assert_grpc_trailers(&r, 100);
+            let fields = [("content-type", "application/grpc"), ("te", "trailers")];
+            let r = request(&send, req("POST", addr, "/svc/M", &fields), &[&[0u8; 64]], None).await.unwrap();
+            assert_grpc_trailers(&r, 100);
+        });
+    }
+}
+
 mod cli {
     use super::util::*;
 
@@ -1445,6 +1797,7 @@ mod cli {
             &["run", "--url", "http://127.0.0.1:1/", "--rate", "10", "--new-connection-every", "0"],
             &["upstream", "--tls", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/k.pem"],
             &["upstream", "--cert-out", "/tmp/x.pem"],
+            &["relay", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--upstream-http1"],
         ] {
             let out = loadgen(args);
             let err = String::from_utf8_lossy(&out.stderr);

@@ -5,14 +5,16 @@ target) where the family is TLS, and only what HTTP/2 needs added:
 
 family "tls" (TLS + HTTP/2 from the client, HTTP/1.1 to the origin):
 - native: `[listeners.tls]` (ALPN h2 is on by default: `tls.http2`), upstream HTTP/1.1;
-- relay: `loadgen relay --h2 --tls` — the floor. It cannot send to an HTTP/1.1 origin: every
-  client connection gets one h2c connection to the origin (`loadgen upstream` answers h2c on the
-  same port), so its origin leg is HTTP/2, not HTTP/1.1 (said in the summary);
+- relay: `loadgen relay --h2 --tls --upstream-http1` — the floor: each stream becomes one
+  HTTP/1.1 request on a keep-alive connection from a pool per client connection, the same
+  origin leg as every other target's;
 - traefik: router `tls: {}` (Go's server offers h2 by ALPN), `http://` server (HTTP/1.1);
 - nginx: `listen ... ssl http2;` (1.22 syntax), `proxy_pass` HTTP/1.1 keep-alive as before;
 - haproxy: `bind ... ssl crt ... alpn h2,http/1.1`, HTTP/1.1 server with `http-reuse always`.
 
-family "h2c" (gRPC-style: h2c prior knowledge from the client, h2c to the origin):
+family "h2c" (gRPC-style: h2c prior knowledge from the client, h2c to the origin, which answers
+with trailers, `loadgen upstream --trailers`; `trailers_check` says whether each target relayed
+them):
 - native: listener `h2c = true`, upstream group `protocol = "h2c"`;
 - relay: `loadgen relay --h2` (h2c in, one h2c connection to the origin per client connection);
 - traefik: entryPoint as is (Traefik serves h2c on cleartext entryPoints), server `h2c://`;
@@ -22,8 +24,10 @@ family "h2c" (gRPC-style: h2c prior knowledge from the client, h2c to the origin
 
 import os
 import shlex
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -48,7 +52,7 @@ def write_h2_configs(cfgdir, family, name, port, up_addr, bins, cert):
     if family == "tls":
         argv, env = write_tls_configs(d0, name, port, up_addr, bins, cert)
         if name == "relay":
-            return argv + ["--h2"], env
+            return argv + ["--h2", "--upstream-http1"], env
         if name == "native":
             # tls.http2 defaults to true; said explicitly so the config reads as what it measures
             _patch(os.path.join(d, "proxy.toml"), "[listeners.tls]\n", f"[listeners.tls]\n{MARK}http2 = true\n")
@@ -107,6 +111,33 @@ def curl_check(url, family, ca, body_bytes, method="GET"):
     r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
     out = r.stdout.decode("utf-8", "replace").strip()
     return out == f"2 200 {body_bytes}", shlex.join(argv) + "  ->  " + out
+
+
+def trailers_check(url, post_bytes):
+    """One gRPC-style POST with nghttp (h2c prior knowledge; `nghttp -v` prints every frame):
+    returns (relayed, "command  ->  what came back"), relayed True when `grpc-status: 0` arrived in
+    a HEADERS frame after the response's DATA (trailers), False when not, None when nghttp is not
+    installed (not checked). curl 7.88 does not show HTTP/2 trailers, hence nghttp."""
+    nghttp = shutil.which("nghttp")
+    if not nghttp:
+        return None, "nghttp not installed (apt-get install nghttp2-client): trailers not checked"
+    with tempfile.NamedTemporaryFile(prefix="h2-trailers-", suffix=".bin") as body:
+        body.write(b"x" * post_bytes)
+        body.flush()
+        argv = [nghttp, "-v", "-n", "-t", "3", "-H", "content-type: application/grpc", "-H", "te: trailers",
+                "-d", body.name, url]
+        try:
+            r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+            out = r.stdout.decode("utf-8", "replace")
+        except subprocess.TimeoutExpired:
+            out = ""
+    lines = out.splitlines()
+    data = next((i for i, ln in enumerate(lines) if "recv DATA frame" in ln), None)
+    trailer = [ln.split(")", 1)[1].strip() for ln in lines[(data or 0):]
+               if data is not None and "recv (stream_id=" in ln and "grpc-" in ln]
+    relayed = any(t == "grpc-status: 0" for t in trailer)
+    got = ", ".join(trailer) if trailer else ("no trailers" if data is not None else "no response body")
+    return relayed, shlex.join(argv[:-3] + ["-d", f"<{post_bytes} bytes>", url]) + "  ->  " + got
 
 
 class H2Target(Target):

@@ -53,7 +53,9 @@ class H2Configs(unittest.TestCase):
         for name in h2.H2_TARGETS:
             argv, text = self.cfg("tls", name)
             if name == "relay":
-                self.assertEqual(argv[-6:], ["--tls", "--cert", self.cert["cert"], "--key", self.cert["key"], "--h2"])
+                # the floor speaks HTTP/1.1 to the origin too, as every other target does here
+                self.assertEqual(argv[-7:], ["--tls", "--cert", self.cert["cert"], "--key", self.cert["key"], "--h2",
+                                             "--upstream-http1"])
                 continue
             self.assertIn(self.cert["combined"] if name == "haproxy" else self.cert["cert"], text, name)
             self.assertNotIn("h2c", text, name)  # HTTP/1.1 to the origin
@@ -76,6 +78,7 @@ class H2Configs(unittest.TestCase):
             if name == "relay":
                 self.assertEqual(argv[-1], "--h2")
                 self.assertNotIn("--tls", argv)
+                self.assertNotIn("--upstream-http1", argv)
                 continue
             self.assertNotIn("ssl", text, name)
             if name == "native":
@@ -129,6 +132,45 @@ class CommittedRuns(unittest.TestCase):
                         self.assertEqual(a.read(), b.read(), f"{run}: {f}")
             finally:
                 shutil.rmtree(tmp)
+
+    def test_a_run_with_the_http1_floor_and_trailers_says_so(self):
+        """A run recorded by this version of the script (meta.floor, one origin per family, the
+        trailer checks) renders the new floor, the trailers table and a warning where a target
+        did not relay them or an origin check is off; the committed smoke run has none of that."""
+        import json
+        runs = sorted(glob.glob(os.path.join(ROOT, "results", "compare-h2", "*", "h2.json")))
+        if not runs:
+            self.skipTest("no committed run to start from")
+        with open(runs[0]) as f:
+            d = json.load(f)
+        m = d["meta"]
+        m["floor"] = {"tls": "loadgen relay --h2 --tls --upstream-http1", "h2c": "loadgen relay --h2"}
+        m["upstream_commands"] = {"tls": "loadgen upstream --listen A", "h2c": "loadgen upstream --listen B --trailers"}
+        d["trailers_relayed"] = {t: [True] for t in m["targets"]}
+        d["trailers_relayed"]["haproxy"] = [False]
+        d["origin_protocol"]["relay tls"] = ["http/1.1"]
+        tmp = tempfile.mkdtemp()
+        try:
+            with open(os.path.join(tmp, "h2.json"), "w") as f:
+                json.dump(d, f)
+            compare_h2.summarize(tmp)
+            text = open(os.path.join(tmp, "summary.md")).read()
+            self.assertIn("one HTTP/1.1 request on a keep-alive connection", text)
+            self.assertNotIn("It cannot relay to an HTTP/1.1", text)
+            self.assertIn("## Trailers in the h2c case", text)
+            self.assertIn("| HAProxy | **not relayed** (1 of 1 start-up checks) |", text)
+            self.assertIn("| nginx | relayed |", text)
+            self.assertIn("relay tls: http/1.1;", text)
+            self.assertNotIn("check the configs", text)
+            commands = open(os.path.join(tmp, "commands.md")).read()
+            self.assertIn("Origin of the h2c cases: `loadgen upstream --listen B --trailers`", commands)
+            d["origin_protocol"]["relay tls"] = ["h2c (HTTP/2 preface)"]
+            with open(os.path.join(tmp, "h2.json"), "w") as f:
+                json.dump(d, f)
+            compare_h2.summarize(tmp)
+            self.assertIn("check the configs", open(os.path.join(tmp, "summary.md")).read())
+        finally:
+            shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":
