@@ -470,7 +470,14 @@ pub fn start_stage_tls(opts: &Options, body_bytes: usize, tmp: &Path, extra_conf
 }
 
 /// [`start_stage_tls`]; with `h2c`, HTTP/2 end to end (see [`Stage::h2c`]).
-pub fn start_stage_full(opts: &Options, body_bytes: usize, tmp: &Path, extra_config: &str, tls: bool, h2c: bool) -> Result<Stage, RunnerError> {
+pub fn start_stage_full(
+    opts: &Options,
+    body_bytes: usize,
+    tmp: &Path,
+    extra_config: &str,
+    tls: bool,
+    h2c: bool,
+) -> Result<Stage, RunnerError> {
     let proxy = cargo_build(opts, "proxy", "proxy")?;
     let loadgen = cargo_build_plain(opts, "loadgen", "loadgen")?;
     let pin = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 && which("taskset");
