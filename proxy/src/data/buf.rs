@@ -55,6 +55,13 @@ impl Buf {
         self.data.len()
     }
 
+    /// Bytes that fit after the unread ones without moving them (what [`Buf::spare`] gives when
+    /// the tail has not run out).
+    #[inline]
+    pub fn tail_room(&self) -> usize {
+        self.data.len() - self.end
+    }
+
     /// Marks `n` unread bytes as used.
     #[inline]
     pub fn consume(&mut self, n: usize) {

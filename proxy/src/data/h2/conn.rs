@@ -28,6 +28,7 @@ use h2::server::{Builder, Connection};
 use h2::{Ping, PingPong};
 use http::HeaderValue;
 
+use super::batch::{Batched, Flusher};
 use crate::data::io::ClientIo;
 use crate::data::metrics::H2Event;
 use crate::data::worker::{ConnPermit, Worker};
@@ -112,14 +113,16 @@ pub async fn serve<S: ClientIo + 'static>(worker: Rc<Worker>, io: S, peer: Socke
         .max_pending_accept_reset_streams(settings.max_pending_reset_streams)
         .max_local_error_reset_streams(Some(settings.max_local_error_resets));
     // The preface and the settings exchange, within the header timeout.
-    let handshake = builder.handshake::<S, Bytes>(io);
-    let mut conn: Connection<S, Bytes> = match timers.within(slots.timer, timers.deadline(limits.header_read_timeout), handshake).await {
-        Ok(Ok(c)) => c,
-        _ => {
-            worker.metrics().h2(H2Event::HandshakeFailed);
-            return;
-        }
-    };
+    let (io, flusher) = Batched::new(io);
+    let handshake = flushed(builder.handshake::<Batched<S>, Bytes>(io), &flusher);
+    let mut conn: Connection<Batched<S>, Bytes> =
+        match timers.within(slots.timer, timers.deadline(limits.header_read_timeout), handshake).await {
+            Ok(Ok(c)) => c,
+            _ => {
+                worker.metrics().h2(H2Event::HandshakeFailed);
+                return;
+            }
+        };
     worker.metrics().h2(H2Event::Connection);
     #[cfg(feature = "planted")]
     let _planted = crate::data::planted::h2_held_bytes();
@@ -151,7 +154,12 @@ pub async fn serve<S: ClientIo + 'static>(worker: Rc<Worker>, io: S, peer: Socke
     let mut goaway_sent = false;
     loop {
         let event = std::future::poll_fn(|cx| {
-            match conn.poll_accept(cx) {
+            let accepted = conn.poll_accept(cx);
+            // What h2 wrote in this turn, every stream's frames together, in one write.
+            if let Poll::Ready(Err(_)) = flusher.poll_flush(cx) {
+                return Poll::Ready(Event::Closed(None));
+            }
+            match accepted {
                 Poll::Ready(Some(Ok((req, respond)))) => return Poll::Ready(Event::Stream(req, respond)),
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Event::Closed(Some(e))),
                 Poll::Ready(None) => return Poll::Ready(Event::Closed(None)),
@@ -239,4 +247,16 @@ pub async fn serve<S: ClientIo + 'static>(worker: Rc<Worker>, io: S, peer: Socke
             }
         }
     }
+}
+
+/// `fut` (the handshake) with what it writes pushed out after each of its turns.
+async fn flushed<S: ClientIo, F: Future>(fut: F, flusher: &Flusher<S>) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        let r = fut.as_mut().poll(cx);
+        // An error here shows in the handshake's next read or write.
+        let _ = flusher.poll_flush(cx);
+        r
+    })
+    .await
 }

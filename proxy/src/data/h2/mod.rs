@@ -6,6 +6,8 @@
 //! - [`conn`]: one client connection: the `h2` server connection with the `[http2]` settings,
 //!   driven on the connection's task, a task per accepted stream, the idle timeout, keep-alive
 //!   pings and the drain (GOAWAY, then the open streams finish).
+//! - [`batch`]: the connection's byte stream as `h2` sees it; the frames of one turn of the
+//!   connection leave in one write.
 //! - [`stream`]: one stream is one request through the same routing, limits, `X-Forwarded-*`,
 //!   `Via` and error mapping as HTTP/1.1; it goes upstream over HTTP/1.1 (the worker's pool,
 //!   through `h1::client`) and its response comes back under HTTP/2 flow control.
@@ -14,6 +16,7 @@
 //! `client`), never its server side (`h1::conn`, `h1::scratch`, `h1::upstream`): the static
 //! gate's layering rules say so.
 
+pub mod batch;
 pub mod conn;
 pub mod stream;
 

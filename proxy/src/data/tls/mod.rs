@@ -13,7 +13,7 @@
 pub mod pool;
 pub mod record;
 
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, IoSlice};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -532,14 +532,77 @@ impl<S: Side> TlsStream<S> {
     /// Seals one record into `wbuf` (which must have room: callers check).
     #[inline]
     fn seal(&mut self, typ: u8, plain: &[u8]) -> io::Result<()> {
+        self.seal_gathered(typ, &[IoSlice::new(plain)], &mut 0, &mut 0, plain.len())
+    }
+
+    /// Seals the bytes of `bufs`, in order, into as many records as the write buffer holds (each
+    /// record gathers from as many of the buffers as fit in it), so a response leaves in one
+    /// write; returns how many bytes were taken. Over HTTP/1.1 the records go to the socket at
+    /// once. Over HTTP/2 ([`TlsStream::h2`]) they wait in the write buffer for `poll_flush`,
+    /// which the `h2` crate calls after every batch of frames it writes: the frames of all the
+    /// streams answered in one turn of the connection leave in one write, not one per frame.
+    fn write_records(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        // Room for at least one whole record of this write (or all of it) after what waits.
+        let wanted = total.min(MAX_PLAINTEXT) + MAX_OVERHEAD;
+        if !self.wbuf.is_empty() && (!self.h2 || self.wbuf.tail_room() < wanted) {
+            self.flush_pending()?;
+            if !self.wbuf.is_empty() {
+                return Err(ErrorKind::WouldBlock.into());
+            }
+        }
+        if total == 0 || self.closed {
+            return Ok(0);
+        }
+        if self.tx.seq >= record::KEY_USE_LIMIT {
+            self.rekey()?;
+        }
+        let mut done = 0;
+        // Where the next record's bytes start: the buffer `at`, `skip` bytes into it.
+        let (mut at, mut skip) = (0, 0);
+        while done < total {
+            let room = if self.wbuf.capacity() == 0 { pool::WRITE_BUF } else { self.wbuf.tail_room() };
+            if room <= MAX_OVERHEAD {
+                break;
+            }
+            let n = (total - done).min(MAX_PLAINTEXT).min(room - MAX_OVERHEAD);
+            self.seal_gathered(APPLICATION_DATA, bufs, &mut at, &mut skip, n)?;
+            done += n;
+        }
+        self.update_answered = false;
+        if !self.h2 {
+            self.flush_pending()?;
+        }
+        Ok(done)
+    }
+
+    /// Seals the next `n` bytes of `bufs` (from buffer `at`, `skip` bytes in; both moved past
+    /// them) as one record of content type `typ` into `wbuf`, which must have room: callers
+    /// check.
+    #[inline]
+    fn seal_gathered(&mut self, typ: u8, bufs: &[IoSlice<'_>], at: &mut usize, skip: &mut usize, n: usize) -> io::Result<()> {
         #[cfg(feature = "planted")]
-        crate::data::planted::at(crate::data::planted::Site::TlsRecord, plain.len());
+        crate::data::planted::at(crate::data::planted::Site::TlsRecord, n);
         if self.wbuf.capacity() == 0 {
             self.wbuf = pool::take_write();
         }
-        match self.tx.seal(typ, plain, self.wbuf.spare()) {
-            Ok(n) => {
-                self.wbuf.advance(n);
+        let fill = |dst: &mut [u8]| {
+            let mut filled = 0;
+            while filled < dst.len() {
+                let Some(b) = bufs.get(*at) else { break };
+                let take = (b.len() - *skip).min(dst.len() - filled);
+                dst[filled..filled + take].copy_from_slice(&b[*skip..*skip + take]);
+                filled += take;
+                *skip += take;
+                if *skip == b.len() {
+                    *at += 1;
+                    *skip = 0;
+                }
+            }
+        };
+        match self.tx.seal_with(typ, n, self.wbuf.spare(), fill) {
+            Ok(len) => {
+                self.wbuf.advance(len);
                 Ok(())
             }
             Err(_) => Err(self.fail(TlsFailure::Record)),
@@ -642,33 +705,7 @@ impl<S: Side> ClientIo for TlsStream<S> {
     }
 
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !self.wbuf.is_empty() {
-            self.flush_pending()?;
-            if !self.wbuf.is_empty() {
-                return Err(ErrorKind::WouldBlock.into());
-            }
-        }
-        if buf.is_empty() || self.closed {
-            return Ok(0);
-        }
-        if self.tx.seq >= record::KEY_USE_LIMIT {
-            self.rekey()?;
-        }
-        let mut done = 0;
-        // As many records as the write buffer holds, so a response leaves in one write.
-        while done < buf.len() {
-            let room = self.wbuf.capacity().saturating_sub(self.wbuf.len());
-            if self.wbuf.capacity() > 0 && room <= MAX_OVERHEAD {
-                break;
-            }
-            let room = if self.wbuf.capacity() == 0 { pool::WRITE_BUF } else { room };
-            let n = (buf.len() - done).min(MAX_PLAINTEXT).min(room - MAX_OVERHEAD);
-            self.seal(APPLICATION_DATA, &buf[done..done + n])?;
-            done += n;
-        }
-        self.update_answered = false;
-        self.flush_pending()?;
-        Ok(done)
+        self.write_records(&[IoSlice::new(buf)])
     }
 
     #[inline]
@@ -736,6 +773,26 @@ impl<S: Side> AsyncWrite for TlsStream<S> {
                 r => return Poll::Ready(r),
             }
         }
+    }
+
+    /// Over HTTP/2 the `h2` crate writes a frame's head and its payload as two buffers: sealed
+    /// into one record (over HTTP/1.1 nobody calls this).
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        loop {
+            match this.write_records(bufs) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => match this.tcp.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -174,7 +174,14 @@ impl Keys {
     /// Seals `plain` (at most [`MAX_PLAINTEXT`] bytes) of content type `typ` as one record at the
     /// front of `out`; returns the record's length. `out` must hold `plain.len() + MAX_OVERHEAD`.
     pub fn seal(&mut self, typ: u8, plain: &[u8], out: &mut [u8]) -> Result<usize, RecordError> {
-        let n = plain.len();
+        self.seal_with(typ, plain.len(), out, |dst| dst.copy_from_slice(plain))
+    }
+
+    /// [`Keys::seal`] of `n` plaintext bytes that `fill` writes into the slice it is given
+    /// (exactly `n` long, where the record's plaintext goes): one record gathered from several
+    /// buffers without a copy of its own.
+    #[inline]
+    pub fn seal_with(&mut self, typ: u8, n: usize, out: &mut [u8], fill: impl FnOnce(&mut [u8])) -> Result<usize, RecordError> {
         if n > MAX_PLAINTEXT || out.len() < n + MAX_OVERHEAD || self.seq == u64::MAX {
             return Err(RecordError::Malformed);
         }
@@ -192,7 +199,7 @@ impl Keys {
             // The explicit nonce: the per-record part of iv ^ seq.
             out[HEADER..HEADER + 8].copy_from_slice(&nonce_bytes[4..]);
         }
-        out[start..start + n].copy_from_slice(plain);
+        fill(&mut out[start..start + n]);
         let mut sealed_len = n;
         if self.framing == Framing::Tls13 {
             out[start + n] = typ;
