@@ -516,6 +516,12 @@ impl<S: Side> TlsStream<S> {
     /// Sends a KeyUpdate (not requesting one back) and switches to the next sending key.
     #[cold]
     fn update_tx(&mut self) -> io::Result<()> {
+        if !self.wbuf.is_empty() && self.wbuf.tail_room() < 5 + MAX_OVERHEAD {
+            // Under HTTP/2 the write buffer may hold a turn's records not flushed yet: out with
+            // them first (if the socket cannot take them either, the seal below fails the
+            // connection, as it always did with a full buffer).
+            self.flush_pending()?;
+        }
         self.seal(HANDSHAKE, &[24, 0, 0, 1, 0])?;
         match self.kernel.update_tx_secret() {
             Ok((seq, secrets)) => match Keys::new(seq, &secrets, true) {
