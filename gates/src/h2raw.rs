@@ -12,7 +12,10 @@
 //! response checked: HEADERS whose block starts with `:status 200` (static index 8, as the `h2`
 //! encoder writes it), then DATA frames of [`crate::harness::FILL`] bytes adding up to the
 //! expected body, ending the stream. RST_STREAM, GOAWAY, a CONTINUATION or anything else
-//! unexpected is an error.
+//! unexpected is an error. A gRPC-style call ([`H2Req::Grpc`]) is checked further: every response
+//! block of its connection is HPACK-decoded ([`crate::hpack`]: static and dynamic tables,
+//! Huffman, no allocation), the head must be `:status 200` with `content-type: application/grpc`,
+//! and the stream must end with trailers that are exactly `grpc-status: 0` and `grpc-message: ok`.
 //!
 //! The client opens the connection with a receive window of 1 GiB (SETTINGS_INITIAL_WINDOW_SIZE
 //! and a connection WINDOW_UPDATE), so it never has to send WINDOW_UPDATE while measured: a
@@ -55,6 +58,30 @@ pub enum H2Req {
     Get,
     /// POST with a `content-length` body of `body_bytes` [`FILL`] bytes.
     PostLength,
+    /// A gRPC-style unary call: POST to `/pkg.Svc/Method` with `content-type:
+    /// application/grpc` and `te: trailers`, no `content-length`, the body (`body_bytes` [`FILL`]
+    /// bytes) in one DATA frame that ends the stream. Its response must be a 200 with
+    /// `content-type: application/grpc`, the body, and trailers `grpc-status: 0` and
+    /// `grpc-message: ok` ending the stream: every response header block is decoded
+    /// ([`crate::hpack`]) to check it.
+    Grpc,
+}
+
+impl H2Req {
+    fn has_body(self) -> bool {
+        self != H2Req::Get
+    }
+}
+
+/// What the last response header block (or trailer block) decoded to, for [`H2Req::Grpc`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Block {
+    status_200: bool,
+    grpc_content_type: bool,
+    grpc_status_0: bool,
+    grpc_message_ok: bool,
+    pseudo: usize,
+    fields: usize,
 }
 
 /// The client's connection: cleartext (h2c, prior knowledge) or TLS (ALPN h2).
@@ -105,12 +132,22 @@ pub struct H2Raw {
     received: u64,
     /// Responses received and checked.
     pub checked: u64,
+    /// The response blocks' decoder ([`H2Req::Grpc`] decodes every block of the connection).
+    hpack: crate::hpack::Decoder,
+    last: Block,
 }
 
 impl std::fmt::Debug for H2Raw {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H2Raw").field("req", &self.req).field("next_stream", &self.next_stream).finish_non_exhaustive()
     }
+}
+
+/// A request field's name: an index of HPACK's static table, or a literal name.
+#[derive(Clone, Copy)]
+enum Name {
+    Static(u8),
+    Literal(&'static [u8]),
 }
 
 /// Appends an HPACK string literal (no Huffman) of at most 126 bytes.
@@ -122,23 +159,39 @@ fn string(out: &mut Vec<u8>, s: &[u8]) {
 /// The request's header blocks: (first on a connection, every later one).
 fn blocks(req: H2Req, tls: bool, body_bytes: usize) -> (Vec<u8>, Vec<u8>) {
     let method = match req {
-        H2Req::Get => 0x82,        // :method GET
-        H2Req::PostLength => 0x83, // :method POST
+        H2Req::Get => 0x82,                      // :method GET
+        H2Req::PostLength | H2Req::Grpc => 0x83, // :method POST
     };
     let scheme = if tls { 0x87 } else { 0x86 }; // :scheme https / http
     let path: &[u8] = match req {
         H2Req::Get => b"/bench",
         H2Req::PostLength => b"/upload",
+        H2Req::Grpc => b"/pkg.Svc/Method",
     };
     let length = body_bytes.to_string();
-    // (static name index, value): literal with incremental indexing (0x40 | index, 6-bit prefix).
-    let mut fields: Vec<(u8, &[u8])> = vec![(1, b"bench.local"), (4, path), (58, b"gates"), (19, b"*/*")];
+    // (name, value): literal with incremental indexing (0x40 | static index, 6-bit prefix; or
+    // 0x40 and the name as a literal).
+    let mut fields: Vec<(Name, &[u8])> = vec![(Name::Static(1), b"bench.local"), (Name::Static(4), path)];
+    match req {
+        H2Req::Get | H2Req::PostLength => {
+            fields.extend([(Name::Static(58), &b"gates"[..]), (Name::Static(19), b"*/*")]);
+        }
+        H2Req::Grpc => {
+            fields.extend([(Name::Static(31), &b"application/grpc"[..]), (Name::Literal(b"te"), b"trailers"), (Name::Static(58), b"gates")])
+        }
+    }
     if req == H2Req::PostLength {
-        fields.push((28, length.as_bytes()));
+        fields.push((Name::Static(28), length.as_bytes()));
     }
     let mut first = vec![method, scheme];
-    for (index, value) in &fields {
-        first.push(0x40 | index);
+    for (name, value) in &fields {
+        match name {
+            Name::Static(index) => first.push(0x40 | index),
+            Name::Literal(n) => {
+                first.push(0x40);
+                string(&mut first, n);
+            }
+        }
         string(&mut first, value);
     }
     // The dynamic table's newest entry is index 62: the last field inserted.
@@ -183,6 +236,8 @@ impl H2Raw {
             next_stream: 1,
             received: 0,
             checked: 0,
+            hpack: crate::hpack::Decoder::new(),
+            last: Block::default(),
         };
         let mut hello = PREFACE.to_vec();
         // SETTINGS: ENABLE_PUSH 0, INITIAL_WINDOW_SIZE 1 GiB.
@@ -217,16 +272,17 @@ impl H2Raw {
             let id = self.next_stream;
             self.next_stream += 2;
             let block = if id == 1 { &self.first_block } else { &self.block };
-            let flags = END_HEADERS | if self.req == H2Req::Get { END_STREAM } else { 0 };
+            let flags = END_HEADERS | if self.req.has_body() { 0 } else { END_STREAM };
             frame_header(&mut self.out, block.len(), HEADERS, flags, id);
             self.out.extend_from_slice(block);
-            if self.req == H2Req::PostLength {
+            if self.req.has_body() {
                 frame_header(&mut self.out, self.body.len(), DATA, END_STREAM, id);
                 self.out.extend_from_slice(&self.body);
             }
         }
         self.io.write_all(&self.out)?;
         // Per stream (index (id - first) / 2): got a 200 HEADERS, body bytes, ended.
+        let grpc = self.req == H2Req::Grpc;
         let mut headed = [false; MAX_DEPTH];
         let mut bytes = [0u64; MAX_DEPTH];
         let mut open = depth;
@@ -241,7 +297,23 @@ impl H2Raw {
             }
             let i = ((id - first) / 2) as usize;
             match typ {
-                HEADERS if !headed[i] => headed[i] = true,
+                HEADERS if !headed[i] => {
+                    headed[i] = true;
+                    if grpc {
+                        let b = self.last;
+                        if !b.status_200 || !b.grpc_content_type || flags & END_STREAM != 0 {
+                            return Err(invalid("a gRPC response head that is not 200 with content-type application/grpc and a body"));
+                        }
+                    }
+                }
+                // gRPC: the trailers, ending the stream, exactly grpc-status 0 and grpc-message ok.
+                HEADERS if grpc => {
+                    let b = self.last;
+                    if flags & END_STREAM == 0 || !b.grpc_status_0 || !b.grpc_message_ok || b.fields != 2 || b.pseudo != 0 {
+                        return Err(invalid("gRPC trailers that are not exactly grpc-status 0 and grpc-message ok ending the stream"));
+                    }
+                }
+                DATA if grpc && flags & END_STREAM != 0 => return Err(invalid("a gRPC response that ended without trailers")),
                 DATA if headed[i] && intact => {
                     bytes[i] += len as u64;
                     self.received += len as u64;
@@ -306,7 +378,26 @@ impl H2Raw {
                             }
                             // PRIORITY fields, if flagged, precede the block.
                             let block = if flags & 0x20 != 0 { payload.get(5..).unwrap_or(&[]) } else { payload };
-                            if block.first() != Some(&0x88) {
+                            if self.req == H2Req::Grpc {
+                                // Every block of the connection, in order (they share the table).
+                                let mut b = Block::default();
+                                self.hpack
+                                    .decode(block, |name, value| {
+                                        b.fields += 1;
+                                        match name {
+                                            b":status" => b.status_200 = value == b"200",
+                                            b"content-type" => b.grpc_content_type = value == b"application/grpc",
+                                            b"grpc-status" => b.grpc_status_0 = value == b"0",
+                                            b"grpc-message" => b.grpc_message_ok = value == b"ok",
+                                            _ => {}
+                                        }
+                                        if name.starts_with(b":") {
+                                            b.pseudo += 1;
+                                        }
+                                    })
+                                    .map_err(|e| invalid(e.0))?;
+                                self.last = b;
+                            } else if block.first() != Some(&0x88) {
                                 return Err(invalid("a response whose header block does not start with :status 200"));
                             }
                         }
@@ -348,5 +439,20 @@ mod tests {
         let (first, rest) = blocks(H2Req::PostLength, true, 1024);
         assert!(first.ends_with(&[0x5c, 4, b'1', b'0', b'2', b'4']));
         assert_eq!(rest, [0x83, 0x87, 0xc2, 0xc1, 0xc0, 0xbf, 0xbe]);
+        let (first, rest) = blocks(H2Req::Grpc, false, 1024);
+        // content-type (31), then te as a literal name, then user-agent.
+        let te: &[u8] = &[
+            0x5f, 16, b'a', b'p', b'p', b'l', b'i', b'c', b'a', b't', b'i', b'o', b'n', b'/', b'g', b'r', b'p', b'c', 0x40, 2, b't', b'e',
+            8,
+        ];
+        assert!(first.windows(te.len()).any(|w| w == te), "{first:?}");
+        let mut d = crate::hpack::Decoder::new();
+        let mut fields = Vec::new();
+        d.decode(&first, |n, v| fields.push((n.to_vec(), v.to_vec()))).expect("the first block decodes");
+        d.decode(&rest, |n, v| fields.push((n.to_vec(), v.to_vec()))).expect("a later block decodes");
+        assert_eq!(fields.len(), 14);
+        assert_eq!(fields[..7], fields[7..], "the later block indexes what the first inserted");
+        assert_eq!(fields[5], (b"te".to_vec(), b"trailers".to_vec()));
+        assert_eq!(rest, [0x83, 0x86, 0xc2, 0xc1, 0xc0, 0xbf, 0xbe]);
     }
 }

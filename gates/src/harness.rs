@@ -46,6 +46,10 @@ pub enum OriginMode {
     Length,
     /// Keep-alive; every request gets `200` with a chunked body (chunks of [`CHUNK`] bytes).
     Chunked,
+    /// Keep-alive; every request gets a gRPC-style answer: `200` with `Content-Type:
+    /// application/grpc`, a chunked body as in `Chunked`, and the trailer section
+    /// [`GRPC_TRAILERS`] in its last chunk.
+    ChunkedTrailers,
     /// A request with an `Upgrade` field gets `101 Switching Protocols`, then every byte is
     /// echoed back until the peer closes; other requests are answered as in `Length`.
     Upgrade,
@@ -122,7 +126,11 @@ impl OriginCounts {
 struct Replies {
     length: Box<[u8]>,
     chunked: Box<[u8]>,
+    grpc: Box<[u8]>,
 }
+
+/// The trailer section of [`OriginMode::ChunkedTrailers`] answers (each field line with its CRLF).
+pub const GRPC_TRAILERS: &[u8] = b"grpc-status: 0\r\ngrpc-message: ok\r\n";
 
 const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
 
@@ -136,7 +144,14 @@ impl Replies {
         let mut chunked = Vec::with_capacity(body_bytes * 2 + 128);
         chunked.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
         chunked_body(&mut chunked, body_bytes);
-        Replies { length: length.into(), chunked: chunked.into() }
+        let mut grpc = Vec::with_capacity(body_bytes * 2 + 192);
+        grpc.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\nTransfer-Encoding: chunked\r\n\r\n");
+        chunked_body(&mut grpc, body_bytes);
+        // The body ends "0\r\n\r\n": the trailer section goes before the final CRLF.
+        grpc.truncate(grpc.len() - 2);
+        grpc.extend_from_slice(GRPC_TRAILERS);
+        grpc.extend_from_slice(b"\r\n");
+        Replies { length: length.into(), chunked: chunked.into(), grpc: grpc.into() }
     }
 }
 
@@ -275,6 +290,7 @@ fn serve_origin(mut s: TcpStream, mode: OriginMode, replies: &Replies, buf: &mut
                     return echo_until_closed(&mut s, buf, start, end, stats);
                 }
                 OriginMode::Chunked => &replies.chunked,
+                OriginMode::ChunkedTrailers => &replies.grpc,
                 _ => &replies.length,
             };
             // Counted before the write: a client that has the response sees it counted.
@@ -862,6 +878,14 @@ mod tests {
         let mut c = Client::connect(o.addr).unwrap();
         let r = c.round_trip(GET).unwrap();
         assert_eq!((r.status, r.body_bytes, r.body_intact, r.chunked, r.closed), (200, 700, true, true, false));
+
+        let o = Origin::start_mode(OriginMode::ChunkedTrailers, 700).unwrap();
+        let mut c = Client::connect(o.addr).unwrap();
+        for _ in 0..2 {
+            let r = c.round_trip(GET).unwrap();
+            assert_eq!((r.status, r.body_bytes, r.body_intact, r.chunked, r.closed), (200, 700, true, true, false));
+        }
+        assert!(Replies::new(10).grpc.ends_with(b"\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\n"));
 
         let o = Origin::start_mode(OriginMode::Upgrade, 10).unwrap();
         let mut c = Client::connect(o.addr).unwrap();

@@ -22,6 +22,7 @@ pub mod exchange;
 pub mod floor;
 pub mod h2raw;
 pub mod harness;
+pub mod hpack;
 pub mod instructions;
 pub mod memory;
 pub mod report;

@@ -317,7 +317,8 @@ fn alloc_gate_counts_one_planted_allocation_per_exchange_in_every_shape() {
 /// handshake on a listener: only the row that opens a connection per exchange sees it, exactly
 /// one more per connection, just above its limit. `alloc@upstream-tls` fires for each write to
 /// an upstream TLS connection: only the row whose workload takes that path sees it. The HTTP/2
-/// rows (5.15 per stream, limit 5.25) pass under each but `alloc@tls-record`, which reaches the one
+/// rows (5.15 per stream, limit 5.25; gRPC-style 7.14, limit 7.24) pass under each but
+/// `alloc@tls-record`, which reaches the one
 /// over TLS (`h2-tls-get`): these runs are their clean pass; `alloc@h2-stream` is their plant.
 #[test]
 fn tls_alloc_rows_fail_on_one_planted_allocation_per_record_or_per_handshake() {
@@ -347,7 +348,7 @@ fn tls_alloc_rows_fail_on_one_planted_allocation_per_record_or_per_handshake() {
 }
 
 /// Phase 2's alloc rows: (probe shape, row key, clean figure per exchange).
-const PHASE2_ALLOC_ROWS: [(&str, &str, f64); 9] = [
+const PHASE2_ALLOC_ROWS: [(&str, &str, f64); 10] = [
     ("tls-get", "phase2:alloc", 0.0),
     ("tls12-get", "phase2:alloc[tls12-get]", 0.0),
     ("tls-post", "phase2:alloc[tls-post]", 0.0),
@@ -355,14 +356,16 @@ const PHASE2_ALLOC_ROWS: [(&str, &str, f64); 9] = [
     ("tls-upstream", "phase2:alloc[tls-upstream]", 0.0),
     ("h2c-get", "phase2:alloc[h2c-get]", 5.15),
     ("h2c-post", "phase2:alloc[h2c-post]", 5.14),
+    ("h2c-grpc", "phase2:alloc[h2c-grpc]", 7.1428),
     ("h2c-get-10", "phase2:alloc[h2c-get-10]", 5.15),
     ("h2-tls-get", "phase2:alloc[h2-tls-get]", 5.15),
 ];
 
 /// HTTP/2 (issue 17): `alloc@h2-stream` fires once per HTTP/2 stream the proxy accepts (data::h2::
 /// conn): every HTTP/2 row counts one allocation more per stream (5.15 + 1 above the 5.25 limits,
-/// sequential, 10 concurrent, POST and over TLS alike) and fails; no HTTP/1.1 row sees it. One
-/// gates run; the rows' clean pass is in the TLS test's runs above.
+/// sequential, 10 concurrent, POST and over TLS alike; the gRPC-style row 7.14 + 1 above its 7.24)
+/// and fails; no HTTP/1.1 row sees it. One gates run; the rows' clean pass is in the TLS test's
+/// runs above.
 #[test]
 fn h2_alloc_rows_fail_on_one_planted_allocation_per_stream() {
     let _m = counting();

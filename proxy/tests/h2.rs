@@ -176,6 +176,56 @@ fn request_bodies_stream_upstream_chunked_or_by_length_and_large_responses_follo
 }
 
 #[test]
+fn an_http11_upstreams_chunked_trailers_reach_the_client_as_http2_trailers() {
+    // gRPC-style: a chunked response whose trailer section carries the status. The proxy sends
+    // the trailers as a HEADERS frame ending the stream; framing, routing and connection fields
+    // among them are dropped, as on HTTP/1.1.
+    let up = Upstream::start(|r| {
+        let trailers = if r.target == "/none" {
+            ""
+        } else if r.target == "/forbidden" {
+            "Content-Length: 9\r\nConnection: close\r\n"
+        } else {
+            "Grpc-Status: 0\r\ngrpc-message:  ok \r\nX-Checksum: abc\r\n"
+        };
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\nTransfer-Encoding: chunked\r\n\r\n";
+        Reply::Send(format!("{head}5\r\nhello\r\n6\r\n world\r\n0\r\n{trailers}\r\n").into_bytes())
+    });
+    let proxy = h2c_proxy(&up, "");
+    block_on(async {
+        let mut c = h2c_connect(proxy.addr).await;
+        for _ in 0..3 {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri("http://a.test/pkg.Svc/Method")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let (resp, got, trailers) = exchange(&mut c, req, b"\0\0\0\0\x03abc").await;
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers().get("content-type").unwrap(), "application/grpc");
+            assert_eq!(got, b"hello world");
+            let t = trailers.expect("trailers relayed");
+            assert_eq!(t.get("grpc-status").unwrap(), "0");
+            assert_eq!(t.get("grpc-message").unwrap(), "ok", "optional whitespace trimmed");
+            assert_eq!(t.get("x-checksum").unwrap(), "abc");
+            assert_eq!(t.len(), 3);
+        }
+        let (resp, got, trailers) = exchange(&mut c, get("/none"), b"").await;
+        assert_eq!((resp.status().as_u16(), got.as_slice(), trailers), (200, b"hello world".as_slice(), None));
+        let (resp, got, trailers) = exchange(&mut c, get("/forbidden"), b"").await;
+        assert_eq!((resp.status().as_u16(), got.as_slice()), (200, b"hello world".as_slice()));
+        assert_eq!(trailers, None, "only forbidden fields: no trailers at all");
+        let (resp, _, _) = exchange(&mut c, get("/after"), b"").await;
+        assert_eq!(resp.status(), 200, "the connection serves on");
+    });
+    let reqs = up.requests();
+    assert_eq!(reqs[0].header("te"), Some("trailers"), "te: trailers reaches the upstream");
+    assert_eq!(reqs[0].body, b"\0\0\0\0\x03abc");
+}
+
+#[test]
 fn cookies_are_joined_and_errors_map_to_statuses() {
     let up = Upstream::start(|r| if r.target == "/hang" { Reply::Hang } else { Reply::Send(response("200 OK", &[], b"ok")) });
     let text = config(&[up.addr], "", "response_header_timeout = \"300ms\"")

@@ -77,6 +77,8 @@ enum Req {
     Get,
     PostChunked,
     PostLength,
+    /// HTTP/2 only: a gRPC-style unary call ([`H2Req::Grpc`]).
+    Grpc,
     Http10,
     Http10KeepAlive,
     OtherHost,
@@ -108,6 +110,13 @@ fn build(req: Req, body_bytes: usize) -> Vec<u8> {
         Req::PostLength => {
             let mut v = head("POST /upload HTTP/1.1", &format!("Content-Length: {body_bytes}\r\n"));
             v.resize(v.len() + body_bytes, FILL);
+            v
+        }
+        // Not sent by any HTTP/1.1 shape: what the call would be over HTTP/1.1.
+        Req::Grpc => {
+            let mut v =
+                head("POST /pkg.Svc/Method HTTP/1.1", "Content-Type: application/grpc\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n");
+            harness::chunked_body(&mut v, body_bytes);
             v
         }
         Req::Http10 => head("GET /bench HTTP/1.0", ""),
@@ -215,6 +224,17 @@ const SHAPES: &[Shape] = &[
         what: "h2c: POSTs with a content-length request body (one DATA frame), one stream after another on one connection",
         setup: H2C,
         req: Req::PostLength,
+        per: PerExchange { body: true, ..WARM },
+        h2: true,
+        direct: H2_DIRECT,
+        ..KEEPALIVE_GET
+    },
+    Shape {
+        name: "h2c-grpc",
+        what: "h2c: gRPC-style unary calls, one stream after another on one connection: POST /pkg.Svc/Method with content-type application/grpc and te: trailers, the body in one DATA frame ending the stream (no content-length: chunked upstream); the HTTP/1.1 origin answers 200 application/grpc with a chunked body and the trailers grpc-status 0 and grpc-message ok, which reach the client as a trailing HEADERS frame ending the stream (every response block HPACK-decoded and checked)",
+        origin: Some(OriginMode::ChunkedTrailers),
+        setup: H2C,
+        req: Req::Grpc,
         per: PerExchange { body: true, ..WARM },
         h2: true,
         direct: H2_DIRECT,
@@ -678,6 +698,7 @@ fn run_h2_shape(s: &Shape, a: &Args, n: u64, warmup: u64) -> Result<Value, Probe
     let running = harness::start_proxy_tls(origin.addr, a.engine, &s.setup, tls_files).map_err(ProbeError::Proxy)?;
     let req = match s.req {
         Req::PostLength => H2Req::PostLength,
+        Req::Grpc => H2Req::Grpc,
         _ => H2Req::Get,
     };
     let measured = (|| {

@@ -112,6 +112,35 @@ impl ResBody {
         }
     }
 
+    /// As [`ResBody::take`], appending the trailer section of a chunked body (its field lines,
+    /// validated, each with its CRLF) to `trailers`: a response going to an HTTP/2 client, whose
+    /// trailers travel as a HEADERS frame of their own (gRPC's `grpc-status`).
+    pub fn take_keeping_trailers<B: bytes::BufMut>(
+        &mut self,
+        avail: &[u8],
+        dechunked: &mut B,
+        trailers: &mut Vec<u8>,
+    ) -> Result<(usize, bool), ProxyError> {
+        match self {
+            ResBody::Chunked { dec, dechunk } => {
+                let dechunk = *dechunk;
+                let step = dec
+                    .feed_with_trailers(
+                        avail,
+                        |s, e| {
+                            if dechunk {
+                                dechunked.put_slice(&avail[s..e]);
+                            }
+                        },
+                        |s, e| trailers.extend_from_slice(&avail[s..e]),
+                    )
+                    .map_err(|_| ProxyError::BadResponse)?;
+                Ok((step.consumed, step.done))
+            }
+            _ => self.take(avail, dechunked),
+        }
+    }
+
     pub fn dechunks(&self) -> bool {
         matches!(self, ResBody::Chunked { dechunk: true, .. })
     }

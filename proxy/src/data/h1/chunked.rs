@@ -105,10 +105,34 @@ impl Chunked {
     }
 
     /// Validates `input`; calls `data(start, end)` for each range of chunk data in it.
-    pub fn feed(&mut self, input: &[u8], mut data: impl FnMut(usize, usize)) -> Result<Step, ChunkError> {
+    pub fn feed(&mut self, input: &[u8], data: impl FnMut(usize, usize)) -> Result<Step, ChunkError> {
+        self.feed_with_trailers(input, data, |_, _| {})
+    }
+
+    /// As [`Chunked::feed`], also calling `trailer(start, end)` for each range of the trailer
+    /// section in `input`: its field lines with their CRLFs, without the final empty line (a
+    /// section split across inputs comes in several ranges, in order).
+    pub fn feed_with_trailers(
+        &mut self,
+        input: &[u8],
+        mut data: impl FnMut(usize, usize),
+        mut trailer: impl FnMut(usize, usize),
+    ) -> Result<Step, ChunkError> {
         let mut i = 0;
+        // Where the run of trailer bytes in this input began.
+        let mut from: Option<usize> = None;
         while i < input.len() {
             let b = input[i];
+            let in_field = match self.state {
+                State::TrailerStart => b != b'\r',
+                State::TrailerName | State::TrailerLine | State::TrailerLf => true,
+                _ => false,
+            };
+            if in_field {
+                from.get_or_insert(i);
+            } else if let Some(f) = from.take() {
+                trailer(f, i);
+            }
             match self.state {
                 State::Size => match hex(b) {
                     Some(v) => {
@@ -226,6 +250,9 @@ impl Chunked {
             }
             i += 1;
         }
+        if let Some(f) = from {
+            trailer(f, i);
+        }
         Ok(Step { consumed: i, done: self.state == State::Done })
     }
 }
@@ -290,6 +317,31 @@ mod tests {
             assert_eq!(s.done, i == body.len() - 1);
         }
         assert_eq!(data, 19);
+    }
+
+    #[test]
+    fn trailer_sections_are_reported_however_the_input_is_split() {
+        let body = b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\nNEXT";
+        for split in 0..body.len() {
+            let mut c = Chunked::new(1 << 20);
+            let (mut data, mut trailers, mut used) = (Vec::new(), Vec::new(), 0);
+            for part in [&body[..split], &body[split..]] {
+                let s = c
+                    .feed_with_trailers(part, |a, e| data.extend_from_slice(&part[a..e]), |a, e| trailers.extend_from_slice(&part[a..e]))
+                    .unwrap();
+                used += s.consumed;
+                if s.done {
+                    break;
+                }
+            }
+            assert_eq!(data, b"abc", "split at {split}");
+            assert_eq!(trailers, b"grpc-status: 0\r\ngrpc-message: ok\r\n", "split at {split}");
+            assert_eq!(&body[used..], b"NEXT", "split at {split}");
+        }
+        let mut trailers = 0;
+        let s = Chunked::new(1 << 20).feed_with_trailers(b"0\r\n\r\n", |_, _| {}, |a, e| trailers += e - a).unwrap();
+        assert!(s.done);
+        assert_eq!(trailers, 0, "no trailer section");
     }
 
     #[test]

@@ -442,20 +442,28 @@ impl Exchange<'_> {
         idle: Duration,
     ) -> Result<(), ProxyError> {
         let timers = &self.worker.timers;
+        // A chunked body's trailer section collects in the request head's buffer (sent by now).
+        self.set.out.clear();
         loop {
             let mut done = false;
             if !self.set.up.is_empty() {
                 let set = &mut self.set;
-                let (n, end) = body.take(set.up.filled(), &mut set.body).map_err(|_| ProxyError::UpstreamBroken)?;
+                let (n, end) =
+                    body.take_keeping_trailers(set.up.filled(), &mut set.body, &mut set.out).map_err(|_| ProxyError::UpstreamBroken)?;
                 if !body.dechunks() {
                     set.body.put_slice(&set.up.filled()[..n]);
                 }
                 set.up.consume(n);
                 done = end;
             }
-            if !self.set.body.is_empty() || done {
-                let frame = self.set.body.split().freeze();
-                self.send_data(send, frame, done, idle).await?;
+            let frame = if !self.set.body.is_empty() || done { self.set.body.split().freeze() } else { Bytes::new() };
+            // The trailers, if any, end the stream in a HEADERS frame of their own.
+            let trailers = if done && !self.set.out.is_empty() { self.trailers()? } else { None };
+            if !frame.is_empty() || (done && trailers.is_none()) {
+                self.send_data(send, frame, done && trailers.is_none(), idle).await?;
+            }
+            if let Some(t) = trailers {
+                send.send_trailers(t).map_err(|_| ProxyError::ClientGone)?;
             }
             if done {
                 return Ok(());
@@ -469,6 +477,41 @@ impl Exchange<'_> {
                 _ => return Err(ProxyError::UpstreamBroken),
             }
         }
+    }
+
+    /// The trailer section collected in `set.out` (field lines, validated by the chunked decoder)
+    /// as the trailers of an HTTP/2 stream: copied once into the stream's reused frame buffer,
+    /// each value a slice of that copy; gRPC's names are static (no allocation), other names
+    /// are made by `http` (lower-cased; an allocation each); framing, routing and connection
+    /// fields are dropped as on HTTP/1.1 ([`chunked::forbidden_trailer`]). `None` when nothing
+    /// is left to send.
+    fn trailers(&mut self) -> Result<Option<http::HeaderMap>, ProxyError> {
+        self.set.body.clear();
+        self.set.body.put_slice(&self.set.out);
+        let section = self.set.body.split().freeze();
+        let mut map = http::HeaderMap::new();
+        let mut at = 0;
+        while at < section.len() {
+            let line_end = section[at..].windows(2).position(|w| w == b"\r\n").map(|p| at + p).ok_or(ProxyError::BadResponse)?;
+            let line = &section[at..line_end];
+            let colon = line.iter().position(|&b| b == b':').ok_or(ProxyError::BadResponse)?;
+            let name = trailer_name(&line[..colon])?;
+            let mut start = at + colon + 1;
+            let mut end = line_end;
+            while start < end && matches!(section[start], b' ' | b'\t') {
+                start += 1;
+            }
+            while end > start && matches!(section[end - 1], b' ' | b'\t') {
+                end -= 1;
+            }
+            at = line_end + 2;
+            if chunked::forbidden_trailer(name.as_str().as_bytes()) {
+                continue;
+            }
+            let value = HeaderValue::from_maybe_shared(section.slice(start..end)).map_err(|_| ProxyError::BadResponse)?;
+            map.append(name, value);
+        }
+        Ok(if map.is_empty() { None } else { Some(map) })
     }
 
     /// Sends `data` as the client's flow-control window allows, waiting for it to open for at
@@ -676,6 +719,19 @@ impl Exchange<'_> {
     }
 }
 
+/// A trailer field's name for HTTP/2: gRPC's as static names, others lower-cased by `http`.
+fn trailer_name(name: &[u8]) -> Result<HeaderName, ProxyError> {
+    for known in [&GRPC_STATUS, &GRPC_MESSAGE, &GRPC_STATUS_DETAILS] {
+        if name.eq_ignore_ascii_case(known.as_str().as_bytes()) {
+            return Ok(known.clone());
+        }
+    }
+    HeaderName::from_bytes(name).map_err(|_| ProxyError::BadResponse)
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
