@@ -767,22 +767,13 @@ impl<S: Side> AsyncRead for TlsStream<S> {
 }
 
 impl<S: Side> AsyncWrite for TlsStream<S> {
+    #[inline]
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            match this.try_write(buf) {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => match this.tcp.poll_write_ready(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                },
-                r => return Poll::Ready(r),
-            }
-        }
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
     }
 
     /// Over HTTP/2 the `h2` crate writes a frame's head and its payload as two buffers: sealed
-    /// into one record (over HTTP/1.1 nobody calls this).
+    /// into one record. A plain write is one buffer.
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         loop {
