@@ -104,9 +104,13 @@ pub struct LoadArgs {
     /// HTTP/2 (h2 crate): ALPN h2 on https://, prior knowledge (h2c) on http://.
     #[arg(long)]
     pub http2: bool,
-    /// --http2: concurrent streams per connection (request slots; the busy policy applies when
-    /// every stream of every connection is busy).
-    #[arg(long, value_name = "N", requires = "http2")]
+    /// HTTP/3 (QUIC by quinn, h3): https:// only, UDP to the URL's port; TLS 1.3 with
+    /// TLS13_AES_128_GCM_SHA256, no 0-RTT.
+    #[arg(long, conflicts_with = "http2")]
+    pub http3: bool,
+    /// --http2/--http3: concurrent streams per connection (request slots; the busy policy applies
+    /// when every stream of every connection is busy).
+    #[arg(long, value_name = "N")]
     pub streams: Option<usize>,
     /// Connections opened before the run (per run, split over threads).
     #[arg(long, default_value_t = 64)]
@@ -254,6 +258,9 @@ pub struct UpstreamArgs {
     /// Serve HTTP/1.1 only: no h2c preface detection, no ALPN h2 (an origin without HTTP/2).
     #[arg(long)]
     pub http1_only: bool,
+    /// --tls: also serve HTTP/3 (QUIC) on the same port number over UDP, same certificate.
+    #[arg(long, requires = "tls", conflicts_with = "http1_only")]
+    pub http3: bool,
     /// gRPC-shaped responses: content-type application/grpc and trailers grpc-status: 0,
     /// grpc-message: ok after every body (HTTP/2: a trailing HEADERS frame; HTTP/1.1: a chunked
     /// body with that trailer section, whatever the request's TE).
@@ -442,6 +449,12 @@ fn load_config(a: &LoadArgs) -> Result<RunConfig, Failure> {
         Some(p) => read_targets(p, &target, &a.method, &headers, &body)?,
     };
     let tls = tls_settings(a, &target)?;
+    if a.streams.is_some() && !a.http2 && !a.http3 {
+        return usage("--streams needs --http2 or --http3 (an HTTP/1.1 connection carries one request at a time)");
+    }
+    if a.http3 && !target.tls {
+        return usage("--http3 needs an https:// URL (QUIC is always encrypted)");
+    }
     let streams = match a.streams {
         Some(0) => return usage("--streams must be at least 1"),
         Some(n) if n > 1000 => return usage("--streams must be at most 1000"),
@@ -450,6 +463,9 @@ fn load_config(a: &LoadArgs) -> Result<RunConfig, Failure> {
     };
     if a.http2 && requests.iter().any(|r| r.h2.is_none()) {
         return usage("--http2: a request's method, path or header is not valid in HTTP/2");
+    }
+    if a.http3 && requests.iter().any(|r| r.h2.is_none()) {
+        return usage("--http3: a request's method, path or header is not valid in HTTP/3");
     }
     let new_connection_every = match a.new_connection_every {
         Some(0) => return usage("--new-connection-every must be at least 1"),
@@ -483,6 +499,7 @@ fn load_config(a: &LoadArgs) -> Result<RunConfig, Failure> {
         tls,
         new_connection_every,
         http2: a.http2,
+        http3: a.http3,
         streams,
         connect_rate: false,
     })
@@ -562,8 +579,8 @@ fn cmd_run(a: RunArgs, argv: &[String]) -> Result<i32, Failure> {
         (false, Some(r), _) => cfg.rate = r,
         (false, None, Some(r)) if !(r.is_finite() && r >= MIN_RATE) => return usage("--connect-rate must be a number >= 0.01"),
         (false, None, Some(r)) => {
-            if cfg.http2 {
-                return usage("--connect-rate speaks HTTP/1.1 only (not with --http2)");
+            if cfg.http2 || cfg.http3 {
+                return usage("--connect-rate speaks HTTP/1.1 only (not with --http2 or --http3)");
             }
             cfg.rate = r;
             cfg.connect_rate = true;
@@ -637,21 +654,25 @@ fn cmd_upstream(a: UpstreamArgs) -> Result<i32, Failure> {
     if !a.stall_every.is_zero() && a.stall_for >= a.stall_every {
         return usage("--stall-for must be shorter than --stall-every");
     }
-    let tls = if a.tls {
+    let (tls, http3) = if a.tls {
         let cert = match (a.cert, a.key) {
             (Some(cert), Some(key)) => ServerCert::Files { cert, key },
             _ => ServerCert::Generate { cert_out: a.cert_out },
         };
-        let config = tls::server_config(&cert).map_err(Failure::Usage)?;
-        if a.http1_only {
+        // One certificate for TCP and QUIC, so one --cert-out file verifies both.
+        let keys = tls::ServerKeys::load(&cert).map_err(Failure::Usage)?;
+        let config = tls::tcp_server_config(&keys).map_err(Failure::Usage)?;
+        let config = if a.http1_only {
             let mut c = (*config).clone();
             c.alpn_protocols = vec![tls::ALPN_HTTP11.to_vec()];
-            Some(std::sync::Arc::new(c))
+            std::sync::Arc::new(c)
         } else {
-            Some(config)
-        }
+            config
+        };
+        let http3 = if a.http3 { Some(tls::quic_server_config(&keys).map_err(Failure::Usage)?) } else { None };
+        (Some(config), http3)
     } else {
-        None
+        (None, None)
     };
     let cfg = UpstreamConfig {
         tls,
@@ -664,6 +685,7 @@ fn cmd_upstream(a: UpstreamArgs) -> Result<i32, Failure> {
         cpus: a.cpus,
         http1_only: a.http1_only,
         trailers: a.trailers,
+        http3,
     };
     upstream::run_upstream(&cfg, announce).map_err(|e| Failure::Runtime(format!("upstream on {}: {e}", a.listen)))?;
     Ok(0)

@@ -28,6 +28,7 @@ pub mod body;
 pub mod cli;
 pub mod client;
 pub mod h2client;
+pub mod h3client;
 pub mod hold;
 pub mod ladder;
 pub mod relay;

@@ -105,9 +105,9 @@ pub struct Meta {
     pub max_lag_us: f64,
     pub cpus: Vec<usize>,
     pub targets: usize,
-    /// The application protocol ("http/1.1" or "h2").
+    /// The application protocol ("http/1.1", "h2" or "h3").
     pub protocol: &'static str,
-    /// HTTP/2: concurrent streams per connection (`null` for HTTP/1.1).
+    /// HTTP/2 and HTTP/3: concurrent streams per connection (`null` for HTTP/1.1).
     pub streams: Option<usize>,
     /// TLS as configured (`null` for http://).
     pub tls: Option<TlsMeta>,
@@ -202,6 +202,10 @@ pub struct RunJson {
     /// Connections set up for requests due in the window, by kind: "tcp" (plain connect),
     /// "full" and "resumed" (TLS handshakes). Their time is `latency.handshake`.
     pub handshakes: BTreeMap<&'static str, u64>,
+    /// HTTP/3: full handshakes the thread's certificate count shows beyond those counted as
+    /// full, i.e. offered resumptions the server refused (counted as "resumed" above, since
+    /// which connection it was cannot be told); `null` for TCP, where each kind is exact.
+    pub resumption_refused: Option<u64>,
     /// What the TLS handshakes negotiated (empty for http://).
     pub tls_negotiated: Vec<NegotiatedOut>,
     pub time_series: Vec<SecondOut>,
@@ -333,14 +337,20 @@ pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> R
             max_lag_us: cfg.max_lag.as_secs_f64() * 1e6,
             cpus: cfg.cpus.clone(),
             targets: cfg.requests.len(),
-            protocol: if cfg.http2 { "h2" } else { "http/1.1" },
-            streams: cfg.http2.then_some(cfg.streams),
+            protocol: protocol_name(cfg),
+            streams: (cfg.http2 || cfg.http3).then_some(cfg.streams),
             tls: cfg.tls.as_ref().map(|t| TlsMeta {
                 server_name: t.server_name_str(),
                 verify: t.verify_label(),
                 insecure: matches!(t.verify, Verify::Insecure),
                 resume: t.resume,
-                alpn_offered: vec![if t.h2 { "h2" } else { "http/1.1" }],
+                alpn_offered: vec![if cfg.http3 {
+                    "h3"
+                } else if t.h2 {
+                    "h2"
+                } else {
+                    "http/1.1"
+                }],
             }),
             new_connection_every: (cfg.new_connection_every > 0).then_some(cfg.new_connection_every),
             connect_rate: cfg.connect_rate.then_some(cfg.rate),
@@ -365,6 +375,7 @@ pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> R
         error_causes,
         latency,
         handshakes,
+        resumption_refused: cfg.http3.then(|| resumption_refused(r)),
         tls_negotiated,
         time_series,
         histograms: Histograms {
@@ -390,13 +401,33 @@ fn pct_line(h: &Histogram<u64>) -> String {
     s
 }
 
+/// The application protocol's name in the report.
+fn protocol_name(cfg: &RunConfig) -> &'static str {
+    if cfg.http3 {
+        "h3"
+    } else if cfg.http2 {
+        "h2"
+    } else {
+        "http/1.1"
+    }
+}
+
+/// HTTP/3: certificates verified beyond the handshakes counted as full (see the JSON field).
+fn resumption_refused(r: &crate::stats::Recorder) -> u64 {
+    r.cert_verifications.saturating_sub(r.full_handshakes_all)
+}
+
 /// `http/1.1 over TLSv1.3 TLS13_AES_256_GCM_SHA384 (alpn http/1.1); server name …, verify …`.
 fn protocol_line(cfg: &RunConfig, out: &RunOutcome) -> String {
-    let proto = if cfg.http2 { format!("h2, {} streams per connection,", cfg.streams) } else { "http/1.1".to_string() };
+    let proto = if cfg.http2 || cfg.http3 {
+        format!("{}, {} streams per connection,", protocol_name(cfg), cfg.streams)
+    } else {
+        "http/1.1".to_string()
+    };
     let Some(t) = &cfg.tls else {
         return if cfg.http2 { format!("{proto} cleartext (h2c, prior knowledge)") } else { format!("{proto} (cleartext)") };
     };
-    let mut s = format!("{proto} over TLS");
+    let mut s = format!("{proto} over {}", if cfg.http3 { "QUIC" } else { "TLS" });
     if out.rec.negotiated.is_empty() {
         s.push_str(" (no handshake completed)");
     }
@@ -485,7 +516,20 @@ pub fn human(cfg: &RunConfig, out: &RunOutcome) -> String {
             r.handshakes_of(HandshakeKind::Resumed)
         );
         let _ = writeln!(s, "  handshake   {}", pct_line(&r.handshake));
-        let what = if cfg.tls.is_some() { "TCP connect + TLS handshake" } else { "TCP connect" };
+        if cfg.http3 && resumption_refused(r) > 0 {
+            let _ = writeln!(
+                s,
+                "              {} offered resumptions were refused by the server (full handshakes, counted as resumed)",
+                resumption_refused(r)
+            );
+        }
+        let what = if cfg.http3 {
+            "QUIC handshake + HTTP/3 set-up"
+        } else if cfg.tls.is_some() {
+            "TCP connect + TLS handshake"
+        } else {
+            "TCP connect"
+        };
         let _ = writeln!(s, "              ({what} of each new connection; inside the corrected latency)");
     }
     let _ = writeln!(s, "  latency     {}", pct_line(&r.corrected));
@@ -575,6 +619,7 @@ mod tests {
             tls: None,
             new_connection_every: 0,
             http2: false,
+            http3: false,
             streams: 1,
             connect_rate: false,
         };

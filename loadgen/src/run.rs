@@ -35,6 +35,7 @@
 
 use crate::client::{Conn, ReqError, Request, Target};
 use crate::h2client::{H2Conn, H2Slot};
+use crate::h3client::{H3Conn, H3Slot, QuicClient};
 use crate::schedule::{Arrival, Schedule};
 use crate::stats::{Dispatch, OVERRUN, Recorder};
 use crate::sys;
@@ -100,7 +101,9 @@ pub struct RunConfig {
     pub new_connection_every: u64,
     /// HTTP/2 (h2c on http://, ALPN h2 on https://) instead of HTTP/1.1.
     pub http2: bool,
-    /// HTTP/2: concurrent streams (request slots) per connection.
+    /// HTTP/3 (QUIC, ALPN h3; https:// only) instead of HTTP/1.1.
+    pub http3: bool,
+    /// HTTP/2 and HTTP/3: concurrent streams (request slots) per connection.
     pub streams: usize,
     /// `--connect-rate`: `rate` is new connections per second, each carrying one request
     /// (`new_connection_every` is 1); nothing is pre-opened and `max_connections` bounds the
@@ -123,6 +126,7 @@ impl RunConfig {
 enum Slot {
     H1(Conn),
     H2(H2Slot),
+    H3(H3Slot),
 }
 
 impl Slot {
@@ -130,6 +134,7 @@ impl Slot {
         match self {
             Slot::H1(c) => c.send(req).await,
             Slot::H2(c) => c.send(req).await,
+            Slot::H3(c) => c.send(req).await,
         }
     }
 
@@ -137,13 +142,18 @@ impl Slot {
         match self {
             Slot::H1(c) => c.take_handshake(),
             Slot::H2(c) => c.take_handshake(),
+            Slot::H3(c) => c.take_handshake(),
         }
     }
 }
 
-/// One new connection's slots (not yet connected): one for HTTP/1.1, `--streams` for HTTP/2.
-fn new_slots(cfg: &RunConfig, connector: &Connector) -> Vec<Slot> {
-    if cfg.http2 {
+/// One new connection's slots (not yet connected): one for HTTP/1.1, `--streams` for HTTP/2 and
+/// HTTP/3 (`quic` is the thread's QUIC client, present with `--http3`).
+fn new_slots(cfg: &RunConfig, connector: &Connector, quic: Option<&Rc<QuicClient>>) -> Vec<Slot> {
+    if let Some(q) = quic {
+        let c = H3Conn::new(cfg.target.addr, q.clone(), cfg.timeout, cfg.new_connection_every);
+        (0..cfg.streams.max(1)).map(|_| Slot::H3(H3Slot::new(c.clone()))).collect()
+    } else if cfg.http2 {
         let c = H2Conn::new(cfg.target.addr, connector.clone(), cfg.timeout, cfg.new_connection_every);
         (0..cfg.streams.max(1)).map(|_| Slot::H2(H2Slot::new(c.clone()))).collect()
     } else {
@@ -289,9 +299,13 @@ fn thread_main(
             sys::pin_to_cpu(cpu).map_err(|e| io::Error::new(e.kind(), format!("pin to cpu {cpu}: {e}")))?;
         }
         let connector = cfg.connector().map_err(io::Error::other)?;
-        Ok((tokio::runtime::Builder::new_current_thread().enable_all().build()?, connector))
+        let quic = match (&cfg.tls, cfg.http3) {
+            (Some(t), true) => Some(QuicClient::new(t).map_err(io::Error::other)?),
+            _ => None,
+        };
+        Ok((tokio::runtime::Builder::new_current_thread().enable_all().build()?, connector, quic))
     })();
-    let (rt, connector) = match setup {
+    let (rt, connector, quic) = match setup {
         Ok(x) => x,
         Err(e) => {
             barrier.failed.store(true, Ordering::Relaxed);
@@ -300,7 +314,13 @@ fn thread_main(
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, thread_async(cfg, k, connector, barrier, start, live))
+    let rec = local.block_on(&rt, thread_async(cfg, k, connector, quic.clone(), barrier, start, live));
+    rec.map(|mut r| {
+        if let Some(q) = &quic {
+            r.cert_verifications = q.verifications();
+        }
+        r
+    })
 }
 
 /// One load thread's dispatch queue, recorder, request mix and measurement window, shared by
@@ -314,6 +334,7 @@ struct LoadThread {
     requests: Vec<Request>,
     next_req: Cell<usize>,
     connector: Connector,
+    quic: Option<Rc<QuicClient>>,
     measure_end: Cell<Instant>,
     drain_deadline: Cell<Instant>,
 }
@@ -343,6 +364,7 @@ async fn thread_async(
     cfg: &RunConfig,
     k: usize,
     connector: Connector,
+    quic: Option<Rc<QuicClient>>,
     barrier: &Gate,
     start: &OnceLock<(Instant, SystemTime)>,
     live: Arc<Vec<Live>>,
@@ -351,18 +373,22 @@ async fn thread_async(
     // `--connect-rate`: every request opens its own connection, so none is opened before.
     let n_conns = if cfg.connect_rate { 0 } else { share(cfg.connections, threads, k) };
     let max_conns = share(cfg.max_connections, threads, k).max(n_conns);
-    let mut conns: Vec<Slot> = Vec::with_capacity(n_conns * if cfg.http2 { cfg.streams.max(1) } else { 1 });
+    let mut conns: Vec<Slot> = Vec::with_capacity(n_conns * if cfg.http2 || cfg.http3 { cfg.streams.max(1) } else { 1 });
     // Open connections before the clock starts; failures are retried (and counted) per request.
     // Their set-up is paid by no request: only what they negotiated is kept.
     let mut preopened = Vec::with_capacity(n_conns);
     for _ in 0..n_conns {
-        let mut slots = new_slots(cfg, &connector);
+        let mut slots = new_slots(cfg, &connector, quic.as_ref());
         match slots.first_mut() {
             Some(Slot::H1(c)) => {
                 let _ = c.connect().await;
                 preopened.extend(c.take_handshake());
             }
             Some(Slot::H2(s)) => {
+                let _ = s.connect().await;
+                preopened.extend(s.take_handshake());
+            }
+            Some(Slot::H3(s)) => {
                 let _ = s.connect().await;
                 preopened.extend(s.take_handshake());
             }
@@ -395,6 +421,7 @@ async fn thread_async(
         // Threads start at different targets so a mix is spread evenly.
         next_req: Cell::new(k % cfg.requests.len().max(1)),
         connector,
+        quic,
         measure_end: Cell::new(measure_end),
         drain_deadline: Cell::new(measure_end + cfg.timeout),
     });
@@ -509,7 +536,7 @@ async fn dispatcher(
                 // The first slot of the new connection takes this request; an HTTP/2
                 // connection's other streams join the idle slots.
                 let mut first = Some((t, Dispatch::NewConn));
-                for c in new_slots(cfg, &sh.connector) {
+                for c in new_slots(cfg, &sh.connector, sh.quic.as_ref()) {
                     tasks.push(tokio::task::spawn_local(open_conn(sh.clone(), c, first.take())));
                 }
                 Some(Dispatch::NewConn)

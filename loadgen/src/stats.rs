@@ -78,6 +78,11 @@ pub struct Recorder {
     /// Every successful TLS handshake of the run (pre-opened and warmup connections included),
     /// by what it negotiated.
     pub negotiated: Vec<(Negotiated, u64)>,
+    /// Every successful full TLS handshake of the run (pre-opened and warmup ones included).
+    pub full_handshakes_all: u64,
+    /// HTTP/3: server certificates verified by the thread's QUIC client (every full handshake,
+    /// and every offered resumption the server refused); 0 otherwise.
+    pub cert_verifications: u64,
     /// Per-second series; may be shorter than `n_secs` (seconds not reached yet), see
     /// [`Recorder::series`].
     pub seconds: Vec<Second>,
@@ -121,6 +126,8 @@ impl Recorder {
             handshake: new_hist(3),
             handshakes: [0; 3],
             negotiated: Vec::new(),
+            full_handshakes_all: 0,
+            cert_verifications: 0,
             // Grown as the run reaches each second (one allocation per second, not per request),
             // so memory follows elapsed time, not the requested duration.
             seconds: Vec::with_capacity(secs.max(1)),
@@ -255,6 +262,9 @@ impl Recorder {
     /// Counts what a TLS handshake negotiated (every handshake, in the window or not).
     #[inline]
     pub fn note_negotiated(&mut self, h: &Handshake) {
+        if h.kind == HandshakeKind::Full {
+            self.full_handshakes_all += 1;
+        }
         if let Some(n) = h.negotiated {
             self.add_negotiated(n, 1);
         }
@@ -311,6 +321,8 @@ impl Recorder {
         self.dropped += o.dropped;
         self.unsent += o.unsent;
         self.new_conns += o.new_conns;
+        self.full_handshakes_all += o.full_handshakes_all;
+        self.cert_verifications += o.cert_verifications;
         self.overrun |= o.overrun;
         self.stopped |= o.stopped;
         self.measure_end = self.measure_end.max(o.measure_end);

@@ -22,10 +22,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The ALPN protocols this client speaks: `http/1.1`, or `h2` alone with `--http2`.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 pub const ALPN_H2: &[u8] = b"h2";
+/// HTTP/3 (QUIC).
+pub const ALPN_H3: &[u8] = b"h3";
 
 /// How the server's certificate is checked.
 #[derive(Clone, Debug)]
@@ -121,6 +124,146 @@ pub fn client_config(s: &ClientSettings) -> Result<Arc<ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// The one cipher suite the HTTP/3 client offers: QUIC's own (its Initial packets use it,
+/// RFC 9001 §5.2), which every QUIC server supports and browsers offer first; offering only it
+/// makes the report's cipher exact (quinn does not expose the negotiated one).
+pub const QUIC_CIPHER: &str = "TLS13_AES_128_GCM_SHA256";
+
+/// What one generator thread's QUIC handshakes did, counted where rustls does it: session tickets
+/// taken for a ClientHello (a resumption offered; taken synchronously when the connection is
+/// created, so attributable to it) and server certificates verified and accepted (full handshakes, including
+/// offers the server refused; counted as they happen, not attributable to one connection).
+#[derive(Debug, Default)]
+pub struct QuicTlsCounts {
+    pub tickets_taken: AtomicU64,
+    pub verifications: AtomicU64,
+}
+
+/// The HTTP/3 client config of one generator thread: TLS 1.3 with [`QUIC_CIPHER`], ALPN `h3`,
+/// the same verification as TCP (`--ca` or `--insecure`), a session cache unless `--resume off`,
+/// no 0-RTT. Returns the counters its verifier and session cache update.
+pub fn quic_client_config(s: &ClientSettings) -> Result<(quinn::ClientConfig, Arc<QuicTlsCounts>), String> {
+    let counts = Arc::new(QuicTlsCounts::default());
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.retain(|c| c.suite().as_str() == Some(QUIC_CIPHER));
+    let provider = Arc::new(provider);
+    let inner: Arc<dyn ServerCertVerifier> = match &s.verify {
+        Verify::Ca { roots, .. } => {
+            let mut store = RootCertStore::empty();
+            store.add_parsable_certificates(roots.iter().cloned());
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+                .build()
+                .map_err(|e| format!("tls: {e}"))?
+        }
+        Verify::Insecure => Arc::new(AcceptAnyCert(provider.signature_verification_algorithms)),
+    };
+    let verifier = Arc::new(CountingVerifier { inner, counts: counts.clone() });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| format!("tls: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H3.to_vec()];
+    config.resumption = if s.resume {
+        rustls::client::Resumption::store(Arc::new(CountingStore {
+            inner: rustls::client::ClientSessionMemoryCache::new(256),
+            counts: counts.clone(),
+        }))
+    } else {
+        rustls::client::Resumption::disabled()
+    };
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).map_err(|e| format!("quic: {e}"))?;
+    Ok((quinn::ClientConfig::new(Arc::new(crypto)), counts))
+}
+
+/// A verifier that counts the certificates it is asked to verify (full handshakes).
+#[derive(Debug)]
+struct CountingVerifier {
+    inner: Arc<dyn ServerCertVerifier>,
+    counts: Arc<QuicTlsCounts>,
+}
+
+impl ServerCertVerifier for CountingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let r = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        if r.is_ok() {
+            self.counts.verifications.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// rustls' in-memory session cache, counting the TLS 1.3 tickets taken for a ClientHello.
+#[derive(Debug)]
+struct CountingStore {
+    inner: rustls::client::ClientSessionMemoryCache,
+    counts: Arc<QuicTlsCounts>,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(server_name, group)
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: rustls::client::Tls12ClientSessionValue) {
+        self.inner.set_tls12_session(server_name, value)
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(server_name)
+    }
+
+    fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: rustls::client::Tls13ClientSessionValue) {
+        self.inner.insert_tls13_ticket(server_name, value)
+    }
+
+    fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<rustls::client::Tls13ClientSessionValue> {
+        let t = self.inner.take_tls13_ticket(server_name);
+        if t.is_some() {
+            self.counts.tickets_taken.fetch_add(1, Ordering::Relaxed);
+        }
+        t
+    }
+}
+
 /// `--insecure`: accepts any certificate chain for any name. The handshake's signatures are
 /// still verified (so the peer holds the key of the certificate it sent), nothing more.
 #[derive(Debug)]
@@ -170,35 +313,73 @@ pub enum ServerCert {
     Files { cert: PathBuf, key: PathBuf },
 }
 
+/// The upstream's certificate chain and key, read or generated once (its TLS and QUIC configs are
+/// made from the same pair, so one `--cert-out` file verifies both).
+#[derive(Debug)]
+pub struct ServerKeys {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ServerKeys {
+    /// Generates (and writes, if asked) or reads the certificate and key.
+    pub fn load(c: &ServerCert) -> Result<ServerKeys, String> {
+        match c {
+            ServerCert::Generate { cert_out } => {
+                let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+                let ck = rcgen::generate_simple_self_signed(names).map_err(|e| format!("generating a certificate: {e}"))?;
+                if let Some(p) = cert_out {
+                    std::fs::write(p, ck.cert.pem()).map_err(|e| format!("--cert-out {}: {e}", p.display()))?;
+                }
+                let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).map_err(|e| format!("generated key: {e}"))?;
+                Ok(ServerKeys { chain: vec![ck.cert.der().clone()], key })
+            }
+            ServerCert::Files { cert, key } => {
+                let chain = read_certs(cert)?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: no usable PEM private key: {e}", key.display()))?;
+                Ok(ServerKeys { chain, key })
+            }
+        }
+    }
+}
+
 /// The upstream's TLS config.
 pub fn server_config(c: &ServerCert) -> Result<Arc<ServerConfig>, String> {
-    let (chain, key) = match c {
-        ServerCert::Generate { cert_out } => {
-            let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-            let ck = rcgen::generate_simple_self_signed(names).map_err(|e| format!("generating a certificate: {e}"))?;
-            if let Some(p) = cert_out {
-                std::fs::write(p, ck.cert.pem()).map_err(|e| format!("--cert-out {}: {e}", p.display()))?;
-            }
-            let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).map_err(|e| format!("generated key: {e}"))?;
-            (vec![ck.cert.der().clone()], key)
-        }
-        ServerCert::Files { cert, key } => {
-            let chain = read_certs(cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: no usable PEM private key: {e}", key.display()))?;
-            (chain, key)
-        }
-    };
-    let provider = provider();
-    let mut config = ServerConfig::builder_with_provider(provider)
+    tcp_server_config(&ServerKeys::load(c)?)
+}
+
+/// The upstream's TLS-over-TCP config for `keys`: TLS 1.2 and 1.3, ALPN h2 then http/1.1.
+pub fn tcp_server_config(keys: &ServerKeys) -> Result<Arc<ServerConfig>, String> {
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls: {e}"))?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
+        .with_single_cert(keys.chain.clone(), keys.key.clone_key())
         .map_err(|e| format!("certificate and key: {e}"))?;
     // h2 first: a client offering both gets HTTP/2 (the upstream serves either).
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("tls ticketer: {e}"))?;
     Ok(Arc::new(config))
+}
+
+/// The upstream's QUIC config for `keys`: TLS 1.3 (QUIC has nothing else), ALPN `h3`, session
+/// tickets (one ticketer for every serving thread), no 0-RTT; up to 1,000 concurrent request
+/// streams per connection (what `--streams` allows).
+pub fn quic_server_config(keys: &ServerKeys) -> Result<quinn::ServerConfig, String> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| format!("tls: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(keys.chain.clone(), keys.key.clone_key())
+        .map_err(|e| format!("certificate and key: {e}"))?;
+    config.alpn_protocols = vec![ALPN_H3.to_vec()];
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("tls ticketer: {e}"))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(config).map_err(|e| format!("quic: {e}"))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1000));
+    server.transport_config(Arc::new(transport));
+    Ok(server)
 }
 
 /// What a handshake negotiated (static strings: recording it does not allocate).
@@ -223,6 +404,7 @@ impl Negotiated {
         let alpn = c.alpn_protocol().map(|p| match p {
             ALPN_HTTP11 => "http/1.1",
             ALPN_H2 => "h2",
+            ALPN_H3 => "h3",
             _ => "other",
         });
         Negotiated { version, cipher_suite, alpn }

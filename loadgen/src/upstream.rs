@@ -19,6 +19,10 @@
 //! runs in the connection's task, a failed one just closes the connection. The stall and delay
 //! apply to responses exactly as in cleartext.
 //!
+//! `--http3` (with `--tls`) also serves HTTP/3 (`quinn` and `h3`) on the same port number over
+//! UDP, one QUIC endpoint per serving thread, from the same certificate; every request stream
+//! gets the same `200`, body, trailers, delay and stall as over TCP.
+//!
 //! HTTP/2 (the `h2` crate server): a cleartext connection that opens with the h2 preface is
 //! served as h2c (prior knowledge), a TLS connection that negotiated ALPN `h2` as h2; each
 //! stream gets the same `200` and body, with `--delay` and the stall applied per response.
@@ -63,6 +67,8 @@ pub struct UpstreamConfig {
     pub http1_only: bool,
     /// Trailers after every response body (`--trailers`; see the module docs).
     pub trailers: bool,
+    /// `--http3`: also serve HTTP/3 on the same port number over UDP, with this QUIC config.
+    pub http3: Option<quinn::ServerConfig>,
 }
 
 /// Pre-serialized responses.
@@ -122,10 +128,18 @@ pub fn run_upstream(cfg: &UpstreamConfig, on_bound: impl FnOnce(SocketAddr)) -> 
 }
 
 async fn accept_loop(l: std::net::TcpListener, cfg: UpstreamConfig, start: Instant) -> io::Result<()> {
+    let addr = l.local_addr()?;
     let l = TcpListener::from_std(l)?;
     let resp = Rc::new(Responses::new(cfg.body_bytes, cfg.trailers));
     let acceptor = cfg.tls.clone().map(TlsAcceptor::from);
+    let quic = match &cfg.http3 {
+        Some(q) => Some(h3_endpoint(addr, cfg.threads > 1, q.clone())?),
+        None => None,
+    };
     let cfg = Rc::new(cfg);
+    if let Some(ep) = quic {
+        tokio::task::spawn_local(h3_accept_loop(ep, resp.clone(), cfg.clone(), start));
+    }
     loop {
         let (s, _) = match l.accept().await {
             Ok(x) => x,
@@ -337,6 +351,83 @@ async fn h2_stream(
             let _ = tx.send_trailers(t);
         }
     }
+}
+
+/// The HTTP/3 endpoint of one serving thread: a UDP socket on the TCP listener's address
+/// (`SO_REUSEPORT` when threads share it: the kernel keeps each client's datagrams on one socket).
+fn h3_endpoint(addr: SocketAddr, reuse_port: bool, config: quinn::ServerConfig) -> io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), s.into(), Arc::new(quinn::TokioRuntime))
+}
+
+/// Accepts QUIC connections until the endpoint closes; each is served by its own task.
+async fn h3_accept_loop(ep: quinn::Endpoint, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, start: Instant) {
+    while let Some(incoming) = ep.accept().await {
+        tokio::task::spawn_local(h3_conn(incoming, resp.body.clone(), cfg.clone(), start));
+    }
+}
+
+/// One HTTP/3 connection: a failed handshake just ends it; every request stream gets its own
+/// task.
+async fn h3_conn(incoming: quinn::Incoming, body: bytes::Bytes, cfg: Rc<UpstreamConfig>, start: Instant) {
+    let Ok(conn) = incoming.await else { return };
+    let Ok(mut h) = h3::server::Connection::<_, bytes::Bytes>::new(h3_quinn::Connection::new(conn)).await else {
+        return;
+    };
+    while let Ok(Some(resolver)) = h.accept().await {
+        tokio::task::spawn_local(h3_stream(resolver, body.clone(), cfg.clone(), start));
+    }
+}
+
+/// One HTTP/3 request: its body is read and discarded, then `200` with the same body as every
+/// other protocol (and the `--trailers` section), after `--delay` and the stall.
+async fn h3_stream(
+    resolver: h3::server::RequestResolver<h3_quinn::Connection, bytes::Bytes>,
+    body: bytes::Bytes,
+    cfg: Rc<UpstreamConfig>,
+    start: Instant,
+) {
+    let Ok((req, mut stream)) = resolver.resolve_request().await else { return };
+    let head = req.method() == http::Method::HEAD;
+    loop {
+        match stream.recv_data().await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => return,
+        }
+    }
+    if !cfg.delay.is_zero() {
+        tokio::time::sleep(cfg.delay).await;
+    }
+    stall(&cfg, start).await;
+    let mut r = http::Response::new(());
+    r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()));
+    let content_type = if cfg.trailers { "application/grpc" } else { "text/plain" };
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    if stream.send_response(r).await.is_err() {
+        return;
+    }
+    if !head {
+        if !body.is_empty() && stream.send_data(body).await.is_err() {
+            return;
+        }
+        if cfg.trailers {
+            let mut t = http::HeaderMap::new();
+            for (k, v) in TRAILERS {
+                t.insert(*k, http::HeaderValue::from_static(v));
+            }
+            if stream.send_trailers(t).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = stream.finish().await;
 }
 
 async fn conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, resp: Rc<Responses>, cfg: Rc<UpstreamConfig>, start: Instant) {

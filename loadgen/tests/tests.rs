@@ -1783,12 +1783,285 @@ mod cli {
             &["upstream", "--tls", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/k.pem"],
             &["upstream", "--cert-out", "/tmp/x.pem"],
             &["relay", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--upstream-http1"],
+            &["run", "--url", "http://127.0.0.1:1/", "--rate", "10", "--http3"],
+            &["run", "--url", "https://127.0.0.1:1/", "--rate", "10", "--insecure", "--http3", "--http2"],
+            &["run", "--url", "https://127.0.0.1:1/", "--insecure", "--http3", "--connect-rate", "10"],
+            &["run", "--url", "https://127.0.0.1:1/", "--rate", "10", "--insecure", "--streams", "2"],
+            &["upstream", "--http3"],
+            &["upstream", "--tls", "--http3", "--http1-only"],
         ] {
             let out = loadgen(args);
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
             assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
             assert!(err.starts_with("loadgen: "), "{err}");
+        }
+    }
+}
+
+/// HTTP/3 (`--http3`, quinn + h3) against `loadgen upstream --tls --http3`, which serves it on
+/// the TLS port's number over UDP: clean at a fixed rate, the stall test, handshake churn with
+/// and without resumption, bodies past the flow-control windows, certificate refusal, and a
+/// misbehaving server's resets and GOAWAYs counted by kind.
+mod h3 {
+    use super::util::*;
+    use bytes::Bytes;
+
+    fn errors_total(j: &serde_json::Value) -> u64 {
+        j["errors"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum()
+    }
+
+    /// `--url URL --ca CA --http3` and then `extra`.
+    fn h3_args<'a>(url: &'a str, ca: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["--url", url, "--ca", ca, "--http3"];
+        v.extend_from_slice(extra);
+        v
+    }
+
+    /// One connection with one stream, then 3 connections of 10 streams: valid, rate within 1 %,
+    /// every request answered 200, no error, and the report says h3 over QUIC, TLS 1.3 with the
+    /// one suite offered, ALPN h3.
+    #[test]
+    fn h3_at_a_fixed_rate_is_clean_with_one_or_many_streams() {
+        let _g = timing_lock();
+        let (up, ca) = Server::upstream_tls(&["--http3"]);
+        let url = up.https_url();
+        let ca = ca.to_str().unwrap();
+        for (conns, streams) in [("1", "1"), ("3", "10")] {
+            let args = h3_args(
+                &url,
+                ca,
+                &["--connections", conns, "--streams", streams, "--rate", "400", "--duration", "2s", "--warmup", "500ms"],
+            );
+            let (code, stdout, j) = run_json(&args);
+            assert_eq!(code, 0, "{stdout}");
+            assert_eq!(j["valid"], true, "{stdout}");
+            for k in ["sent_rate", "achieved_rate"] {
+                let r = f(&j, k);
+                assert!((r - 400.0).abs() <= 4.0, "{k} {r}\n{stdout}");
+            }
+            let responses = f(&j, "counts.responses");
+            assert_eq!(responses, f(&j, "counts.scheduled"), "{stdout}");
+            assert_eq!(j["status_codes"]["200"].as_f64(), Some(responses), "{stdout}");
+            assert_eq!(errors_total(&j), 0, "{stdout}");
+            assert_eq!(j["meta"]["protocol"], "h3", "{stdout}");
+            assert_eq!(j["meta"]["streams"].as_u64(), Some(streams.parse().unwrap()), "{stdout}");
+            assert_eq!(j["meta"]["tls"]["alpn_offered"][0], "h3", "{stdout}");
+            let n = &j["tls_negotiated"][0];
+            assert_eq!(
+                (n["version"].as_str(), n["cipher_suite"].as_str(), n["alpn"].as_str()),
+                (Some("TLSv1.3"), Some("TLS13_AES_128_GCM_SHA256"), Some("h3")),
+                "{}",
+                j["tls_negotiated"]
+            );
+            assert_eq!(f(&j, "counts.new_connections"), 0.0, "{stdout}");
+            assert!(stdout.contains(&format!("h3, {streams} streams per connection, over QUIC")), "{stdout}");
+        }
+    }
+
+    /// The stall test over HTTP/3: the corrected P99 shows the 100 ms stall, the service time
+    /// does not.
+    #[test]
+    fn h3_stall_shows_in_corrected_p99_but_not_in_service_time() {
+        let _g = timing_lock();
+        let (up, ca) = Server::upstream_tls(&["--http3", "--stall-every", "1s", "--stall-for", "100ms"]);
+        let url = up.https_url();
+        let args = h3_args(
+            &url,
+            ca.to_str().unwrap(),
+            &["--streams", "4", "--connections", "2", "--rate", "1000", "--duration", "3s", "--warmup", "500ms"],
+        );
+        let (code, stdout, j) = run_json(&args);
+        assert_eq!(code, 0, "{stdout}");
+        let p99 = f(&j, "latency.corrected.p99_us");
+        let max = f(&j, "latency.corrected.max_us");
+        let service_p99 = f(&j, "latency.uncorrected.p99_us");
+        assert!(p99 >= 80_000.0, "corrected p99 {p99}us should show the 100 ms stall\n{stdout}");
+        assert!(max >= 95_000.0, "corrected max {max}us\n{stdout}");
+        assert!(service_p99 < 20_000.0, "service p99 {service_p99}us\n{stdout}");
+        assert!(f(&j, "counts.queued") > 50.0, "requests waited for a stream during stalls\n{stdout}");
+        assert_eq!(j["status_codes"]["200"].as_f64(), Some(f(&j, "counts.responses")));
+        assert_eq!(errors_total(&j), 0, "{stdout}");
+    }
+
+    /// A new QUIC connection every 10 requests: with the session cache every handshake in the
+    /// window is resumed (a ticket offered and accepted: no refusal counted), without it every
+    /// one is full; each is in the handshake histogram.
+    #[test]
+    fn h3_churn_counts_full_and_resumed_handshakes() {
+        let _g = timing_lock();
+        let (up, ca) = Server::upstream_tls(&["--http3"]);
+        let url = up.https_url();
+        let ca = ca.to_str().unwrap();
+        for resume in ["on", "off"] {
+            let args = h3_args(
+                &url,
+                ca,
+                &[
+                    "--resume",
+                    resume,
+                    "--new-connection-every",
+                    "10",
+                    "--connections",
+                    "2",
+                    "--rate",
+                    "200",
+                    "--duration",
+                    "2s",
+                    "--warmup",
+                    "500ms",
+                ],
+            );
+            let (code, stdout, j) = run_json(&args);
+            assert_eq!(code, 0, "{stdout}");
+            assert_eq!(errors_total(&j), 0, "{stdout}");
+            let (full, resumed) = (f(&j, "handshakes.full"), f(&j, "handshakes.resumed"));
+            assert!(full + resumed >= 36.0, "~40 handshakes in the window: full {full} resumed {resumed}\n{stdout}");
+            if resume == "on" {
+                assert_eq!(full, 0.0, "{stdout}");
+                assert_eq!(j["resumption_refused"].as_u64(), Some(0), "{stdout}");
+            } else {
+                assert_eq!(resumed, 0.0, "{stdout}");
+            }
+            assert!(f(&j, "latency.handshake.count") >= full + resumed, "{stdout}");
+        }
+    }
+
+    /// 100,000-byte POST bodies (past QUIC's and HTTP/3's initial windows) over 2 streams, and
+    /// gRPC-shaped responses with trailers: every one answered 200, no error.
+    #[test]
+    fn h3_posts_past_the_window_and_trailers_are_clean() {
+        let (up, ca) = Server::upstream_tls(&["--http3", "--trailers"]);
+        let url = up.https_url();
+        let args = h3_args(
+            &url,
+            ca.to_str().unwrap(),
+            &[
+                "--streams",
+                "2",
+                "--connections",
+                "1",
+                "--rate",
+                "40",
+                "--duration",
+                "1s",
+                "--warmup",
+                "0s",
+                "--method",
+                "POST",
+                "--body-bytes",
+                "100000",
+            ],
+        );
+        let (code, stdout, j) = run_json(&args);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(j["status_codes"]["200"].as_f64(), Some(40.0), "{stdout}");
+        assert_eq!(errors_total(&j), 0, "{stdout}");
+    }
+
+    /// A certificate the client does not trust: every request is a `handshake` error with cause
+    /// `certificate`, no response is invented.
+    #[test]
+    fn h3_untrusted_certificate_is_a_counted_handshake_error() {
+        let (up, _ca) = Server::upstream_tls(&["--http3"]);
+        let (_other, other_ca) = Server::upstream_tls(&[]);
+        let url = up.https_url();
+        let args = h3_args(
+            &url,
+            other_ca.to_str().unwrap(),
+            &["--connections", "1", "--rate", "20", "--duration", "1s", "--warmup", "0s", "--allow-invalid"],
+        );
+        let (code, stdout, j) = run_json(&args);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(f(&j, "counts.responses"), 0.0, "{stdout}");
+        assert!(f(&j, "errors.handshake") >= 18.0, "{stdout}");
+        assert_eq!(f(&j, "errors.handshake"), f(&j, "error_causes.certificate"), "{stdout}");
+    }
+
+    /// An HTTP/3 server (quinn + h3 in this test) that resets every request stream
+    /// (H3_REQUEST_REJECTED), or answers each connection's first request with a GOAWAY and closes
+    /// the connection under it; returns its address and its certificate's PEM path.
+    fn misbehaving_h3_server(goaway: bool) -> (std::net::SocketAddr, std::path::PathBuf) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let pem = temp_path("h3-bad.pem");
+        std::fs::write(&pem, ck.cert.pem()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+        let config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let ep = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+                tx.send(ep.local_addr().unwrap()).unwrap();
+                while let Some(incoming) = ep.accept().await {
+                    tokio::spawn(async move {
+                        let Ok(conn) = incoming.await else { return };
+                        let quic = conn.clone();
+                        let Ok(mut h) = h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(conn)).await else { return };
+                        while let Ok(Some(resolver)) = h.accept().await {
+                            if goaway {
+                                // GOAWAY, then the connection closed (H3_NO_ERROR) under the
+                                // request, which gets no answer.
+                                let _ = h.shutdown(0).await;
+                                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                                quic.close(quinn::VarInt::from_u32(0x100), b"going away");
+                                drop(resolver);
+                                return;
+                            }
+                            if let Ok((_req, mut stream)) = resolver.resolve_request().await {
+                                stream.stop_stream(h3::error::Code::H3_REQUEST_REJECTED);
+                                stream.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
+                            }
+                        }
+                    });
+                }
+            });
+        });
+        (rx.recv().unwrap(), pem)
+    }
+
+    /// Stream resets and GOAWAYs from an HTTP/3 server are counted under `reset` and `goaway`
+    /// (or, for requests the closing connection cut, `read`), never as responses.
+    #[test]
+    fn h3_resets_and_goaways_are_counted_by_kind() {
+        for goaway in [false, true] {
+            let (addr, pem) = misbehaving_h3_server(goaway);
+            let url = format!("https://localhost:{}/", addr.port());
+            let args = h3_args(
+                &url,
+                pem.to_str().unwrap(),
+                &[
+                    "--streams",
+                    "2",
+                    "--connections",
+                    "1",
+                    "--rate",
+                    "50",
+                    "--duration",
+                    "1s",
+                    "--warmup",
+                    "0s",
+                    "--timeout",
+                    "500ms",
+                    "--allow-invalid",
+                ],
+            );
+            let (code, stdout, j) = run_json(&args);
+            let _ = std::fs::remove_file(&pem);
+            assert_eq!(code, 0, "{stdout}");
+            assert_eq!(f(&j, "counts.responses"), 0.0, "{stdout}");
+            let kind = if goaway { "errors.goaway" } else { "errors.reset" };
+            assert!(f(&j, kind) >= 20.0, "{kind}\n{stdout}");
+            assert!(errors_total(&j) >= 45, "{stdout}");
         }
     }
 }
