@@ -47,10 +47,13 @@ pub enum ErrorKind {
     Reset = 7,
     /// HTTP/2: a protocol or flow-control error (either side), e.g. a server that is not HTTP/2.
     Protocol = 8,
+    /// HTTP/2 and HTTP/3: the request timed out while its body waited for the server's
+    /// flow-control window (the server stopped granting capacity), not for the server's answer.
+    FlowStall = 9,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Connect,
         ErrorKind::Read,
         ErrorKind::Write,
@@ -60,6 +63,7 @@ impl ErrorKind {
         ErrorKind::GoAway,
         ErrorKind::Reset,
         ErrorKind::Protocol,
+        ErrorKind::FlowStall,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +77,7 @@ impl ErrorKind {
             ErrorKind::GoAway => "goaway",
             ErrorKind::Reset => "reset",
             ErrorKind::Protocol => "protocol",
+            ErrorKind::FlowStall => "flow_stall",
         }
     }
 }

@@ -224,9 +224,12 @@ impl H3Slot {
             return (ready, sent, Err(ReqError::new(ErrorKind::Connect, Cause::Other)));
         };
         let generation = c.generation.get();
-        let r = match tokio::time::timeout(c.timeout, roundtrip(sender, h3req.build(), &h3req.body, req.head)).await {
+        let in_body = Cell::new(false);
+        let r = match tokio::time::timeout(c.timeout, roundtrip(sender, h3req.build(), &h3req.body, req.head, &in_body)).await {
             Ok(r) => r,
-            // Dropping the stream resets it; the connection stays.
+            // Dropping the stream resets it; the connection stays. A body still being written
+            // waited for the server's flow-control window.
+            Err(_) if in_body.get() => Err(ReqError::new(ErrorKind::FlowStall, Cause::Timeout)),
             Err(_) => Err(ReqError::new(ErrorKind::Timeout, Cause::Timeout)),
         };
         match r {
@@ -257,11 +260,20 @@ impl H3Slot {
 }
 
 /// One request on its own stream. `sender` is this request's clone of the connection's, held to
-/// the end: `h3` closes the connection when its last sender is dropped.
-async fn roundtrip(mut sender: Sender, request: http::Request<()>, body: &Bytes, head: bool) -> Result<u16, ReqError> {
+/// the end: `h3` closes the connection when its last sender is dropped. `in_body` is true while
+/// the body is being written: `quinn` takes it as the server's flow-control windows allow.
+async fn roundtrip(
+    mut sender: Sender,
+    request: http::Request<()>,
+    body: &Bytes,
+    head: bool,
+    in_body: &Cell<bool>,
+) -> Result<u16, ReqError> {
     let mut stream = sender.send_request(request).await.map_err(|e| classify(&e, ErrorKind::Write))?;
     if !body.is_empty() {
+        in_body.set(true);
         stream.send_data(body.clone()).await.map_err(|e| classify(&e, ErrorKind::Write))?;
+        in_body.set(false);
     }
     stream.finish().await.map_err(|e| classify(&e, ErrorKind::Write))?;
     let resp = stream.recv_response().await.map_err(|e| classify(&e, ErrorKind::Read))?;

@@ -1978,10 +1978,20 @@ mod h3 {
         assert_eq!(f(&j, "errors.handshake"), f(&j, "error_causes.certificate"), "{stdout}");
     }
 
-    /// An HTTP/3 server (quinn + h3 in this test) that resets every request stream
-    /// (H3_REQUEST_REJECTED), or answers each connection's first request with a GOAWAY and closes
-    /// the connection under it; returns its address and its certificate's PEM path.
-    fn misbehaving_h3_server(goaway: bool) -> (std::net::SocketAddr, std::path::PathBuf) {
+    /// How [`misbehaving_h3_server`] misbehaves.
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Bad {
+        /// Resets every request stream (H3_REQUEST_REJECTED).
+        Reset,
+        /// Answers each connection's first request with a GOAWAY and closes the connection under it.
+        GoAway,
+        /// Never reads a request body, with a 1,024-byte stream window: a larger body stalls.
+        NoRead,
+    }
+
+    /// An HTTP/3 server (quinn + h3 in this test) that misbehaves as `bad` says; returns its
+    /// address and its certificate's PEM path.
+    fn misbehaving_h3_server(bad: Bad) -> (std::net::SocketAddr, std::path::PathBuf) {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let pem = temp_path("h3-bad.pem");
         std::fs::write(&pem, ck.cert.pem()).unwrap();
@@ -1995,7 +2005,10 @@ mod h3 {
             .unwrap();
         tls.alpn_protocols = vec![b"h3".to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
-        let config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
+        let mut config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(quinn::VarInt::from_u32(1024));
+        config.transport_config(std::sync::Arc::new(transport));
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -2008,7 +2021,7 @@ mod h3 {
                         let quic = conn.clone();
                         let Ok(mut h) = h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(conn)).await else { return };
                         while let Ok(Some(resolver)) = h.accept().await {
-                            if goaway {
+                            if bad == Bad::GoAway {
                                 // GOAWAY, then the connection closed (H3_NO_ERROR) under the
                                 // request, which gets no answer.
                                 let _ = h.shutdown(0).await;
@@ -2018,6 +2031,13 @@ mod h3 {
                                 return;
                             }
                             if let Ok((_req, mut stream)) = resolver.resolve_request().await {
+                                if bad == Bad::NoRead {
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                                        drop(stream);
+                                    });
+                                    continue;
+                                }
                                 stream.stop_stream(h3::error::Code::H3_REQUEST_REJECTED);
                                 stream.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
                             }
@@ -2034,7 +2054,7 @@ mod h3 {
     #[test]
     fn h3_resets_and_goaways_are_counted_by_kind() {
         for goaway in [false, true] {
-            let (addr, pem) = misbehaving_h3_server(goaway);
+            let (addr, pem) = misbehaving_h3_server(if goaway { Bad::GoAway } else { Bad::Reset });
             let url = format!("https://localhost:{}/", addr.port());
             let args = h3_args(
                 &url,
@@ -2063,5 +2083,42 @@ mod h3 {
             assert!(f(&j, kind) >= 20.0, "{kind}\n{stdout}");
             assert!(errors_total(&j) >= 45, "{stdout}");
         }
+    }
+
+    /// A server that stops granting flow-control window (it never reads the body, 1,024-byte
+    /// stream window): 100,000-byte POSTs time out as `flow_stall`, not as a plain `timeout`.
+    #[test]
+    fn h3_a_body_the_server_never_takes_is_a_flow_stall() {
+        let (addr, pem) = misbehaving_h3_server(Bad::NoRead);
+        let url = format!("https://localhost:{}/", addr.port());
+        let args = h3_args(
+            &url,
+            pem.to_str().unwrap(),
+            &[
+                "--streams",
+                "4",
+                "--connections",
+                "1",
+                "--rate",
+                "8",
+                "--duration",
+                "1s",
+                "--warmup",
+                "0s",
+                "--timeout",
+                "500ms",
+                "--method",
+                "POST",
+                "--body-bytes",
+                "100000",
+                "--allow-invalid",
+            ],
+        );
+        let (code, stdout, j) = run_json(&args);
+        let _ = std::fs::remove_file(&pem);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(f(&j, "counts.responses"), 0.0, "{stdout}");
+        assert_eq!(f(&j, "errors.flow_stall"), 8.0, "{stdout}");
+        assert_eq!(f(&j, "errors.timeout"), 0.0, "{stdout}");
     }
 }
