@@ -8,6 +8,8 @@
 //!   that hands a connection to a protocol.
 //! - [`worker`]: the worker's state: snapshot cache, balancer, upstream pool, timers, metrics.
 //! - [`upstream`]: the per-worker upstream connection pool.
+//! - [`exchange`]: one request of a multiplexed protocol (HTTP/2, HTTP/3) to an HTTP/1.1
+//!   upstream, over the protocol's stream (its `RequestBody` and `ResponseSink`).
 //! - [`buf`], [`timer`], [`slots`], [`metrics`], [`error`], [`access`]: reused buffers, coarse
 //!   timers, per-connection slot tables, per-worker counters, the one error enum and its canned
 //!   responses, the access-log record.
@@ -15,7 +17,11 @@
 //! One module per protocol, siblings that share the above and never use each other:
 //! - [`h1`]: HTTP/1.1 (the codec over `httparse`, the connection loop, the client side).
 //! - [`h2`]: HTTP/2 from clients (the `h2` crate), to HTTP/1.1 upstreams through `h1`'s client
-//!   side. HTTP/3 will be `h3` beside them.
+//!   side.
+//!   HTTP/3 will be `h3` beside them.
+//!
+//! What HTTP/2 and HTTP/3 streams share whatever their framing ([`exchange`]: routing, the
+//! HTTP/1.1 upstream exchange, the response relayed, error mapping) is written once, below both.
 //!
 //! Below the protocols: [`tls`] (TLS on both sides) and [`io`] (the stream a protocol serves).
 
@@ -23,6 +29,7 @@ pub mod accept;
 pub mod access;
 pub mod buf;
 pub mod error;
+pub mod exchange;
 pub mod h1;
 pub mod h2;
 pub mod io;

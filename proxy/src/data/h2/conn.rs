@@ -17,8 +17,6 @@
 //! are capped (rapid reset), as are streams reset for protocol errors; SETTINGS and PING are
 //! answered one at a time (the reads stop until the answer is written).
 
-use std::cell::Cell;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Poll;
@@ -26,41 +24,12 @@ use std::task::Poll;
 use bytes::Bytes;
 use h2::server::{Builder, Connection};
 use h2::{Ping, PingPong};
-use http::HeaderValue;
 
 use super::batch::{Batched, Flusher};
+use crate::data::exchange::ConnInfo;
 use crate::data::io::ClientIo;
 use crate::data::metrics::H2Event;
 use crate::data::worker::{ConnPermit, Worker};
-
-/// What every stream of a connection reads: the client's address (`X-Forwarded-For`, access
-/// log), whether it spoke TLS, the `Via` value as a header value (made once per connection), and
-/// the connection's open streams and idle deadline, which the streams keep up to date.
-#[derive(Debug)]
-pub struct ConnInfo {
-    ip: [u8; 48],
-    ip_len: u8,
-    pub tls: bool,
-    pub via: HeaderValue,
-    /// Streams accepted and not yet finished.
-    open: Cell<usize>,
-    /// When the connection is idle past its timeout, if no stream is open by then.
-    idle_until: Cell<u64>,
-}
-
-impl ConnInfo {
-    pub fn ip(&self) -> &[u8] {
-        &self.ip[..self.ip_len as usize]
-    }
-
-    /// A stream ends: with none left open, the idle timeout counts from now.
-    pub fn stream_done(&self, worker: &Worker) {
-        self.open.set(self.open.get().saturating_sub(1));
-        if self.open.get() == 0 {
-            self.idle_until.set(worker.timers.deadline(worker.snapshot().limits.client_idle_timeout));
-        }
-    }
-}
 
 /// The connection's slots in the worker's timer table and drain signal, released on drop.
 struct Slots<'w> {
@@ -127,23 +96,7 @@ pub async fn serve<S: ClientIo + 'static>(worker: Rc<Worker>, io: S, peer: Socke
     #[cfg(feature = "planted")]
     let _planted = crate::data::planted::h2_held_bytes();
 
-    let mut ip = [0u8; 48];
-    let ip_len = {
-        let mut w: &mut [u8] = &mut ip;
-        let before = w.len();
-        // Formatted once per connection into a fixed array (no allocation).
-        let _ = write!(w, "{}", peer.ip().to_canonical());
-        (before - w.len()) as u8
-    };
-    let info = Rc::new(ConnInfo {
-        ip,
-        ip_len,
-        tls: S::TLS,
-        // Validated when the config was loaded (a server name of token bytes).
-        via: HeaderValue::from_bytes(&snap.via).unwrap_or(HeaderValue::from_static("1.1 proxy")),
-        open: Cell::new(0),
-        idle_until: Cell::new(timers.deadline(limits.header_read_timeout)),
-    });
+    let info = Rc::new(ConnInfo::new(peer, S::TLS, &snap.via, timers.deadline(limits.header_read_timeout)));
     drop(snap);
 
     let mut pings: Option<PingPong> = settings.keepalive_interval.and_then(|_| conn.ping_pong());
