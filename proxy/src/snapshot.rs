@@ -86,6 +86,9 @@ pub struct ListenerSnap {
 pub struct TlsListener {
     pub config: std::sync::Arc<rustls::ServerConfig>,
     pub handshake_timeout: Duration,
+    /// With `http3 = true`: the same certificates for QUIC (TLS 1.3, ALPN `h3`, no 0-RTT), the
+    /// config each worker's QUIC endpoint is made with.
+    pub quic: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// A listener's certificates by server name: exact names and `*.suffix` wildcards in hash maps

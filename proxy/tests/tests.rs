@@ -25,6 +25,7 @@ mod cli;
 mod faults;
 mod h2;
 mod h2_attacks;
+mod h3;
 mod keepalive;
 mod routing;
 mod semantics;

@@ -225,8 +225,16 @@ impl Compiler<'_> {
                 return self.err(Some(l.address.span()), format!("listeners[{i}].address"), format!("{addr} is listed twice"));
             }
             listeners.push(addr);
+            let http3 = l.http3.as_ref().is_some_and(|v| *v.get_ref());
+            if let (true, None, Some(v)) = (http3, &l.tls, &l.http3) {
+                return self.err(
+                    Some(v.span()),
+                    format!("listeners[{i}].http3"),
+                    "http3 needs TLS (QUIC carries TLS 1.3): add a [listeners.tls] section with certificates to this listener".into(),
+                );
+            }
             let tls = match &l.tls {
-                Some(t) => Some(self.listener_tls(t, &format!("listeners[{i}].tls"))?),
+                Some(t) => Some(self.listener_tls(t, &format!("listeners[{i}].tls"), http3)?),
                 None => None,
             };
             let h2c = l.h2c.as_ref().is_some_and(|v| *v.get_ref());

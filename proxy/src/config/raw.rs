@@ -46,6 +46,8 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// Cleartext HTTP/2 with prior knowledge beside HTTP/1.1 (the preface decides).
     pub h2c: Option<Spanned<bool>>,
+    /// HTTP/3 (QUIC) on the same port number over UDP; a TLS listener only.
+    pub http3: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

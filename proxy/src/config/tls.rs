@@ -43,7 +43,7 @@ fn ticketer() -> Option<Arc<dyn ProducesTickets>> {
 }
 
 impl Compiler<'_> {
-    pub(super) fn listener_tls(&self, t: &raw::ListenerTls, key: &str) -> Result<TlsListener, ConfigError> {
+    pub(super) fn listener_tls(&self, t: &raw::ListenerTls, key: &str, http3: bool) -> Result<TlsListener, ConfigError> {
         if t.certificates.is_empty() {
             return self.err(None, format!("{key}.certificates"), "a TLS listener needs at least one { cert, key } entry".into());
         }
@@ -92,11 +92,13 @@ impl Compiler<'_> {
             let k = if t.cipher_suites.is_some() { "cipher_suites" } else { "min_version" };
             self.fail(format!("{key}.{k}"), format!("{e} (cipher_suites has none for the TLS versions min_version allows)"))
         })?;
-        let builder = match self.client_verifier(t, key, &provider)? {
+        let verifier = self.client_verifier(t, key, &provider)?;
+        let builder = match verifier.clone() {
             Some(verifier) => builder.with_client_cert_verifier(verifier),
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder.with_cert_resolver(Arc::new(sni));
+        let sni = Arc::new(sni);
+        let mut config = builder.with_cert_resolver(Arc::clone(&sni) as Arc<dyn rustls::server::ResolvesServerCert>);
         let alpn = if t.http2.unwrap_or(true) { ALPN_H2 } else { ALPN_H1 };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         // The record layer after the handshake is the proxy's own (data::tls::record).
@@ -111,7 +113,40 @@ impl Compiler<'_> {
             }
         }
         let handshake_timeout = self.duration(t.handshake_timeout.as_ref(), &format!("{key}.handshake_timeout"), HANDSHAKE_TIMEOUT)?;
-        Ok(TlsListener { config: Arc::new(config), handshake_timeout })
+        let quic = if http3 { Some(self.quic_config(key, &provider, verifier, sni, &config)?) } else { None };
+        Ok(TlsListener { config: Arc::new(config), handshake_timeout, quic })
+    }
+
+    /// The listener's TLS for QUIC (`http3 = true`): the same certificates (the same SNI map),
+    /// client authentication, cipher suites, key exchange groups and session-ticket keys as its
+    /// TCP side, TLS 1.3 only (QUIC has no other), ALPN `h3`, no 0-RTT (`max_early_data_size`
+    /// 0: a replayable request is not accepted early). Checked here as quinn will take it, so a
+    /// narrowed `cipher_suites` without QUIC's initial suite is a config error, not a failure at
+    /// start.
+    fn quic_config(
+        &self,
+        key: &str,
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+        verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+        sni: Arc<Sni>,
+        tcp: &rustls::ServerConfig,
+    ) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| self.fail(format!("{key}.cipher_suites"), format!("{e} (http3 needs a TLS 1.3 cipher suite)")))?;
+        let builder = match verifier {
+            Some(v) => builder.with_client_cert_verifier(v),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(sni as Arc<dyn rustls::server::ResolvesServerCert>);
+        config.alpn_protocols = vec![b"h3".to_vec()];
+        config.max_early_data_size = 0;
+        config.ticketer = Arc::clone(&tcp.ticketer);
+        let config = Arc::new(config);
+        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::clone(&config)).map_err(|e| {
+            self.fail(format!("{key}.cipher_suites"), format!("{e}: http3 needs TLS13_AES_128_GCM_SHA256 among the cipher suites"))
+        })?;
+        Ok(config)
     }
 
     pub(super) fn fail(&self, key: String, message: String) -> ConfigError {

@@ -62,6 +62,56 @@ pub fn bind_all(listeners: &[SocketAddr], workers: usize) -> Result<(Vec<Vec<std
     Ok((per_worker, bound))
 }
 
+/// The UDP sockets of the listeners with `http3 = true`, one per worker each (`SO_REUSEPORT`:
+/// the kernel keeps a client's datagrams on one worker's socket), on the TCP side's bound
+/// address (its port number when the config said port 0): `(listener index, socket)` per worker.
+fn bind_udp_all(config: &Config, bound: &[SocketAddr], workers: usize) -> Result<Vec<Vec<(usize, std::net::UdpSocket)>>, StartError> {
+    let mut per_worker: Vec<Vec<(usize, std::net::UdpSocket)>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, l) in config.snapshot.listeners.iter().enumerate() {
+        if l.tls.as_ref().is_none_or(|t| t.quic.is_none()) {
+            continue;
+        }
+        let Some(&at) = bound.get(i) else { continue };
+        for slot in per_worker.iter_mut() {
+            let s = bind_udp(at).map_err(|source| StartError::Bind { addr: at, source })?;
+            slot.push((i, s));
+        }
+    }
+    Ok(per_worker)
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// A worker's QUIC endpoint for one `http3 = true` listener: the listener's QUIC TLS config
+/// and a transport bounded like an HTTP/2 connection (`[http2]`: concurrent request streams,
+/// stream and connection windows), QUIC's idle timeout at the client idle timeout plus the
+/// header timeout (the HTTP/3 connection's own idle timeout closes first, with a GOAWAY).
+fn quic_endpoint(snapshot: &crate::snapshot::Snapshot, index: usize, socket: std::net::UdpSocket) -> std::io::Result<quinn::Endpoint> {
+    let quic = snapshot.listeners.get(index).and_then(|l| l.tls.as_ref()).and_then(|t| t.quic.clone());
+    let Some(quic) = quic else { return Err(std::io::Error::other("listener without http3")) };
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic).map_err(std::io::Error::other)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let h2 = &snapshot.http2;
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(h2.max_concurrent_streams));
+    transport.stream_receive_window(quinn::VarInt::from_u32(h2.initial_stream_window));
+    transport.receive_window(quinn::VarInt::from_u32(h2.initial_connection_window));
+    let idle = snapshot.limits.client_idle_timeout + snapshot.limits.header_read_timeout;
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    server.transport_config(Arc::new(transport));
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
+}
+
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
@@ -145,13 +195,15 @@ pub fn start_with(config: Config, workers: usize, engine: Engine, access_log: Op
         return Err(StartError::HyperTls);
     }
     let (per_worker, addrs) = bind_all(&config.listeners, workers)?;
+    let mut udp = bind_udp_all(&config, &addrs, workers)?.into_iter();
     let shared = Shared::with_workers(config.snapshot, workers, access_log);
     let mut handles = Vec::with_capacity(workers);
     for (index, listeners) in per_worker.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
+        let udp = udp.next().unwrap_or_default();
         let h = std::thread::Builder::new()
             .name(format!("worker-{index}"))
-            .spawn(move || worker_main(shared, index, listeners, engine))
+            .spawn(move || worker_main(shared, index, listeners, udp, engine))
             .map_err(|source| StartError::Worker { index, source })?;
         handles.push(h);
     }
@@ -173,7 +225,13 @@ pub fn run(config: Config, workers: usize, engine: Engine) -> Result<(), StartEr
     Ok(())
 }
 
-fn worker_main(shared: Arc<Shared>, index: usize, listeners: Vec<std::net::TcpListener>, engine: Engine) {
+fn worker_main(
+    shared: Arc<Shared>,
+    index: usize,
+    listeners: Vec<std::net::TcpListener>,
+    udp: Vec<(usize, std::net::UdpSocket)>,
+    engine: Engine,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -199,11 +257,24 @@ fn worker_main(shared: Arc<Shared>, index: usize, listeners: Vec<std::net::TcpLi
                 Engine::Hyper => tokio::task::spawn_local(crate::hyper_engine::accept_loop(Rc::clone(&worker), l)),
             });
         }
+        let mut endpoints = Vec::with_capacity(udp.len());
+        for (i, socket) in udp {
+            match quic_endpoint(&worker.snapshot(), i, socket) {
+                Ok(ep) => {
+                    accepts.push(tokio::task::spawn_local(accept::h3_accept_loop(Rc::clone(&worker), ep.clone(), i)));
+                    endpoints.push(ep);
+                }
+                Err(e) => tracing::error!(index, error = %e, "cannot start a QUIC endpoint"),
+            }
+        }
         let sweeper = tokio::task::spawn_local(accept::pool_sweeper(Rc::clone(&worker)));
         // The worker's control task: the only place that watches the process phase.
         let _ = phase.wait_for(|p| *p != Phase::Serving).await;
         for a in &accepts {
             a.abort(); // drops the listener: new connections are refused
+        }
+        for ep in &endpoints {
+            ep.set_server_config(None); // new QUIC connections are refused; open ones go on
         }
         worker.drain.start();
         tracing::debug!(index, "worker draining");

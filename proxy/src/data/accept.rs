@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::data::h1::{client, conn, scratch};
 use crate::data::h2;
+use crate::data::h3;
 use crate::data::tls;
 use crate::data::worker::{ConnPermit, Worker};
 use crate::snapshot::TlsListener;
@@ -48,6 +49,23 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, index: usize
             }
             Err(e) => accept_error(e).await,
         }
+    }
+}
+
+/// Accepts QUIC connections on this worker's endpoint (the `index`th configured listener, with
+/// `http3 = true`) and serves each as HTTP/3 on this thread, under the same connection limit as
+/// the TCP side. Ends when the endpoint is closed.
+pub async fn h3_accept_loop(worker: Rc<Worker>, endpoint: quinn::Endpoint, index: usize) {
+    let address = worker.snapshot().listeners.get(index).map(|l| l.address);
+    while let Some(incoming) = endpoint.accept().await {
+        let snap = worker.snapshot();
+        let Some(permit) = ConnPermit::try_acquire(&worker.shared, snap.limits.max_connections) else {
+            // Over the limit: refused at once (a CONNECTION_CLOSE, no state kept).
+            incoming.refuse();
+            continue;
+        };
+        let timeout = address.and_then(|a| snap.tls_listener(index, a)).map_or(Duration::from_secs(10), |t| t.handshake_timeout);
+        tokio::task::spawn_local(h3::conn::serve(Rc::clone(&worker), incoming, permit, timeout));
     }
 }
 

@@ -18,7 +18,7 @@
 //! - [`h1`]: HTTP/1.1 (the codec over `httparse`, the connection loop, the client side).
 //! - [`h2`]: HTTP/2 from clients (the `h2` crate), to HTTP/1.1 upstreams through `h1`'s client
 //!   side.
-//!   HTTP/3 will be `h3` beside them.
+//! - [`h3`]: HTTP/3 from clients (`quinn` + `h3`), to HTTP/1.1 upstreams the same way.
 //!
 //! What HTTP/2 and HTTP/3 streams share whatever their framing ([`exchange`]: routing, the
 //! HTTP/1.1 upstream exchange, the response relayed, error mapping) is written once, below both.
@@ -32,6 +32,7 @@ pub mod error;
 pub mod exchange;
 pub mod h1;
 pub mod h2;
+pub mod h3;
 pub mod io;
 pub mod metrics;
 #[cfg(feature = "planted")]

@@ -49,6 +49,8 @@ pub enum Site {
     UpstreamTls,
     /// An HTTP/2 stream accepted (data::h2::conn: once per HTTP/2 request).
     H2Stream,
+    /// An HTTP/3 request stream's head resolved (data::h3::stream: once per HTTP/3 request).
+    H3Stream,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,9 +107,10 @@ fn parse_one(item: &str) -> Result<Plant, String> {
         "handshake" => Site::Handshake,
         "upstream-tls" => Site::UpstreamTls,
         "h2-stream" => Site::H2Stream,
+        "h3-stream" => Site::H3Stream,
         other => {
             return Err(format!(
-                "{item:?}: unknown site {other:?} (request, chunked, error, tls-record, handshake, upstream-tls, h2-stream)"
+                "{item:?}: unknown site {other:?} (request, chunked, error, tls-record, handshake, upstream-tls, h2-stream, h3-stream)"
             ));
         }
     };
