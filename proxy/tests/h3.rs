@@ -26,12 +26,17 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// A proxy with one TLS listener with `http3 = true` (a leaf for `localhost` from `pki`), routes
 /// `routes` (whole `[[routes]]` tables; default: everything to `u`) and group `u` = `servers`.
 fn h3_proxy(pki: &Pki, dir: &std::path::Path, servers: &[SocketAddr], routes: &str) -> Proxy {
+    h3_proxy_with(pki, dir, servers, routes, "")
+}
+
+/// [`h3_proxy`] with `tables` (whole TOML tables) appended.
+fn h3_proxy_with(pki: &Pki, dir: &std::path::Path, servers: &[SocketAddr], routes: &str, tables: &str) -> Proxy {
     let leaf = pki.leaf("site", &["localhost"]);
     let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
     let routes = if routes.is_empty() { "[[routes]]\npath_prefix = \"/\"\nupstream = \"u\"\n" } else { routes };
     let config = format!(
         "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\nhttp3 = true\n[listeners.tls]\ncertificates = [{}]\n\n\
-         {routes}\n[upstreams.u]\nservers = [{}]\n",
+         {routes}\n[upstreams.u]\nservers = [{}]\n\n{tables}\n",
         cert_entry(&leaf),
         servers.join(", ")
     );
@@ -205,6 +210,23 @@ fn a_drain_lets_the_open_stream_finish_then_closes_the_connection() {
         tokio::time::timeout(STEP, drive).await.expect("the connection closes after the drain").unwrap();
     });
     assert!(proxy.wait_exit(STEP).is_some(), "the proxy exits once the drain is done");
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_client_idle_timeout() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let up = Upstream::ok();
+    let proxy = h3_proxy_with(&pki, &dir, &[up.addr], "", "[limits]\nclient_idle_timeout = \"1s\"\n");
+    block_on(async {
+        let (_ep, mut send, drive) = h3_connect(&pki, proxy.addr).await;
+        let (resp, _) = exchange(&mut send, request(Method::GET, "/"), b"").await;
+        assert_eq!(resp.status(), 200);
+        let idle = tokio::time::Instant::now();
+        // GOAWAY after 1 s without a stream, then the close (the client may close first).
+        tokio::time::timeout(STEP, drive).await.expect("the idle connection is closed").unwrap();
+        assert!(idle.elapsed() >= Duration::from_millis(900), "not before the idle timeout: {:?}", idle.elapsed());
+    });
 }
 
 #[test]

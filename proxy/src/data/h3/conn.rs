@@ -8,9 +8,9 @@
 //! - the drain: GOAWAY (`h3`'s `shutdown`, naming the last accepted stream), then the open
 //!   streams finish and the connection closes;
 //! - the idle timeout (`limits.client_idle_timeout` without an open stream; the first request is
-//!   due within `limits.header_read_timeout` of the handshake): GOAWAY, and a connection still
-//!   there a whole idle period later is closed. QUIC's own idle timeout (no packet at all) is set
-//!   on the endpoint's transport config.
+//!   due within `limits.header_read_timeout` of the handshake): GOAWAY, then the connection
+//!   closes (after a linger of at most [`LINGER`] for the client to close it first). QUIC's own
+//!   idle timeout (no packet at all) is set on the endpoint's transport config.
 //!
 //! The bounds on what a client may do: the concurrent request streams and flow-control windows
 //! of the endpoint's transport config, and the field section's size (`max_field_section_size`,
@@ -82,9 +82,8 @@ pub async fn serve(worker: Rc<Worker>, incoming: quinn::Incoming, permit: ConnPe
     let info = Rc::new(ConnInfo::new(peer, true, &snap.via, timers.deadline(limits.header_read_timeout)));
     drop(snap);
 
+    // GOAWAY sent (by the drain or the idle timeout): the end of the last open stream closes.
     let mut draining = false;
-    // GOAWAY sent (by the drain or the idle timeout): the next idle expiry closes.
-    let mut goaway_sent = false;
     loop {
         let event = {
             let accept = h3conn.accept();
@@ -129,7 +128,6 @@ pub async fn serve(worker: Rc<Worker>, incoming: quinn::Incoming, permit: ConnPe
             }
             Event::Drain => {
                 draining = true;
-                goaway_sent = true;
                 // GOAWAY with the last accepted stream: later ones are refused, the open ones
                 // finish, then `accept` ends.
                 let _ = h3conn.shutdown(0).await;
@@ -138,13 +136,9 @@ pub async fn serve(worker: Rc<Worker>, incoming: quinn::Incoming, permit: ConnPe
                 // A stream may have opened and closed since the timer was armed: the deadline
                 // it left is the one that counts.
                 if info.open.get() == 0 && info.idle_until.get() <= timers.deadline(Duration::ZERO) {
-                    if goaway_sent {
-                        break;
-                    }
+                    // GOAWAY; with no stream open the next turn closes (after the linger).
                     draining = true;
-                    goaway_sent = true;
                     let _ = h3conn.shutdown(0).await;
-                    info.idle_until.set(timers.deadline(worker.snapshot().limits.client_idle_timeout));
                 }
             }
         }
