@@ -56,8 +56,12 @@ summ() { # NAME MODE ROUND [caddy_count]
   python3 - "$tmp/$1.json" "$tmp/$1.t" "$2" "$3" "${4:--}" <<'PY'
 import json, sys
 p, t, mode, rnd, caddy = sys.argv[1:]
-j = json.load(open(p))
-u, s = (float(x) for x in open(t).read().split())
+try:
+    j = json.load(open(p))
+    u, s = (float(x) for x in open(t).read().split()[-2:])
+except (OSError, ValueError) as e:
+    print(f"{mode:<9} {rnd:<5} RUN FAILED (no report or no CPU times: {e}); caddy saw {caddy}")
+    sys.exit(0)
 c, L = j["counts"], j["latency"]
 n = c["responses"]
 errs = sum(j["errors"].values())
@@ -123,6 +127,7 @@ printf '%-9s %-5s %-8s %8s %8s %6s %8s %9s %9s %5s %7s %7s %8s %9s %9s %6s %6s %
 U="https://localhost:$PORT_plain/"
 CA=(--ca "$tmp/plain.pem")
 for r in $(seq "$ROUNDS"); do
+  rm -f "$tmp"/*.json "$tmp"/*.t
   if [ -n "$CADDY_PORT" ]; then
     CU="https://localhost:$CADDY_PORT/"
     CCA=(--ca "$tmp/caddy/data/pki/authorities/local/root.crt")
