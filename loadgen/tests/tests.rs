@@ -2085,6 +2085,50 @@ mod h3 {
         }
     }
 
+    /// `hold --http3` against `upstream --tls --http3`: 200 QUIC connections, each a handshake
+    /// (counted full or resumed) and a verified GET, held idle and still open when the RSS is
+    /// read; the upstream's memory grew with them. `--http3` on http:// is a usage error.
+    #[test]
+    fn hold_holds_http3_connections() {
+        let _g = timing_lock();
+        let (up, ca) = Server::upstream_tls(&["--http3"]);
+        let json = temp_path("hold-h3.json");
+        let (url, pid) = (up.https_url(), up.pid().to_string());
+        let out = loadgen(&[
+            "hold",
+            "--url",
+            &url,
+            "--pid",
+            &pid,
+            "--http3",
+            "--connections",
+            "200",
+            "--settle",
+            "300ms",
+            "--settle-before",
+            "100ms",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&json);
+        let c = &j["counts"][0];
+        assert_eq!((c["n_ok"].as_u64(), c["valid"].as_bool()), (Some(200), Some(true)), "{c}");
+        let hs = c["tls_handshakes"]["full"].as_u64().unwrap() + c["tls_handshakes"]["resumed"].as_u64().unwrap();
+        assert_eq!(hs, 200, "a handshake per held connection: {c}");
+        assert!(c["kib_per_conn"].as_f64().unwrap() > 1.0, "the upstream holds QUIC state per connection: {c}");
+        assert_eq!(j["meta"]["http3"], true, "{}", j["meta"]);
+        assert_eq!(j["meta"]["tls"]["alpn_offered"][0], "h3", "{}", j["meta"]);
+
+        let plain_url = format!("http://{}/", up.addr);
+        let out = loadgen(&["hold", "--url", &plain_url, "--pid", &pid, "--http3"]);
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// A server that stops granting flow-control window (it never reads the body, 1,024-byte
     /// stream window): 100,000-byte POSTs time out as `flow_stall`, not as a plain `timeout`.
     #[test]
