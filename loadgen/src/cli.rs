@@ -108,6 +108,10 @@ pub struct LoadArgs {
     /// TLS13_AES_128_GCM_SHA256, no 0-RTT.
     #[arg(long, conflicts_with = "http2")]
     pub http3: bool,
+    /// --http3: send requests in 0-RTT on resumed connections (before the handshake completes),
+    /// when the server's ticket allows it. Off by default: 0-RTT requests can be replayed.
+    #[arg(long, requires = "http3")]
+    pub early_data: bool,
     /// --http2/--http3: concurrent streams per connection (request slots; the busy policy applies
     /// when every stream of every connection is busy).
     #[arg(long, value_name = "N")]
@@ -261,6 +265,10 @@ pub struct UpstreamArgs {
     /// --tls: also serve HTTP/3 (QUIC) on the same port number over UDP, same certificate.
     #[arg(long, requires = "tls", conflicts_with = "http1_only")]
     pub http3: bool,
+    /// --http3: accept 0-RTT requests (tickets allow early data; requests are served as they
+    /// arrive, before the handshake completes).
+    #[arg(long, requires = "http3")]
+    pub early_data: bool,
     /// gRPC-shaped responses: content-type application/grpc and trailers grpc-status: 0,
     /// grpc-message: ok after every body (HTTP/2: a trailing HEADERS frame; HTTP/1.1: a chunked
     /// body with that trailer section, whatever the request's TE).
@@ -452,6 +460,9 @@ fn load_config(a: &LoadArgs) -> Result<RunConfig, Failure> {
     if a.streams.is_some() && !a.http2 && !a.http3 {
         return usage("--streams needs --http2 or --http3 (an HTTP/1.1 connection carries one request at a time)");
     }
+    if a.early_data && a.resume == Some(OnOff::Off) {
+        return usage("--early-data needs the session cache (--resume on): 0-RTT resumes a session");
+    }
     if a.http3 && !target.tls {
         return usage("--http3 needs an https:// URL (QUIC is always encrypted)");
     }
@@ -521,7 +532,7 @@ fn tls_settings(a: &LoadArgs, target: &Target) -> Result<Option<ClientSettings>,
     };
     let name = a.sni.as_deref().unwrap_or(&target.host);
     let server_name = tls::server_name(name).map_err(|e| Failure::Usage(if a.sni.is_some() { format!("--sni: {e}") } else { e }))?;
-    Ok(Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off), h2: a.http2 }))
+    Ok(Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off), h2: a.http2, early_data: a.early_data }))
 }
 
 /// Reads a targets file: one `[METHOD] URL-or-/path` per line; `#` comments and blanks skipped.
@@ -669,7 +680,7 @@ fn cmd_upstream(a: UpstreamArgs) -> Result<i32, Failure> {
         } else {
             config
         };
-        let http3 = if a.http3 { Some(tls::quic_server_config(&keys).map_err(Failure::Usage)?) } else { None };
+        let http3 = if a.http3 { Some(tls::quic_server_config(&keys, a.early_data).map_err(Failure::Usage)?) } else { None };
         (Some(config), http3)
     } else {
         (None, None)

@@ -180,7 +180,7 @@ impl HoldConfig {
             };
             let name = a.sni.as_deref().unwrap_or(&target.host);
             let server_name = crate::tls::server_name(name).map_err(|e| if a.sni.is_some() { format!("--sni: {e}") } else { e })?;
-            Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off), h2: a.http2 })
+            Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off), h2: a.http2, early_data: false })
         } else {
             if a.ca.is_some() || a.insecure || a.sni.is_some() || a.resume.is_some() {
                 return Err("--ca, --insecure, --sni and --resume need an https:// URL".into());

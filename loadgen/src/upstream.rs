@@ -21,7 +21,8 @@
 //!
 //! `--http3` (with `--tls`) also serves HTTP/3 (`quinn` and `h3`) on the same port number over
 //! UDP, one QUIC endpoint per serving thread, from the same certificate; every request stream
-//! gets the same `200`, body, trailers, delay and stall as over TCP.
+//! gets the same `200`, body, trailers, delay and stall as over TCP. `--early-data` makes its
+//! tickets allow 0-RTT, and 0-RTT requests are served as they arrive (0.5-RTT).
 //!
 //! HTTP/2 (the `h2` crate server): a cleartext connection that opens with the h2 preface is
 //! served as h2c (prior knowledge), a TLS connection that negotiated ALPN `h2` as h2; each
@@ -376,7 +377,16 @@ async fn h3_accept_loop(ep: quinn::Endpoint, resp: Rc<Responses>, cfg: Rc<Upstre
 /// One HTTP/3 connection: a failed handshake just ends it; every request stream gets its own
 /// task.
 async fn h3_conn(incoming: quinn::Incoming, body: bytes::Bytes, cfg: Rc<UpstreamConfig>, start: Instant) {
-    let Ok(conn) = incoming.await else { return };
+    let Ok(connecting) = incoming.accept() else { return };
+    // 0.5-RTT: requests that came as 0-RTT data (`--early-data`) are served as they arrive, before
+    // the handshake completes; for any other connection this changes nothing.
+    let conn = match connecting.into_0rtt() {
+        Ok((conn, _)) => conn,
+        Err(connecting) => match connecting.await {
+            Ok(conn) => conn,
+            Err(_) => return,
+        },
+    };
     let Ok(mut h) = h3::server::Connection::<_, bytes::Bytes>::new(h3_quinn::Connection::new(conn)).await else {
         return;
     };

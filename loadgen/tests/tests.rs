@@ -1789,6 +1789,9 @@ mod cli {
             &["run", "--url", "https://127.0.0.1:1/", "--rate", "10", "--insecure", "--streams", "2"],
             &["upstream", "--http3"],
             &["upstream", "--tls", "--http3", "--http1-only"],
+            &["upstream", "--tls", "--early-data"],
+            &["run", "--url", "https://127.0.0.1:1/", "--rate", "10", "--insecure", "--early-data"],
+            &["run", "--url", "https://127.0.0.1:1/", "--rate", "10", "--insecure", "--http3", "--early-data", "--resume", "off"],
         ] {
             let out = loadgen(args);
             let err = String::from_utf8_lossy(&out.stderr);
@@ -2082,6 +2085,40 @@ mod h3 {
             let kind = if goaway { "errors.goaway" } else { "errors.reset" };
             assert!(f(&j, kind) >= 20.0, "{kind}\n{stdout}");
             assert!(errors_total(&j) >= 45, "{stdout}");
+        }
+    }
+
+    /// `--early-data`: against `upstream --http3 --early-data` every new connection in the window
+    /// resumes in 0-RTT (none refused, no error); against an upstream whose tickets do not allow
+    /// early data they are plain resumed handshakes; without `--early-data` never 0-RTT.
+    #[test]
+    fn h3_early_data_only_when_asked_and_allowed() {
+        let _g = timing_lock();
+        let (early, early_ca) = Server::upstream_tls(&["--http3", "--early-data"]);
+        let (plain, plain_ca) = Server::upstream_tls(&["--http3"]);
+        let (early_url, plain_url) = (early.https_url(), plain.https_url());
+        let churn = ["--new-connection-every", "10", "--connections", "2", "--rate", "200", "--duration", "2s", "--warmup", "500ms"];
+        for (url, ca, ask, zero_rtt) in
+            [(&early_url, &early_ca, true, true), (&plain_url, &plain_ca, true, false), (&early_url, &early_ca, false, false)]
+        {
+            let mut args = h3_args(url, ca.to_str().unwrap(), &churn);
+            if ask {
+                args.push("--early-data");
+            }
+            let (code, stdout, j) = run_json(&args);
+            assert_eq!(code, 0, "{stdout}");
+            assert_eq!(errors_total(&j), 0, "{stdout}");
+            assert_eq!(f(&j, "counts.responses"), f(&j, "counts.scheduled"), "{stdout}");
+            let (full, resumed, zrtt) = (f(&j, "handshakes.full"), f(&j, "handshakes.resumed"), f(&j, "handshakes.zero_rtt"));
+            if zero_rtt {
+                assert!(zrtt >= 36.0 && resumed == 0.0 && full == 0.0, "0-RTT {zrtt} resumed {resumed} full {full}\n{stdout}");
+                assert_eq!(j["early_data_rejected"].as_u64(), Some(0), "{stdout}");
+            } else {
+                assert!(zrtt == 0.0 && resumed >= 36.0, "0-RTT {zrtt} resumed {resumed}\n{stdout}");
+            }
+            if !ask {
+                assert!(j["early_data_rejected"].is_null(), "{stdout}");
+            }
         }
     }
 
