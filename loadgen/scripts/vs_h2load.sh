@@ -42,6 +42,8 @@ echo "low load: $RATE req/s, ${SECS}s, 1 connection, 1 stream; cost: closed loop
 printf '%-6s %-5s %-8s %9s %9s %8s %12s %12s\n' proto round tool requests ok_200 errors p50_us corr_p50_us
 low() { # proto url [loadgen args...]
   local proto=$1 url=$2; shift 2
+  # h2load appends to its log file: start each run with an empty one
+  rm -f "$tmp/h2.log"
   taskset -c 0 h2load -n "$N" -c 1 -m 1 --rps "$RATE" --log-file="$tmp/h2.log" "$url" > "$tmp/h2.out" 2>&1 || true
   python3 - "$proto" "$r" "$tmp/h2.out" "$tmp/h2.log" <<'PY' | tee -a "$tmp/res"
 import re, sys
