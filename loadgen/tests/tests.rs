@@ -1338,6 +1338,45 @@ mod h2 {
         }
     }
 
+    /// `--timeout` over HTTP/2 (each slot's timer is re-armed only when it fires before the
+    /// current request's deadline): against 300 ms stalls every second with a 150 ms timeout, the
+    /// requests caught early in a stall time out, the others are answered, every request sent is
+    /// one or the other, no response took longer than the timeout, and a timeout resets its
+    /// stream only (no other error: the connection stays).
+    #[test]
+    fn timeouts_fail_the_stream_only_and_bound_every_request() {
+        let _g = timing_lock();
+        let up = Server::upstream(&["--stall-every", "1s", "--stall-for", "300ms"]);
+        let url = up.url();
+        let (_, stdout, j) = run_json(&[
+            "--url",
+            &url,
+            "--http2",
+            "--streams",
+            "20",
+            "--connections",
+            "1",
+            "--rate",
+            "200",
+            "--duration",
+            "3s",
+            "--warmup",
+            "0s",
+            "--timeout",
+            "150ms",
+            "--max-lag",
+            "25ms",
+        ]);
+        let timeouts = f(&j, "errors.timeout");
+        assert!(timeouts >= 20.0, "{stdout}");
+        assert_eq!(timeouts, f(&j, "error_causes.timeout"), "{stdout}");
+        assert_eq!(errors_total(&j), timeouts as u64, "only timeouts\n{stdout}");
+        assert!(f(&j, "counts.responses") >= 400.0, "{stdout}");
+        assert_eq!(f(&j, "counts.responses") + timeouts, f(&j, "counts.sent_in_window"), "{stdout}");
+        let max = f(&j, "latency.uncorrected.max_us");
+        assert!(max < 150_000.0, "service max {max}us: a response later than the timeout was counted\n{stdout}");
+    }
+
     /// `--http2` against servers without HTTP/2 (the upstream with `--http1-only`, cleartext and
     /// TLS): every request is a counted error of a kind, no response is invented, no panic.
     #[test]
