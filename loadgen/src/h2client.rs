@@ -205,19 +205,28 @@ impl H2Slot {
         };
         let generation = c.generation.get();
         let deadline = sent + c.timeout;
+        let in_body = Cell::new(false);
         let r = {
-            let mut rt = std::pin::pin!(roundtrip(&mut sender, h2req.build(), &h2req.body, req.head));
+            let mut rt = std::pin::pin!(roundtrip(&mut sender, h2req.build(), &h2req.body, req.head, &in_body));
             let sleep = &mut self.sleep;
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = rt.as_mut().poll(cx) {
+                    // Complete, but seen only after the deadline (this thread was not running
+                    // when it arrived): by the generator's clock it took longer than --timeout,
+                    // so it is a timeout, and no service time above the timeout is recorded.
+                    if r.is_ok() && Instant::now() >= deadline {
+                        return Poll::Ready(Err(ReqError::new(ErrorKind::Timeout, Cause::Timeout)));
+                    }
                     return Poll::Ready(r);
                 }
                 // The timer may be armed for an earlier request's deadline: when it fires before
                 // this one's, it is re-armed for this one's.
                 while sleep.as_mut().poll(cx).is_ready() {
                     if Instant::now() >= deadline {
-                        // Dropping the stream resets it (CANCEL); the connection stays.
-                        return Poll::Ready(Err(ReqError::new(ErrorKind::Timeout, Cause::Timeout)));
+                        // Dropping the stream resets it (CANCEL); the connection stays. A body
+                        // still waiting for send capacity waited for the server's window.
+                        let kind = if in_body.get() { ErrorKind::FlowStall } else { ErrorKind::Timeout };
+                        return Poll::Ready(Err(ReqError::new(kind, Cause::Timeout)));
                     }
                     sleep.as_mut().reset(tokio::time::Instant::from_std(deadline));
                 }
@@ -253,16 +262,36 @@ impl H2Slot {
     }
 }
 
+/// One request on a new stream. A body is sent as the server's flow-control windows grant
+/// capacity (not buffered in `h2` whole), with `in_body` true while it waits for them, so a
+/// timeout there is told apart as a flow-control stall.
 async fn roundtrip(
     sender: &mut h2::client::SendRequest<Bytes>,
     request: http::Request<()>,
     body: &Bytes,
     head: bool,
+    in_body: &Cell<bool>,
 ) -> Result<u16, ReqError> {
     std::future::poll_fn(|cx| sender.poll_ready(cx)).await.map_err(|e| classify(&e))?;
     let (resp, mut tx) = sender.send_request(request, body.is_empty()).map_err(|e| classify(&e))?;
     if !body.is_empty() {
-        tx.send_data(body.clone(), true).map_err(|e| classify(&e))?;
+        in_body.set(true);
+        let mut rest = body.clone();
+        while !rest.is_empty() {
+            tx.reserve_capacity(rest.len());
+            match std::future::poll_fn(|cx| tx.poll_capacity(cx)).await {
+                Some(Ok(0)) => {}
+                Some(Ok(n)) => {
+                    let chunk = rest.split_to(n.min(rest.len()));
+                    tx.send_data(chunk, rest.is_empty()).map_err(|e| classify(&e))?;
+                }
+                Some(Err(e)) => return Err(classify(&e)),
+                // The stream can send no more (the server reset it or answered already): what
+                // happened is in the response.
+                None => break,
+            }
+        }
+        in_body.set(false);
     }
     let resp = resp.await.map_err(|e| classify(&e))?;
     let status = resp.status().as_u16();

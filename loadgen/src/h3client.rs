@@ -266,6 +266,9 @@ impl H3Slot {
         let generation = c.generation.get();
         let in_body = Cell::new(false);
         let r = match tokio::time::timeout(c.timeout, roundtrip(sender, h3req.build(), &h3req.body, req.head, &in_body)).await {
+            // Complete, but seen only after the deadline (this thread was not running when it
+            // arrived): by the generator's clock a timeout, as over HTTP/2.
+            Ok(Ok(_)) if sent.elapsed() >= c.timeout => Err(ReqError::new(ErrorKind::Timeout, Cause::Timeout)),
             Ok(r) => r,
             // Dropping the stream resets it; the connection stays. A body still being written
             // waited for the server's flow-control window.

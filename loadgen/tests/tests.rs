@@ -1439,6 +1439,61 @@ mod h2 {
         addr
     }
 
+    /// A server (the `h2` crate) that never reads request bodies, with a 1,024-byte stream
+    /// window: 100,000-byte POSTs time out as `flow_stall`, not as a plain `timeout`, and a GET
+    /// on the same server is still answered... never (it answers nothing), so only POSTs run.
+    #[test]
+    fn a_body_the_server_never_takes_is_a_flow_stall() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l).unwrap();
+                loop {
+                    let Ok((s, _)) = l.accept().await else { continue };
+                    tokio::spawn(async move {
+                        let Ok(mut c) = h2::server::Builder::new().initial_window_size(1024).handshake::<_, bytes::Bytes>(s).await else {
+                            return;
+                        };
+                        let mut held = Vec::new();
+                        while let Some(Ok(stream)) = c.accept().await {
+                            held.push(stream);
+                        }
+                    });
+                }
+            });
+        });
+        let url = format!("http://{addr}/");
+        let (code, stdout, j) = run_json(&[
+            "--url",
+            &url,
+            "--http2",
+            "--streams",
+            "4",
+            "--connections",
+            "1",
+            "--rate",
+            "8",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--timeout",
+            "500ms",
+            "--method",
+            "POST",
+            "--body-bytes",
+            "100000",
+            "--allow-invalid",
+        ]);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(f(&j, "counts.responses"), 0.0, "{stdout}");
+        assert_eq!(f(&j, "errors.flow_stall"), 8.0, "{stdout}");
+        assert_eq!(f(&j, "errors.timeout"), 0.0, "{stdout}");
+    }
+
     /// RST_STREAM and GOAWAY from the server are counted under `reset` and `goaway`.
     #[test]
     fn resets_and_goaways_are_counted_by_kind() {
