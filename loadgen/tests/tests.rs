@@ -1440,8 +1440,8 @@ mod h2 {
     }
 
     /// A server (the `h2` crate) that never reads request bodies, with a 1,024-byte stream
-    /// window: 100,000-byte POSTs time out as `flow_stall`, not as a plain `timeout`, and a GET
-    /// on the same server is still answered... never (it answers nothing), so only POSTs run.
+    /// window (and never answers): 100,000-byte POSTs time out as `flow_stall`, none as a plain
+    /// `timeout`.
     #[test]
     fn a_body_the_server_never_takes_is_a_flow_stall() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
