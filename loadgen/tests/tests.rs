@@ -2185,22 +2185,39 @@ mod h3_relay {
 
     /// One request on a new stream (head, `body` if any, FIN), the whole response read.
     async fn request(send: &mut Send, method: &str, uri: &str, fields: &[(&str, &str)], body: &[u8]) -> Reply {
+        let data: &[&[u8]] = if body.is_empty() { &[] } else { &[body] };
+        try_request(send, method, uri, fields, data, None).await.unwrap()
+    }
+
+    /// One request on a new stream: the head, each of `data` as a DATA frame, `trailers`, FIN;
+    /// then the whole response, or the stream's error.
+    async fn try_request(
+        send: &mut Send,
+        method: &str,
+        uri: &str,
+        fields: &[(&str, &str)],
+        data: &[&[u8]],
+        trailers: Option<http::HeaderMap>,
+    ) -> Result<Reply, h3::error::StreamError> {
         let mut b = http::Request::builder().method(method).uri(uri);
         for (k, v) in fields {
             b = b.header(*k, *v);
         }
-        let mut s = send.send_request(b.body(()).unwrap()).await.unwrap();
-        if !body.is_empty() {
-            s.send_data(Bytes::copy_from_slice(body)).await.unwrap();
+        let mut s = send.send_request(b.body(()).unwrap()).await?;
+        for d in data {
+            s.send_data(Bytes::copy_from_slice(d)).await?;
         }
-        s.finish().await.unwrap();
-        let resp = s.recv_response().await.unwrap();
+        if let Some(t) = trailers {
+            s.send_trailers(t).await?;
+        }
+        s.finish().await?;
+        let resp = s.recv_response().await?;
         let mut got = Vec::new();
-        while let Some(mut d) = s.recv_data().await.unwrap() {
+        while let Some(mut d) = s.recv_data().await? {
             got.extend_from_slice(&d.copy_to_bytes(d.remaining()));
         }
-        let trailers = s.recv_trailers().await.unwrap();
-        Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), body: got, trailers }
+        let trailers = s.recv_trailers().await?;
+        Ok(Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), body: got, trailers })
     }
 
     /// Runs `f` with an HTTP/3 connection to `localhost:port` trusting `ca`, within 20 s.
@@ -2267,8 +2284,10 @@ mod h3_relay {
     /// What an HTTP/1.1 origin receives through `relay --h3 --upstream-http1` (the origin in
     /// `h2_to_h1` answers with the request's own bytes): a GET is `GET path HTTP/1.1`, `host` from
     /// `:authority`, the client's fields, no body framing (its end came with its head); a
-    /// 100,000-byte POST with a `content-length` arrives byte-exact; sequential streams share
-    /// one origin connection.
+    /// 100,000-byte POST with a `content-length` arrives byte-exact; a POST without one (two
+    /// DATA frames and trailers) arrives chunked with the trailers as its trailer section;
+    /// sequential streams share one origin connection. A response head that is not HTTP is a
+    /// `502`, a bad chunk after a good head resets the stream, and the connection carries on.
     #[test]
     fn h3_relay_sends_http1_requests_as_they_came() {
         let (origin, accepted) = super::h2_to_h1::echo_origin();
@@ -2288,8 +2307,20 @@ mod h3_relay {
             assert!(r.body.ends_with(&big) && r.body.len() < 100_000 + 200, "{}", r.body.len());
             let head = String::from_utf8_lossy(&r.body[..r.body.len() - big.len()]).to_string();
             assert!(head.starts_with("POST /big HTTP/1.1\r\n") && head.ends_with("\r\ncontent-length: 100000\r\n\r\n"), "{head}");
+
+            let mut tr = http::HeaderMap::new();
+            tr.insert("x-t", http::HeaderValue::from_static("yes"));
+            let r = try_request(&mut send, "POST", &format!("{url}c"), &[], &[b"abc", b"defg"], Some(tr)).await.unwrap();
+            let t = String::from_utf8_lossy(&r.body).to_string();
+            assert!(t.ends_with("\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\nx-t: yes\r\n\r\n"), "{t}");
+            assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "sequential streams share one origin connection");
+
+            let r = request(&mut send, "GET", &format!("{url}bad-head"), &[], b"").await;
+            assert_eq!((r.status, r.body.len()), (502, 0), "{r:?}");
+            let e = try_request(&mut send, "GET", &format!("{url}bad-chunk"), &[], &[], None).await.unwrap_err();
+            assert!(e.to_string().contains("INTERNAL_ERROR"), "{e}");
+            assert_eq!(request(&mut send, "GET", &url, &[], b"").await.status, 200);
         });
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "sequential streams share one origin connection");
         let _ = std::fs::remove_file(&ca);
     }
 
