@@ -46,7 +46,8 @@ pub enum Cmd {
     Ladder(LadderArgs),
     /// A minimal fast HTTP/1.1 and HTTP/2 origin (plain or --tls; h2c and ALPN h2 detected) answering 200 with a fixed body.
     Upstream(UpstreamArgs),
-    /// A byte relay (no HTTP parsing): the CPU floor for any proxy on this machine (--tls: terminates TLS, relays the plaintext).
+    /// A byte relay (no HTTP parsing): the CPU floor for any proxy on this machine (--tls: terminates TLS, relays the plaintext;
+    /// --h2 and --h3: the HTTP/2 and HTTP/3 floors).
     Relay(RelayArgs),
     /// Merge the base64 histograms of `--json` reports and print their percentiles as JSON.
     ///
@@ -286,6 +287,8 @@ pub struct UpstreamArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("secure").args(["tls", "h3"]).multiple(true)))]
+#[command(group(clap::ArgGroup::new("streams").args(["h2", "h3"])))]
 pub struct RelayArgs {
     /// Address to listen on (port 0: any free port; the real one is printed).
     #[arg(long)]
@@ -303,24 +306,29 @@ pub struct RelayArgs {
     /// upstream: the TLS floor. Certificate generated at start unless --cert/--key are given.
     #[arg(long)]
     pub tls: bool,
-    /// --tls: write the generated certificate (PEM) here, for clients' --ca.
-    #[arg(long, requires = "tls", conflicts_with = "cert")]
+    /// --tls or --h3: write the generated certificate (PEM) here, for clients' --ca.
+    #[arg(long, requires = "secure", conflicts_with = "cert")]
     pub cert_out: Option<PathBuf>,
-    /// --tls: serve this certificate chain (PEM) instead of a generated one (with --key).
-    #[arg(long, requires_all = ["tls", "key"])]
+    /// --tls or --h3: serve this certificate chain (PEM) instead of a generated one (with --key).
+    #[arg(long, requires_all = ["secure", "key"])]
     pub cert: Option<PathBuf>,
-    /// --tls: the private key (PEM) of --cert.
+    /// --tls or --h3: the private key (PEM) of --cert.
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Relay HTTP/3: serve HTTP/3 over QUIC (TLS 1.3, ALPN h3; certificate as with --tls) on UDP
+    /// at --listen's address and send each request stream over one h2c connection to the
+    /// upstream per client connection (headers, body and trailers as they are): the HTTP/3 floor.
+    #[arg(long, conflicts_with = "tls")]
+    pub h3: bool,
     /// Relay HTTP/2: serve h2c (prior knowledge; with --tls, h2 by ALPN) and send each stream
     /// over one multiplexed h2c connection to the upstream per client connection (headers,
     /// body and trailers as they are): the floor of an HTTP/2 proxy built on the `h2` crate.
     #[arg(long)]
     pub h2: bool,
-    /// --h2: send each stream to the upstream as one HTTP/1.1 request on a keep-alive connection
-    /// from a pool per client connection (a new one when all are busy) instead of over h2c:
-    /// the floor of a proxy relaying HTTP/2 clients to an HTTP/1.1 origin.
-    #[arg(long, requires = "h2")]
+    /// --h2 or --h3: send each stream to the upstream as one HTTP/1.1 request on a keep-alive
+    /// connection from a pool per client connection (a new one when all are busy) instead of
+    /// over h2c: the floor of a proxy relaying HTTP/2 (HTTP/3) clients to an HTTP/1.1 origin.
+    #[arg(long, requires = "streams")]
     pub upstream_http1: bool,
 }
 
@@ -707,11 +715,17 @@ fn cmd_relay(a: RelayArgs) -> Result<i32, Failure> {
     if a.threads == 0 {
         return usage("--threads must be at least 1");
     }
+    let cert = match (a.cert, a.key) {
+        (Some(cert), Some(key)) => ServerCert::Files { cert, key },
+        _ => ServerCert::Generate { cert_out: a.cert_out },
+    };
+    let h3 = if a.h3 {
+        let keys = tls::ServerKeys::load(&cert).map_err(Failure::Usage)?;
+        Some(tls::quic_server_config(&keys).map_err(Failure::Usage)?)
+    } else {
+        None
+    };
     let tls = if a.tls {
-        let cert = match (a.cert, a.key) {
-            (Some(cert), Some(key)) => ServerCert::Files { cert, key },
-            _ => ServerCert::Generate { cert_out: a.cert_out },
-        };
         // The floor of an HTTP/1.1 proxy's TLS path: ALPN http/1.1 only (the plaintext goes to
         // an HTTP/1.1 upstream as it is); with --h2, h2 only.
         let mut config = (*tls::server_config(&cert).map_err(Failure::Usage)?).clone();
@@ -727,6 +741,7 @@ fn cmd_relay(a: RelayArgs) -> Result<i32, Failure> {
         cpus: a.cpus,
         tls,
         h2: a.h2,
+        h3,
         upstream_http1: a.upstream_http1,
     };
     relay::run_relay(&cfg, announce).map_err(|e| Failure::Runtime(format!("relay on {}: {e}", a.listen)))?;

@@ -357,14 +357,7 @@ async fn h2_stream(
 /// The HTTP/3 endpoint of one serving thread: a UDP socket on the TCP listener's address
 /// (`SO_REUSEPORT` when threads share it: the kernel keeps each client's datagrams on one socket).
 fn h3_endpoint(addr: SocketAddr, reuse_port: bool, config: quinn::ServerConfig) -> io::Result<quinn::Endpoint> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if reuse_port {
-        s.set_reuse_port(true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), s.into(), Arc::new(quinn::TokioRuntime))
+    crate::server::quic_endpoint(crate::server::bind_udp(addr, reuse_port)?, config)
 }
 
 /// Accepts QUIC connections until the endpoint closes; each is served by its own task.
