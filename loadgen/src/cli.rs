@@ -721,7 +721,7 @@ fn cmd_relay(a: RelayArgs) -> Result<i32, Failure> {
     };
     let h3 = if a.h3 {
         let keys = tls::ServerKeys::load(&cert).map_err(Failure::Usage)?;
-        Some(tls::quic_server_config(&keys).map_err(Failure::Usage)?)
+        Some(tls::quic_server_config(&keys, false).map_err(Failure::Usage)?)
     } else {
         None
     };
