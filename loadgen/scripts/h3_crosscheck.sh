@@ -7,6 +7,8 @@
 #            in Caddy's own access log as an HTTP/3.0 200, and no more; handshake churn resumes
 #   rate     loadgen --http3 against `loadgen upstream --http3`: sent and achieved within 1 %
 #   stall    the upstream stalls 100 ms every second: corrected P99 shows it, service P99 not
+#   0-RTT    --early-data against an upstream whose tickets allow it: new connections resume in
+#            0-RTT, none refused
 #   cost     requests per CPU-second of the generator, closed loop, 10 requests in flight:
 #            TLS + HTTP/1.1 (10 connections), h2 over TLS and h3 (1 connection x 10 streams)
 # Servers pinned on CPU 1, the generator on CPU 0, rounds interleaved.
@@ -30,6 +32,7 @@ start_upstream() { # name args... -> sets PORT_<name>
 }
 start_upstream plain
 start_upstream stall --stall-every 1s --stall-for 100ms
+start_upstream early --early-data
 
 echo "loadgen $("$BIN" --version | cut -d' ' -f2) at $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $ROUNDS rounds, rate $RATE req/s, ${SECS}s runs, body $BODY bytes; servers on cpu 1, generator on cpu 0; load $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -56,14 +59,18 @@ summ() { # NAME MODE ROUND [caddy_count]
   python3 - "$tmp/$1.json" "$tmp/$1.t" "$2" "$3" "${4:--}" <<'PY'
 import json, sys
 p, t, mode, rnd, caddy = sys.argv[1:]
-j = json.load(open(p))
-u, s = (float(x) for x in open(t).read().split())
+try:
+    j = json.load(open(p))
+    u, s = (float(x) for x in open(t).read().split()[-2:])
+except (OSError, ValueError) as e:
+    print(f"{mode:<9} {rnd:<5} RUN FAILED (no report or no CPU times: {e}); caddy saw {caddy}")
+    sys.exit(0)
 c, L = j["counts"], j["latency"]
 n = c["responses"]
 errs = sum(j["errors"].values())
 neg = j["tls_negotiated"][0] if j["tls_negotiated"] else {}
 print(f"{mode:<9} {rnd:<5} {j['meta']['protocol']:<8} {c['scheduled']:>8} {n:>8} {errs:>6} {caddy:>8} "
-      f"{j['sent_rate']:>9.1f} {j['achieved_rate']:>9.1f} {j['handshakes']['full']:>5} {j['handshakes']['resumed']:>7} "
+      f"{j['sent_rate']:>9.1f} {j['achieved_rate']:>9.1f} {j['handshakes']['full']:>5} {j['handshakes']['resumed']:>7} {j['handshakes'].get('zero_rtt', 0):>5} "
       f"{str(j.get('resumption_refused')):>7} {L['corrected']['p50_us']:>8.0f} {L['corrected']['p99_us']:>9.0f} "
       f"{L['uncorrected']['p99_us']:>9.0f} {u:>6.2f} {s:>6.2f} {n / (u + s) if u + s else 0:>9.0f} "
       f"{neg.get('version', '-')}/{neg.get('cipher_suite', '-')}/{neg.get('alpn', '-')}")
@@ -118,11 +125,12 @@ print(n)
 PY
 }
 
-printf '%-9s %-5s %-8s %8s %8s %6s %8s %9s %9s %5s %7s %7s %8s %9s %9s %6s %6s %9s %s\n' \
-  check round proto sched resp errors server sent/s achvd/s full resumed refused p50_us p99_us svc_p99 user_s sys_s req/cpu_s tls
+printf '%-9s %-5s %-8s %8s %8s %6s %8s %9s %9s %5s %7s %5s %7s %8s %9s %9s %6s %6s %9s %s\n' \
+  check round proto sched resp errors server sent/s achvd/s full resumed 0rtt refused p50_us p99_us svc_p99 user_s sys_s req/cpu_s tls
 U="https://localhost:$PORT_plain/"
 CA=(--ca "$tmp/plain.pem")
 for r in $(seq "$ROUNDS"); do
+  rm -f "$tmp"/*.json "$tmp"/*.t
   if [ -n "$CADDY_PORT" ]; then
     CU="https://localhost:$CADDY_PORT/"
     CCA=(--ca "$tmp/caddy/data/pki/authorities/local/root.crt")
@@ -139,6 +147,8 @@ for r in $(seq "$ROUNDS"); do
   summ rate rate "$r"
   run churn --url "$U" "${CA[@]}" --http3 --new-connection-every 10 --connections 4 --rate 500 --duration "${SECS}s" --warmup 0s
   summ churn new10 "$r"
+  run early --url "https://localhost:$PORT_early/" --ca "$tmp/early.pem" --http3 --early-data --new-connection-every 10 --connections 4 --rate 500 --duration "${SECS}s" --warmup 0s
+  summ early 0rtt-new10 "$r"
   run stall --url "https://localhost:$PORT_stall/" --ca "$tmp/stall.pem" --http3 --streams 4 --connections 2 --rate 1000 --duration "${SECS}s" --warmup 500ms
   summ stall stall "$r"
   run h1 --url "$U" "${CA[@]}" --closed --connections 10 --duration "${SECS}s" --warmup 0s

@@ -46,7 +46,8 @@ pub enum Cmd {
     Ladder(LadderArgs),
     /// A minimal fast HTTP/1.1 and HTTP/2 origin (plain or --tls; h2c and ALPN h2 detected) answering 200 with a fixed body.
     Upstream(UpstreamArgs),
-    /// A byte relay (no HTTP parsing): the CPU floor for any proxy on this machine (--tls: terminates TLS, relays the plaintext).
+    /// A byte relay (no HTTP parsing): the CPU floor for any proxy on this machine (--tls: terminates TLS, relays the plaintext;
+    /// --h2 and --h3: the HTTP/2 and HTTP/3 floors).
     Relay(RelayArgs),
     /// Merge the base64 histograms of `--json` reports and print their percentiles as JSON.
     ///
@@ -108,6 +109,10 @@ pub struct LoadArgs {
     /// TLS13_AES_128_GCM_SHA256, no 0-RTT.
     #[arg(long, conflicts_with = "http2")]
     pub http3: bool,
+    /// --http3: send requests in 0-RTT on resumed connections (before the handshake completes),
+    /// when the server's ticket allows it. Off by default: 0-RTT requests can be replayed.
+    #[arg(long, requires = "http3")]
+    pub early_data: bool,
     /// --http2/--http3: concurrent streams per connection (request slots; the busy policy applies
     /// when every stream of every connection is busy).
     #[arg(long, value_name = "N")]
@@ -261,6 +266,10 @@ pub struct UpstreamArgs {
     /// --tls: also serve HTTP/3 (QUIC) on the same port number over UDP, same certificate.
     #[arg(long, requires = "tls", conflicts_with = "http1_only")]
     pub http3: bool,
+    /// --http3: accept 0-RTT requests (tickets allow early data; requests are served as they
+    /// arrive, before the handshake completes).
+    #[arg(long, requires = "http3")]
+    pub early_data: bool,
     /// gRPC-shaped responses: content-type application/grpc and trailers grpc-status: 0,
     /// grpc-message: ok after every body (HTTP/2: a trailing HEADERS frame; HTTP/1.1: a chunked
     /// body with that trailer section, whatever the request's TE).
@@ -278,6 +287,8 @@ pub struct UpstreamArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("secure").args(["tls", "h3"]).multiple(true)))]
+#[command(group(clap::ArgGroup::new("streams").args(["h2", "h3"])))]
 pub struct RelayArgs {
     /// Address to listen on (port 0: any free port; the real one is printed).
     #[arg(long)]
@@ -295,24 +306,29 @@ pub struct RelayArgs {
     /// upstream: the TLS floor. Certificate generated at start unless --cert/--key are given.
     #[arg(long)]
     pub tls: bool,
-    /// --tls: write the generated certificate (PEM) here, for clients' --ca.
-    #[arg(long, requires = "tls", conflicts_with = "cert")]
+    /// --tls or --h3: write the generated certificate (PEM) here, for clients' --ca.
+    #[arg(long, requires = "secure", conflicts_with = "cert")]
     pub cert_out: Option<PathBuf>,
-    /// --tls: serve this certificate chain (PEM) instead of a generated one (with --key).
-    #[arg(long, requires_all = ["tls", "key"])]
+    /// --tls or --h3: serve this certificate chain (PEM) instead of a generated one (with --key).
+    #[arg(long, requires_all = ["secure", "key"])]
     pub cert: Option<PathBuf>,
-    /// --tls: the private key (PEM) of --cert.
+    /// --tls or --h3: the private key (PEM) of --cert.
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Relay HTTP/3: serve HTTP/3 over QUIC (TLS 1.3, ALPN h3; certificate as with --tls) on UDP
+    /// at --listen's address and send each request stream over one h2c connection to the
+    /// upstream per client connection (headers, body and trailers as they are): the HTTP/3 floor.
+    #[arg(long, conflicts_with = "tls")]
+    pub h3: bool,
     /// Relay HTTP/2: serve h2c (prior knowledge; with --tls, h2 by ALPN) and send each stream
     /// over one multiplexed h2c connection to the upstream per client connection (headers,
     /// body and trailers as they are): the floor of an HTTP/2 proxy built on the `h2` crate.
     #[arg(long)]
     pub h2: bool,
-    /// --h2: send each stream to the upstream as one HTTP/1.1 request on a keep-alive connection
-    /// from a pool per client connection (a new one when all are busy) instead of over h2c:
-    /// the floor of a proxy relaying HTTP/2 clients to an HTTP/1.1 origin.
-    #[arg(long, requires = "h2")]
+    /// --h2 or --h3: send each stream to the upstream as one HTTP/1.1 request on a keep-alive
+    /// connection from a pool per client connection (a new one when all are busy) instead of
+    /// over h2c: the floor of a proxy relaying HTTP/2 (HTTP/3) clients to an HTTP/1.1 origin.
+    #[arg(long, requires = "streams")]
     pub upstream_http1: bool,
 }
 
@@ -452,6 +468,9 @@ fn load_config(a: &LoadArgs) -> Result<RunConfig, Failure> {
     if a.streams.is_some() && !a.http2 && !a.http3 {
         return usage("--streams needs --http2 or --http3 (an HTTP/1.1 connection carries one request at a time)");
     }
+    if a.early_data && a.resume == Some(OnOff::Off) {
+        return usage("--early-data needs the session cache (--resume on): 0-RTT resumes a session");
+    }
     if a.http3 && !target.tls {
         return usage("--http3 needs an https:// URL (QUIC is always encrypted)");
     }
@@ -521,7 +540,7 @@ fn tls_settings(a: &LoadArgs, target: &Target) -> Result<Option<ClientSettings>,
     };
     let name = a.sni.as_deref().unwrap_or(&target.host);
     let server_name = tls::server_name(name).map_err(|e| Failure::Usage(if a.sni.is_some() { format!("--sni: {e}") } else { e }))?;
-    Ok(Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off), h2: a.http2 }))
+    Ok(Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off), h2: a.http2, early_data: a.early_data }))
 }
 
 /// Reads a targets file: one `[METHOD] URL-or-/path` per line; `#` comments and blanks skipped.
@@ -669,7 +688,7 @@ fn cmd_upstream(a: UpstreamArgs) -> Result<i32, Failure> {
         } else {
             config
         };
-        let http3 = if a.http3 { Some(tls::quic_server_config(&keys).map_err(Failure::Usage)?) } else { None };
+        let http3 = if a.http3 { Some(tls::quic_server_config(&keys, a.early_data).map_err(Failure::Usage)?) } else { None };
         (Some(config), http3)
     } else {
         (None, None)
@@ -696,11 +715,17 @@ fn cmd_relay(a: RelayArgs) -> Result<i32, Failure> {
     if a.threads == 0 {
         return usage("--threads must be at least 1");
     }
+    let cert = match (a.cert, a.key) {
+        (Some(cert), Some(key)) => ServerCert::Files { cert, key },
+        _ => ServerCert::Generate { cert_out: a.cert_out },
+    };
+    let h3 = if a.h3 {
+        let keys = tls::ServerKeys::load(&cert).map_err(Failure::Usage)?;
+        Some(tls::quic_server_config(&keys, false).map_err(Failure::Usage)?)
+    } else {
+        None
+    };
     let tls = if a.tls {
-        let cert = match (a.cert, a.key) {
-            (Some(cert), Some(key)) => ServerCert::Files { cert, key },
-            _ => ServerCert::Generate { cert_out: a.cert_out },
-        };
         // The floor of an HTTP/1.1 proxy's TLS path: ALPN http/1.1 only (the plaintext goes to
         // an HTTP/1.1 upstream as it is); with --h2, h2 only.
         let mut config = (*tls::server_config(&cert).map_err(Failure::Usage)?).clone();
@@ -716,6 +741,7 @@ fn cmd_relay(a: RelayArgs) -> Result<i32, Failure> {
         cpus: a.cpus,
         tls,
         h2: a.h2,
+        h3,
         upstream_http1: a.upstream_http1,
     };
     relay::run_relay(&cfg, announce).map_err(|e| Failure::Runtime(format!("relay on {}: {e}", a.listen)))?;

@@ -19,10 +19,14 @@ use crate::client::{Cause, ErrorKind, ReqError, Request};
 use crate::transport::{Connector, Handshake};
 use bytes::Bytes;
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+use tokio::time::Sleep;
 
 /// One HTTP/2 connection (reopened on demand), shared by its stream slots on one thread.
 pub struct H2Conn {
@@ -41,6 +45,11 @@ pub struct H2Conn {
     /// The generation of the last connection that ended with the server's GOAWAY (set by its
     /// driver task): the `h2` crate reports the streams it cut as broken pipes.
     goaway: Rc<Cell<u64>>,
+    /// Each slot's own handle on the current connection (index: the slot's), kept between its
+    /// requests: cloning a `SendRequest` per request locks the connection's stream store twice
+    /// (clone and drop). Emptied when the connection is dropped, so no idle slot keeps an old
+    /// connection open.
+    slot_senders: RefCell<Vec<Option<h2::client::SendRequest<Bytes>>>>,
 }
 
 impl H2Conn {
@@ -56,6 +65,7 @@ impl H2Conn {
             connected: Notify::new(),
             served: Cell::new(0),
             goaway: Rc::new(Cell::new(0)),
+            slot_senders: RefCell::new(Vec::new()),
         })
     }
 
@@ -112,6 +122,24 @@ impl H2Conn {
     fn drop_conn(&self, generation: u64) {
         if self.generation.get() == generation {
             *self.sender.borrow_mut() = None;
+            self.slot_senders.borrow_mut().iter_mut().for_each(|s| *s = None);
+        }
+    }
+
+    /// Slot `i`'s handle on the current connection (a clone of the connection's the first time).
+    fn take_sender(&self, i: usize) -> Option<h2::client::SendRequest<Bytes>> {
+        let own = self.slot_senders.borrow_mut().get_mut(i).and_then(Option::take);
+        own.or_else(|| self.sender.borrow().clone())
+    }
+
+    /// Gives slot `i`'s handle back after a request on the connection of `generation`; a handle
+    /// on a connection that has been replaced since is dropped.
+    fn put_sender(&self, i: usize, generation: u64, sender: h2::client::SendRequest<Bytes>) {
+        if self.generation.get() == generation
+            && self.sender.borrow().is_some()
+            && let Some(s) = self.slot_senders.borrow_mut().get_mut(i)
+        {
+            *s = Some(sender);
         }
     }
 }
@@ -119,12 +147,25 @@ impl H2Conn {
 /// One request slot (stream) of an [`H2Conn`].
 pub struct H2Slot {
     conn: Rc<H2Conn>,
+    /// This slot's index in its connection's `slot_senders`.
+    index: usize,
     handshake: Option<Handshake>,
+    /// The request timeout. Armed lazily: it is reset only when it fires before the current
+    /// request's deadline, not per request (a reset re-inserts the timer entry, and on an idle
+    /// runtime that also wakes the driver through its eventfd: two syscalls per request).
+    sleep: Pin<Box<Sleep>>,
 }
 
 impl H2Slot {
+    /// A slot of `conn`; call from inside the runtime (it creates the slot's timer).
     pub fn new(conn: Rc<H2Conn>) -> Self {
-        Self { conn, handshake: None }
+        let index = {
+            let mut v = conn.slot_senders.borrow_mut();
+            v.push(None);
+            v.len() - 1
+        };
+        let sleep = Box::pin(tokio::time::sleep(conn.timeout));
+        Self { conn, index, handshake: None, sleep }
     }
 
     /// Connects its connection now if it is not (before the measured run).
@@ -145,28 +186,55 @@ impl H2Slot {
         let c = self.conn.clone();
         let t0 = Instant::now();
         let waited = c.sender.borrow().is_none();
-        if waited {
+        let sent = if waited {
             match c.connect().await {
                 Ok(hs) => self.handshake = hs,
                 Err(e) => return (t0, Instant::now(), Err(e)),
             }
-        }
-        let sent = Instant::now();
+            Instant::now()
+        } else {
+            t0
+        };
         let ready = if waited { t0 } else { sent };
         let Some(h2req) = req.h2.as_ref() else {
             return (ready, sent, Err(ReqError::new(ErrorKind::Write, Cause::Other)));
         };
-        let sender = c.sender.borrow().clone();
-        let Some(sender) = sender else {
+        let Some(mut sender) = c.take_sender(self.index) else {
             // The connection failed for another slot while this one waited.
             return (ready, sent, Err(ReqError::new(ErrorKind::Connect, Cause::Other)));
         };
         let generation = c.generation.get();
-        let r = match tokio::time::timeout(c.timeout, roundtrip(sender, h2req.build(), &h2req.body, req.head)).await {
-            Ok(r) => r,
-            // Dropping the stream resets it (CANCEL); the connection stays.
-            Err(_) => Err(ReqError::new(ErrorKind::Timeout, Cause::Timeout)),
+        let deadline = sent + c.timeout;
+        let in_body = Cell::new(false);
+        let r = {
+            let mut rt = std::pin::pin!(roundtrip(&mut sender, h2req.build(), &h2req.body, req.head, &in_body));
+            let sleep = &mut self.sleep;
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = rt.as_mut().poll(cx) {
+                    // Complete, but seen only after the deadline (this thread was not running
+                    // when it arrived): by the generator's clock it took longer than --timeout,
+                    // so it is a timeout, and no service time above the timeout is recorded.
+                    if r.is_ok() && Instant::now() >= deadline {
+                        return Poll::Ready(Err(ReqError::new(ErrorKind::Timeout, Cause::Timeout)));
+                    }
+                    return Poll::Ready(r);
+                }
+                // The timer may be armed for an earlier request's deadline: when it fires before
+                // this one's, it is re-armed for this one's.
+                while sleep.as_mut().poll(cx).is_ready() {
+                    if Instant::now() >= deadline {
+                        // Dropping the stream resets it (CANCEL); the connection stays. A body
+                        // still waiting for send capacity waited for the server's window.
+                        let kind = if in_body.get() { ErrorKind::FlowStall } else { ErrorKind::Timeout };
+                        return Poll::Ready(Err(ReqError::new(kind, Cause::Timeout)));
+                    }
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                }
+                Poll::Pending
+            })
+            .await
         };
+        c.put_sender(self.index, generation, sender);
         match r {
             Ok(status) => {
                 let n = c.served.get() + 1;
@@ -194,11 +262,36 @@ impl H2Slot {
     }
 }
 
-async fn roundtrip(sender: h2::client::SendRequest<Bytes>, request: http::Request<()>, body: &Bytes, head: bool) -> Result<u16, ReqError> {
-    let mut sender = sender.ready().await.map_err(|e| classify(&e))?;
+/// One request on a new stream. A body is sent as the server's flow-control windows grant
+/// capacity (not buffered in `h2` whole), with `in_body` true while it waits for them, so a
+/// timeout there is told apart as a flow-control stall.
+async fn roundtrip(
+    sender: &mut h2::client::SendRequest<Bytes>,
+    request: http::Request<()>,
+    body: &Bytes,
+    head: bool,
+    in_body: &Cell<bool>,
+) -> Result<u16, ReqError> {
+    std::future::poll_fn(|cx| sender.poll_ready(cx)).await.map_err(|e| classify(&e))?;
     let (resp, mut tx) = sender.send_request(request, body.is_empty()).map_err(|e| classify(&e))?;
     if !body.is_empty() {
-        tx.send_data(body.clone(), true).map_err(|e| classify(&e))?;
+        in_body.set(true);
+        let mut rest = body.clone();
+        while !rest.is_empty() {
+            tx.reserve_capacity(rest.len());
+            match std::future::poll_fn(|cx| tx.poll_capacity(cx)).await {
+                Some(Ok(0)) => {}
+                Some(Ok(n)) => {
+                    let chunk = rest.split_to(n.min(rest.len()));
+                    tx.send_data(chunk, rest.is_empty()).map_err(|e| classify(&e))?;
+                }
+                Some(Err(e)) => return Err(classify(&e)),
+                // The stream can send no more (the server reset it or answered already): what
+                // happened is in the response.
+                None => break,
+            }
+        }
+        in_body.set(false);
     }
     let resp = resp.await.map_err(|e| classify(&e))?;
     let status = resp.status().as_u16();

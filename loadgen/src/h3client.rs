@@ -7,7 +7,10 @@
 //! whichever slot needs it first (the others wait for that set-up, and the wait is in their
 //! corrected latency); it is dropped after a connection-level error or after
 //! `--new-connection-every` responses, and the next request opens a new one. A stream reset or a
-//! timeout fails that request only. 0-RTT is never used (every request waits for the handshake).
+//! timeout fails that request only. 0-RTT only with `--early-data`: a resumed connection whose
+//! ticket allows early data is usable at once and its first requests leave in 0-RTT (counted as
+//! `zero_rtt` handshakes; a server that refuses the early data fails them, and the refusal is
+//! counted as `early_data_rejected`); otherwise every request waits for the handshake.
 //!
 //! Handshakes: a connection whose ClientHello carried a session ticket counts as resumed, one
 //! without as full ([`crate::tls::QuicTlsCounts`] says which, at the moment the connection is
@@ -39,6 +42,10 @@ pub struct QuicClient {
     counts: Arc<QuicTlsCounts>,
     server_name: String,
     endpoint: RefCell<Option<quinn::Endpoint>>,
+    /// `--early-data`: try 0-RTT on resumed connections.
+    early_data: bool,
+    /// Connections whose 0-RTT data the server refused.
+    early_rejected: Rc<Cell<u64>>,
 }
 
 impl std::fmt::Debug for QuicClient {
@@ -50,7 +57,19 @@ impl std::fmt::Debug for QuicClient {
 impl QuicClient {
     pub fn new(settings: &ClientSettings) -> Result<Rc<Self>, String> {
         let (config, counts) = crate::tls::quic_client_config(settings)?;
-        Ok(Rc::new(Self { config, counts, server_name: settings.server_name_str(), endpoint: RefCell::new(None) }))
+        Ok(Rc::new(Self {
+            config,
+            counts,
+            server_name: settings.server_name_str(),
+            endpoint: RefCell::new(None),
+            early_data: settings.early_data,
+            early_rejected: Rc::new(Cell::new(0)),
+        }))
+    }
+
+    /// Connections whose 0-RTT data the server refused (`--early-data`).
+    pub fn early_data_rejected(&self) -> u64 {
+        self.early_rejected.get()
     }
 
     /// Certificates verified so far on this thread (full handshakes, refused resumptions included).
@@ -82,7 +101,24 @@ impl QuicClient {
             .map_err(|_| ReqError::new(ErrorKind::Connect, Cause::Other))?;
         // The ClientHello was built inside `connect_with`: a ticket taken since is this one's.
         let offered = self.counts.tickets_taken.load(Ordering::Relaxed) != before;
-        let conn = connecting.await.map_err(|e| connection_error(&e, ErrorKind::Handshake))?;
+        let (conn, zero_rtt) = if self.early_data && offered {
+            match connecting.into_0rtt() {
+                Ok((conn, accepted)) => {
+                    // Usable now; the server's verdict on the 0-RTT data comes with the handshake.
+                    let rejected = self.early_rejected.clone();
+                    tokio::task::spawn_local(async move {
+                        if !accepted.await {
+                            rejected.set(rejected.get() + 1);
+                        }
+                    });
+                    (conn, true)
+                }
+                // The ticket does not allow early data: a plain resumed handshake.
+                Err(connecting) => (connecting.await.map_err(|e| connection_error(&e, ErrorKind::Handshake))?, false),
+            }
+        } else {
+            (connecting.await.map_err(|e| connection_error(&e, ErrorKind::Handshake))?, false)
+        };
         let alpn = conn
             .handshake_data()
             .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -91,7 +127,11 @@ impl QuicClient {
         let (driver, sender) =
             h3::client::new(h3_quinn::Connection::new(conn)).await.map_err(|_| ReqError::new(ErrorKind::Protocol, Cause::Parse))?;
         let negotiated = Some(Negotiated { version: "TLSv1.3", cipher_suite: crate::tls::QUIC_CIPHER, alpn });
-        let kind = if offered { HandshakeKind::Resumed } else { HandshakeKind::Full };
+        let kind = match (zero_rtt, offered) {
+            (true, _) => HandshakeKind::ZeroRtt,
+            (false, true) => HandshakeKind::Resumed,
+            (false, false) => HandshakeKind::Full,
+        };
         Ok((sender, driver, Handshake { took: t0.elapsed(), kind, negotiated }))
     }
 }
@@ -226,6 +266,9 @@ impl H3Slot {
         let generation = c.generation.get();
         let in_body = Cell::new(false);
         let r = match tokio::time::timeout(c.timeout, roundtrip(sender, h3req.build(), &h3req.body, req.head, &in_body)).await {
+            // Complete, but seen only after the deadline (this thread was not running when it
+            // arrived): by the generator's clock a timeout, as over HTTP/2.
+            Ok(Ok(_)) if sent.elapsed() >= c.timeout => Err(ReqError::new(ErrorKind::Timeout, Cause::Timeout)),
             Ok(r) => r,
             // Dropping the stream resets it; the connection stays. A body still being written
             // waited for the server's flow-control window.

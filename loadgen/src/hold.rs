@@ -38,6 +38,14 @@
 //! an HTTP/2 connection with no stream open; the `h2` connection is driven by a task of its own
 //! (it would answer a PING). A connection whose driver ended (the target closed it, or sent GOAWAY
 //! and closed) while held is `closed_while_held`.
+//!
+//! `--http3` (`https://` only): each connection is QUIC (`quinn`, its own UDP socket, so the
+//! target's `SO_REUSEPORT` workers share them as they share TCP connections) with HTTP/3 (`h3`):
+//! TLS 1.3 as `run --http3` does it (full or resumed), the HTTP/3 control streams, one verified
+//! GET on a request stream, then idle with no request stream open. The client PINGs every 10 s
+//! (quinn's idle timeout is 30 s), so a held connection is idle but not timed out by the client. A
+//! connection whose HTTP/3 driver ended while held (the target closed it) is `closed_while_held`;
+//! closing sends CONNECTION_CLOSE at once (QUIC has no FIN).
 
 use crate::body::{BodySkipper, Framing};
 use crate::cli::{EXIT_INVALID, EXIT_USAGE, OnOff, parse_duration};
@@ -122,6 +130,10 @@ pub struct HoldArgs {
     /// its one verified GET on a stream, then idles with no stream open.
     #[arg(long, conflicts_with = "partial_head")]
     pub http2: bool,
+    /// Speak HTTP/3 (QUIC, https:// only): each connection does its handshake and one verified
+    /// GET on a request stream, then idles with no request stream open.
+    #[arg(long, conflicts_with_all = ["partial_head", "http2"])]
+    pub http3: bool,
 }
 
 /// `2000/s` or `2000`: connections per second, positive and finite.
@@ -152,6 +164,8 @@ pub struct HoldConfig {
     pub tls: Option<ClientSettings>,
     /// `--http2`.
     pub http2: bool,
+    /// `--http3`.
+    pub http3: bool,
 }
 
 impl HoldConfig {
@@ -166,13 +180,16 @@ impl HoldConfig {
             };
             let name = a.sni.as_deref().unwrap_or(&target.host);
             let server_name = crate::tls::server_name(name).map_err(|e| if a.sni.is_some() { format!("--sni: {e}") } else { e })?;
-            Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off), h2: a.http2 })
+            Some(ClientSettings { server_name, verify, resume: a.resume != Some(OnOff::Off), h2: a.http2, early_data: false })
         } else {
             if a.ca.is_some() || a.insecure || a.sni.is_some() || a.resume.is_some() {
                 return Err("--ca, --insecure, --sni and --resume need an https:// URL".into());
             }
             None
         };
+        if a.http3 && tls.is_none() {
+            return Err("--http3 needs an https:// URL (QUIC is always encrypted)".into());
+        }
         if a.connections.is_empty() || a.connections.contains(&0) {
             return Err("--connections must be counts of at least 1, e.g. 1000,10000".into());
         }
@@ -199,6 +216,7 @@ impl HoldConfig {
             partial_head: a.partial_head,
             tls,
             http2: a.http2,
+            http3: a.http3,
         })
     }
 }
@@ -473,10 +491,80 @@ async fn connect(addr: std::net::SocketAddr, tls: Option<&HoldTls>) -> Result<(S
 /// An open connection and how its TLS handshake went (`None`: cleartext).
 type Opened = (Held, Option<HandshakeKind>);
 
-/// A connection held idle: HTTP/1.1 (the stream itself) or HTTP/2 (`--http2`).
+/// A connection held idle: HTTP/1.1 (the stream itself), HTTP/2 (`--http2`) or HTTP/3
+/// (`--http3`).
 enum Held {
     H1(Stream),
     H2(H2Held),
+    H3(H3Held),
+}
+
+/// The QUIC side of a `--http3` hold run: one client config (one session cache) for every
+/// connection, and the counter that tells a resumed handshake.
+pub struct H3Hold {
+    config: quinn::ClientConfig,
+    counts: Arc<crate::tls::QuicTlsCounts>,
+    name: String,
+}
+
+impl H3Hold {
+    pub fn new(s: &ClientSettings) -> Result<H3Hold, String> {
+        let (config, counts) = crate::tls::quic_client_config(s)?;
+        Ok(H3Hold { config, counts, name: s.server_name_str() })
+    }
+}
+
+/// An idle HTTP/3 connection: its endpoint (UDP socket), request handle and driver task, which
+/// sets `ended` when the connection ends. Dropping it closes the connection (CONNECTION_CLOSE).
+struct H3Held {
+    _send: h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+    driver: tokio::task::JoinHandle<()>,
+    ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for H3Held {
+    fn drop(&mut self) {
+        self.driver.abort();
+        self.conn.close(quinn::VarInt::from_u32(0x100), b"");
+    }
+}
+
+/// A QUIC connection to `addr` from a UDP socket of its own, the HTTP/3 set-up, one verified GET
+/// (`200`, body read to the end), then the connection left idle; with how the handshake went.
+async fn open_h3(addr: std::net::SocketAddr, q: &H3Hold, url: &str) -> Result<(H3Held, HandshakeKind), Fail> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let bind: std::net::SocketAddr =
+        if addr.is_ipv6() { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() } else { (std::net::Ipv4Addr::UNSPECIFIED, 0).into() };
+    let endpoint = quinn::Endpoint::client(bind).map_err(|e| fail(FailKind::Connect, format!("UDP socket: {e}")))?;
+    let before = q.counts.tickets_taken.load(Ordering::Relaxed);
+    let connecting = endpoint
+        .connect_with(q.config.clone(), addr, &q.name)
+        .map_err(|e| fail(FailKind::Connect, format!("QUIC connect to {addr}: {e}")))?;
+    // The ClientHello was built inside `connect_with`: a ticket taken since is this one's.
+    let kind = if q.counts.tickets_taken.load(Ordering::Relaxed) != before { HandshakeKind::Resumed } else { HandshakeKind::Full };
+    let conn = connecting.await.map_err(|e| fail(FailKind::Handshake, format!("QUIC handshake with {addr}: {e}")))?;
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+        .await
+        .map_err(|e| fail(FailKind::Handshake, format!("HTTP/3 set-up: {e}")))?;
+    let ended = Arc::new(AtomicBool::new(false));
+    let flag = ended.clone();
+    let driver = tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        flag.store(true, Ordering::SeqCst);
+    });
+    let held = H3Held { _send: send.clone(), conn, _endpoint: endpoint, driver, ended };
+    let mut send = send;
+    let req = http::Request::builder().method("GET").uri(url).body(()).map_err(|e| fail(FailKind::Write, format!("request: {e}")))?;
+    let mut stream = send.send_request(req).await.map_err(|e| fail(FailKind::Write, format!("HTTP/3 request: {e}")))?;
+    stream.finish().await.map_err(|e| fail(FailKind::Write, format!("HTTP/3 request: {e}")))?;
+    let response = stream.recv_response().await.map_err(|e| fail(FailKind::Read, format!("HTTP/3 response: {e}")))?;
+    if response.status() != 200 {
+        return Err(fail(FailKind::Status, format!("status {} (200 expected)", response.status().as_u16())));
+    }
+    while stream.recv_data().await.map_err(|e| fail(FailKind::Read, format!("HTTP/3 response body: {e}")))?.is_some() {}
+    Ok((held, kind))
 }
 
 /// An idle HTTP/2 connection: its request handle and the task driving the connection, which
@@ -533,8 +621,13 @@ async fn open_one(
     timeout: Duration,
     partial_head: bool,
     h2_url: Option<Arc<str>>,
+    h3: Option<Arc<H3Hold>>,
 ) -> Result<Opened, Fail> {
     let opened = async {
+        if let (Some(q), Some(url)) = (&h3, &h2_url) {
+            let (held, kind) = open_h3(addr, q, url).await?;
+            return Ok((Held::H3(held), Some(kind)));
+        }
         let (mut s, kind) = connect(addr, tls.as_ref()).await?;
         if let Some(url) = &h2_url {
             return Ok((Held::H2(open_h2(s, url).await?), kind));
@@ -628,6 +721,10 @@ fn still_open(h: &Held) -> Result<(), String> {
             return Err("the target ended a held HTTP/2 connection".into());
         }
         Held::H2(_) => return Ok(()),
+        Held::H3(h) if h.ended.load(std::sync::atomic::Ordering::SeqCst) => {
+            return Err("the target ended a held HTTP/3 connection".into());
+        }
+        Held::H3(_) => return Ok(()),
     };
     let tcp = match s {
         Stream::Tcp(t) => t,
@@ -670,12 +767,16 @@ pub fn run(cfg: &HoldConfig, progress: &mut dyn Write) -> io::Result<HoldOutcome
     let target_command = target_command(cfg.pid);
     // One TLS client config (and session cache) for the whole run.
     let tls = cfg.tls.as_ref().map(HoldTls::new).transpose().map_err(io::Error::other)?;
+    let h3 = match (&cfg.tls, cfg.http3) {
+        (Some(s), true) => Some(Arc::new(H3Hold::new(s).map_err(io::Error::other)?)),
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let counts = rt.block_on(async {
         let request = Arc::new(cfg.request.clone());
         // One verified exchange first: a target that does not answer is one clear error, and its
         // first-request costs are paid before anything is measured.
-        match open_one(cfg.target.addr, tls.clone(), request.clone(), cfg.timeout, false, h2_url(cfg)).await {
+        match open_one(cfg.target.addr, tls.clone(), request.clone(), cfg.timeout, false, h2_url(cfg), h3.clone()).await {
             Ok(s) => drop(s),
             Err(f) => {
                 return Err(io::Error::other(format!(
@@ -688,22 +789,23 @@ pub fn run(cfg: &HoldConfig, progress: &mut dyn Write) -> io::Result<HoldOutcome
         }
         let mut out = Vec::with_capacity(cfg.counts.len());
         for &n in &cfg.counts {
-            out.push(hold_count(cfg, n, tls.as_ref(), &request, progress).await?);
+            out.push(hold_count(cfg, n, tls.as_ref(), h3.as_ref(), &request, progress).await?);
         }
         Ok::<_, io::Error>(out)
     })?;
     Ok(HoldOutcome { started, ended: SystemTime::now(), nofile, target_command, counts })
 }
 
-/// `--http2`: the URL each connection's GET asks for (`None`: HTTP/1.1).
+/// `--http2` and `--http3`: the URL each connection's GET asks for (`None`: HTTP/1.1).
 fn h2_url(cfg: &HoldConfig) -> Option<Arc<str>> {
-    cfg.http2.then(|| Arc::from(cfg.target.url()))
+    (cfg.http2 || cfg.http3).then(|| Arc::from(cfg.target.url()))
 }
 
 async fn hold_count(
     cfg: &HoldConfig,
     n: usize,
     tls: Option<&HoldTls>,
+    h3: Option<&Arc<H3Hold>>,
     request: &Arc<Request>,
     progress: &mut dyn Write,
 ) -> io::Result<CountResult> {
@@ -728,9 +830,9 @@ async fn hold_count(
         tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
         let permit = sem.clone().acquire_owned().await.map_err(|e| io::Error::other(format!("semaphore: {e}")))?;
         let (addr, tls, req, timeout, partial) = (cfg.target.addr, tls.cloned(), request.clone(), cfg.timeout, cfg.partial_head);
-        let url = h2_url(cfg);
+        let (url, h3) = (h2_url(cfg), h3.cloned());
         set.spawn(async move {
-            let r = open_one(addr, tls, req, timeout, partial, url).await;
+            let r = open_one(addr, tls, req, timeout, partial, url, h3).await;
             drop(permit);
             r
         });
@@ -815,6 +917,8 @@ pub struct HoldMeta {
     pub partial_head: bool,
     /// Held connections spoke HTTP/2 (`--http2`).
     pub http2: bool,
+    /// Held connections spoke HTTP/3 over QUIC (`--http3`).
+    pub http3: bool,
     pub nofile_limit: u64,
     /// TLS as configured (`null` for http://): the same fields as `run`'s `meta.tls`.
     pub tls: Option<crate::report::TlsMeta>,
@@ -874,13 +978,20 @@ pub fn hold_json(cfg: &HoldConfig, out: &HoldOutcome, command_line: &[String]) -
             timeout_s: cfg.timeout.as_secs_f64(),
             partial_head: cfg.partial_head,
             http2: cfg.http2,
+            http3: cfg.http3,
             nofile_limit: out.nofile,
             tls: cfg.tls.as_ref().map(|t| crate::report::TlsMeta {
                 server_name: t.server_name_str(),
                 verify: t.verify_label(),
                 insecure: matches!(t.verify, Verify::Insecure),
                 resume: t.resume,
-                alpn_offered: vec![if cfg.http2 { "h2" } else { "http/1.1" }],
+                alpn_offered: vec![if cfg.http3 {
+                    "h3"
+                } else if cfg.http2 {
+                    "h2"
+                } else {
+                    "http/1.1"
+                }],
             }),
         },
         valid: out.valid(),
@@ -1052,6 +1163,7 @@ mod tests {
             allow_failures: false,
             partial_head: false,
             http2: false,
+            http3: false,
         };
         HoldConfig::from_args(&a).unwrap()
     }

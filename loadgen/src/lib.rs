@@ -33,6 +33,7 @@ pub mod hold;
 pub mod ladder;
 pub mod relay;
 pub mod relay_h1;
+pub mod relay_h3;
 pub mod report;
 pub mod run;
 pub mod schedule;

@@ -22,6 +22,11 @@
 //! on a keep-alive connection from a per-client-connection pool instead ([`crate::relay_h1`]):
 //! the floor of a proxy that relays HTTP/2 clients to an HTTP/1.1 origin.
 //!
+//! `--h3` makes it the HTTP/3 floor (issue 15's phase 3, [`crate::relay_h3`]): it serves HTTP/3
+//! over QUIC on UDP at the listen address (one `quinn` endpoint per thread) and relays each
+//! request stream over one h2c connection per client QUIC connection, or with
+//! `--upstream-http1` as one HTTP/1.1 request on a keep-alive pool (the same code as above).
+//!
 //! Allocation per connection: the two 16 KiB copy buffers, the rustls connection state (boxed
 //! by `tokio-rustls`) and its handshake messages. Per request, once established, the relay code
 //! allocates nothing; rustls 0.23's buffered API does, twice per TLS record: decryption is in
@@ -54,8 +59,10 @@ pub struct RelayConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Relay HTTP/2 streams over an h2c upstream connection (`--h2`) instead of bytes.
     pub h2: bool,
-    /// With `h2`: send each stream as an HTTP/1.1 request on pooled keep-alive connections
-    /// (`--upstream-http1`) instead of over h2c.
+    /// Serve HTTP/3 over QUIC with this config (`--h3`) instead of anything over TCP.
+    pub h3: Option<quinn::ServerConfig>,
+    /// With `h2` or `h3`: send each stream as an HTTP/1.1 request on pooled keep-alive
+    /// connections (`--upstream-http1`) instead of over h2c.
     pub upstream_http1: bool,
 }
 
@@ -67,7 +74,12 @@ pub fn run_relay(cfg: &RelayConfig, on_bound: impl FnOnce(SocketAddr)) -> io::Re
     let tls = cfg.tls.clone();
     let h2 = cfg.h2;
     let h1up = cfg.upstream_http1;
-    crate::server::serve_threads(cfg.listen, cfg.threads, &cfg.cpus, "relay", on_bound, move |l| {
+    if let Some(quic) = cfg.h3.clone() {
+        return crate::server::serve_threads(cfg.listen, cfg.threads, &cfg.cpus, "relay", on_bound, move |s: std::net::UdpSocket| {
+            crate::relay_h3::serve(s, quic.clone(), upstream, h1up)
+        });
+    }
+    crate::server::serve_threads(cfg.listen, cfg.threads, &cfg.cpus, "relay", on_bound, move |l: std::net::TcpListener| {
         let acceptor = tls.clone().map(TlsAcceptor::from);
         async move {
             let l = TcpListener::from_std(l)?;

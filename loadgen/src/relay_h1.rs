@@ -1,22 +1,24 @@
-//! `relay --h2 --upstream-http1`: the HTTP/2-to-HTTP/1.1 floor (issues 15 and 17).
+//! `relay --h2 --upstream-http1` and `relay --h3 --upstream-http1`: the HTTP/2-to-HTTP/1.1 and
+//! HTTP/3-to-HTTP/1.1 floors (issues 15 and 17).
 //!
-//! Every HTTP/2 stream the relay serves is sent as one HTTP/1.1 request on a keep-alive
+//! Every HTTP/2 stream (or HTTP/3 request stream: the client side is a [`ClientSide`], written
+//! once for both) the relay serves is sent as one HTTP/1.1 request on a keep-alive
 //! connection taken from a pool of plain TCP connections to the upstream, one pool per client
 //! connection: an idle connection when there is one, else a new one (never a wait); it goes back
 //! to the pool once its response has ended cleanly. What is done, and nothing more:
 //!
 //! - the request head: `METHOD path HTTP/1.1`, `host` from `:authority` (else the client's
-//!   `host` field), then the client's fields as they came (the `h2` crate has already refused
-//!   the connection-specific ones); a body is framed by the client's `content-length` when it
-//!   sent one, else chunked, with the client's HTTP/2 trailers as the chunked trailer section
+//!   `host` field), then the client's fields as they came (the `h2` and `h3` crates have already
+//!   refused the connection-specific ones); a body is framed by the client's `content-length`
+//!   when it sent one, else chunked, with the client's trailers as the chunked trailer section
 //!   (a body with a `content-length` carries no trailers in HTTP/1.1: they are dropped);
-//! - the request is written whole (each DATA frame as it comes, capacity released once it is
-//!   written) before the response is read: no full-duplex streaming of a request body;
+//! - the request is written whole (each DATA frame as it comes, HTTP/2 capacity released once
+//!   it is written) before the response is read: no full-duplex streaming of a request body;
 //! - the response head is parsed with `httparse`; 1xx interim responses are skipped (101 is an
 //!   error), the connection-specific fields (`connection`, `keep-alive`, `proxy-connection`,
 //!   `transfer-encoding`, `upgrade`, `te`) are dropped, every other field is relayed;
 //! - the response body is relayed by `content-length`, de-chunked (a chunked trailer section
-//!   becomes the stream's HTTP/2 trailers), or read until the origin closes (that connection
+//!   becomes the stream's trailers), or read until the origin closes (that connection
 //!   is then not reused); HEAD, 204 and 304 responses have none.
 //!
 //! Errors: a failed connect, a failed write, or a response head that is malformed, too large
@@ -27,7 +29,8 @@
 //!
 //! Allocation: the pool's connections keep their two buffers (the request head is built in one,
 //! the response read into the other, 16 KiB growing to 64 KiB only for large heads); per stream
-//! what the `h2` crate allocates, plus a `Bytes` copy of each relayed piece of response body.
+//! what the `h2` (or `h3`) crate allocates, plus a `Bytes` copy of each relayed piece of response
+//! body.
 
 use std::cell::RefCell;
 use std::io::{self, Write as _};
@@ -131,28 +134,126 @@ impl Pool {
     }
 }
 
-/// Relays one stream as an HTTP/1.1 exchange on a pooled connection (see the module docs).
-pub async fn stream(req: http::Request<RecvStream>, mut respond: SendResponse<Bytes>, pool: Pool) {
-    let (parts, mut body) = req.into_parts();
+/// The client side of one relayed request: an HTTP/2 stream ([`H2Side`]) or an HTTP/3 request
+/// stream ([`crate::relay_h3::H3Side`]). An `Err(())` is that side's failure (the stream is then
+/// reset or abandoned; there is nothing more to say to it).
+pub(crate) trait ClientSide {
+    /// The request is known to have no body and no trailers.
+    fn body_is_empty(&self) -> bool;
+    /// The next piece of the request body; `None` at its end.
+    async fn data(&mut self) -> Option<Result<Bytes, ()>>;
+    /// `n` bytes of the request body were forwarded (HTTP/2 flow control; QUIC's is released as
+    /// the stream is read).
+    fn release(&mut self, n: usize);
+    /// The request's trailers, once the body has ended.
+    async fn trailers(&mut self) -> Result<Option<HeaderMap>, ()>;
+    /// Sends the response head; `end`: the response has no body (the stream ends with it).
+    async fn send_head(&mut self, response: http::Response<()>, end: bool) -> Result<(), ()>;
+    /// Sends a piece of the response body (copied out of the caller's buffer).
+    async fn send_body(&mut self, d: &[u8]) -> Result<(), ()>;
+    /// Ends the response body, with trailers or without.
+    async fn end(&mut self, trailers: Option<HeaderMap>) -> Result<(), ()>;
+    /// Resets the stream: the client failed while its request was read, or the upstream failed
+    /// after the response head was sent.
+    fn reset(&mut self, why: Side);
+}
+
+/// An HTTP/2 stream served by the `h2` crate, as a [`ClientSide`].
+pub(crate) struct H2Side {
+    body: RecvStream,
+    respond: SendResponse<Bytes>,
+    tx: Option<SendStream<Bytes>>,
+}
+
+impl ClientSide for H2Side {
+    fn body_is_empty(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    async fn data(&mut self) -> Option<Result<Bytes, ()>> {
+        self.body.data().await.map(|d| d.map_err(|_| ()))
+    }
+
+    fn release(&mut self, n: usize) {
+        let _ = self.body.flow_control().release_capacity(n);
+    }
+
+    async fn trailers(&mut self) -> Result<Option<HeaderMap>, ()> {
+        self.body.trailers().await.map_err(|_| ())
+    }
+
+    async fn send_head(&mut self, response: http::Response<()>, end: bool) -> Result<(), ()> {
+        let tx = self.respond.send_response(response, end).map_err(|_| ())?;
+        if !end {
+            self.tx = Some(tx);
+        }
+        Ok(())
+    }
+
+    async fn send_body(&mut self, mut d: &[u8]) -> Result<(), ()> {
+        let tx = self.tx.as_mut().ok_or(())?;
+        while !d.is_empty() {
+            tx.reserve_capacity(d.len());
+            let cap = match std::future::poll_fn(|cx| tx.poll_capacity(cx)).await {
+                Some(Ok(c)) if c > 0 => c,
+                Some(Ok(_)) => continue,
+                _ => return Err(()),
+            };
+            let n = cap.min(d.len());
+            tx.send_data(Bytes::copy_from_slice(&d[..n]), false).map_err(|_| ())?;
+            d = &d[n..];
+        }
+        Ok(())
+    }
+
+    async fn end(&mut self, trailers: Option<HeaderMap>) -> Result<(), ()> {
+        let Some(tx) = self.tx.as_mut() else { return Ok(()) };
+        match trailers {
+            Some(t) => tx.send_trailers(t),
+            None => tx.send_data(Bytes::new(), true),
+        }
+        .map_err(|_| ())
+    }
+
+    fn reset(&mut self, why: Side) {
+        let reason = match why {
+            Side::Client => Reason::CANCEL,
+            Side::Upstream => Reason::INTERNAL_ERROR,
+        };
+        match self.tx.as_mut() {
+            Some(tx) => tx.send_reset(reason),
+            None => self.respond.send_reset(reason),
+        }
+    }
+}
+
+/// Relays one HTTP/2 stream as an HTTP/1.1 exchange on a pooled connection (see the module docs).
+pub async fn stream(req: http::Request<RecvStream>, respond: SendResponse<Bytes>, pool: Pool) {
+    let (parts, body) = req.into_parts();
+    exchange(parts, H2Side { body, respond, tx: None }, pool).await;
+}
+
+/// Relays one request (`parts`, its body and trailers from `client`) as an HTTP/1.1 exchange on
+/// a pooled connection, and the response back to `client`.
+pub(crate) async fn exchange<C: ClientSide>(parts: http::request::Parts, mut client: C, pool: Pool) {
     let head_method = parts.method == http::Method::HEAD;
     let Ok(mut c) = pool.take().await else {
-        return bad_gateway(&mut respond);
+        return bad_gateway(&mut client).await;
     };
-    match write_request(&mut c, &parts, &mut body).await {
+    match write_request(&mut c, &parts, &mut client).await {
         Ok(()) => {}
-        Err(Side::Client) => return respond.send_reset(Reason::CANCEL),
-        Err(Side::Upstream) => return bad_gateway(&mut respond),
+        Err(Side::Client) => return client.reset(Side::Client),
+        Err(Side::Upstream) => return bad_gateway(&mut client).await,
     }
-    drop(body);
     let Ok(head) = read_head(&mut c, head_method).await else {
-        return bad_gateway(&mut respond);
+        return bad_gateway(&mut client).await;
     };
     let end = head.framing == Framing::None;
-    let Ok(mut tx) = respond.send_response(head.response, end) else {
+    if client.send_head(head.response, end).await.is_err() {
         return;
-    };
-    if !end && relay_body(&mut c, &mut tx, head.framing).await.is_err() {
-        tx.send_reset(Reason::INTERNAL_ERROR);
+    }
+    if !end && relay_body(&mut c, &mut client, head.framing).await.is_err() {
+        client.reset(Side::Upstream);
         return;
     }
     if head.reusable && c.lo == c.hi {
@@ -160,15 +261,16 @@ pub async fn stream(req: http::Request<RecvStream>, mut respond: SendResponse<By
     }
 }
 
-fn bad_gateway(respond: &mut SendResponse<Bytes>) {
+/// Answers `502 Bad Gateway` with an empty body.
+pub(crate) async fn bad_gateway<C: ClientSide>(client: &mut C) {
     let mut r = http::Response::new(());
     *r.status_mut() = StatusCode::BAD_GATEWAY;
     r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-    let _ = respond.send_response(r, true);
+    let _ = client.send_head(r, true).await;
 }
 
-/// Which side failed while the request was sent.
-enum Side {
+/// Which side failed.
+pub(crate) enum Side {
     Client,
     Upstream,
 }
@@ -181,7 +283,7 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Writes the request head and body (see the module docs for the framing).
-async fn write_request(c: &mut UpConn, parts: &http::request::Parts, body: &mut RecvStream) -> Result<(), Side> {
+async fn write_request<C: ClientSide>(c: &mut UpConn, parts: &http::request::Parts, body: &mut C) -> Result<(), Side> {
     let out = &mut c.out;
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -198,7 +300,7 @@ async fn write_request(c: &mut UpConn, parts: &http::request::Parts, body: &mut 
         }
         push_field(out, k.as_str().as_bytes(), v.as_bytes());
     }
-    let end = body.is_end_stream();
+    let end = body.body_is_empty();
     let chunked = !end && !parts.headers.contains_key(CONTENT_LENGTH);
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -219,7 +321,7 @@ async fn write_request(c: &mut UpConn, parts: &http::request::Parts, body: &mut 
             }
             c.s.write_all(out).await.map_err(|_| Side::Upstream)?;
             out.clear();
-            let _ = body.flow_control().release_capacity(d.len());
+            body.release(d.len());
         }
         if chunked {
             out.extend_from_slice(b"0\r\n");
@@ -319,7 +421,7 @@ fn head_of(r: &httparse::Response, code: u16, head_method: bool) -> Result<Head,
 
 /// Relays the response body to `tx` and ends the stream (with trailers when a chunked body had
 /// some).
-async fn relay_body(c: &mut UpConn, tx: &mut SendStream<Bytes>, framing: Framing) -> Result<(), Bad> {
+async fn relay_body<C: ClientSide>(c: &mut UpConn, tx: &mut C, framing: Framing) -> Result<(), Bad> {
     match framing {
         Framing::None => {}
         Framing::Length(n) => relay_exactly(c, tx, n).await?,
@@ -331,22 +433,22 @@ async fn relay_body(c: &mut UpConn, tx: &mut SendStream<Bytes>, framing: Framing
                     Err(_) => return Err(Bad),
                 }
             }
-            send(tx, c.buffered()).await?;
+            tx.send_body(c.buffered()).await.map_err(|_| Bad)?;
             c.lo = c.hi;
         },
         Framing::Chunked => return dechunk(c, tx).await,
     }
-    tx.send_data(Bytes::new(), true).map_err(|_| Bad)
+    tx.end(None).await.map_err(|_| Bad)
 }
 
 /// Relays the next `n` body bytes.
-async fn relay_exactly(c: &mut UpConn, tx: &mut SendStream<Bytes>, mut n: u64) -> Result<(), Bad> {
+async fn relay_exactly<C: ClientSide>(c: &mut UpConn, tx: &mut C, mut n: u64) -> Result<(), Bad> {
     while n > 0 {
         if c.lo == c.hi {
             c.need(BUF).await?;
         }
         let take = n.min((c.hi - c.lo) as u64) as usize;
-        send(tx, &c.buffered()[..take]).await?;
+        tx.send_body(&c.buffered()[..take]).await.map_err(|_| Bad)?;
         c.lo += take;
         n -= take as u64;
     }
@@ -368,8 +470,9 @@ fn chunk_size(line: &[u8]) -> Result<u64, Bad> {
     u64::from_str_radix(s, 16).map_err(|_| Bad)
 }
 
-/// De-chunks the response body to `tx`; the trailer section, if any, becomes HTTP/2 trailers.
-async fn dechunk(c: &mut UpConn, tx: &mut SendStream<Bytes>) -> Result<(), Bad> {
+/// De-chunks the response body to `tx`; the trailer section, if any, becomes the stream's
+/// trailers.
+async fn dechunk<C: ClientSide>(c: &mut UpConn, tx: &mut C) -> Result<(), Bad> {
     loop {
         let line = loop {
             if let Some(i) = c.buffered().windows(2).position(|w| w == b"\r\n") {
@@ -394,7 +497,7 @@ async fn dechunk(c: &mut UpConn, tx: &mut SendStream<Bytes>) -> Result<(), Bad> 
     loop {
         if c.buffered().starts_with(b"\r\n") {
             c.lo += 2;
-            return tx.send_data(Bytes::new(), true).map_err(|_| Bad);
+            return tx.end(None).await.map_err(|_| Bad);
         }
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         match httparse::parse_headers(c.buffered(), &mut fields) {
@@ -407,28 +510,12 @@ async fn dechunk(c: &mut UpConn, tx: &mut SendStream<Bytes>) -> Result<(), Bad> 
                     }
                 }
                 c.lo += n;
-                return tx.send_trailers(trailers).map_err(|_| Bad);
+                return tx.end(Some(trailers)).await.map_err(|_| Bad);
             }
             Ok(httparse::Status::Partial) => c.need(MAX_HEAD).await?,
             Err(_) => return Err(Bad),
         }
     }
-}
-
-/// Sends `d` on `tx` as send capacity (flow control) allows.
-async fn send(tx: &mut SendStream<Bytes>, mut d: &[u8]) -> Result<(), Bad> {
-    while !d.is_empty() {
-        tx.reserve_capacity(d.len());
-        let cap = match std::future::poll_fn(|cx| tx.poll_capacity(cx)).await {
-            Some(Ok(c)) if c > 0 => c,
-            Some(Ok(_)) => continue,
-            _ => return Err(Bad),
-        };
-        let n = cap.min(d.len());
-        tx.send_data(Bytes::copy_from_slice(&d[..n]), false).map_err(|_| Bad)?;
-        d = &d[n..];
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -200,12 +200,16 @@ pub struct RunJson {
     pub error_causes: BTreeMap<&'static str, u64>,
     pub latency: BTreeMap<&'static str, Summary>,
     /// Connections set up for requests due in the window, by kind: "tcp" (plain connect),
-    /// "full" and "resumed" (TLS handshakes). Their time is `latency.handshake`.
+    /// "full" and "resumed" (TLS or QUIC handshakes), "zero_rtt" (HTTP/3 `--early-data`). Their
+    /// time is `latency.handshake`.
     pub handshakes: BTreeMap<&'static str, u64>,
     /// HTTP/3: full handshakes the thread's certificate count shows beyond those counted as
     /// full, i.e. offered resumptions the server refused (counted as "resumed" above, since
     /// which connection it was cannot be told); `null` for TCP, where each kind is exact.
     pub resumption_refused: Option<u64>,
+    /// HTTP/3 `--early-data`: connections whose 0-RTT data the server refused (its requests
+    /// failed); `null` without `--early-data`.
+    pub early_data_rejected: Option<u64>,
     /// What the TLS handshakes negotiated (empty for http://).
     pub tls_negotiated: Vec<NegotiatedOut>,
     pub time_series: Vec<SecondOut>,
@@ -376,6 +380,7 @@ pub fn run_json(cfg: &RunConfig, out: &RunOutcome, command_line: &[String]) -> R
         latency,
         handshakes,
         resumption_refused: cfg.http3.then(|| resumption_refused(r)),
+        early_data_rejected: cfg.tls.as_ref().is_some_and(|t| t.early_data).then_some(r.early_data_rejected),
         tls_negotiated,
         time_series,
         histograms: Histograms {
@@ -510,10 +515,15 @@ pub fn human(cfg: &RunConfig, out: &RunOutcome) -> String {
         };
         let _ = writeln!(
             s,
-            "  connections {churn}; set up in the window: {} tcp-only, {} full handshakes, {} resumed",
+            "  connections {churn}; set up in the window: {} tcp-only, {} full handshakes, {} resumed{}",
             r.handshakes_of(HandshakeKind::Tcp),
             r.handshakes_of(HandshakeKind::Full),
-            r.handshakes_of(HandshakeKind::Resumed)
+            r.handshakes_of(HandshakeKind::Resumed),
+            match &cfg.tls {
+                Some(t) if t.early_data =>
+                    format!(", {} 0-RTT ({} refused by the server)", r.handshakes_of(HandshakeKind::ZeroRtt), r.early_data_rejected),
+                _ => String::new(),
+            }
         );
         let _ = writeln!(s, "  handshake   {}", pct_line(&r.handshake));
         if cfg.http3 && resumption_refused(r) > 0 {

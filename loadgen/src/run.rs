@@ -318,6 +318,7 @@ fn thread_main(
     rec.map(|mut r| {
         if let Some(q) = &quic {
             r.cert_verifications = q.verifications();
+            r.early_data_rejected = q.early_data_rejected();
         }
         r
     })

@@ -73,13 +73,15 @@ pub struct Recorder {
     /// Connection set-up time (TCP connect + TLS handshake) of connections opened for requests
     /// due in the window.
     pub handshake: Histogram<u64>,
-    /// Those set-ups by [`HandshakeKind`] (tcp, full, resumed).
-    pub handshakes: [u64; 3],
+    /// Those set-ups by [`HandshakeKind`] (tcp, full, resumed, zero_rtt).
+    pub handshakes: [u64; HandshakeKind::ALL.len()],
     /// Every successful TLS handshake of the run (pre-opened and warmup connections included),
     /// by what it negotiated.
     pub negotiated: Vec<(Negotiated, u64)>,
     /// Every successful full TLS handshake of the run (pre-opened and warmup ones included).
     pub full_handshakes_all: u64,
+    /// HTTP/3 `--early-data`: connections whose 0-RTT data the server refused.
+    pub early_data_rejected: u64,
     /// HTTP/3: server certificates verified by the thread's QUIC client (every full handshake,
     /// and every offered resumption the server refused); 0 otherwise.
     pub cert_verifications: u64,
@@ -124,10 +126,11 @@ impl Recorder {
             uncorrected: new_hist(3),
             send_lag: new_hist(3),
             handshake: new_hist(3),
-            handshakes: [0; 3],
+            handshakes: [0; HandshakeKind::ALL.len()],
             negotiated: Vec::new(),
             full_handshakes_all: 0,
             cert_verifications: 0,
+            early_data_rejected: 0,
             // Grown as the run reaches each second (one allocation per second, not per request),
             // so memory follows elapsed time, not the requested duration.
             seconds: Vec::with_capacity(secs.max(1)),
@@ -323,6 +326,7 @@ impl Recorder {
         self.new_conns += o.new_conns;
         self.full_handshakes_all += o.full_handshakes_all;
         self.cert_verifications += o.cert_verifications;
+        self.early_data_rejected += o.early_data_rejected;
         self.overrun |= o.overrun;
         self.stopped |= o.stopped;
         self.measure_end = self.measure_end.max(o.measure_end);

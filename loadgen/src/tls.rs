@@ -49,6 +49,8 @@ pub struct ClientSettings {
     pub resume: bool,
     /// `--http2`: offer ALPN `h2` only (else `http/1.1` only).
     pub h2: bool,
+    /// HTTP/3 `--early-data`: send requests in 0-RTT on resumed connections.
+    pub early_data: bool,
 }
 
 impl ClientSettings {
@@ -141,7 +143,7 @@ pub struct QuicTlsCounts {
 
 /// The HTTP/3 client config of one generator thread: TLS 1.3 with [`QUIC_CIPHER`], ALPN `h3`,
 /// the same verification as TCP (`--ca` or `--insecure`), a session cache unless `--resume off`,
-/// no 0-RTT. Returns the counters its verifier and session cache update.
+/// 0-RTT only with `early_data`, a PING every 10 s on idle connections. Returns the counters its verifier and session cache update.
 pub fn quic_client_config(s: &ClientSettings) -> Result<(quinn::ClientConfig, Arc<QuicTlsCounts>), String> {
     let counts = Arc::new(QuicTlsCounts::default());
     let mut provider = rustls::crypto::ring::default_provider();
@@ -165,6 +167,7 @@ pub fn quic_client_config(s: &ClientSettings) -> Result<(quinn::ClientConfig, Ar
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN_H3.to_vec()];
+    config.enable_early_data = s.early_data;
     config.resumption = if s.resume {
         rustls::client::Resumption::store(Arc::new(CountingStore {
             inner: rustls::client::ClientSessionMemoryCache::new(256),
@@ -174,7 +177,13 @@ pub fn quic_client_config(s: &ClientSettings) -> Result<(quinn::ClientConfig, Ar
         rustls::client::Resumption::disabled()
     };
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).map_err(|e| format!("quic: {e}"))?;
-    Ok((quinn::ClientConfig::new(Arc::new(crypto)), counts))
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    // A connection idle between slow requests must not reach the 30 s idle timeout (the next
+    // request would fail on a connection the server already dropped): PING every 10 s.
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+    client.transport_config(Arc::new(transport));
+    Ok((client, counts))
 }
 
 /// A verifier that counts the certificates it is asked to verify (full handshakes).
@@ -363,9 +372,10 @@ pub fn tcp_server_config(keys: &ServerKeys) -> Result<Arc<ServerConfig>, String>
 }
 
 /// The upstream's QUIC config for `keys`: TLS 1.3 (QUIC has nothing else), ALPN `h3`, session
-/// tickets (one ticketer for every serving thread), no 0-RTT; up to 1,000 concurrent request
+/// tickets (one ticketer for every serving thread; with `early_data` instead a session cache shared
+/// by them, which rustls requires for 0-RTT), 0-RTT accepted only with `early_data`; up to 1,000 concurrent request
 /// streams per connection (what `--streams` allows).
-pub fn quic_server_config(keys: &ServerKeys) -> Result<quinn::ServerConfig, String> {
+pub fn quic_server_config(keys: &ServerKeys, early_data: bool) -> Result<quinn::ServerConfig, String> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| format!("tls: {e}"))?
@@ -373,7 +383,15 @@ pub fn quic_server_config(keys: &ServerKeys) -> Result<quinn::ServerConfig, Stri
         .with_single_cert(keys.chain.clone(), keys.key.clone_key())
         .map_err(|e| format!("certificate and key: {e}"))?;
     config.alpn_protocols = vec![ALPN_H3.to_vec()];
-    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("tls ticketer: {e}"))?;
+    if early_data {
+        // QUIC allows only "none" or "any amount" (RFC 9001 §4.6.1); rustls takes early data only
+        // on stateful resumption (a server-side session cache, each ticket usable once), not
+        // with stateless tickets.
+        config.max_early_data_size = u32::MAX;
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(65_536);
+    } else {
+        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("tls ticketer: {e}"))?;
+    }
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(config).map_err(|e| format!("quic: {e}"))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();

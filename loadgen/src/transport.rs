@@ -36,16 +36,20 @@ pub enum HandshakeKind {
     Full = 1,
     /// A resumed TLS handshake (session ticket or id).
     Resumed = 2,
+    /// HTTP/3 with `--early-data`: a resumed QUIC handshake whose requests left in 0-RTT, before
+    /// the handshake completed.
+    ZeroRtt = 3,
 }
 
 impl HandshakeKind {
-    pub const ALL: [HandshakeKind; 3] = [HandshakeKind::Tcp, HandshakeKind::Full, HandshakeKind::Resumed];
+    pub const ALL: [HandshakeKind; 4] = [HandshakeKind::Tcp, HandshakeKind::Full, HandshakeKind::Resumed, HandshakeKind::ZeroRtt];
 
     pub fn name(self) -> &'static str {
         match self {
             HandshakeKind::Tcp => "tcp",
             HandshakeKind::Full => "full",
             HandshakeKind::Resumed => "resumed",
+            HandshakeKind::ZeroRtt => "zero_rtt",
         }
     }
 }

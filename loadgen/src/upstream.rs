@@ -21,7 +21,8 @@
 //!
 //! `--http3` (with `--tls`) also serves HTTP/3 (`quinn` and `h3`) on the same port number over
 //! UDP, one QUIC endpoint per serving thread, from the same certificate; every request stream
-//! gets the same `200`, body, trailers, delay and stall as over TCP.
+//! gets the same `200`, body, trailers, delay and stall as over TCP. `--early-data` makes its
+//! tickets allow 0-RTT, and 0-RTT requests are served as they arrive (0.5-RTT).
 //!
 //! HTTP/2 (the `h2` crate server): a cleartext connection that opens with the h2 preface is
 //! served as h2c (prior knowledge), a TLS connection that negotiated ALPN `h2` as h2; each
@@ -356,14 +357,7 @@ async fn h2_stream(
 /// The HTTP/3 endpoint of one serving thread: a UDP socket on the TCP listener's address
 /// (`SO_REUSEPORT` when threads share it: the kernel keeps each client's datagrams on one socket).
 fn h3_endpoint(addr: SocketAddr, reuse_port: bool, config: quinn::ServerConfig) -> io::Result<quinn::Endpoint> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if reuse_port {
-        s.set_reuse_port(true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), s.into(), Arc::new(quinn::TokioRuntime))
+    crate::server::quic_endpoint(crate::server::bind_udp(addr, reuse_port)?, config)
 }
 
 /// Accepts QUIC connections until the endpoint closes; each is served by its own task.
@@ -376,7 +370,16 @@ async fn h3_accept_loop(ep: quinn::Endpoint, resp: Rc<Responses>, cfg: Rc<Upstre
 /// One HTTP/3 connection: a failed handshake just ends it; every request stream gets its own
 /// task.
 async fn h3_conn(incoming: quinn::Incoming, body: bytes::Bytes, cfg: Rc<UpstreamConfig>, start: Instant) {
-    let Ok(conn) = incoming.await else { return };
+    let Ok(connecting) = incoming.accept() else { return };
+    // 0.5-RTT: requests that came as 0-RTT data (`--early-data`) are served as they arrive, before
+    // the handshake completes; for any other connection this changes nothing.
+    let conn = match connecting.into_0rtt() {
+        Ok((conn, _)) => conn,
+        Err(connecting) => match connecting.await {
+            Ok(conn) => conn,
+            Err(_) => return,
+        },
+    };
     let Ok(mut h) = h3::server::Connection::<_, bytes::Bytes>::new(h3_quinn::Connection::new(conn)).await else {
         return;
     };

@@ -1338,6 +1338,45 @@ mod h2 {
         }
     }
 
+    /// `--timeout` over HTTP/2 (each slot's timer is re-armed only when it fires before the
+    /// current request's deadline): against 300 ms stalls every second with a 150 ms timeout, the
+    /// requests caught early in a stall time out, the others are answered, every request sent is
+    /// one or the other, no response took longer than the timeout, and a timeout resets its
+    /// stream only (no other error: the connection stays).
+    #[test]
+    fn timeouts_fail_the_stream_only_and_bound_every_request() {
+        let _g = timing_lock();
+        let up = Server::upstream(&["--stall-every", "1s", "--stall-for", "300ms"]);
+        let url = up.url();
+        let (_, stdout, j) = run_json(&[
+            "--url",
+            &url,
+            "--http2",
+            "--streams",
+            "20",
+            "--connections",
+            "1",
+            "--rate",
+            "200",
+            "--duration",
+            "3s",
+            "--warmup",
+            "0s",
+            "--timeout",
+            "150ms",
+            "--max-lag",
+            "25ms",
+        ]);
+        let timeouts = f(&j, "errors.timeout");
+        assert!(timeouts >= 20.0, "{stdout}");
+        assert_eq!(timeouts, f(&j, "error_causes.timeout"), "{stdout}");
+        assert_eq!(errors_total(&j), timeouts as u64, "only timeouts\n{stdout}");
+        assert!(f(&j, "counts.responses") >= 400.0, "{stdout}");
+        assert_eq!(f(&j, "counts.responses") + timeouts, f(&j, "counts.sent_in_window"), "{stdout}");
+        let max = f(&j, "latency.uncorrected.max_us");
+        assert!(max < 150_000.0, "service max {max}us: a response later than the timeout was counted\n{stdout}");
+    }
+
     /// `--http2` against servers without HTTP/2 (the upstream with `--http1-only`, cleartext and
     /// TLS): every request is a counted error of a kind, no response is invented, no panic.
     #[test]
@@ -1400,6 +1439,61 @@ mod h2 {
         addr
     }
 
+    /// A server (the `h2` crate) that never reads request bodies, with a 1,024-byte stream
+    /// window (and never answers): 100,000-byte POSTs time out as `flow_stall`, none as a plain
+    /// `timeout`.
+    #[test]
+    fn a_body_the_server_never_takes_is_a_flow_stall() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l).unwrap();
+                loop {
+                    let Ok((s, _)) = l.accept().await else { continue };
+                    tokio::spawn(async move {
+                        let Ok(mut c) = h2::server::Builder::new().initial_window_size(1024).handshake::<_, bytes::Bytes>(s).await else {
+                            return;
+                        };
+                        let mut held = Vec::new();
+                        while let Some(Ok(stream)) = c.accept().await {
+                            held.push(stream);
+                        }
+                    });
+                }
+            });
+        });
+        let url = format!("http://{addr}/");
+        let (code, stdout, j) = run_json(&[
+            "--url",
+            &url,
+            "--http2",
+            "--streams",
+            "4",
+            "--connections",
+            "1",
+            "--rate",
+            "8",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--timeout",
+            "500ms",
+            "--method",
+            "POST",
+            "--body-bytes",
+            "100000",
+            "--allow-invalid",
+        ]);
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(f(&j, "counts.responses"), 0.0, "{stdout}");
+        assert_eq!(f(&j, "errors.flow_stall"), 8.0, "{stdout}");
+        assert_eq!(f(&j, "errors.timeout"), 0.0, "{stdout}");
+    }
+
     /// RST_STREAM and GOAWAY from the server are counted under `reset` and `goaway`.
     #[test]
     fn resets_and_goaways_are_counted_by_kind() {
@@ -1459,7 +1553,7 @@ mod h2_to_h1 {
     /// `/bad-head` (a status line that is not HTTP, then close) and `/bad-chunk` (a good head, then
     /// a chunk size that is not hex, then close). Returns its address and its accepted-connection
     /// count.
-    fn echo_origin() -> (SocketAddr, Arc<AtomicUsize>) {
+    pub(super) fn echo_origin() -> (SocketAddr, Arc<AtomicUsize>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -1783,12 +1877,31 @@ mod cli {
             &["upstream", "--tls", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/k.pem"],
             &["upstream", "--cert-out", "/tmp/x.pem"],
             &["relay", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--upstream-http1"],
+            &["relay", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--h3", "--h2"],
+            &["relay", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--h3", "--tls"],
+            &["relay", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--cert-out", "/tmp/x.pem"],
+            &[
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:1",
+                "--h3",
+                "--cert",
+                "/nonexistent/c.pem",
+                "--key",
+                "/nonexistent/k.pem",
+            ],
+            &["relay", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--h3", "--threads", "0"],
             &["run", "--url", "http://127.0.0.1:1/", "--rate", "10", "--http3"],
             &["run", "--url", "https://127.0.0.1:1/", "--rate", "10", "--insecure", "--http3", "--http2"],
             &["run", "--url", "https://127.0.0.1:1/", "--insecure", "--http3", "--connect-rate", "10"],
             &["run", "--url", "https://127.0.0.1:1/", "--rate", "10", "--insecure", "--streams", "2"],
             &["upstream", "--http3"],
             &["upstream", "--tls", "--http3", "--http1-only"],
+            &["upstream", "--tls", "--early-data"],
+            &["run", "--url", "https://127.0.0.1:1/", "--rate", "10", "--insecure", "--early-data"],
+            &["run", "--url", "https://127.0.0.1:1/", "--rate", "10", "--insecure", "--http3", "--early-data", "--resume", "off"],
         ] {
             let out = loadgen(args);
             let err = String::from_utf8_lossy(&out.stderr);
@@ -2085,6 +2198,84 @@ mod h3 {
         }
     }
 
+    /// `--early-data`: against `upstream --http3 --early-data` every new connection in the window
+    /// resumes in 0-RTT (none refused, no error); against an upstream whose tickets do not allow
+    /// early data they are plain resumed handshakes; without `--early-data` never 0-RTT.
+    #[test]
+    fn h3_early_data_only_when_asked_and_allowed() {
+        let _g = timing_lock();
+        let (early, early_ca) = Server::upstream_tls(&["--http3", "--early-data"]);
+        let (plain, plain_ca) = Server::upstream_tls(&["--http3"]);
+        let (early_url, plain_url) = (early.https_url(), plain.https_url());
+        let churn = ["--new-connection-every", "10", "--connections", "2", "--rate", "200", "--duration", "2s", "--warmup", "500ms"];
+        for (url, ca, ask, zero_rtt) in
+            [(&early_url, &early_ca, true, true), (&plain_url, &plain_ca, true, false), (&early_url, &early_ca, false, false)]
+        {
+            let mut args = h3_args(url, ca.to_str().unwrap(), &churn);
+            if ask {
+                args.push("--early-data");
+            }
+            let (code, stdout, j) = run_json(&args);
+            assert_eq!(code, 0, "{stdout}");
+            assert_eq!(errors_total(&j), 0, "{stdout}");
+            assert_eq!(f(&j, "counts.responses"), f(&j, "counts.scheduled"), "{stdout}");
+            let (full, resumed, zrtt) = (f(&j, "handshakes.full"), f(&j, "handshakes.resumed"), f(&j, "handshakes.zero_rtt"));
+            if zero_rtt {
+                assert!(zrtt >= 36.0 && resumed == 0.0 && full == 0.0, "0-RTT {zrtt} resumed {resumed} full {full}\n{stdout}");
+                assert_eq!(j["early_data_rejected"].as_u64(), Some(0), "{stdout}");
+            } else {
+                assert!(zrtt == 0.0 && resumed >= 36.0, "0-RTT {zrtt} resumed {resumed}\n{stdout}");
+            }
+            if !ask {
+                assert!(j["early_data_rejected"].is_null(), "{stdout}");
+            }
+        }
+    }
+
+    /// `hold --http3` against `upstream --tls --http3`: 200 QUIC connections, each a handshake
+    /// (counted full or resumed) and a verified GET, held idle and still open when the RSS is
+    /// read; the upstream's memory grew with them. `--http3` on http:// is a usage error.
+    #[test]
+    fn hold_holds_http3_connections() {
+        let _g = timing_lock();
+        let (up, ca) = Server::upstream_tls(&["--http3"]);
+        let json = temp_path("hold-h3.json");
+        let (url, pid) = (up.https_url(), up.pid().to_string());
+        let out = loadgen(&[
+            "hold",
+            "--url",
+            &url,
+            "--pid",
+            &pid,
+            "--http3",
+            "--connections",
+            "200",
+            "--settle",
+            "300ms",
+            "--settle-before",
+            "100ms",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&json);
+        let c = &j["counts"][0];
+        assert_eq!((c["n_ok"].as_u64(), c["valid"].as_bool()), (Some(200), Some(true)), "{c}");
+        let hs = c["tls_handshakes"]["full"].as_u64().unwrap() + c["tls_handshakes"]["resumed"].as_u64().unwrap();
+        assert_eq!(hs, 200, "a handshake per held connection: {c}");
+        assert!(c["kib_per_conn"].as_f64().unwrap() > 1.0, "the upstream holds QUIC state per connection: {c}");
+        assert_eq!(j["meta"]["http3"], true, "{}", j["meta"]);
+        assert_eq!(j["meta"]["tls"]["alpn_offered"][0], "h3", "{}", j["meta"]);
+
+        let plain_url = format!("http://{}/", up.addr);
+        let out = loadgen(&["hold", "--url", &plain_url, "--pid", &pid, "--http3"]);
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// A server that stops granting flow-control window (it never reads the body, 1,024-byte
     /// stream window): 100,000-byte POSTs time out as `flow_stall`, not as a plain `timeout`.
     #[test]
@@ -2120,5 +2311,270 @@ mod h3 {
         assert_eq!(f(&j, "counts.responses"), 0.0, "{stdout}");
         assert_eq!(f(&j, "errors.flow_stall"), 8.0, "{stdout}");
         assert_eq!(f(&j, "errors.timeout"), 0.0, "{stdout}");
+    }
+}
+
+/// `relay --h3` (the HTTP/3 floor): `loadgen run --http3` through it to `loadgen upstream` over
+/// h2c and, with `--upstream-http1`, over HTTP/1.1; bodies past the flow-control windows, trailers
+/// back to an HTTP/3 client (a small one here, on quinn + h3), the request as the HTTP/1.1 origin
+/// sees it, and an upstream that is down.
+mod h3_relay {
+    use super::util::*;
+    use bytes::{Buf, Bytes};
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn errors_total(j: &serde_json::Value) -> u64 {
+        j["errors"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum()
+    }
+
+    /// `relay --h3` to `upstream` (with `extra` flags), its certificate written to a temporary
+    /// file that goes with the server; returns the relay and `https://localhost:PORT/`.
+    fn relay_h3(upstream: SocketAddr, extra: &[&str]) -> (Server, String, std::path::PathBuf) {
+        let ca = temp_path("h3-relay-ca.pem");
+        let up = upstream.to_string();
+        let mut args = vec!["relay", "--listen", "127.0.0.1:0", "--upstream", &up, "--h3", "--cert-out", ca.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let relay = Server::start(&args);
+        let url = relay.https_url();
+        (relay, url, ca)
+    }
+
+    /// `loadgen run --http3` through `url` with `extra`.
+    fn run_h3(url: &str, ca: &Path, extra: &[&str]) -> (i32, String, serde_json::Value) {
+        let mut args = vec!["--url", url, "--ca", ca.to_str().unwrap(), "--http3"];
+        args.extend_from_slice(extra);
+        run_json(&args)
+    }
+
+    /// Valid, rate within 1 %, every scheduled request answered 200, no error of any kind, h3.
+    fn assert_clean_400(code: i32, stdout: &str, j: &serde_json::Value) {
+        assert_eq!(code, 0, "{stdout}");
+        assert_eq!(j["valid"], true, "{stdout}");
+        for k in ["sent_rate", "achieved_rate"] {
+            let r = f(j, k);
+            assert!((r - 400.0).abs() <= 4.0, "{k} {r}\n{stdout}");
+        }
+        let responses = f(j, "counts.responses");
+        assert_eq!(responses, f(j, "counts.scheduled"), "{stdout}");
+        assert_eq!(j["status_codes"]["200"].as_f64(), Some(responses), "{stdout}");
+        assert_eq!(errors_total(j), 0, "{stdout}");
+        assert_eq!(j["meta"]["protocol"], "h3", "{stdout}");
+        assert_eq!(j["tls_negotiated"][0]["alpn"].as_str(), Some("h3"), "{stdout}");
+    }
+
+    /// At 400 req/s on 2 connections × 4 streams, through `relay --h3` to `upstream` over h2c and
+    /// through `relay --h3 --upstream-http1` to `upstream --http1-only`: clean; then 40 POSTs of
+    /// 100,000 bytes each (past QUIC's and HTTP/2's initial windows) on 2 streams, all 200, no
+    /// error: the upstream reads each body by its `content-length` (the `h2` crate refuses a
+    /// stream whose DATA does not add up to it; over HTTP/1.1 a short body would never end), so
+    /// a body that did not arrive whole would be an error or a timeout, not a 200.
+    #[test]
+    fn h3_relay_is_clean_at_a_fixed_rate_and_with_large_posts_to_h2c_and_http1() {
+        let _g = timing_lock();
+        for h1 in [false, true] {
+            let up = Server::upstream(if h1 { &["--http1-only"][..] } else { &[] });
+            let (_relay, url, ca) = relay_h3(up.addr, if h1 { &["--upstream-http1"][..] } else { &[] });
+            let rate = ["--streams", "4", "--connections", "2", "--rate", "400", "--duration", "2s", "--warmup", "500ms"];
+            let (code, stdout, j) = run_h3(&url, &ca, &rate);
+            assert_clean_400(code, &stdout, &j);
+            assert_eq!(j["meta"]["streams"].as_u64(), Some(4), "{stdout}");
+
+            let posts = [
+                "--streams",
+                "2",
+                "--connections",
+                "1",
+                "--rate",
+                "40",
+                "--duration",
+                "1s",
+                "--warmup",
+                "0s",
+                "--method",
+                "POST",
+                "--body-bytes",
+                "100000",
+            ];
+            let (code, stdout, j) = run_h3(&url, &ca, &posts);
+            assert_eq!(code, 0, "{stdout}");
+            assert_eq!(j["status_codes"]["200"].as_f64(), Some(40.0), "{stdout}");
+            assert_eq!(errors_total(&j), 0, "{stdout}");
+            let _ = std::fs::remove_file(&ca);
+        }
+    }
+
+    #[derive(Debug)]
+    struct Reply {
+        status: u16,
+        headers: http::HeaderMap,
+        body: Vec<u8>,
+        trailers: Option<http::HeaderMap>,
+    }
+
+    type Send = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+    /// One request on a new stream (head, `body` if any, FIN), the whole response read.
+    async fn request(send: &mut Send, method: &str, uri: &str, fields: &[(&str, &str)], body: &[u8]) -> Reply {
+        let data: &[&[u8]] = if body.is_empty() { &[] } else { &[body] };
+        try_request(send, method, uri, fields, data, None).await.unwrap()
+    }
+
+    /// One request on a new stream: the head, each of `data` as a DATA frame, `trailers`, FIN;
+    /// then the whole response, or the stream's error.
+    async fn try_request(
+        send: &mut Send,
+        method: &str,
+        uri: &str,
+        fields: &[(&str, &str)],
+        data: &[&[u8]],
+        trailers: Option<http::HeaderMap>,
+    ) -> Result<Reply, h3::error::StreamError> {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for (k, v) in fields {
+            b = b.header(*k, *v);
+        }
+        let mut s = send.send_request(b.body(()).unwrap()).await?;
+        for d in data {
+            s.send_data(Bytes::copy_from_slice(d)).await?;
+        }
+        if let Some(t) = trailers {
+            s.send_trailers(t).await?;
+        }
+        s.finish().await?;
+        let resp = s.recv_response().await?;
+        let mut got = Vec::new();
+        while let Some(mut d) = s.recv_data().await? {
+            got.extend_from_slice(&d.copy_to_bytes(d.remaining()));
+        }
+        let trailers = s.recv_trailers().await?;
+        Ok(Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), body: got, trailers })
+    }
+
+    /// Runs `f` with an HTTP/3 connection to `localhost:port` trusting `ca`, within 20 s.
+    fn with_h3<F, Fut>(port: u16, ca: &Path, f: F)
+    where
+        F: FnOnce(Send) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in loadgen::tls::read_certs(ca).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let conn = ep.connect_with(config, addr, "localhost").unwrap().await.unwrap();
+            let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await.unwrap();
+            tokio::spawn(async move {
+                let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+            });
+            tokio::time::timeout(Duration::from_secs(20), f(send)).await.expect("timed out");
+        });
+    }
+
+    fn assert_grpc_trailers(r: &Reply) {
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.headers["content-type"], "application/grpc", "{r:?}");
+        assert_eq!(r.body, vec![b'x'; 100]);
+        let t = r.trailers.as_ref().unwrap_or_else(|| panic!("no trailers: {r:?}"));
+        assert_eq!((t["grpc-status"].as_bytes(), t["grpc-message"].as_bytes()), (&b"0"[..], &b"ok"[..]), "{t:?}");
+    }
+
+    /// `upstream --trailers` behind `relay --h3` (over h2c: HTTP/2 trailers; with
+    /// `--upstream-http1` to `--http1-only`: a chunked trailer section) reaches an HTTP/3 client
+    /// as HTTP/3 trailers, for a GET and a POST; HEAD gets the head alone.
+    #[test]
+    fn h3_relay_relays_response_trailers_to_an_http3_client() {
+        for h1 in [false, true] {
+            let up = Server::upstream(if h1 { &["--http1-only", "--trailers"][..] } else { &["--trailers"] });
+            let (relay, url, ca) = relay_h3(up.addr, if h1 { &["--upstream-http1"][..] } else { &[] });
+            with_h3(relay.addr.port(), &ca, |mut send| async move {
+                let r = request(&mut send, "GET", &url, &[], b"").await;
+                assert_grpc_trailers(&r);
+                let fields = [("content-type", "application/grpc"), ("te", "trailers")];
+                let r = request(&mut send, "POST", &format!("{url}svc/M"), &fields, &[0u8; 64]).await;
+                assert_grpc_trailers(&r);
+                let r = request(&mut send, "HEAD", &url, &[], b"").await;
+                assert_eq!((r.status, r.body.len(), r.trailers.is_none()), (200, 0, true), "{r:?}");
+            });
+            let _ = std::fs::remove_file(&ca);
+        }
+    }
+
+    /// What an HTTP/1.1 origin receives through `relay --h3 --upstream-http1` (the origin in
+    /// `h2_to_h1` answers with the request's own bytes): a GET is `GET path HTTP/1.1`, `host` from
+    /// `:authority`, the client's fields, no body framing (its end came with its head); a
+    /// 100,000-byte POST with a `content-length` arrives byte-exact; a POST without one (two
+    /// DATA frames and trailers) arrives chunked with the trailers as its trailer section;
+    /// sequential streams share one origin connection. A response head that is not HTTP is a
+    /// `502`, a bad chunk after a good head resets the stream, and the connection carries on.
+    #[test]
+    fn h3_relay_sends_http1_requests_as_they_came() {
+        let (origin, accepted) = super::h2_to_h1::echo_origin();
+        let (relay, url, ca) = relay_h3(origin, &["--upstream-http1"]);
+        let port = relay.addr.port();
+        with_h3(port, &ca, |mut send| async move {
+            let r = request(&mut send, "GET", &format!("{url}a?q=1"), &[("x-test", "1")], b"").await;
+            assert_eq!((r.status, r.headers["x-origin"].as_bytes()), (200, &b"echo"[..]), "{r:?}");
+            let t = String::from_utf8_lossy(&r.body).to_string();
+            assert!(t.starts_with(&format!("GET /a?q=1 HTTP/1.1\r\nhost: localhost:{port}\r\n")), "{t}");
+            assert!(t.contains("\r\nx-test: 1\r\n") && t.ends_with("\r\n\r\n"), "{t}");
+            assert!(!t.contains("transfer-encoding") && !t.contains("content-length"), "{t}");
+
+            let big = vec![b'y'; 100_000];
+            let r = request(&mut send, "POST", &format!("{url}big"), &[("content-length", "100000")], &big).await;
+            assert_eq!(r.status, 200);
+            assert!(r.body.ends_with(&big) && r.body.len() < 100_000 + 200, "{}", r.body.len());
+            let head = String::from_utf8_lossy(&r.body[..r.body.len() - big.len()]).to_string();
+            assert!(head.starts_with("POST /big HTTP/1.1\r\n") && head.ends_with("\r\ncontent-length: 100000\r\n\r\n"), "{head}");
+
+            let mut tr = http::HeaderMap::new();
+            tr.insert("x-t", http::HeaderValue::from_static("yes"));
+            let r = try_request(&mut send, "POST", &format!("{url}c"), &[], &[b"abc", b"defg"], Some(tr)).await.unwrap();
+            let t = String::from_utf8_lossy(&r.body).to_string();
+            assert!(t.ends_with("\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\nx-t: yes\r\n\r\n"), "{t}");
+            assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "sequential streams share one origin connection");
+
+            let r = request(&mut send, "GET", &format!("{url}bad-head"), &[], b"").await;
+            assert_eq!((r.status, r.body.len()), (502, 0), "{r:?}");
+            let e = try_request(&mut send, "GET", &format!("{url}bad-chunk"), &[], &[], None).await.unwrap_err();
+            assert!(e.to_string().contains("INTERNAL_ERROR"), "{e}");
+            assert_eq!(request(&mut send, "GET", &url, &[], b"").await.status, 200);
+        });
+        let _ = std::fs::remove_file(&ca);
+    }
+
+    /// An upstream that refuses connections, over h2c and over HTTP/1.1: every request is a
+    /// counted `502` (a `status` error), the run ends in time, and the relay is still serving.
+    #[test]
+    fn h3_relay_to_an_upstream_that_is_down_answers_502() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        for h1 in [false, true] {
+            let (relay, url, ca) = relay_h3(closed, if h1 { &["--upstream-http1"][..] } else { &[] });
+            let args = ["--streams", "2", "--connections", "2", "--rate", "20", "--duration", "1s", "--warmup", "0s", "--timeout", "2s"];
+            let started = std::time::Instant::now();
+            let (code, stdout, j) = run_h3(&url, &ca, &args);
+            assert!(started.elapsed() < Duration::from_secs(10), "{stdout}");
+            assert_eq!(code, 0, "{stdout}");
+            assert_eq!(j["status_codes"]["502"].as_f64(), Some(20.0), "{stdout}");
+            assert_eq!(f(&j, "errors.status"), 20.0, "{stdout}");
+            assert_eq!(errors_total(&j), 20, "{stdout}");
+            assert!(Path::new(&format!("/proc/{}/stat", relay.pid())).exists(), "the relay is still running");
+            let state = std::fs::read_to_string(format!("/proc/{}/stat", relay.pid())).unwrap();
+            assert!(!state.contains(") Z "), "the relay exited: {state}");
+            let _ = std::fs::remove_file(&ca);
+        }
     }
 }
