@@ -86,9 +86,10 @@ pub struct ListenerSnap {
 pub struct TlsListener {
     pub config: std::sync::Arc<rustls::ServerConfig>,
     pub handshake_timeout: Duration,
-    /// With `http3 = true`: the same certificates for QUIC (TLS 1.3, ALPN `h3`, no 0-RTT), the
-    /// config each worker's QUIC endpoint is made with.
-    pub quic: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// With `http3 = true`: the QUIC server config, the same certificates for QUIC (TLS 1.3,
+    /// ALPN `h3`, no 0-RTT) and a transport bounded by `[http2]` and the limits; each worker
+    /// accepts a QUIC connection with its current snapshot's, so reloads reach new connections.
+    pub quic: Option<std::sync::Arc<quinn::ServerConfig>>,
 }
 
 /// A listener's certificates by server name: exact names and `*.suffix` wildcards in hash maps

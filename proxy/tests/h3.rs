@@ -48,6 +48,15 @@ type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 /// An HTTP/3 connection to the proxy's listener (UDP, same port number), trusting `pki`; the
 /// connection is driven by a spawned task, whose handle ends when the connection closes.
 async fn h3_connect(pki: &Pki, addr: SocketAddr) -> (quinn::Endpoint, SendRequest, tokio::task::JoinHandle<()>) {
+    let (endpoint, send, drive, _) = h3_connect_leaf(pki, addr).await;
+    (endpoint, send, drive)
+}
+
+/// [`h3_connect`], and the leaf certificate the proxy presented.
+async fn h3_connect_leaf(
+    pki: &Pki,
+    addr: SocketAddr,
+) -> (quinn::Endpoint, SendRequest, tokio::task::JoinHandle<()>, rustls_pki_types::CertificateDer<'static>) {
     let mut tls = pki.client();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
@@ -55,11 +64,13 @@ async fn h3_connect(pki: &Pki, addr: SocketAddr) -> (quinn::Endpoint, SendReques
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     let conn =
         tokio::time::timeout(STEP, endpoint.connect(addr, "localhost").unwrap()).await.expect("handshake in time").expect("handshake");
+    let chain = conn.peer_identity().and_then(|id| id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok());
+    let leaf = chain.and_then(|c| c.into_iter().next()).expect("the proxy presented a certificate");
     let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await.unwrap();
     let drive = tokio::spawn(async move {
         let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
     });
-    (endpoint, send, drive)
+    (endpoint, send, drive, leaf)
 }
 
 /// Sends a request (its body whole, then the end of the stream) and reads the whole response.
@@ -226,6 +237,29 @@ fn an_idle_connection_is_closed_after_the_client_idle_timeout() {
         // GOAWAY after 1 s without a stream, then the close (the client may close first).
         tokio::time::timeout(STEP, drive).await.expect("the idle connection is closed").unwrap();
         assert!(idle.elapsed() >= Duration::from_millis(900), "not before the idle timeout: {:?}", idle.elapsed());
+    });
+}
+
+/// A reload's certificates reach QUIC as they reach TCP: a connection made after it gets the new
+/// leaf (same file names, new certificate), one made before keeps serving, and the TCP side
+/// agrees.
+#[test]
+fn a_reload_brings_new_certificates_to_new_quic_connections() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let up = Upstream::ok();
+    let proxy = h3_proxy(&pki, &dir, &[up.addr], "");
+    block_on(async {
+        let (_ep, mut old, _drive, before) = h3_connect_leaf(&pki, proxy.addr).await;
+        assert_eq!(exchange(&mut old, request(Method::GET, "/"), b"").await.0.status(), 200);
+        let after = pki.leaf("site", &["localhost"]);
+        assert_ne!(before, after.der);
+        let (status, body) = proxy.admin("POST", "/reload", "");
+        assert_eq!(status, 200, "{body}");
+        let (_ep2, mut new, _drive2, got) = h3_connect_leaf(&pki, proxy.addr).await;
+        assert!(got == after.der, "a QUIC connection after the reload gets the new certificate");
+        assert_eq!(exchange(&mut new, request(Method::GET, "/"), b"").await.0.status(), 200);
+        assert_eq!(exchange(&mut old, request(Method::GET, "/"), b"").await.0.status(), 200, "the older connection keeps serving");
     });
 }
 

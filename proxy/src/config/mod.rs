@@ -217,6 +217,9 @@ impl Compiler<'_> {
         if raw.listeners.is_empty() {
             return self.err(None, "listeners".into(), "at least one [[listeners]] entry is required".into());
         }
+        // Before the listeners: an `http3 = true` listener's QUIC transport follows them.
+        let limits = self.limits(raw.limits.unwrap_or_default(), raw.memory.unwrap_or_default())?;
+        let http2 = self.http2(raw.http2.unwrap_or_default(), &limits)?;
         let mut listeners = Vec::with_capacity(raw.listeners.len());
         let mut listener_snaps = Vec::with_capacity(raw.listeners.len());
         for (i, l) in raw.listeners.iter().enumerate() {
@@ -234,7 +237,7 @@ impl Compiler<'_> {
                 );
             }
             let tls = match &l.tls {
-                Some(t) => Some(self.listener_tls(t, &format!("listeners[{i}].tls"), http3)?),
+                Some(t) => Some(self.listener_tls(t, &format!("listeners[{i}].tls"), http3.then_some((&http2, &limits)))?),
                 None => None,
             };
             let h2c = l.h2c.as_ref().is_some_and(|v| *v.get_ref());
@@ -247,9 +250,6 @@ impl Compiler<'_> {
             }
             listener_snaps.push(ListenerSnap { address: addr, tls, h2c });
         }
-
-        let limits = self.limits(raw.limits.unwrap_or_default(), raw.memory.unwrap_or_default())?;
-        let http2 = self.http2(raw.http2.unwrap_or_default(), &limits)?;
 
         // Upstream groups, in name order so that indices are deterministic.
         let mut names: Vec<&String> = raw.upstreams.keys().collect();

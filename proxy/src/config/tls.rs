@@ -25,7 +25,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::raw;
 use super::{Compiler, ConfigError};
-use crate::snapshot::{Sni, TlsListener};
+use crate::snapshot::{Http2, Limits, Sni, TlsListener};
 
 /// The default `handshake_timeout`.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,7 +43,14 @@ fn ticketer() -> Option<Arc<dyn ProducesTickets>> {
 }
 
 impl Compiler<'_> {
-    pub(super) fn listener_tls(&self, t: &raw::ListenerTls, key: &str, http3: bool) -> Result<TlsListener, ConfigError> {
+    /// A TLS listener's settings; with `http3` (the `[http2]` bounds and the limits a QUIC
+    /// endpoint's transport follows) its QUIC server config too.
+    pub(super) fn listener_tls(
+        &self,
+        t: &raw::ListenerTls,
+        key: &str,
+        http3: Option<(&Http2, &Limits)>,
+    ) -> Result<TlsListener, ConfigError> {
         if t.certificates.is_empty() {
             return self.err(None, format!("{key}.certificates"), "a TLS listener needs at least one { cert, key } entry".into());
         }
@@ -113,16 +120,24 @@ impl Compiler<'_> {
             }
         }
         let handshake_timeout = self.duration(t.handshake_timeout.as_ref(), &format!("{key}.handshake_timeout"), HANDSHAKE_TIMEOUT)?;
-        let quic = if http3 { Some(self.quic_config(key, &provider, verifier, sni, &config)?) } else { None };
+        let quic = match http3 {
+            Some((h2, limits)) => Some(self.quic_config(key, &provider, verifier, sni, &config, h2, limits)?),
+            None => None,
+        };
         Ok(TlsListener { config: Arc::new(config), handshake_timeout, quic })
     }
 
-    /// The listener's TLS for QUIC (`http3 = true`): the same certificates (the same SNI map),
+    /// The listener's QUIC server config (`http3 = true`). Its TLS: the same certificates (the same SNI map),
     /// client authentication, cipher suites, key exchange groups and session-ticket keys as its
     /// TCP side, TLS 1.3 only (QUIC has no other), ALPN `h3`, no 0-RTT (`max_early_data_size`
     /// 0: a replayable request is not accepted early). Checked here as quinn will take it, so a
     /// narrowed `cipher_suites` without QUIC's initial suite is a config error, not a failure at
-    /// start.
+    /// start. Its transport is bounded like an HTTP/2 connection (`[http2]`: concurrent request
+    /// streams, stream and connection windows), with QUIC's idle timeout at the client idle
+    /// timeout plus the header timeout (the HTTP/3 connection's own idle timeout closes first,
+    /// with a GOAWAY). Built per config load, so a reload's certificates and bounds reach every
+    /// QUIC connection accepted after it (each worker accepts with its current snapshot's).
+    #[allow(clippy::too_many_arguments)]
     fn quic_config(
         &self,
         key: &str,
@@ -130,7 +145,9 @@ impl Compiler<'_> {
         verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
         sni: Arc<Sni>,
         tcp: &rustls::ServerConfig,
-    ) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+        h2: &Http2,
+        limits: &Limits,
+    ) -> Result<Arc<quinn::ServerConfig>, ConfigError> {
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| self.fail(format!("{key}.cipher_suites"), format!("{e} (http3 needs a TLS 1.3 cipher suite)")))?;
@@ -142,11 +159,18 @@ impl Compiler<'_> {
         config.alpn_protocols = vec![b"h3".to_vec()];
         config.max_early_data_size = 0;
         config.ticketer = Arc::clone(&tcp.ticketer);
-        let config = Arc::new(config);
-        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::clone(&config)).map_err(|e| {
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(config)).map_err(|e| {
             self.fail(format!("{key}.cipher_suites"), format!("{e}: http3 needs TLS13_AES_128_GCM_SHA256 among the cipher suites"))
         })?;
-        Ok(config)
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(h2.max_concurrent_streams));
+        transport.stream_receive_window(quinn::VarInt::from_u32(h2.initial_stream_window));
+        transport.receive_window(quinn::VarInt::from_u32(h2.initial_connection_window));
+        let idle = limits.client_idle_timeout + limits.header_read_timeout;
+        transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+        server.transport_config(Arc::new(transport));
+        Ok(Arc::new(server))
     }
 
     pub(super) fn fail(&self, key: String, message: String) -> ConfigError {

@@ -92,23 +92,12 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
-/// A worker's QUIC endpoint for one `http3 = true` listener: the listener's QUIC TLS config
-/// and a transport bounded like an HTTP/2 connection (`[http2]`: concurrent request streams,
-/// stream and connection windows), QUIC's idle timeout at the client idle timeout plus the
-/// header timeout (the HTTP/3 connection's own idle timeout closes first, with a GOAWAY).
+/// A worker's QUIC endpoint for one `http3 = true` listener, made with the listener's QUIC
+/// server config at start (each connection is then accepted with the current snapshot's:
+/// `data::accept::h3_accept_loop`).
 fn quic_endpoint(snapshot: &crate::snapshot::Snapshot, index: usize, socket: std::net::UdpSocket) -> std::io::Result<quinn::Endpoint> {
-    let quic = snapshot.listeners.get(index).and_then(|l| l.tls.as_ref()).and_then(|t| t.quic.clone());
-    let Some(quic) = quic else { return Err(std::io::Error::other("listener without http3")) };
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic).map_err(std::io::Error::other)?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let h2 = &snapshot.http2;
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(h2.max_concurrent_streams));
-    transport.stream_receive_window(quinn::VarInt::from_u32(h2.initial_stream_window));
-    transport.receive_window(quinn::VarInt::from_u32(h2.initial_connection_window));
-    let idle = snapshot.limits.client_idle_timeout + snapshot.limits.header_read_timeout;
-    transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
-    server.transport_config(Arc::new(transport));
+    let quic = snapshot.listeners.get(index).and_then(|l| l.tls.as_ref()).and_then(|t| t.quic.as_deref().cloned());
+    let Some(server) = quic else { return Err(std::io::Error::other("listener without http3")) };
     quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
 }
 

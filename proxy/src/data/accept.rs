@@ -54,9 +54,15 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, index: usize
 
 /// Accepts QUIC connections on this worker's endpoint (the `index`th configured listener, with
 /// `http3 = true`) and serves each as HTTP/3 on this thread, under the same connection limit as
-/// the TCP side. Ends when the endpoint is closed.
+/// the TCP side. Each is accepted with the current snapshot's QUIC server config (certificates,
+/// transport bounds), so a reload reaches the connections after it as on the TCP side; the
+/// start's config if a reload dropped the listener's `http3`. Ends when the endpoint is closed.
 pub async fn h3_accept_loop(worker: Rc<Worker>, endpoint: quinn::Endpoint, index: usize) {
-    let address = worker.snapshot().listeners.get(index).map(|l| l.address);
+    let (address, at_start) = match worker.snapshot().listeners.get(index) {
+        Some(l) => (l.address, l.tls.as_ref().and_then(|t| t.quic.clone())),
+        None => return,
+    };
+    let Some(at_start) = at_start else { return };
     while let Some(incoming) = endpoint.accept().await {
         let snap = worker.snapshot();
         let Some(permit) = ConnPermit::try_acquire(&worker.shared, snap.limits.max_connections) else {
@@ -64,8 +70,13 @@ pub async fn h3_accept_loop(worker: Rc<Worker>, endpoint: quinn::Endpoint, index
             incoming.refuse();
             continue;
         };
-        let timeout = address.and_then(|a| snap.tls_listener(index, a)).map_or(Duration::from_secs(10), |t| t.handshake_timeout);
-        tokio::task::spawn_local(h3::conn::serve(Rc::clone(&worker), incoming, permit, timeout));
+        let tls = snap.tls_listener(index, address);
+        let timeout = tls.map_or(Duration::from_secs(10), |t| t.handshake_timeout);
+        let config = tls.and_then(|t| t.quic.as_ref()).unwrap_or(&at_start);
+        // An attempt quinn cannot take (it says why to the client itself) is dropped here.
+        if let Ok(connecting) = incoming.accept_with(std::sync::Arc::clone(config)) {
+            tokio::task::spawn_local(h3::conn::serve(Rc::clone(&worker), connecting, permit, timeout));
+        }
     }
 }
 

@@ -56,13 +56,13 @@ enum Event {
 }
 
 /// Serves one QUIC connection that the endpoint accepted until it closes.
-pub async fn serve(worker: Rc<Worker>, incoming: quinn::Incoming, permit: ConnPermit, handshake_timeout: Duration) {
+pub async fn serve(worker: Rc<Worker>, connecting: quinn::Connecting, permit: ConnPermit, handshake_timeout: Duration) {
     let _permit = permit;
-    let peer = incoming.remote_address();
+    let peer = connecting.remote_address();
     let slots = Slots { worker: &worker, timer: worker.timers.register(), drain: worker.drain.register() };
     let timers = &worker.timers;
     timers.observe(tokio::time::Instant::now());
-    let conn = match timers.within(slots.timer, timers.deadline(handshake_timeout), std::future::IntoFuture::into_future(incoming)).await {
+    let conn = match timers.within(slots.timer, timers.deadline(handshake_timeout), connecting).await {
         Ok(Ok(c)) => c,
         _ => return,
     };
