@@ -263,6 +263,56 @@ fn a_reload_brings_new_certificates_to_new_quic_connections() {
     });
 }
 
+/// The TCP side of an `http3 = true` listener advertises HTTP/3 on every relayed response, over
+/// HTTP/1.1 and HTTP/2 (`Alt-Svc: h3=":PORT"; ma=86400`, PORT the listener's own); a TLS listener
+/// without it does not.
+#[test]
+fn the_tcp_side_advertises_http3_with_alt_svc() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir);
+    let up = Upstream::ok();
+    let proxy = h3_proxy(&pki, &dir, &[up.addr], "");
+    let want = format!("h3=\":{}\"; ma=86400", proxy.addr.port());
+    let config = Arc::new(pki.client());
+    let mut c = crate::support::tls::tls_connect(proxy.addr, Some("localhost"), &config).unwrap();
+    for _ in 0..2 {
+        let r = c.roundtrip(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("alt-svc"), Some(want.as_str()), "{:?}", String::from_utf8_lossy(&r.raw));
+        assert_eq!(r.header_count("alt-svc"), 1);
+    }
+    let mut h2_config = pki.client();
+    h2_config.alpn_protocols = vec![b"h2".to_vec()];
+    block_on(async {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(h2_config));
+        let tls = connector.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        let (send, conn) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut send = send.ready().await.unwrap();
+        let (resp, _) = send.send_request(Request::builder().uri("https://localhost/").body(()).unwrap(), true).unwrap();
+        let resp = tokio::time::timeout(STEP, resp).await.expect("in time").unwrap();
+        assert_eq!(resp.status(), 200);
+        let got: Vec<_> = resp.headers().get_all("alt-svc").iter().map(|v| v.as_bytes().to_vec()).collect();
+        assert_eq!(got, vec![want.as_bytes().to_vec()]);
+    });
+    // Over HTTP/3 itself, and on a TLS listener without http3: none.
+    block_on(async {
+        let (_ep, mut send, _drive) = h3_connect(&pki, proxy.addr).await;
+        let (resp, _) = exchange(&mut send, request(Method::GET, "/"), b"").await;
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().get("alt-svc").is_none());
+    });
+    let leaf = pki.leaf("plain", &["localhost"]);
+    let plain = crate::support::tls::tls_proxy_with(&dir, &up, &[cert_entry(&leaf)], "", "");
+    let mut c = crate::support::tls::tls_connect(plain.addr, Some("localhost"), &config).unwrap();
+    let r = c.roundtrip(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("alt-svc"), None);
+}
+
 #[test]
 fn http3_needs_tls() {
     let (code, _, err) = crate::support::run_proxy_cmd(&["check", "--config", &*crate::support::write_temp(

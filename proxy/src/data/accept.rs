@@ -26,6 +26,12 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, index: usize
         Some(l) => (l.address, l.tls.clone(), l.h2c),
         None => (SocketAddr::from(([0, 0, 0, 0], 0)), None, false),
     };
+    // An `http3 = true` listener (a restart's decision, as the listener itself) advertises its
+    // UDP port, the TCP side's bound one, in the responses of its TCP connections.
+    let h3_port = match &started_tls {
+        Some(t) if t.quic.is_some() => listener.local_addr().map_or(0, |a| a.port()),
+        _ => 0,
+    };
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -42,7 +48,7 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, index: usize
                         }
                         Some(at_start) => {
                             let tls = snap.tls_listener(index, address).unwrap_or(at_start).clone();
-                            tokio::task::spawn_local(serve_tls(Rc::clone(&worker), stream, peer, permit, tls));
+                            tokio::task::spawn_local(serve_tls(Rc::clone(&worker), stream, peer, permit, tls, h3_port));
                         }
                     }
                 }
@@ -83,8 +89,12 @@ pub async fn h3_accept_loop(worker: Rc<Worker>, endpoint: quinn::Endpoint, index
 /// A TLS connection: the handshake (boxed: its state is rustls's and goes when it is done, so
 /// the connection's task stays the size of the HTTP/1.1 loop), then HTTP/2 if ALPN chose it
 /// (boxed: an HTTP/2 connection's state is larger than an idle HTTP/1.1 one's), else HTTP/1.1.
-async fn serve_tls(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, permit: ConnPermit, tls: TlsListener) {
-    match Box::pin(tls::accept(&worker, stream, tls.config, tls.handshake_timeout)).await {
+async fn serve_tls(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, permit: ConnPermit, tls: TlsListener, h3_port: u16) {
+    let accepted = Box::pin(tls::accept(&worker, stream, tls.config, tls.handshake_timeout)).await.map(|mut s| {
+        s.advertise_h3(h3_port);
+        s
+    });
+    match accepted {
         Ok(stream) if stream.alpn_h2() => Box::pin(h2::conn::serve(worker, stream, peer, permit)).await,
         Ok(stream) => conn::serve(worker, stream, peer, permit).await,
         Err(kind) => worker.metrics().tls_failure(kind),

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
-use http::header::{CONTENT_LENGTH, HOST, VIA};
+use http::header::{ALT_SVC, CONTENT_LENGTH, HOST, VIA};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use tokio::time::Instant;
 
@@ -49,6 +49,9 @@ pub struct ConnInfo {
     ip_len: u8,
     pub tls: bool,
     pub via: HeaderValue,
+    /// `Alt-Svc` for each response, when the listener also serves HTTP/3 (made once per
+    /// connection; each response shares its bytes).
+    pub alt_svc: Option<HeaderValue>,
     /// Streams accepted and not yet finished.
     pub open: Cell<usize>,
     /// When the connection is idle past its timeout, if no stream is open by then.
@@ -71,9 +74,21 @@ impl ConnInfo {
             tls,
             // Validated when the config was loaded (a server name of token bytes).
             via: HeaderValue::from_bytes(via).unwrap_or(HeaderValue::from_static("1.1 proxy")),
+            alt_svc: None,
             open: Cell::new(0),
             idle_until: Cell::new(idle_until),
         }
+    }
+
+    /// Responses on this connection advertise HTTP/3 on UDP `port` (0: they do not). Per
+    /// connection.
+    pub fn advertising_h3(mut self, port: u16) -> ConnInfo {
+        if port != 0 {
+            let mut v = Vec::with_capacity(32);
+            crate::data::h1::rewrite::alt_svc_value(&mut v, port);
+            self.alt_svc = HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok();
+        }
+        self
     }
 
     pub fn ip(&self) -> &[u8] {
@@ -455,6 +470,9 @@ impl<'a> Exchange<'a> {
             headers.append(name, value);
         }
         headers.append(VIA, self.info.via.clone());
+        if let Some(alt_svc) = &self.info.alt_svc {
+            headers.append(ALT_SVC, alt_svc.clone());
+        }
         self.status = res.status;
         let framing = res.framing;
         let keep_alive = res.keep_alive;

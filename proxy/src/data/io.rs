@@ -36,6 +36,13 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
         Ok(true)
     }
 
+    /// The UDP port number this connection's listener also serves HTTP/3 on (`http3 = true`),
+    /// advertised in each relayed response's `Alt-Svc`; 0: none (cleartext, or no HTTP/3).
+    #[inline]
+    fn alt_svc_port(&self) -> u16 {
+        0
+    }
+
     /// Waits until a read would not block.
     #[inline]
     fn readable(&self) -> impl Future<Output = io::Result<()>> {

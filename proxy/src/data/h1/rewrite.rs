@@ -178,8 +178,9 @@ pub enum HeadFor {
     Upgrade,
 }
 
-/// Status line + forwarded fields + Via + the connection decision, then the blank line.
-pub fn response_head(out: &mut Vec<u8>, buf: &[u8], res: &ResponseHead, via: &[u8], conn: ClientConn, head_for: HeadFor) {
+/// Status line + forwarded fields + Via (+ `Alt-Svc` when the listener serves HTTP/3 on UDP
+/// `alt_svc`, not 0) + the connection decision, then the blank line.
+pub fn response_head(out: &mut Vec<u8>, buf: &[u8], res: &ResponseHead, via: &[u8], alt_svc: u16, conn: ClientConn, head_for: HeadFor) {
     let dechunk = head_for == HeadFor::DechunkedBody;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -198,6 +199,9 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], res: &ResponseHead, via: &[u
         field(out, f.name.of(buf), f.value.of(buf));
     }
     field(out, b"Via", via);
+    if alt_svc != 0 && head_for != HeadFor::Upgrade {
+        alt_svc_field(out, alt_svc);
+    }
     if head_for == HeadFor::Upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
         field(out, b"Upgrade", upgrade_value);
@@ -209,6 +213,37 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], res: &ResponseHead, via: &[u
         }
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// How long a client may remember the HTTP/3 alternative (`ma`, seconds): a day, as the
+/// common default (RFC 7838 §3.1 says 24 hours when absent; said explicitly here).
+pub const ALT_SVC_MAX_AGE: &[u8] = b"86400";
+
+/// `Alt-Svc: h3=":PORT"; ma=86400` (RFC 7838, RFC 9114 §3.1.1): the same host serves HTTP/3 on
+/// UDP `port`. Written into the reused output buffer; no allocation.
+pub fn alt_svc_field(out: &mut Vec<u8>, port: u16) {
+    out.extend_from_slice(b"Alt-Svc: ");
+    alt_svc_value(out, port);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `Alt-Svc` value alone (`h3=":PORT"; ma=86400`), appended to `out`.
+pub fn alt_svc_value(out: &mut Vec<u8>, port: u16) {
+    out.extend_from_slice(b"h3=\":");
+    let mut digits = [0u8; 5];
+    let mut n = port;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\"; ma=");
+    out.extend_from_slice(ALT_SVC_MAX_AGE);
 }
 
 /// An interim (1xx) response relayed to the client: status line and fields as received.
@@ -335,14 +370,26 @@ mod tests {
     }
 
     #[test]
+    fn alt_svc_names_the_port_in_decimal() {
+        for (port, want) in [(1u16, &b"h3=\":1\"; ma=86400"[..]), (443, b"h3=\":443\"; ma=86400"), (65535, b"h3=\":65535\"; ma=86400")] {
+            let mut v = Vec::new();
+            alt_svc_value(&mut v, port);
+            assert_eq!(v, want);
+        }
+        let mut out = Vec::new();
+        alt_svc_field(&mut out, 8443);
+        assert_eq!(out, b"Alt-Svc: h3=\":8443\"; ma=86400\r\n");
+    }
+
+    #[test]
     fn response_rewrite() {
         let b = b"HTTP/1.1 200 Fine\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nX: y\r\n\r\n";
         let mut res = ResponseHead::new();
         res.parse(b, false).unwrap();
         let mut out = Vec::new();
-        response_head(&mut out, b, &res, b"1.1 p", ClientConn::KeepAlive11, HeadFor::Body);
+        response_head(&mut out, b, &res, b"1.1 p", 0, ClientConn::KeepAlive11, HeadFor::Body);
         assert_eq!(String::from_utf8_lossy(&out), "HTTP/1.1 200 Fine\r\nTransfer-Encoding: chunked\r\nX: y\r\nVia: 1.1 p\r\n\r\n");
-        response_head(&mut out, b, &res, b"1.1 p", ClientConn::Close, HeadFor::DechunkedBody);
+        response_head(&mut out, b, &res, b"1.1 p", 0, ClientConn::Close, HeadFor::DechunkedBody);
         assert_eq!(String::from_utf8_lossy(&out), "HTTP/1.1 200 Fine\r\nX: y\r\nVia: 1.1 p\r\nConnection: close\r\n\r\n");
     }
 }

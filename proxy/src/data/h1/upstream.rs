@@ -188,7 +188,8 @@ impl<S: ClientIo> Active<'_, S> {
             (true, _) => ClientConn::KeepAlive11,
         };
         let head_for = if dechunk { HeadFor::DechunkedBody } else { HeadFor::Body };
-        rewrite::response_head(&mut self.s.out, self.s.up.filled(), &self.s.res, &snap.via, conn, head_for);
+        let alt_svc = self.client.alt_svc_port();
+        rewrite::response_head(&mut self.s.out, self.s.up.filled(), &self.s.res, &snap.via, alt_svc, conn, head_for);
         self.s.up.consume(self.s.res.len);
 
         let mut body = ResBody::new(self.s.res.framing, dechunk);
@@ -253,7 +254,7 @@ impl<S: ClientIo> Active<'_, S> {
         if self.s.req.upgrade.is_none() {
             return Err(ProxyError::BadResponse);
         }
-        rewrite::response_head(&mut self.s.out, self.s.up.filled(), &self.s.res, &snap.via, ClientConn::Close, HeadFor::Upgrade);
+        rewrite::response_head(&mut self.s.out, self.s.up.filled(), &self.s.res, &snap.via, 0, ClientConn::Close, HeadFor::Upgrade);
         self.s.up.consume(self.s.res.len);
         self.s.out.extend_from_slice(self.s.up.filled());
         self.s.up.clear();

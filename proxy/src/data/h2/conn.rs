@@ -81,6 +81,7 @@ pub async fn serve<S: ClientIo + 'static>(worker: Rc<Worker>, io: S, peer: Socke
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_pending_accept_reset_streams(settings.max_pending_reset_streams)
         .max_local_error_reset_streams(Some(settings.max_local_error_resets));
+    let alt_svc = io.alt_svc_port();
     // The preface and the settings exchange, within the header timeout.
     let (io, flusher) = Batched::new(io);
     let handshake = flushed(builder.handshake::<Batched<S>, Bytes>(io), &flusher);
@@ -96,7 +97,7 @@ pub async fn serve<S: ClientIo + 'static>(worker: Rc<Worker>, io: S, peer: Socke
     #[cfg(feature = "planted")]
     let _planted = crate::data::planted::h2_held_bytes();
 
-    let info = Rc::new(ConnInfo::new(peer, S::TLS, &snap.via, timers.deadline(limits.header_read_timeout)));
+    let info = Rc::new(ConnInfo::new(peer, S::TLS, &snap.via, timers.deadline(limits.header_read_timeout)).advertising_h3(alt_svc));
     drop(snap);
 
     let mut pings: Option<PingPong> = settings.keepalive_interval.and_then(|_| conn.ping_pong());

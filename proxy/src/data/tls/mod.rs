@@ -325,6 +325,8 @@ pub struct TlsStream<S: Side = ServerConnectionData> {
     failed: Option<TlsFailure>,
     /// The handshake chose HTTP/2 by ALPN.
     h2: bool,
+    /// [`ClientIo::alt_svc_port`]: set by the accept loop of an `http3 = true` listener.
+    alt_svc: u16,
 }
 
 impl<S: Side> std::fmt::Debug for TlsStream<S> {
@@ -358,6 +360,7 @@ impl<S: Side> TlsStream<S> {
             records_without_data: 0,
             failed: None,
             h2,
+            alt_svc: 0,
         };
         #[cfg(feature = "planted")]
         if let Some(n) = crate::data::planted::tls_held_bytes().filter(|_| s.early.is_empty()) {
@@ -368,6 +371,13 @@ impl<S: Side> TlsStream<S> {
         }
         s.release_read();
         Ok((s, resumed))
+    }
+
+    /// The listener also serves HTTP/3 on UDP `port`: responses on this connection say so
+    /// (`Alt-Svc`). Per connection, at accept.
+    #[inline]
+    pub fn advertise_h3(&mut self, port: u16) {
+        self.alt_svc = port;
     }
 
     /// The handshake chose HTTP/2 (ALPN `h2`): the accept loop hands the stream to `data::h2`.
@@ -644,6 +654,11 @@ impl<S: Side> Drop for TlsStream<S> {
 
 impl<S: Side> ClientIo for TlsStream<S> {
     const TLS: bool = true;
+
+    #[inline]
+    fn alt_svc_port(&self) -> u16 {
+        self.alt_svc
+    }
 
     #[inline]
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
