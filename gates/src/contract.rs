@@ -302,6 +302,14 @@ pub struct LatencyGate {
     /// h2c to the origin, and the floor is the relay built on `h2` alone (`loadgen relay --h2`).
     /// Absent: HTTP/1.1, the byte relay.
     pub http2_streams: Option<u32>,
+    /// HTTP/3 with this many concurrent request streams per QUIC connection: loadgen runs
+    /// `--http3 --streams N` over `https://` (trusting the certificate made at start, `--ca`), the
+    /// proxy's listener is a TLS listener with `http3 = true` and its group speaks HTTP/1.1 to the
+    /// origin, the floor is the HTTP/3 relay built on quinn + h3 alone (`loadgen relay --h3
+    /// --upstream-http1`, the same certificate) in front of the same origin, and the direct path
+    /// is the origin serving HTTP/3 itself (`loadgen upstream --tls --http3`). Not with
+    /// `http2_streams`.
+    pub http3_streams: Option<u32>,
     /// In a noisy round (the floor's P99 over `floor_p99_limit`), the proxy counts as worse beyond
     /// doubt when its P99 is over this many times the floor's beside it (default
     /// [`crate::runner::NOISY_FAIL_RATIO`], 1.5): the clean tree's ratio in noisy rounds differs
@@ -354,7 +362,11 @@ pub struct MemoryGate {
     pub metric: String,
     pub unit: String,
     pub workload: String,
-    /// Connection counts held in turn (closing all between), each its own `per_conn` row.
+    /// Connection counts held in turn (closing all between), each its own `per_conn` row. Empty
+    /// (or absent): no HTTP/1.1 rows, for a contract that measures only the HTTP/2 or HTTP/3 rows
+    /// (phase 3: the HTTP/1.1 and TLS rows are phase 1's and 2's); the gate then needs
+    /// `http2_connections` or `http3_connections`.
+    #[serde(default)]
     pub connections: Vec<u64>,
     /// Connections opened, verified and closed once before the first measured count, so the
     /// figures are those of a proxy that has served traffic (its one-time first-use costs paid),
@@ -366,9 +378,12 @@ pub struct MemoryGate {
     /// is the median.
     #[serde(default = "one")]
     pub rounds: u32,
-    /// KiB of proxy RSS per idle keep-alive connection: (held − before) / connections.
+    /// KiB of proxy RSS per idle keep-alive connection: (held − before) / connections. Required
+    /// with `connections`.
+    #[serde(default)]
     pub per_conn_kib_limit: f64,
-    /// RSS after the largest crowd left ÷ RSS before it came.
+    /// RSS after the largest crowd left ÷ RSS before it came. Required with `connections`.
+    #[serde(default)]
     pub after_ratio_limit: f64,
     /// Connection counts held part-way through a request head (`loadgen hold --partial-head`:
     /// one verified GET, then all of the next head but its final CRLF), each its own
@@ -390,6 +405,19 @@ pub struct MemoryGate {
     /// RSS after the largest crowd of HTTP/2 connections left ÷ RSS before it came.
     #[serde(default)]
     pub http2_after_ratio_limit: f64,
+    /// Connection counts held as idle HTTP/3 connections (`loadgen hold --http3`: QUIC, TLS 1.3
+    /// with ALPN h3, the HTTP/3 control streams and one verified GET, then idle; needs `tls`: the
+    /// listener gets `http3 = true`), by the same proxy after the rows above, a warm-up of `warmup`
+    /// first, then the counts in turn, once per round: each its own `http3@N` row, and
+    /// `http3_after_release@<largest>`. Empty: not measured.
+    #[serde(default)]
+    pub http3_connections: Vec<u64>,
+    /// KiB of proxy RSS per idle HTTP/3 connection.
+    #[serde(default)]
+    pub http3_kib_limit: f64,
+    /// RSS after the largest crowd of HTTP/3 connections left ÷ RSS before it came.
+    #[serde(default)]
+    pub http3_after_ratio_limit: f64,
     /// Idleness before the held figure is read, and again after closing (loadgen hold --settle).
     pub settle: String,
     pub body_bytes: usize,
@@ -490,6 +518,10 @@ pub enum Invalid {
     InstructionsGroupMismatch { group: String },
     #[error("gates.latency.http2_streams must be at least 1")]
     NoStreams,
+    #[error("gates.latency.http3_streams must be at least 1")]
+    NoHttp3Streams,
+    #[error("gates.latency: http2_streams and http3_streams are exclusive (one protocol per row)")]
+    TwoProtocols,
     #[error("gates.latency.noisy_fail_ratio {0} must be a number above 1 (the proxy's P99 as a multiple of the floor's)")]
     NoisyFailRatio(String),
 }
@@ -528,6 +560,12 @@ pub fn load(file: &Path) -> Result<Contract, ContractError> {
     }
     if c.gates.latency.as_ref().is_some_and(|g| g.http2_streams == Some(0)) {
         return Err(invalid(Invalid::NoStreams));
+    }
+    if c.gates.latency.as_ref().is_some_and(|g| g.http3_streams == Some(0)) {
+        return Err(invalid(Invalid::NoHttp3Streams));
+    }
+    if c.gates.latency.as_ref().is_some_and(|g| g.http2_streams.is_some() && g.http3_streams.is_some()) {
+        return Err(invalid(Invalid::TwoProtocols));
     }
     if let Some(r) = c.gates.latency.as_ref().and_then(|g| g.noisy_fail_ratio).filter(|r| !(r.is_finite() && *r > 1.0)) {
         return Err(invalid(Invalid::NoisyFailRatio(r.to_string())));
@@ -731,6 +769,26 @@ mod tests {
             let e = load(&f).unwrap_err();
             assert!(e.to_string().contains("noisy_fail_ratio"), "{bad}: {e}");
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An HTTP/3 latency row: streams of at least 1, and never with `http2_streams` (the stage
+    /// runs one protocol end to end).
+    #[test]
+    fn the_latency_gate_over_http3_needs_streams_and_one_protocol() {
+        let dir = std::env::temp_dir().join(format!("gates-contract-latency-h3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("phase9.toml");
+        let gate = "schema_version = 1\nphase = 9\nname = \"x\"\n[gates.latency]\nmetric = \"m\"\nunit = \"u\"\nworkload = \"w\"\nrate = 1\nconnections = 1\nduration = \"1s\"\nwarmup = \"1s\"\nrounds = 1\nbody_bytes = 1\nmax_lag = \"1ms\"\nfloor_p99_limit = 1\nhard_limit = 1\nerrors_limit = 0\n";
+        std::fs::write(&f, format!("{gate}http3_streams = 4\n")).unwrap();
+        let g = load(&f).unwrap().gates.latency.unwrap();
+        assert_eq!((g.http3_streams, g.http2_streams), (Some(4), None));
+        std::fs::write(&f, format!("{gate}http3_streams = 0\n")).unwrap();
+        let e = load(&f).unwrap_err();
+        assert!(e.to_string().contains("http3_streams must be at least 1"), "{e}");
+        std::fs::write(&f, format!("{gate}http2_streams = 4\nhttp3_streams = 4\n")).unwrap();
+        let e = load(&f).unwrap_err();
+        assert!(e.to_string().contains("http2_streams and http3_streams are exclusive"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -26,6 +26,14 @@
 //! in turn, once per round. Rows `memory:http2@N` (KiB per idle HTTP/2 connection against
 //! `http2_kib_limit`) and `memory:http2_after_release@<largest>` (after ÷ before against
 //! `http2_after_ratio_limit`), judged as the rows above.
+//!
+//! With `http3_connections` (phase 3, needs `tls`: the listener also gets `http3 = true`) the
+//! same proxy then holds idle HTTP/3 connections (`loadgen hold --http3`: QUIC from a UDP socket
+//! per connection, TLS 1.3 with ALPN h3, the HTTP/3 control streams, one verified GET, then idle
+//! with PINGs): a warm-up crowd of `warmup`, then the counts in turn, once per round. Rows
+//! `memory:http3@N` and `memory:http3_after_release@<largest>`, as the HTTP/2 rows. A contract
+//! whose `connections` is empty measures only these protocol rows (phase 3 does not rerun the
+//! HTTP/1.1 and TLS rows of phases 1 and 2).
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -34,7 +42,7 @@ use serde_json::{Value, json};
 
 use crate::contract::MemoryGate;
 use crate::error::chain;
-use crate::runner::{Options, Row, RunnerError, Status, error_row, pinned, scratch_dir, start_stage_tls};
+use crate::runner::{Options, Row, RunnerError, Stage, StageProtocol, Status, error_row, pinned, scratch_dir, start_stage_proto};
 
 /// Why the memory gate measured nothing, or why a count is not a measurement; shown as every
 /// row's note ([`chain`]).
@@ -77,6 +85,10 @@ pub enum MemoryError {
     NoCertificate,
     #[error("contract: memory.http2_connections needs tls = true (HTTP/2 by ALPN; the stage has no h2c listener)")]
     Http2WithoutTls,
+    #[error("contract: memory.http3_connections needs tls = true (QUIC carries TLS 1.3; the listener is the TLS one with http3 = true)")]
+    Http3WithoutTls,
+    #[error("contract: memory measures nothing: list connections, http2_connections or http3_connections")]
+    NothingToHold,
 }
 
 /// File descriptors the proxy needs beside the held connections (listener, upstream pool, epoll,
@@ -278,18 +290,26 @@ pub fn combine_rounds(rounds: Vec<(Status, Option<f64>, String)>) -> (Status, Op
 
 /// The contract's figures make sense (else every row is an ERROR naming the key).
 fn check_contract(g: &MemoryGate) -> Result<(), MemoryError> {
-    if g.connections.is_empty() || g.connections.contains(&0) {
-        return Err(MemoryError::NoCounts);
+    if g.connections.is_empty() && g.http2_connections.is_empty() && g.http3_connections.is_empty() {
+        return Err(MemoryError::NothingToHold);
     }
-    let mut sorted = g.connections.clone();
-    sorted.sort_unstable();
-    sorted.dedup();
-    if sorted.len() != g.connections.len() {
-        return Err(MemoryError::CountTwice);
+    // Each list: counts of at least 1, none twice (a row per count).
+    for counts in [&g.connections, &g.http2_connections, &g.http3_connections] {
+        if counts.contains(&0) {
+            return Err(MemoryError::NoCounts);
+        }
+        let mut sorted = counts.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != counts.len() {
+            return Err(MemoryError::CountTwice);
+        }
     }
-    for (k, v) in [("per_conn_kib_limit", g.per_conn_kib_limit), ("after_ratio_limit", g.after_ratio_limit)] {
-        if !(v.is_finite() && v > 0.0) {
-            return Err(MemoryError::NotPositive(k));
+    if !g.connections.is_empty() {
+        for (k, v) in [("per_conn_kib_limit", g.per_conn_kib_limit), ("after_ratio_limit", g.after_ratio_limit)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(MemoryError::NotPositive(k));
+            }
         }
     }
     if g.rounds == 0 {
@@ -315,6 +335,16 @@ fn check_contract(g: &MemoryGate) -> Result<(), MemoryError> {
             }
         }
     }
+    if !g.http3_connections.is_empty() {
+        if !g.tls {
+            return Err(MemoryError::Http3WithoutTls);
+        }
+        for (k, v) in [("http3_kib_limit", g.http3_kib_limit), ("http3_after_ratio_limit", g.http3_after_ratio_limit)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(MemoryError::NotPositive(k));
+            }
+        }
+    }
     humantime::parse_duration(g.settle.trim()).map_err(|e| MemoryError::Settle(g.settle.clone(), e))?;
     Ok(())
 }
@@ -334,84 +364,211 @@ const PARTIAL_METRIC: &str = "proxy RSS per keep-alive client connection part-wa
 const HTTP2_METRIC: &str = "proxy RSS per idle HTTP/2 client connection over TLS (ALPN h2; preface, SETTINGS and one GET, then idle) ((held − before) ÷ connections; VmRSS)";
 const HTTP2_AFTER_METRIC: &str = "proxy RSS after the largest crowd of idle HTTP/2 connections closed ÷ RSS before it came";
 
+const HTTP3_METRIC: &str = "proxy RSS per idle HTTP/3 client connection (QUIC, TLS 1.3 with ALPN h3; the control streams and one GET, then idle) ((held − before) ÷ connections; VmRSS)";
+const HTTP3_AFTER_METRIC: &str = "proxy RSS after the largest crowd of idle HTTP/3 connections closed ÷ RSS before it came";
+
+/// What one `loadgen hold` run holds: plain keep-alive connections (HTTP/1.1, over TLS with
+/// `tls`), connections part-way through a head, idle HTTP/2 or idle HTTP/3 connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Keepalive,
+    PartialHead,
+    Http2,
+    Http3,
+}
+
+/// The rows of one protocol held after a warm-up crowd (`http2`, `http3`): `<name>@N` per count and
+/// `<name>_after_release@<largest>`.
+struct ProtocolRows<'a> {
+    name: &'static str,
+    counts: &'a [u64],
+    kib_limit: f64,
+    after_ratio_limit: f64,
+    metric: &'static str,
+    after_metric: &'static str,
+    /// How the notes call the held connections.
+    what: &'static str,
+}
+
+impl ProtocolRows<'_> {
+    fn largest(&self) -> u64 {
+        self.counts.iter().copied().max().unwrap_or(0)
+    }
+
+    fn key(&self, prefix: &str, n: u64) -> String {
+        format!("{prefix}:memory:{}@{n}", self.name)
+    }
+
+    fn after_key(&self, prefix: &str) -> String {
+        format!("{prefix}:memory:{}_after_release@{}", self.name, self.largest())
+    }
+
+    fn errors(&self, prefix: &str, unit: &str, e: &str) -> Vec<Row> {
+        let mut rows: Vec<Row> =
+            self.counts.iter().map(|&n| error_row(self.key(prefix, n), self.metric, unit, Some(self.kib_limit), e.to_owned())).collect();
+        if !self.counts.is_empty() {
+            rows.push(error_row(self.after_key(prefix), self.after_metric, AFTER_UNIT, Some(self.after_ratio_limit), e.to_owned()));
+        }
+        rows
+    }
+
+    /// The rows from `report` (a warm-up crowd when `warmed`, then the counts once per round).
+    fn rows(&self, prefix: &str, g: &MemoryGate, report: &Value, stage: &Value, warmed: usize) -> Vec<Row> {
+        let rounds = g.rounds as usize;
+        let per_round = self.counts.len();
+        let at = |round: usize, i: usize| warmed + round * per_round + i;
+        let counts = |i: usize| -> Value {
+            Value::Array((0..rounds).map(|r| report["counts"].get(at(r, i)).cloned().unwrap_or(Value::Null)).collect())
+        };
+        let warmup = if warmed > 0 { report["counts"].get(0).cloned().unwrap_or(Value::Null) } else { Value::Null };
+        let row =
+            |key: String, metric: &str, unit: &str, limit: f64, (status, measured, note): (Status, Option<f64>, String), i: usize| Row {
+                key,
+                metric: metric.to_owned(),
+                unit: unit.to_owned(),
+                measured,
+                limit: Some(limit),
+                soft_limit_pct: None,
+                baseline: None,
+                delta_pct: None,
+                status,
+                note,
+                details: json!({ "stage": stage, "settle": g.settle, "warmup": warmup, "rounds": counts(i), "hold_meta": report["meta"] }),
+            };
+        let held = |round: usize, i: usize, n: u64| Held::at(report, at(round, i), n);
+        let mut rows = Vec::new();
+        for (i, &n) in self.counts.iter().enumerate() {
+            let verdicts = (0..rounds).map(|r| judge_per_conn_as(self.kib_limit, n, held(r, i, n).as_ref(), self.what, g.tls)).collect();
+            rows.push(row(self.key(prefix, n), self.metric, &g.unit, self.kib_limit, combine_rounds(verdicts), i));
+        }
+        let largest = self.largest();
+        if let Some(i) = self.counts.iter().position(|&c| c == largest) {
+            let verdicts =
+                (0..rounds).map(|r| judge_after_release_as(self.after_ratio_limit, largest, held(r, i, largest).as_ref(), g.tls)).collect();
+            rows.push(row(self.after_key(prefix), self.after_metric, AFTER_UNIT, self.after_ratio_limit, combine_rounds(verdicts), i));
+        }
+        rows
+    }
+}
+
+/// Runs `loadgen hold` (pinned beside the upstream) against the stage's proxy for `counts` in
+/// turn, holding them as `how` says; returns its JSON report.
+fn hold(stage: &Stage, g: &MemoryGate, tmp: &std::path::Path, name: &str, counts: &[u64], how: Hold) -> Result<Value, MemoryError> {
+    let pid = stage.proxy.0.id();
+    let json_path = tmp.join(name);
+    let counts: Vec<String> = counts.iter().map(u64::to_string).collect();
+    let mut cmd = pinned(stage.pin, "0", &stage.loadgen);
+    let scheme = if g.tls { "https" } else { "http" };
+    cmd.args(["hold", "--url", &format!("{scheme}://{}/", stage.proxy_addr), "--pid", &pid.to_string()]);
+    if g.tls {
+        // Full handshakes, then resumed ones from loadgen's session cache (its default).
+        let (cert, _) = stage.tls.as_ref().ok_or(MemoryError::NoCertificate)?;
+        cmd.arg("--ca").arg(cert).args(["--sni", crate::tlsclient::SERVER_NAME]);
+    }
+    cmd.args(["--connections", &counts.join(","), "--settle", &g.settle, "--allow-failures", "--json"]).arg(&json_path);
+    match how {
+        Hold::Keepalive => {}
+        Hold::PartialHead => {
+            cmd.arg("--partial-head");
+        }
+        Hold::Http2 => {
+            cmd.arg("--http2");
+        }
+        Hold::Http3 => {
+            cmd.arg("--http3");
+        }
+    }
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(MemoryError::Spawn)?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        return Err(MemoryError::HoldFailed { status: out.status, last: last.to_owned() });
+    }
+    let text = std::fs::read_to_string(&json_path).map_err(|e| MemoryError::ReadReport(json_path.clone(), e))?;
+    serde_json::from_str(&text).map_err(MemoryError::Report)
+}
+
 pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
     let largest = g.connections.iter().copied().max().unwrap_or(0);
     let per_key = |n: u64| format!("{prefix}:memory:per_conn@{n}");
     let after_key = format!("{prefix}:memory:after_release@{largest}");
     let partial_key = |n: u64| format!("{prefix}:memory:partial_head@{n}");
-    let h2_key = |n: u64| format!("{prefix}:memory:http2@{n}");
-    let h2_largest = g.http2_connections.iter().copied().max().unwrap_or(0);
-    let h2_after_key = format!("{prefix}:memory:http2_after_release@{h2_largest}");
+    let h2 = ProtocolRows {
+        name: "http2",
+        counts: &g.http2_connections,
+        kib_limit: g.http2_kib_limit,
+        after_ratio_limit: g.http2_after_ratio_limit,
+        metric: HTTP2_METRIC,
+        after_metric: HTTP2_AFTER_METRIC,
+        what: "idle HTTP/2 connections over TLS",
+    };
+    let h3 = ProtocolRows {
+        name: "http3",
+        counts: &g.http3_connections,
+        kib_limit: g.http3_kib_limit,
+        after_ratio_limit: g.http3_after_ratio_limit,
+        metric: HTTP3_METRIC,
+        after_metric: HTTP3_AFTER_METRIC,
+        what: "idle HTTP/3 connections",
+    };
     let after_metric = if g.tls { AFTER_METRIC_TLS } else { AFTER_METRIC };
     let errors = |e: MemoryError| -> Vec<Row> {
         let e = chain(&e);
         let mut rows: Vec<Row> =
             g.connections.iter().map(|&n| error_row(per_key(n), &g.metric, &g.unit, Some(g.per_conn_kib_limit), e.clone())).collect();
-        rows.push(error_row(after_key.clone(), after_metric, AFTER_UNIT, Some(g.after_ratio_limit), e.clone()));
+        if !g.connections.is_empty() {
+            rows.push(error_row(after_key.clone(), after_metric, AFTER_UNIT, Some(g.after_ratio_limit), e.clone()));
+        }
         for &n in &g.partial_head_connections {
             rows.push(error_row(partial_key(n), PARTIAL_METRIC, &g.unit, Some(g.partial_head_kib_limit), e.clone()));
         }
-        for &n in &g.http2_connections {
-            rows.push(error_row(h2_key(n), HTTP2_METRIC, &g.unit, Some(g.http2_kib_limit), e.clone()));
-        }
-        if !g.http2_connections.is_empty() {
-            rows.push(error_row(h2_after_key.clone(), HTTP2_AFTER_METRIC, AFTER_UNIT, Some(g.http2_after_ratio_limit), e.clone()));
-        }
+        rows.extend(h2.errors(prefix, &g.unit, &e));
+        rows.extend(h3.errors(prefix, &g.unit, &e));
         rows
     };
     if let Err(e) = check_contract(g) {
         return errors(e);
     }
     let g = &MemoryGate { rounds: opts.memory_rounds.unwrap_or(g.rounds), ..g.clone() };
-    let run = || -> Result<(Value, Value, Value, Value), MemoryError> {
+    let run = || -> Result<(Value, Value, Value, Value, Value), MemoryError> {
         let tmp = scratch_dir("memory")?;
         // The proxy inherits this runner's open-file limit: raise the soft limit to the hard one
         // first, as `loadgen hold` does for itself (a 1,024 default cannot hold 10,000).
         loadgen::hold::raise_nofile().map_err(MemoryError::RaiseNofile)?;
-        let stage = start_stage_tls(opts, g.body_bytes, &tmp, &g.proxy_config, g.tls)?;
+        // HTTP/3 rows: the TLS listener also serves HTTP/3 (its TCP side is unchanged).
+        let protocol = if g.http3_connections.is_empty() { StageProtocol::Http1 } else { StageProtocol::H3 };
+        let stage = start_stage_proto(opts, g.body_bytes, &tmp, &g.proxy_config, g.tls, protocol)?;
         let pid = stage.proxy.0.id();
-        let largest = largest.max(g.partial_head_connections.iter().copied().max().unwrap_or(0)).max(h2_largest);
+        let largest = largest.max(g.partial_head_connections.iter().copied().max().unwrap_or(0)).max(h2.largest()).max(h3.largest());
         if let Some(limit) = nofile(pid).filter(|&l| l < largest + PROXY_FD_MARGIN) {
             return Err(MemoryError::ProxyNofile { limit, largest, needed: largest + PROXY_FD_MARGIN });
         }
-        let hold = |name: &str, counts: &[u64], partial: bool, http2: bool| -> Result<Value, MemoryError> {
-            let json_path = tmp.join(name);
-            let counts: Vec<String> = counts.iter().map(u64::to_string).collect();
-            let mut cmd = pinned(stage.pin, "0", &stage.loadgen);
-            let scheme = if g.tls { "https" } else { "http" };
-            cmd.args(["hold", "--url", &format!("{scheme}://{}/", stage.proxy_addr), "--pid", &pid.to_string()]);
-            if g.tls {
-                // Full handshakes, then resumed ones from loadgen's session cache (its default).
-                let (cert, _) = stage.tls.as_ref().ok_or(MemoryError::NoCertificate)?;
-                cmd.arg("--ca").arg(cert).args(["--sni", crate::tlsclient::SERVER_NAME]);
-            }
-            cmd.args(["--connections", &counts.join(","), "--settle", &g.settle, "--allow-failures", "--json"]).arg(&json_path);
-            if partial {
-                cmd.arg("--partial-head");
-            }
-            if http2 {
-                cmd.arg("--http2");
-            }
-            let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(MemoryError::Spawn)?;
-            if !out.status.success() {
-                let err = String::from_utf8_lossy(&out.stderr);
-                let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-                return Err(MemoryError::HoldFailed { status: out.status, last: last.to_owned() });
-            }
-            let text = std::fs::read_to_string(&json_path).map_err(|e| MemoryError::ReadReport(json_path.clone(), e))?;
-            serde_json::from_str(&text).map_err(MemoryError::Report)
-        };
-        let report = hold("hold.json", &sequence(g), false, false)?;
+        let report =
+            if g.connections.is_empty() { Value::Null } else { hold(&stage, g, &tmp, "hold.json", &sequence(g), Hold::Keepalive)? };
         // Then the same proxy holds connections part-way through a head, the counts in turn,
         // once per round.
         let partial_counts: Vec<u64> = (0..g.rounds).flat_map(|_| g.partial_head_connections.iter().copied()).collect();
-        let partial = if partial_counts.is_empty() { Value::Null } else { hold("partial.json", &partial_counts, true, false)? };
-        // Then idle HTTP/2 connections: a warm-up crowd, then the counts in turn, once per round.
-        let h2 = if g.http2_connections.is_empty() { Value::Null } else { hold("http2.json", &http2_sequence(g), false, true)? };
+        let partial = if partial_counts.is_empty() {
+            Value::Null
+        } else {
+            hold(&stage, g, &tmp, "partial.json", &partial_counts, Hold::PartialHead)?
+        };
+        // Then idle HTTP/2 connections, then idle HTTP/3 ones: each a warm-up crowd, then the
+        // counts in turn, once per round.
+        let h2_report = if g.http2_connections.is_empty() {
+            Value::Null
+        } else {
+            hold(&stage, g, &tmp, "http2.json", &protocol_sequence(g, &g.http2_connections), Hold::Http2)?
+        };
+        let h3_report = if g.http3_connections.is_empty() {
+            Value::Null
+        } else {
+            hold(&stage, g, &tmp, "http3.json", &protocol_sequence(g, &g.http3_connections), Hold::Http3)?
+        };
         let _ = std::fs::remove_dir_all(&tmp);
-        Ok((report, partial, h2, json!({ "pinned": stage.pin, "proxy_pid": pid, "tls": g.tls })))
+        Ok((report, partial, h2_report, h3_report, json!({ "pinned": stage.pin, "proxy_pid": pid, "tls": g.tls })))
     };
-    let (report, partial, h2, stage) = match run() {
+    let (report, partial, h2_report, h3_report, stage) = match run() {
         Ok(r) => r,
         Err(e) => return errors(e),
     };
@@ -447,9 +604,11 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
         let verdicts = (0..rounds).map(|r| judge_per_conn_as(g.per_conn_kib_limit, n, held(r, i, n).as_ref(), idle, g.tls)).collect();
         rows.push(row(per_key(n), &g.metric, &g.unit, g.per_conn_kib_limit, combine_rounds(verdicts), n));
     }
-    let i = g.connections.iter().position(|&c| c == largest).unwrap_or(0);
-    let verdicts = (0..rounds).map(|r| judge_after_release_as(g.after_ratio_limit, largest, held(r, i, largest).as_ref(), g.tls)).collect();
-    rows.push(row(after_key, after_metric, AFTER_UNIT, g.after_ratio_limit, combine_rounds(verdicts), largest));
+    if let Some(i) = g.connections.iter().position(|&c| c == largest) {
+        let verdicts =
+            (0..rounds).map(|r| judge_after_release_as(g.after_ratio_limit, largest, held(r, i, largest).as_ref(), g.tls)).collect();
+        rows.push(row(after_key, after_metric, AFTER_UNIT, g.after_ratio_limit, combine_rounds(verdicts), largest));
+    }
     let per_round = g.partial_head_connections.len();
     for (i, &n) in g.partial_head_connections.iter().enumerate() {
         let verdicts = (0..rounds)
@@ -474,53 +633,27 @@ pub fn gate(opts: &Options, g: &MemoryGate, prefix: &str) -> Vec<Row> {
             details: json!({ "stage": stage, "settle": g.settle, "rounds": counts, "hold_meta": partial["meta"] }),
         });
     }
-    let per_round = g.http2_connections.len();
-    let h2_counts = |i: usize| -> Value {
-        Value::Array((0..rounds).map(|r| h2["counts"].get(warmed + r * per_round + i).cloned().unwrap_or(Value::Null)).collect())
-    };
-    let h2_row = |key: String, metric: &str, unit: &str, limit: f64, (status, measured, note): (Status, Option<f64>, String), i: usize| {
-        Row {
-            key,
-            metric: metric.to_owned(),
-            unit: unit.to_owned(),
-            measured,
-            limit: Some(limit),
-            soft_limit_pct: None,
-            baseline: None,
-            delta_pct: None,
-            status,
-            note,
-            details: json!({ "stage": stage, "settle": g.settle, "warmup": if warmed > 0 { h2["counts"].get(0).cloned().unwrap_or(Value::Null) } else { Value::Null }, "rounds": h2_counts(i), "hold_meta": h2["meta"] }),
-        }
-    };
-    let h2_held = |round: usize, i: usize, n: u64| Held::at(&h2, warmed + round * per_round + i, n);
-    for (i, &n) in g.http2_connections.iter().enumerate() {
-        let verdicts = (0..rounds)
-            .map(|r| judge_per_conn_as(g.http2_kib_limit, n, h2_held(r, i, n).as_ref(), "idle HTTP/2 connections over TLS", g.tls))
-            .collect();
-        rows.push(h2_row(h2_key(n), HTTP2_METRIC, &g.unit, g.http2_kib_limit, combine_rounds(verdicts), i));
-    }
-    if let Some(i) = g.http2_connections.iter().position(|&c| c == h2_largest) {
-        let verdicts = (0..rounds)
-            .map(|r| judge_after_release_as(g.http2_after_ratio_limit, h2_largest, h2_held(r, i, h2_largest).as_ref(), g.tls))
-            .collect();
-        rows.push(h2_row(h2_after_key, HTTP2_AFTER_METRIC, AFTER_UNIT, g.http2_after_ratio_limit, combine_rounds(verdicts), i));
-    }
+    rows.extend(h2.rows(prefix, g, &h2_report, &stage, warmed));
+    rows.extend(h3.rows(prefix, g, &h3_report, &stage, warmed));
     rows
 }
 
 /// The counts `loadgen hold` is asked to hold, in turn: the warm-up (when there is one), then
 /// the contract's counts once per round.
 pub fn sequence(g: &MemoryGate) -> Vec<u64> {
-    let warm = (g.warmup > 0).then_some(g.warmup);
-    warm.into_iter().chain((0..g.rounds).flat_map(|_| g.connections.iter().copied())).collect()
+    protocol_sequence(g, &g.connections)
 }
 
 /// The HTTP/2 counts `loadgen hold --http2` is asked for: a warm-up crowd (as [`sequence`]),
 /// then every round's counts in turn.
 pub fn http2_sequence(g: &MemoryGate) -> Vec<u64> {
+    protocol_sequence(g, &g.http2_connections)
+}
+
+/// A warm-up crowd of `warmup` (when there is one), then `counts` once per round.
+fn protocol_sequence(g: &MemoryGate, counts: &[u64]) -> Vec<u64> {
     let warm = (g.warmup > 0).then_some(g.warmup);
-    warm.into_iter().chain((0..g.rounds).flat_map(|_| g.http2_connections.iter().copied())).collect()
+    warm.into_iter().chain((0..g.rounds).flat_map(|_| counts.iter().copied())).collect()
 }
 
 #[cfg(test)]
@@ -690,6 +823,9 @@ mod tests {
             http2_connections: vec![],
             http2_kib_limit: 0.0,
             http2_after_ratio_limit: 0.0,
+            http3_connections: vec![],
+            http3_kib_limit: 0.0,
+            http3_after_ratio_limit: 0.0,
             per_conn_kib_limit: 1.0,
             after_ratio_limit: 1.1,
             settle: "2.5s".into(),
@@ -713,21 +849,48 @@ mod tests {
         assert!(check_contract(&MemoryGate { tls: true, http2_kib_limit: 0.0, ..h2.clone() }).is_err(), "no limit");
         assert_eq!(http2_sequence(&h2), [1000, 1000, 10000, 1000, 10000, 1000, 10000]);
         assert!(http2_sequence(&g).len() == 1, "the warm-up alone when no HTTP/2 count is asked (never run)");
-        let rows = gate(
-            &Options {
-                root: ".".into(),
-                phases: None,
-                only: None,
-                plant: None,
-                memory_rounds: None,
-                instruction_groups: None,
-                verbose: false,
-            },
-            &MemoryGate { after_ratio_limit: 0.0, ..g },
-            "phase1",
-        );
+        let opts = Options {
+            root: ".".into(),
+            phases: None,
+            only: None,
+            plant: None,
+            memory_rounds: None,
+            instruction_groups: None,
+            verbose: false,
+        };
+        let rows = gate(&opts, &MemoryGate { after_ratio_limit: 0.0, ..g.clone() }, "phase1");
         let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["phase1:memory:per_conn@1000", "phase1:memory:per_conn@10000", "phase1:memory:after_release@10000"]);
         assert!(rows.iter().all(|r| r.status == Status::Error && r.note.contains("after_ratio_limit")));
+
+        // HTTP/3 rows alone (phase 3): no HTTP/1.1 count, so neither its limits nor its rows.
+        let h3 = MemoryGate {
+            tls: true,
+            connections: vec![],
+            per_conn_kib_limit: 0.0,
+            after_ratio_limit: 0.0,
+            http3_connections: vec![1000, 10000],
+            http3_kib_limit: 120.0,
+            http3_after_ratio_limit: 1.1,
+            ..g.clone()
+        };
+        assert!(check_contract(&h3).is_ok());
+        assert!(matches!(check_contract(&MemoryGate { tls: false, ..h3.clone() }), Err(MemoryError::Http3WithoutTls)));
+        assert!(matches!(
+            check_contract(&MemoryGate { http3_kib_limit: 0.0, ..h3.clone() }),
+            Err(MemoryError::NotPositive("http3_kib_limit"))
+        ));
+        assert!(matches!(
+            check_contract(&MemoryGate { http3_after_ratio_limit: f64::NAN, ..h3.clone() }),
+            Err(MemoryError::NotPositive("http3_after_ratio_limit"))
+        ));
+        assert!(matches!(check_contract(&MemoryGate { http3_connections: vec![10, 10], ..h3.clone() }), Err(MemoryError::CountTwice)));
+        assert!(matches!(check_contract(&MemoryGate { http3_connections: vec![0], ..h3.clone() }), Err(MemoryError::NoCounts)));
+        assert!(matches!(check_contract(&MemoryGate { http3_connections: vec![], ..h3.clone() }), Err(MemoryError::NothingToHold)));
+        assert_eq!(protocol_sequence(&h3, &h3.http3_connections), [1000, 1000, 10000, 1000, 10000, 1000, 10000]);
+        let rows = gate(&opts, &MemoryGate { http3_kib_limit: -1.0, ..h3 }, "phase3");
+        let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["phase3:memory:http3@1000", "phase3:memory:http3@10000", "phase3:memory:http3_after_release@10000"]);
+        assert!(rows.iter().all(|r| r.status == Status::Error && r.note.contains("http3_kib_limit")), "{rows:?}");
     }
 }

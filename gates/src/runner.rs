@@ -398,6 +398,21 @@ pub struct Stage {
     /// HTTP/2 end to end: the proxy's listener takes h2c (prior knowledge) and its upstream group
     /// speaks h2c to the origin; the floor is the relay built on `h2` (`loadgen relay --h2`).
     pub h2c: bool,
+    /// HTTP/3 from the client (a TLS stage): the proxy's listener has `http3 = true` (its group
+    /// speaks HTTP/1.1 to the origin), and the floor is the relay built on quinn + h3
+    /// (`loadgen relay --h3 --upstream-http1`) in front of the same origin.
+    pub h3: bool,
+}
+
+/// The protocol a stage's client speaks to the proxy and the floor (and the proxy to the origin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageProtocol {
+    /// HTTP/1.1 (over TLS when the stage is a TLS one).
+    Http1,
+    /// h2c end to end ([`Stage::h2c`]).
+    H2c,
+    /// HTTP/3 from the client, HTTP/1.1 to the origin ([`Stage::h3`]; needs TLS).
+    H3,
 }
 
 /// One open-loop loadgen run against `addr`.
@@ -417,13 +432,31 @@ impl Stage {
     pub fn start_relay(&self) -> Result<(ChildGuard, String), RunnerError> {
         let mut rl = pinned(self.pin, "1", &self.loadgen);
         rl.args(["relay", "--listen", "127.0.0.1:0", "--upstream", &self.upstream_addr]);
-        if let Some((cert, key)) = &self.tls {
+        if self.h3 {
+            // QUIC carries TLS itself: the certificate without `--tls`.
+            rl.arg("--h3").arg("--upstream-http1");
+            if let Some((cert, key)) = &self.tls {
+                rl.arg("--cert").arg(cert).arg("--key").arg(key);
+            }
+        } else if let Some((cert, key)) = &self.tls {
             rl.arg("--tls").arg("--cert").arg(cert).arg("--key").arg(key);
         }
         if self.h2c {
             rl.arg("--h2");
         }
         spawn_listening(rl, "loadgen relay")
+    }
+
+    /// The direct path of an HTTP/3 stage: a second bundled origin (pinned beside the first)
+    /// serving HTTP/3 itself (`loadgen upstream --tls --http3`, the stage's certificate), as the
+    /// direct path of the other stages is the origin speaking the client's protocol.
+    pub fn start_h3_origin(&self, body_bytes: usize) -> Result<(ChildGuard, String), RunnerError> {
+        let mut up = pinned(self.pin, "0", &self.loadgen);
+        up.args(["upstream", "--listen", "127.0.0.1:0", "--body-bytes", &body_bytes.to_string(), "--tls", "--http3"]);
+        if let Some((cert, key)) = &self.tls {
+            up.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        spawn_listening(up, "loadgen upstream --tls --http3")
     }
 
     /// Runs loadgen (pinned beside the upstream) with `extra` arguments, writing its JSON report
@@ -478,6 +511,22 @@ pub fn start_stage_full(
     tls: bool,
     h2c: bool,
 ) -> Result<Stage, RunnerError> {
+    start_stage_proto(opts, body_bytes, tmp, extra_config, tls, if h2c { StageProtocol::H2c } else { StageProtocol::Http1 })
+}
+
+/// [`start_stage_tls`] with the client's protocol: HTTP/1.1, h2c end to end, or HTTP/3 (the
+/// listener's TLS made in any case: QUIC needs it).
+pub fn start_stage_proto(
+    opts: &Options,
+    body_bytes: usize,
+    tmp: &Path,
+    extra_config: &str,
+    tls: bool,
+    protocol: StageProtocol,
+) -> Result<Stage, RunnerError> {
+    let h2c = protocol == StageProtocol::H2c;
+    let h3 = protocol == StageProtocol::H3;
+    let tls = tls || h3;
     let proxy = cargo_build(opts, "proxy", "proxy")?;
     let loadgen = cargo_build_plain(opts, "loadgen", "loadgen")?;
     let pin = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 && which("taskset");
@@ -500,7 +549,11 @@ pub fn start_stage_full(
         None => String::new(),
     };
     let cfg = tmp.join("proxy.toml");
-    let (listener_h2c, upstream_h2c) = if h2c { ("h2c = true\n", "protocol = \"h2c\"\n") } else { ("", "") };
+    let (listener_h2c, upstream_h2c) = match protocol {
+        StageProtocol::H2c => ("h2c = true\n", "protocol = \"h2c\"\n"),
+        StageProtocol::H3 => ("http3 = true\n", ""),
+        StageProtocol::Http1 => ("", ""),
+    };
     let text = format!(
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n{listener_h2c}{listener_tls}[[routes]]\nupstream = \"o\"\n[upstreams.o]\nservers = [\"{upstream_addr}\"]\nidle_pool_size = 256\n{upstream_h2c}{extra_config}"
     );
@@ -509,7 +562,7 @@ pub fn start_stage_full(
     px_cmd.arg("--config").arg(&cfg).args(["--workers", "1"]);
     opts.plant_env(&mut px_cmd);
     let (proxy, proxy_addr) = spawn_listening(px_cmd, "proxy")?;
-    Ok(Stage { upstream, upstream_addr, proxy, proxy_addr, loadgen, pin, tls, h2c })
+    Ok(Stage { upstream, upstream_addr, proxy, proxy_addr, loadgen, pin, tls, h2c, h3 })
 }
 
 /// loadgen fell behind its own schedule (send lag on free connections, or it stopped
@@ -530,13 +583,22 @@ fn reasons(v: &Value) -> impl Iterator<Item = &str> {
 
 fn measure_latency(opts: &Options, g: &LatencyGate) -> Result<Row, RunnerError> {
     let tmp = scratch_dir("latency")?;
-    let stage = start_stage_full(opts, g.body_bytes, &tmp, "", false, g.http2_streams.is_some())?;
+    let protocol = match (g.http2_streams, g.http3_streams) {
+        (_, Some(_)) => StageProtocol::H3,
+        (Some(_), None) => StageProtocol::H2c,
+        (None, None) => StageProtocol::Http1,
+    };
+    let stage = start_stage_proto(opts, g.body_bytes, &tmp, "", false, protocol)?;
     let (_relay, relay_addr) = stage.start_relay()?;
-    let targets = [("direct", stage.upstream_addr.clone()), ("relay", relay_addr), ("proxy", stage.proxy_addr.clone())];
-    let streams = g.http2_streams.map(|n| n.to_string());
+    // Over HTTP/3 the direct path is an origin that speaks it (the stage's own serves HTTP/1.1 to
+    // the proxy and the relay).
+    let h3_origin = if stage.h3 { Some(stage.start_h3_origin(g.body_bytes)?) } else { None };
+    let direct = h3_origin.as_ref().map_or_else(|| stage.upstream_addr.clone(), |(_, addr)| addr.clone());
+    let targets = [("direct", direct), ("relay", relay_addr), ("proxy", stage.proxy_addr.clone())];
+    let streams = g.http3_streams.or(g.http2_streams).map(|n| n.to_string());
     let mut extra = vec!["--max-lag", &g.max_lag];
     if let Some(n) = &streams {
-        extra.extend(["--http2", "--streams", n]);
+        extra.extend([if stage.h3 { "--http3" } else { "--http2" }, "--streams", n]);
     }
 
     let mut rounds = Vec::new();
@@ -591,7 +653,8 @@ fn measure_latency(opts: &Options, g: &LatencyGate) -> Result<Row, RunnerError> 
         status,
         note,
         details: json!({
-            "pinned": stage.pin, "floor_p99_limit_us": g.floor_p99_limit, "http2_streams": g.http2_streams, "rounds": raw,
+            "pinned": stage.pin, "floor_p99_limit_us": g.floor_p99_limit, "http2_streams": g.http2_streams,
+            "http3_streams": g.http3_streams, "rounds": raw,
         }),
     })
 }
@@ -738,6 +801,7 @@ mod tests {
             soft_limit_pct: None,
             errors_limit: 0,
             http2_streams: None,
+            http3_streams: None,
             noisy_fail_ratio: None,
         }
     }

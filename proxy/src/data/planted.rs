@@ -16,9 +16,10 @@
 //! | `spin:US` | `US` µs of busy CPU on the worker |
 //! | `sleep:US` | a blocking sleep of `US` µs on the worker (every connection of the worker waits) |
 //! | `hold` | an idle keep-alive connection never gives its working set back (memory gate) |
-//! | `leak` | a working set given back to the pool is leaked instead: never reused, never freed (memory gate; `leak/100` leaks one in a hundred) |
+//! | `leak` | a working set given back to the pool is leaked instead: never reused, never freed (memory gate; `leak/100` leaks one in a hundred); an HTTP/3 connection's state (`h3`'s connection, and through it `quinn`'s) is leaked when the connection ends (phase 3 memory gate, its `http3_after_release` row; one `/EVERY` count shared with the working sets) |
 //! | `conn:BYTES` | every client connection carries `BYTES` more (written, so resident) for its whole life, freed when it closes (memory gate: a connection grown just past the limit) |
 //! | `h2-hold:BYTES` | every HTTP/2 client connection holds `BYTES` more (written, so resident) for its whole life, freed when it closes (phase 2 memory gate, its `http2` rows). Set up once per connection, after the HTTP/2 handshake |
+//! | `h3-hold:BYTES` | every HTTP/3 client connection holds `BYTES` more (written, so resident) for its whole life, freed when it closes (phase 3 memory gate, its `http3` rows). Set up once per connection, after the QUIC handshake |
 //! | `tls-hold:BYTES` | every TLS connection holds `BYTES` more (written, so resident) beside its keys for its whole life, freed when it closes, as one that kept the touched pages of its record read buffer would: an idle TLS connection holds a buffer (phase 2 memory gate). Set up once per handshake, so the per-request path of a planted build is the clean one's |
 //!
 //! `SITE` is where it fires: `request` (default: the start of every proxied exchange),
@@ -67,6 +68,7 @@ enum Kind {
     Conn(u64),
     TlsHold(u64),
     H2Hold(u64),
+    H3Hold(u64),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -128,9 +130,10 @@ fn parse_one(item: &str) -> Result<Plant, String> {
         "conn" => Kind::Conn(need(value)?),
         "tls-hold" => Kind::TlsHold(need(value)?),
         "h2-hold" => Kind::H2Hold(need(value)?),
+        "h3-hold" => Kind::H3Hold(need(value)?),
         other => {
             return Err(format!(
-                "{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep, hold, leak, conn, tls-hold, h2-hold)"
+                "{item:?}: unknown kind {other:?} (alloc, format, lock, syscall, instr, spin, sleep, hold, leak, conn, tls-hold, h2-hold, h3-hold)"
             ));
         }
     };
@@ -143,8 +146,10 @@ fn parse(spec: &str) -> Result<Plan, String> {
     for (i, item) in spec.split(',').map(str::trim).filter(|s| !s.is_empty() && *s != "none").enumerate() {
         let slot = plan.plants.get_mut(i).ok_or_else(|| format!("at most {MAX} plants"))?;
         let plant = parse_one(item)?;
-        if matches!(plant.kind, Kind::TlsHold(_) | Kind::H2Hold(_)) && (plant.every != 1 || plant.site != Site::Request) {
-            return Err(format!("{item:?}: tls-hold and h2-hold apply to every TLS or HTTP/2 connection (no '@SITE', no '/EVERY')"));
+        if matches!(plant.kind, Kind::TlsHold(_) | Kind::H2Hold(_) | Kind::H3Hold(_)) && (plant.every != 1 || plant.site != Site::Request) {
+            return Err(format!(
+                "{item:?}: tls-hold, h2-hold and h3-hold apply to every TLS, HTTP/2 or HTTP/3 connection (no '@SITE', no '/EVERY')"
+            ));
         }
         *slot = Some(plant);
     }
@@ -200,7 +205,7 @@ pub fn at(site: Site, len: usize) {
             }
             Kind::Sleep(us) => std::thread::sleep(std::time::Duration::from_micros(us)),
             // Behaviour switches, asked for where they apply (see below), not fired at a site.
-            Kind::Hold | Kind::Leak | Kind::Conn(_) | Kind::TlsHold(_) | Kind::H2Hold(_) => {}
+            Kind::Hold | Kind::Leak | Kind::Conn(_) | Kind::TlsHold(_) | Kind::H2Hold(_) | Kind::H3Hold(_) => {}
         }
     }
 }
@@ -257,6 +262,15 @@ pub fn h2_held_bytes() -> Option<Box<[u8]>> {
     })
 }
 
+/// `h3-hold:BYTES`: the bytes an HTTP/3 connection holds for its life (written, so resident;
+/// asked once, when its QUIC handshake completes); `None` when not planted.
+pub fn h3_held_bytes() -> Option<Box<[u8]>> {
+    plan().plants.iter().flatten().find_map(|p| match p.kind {
+        Kind::H3Hold(n) => Some(vec![0xA5u8; usize::try_from(n).unwrap_or(usize::MAX)].into_boxed_slice()),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +291,11 @@ mod tests {
         let got: Vec<Plant> = p.plants.iter().flatten().copied().collect();
         assert_eq!((got[0].kind, got[1].kind, got[1].every, got[2].kind), (Kind::Hold, Kind::Leak, 100, Kind::TlsHold(4096)));
         assert_eq!((got[3].kind, got[4].kind, got[4].site), (Kind::H2Hold(8192), Kind::Alloc, Site::H2Stream));
+        let p = parse("h3-hold:8192, leak/100, spin@h3-stream:400").expect("valid");
+        let got: Vec<Plant> = p.plants.iter().flatten().copied().collect();
+        assert_eq!((got[0].kind, got[0].site, got[0].every), (Kind::H3Hold(8192), Site::Request, 1));
+        assert_eq!((got[1].kind, got[1].every), (Kind::Leak, 100));
+        assert_eq!((got[2].kind, got[2].site), (Kind::Spin(400), Site::H3Stream));
         for bad in [
             "alloc@nowhere",
             "instr",
@@ -289,6 +308,10 @@ mod tests {
             "tls-hold@error:4096",
             "h2-hold",
             "h2-hold/2:4096",
+            "h3-hold",
+            "h3-hold/2:4096",
+            "h3-hold@h3-stream:4096",
+            "h3-hold:x",
         ] {
             assert!(parse(bad).is_err(), "{bad} accepted");
         }

@@ -67,6 +67,8 @@ pub async fn serve(worker: Rc<Worker>, connecting: quinn::Connecting, permit: Co
         _ => return,
     };
     worker.metrics().connection();
+    #[cfg(feature = "planted")]
+    let _planted = crate::data::planted::h3_held_bytes();
     let snap = worker.snapshot();
     let limits = &snap.limits;
     let mut builder = h3::server::builder();
@@ -145,4 +147,9 @@ pub async fn serve(worker: Rc<Worker>, connecting: quinn::Connecting, permit: Co
     }
     // H3_NO_ERROR: every stream is done (or the peer went away).
     conn.close(quinn::VarInt::from_u32(0x0100), b"");
+    // `leak`: the connection's state is never freed (h3's connection holds quinn's).
+    #[cfg(feature = "planted")]
+    if crate::data::planted::leaks_working_set() {
+        crate::data::planted::leak(h3conn);
+    }
 }
