@@ -397,12 +397,12 @@ fn h2_alloc_rows_fail_on_one_planted_allocation_per_stream() {
 }
 
 /// Phase 3's alloc rows: (probe shape, row key, the lowest and highest clean figure per request
-/// measured: h3-get and h3-post are exact to ~0.0002, h3-get-10 moves with how many datagrams
+/// measured: h3-get and h3-post repeat to ~0.002, h3-get-10 moves with how many datagrams
 /// quinn reads per receive; contracts/phase3.toml).
 const PHASE3_ALLOC_ROWS: [(&str, &str, f64, f64); 3] = [
-    ("h3-get", "phase3:alloc", 57.3211, 57.3215),
+    ("h3-get", "phase3:alloc", 57.3211, 57.3227),
     ("h3-get-10", "phase3:alloc[h3-get-10]", 56.4227, 56.4933),
-    ("h3-post", "phase3:alloc[h3-post]", 61.3435, 61.3439),
+    ("h3-post", "phase3:alloc[h3-post]", 61.3435, 61.3463),
 ];
 
 /// HTTP/3 (phase 3): `alloc@h3-stream` fires once per HTTP/3 request (data::h3::stream, where the
