@@ -936,7 +936,18 @@ fn run_h3_shape(s: &Shape, a: &Args, n: u64, warmup: u64) -> Result<Value, Probe
     let origin = Origin::start_mode(s.origin.unwrap_or(OriginMode::Length), a.body_bytes).map_err(ProbeError::Origin)?;
     let dir = std::env::temp_dir().join(format!("gates-alloc-h3-{}", std::process::id()));
     let (cert, key, _) = gates::tlsclient::make_pki(&dir, true).map_err(ProbeError::Proxy)?;
-    let running = harness::start_proxy_tls(origin.addr, a.engine, &s.setup, Some((&cert, &key))).map_err(ProbeError::Proxy)?;
+    // The listener's address has port 0: the proxy binds TCP, then UDP on the same port number,
+    // which another process's UDP socket (a QUIC client's ephemeral port) may hold: the start
+    // fails with EADDRINUSE, and a new start gets another port. Any other error repeats and is
+    // reported after the last attempt.
+    let mut started = harness::start_proxy_tls(origin.addr, a.engine, &s.setup, Some((&cert, &key)));
+    for _ in 0..4 {
+        if started.is_ok() {
+            break;
+        }
+        started = harness::start_proxy_tls(origin.addr, a.engine, &s.setup, Some((&cert, &key)));
+    }
+    let running = started.map_err(ProbeError::Proxy)?;
     let measured = (|| {
         let mut c = H3Child::spawn(s, a, running.addrs[0], &cert, n, warmup)?;
         let result = (|| {
