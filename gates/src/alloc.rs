@@ -5,7 +5,9 @@
 //! each of `report_engines` on the default shape (controls: they must breach the limit), and
 //! `alloc[<shape>]` for each `[[gates.alloc.shapes]]` entry (its own `hard_limit`; a limit above
 //! 0 needs a `reason`, shown in the row's note). Each row is one probe process, so nothing one
-//! shape leaves behind (tokio's internals, planted counters) reaches another.
+//! shape leaves behind (tokio's internals, planted counters) reaches another. The HTTP/3 shapes'
+//! client is a second process (`h3-client`, built beside the probe), so that dhat, which counts
+//! the probe's process, counts the proxy's allocations only.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -101,7 +103,9 @@ fn runs(g: &AllocGate, prefix: &str) -> (Vec<Run>, Vec<(String, AllocError)>) {
 pub fn gate(opts: &Options, g: &AllocGate, prefix: &str) -> Vec<Row> {
     let (runs, invalid) = runs(g, prefix);
     let mut rows: Vec<Row> = invalid.into_iter().map(|(key, e)| error_row(key, &g.metric, &g.unit, None, chain(&e))).collect();
-    let exe = match cargo_build(opts, "gates", "alloc-probe") {
+    // The HTTP/3 shapes' client runs in a process of its own (`gates/src/bin/h3_client.rs`).
+    let exes = cargo_build(opts, "gates", "alloc-probe").and_then(|p| Ok((p, cargo_build(opts, "gates", "h3-client")?)));
+    let (exe, h3_client) = match exes {
         Ok(p) => p,
         Err(e) => {
             let note = chain(&e);
@@ -114,6 +118,8 @@ pub fn gate(opts: &Options, g: &AllocGate, prefix: &str) -> Vec<Row> {
         cmd.args(["--shape", &run.shape, "--engine", &run.engine])
             .args(["--requests", &run.requests.to_string(), "--warmup", &run.warmup.to_string()])
             .args(["--body-bytes", &g.body_bytes.to_string()])
+            .arg("--h3-client")
+            .arg(&h3_client)
             .stderr(Stdio::piped());
         opts.plant_env(&mut cmd);
         let out = cmd.output();

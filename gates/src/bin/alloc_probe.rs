@@ -158,6 +158,9 @@ struct Shape {
     /// The client speaks HTTP/2 (`gates::h2raw`: h2c by prior knowledge, or ALPN h2 with `tls`);
     /// `depth` is then the number of concurrent streams per exchange.
     h2: bool,
+    /// The client speaks HTTP/3 (QUIC) to a TLS listener with `http3 = true`: the `h3-client`
+    /// process ([`run_h3_shape`]); `depth` is the number of streams in flight per exchange.
+    h3: bool,
     /// Defaults for a manual run (the gate passes the contract's figures).
     requests: u64,
     warmup: u64,
@@ -195,6 +198,7 @@ const KEEPALIVE_GET: Shape = Shape {
     tls: Tls::Off,
     upstream_tls: false,
     h2: false,
+    h3: false,
     requests: 10_000,
     warmup: 1_000,
 };
@@ -202,6 +206,14 @@ const KEEPALIVE_GET: Shape = Shape {
 /// What the TLS shapes have no direct path for.
 const TLS_DIRECT: Direct = Direct::None(
     "the origin speaks cleartext; the client's TLS is allocation-free by construction after its handshake (gates/src/tlsclient.rs), so any allocation counted is the proxy's",
+);
+
+/// The listener of the HTTP/3 shapes (a TLS listener; QUIC on its port number over UDP).
+const H3: ProxySetup = ProxySetup { listener: "http3 = true\n", ..NO_SETUP };
+
+/// What the HTTP/3 shapes have no direct path for.
+const H3_DIRECT: Direct = Direct::None(
+    "the origin speaks HTTP/1.1; the HTTP/3 client is a process of its own (h3-client, quinn + h3), so dhat, counting this process, counts the proxy's allocations only",
 );
 
 /// What the HTTP/2 shapes have no direct path for.
@@ -255,6 +267,36 @@ const SHAPES: &[Shape] = &[
         tls: Tls::V13,
         h2: true,
         direct: H2_DIRECT,
+        ..KEEPALIVE_GET
+    },
+    Shape {
+        name: "h3-get",
+        what: "HTTP/3 (QUIC, TLS 1.3): GETs on one connection, one request stream after another, Content-Length response from the HTTP/1.1 origin",
+        setup: H3,
+        tls: Tls::V13,
+        h3: true,
+        direct: H3_DIRECT,
+        ..KEEPALIVE_GET
+    },
+    Shape {
+        name: "h3-get-10",
+        what: "HTTP/3: 10 GET request streams in flight at once on one connection (sent together, then the 10 responses read), per request (10 pooled upstream connections)",
+        setup: H3,
+        tls: Tls::V13,
+        depth: 10,
+        h3: true,
+        direct: H3_DIRECT,
+        ..KEEPALIVE_GET
+    },
+    Shape {
+        name: "h3-post",
+        what: "HTTP/3: POSTs with a content-length request body (--body-bytes, one DATA frame), one request stream after another on one connection",
+        setup: H3,
+        tls: Tls::V13,
+        req: Req::PostLength,
+        per: PerExchange { body: true, ..WARM },
+        h3: true,
+        direct: H3_DIRECT,
         ..KEEPALIVE_GET
     },
     Shape {
@@ -486,6 +528,13 @@ enum ProbeError {
     Unexpected { shape: &'static str, got: Got, expected: Expect, body_bytes: u64 },
     #[error("{shape}: {checked} responses checked over {exchanges} exchanges")]
     Unchecked { shape: &'static str, checked: u64, exchanges: u64 },
+    #[error("{shape}: h3-client {}", exe.display())]
+    H3Client { shape: &'static str, exe: std::path::PathBuf, source: io::Error },
+    /// The client stopped before saying `word` (its stderr says why).
+    #[error("{shape}: h3-client ended before {word:?} ({status}): {stderr}")]
+    H3ClientFailed { shape: &'static str, word: &'static str, status: String, stderr: String },
+    #[error("{shape}: h3-client said {got:?}, expected {word:?}")]
+    H3ClientSaid { shape: &'static str, word: &'static str, got: String },
     #[error("{shape}: over {exchanges} exchanges the origin saw {saw:?}, expected {expected:?}")]
     OriginSaw { shape: &'static str, exchanges: u64, saw: OriginCounts, expected: OriginCounts },
 }
@@ -507,10 +556,20 @@ struct Args {
     warmup: Option<u64>,
     body_bytes: usize,
     heap_profile: Option<String>,
+    /// The `h3-client` executable (default: beside this one).
+    h3_client: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args, UsageError> {
-    let mut a = Args { shape: "get".into(), engine: Engine::Native, requests: None, warmup: None, body_bytes: 1024, heap_profile: None };
+    let mut a = Args {
+        shape: "get".into(),
+        engine: Engine::Native,
+        requests: None,
+        warmup: None,
+        body_bytes: 1024,
+        heap_profile: None,
+        h3_client: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().ok_or_else(|| UsageError::NeedsValue(k.clone()));
@@ -527,6 +586,7 @@ fn parse_args() -> Result<Args, UsageError> {
             "--warmup" => a.warmup = Some(v()?.parse().map_err(|_| UsageError::NotANumber("--warmup"))?),
             "--body-bytes" => a.body_bytes = v()?.parse().map_err(|_| UsageError::NotANumber("--body-bytes"))?,
             "--heap-profile" => a.heap_profile = Some(v()?),
+            "--h3-client" => a.h3_client = Some(v()?.into()),
             "--list" => {
                 for s in SHAPES {
                     println!("{:<18} {}", s.name, s.what);
@@ -770,6 +830,202 @@ fn run_h2_shape(s: &Shape, a: &Args, n: u64, warmup: u64) -> Result<Value, Probe
     }))
 }
 
+/// The `h3-client` child of an HTTP/3 shape, and the bytes of its last line.
+struct H3Child {
+    shape: &'static str,
+    exe: std::path::PathBuf,
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::process::ChildStdout,
+    /// Lines read from the child (fixed: reading them allocates nothing, as they arrive inside
+    /// the measured stretch).
+    buf: [u8; 64],
+}
+
+impl H3Child {
+    fn spawn(s: &Shape, a: &Args, addr: std::net::SocketAddr, ca: &std::path::Path, n: u64, warmup: u64) -> Result<H3Child, ProbeError> {
+        let exe = match &a.h3_client {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().map(|p| p.with_file_name("h3-client")).unwrap_or_else(|_| "h3-client".into()),
+        };
+        let method = if s.per.body { "post" } else { "get" };
+        let mut child = std::process::Command::new(&exe)
+            .arg("--addr")
+            .arg(addr.to_string())
+            .arg("--ca")
+            .arg(ca)
+            .args(["--method", method, "--body-bytes", &a.body_bytes.to_string(), "--streams", &s.depth.to_string()])
+            .args(["--warmup", &warmup.to_string(), "--requests", &n.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| ProbeError::H3Client { shape: s.name, exe: exe.clone(), source })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else { unreachable!("stdin and stdout are piped") };
+        Ok(H3Child { shape: s.name, exe, child, stdin, stdout, buf: [0; 64] })
+    }
+
+    fn io(&self, source: io::Error) -> ProbeError {
+        ProbeError::H3Client { shape: self.shape, exe: self.exe.clone(), source }
+    }
+
+    fn say(&mut self, line: &[u8]) -> Result<(), ProbeError> {
+        use std::io::Write;
+        self.stdin.write_all(line).and_then(|()| self.stdin.flush()).map_err(|e| self.io(e))
+    }
+
+    /// Reads the child's next line; it must start with `word`. Returns the rest of the line.
+    fn hear(&mut self, word: &'static str) -> Result<&str, ProbeError> {
+        use std::io::Read;
+        let mut len = 0;
+        while !self.buf[..len].contains(&b'\n') && len < self.buf.len() {
+            match self.stdout.read(&mut self.buf[len..]) {
+                Ok(0) => return Err(self.failed(word)),
+                Ok(k) => len += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io(e)),
+            }
+        }
+        let end = self.buf[..len].iter().position(|&b| b == b'\n').unwrap_or(len);
+        let line = std::str::from_utf8(&self.buf[..end]).unwrap_or("");
+        match line.strip_prefix(word) {
+            Some(rest) => Ok(rest.trim()),
+            None => Err(ProbeError::H3ClientSaid { shape: self.shape, word, got: String::from_utf8_lossy(&self.buf[..len]).into_owned() }),
+        }
+    }
+
+    /// The child ended early: its exit status and what it said on stderr.
+    #[cold]
+    fn failed(&mut self, word: &'static str) -> ProbeError {
+        let status = self.wait().map_or_else(|| "still running: killed".to_owned(), |s| s.to_string());
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        ProbeError::H3ClientFailed { shape: self.shape, word, status, stderr: stderr.trim().to_owned() }
+    }
+
+    /// Waits (10 s at most, then kills it) for the child to exit.
+    fn wait(&mut self) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            match self.child.try_wait() {
+                Ok(Some(s)) => return Some(s),
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => break,
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+/// An HTTP/3 shape: the proxy's TLS listener with `http3 = true`, the client a child process
+/// (`h3-client`, quinn + h3) on one QUIC connection, `depth` streams in flight per exchange.
+///
+/// The child runs the warm-up and says `ready`; dhat's figures are taken, then the probe says
+/// `go`, the child runs the measured requests, checks every response and says `done N`; after a
+/// quiet moment (the proxy finishes the last stream's task, QUIC's last ACKs) dhat's figures are
+/// taken again, then the probe says `close`. dhat counts this process only: the proxy's worker,
+/// the allocation-free origin, and the probe itself, which allocates nothing between the two
+/// readings (it writes and reads a fixed line). The origin must have seen exactly the measured
+/// requests, and the child must have checked `n` responses.
+fn run_h3_shape(s: &Shape, a: &Args, n: u64, warmup: u64) -> Result<Value, ProbeError> {
+    let shape = s.name;
+    let origin = Origin::start_mode(s.origin.unwrap_or(OriginMode::Length), a.body_bytes).map_err(ProbeError::Origin)?;
+    let dir = std::env::temp_dir().join(format!("gates-alloc-h3-{}", std::process::id()));
+    let (cert, key, _) = gates::tlsclient::make_pki(&dir, true).map_err(ProbeError::Proxy)?;
+    // The listener's address has port 0: the proxy binds TCP, then UDP on the same port number,
+    // which another process's UDP socket (a QUIC client's ephemeral port) may hold: the start
+    // fails with EADDRINUSE, and a new start gets another port. Any other error repeats and is
+    // reported after the last attempt.
+    let mut started = harness::start_proxy_tls(origin.addr, a.engine, &s.setup, Some((&cert, &key)));
+    for _ in 0..4 {
+        if started.is_ok() {
+            break;
+        }
+        started = harness::start_proxy_tls(origin.addr, a.engine, &s.setup, Some((&cert, &key)));
+    }
+    let running = started.map_err(ProbeError::Proxy)?;
+    let measured = (|| {
+        let mut c = H3Child::spawn(s, a, running.addrs[0], &cert, n, warmup)?;
+        let result = (|| {
+            c.hear("ready")?;
+            quiesce();
+            let o_before = origin.stats.snapshot();
+            let before = dhat::HeapStats::get();
+            c.say(b"go\n")?;
+            let checked = c.hear("done")?.parse::<u64>().unwrap_or(0);
+            quiesce();
+            let after = dhat::HeapStats::get();
+            let o_after = origin.stats.snapshot();
+            Ok::<_, ProbeError>(Delta {
+                checked,
+                blocks: after.total_blocks - before.total_blocks,
+                bytes: after.total_bytes - before.total_bytes,
+                live_blocks: after.curr_blocks as i64 - before.curr_blocks as i64,
+                origin: o_after.since(o_before),
+            })
+        })();
+        // The child closes the connection and exits; whatever it says on a failure is in the error.
+        let _ = c.say(b"close\n");
+        match result {
+            Ok(d) => match c.wait() {
+                Some(st) if st.success() => Ok(d),
+                _ => Err(c.failed("its exit")),
+            },
+            Err(e) => {
+                c.wait();
+                Err(e)
+            }
+        }
+    })();
+    running.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = measured?;
+    let body = if s.per.body { a.body_bytes as u64 } else { 0 };
+    let want = OriginCounts { accepted: 0, requests: n, answered: n, dropped: 0, body_bytes: body * n, echoed: 0 };
+    if d.checked != n {
+        return Err(ProbeError::Unchecked { shape, checked: d.checked, exchanges: n });
+    }
+    if d.origin != want {
+        return Err(ProbeError::OriginSaw { shape, exchanges: n, saw: d.origin, expected: want });
+    }
+    let nf = n as f64;
+    let why = match s.direct {
+        Direct::None(why) => why,
+        Direct::Path(_) => "not measured for HTTP/3",
+    };
+    Ok(json!({
+        "shape": s.name,
+        "workload": s.what,
+        "engine": engine_name(a.engine),
+        "requests": n,
+        "warmup": warmup,
+        "body_bytes": a.body_bytes,
+        "status": s.expect.status,
+        "http": "3",
+        "streams_per_exchange": s.depth,
+        "tls": "1.3",
+        "upstream_tls": false,
+        "responses_checked": d.checked,
+        "allocs_per_request": d.blocks as f64 / nf,
+        "bytes_per_request": d.bytes as f64 / nf,
+        "total_blocks": d.blocks,
+        "total_bytes": d.bytes,
+        "live_blocks_delta": d.live_blocks,
+        "control": format!("n/a: {why}"),
+        "control_allocs_per_request": Value::Null,
+        "control_bytes_per_request": Value::Null,
+        "upstream_connections_opened": d.origin.accepted,
+        "origin": {
+            "accepted": d.origin.accepted, "requests": d.origin.requests, "answered": d.origin.answered,
+            "dropped": d.origin.dropped, "body_bytes": d.origin.body_bytes, "echoed": d.origin.echoed,
+        },
+    }))
+}
+
 fn run_shape(s: &Shape, a: &Args) -> Result<Value, ProbeError> {
     let n = a.requests.unwrap_or(s.requests);
     let warmup = a.warmup.unwrap_or(s.warmup);
@@ -778,6 +1034,9 @@ fn run_shape(s: &Shape, a: &Args) -> Result<Value, ProbeError> {
     }
     if s.h2 {
         return run_h2_shape(s, a, n, warmup);
+    }
+    if s.h3 {
+        return run_h3_shape(s, a, n, warmup);
     }
     let origin = match s.origin {
         Some(mode) => Some(Origin::start_mode(mode, a.body_bytes).map_err(ProbeError::Origin)?),
