@@ -13,6 +13,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use gates::exchange::{Conn, H2Path, Outcome, Route, connections, exchange, h2_exchange, tls_floor, tls_floor_handshakes};
+use gates::h3exchange::{H3Path, h3_exchange};
 use gungraun::{Callgrind, LibraryBenchmarkConfig, library_benchmark, library_benchmark_group, main};
 
 fn env_number(name: &str) -> u64 {
@@ -431,9 +432,141 @@ library_benchmark_group!(
         h2_direct_s100_n, h2_direct_s100_2n, proxied_h2_s100_n, proxied_h2_s100_2n, h2_relay_s100_n, h2_relay_s100_2n
 );
 
+// Phase 3, HTTP/3: GETs on one HTTP/3 connection with 1 or 10 streams in flight, the same quinn
+// + h3 client straight to an HTTP/3 origin (the base), through the proxy (TLS listener with
+// `http3 = true`, HTTP/1.1 upstream) and through the floor, `loadgen relay --h3 --upstream-http1`'s
+// code; the proxy and the floor relay to the HTTP/1.1 origin of the other groups
+// (gates/src/h3exchange.rs).
+
+fn check_h3_direct_s1_n(o: Outcome) {
+    record("h3_direct_s1_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_h3_direct_s1_n)]
+fn h3_direct_s1_n(n: u64) -> Outcome {
+    black_box(h3_exchange(H3Path::Direct, 1, n, body_bytes()))
+}
+
+fn check_h3_direct_s1_2n(o: Outcome) {
+    record("h3_direct_s1_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_h3_direct_s1_2n)]
+fn h3_direct_s1_2n(n: u64) -> Outcome {
+    black_box(h3_exchange(H3Path::Direct, 1, n, body_bytes()))
+}
+
+fn check_proxied_h3_s1_n(o: Outcome) {
+    record("proxied_h3_s1_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_proxied_h3_s1_n)]
+fn proxied_h3_s1_n(n: u64) -> Outcome {
+    black_box(h3_exchange(H3Path::Proxied, 1, n, body_bytes()))
+}
+
+fn check_proxied_h3_s1_2n(o: Outcome) {
+    record("proxied_h3_s1_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_proxied_h3_s1_2n)]
+fn proxied_h3_s1_2n(n: u64) -> Outcome {
+    black_box(h3_exchange(H3Path::Proxied, 1, n, body_bytes()))
+}
+
+fn check_h3_relay_s1_n(o: Outcome) {
+    record("h3_relay_s1_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_h3_relay_s1_n)]
+fn h3_relay_s1_n(n: u64) -> Outcome {
+    black_box(h3_exchange(H3Path::Relay, 1, n, body_bytes()))
+}
+
+fn check_h3_relay_s1_2n(o: Outcome) {
+    record("h3_relay_s1_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_h3_relay_s1_2n)]
+fn h3_relay_s1_2n(n: u64) -> Outcome {
+    black_box(h3_exchange(H3Path::Relay, 1, n, body_bytes()))
+}
+
+fn check_h3_direct_s10_n(o: Outcome) {
+    record("h3_direct_s10_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_h3_direct_s10_n)]
+fn h3_direct_s10_n(n: u64) -> Outcome {
+    black_box(h3_exchange(H3Path::Direct, 10, n, body_bytes()))
+}
+
+fn check_h3_direct_s10_2n(o: Outcome) {
+    record("h3_direct_s10_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_h3_direct_s10_2n)]
+fn h3_direct_s10_2n(n: u64) -> Outcome {
+    black_box(h3_exchange(H3Path::Direct, 10, n, body_bytes()))
+}
+
+fn check_proxied_h3_s10_n(o: Outcome) {
+    record("proxied_h3_s10_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_proxied_h3_s10_n)]
+fn proxied_h3_s10_n(n: u64) -> Outcome {
+    black_box(h3_exchange(H3Path::Proxied, 10, n, body_bytes()))
+}
+
+fn check_proxied_h3_s10_2n(o: Outcome) {
+    record("proxied_h3_s10_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_proxied_h3_s10_2n)]
+fn proxied_h3_s10_2n(n: u64) -> Outcome {
+    black_box(h3_exchange(H3Path::Proxied, 10, n, body_bytes()))
+}
+
+fn check_h3_relay_s10_n(o: Outcome) {
+    record("h3_relay_s10_n", o);
+}
+
+#[library_benchmark]
+#[bench::n(args = (requests()), teardown = check_h3_relay_s10_n)]
+fn h3_relay_s10_n(n: u64) -> Outcome {
+    black_box(h3_exchange(H3Path::Relay, 10, n, body_bytes()))
+}
+
+fn check_h3_relay_s10_2n(o: Outcome) {
+    record("h3_relay_s10_2n", o);
+}
+
+#[library_benchmark]
+#[bench::n2(args = (2 * requests()), teardown = check_h3_relay_s10_2n)]
+fn h3_relay_s10_2n(n: u64) -> Outcome {
+    black_box(h3_exchange(H3Path::Relay, 10, n, body_bytes()))
+}
+
+library_benchmark_group!(
+    name = h3;
+    benchmarks = h3_direct_s1_n, h3_direct_s1_2n, proxied_h3_s1_n, proxied_h3_s1_2n, h3_relay_s1_n, h3_relay_s1_2n,
+        h3_direct_s10_n, h3_direct_s10_2n, proxied_h3_s10_n, proxied_h3_s10_2n, h3_relay_s10_n, h3_relay_s10_2n
+);
+
 main!(
     config = LibraryBenchmarkConfig::default()
         .env_clear(false)
         .tool(Callgrind::with_args(["--cache-sim=no"]));
-    library_benchmark_groups = exchanges, tls, tls_handshakes, h2
+    library_benchmark_groups = exchanges, tls, tls_handshakes, h2, h3
 );

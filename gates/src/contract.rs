@@ -186,6 +186,9 @@ pub struct AllocShape {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstructionsGate {
+    /// The gate's own row's name: its key is then `instructions@<name>`, like its `rows`' (a gate
+    /// whose figures are all of one kind, phase 3's HTTP/3 rows); without it, `instructions`.
+    pub name: Option<String>,
     pub metric: String,
     pub unit: String,
     pub workload: String,
@@ -241,9 +244,11 @@ impl InstructionsGate {
     /// Every row of the gate as a gate of its own, with its key's suffix (`""` for the gate's own
     /// row, `@<name>` for each of `rows`).
     pub fn all_rows(&self) -> Vec<(String, InstructionsGate)> {
-        let mut out = vec![(String::new(), InstructionsGate { rows: Vec::new(), ..self.clone() })];
+        let own = self.name.as_ref().map(|n| format!("@{n}")).unwrap_or_default();
+        let mut out = vec![(own, InstructionsGate { rows: Vec::new(), ..self.clone() })];
         for r in &self.rows {
             let g = InstructionsGate {
+                name: Some(r.name.clone()),
                 metric: r.metric.clone().unwrap_or_else(|| self.metric.clone()),
                 unit: r.unit.clone().unwrap_or_else(|| self.unit.clone()),
                 workload: r.workload.clone().unwrap_or_else(|| self.workload.clone()),
@@ -482,7 +487,7 @@ pub enum Invalid {
     AllowedTwice { key: &'static str, entry: String },
     #[error("hot_path.allow_attributes may not name `path`: #[path] pulls a file the scan does not see into the hot path")]
     PathAttribute,
-    #[error("gates.instructions.rows: {0:?} must be a non-empty name of letters, digits and '-', used once")]
+    #[error("gates.instructions: row name {0:?} must be a non-empty name of letters, digits and '-', used once")]
     InstructionsRowName(String),
     #[error(
         "gates.instructions: the rows of group {group:?} ask for different requests or body_bytes (one run of a group serves them all)"
@@ -544,10 +549,10 @@ pub fn load(file: &Path) -> Result<Contract, ContractError> {
 /// Row names are unique key suffixes; rows of one bench group share its request count.
 fn check_instruction_rows(g: &InstructionsGate) -> Result<(), Invalid> {
     let mut seen = std::collections::BTreeSet::new();
-    for r in &g.rows {
-        let ok = !r.name.is_empty() && r.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-        if !ok || !seen.insert(r.name.as_str()) {
-            return Err(Invalid::InstructionsRowName(r.name.clone()));
+    for name in g.name.iter().chain(g.rows.iter().map(|r| &r.name)) {
+        let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !ok || !seen.insert(name.as_str()) {
+            return Err(Invalid::InstructionsRowName(name.clone()));
         }
     }
     let rows = g.all_rows();
@@ -697,8 +702,15 @@ mod tests {
         };
         std::fs::write(&f, format!("{gate}{}{}", row("a", 10), row("b", 10))).unwrap();
         assert_eq!(load(&f).unwrap().gates.instructions.unwrap().rows.len(), 2);
+        // A gate whose own row is named: keyed like its rows, and the name is one of theirs.
+        let named = gate.replace("[gates.instructions]\n", "[gates.instructions]\nname = \"own\"\n");
+        std::fs::write(&f, format!("{named}{}", row("a", 10))).unwrap();
+        let keys: Vec<String> = load(&f).unwrap().gates.instructions.unwrap().all_rows().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["@own", "@a"]);
         for (text, want) in [
             (format!("{gate}{}{}", row("a", 10), row("a", 10)), "\"a\" must be a non-empty name"),
+            (format!("{named}{}", row("own", 10)), "\"own\" must be a non-empty name"),
+            (named.replace("\"own\"", "\"o wn\""), "\"o wn\" must be"),
             (format!("{gate}{}", row("a b", 10)), "\"a b\" must be"),
             (format!("{gate}{}{}", row("a", 10), row("b", 20)), "group \"g\" ask for different requests"),
         ] {

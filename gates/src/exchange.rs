@@ -71,6 +71,13 @@ pub enum ExchangeError {
     /// An HTTP/2 response stream ended without its body.
     #[error("http/2 response body of {got} bytes ended early, expected {expected}")]
     H2ShortBody { got: usize, expected: usize },
+    /// A step of an HTTP/3 run ([`crate::h3exchange`]) that failed: `what` names it, `detail` is
+    /// quinn's or h3's error (their error types differ by step).
+    #[error("http/3 {what}: {detail}")]
+    H3 { what: &'static str, detail: String },
+    /// A QUIC endpoint or server config that could not be made.
+    #[error("quic endpoint")]
+    Quic(#[source] io::Error),
 }
 
 /// The sockets a run binds.
@@ -80,6 +87,8 @@ pub enum Listener {
     Proxy,
     /// The port of [`Route::ProxiedDeadUpstream`], bound to find one free and closed again.
     DeadUpstream,
+    /// The HTTP/3 client's UDP socket.
+    Client,
 }
 
 impl Listener {
@@ -88,6 +97,7 @@ impl Listener {
             Listener::Origin => " origin",
             Listener::Proxy => " proxy",
             Listener::DeadUpstream => "",
+            Listener::Client => " client",
         }
     }
 
@@ -96,6 +106,7 @@ impl Listener {
             Listener::Origin => "origin ",
             Listener::Proxy => "proxy ",
             Listener::DeadUpstream => "",
+            Listener::Client => "client ",
         }
     }
 }
@@ -280,7 +291,7 @@ async fn setup(route: Route, body_bytes: usize, served: Rc<Cell<u64>>, tls: Opti
 }
 
 /// A keep-alive origin answering each bodiless request with 200 and `body` bytes; counts them.
-async fn origin(listener: tokio::net::TcpListener, body: usize, served: Rc<Cell<u64>>) {
+pub(crate) async fn origin(listener: tokio::net::TcpListener, body: usize, served: Rc<Cell<u64>>) {
     let mut response = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {body}\r\n\r\n").into_bytes();
     response.resize(response.len() + body, b'x');
     let response: Rc<[u8]> = response.into();

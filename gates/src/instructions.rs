@@ -331,6 +331,7 @@ mod tests {
 
     fn gate() -> InstructionsGate {
         InstructionsGate {
+            name: None,
             metric: "m".into(),
             unit: "u".into(),
             workload: "w".into(),

@@ -8,7 +8,7 @@
 //! - [`floor`]: syscalls per request and CPU per request relative to the byte-relay floor.
 //! - [`memory`]: resident memory per idle keep-alive connection, and after they leave.
 //! - [`baseline`], [`report`]: soft limits against a stored baseline; table, markdown, JSON.
-//! - [`exchange`]: the instruction gate's verified workload.
+//! - [`exchange`]: the instruction gate's verified workload; [`h3exchange`]: its HTTP/3 runs.
 //! - [`harness`]: the allocation-free in-process client and origin the probes use;
 //!   [`h2raw`]: its HTTP/2 client (raw frames, pre-encoded requests);
 //!   [`tlsclient`]: its TLS (rustls handshake, the proxy's record layer after it).
@@ -21,6 +21,7 @@ pub mod error;
 pub mod exchange;
 pub mod floor;
 pub mod h2raw;
+pub mod h3exchange;
 pub mod harness;
 pub mod hpack;
 pub mod instructions;

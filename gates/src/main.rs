@@ -54,7 +54,7 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     memory_rounds: Option<u32>,
     /// Only the instruction gate's rows measured by these bench groups (comma-separated; each
-    /// row's `group` in contracts/*.toml: `exchanges`, `tls`, `tls_handshakes`).
+    /// row's `group` in contracts/*.toml: `exchanges`, `tls`, `tls_handshakes`, `h2`, `h3`).
     #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
     instruction_groups: Option<Vec<String>>,
     /// Show build output and timings.

@@ -496,6 +496,42 @@ fn h2_instruction_rows_fail_on_a_thousand_instructions_per_stream() {
 const ABOVE_H2_STREAM: u64 = 700;
 const BELOW_H2_STREAM: u64 = 25;
 
+/// Phase 3's HTTP/3 rows judge the proxy's own instructions per request, at 1 and 10 streams in
+/// flight, beside `loadgen relay --h3 --upstream-http1`'s code: `instr@h3-stream:N` burns ~4 N
+/// instructions once each HTTP/3 request's head is resolved. MARGIN_TBD. Only the group `h3`
+/// runs (12 benchmarks, ~100 s a run under callgrind on 2 busy cores).
+#[test]
+fn h3_instruction_rows_fail_on_a_thousand_instructions_per_stream() {
+    let _m = counting();
+    let keys = ["phase3:instructions@h3-streams-1", "phase3:instructions@h3-streams-10"];
+    let run = |plant: &str| {
+        let out = out_dir(&format!("instr-h3-{}", plant.replace(['@', ':'], "-")));
+        gates(&["--phase", "3", "--only", "instructions", "--instruction-groups", "h3", "--plant", plant], &out, &root())
+    };
+    let above = format!("instr@h3-stream:{ABOVE_H3_STREAM}");
+    let (code, report) = run(&above);
+    for key in keys {
+        let r = row(&report, key);
+        assert_eq!(r["status"], "FAIL", "{above}: {r:#}");
+        assert!(r["measured"].as_f64() > r["limit"].as_f64(), "over the hard limit: {r:#}");
+        let ratio = r["details"]["floor_ratio"].as_f64().expect("ratio");
+        assert!(ratio > r["details"]["floor_ratio_limit"].as_f64().expect("limit"), "the ratio alone fails it: {r:#}");
+    }
+    assert_eq!(code, 1, "{report:#}");
+    assert!(report["rows"].as_array().is_some_and(|rows| rows.len() == 2), "only the group asked for: {report:#}");
+    let below = format!("instr@h3-stream:{BELOW_H3_STREAM}");
+    let (code, report) = run(&below);
+    for key in keys {
+        let r = row(&report, key);
+        assert_eq!(r["status"], "PASS", "{below}: {r:#}");
+    }
+    assert_eq!(code, 0, "{report:#}");
+}
+
+/// Planted loop iterations per HTTP/3 request (~4.04 instructions each): see the test above.
+const ABOVE_H3_STREAM: u64 = 700;
+const BELOW_H3_STREAM: u64 = 25;
+
 /// Phase 1's memory gate with `PROXY_PLANTED`, one round (`--memory-rounds 1`: a plant every
 /// round must catch, caught in one; `combine_rounds` fails a row only when every round fails).
 /// RSS is the proxy's own, so the counting tests running beside these do not move it.

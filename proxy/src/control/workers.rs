@@ -92,11 +92,20 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
-/// A worker's QUIC endpoint for one `http3 = true` listener: the listener's QUIC TLS config
-/// and a transport bounded like an HTTP/2 connection (`[http2]`: concurrent request streams,
-/// stream and connection windows), QUIC's idle timeout at the client idle timeout plus the
-/// header timeout (the HTTP/3 connection's own idle timeout closes first, with a GOAWAY).
-fn quic_endpoint(snapshot: &crate::snapshot::Snapshot, index: usize, socket: std::net::UdpSocket) -> std::io::Result<quinn::Endpoint> {
+/// A worker's QUIC endpoint for one `http3 = true` listener (the `index`th), on `socket`, with
+/// [`quic_server_config`]. Public for the instruction gate, which runs a worker's endpoint in its
+/// bench (gates/src/h3exchange.rs).
+pub fn quic_endpoint(snapshot: &crate::snapshot::Snapshot, index: usize, socket: std::net::UdpSocket) -> std::io::Result<quinn::Endpoint> {
+    let server = quic_server_config(snapshot, index)?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
+}
+
+/// The QUIC server config of one `http3 = true` listener: the listener's QUIC TLS config and a
+/// transport bounded like an HTTP/2 connection (`[http2]`: concurrent request streams, stream and
+/// connection windows), QUIC's idle timeout at the client idle timeout plus the header timeout
+/// (the HTTP/3 connection's own idle timeout closes first, with a GOAWAY). Public so that the
+/// instruction gate's floor relay serves with the same TLS and transport as the proxy.
+pub fn quic_server_config(snapshot: &crate::snapshot::Snapshot, index: usize) -> std::io::Result<quinn::ServerConfig> {
     let quic = snapshot.listeners.get(index).and_then(|l| l.tls.as_ref()).and_then(|t| t.quic.clone());
     let Some(quic) = quic else { return Err(std::io::Error::other("listener without http3")) };
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic).map_err(std::io::Error::other)?;
@@ -109,7 +118,7 @@ fn quic_endpoint(snapshot: &crate::snapshot::Snapshot, index: usize, socket: std
     let idle = snapshot.limits.client_idle_timeout + snapshot.limits.header_read_timeout;
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
     server.transport_config(Arc::new(transport));
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
+    Ok(server)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
