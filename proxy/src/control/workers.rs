@@ -44,40 +44,60 @@ pub enum StartError {
     Worker { index: usize, source: std::io::Error },
 }
 
-/// Binds every listener once per worker and reports the bound addresses (port 0 resolved).
-pub fn bind_all(listeners: &[SocketAddr], workers: usize) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), StartError> {
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
-    let mut bound = Vec::with_capacity(listeners.len());
-    for &addr in listeners {
-        let mut at = addr;
-        for (w, slot) in per_worker.iter_mut().enumerate() {
-            let l = bind(at).map_err(|source| StartError::Bind { addr: at, source })?;
-            if w == 0 {
-                at = l.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+/// Per worker, its TCP listeners (one per configured listener) and its UDP sockets (one per
+/// `http3 = true` listener, with the listener's index); and the bound addresses (port 0 resolved).
+type Bound = (Vec<Vec<std::net::TcpListener>>, Vec<Vec<(usize, std::net::UdpSocket)>>, Vec<SocketAddr>);
+
+/// How many times a listener configured with port 0 and `http3 = true` is bound again when the
+/// port number the kernel gave its TCP side is taken on UDP (by any local UDP socket: a QUIC
+/// client's, say). A configured port is never changed: taken on UDP, it is an error.
+const PORT_ZERO_ATTEMPTS: usize = 16;
+
+/// Binds every listener once per worker (`SO_REUSEPORT`) and, for an `http3 = true` one, a UDP
+/// socket per worker on the TCP side's bound address (its port number when the config said 0:
+/// the kernel keeps a client's datagrams on one worker's socket).
+fn bind_all(config: &Config, workers: usize) -> Result<Bound, StartError> {
+    let mut tcp: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut udp: Vec<Vec<(usize, std::net::UdpSocket)>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for (i, &addr) in config.listeners.iter().enumerate() {
+        let http3 = config.snapshot.listeners.get(i).and_then(|l| l.tls.as_ref()).is_some_and(|t| t.quic.is_some());
+        let mut attempt = 0;
+        let (listeners, sockets, at) = loop {
+            attempt += 1;
+            let (listeners, at) = bind_tcp(addr, workers)?;
+            if !http3 {
+                break (listeners, Vec::new(), at);
             }
+            match (0..workers).map(|_| bind_udp(at)).collect::<Result<Vec<_>, _>>() {
+                Ok(sockets) => break (listeners, sockets, at),
+                Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempt < PORT_ZERO_ATTEMPTS => continue,
+                Err(source) => return Err(StartError::Bind { addr: at, source }),
+            }
+        };
+        for (slot, l) in tcp.iter_mut().zip(listeners) {
             slot.push(l);
+        }
+        for (slot, s) in udp.iter_mut().zip(sockets) {
+            slot.push((i, s));
         }
         bound.push(at);
     }
-    Ok((per_worker, bound))
+    Ok((tcp, udp, bound))
 }
 
-/// The UDP sockets of the listeners with `http3 = true`, one per worker each (`SO_REUSEPORT`:
-/// the kernel keeps a client's datagrams on one worker's socket), on the TCP side's bound
-/// address (its port number when the config said port 0): `(listener index, socket)` per worker.
-fn bind_udp_all(config: &Config, bound: &[SocketAddr], workers: usize) -> Result<Vec<Vec<(usize, std::net::UdpSocket)>>, StartError> {
-    let mut per_worker: Vec<Vec<(usize, std::net::UdpSocket)>> = (0..workers).map(|_| Vec::new()).collect();
-    for (i, l) in config.snapshot.listeners.iter().enumerate() {
-        if l.tls.as_ref().is_none_or(|t| t.quic.is_none()) {
-            continue;
+/// One listener's TCP side, once per worker, and its bound address.
+fn bind_tcp(addr: SocketAddr, workers: usize) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
+    let mut at = addr;
+    let mut listeners = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let l = bind(at).map_err(|source| StartError::Bind { addr: at, source })?;
+        if w == 0 {
+            at = l.local_addr().map_err(|source| StartError::Bind { addr, source })?;
         }
-        let Some(&at) = bound.get(i) else { continue };
-        for slot in per_worker.iter_mut() {
-            let s = bind_udp(at).map_err(|source| StartError::Bind { addr: at, source })?;
-            slot.push((i, s));
-        }
+        listeners.push(l);
     }
-    Ok(per_worker)
+    Ok((listeners, at))
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -183,8 +203,8 @@ pub fn start_with(config: Config, workers: usize, engine: Engine, access_log: Op
     {
         return Err(StartError::HyperTls);
     }
-    let (per_worker, addrs) = bind_all(&config.listeners, workers)?;
-    let mut udp = bind_udp_all(&config, &addrs, workers)?.into_iter();
+    let (per_worker, udp, addrs) = bind_all(&config, workers)?;
+    let mut udp = udp.into_iter();
     let shared = Shared::with_workers(config.snapshot, workers, access_log);
     let mut handles = Vec::with_capacity(workers);
     for (index, listeners) in per_worker.into_iter().enumerate() {
