@@ -26,7 +26,8 @@
 //! `chunked` (a response relayed with chunked framing), `error` (an error response sent by the
 //! proxy), `tls-record` (a TLS record sealed, either side), `handshake` (a TLS listener's
 //! handshake completed), `upstream-tls` (bytes written to an upstream TLS connection), `h2-stream` (an HTTP/2 stream
-//! accepted: once per HTTP/2 request, beside `request`, which fires for HTTP/1.1 and HTTP/2 alike). `/EVERY` fires it on one request in `EVERY` at that site. Unknown text aborts the
+//! accepted: once per HTTP/2 request, beside `request`, which fires for HTTP/1.1, HTTP/2 and
+//! HTTP/3 alike), `h3-stream` (an HTTP/3 request's head resolved: once per HTTP/3 request). `/EVERY` fires it on one request in `EVERY` at that site. Unknown text aborts the
 //! process at the first request with a message: a planted run that plants nothing would prove
 //! nothing.
 //!
