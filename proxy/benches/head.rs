@@ -69,7 +69,7 @@ fn head(c: &mut Criterion) {
         b.iter(|| {
             let buf = black_box(RESPONSE);
             let _ = res.parse(buf, false);
-            rewrite::response_head(&mut out, buf, &res, &snap.via, rewrite::ClientConn::KeepAlive11, rewrite::HeadFor::Body);
+            rewrite::response_head(&mut out, buf, &res, &snap.via, 0, rewrite::ClientConn::KeepAlive11, rewrite::HeadFor::Body);
             out.len()
         })
     });

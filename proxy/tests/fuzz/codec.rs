@@ -524,7 +524,7 @@ pub fn check_response(input: &[u8], p: &ResParams) -> Result<bool, String> {
     } else {
         let dechunk = p.dechunk && res.framing == head::Framing::Chunked;
         let head_for = if dechunk { rewrite::HeadFor::DechunkedBody } else { rewrite::HeadFor::Body };
-        rewrite::response_head(&mut out, input, &res, VIA, p.conn, head_for);
+        rewrite::response_head(&mut out, input, &res, VIA, 0, p.conn, head_for);
     }
     if parse_head_only(&out, "response", &mut problems).is_none() {
         return Err(problems.join("\n"));
