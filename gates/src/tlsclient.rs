@@ -23,12 +23,33 @@ fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
+/// The test key's Ed25519 seed (RFC 8032's first test vector's secret key).
+const PKI_SEED: [u8; 32] = [
+    0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec, 0x2c, 0xc4, 0x44, 0x49, 0xc5, 0x69, 0x7b, 0x32,
+    0x69, 0x19, 0x70, 0x3b, 0xac, 0x03, 0x1c, 0xae, 0x7f, 0x60,
+];
+
+/// An Ed25519 private key as PKCS#8 v1 DER (RFC 8410): the fixed prefix, then the 32-byte seed.
+fn ed25519_pkcs8(seed: &[u8; 32]) -> Vec<u8> {
+    let mut der = vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+    der.extend_from_slice(seed);
+    der
+}
+
 /// A certificate and key for [`SERVER_NAME`] written to `dir` (`cert.pem`, `key.pem`), and a
 /// client config trusting it. `version`: TLS 1.3 or 1.2 only.
 pub fn make_pki(dir: &Path, tls13: bool) -> io::Result<(PathBuf, PathBuf, Arc<ClientConfig>)> {
     // Ed25519: its signatures have one length, so every handshake allocates the same (an ECDSA
     // signature's DER length varies by a byte or two, and with it, now and then, a buffer's growth).
-    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(io::Error::other)?;
+    // One fixed key, so that every run serves the same certificate (rcgen derives the serial from
+    // the key; the validity dates and the name are fixed; Ed25519 signing is deterministic): the
+    // client verifies the certificate's signature in every full handshake, and ring verifies
+    // Ed25519 in variable time, so a key and certificate made afresh each run moved the full
+    // handshake's instruction count by up to ~1 % run to run (the floor: 3,530 k to 3,571 k),
+    // which the resumed handshake, verifying no certificate, did not show. Loopback only: the
+    // key protects nothing.
+    let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from(ed25519_pkcs8(&PKI_SEED));
+    let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519).map_err(io::Error::other)?;
     let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned()]).map_err(io::Error::other)?;
     let certificate = params.self_signed(&key_pair).map_err(io::Error::other)?;
     std::fs::create_dir_all(dir)?;
@@ -156,5 +177,24 @@ impl Read for TlsClient {
             }
             self.end += n;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every run serves the same certificate: the instruction rows that count full handshakes
+    /// depend on it (see `make_pki`).
+    #[test]
+    fn the_test_pki_is_the_same_every_time() {
+        let base = std::env::temp_dir().join(format!("gates-pki-test-{}", std::process::id()));
+        let (a, ka, _) = make_pki(&base.join("a"), true).expect("pki a");
+        let (b, kb, _) = make_pki(&base.join("b"), false).expect("pki b");
+        let read = |p: &Path| std::fs::read(p).expect("read");
+        assert_eq!(read(&a), read(&b), "certificate");
+        assert_eq!(read(&ka), read(&kb), "key");
+        assert!(read(&a).starts_with(b"-----BEGIN CERTIFICATE-----"));
+        let _ = std::fs::remove_dir_all(&base);
     }
 }
