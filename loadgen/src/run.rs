@@ -375,27 +375,42 @@ async fn thread_async(
     let n_conns = if cfg.connect_rate { 0 } else { share(cfg.connections, threads, k) };
     let max_conns = share(cfg.max_connections, threads, k).max(n_conns);
     let mut conns: Vec<Slot> = Vec::with_capacity(n_conns * if cfg.http2 || cfg.http3 { cfg.streams.max(1) } else { 1 });
-    // Open connections before the clock starts; failures are retried (and counted) per request.
-    // Their set-up is paid by no request: only what they negotiated is kept.
+    // Open connections before the clock starts, one after another (so that over TLS the later
+    // ones can resume with the earlier ones' tickets); failures are retried (and counted) per
+    // request. Their set-up is paid by no request: only what they negotiated is kept. After the
+    // first failure the rest are left to connect on demand: a target that does not answer (a
+    // QUIC handshake to a UDP port nobody listens on waits for --timeout) would otherwise hold
+    // the start for --connections times the timeout.
     let mut preopened = Vec::with_capacity(n_conns);
+    let (mut failed, mut opened): (Option<ReqError>, usize) = (None, 0);
     for _ in 0..n_conns {
         let mut slots = new_slots(cfg, &connector, quic.as_ref());
-        match slots.first_mut() {
-            Some(Slot::H1(c)) => {
-                let _ = c.connect().await;
-                preopened.extend(c.take_handshake());
+        if failed.is_none() {
+            let r = match slots.first_mut() {
+                Some(Slot::H1(c)) => c.connect().await.map(|()| c.take_handshake()),
+                Some(Slot::H2(s)) => s.connect().await.map(|()| s.take_handshake()),
+                Some(Slot::H3(s)) => s.connect().await.map(|()| s.take_handshake()),
+                None => Ok(None),
+            };
+            match r {
+                Ok(h) => {
+                    opened += 1;
+                    preopened.extend(h);
+                }
+                Err(e) => failed = Some(e),
             }
-            Some(Slot::H2(s)) => {
-                let _ = s.connect().await;
-                preopened.extend(s.take_handshake());
-            }
-            Some(Slot::H3(s)) => {
-                let _ = s.connect().await;
-                preopened.extend(s.take_handshake());
-            }
-            None => {}
         }
         conns.extend(slots);
+    }
+    if let Some(e) = failed {
+        // Said once per thread, before the run: the report counts only the window's errors.
+        eprintln!(
+            "loadgen: thread {k}: could not open a connection to {} before the run ({} error, cause {}); {} of {n_conns} pre-opened, the others connect on their first request",
+            cfg.target.addr,
+            e.kind.name(),
+            e.cause.name(),
+            opened,
+        );
     }
     // Blocking here is fine: nothing else runs on this thread yet.
     barrier.barrier.wait();

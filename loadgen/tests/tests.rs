@@ -2091,6 +2091,36 @@ mod h3 {
         assert_eq!(f(&j, "errors.handshake"), f(&j, "error_causes.certificate"), "{stdout}");
     }
 
+    /// A UDP port where nothing answers (a socket bound and never read): the run does not wait
+    /// for each of the 20 pre-opened connections' handshakes to time out in turn (20 × 1 s); it
+    /// says once that the first could not be opened, and every request of the window is a
+    /// counted `handshake` error with cause `timeout`, none answered.
+    #[test]
+    fn h3_to_a_silent_udp_port_fails_fast_and_counts_every_request() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}/", silent.local_addr().unwrap());
+        let json = temp_path("h3-silent.json");
+        let t0 = std::time::Instant::now();
+        let out = std::process::Command::new(BIN)
+            .args(["run", "--url", &url, "--insecure", "--http3", "--connections", "20", "--rate", "20"])
+            .args(["--duration", "1s", "--warmup", "0s", "--timeout", "1s", "--max-lag", "1s", "--json", json.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let took = t0.elapsed();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(took < std::time::Duration::from_secs(10), "{took:?}\n{stdout}\n{stderr}");
+        assert!(stderr.contains("could not open a connection") && stderr.contains("0 of 20 pre-opened"), "{stderr}");
+        let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&json);
+        assert_eq!(f(&j, "counts.responses"), 0.0, "{stdout}");
+        let scheduled = f(&j, "counts.scheduled");
+        assert!(scheduled >= 19.0, "{stdout}");
+        assert_eq!(f(&j, "errors.handshake"), scheduled, "{stdout}");
+        assert_eq!(f(&j, "error_causes.timeout"), scheduled, "{stdout}");
+        assert_eq!(errors_total(&j), scheduled as u64, "{stdout}");
+        drop(silent);
+    }
+
     /// How [`misbehaving_h3_server`] misbehaves.
     #[derive(Clone, Copy, PartialEq, Debug)]
     enum Bad {
