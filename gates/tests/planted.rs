@@ -190,6 +190,26 @@ fn h2_latency_gate_fails_with_a_planted_cpu_step() {
     assert!(r["details"]["http2_streams"].as_u64().is_some_and(|n| n > 1), "the row ran over HTTP/2 with streams: {r:#}");
 }
 
+/// The HTTP/3 latency row (phase 3: QUIC from the client, HTTP/1.1 to the origin, beside the
+/// relay built on quinn + h3 alone): the same CPU step at the start of every stream's exchange
+/// (`spin` fires at `request`, in `data::exchange::route`, which HTTP/3 streams pass as HTTP/2
+/// streams do) breaches it; the planted build with nothing live does not.
+#[test]
+fn h3_latency_gate_fails_with_a_planted_cpu_step() {
+    let _m = timing();
+    let out = out_dir("h3-spin");
+    let (code, report) = gates(&["--phase", "3", "--only", "latency", "--plant", "spin:400"], &out, &root());
+    let r = row(&report, "phase3:latency");
+    assert_eq!(code, 1, "{r:#}");
+    assert_eq!(r["status"], "FAIL", "400 µs of CPU per HTTP/3 stream must breach the limit over the h3 relay: {r:#}");
+    assert!(r["measured"].as_f64().is_some_and(|n| n > 300.0), "{r:#}");
+    assert!(r["details"]["http3_streams"].as_u64().is_some_and(|n| n > 1), "the row ran over HTTP/3 with streams: {r:#}");
+    let out = out_dir("h3-spin-none");
+    let (_, report) = gates(&["--phase", "3", "--only", "latency", "--plant", "none"], &out, &root());
+    let r = row(&report, "phase3:latency");
+    assert!(r["status"] == "PASS" || r["status"] == "INCONCLUSIVE", "the planted build with nothing live: {r:#}");
+}
+
 #[test]
 fn syscall_gate_fails_with_one_planted_syscall_per_request() {
     let _m = timing();
@@ -655,4 +675,39 @@ fn h2_memory_rows_fail_when_idle_http2_connections_hold_more() {
     for r in memory_rows(&report, "phase2:memory:per_conn@") {
         assert_eq!(r["status"], "PASS", "h2-hold must not reach HTTP/1.1 connections: {r:#}");
     }
+}
+
+/// Phase 3's memory rows (idle HTTP/3 connections; phase 3 holds no HTTP/1.1, TLS or HTTP/2
+/// connection): the planted build with nothing live passes all three; with `h3-hold:8192` every
+/// HTTP/3 connection holds 8 KiB more (written, resident) from its handshake to its close: both
+/// counts fail; with `leak` every HTTP/3 connection's state (h3's, and quinn's through it) is
+/// leaked when it ends: the after-release row fails.
+#[test]
+fn h3_memory_rows_fail_when_idle_http3_connections_hold_more_or_leak() {
+    let _m = timing();
+    let (code, report) = memory_gate_of("3", "none", "memory-h3-none");
+    let rows = memory_rows(&report, "phase3:memory:");
+    let keys: Vec<&str> = rows.iter().filter_map(|r| r["key"].as_str()).collect();
+    assert_eq!(keys, ["phase3:memory:http3@1000", "phase3:memory:http3@10000", "phase3:memory:http3_after_release@10000"], "{report:#}");
+    for r in &rows {
+        assert_eq!(r["status"], "PASS", "{r:#}");
+    }
+    assert_eq!(code, 0, "{report:#}");
+
+    let (code, report) = memory_gate_of("3", "h3-hold:8192", "memory-h3-hold");
+    assert_eq!(code, 1, "{report:#}");
+    let h3 = memory_rows(&report, "phase3:memory:http3@");
+    assert_eq!(h3.len(), 2, "{report:#}");
+    for r in h3 {
+        assert_eq!(r["status"], "FAIL", "{r:#}");
+        let m = r["measured"].as_f64().expect("measured");
+        assert!(m > r["limit"].as_f64().expect("limit"), "8 KiB more each: {r:#}");
+        assert!(r["note"].as_str().is_some_and(|n| n.contains("idle HTTP/3 connections")), "{r:#}");
+    }
+
+    let (code, report) = memory_gate_of("3", "leak", "memory-h3-leak");
+    assert_eq!(code, 1, "{report:#}");
+    let after = memory_rows(&report, "phase3:memory:http3_after_release@");
+    assert_eq!(after.len(), 1, "{report:#}");
+    assert_eq!(after[0]["status"], "FAIL", "{:#}", after[0]);
 }
