@@ -145,6 +145,15 @@ impl Slot {
             Slot::H3(c) => c.take_handshake(),
         }
     }
+
+    /// Connects now if not connected (before the measured run).
+    async fn connect(&mut self) -> Result<(), ReqError> {
+        match self {
+            Slot::H1(c) => c.connect().await,
+            Slot::H2(c) => c.connect().await,
+            Slot::H3(c) => c.connect().await,
+        }
+    }
 }
 
 /// One new connection's slots (not yet connected): one for HTTP/1.1, `--streams` for HTTP/2 and
@@ -387,9 +396,7 @@ async fn thread_async(
         let mut slots = new_slots(cfg, &connector, quic.as_ref());
         if failed.is_none() {
             let r = match slots.first_mut() {
-                Some(Slot::H1(c)) => c.connect().await.map(|()| c.take_handshake()),
-                Some(Slot::H2(s)) => s.connect().await.map(|()| s.take_handshake()),
-                Some(Slot::H3(s)) => s.connect().await.map(|()| s.take_handshake()),
+                Some(s) => s.connect().await.map(|()| s.take_handshake()),
                 None => Ok(None),
             };
             match r {
